@@ -1,0 +1,261 @@
+//! Checkpoints on disk, in the exact Hugging Face layout: load a dual encoder
+//! (or CLIP) directory, compose one from two tower directories with fresh
+//! projections (`from_vision_text_pretrained`), build one with random weights
+//! from two tower configs (`from_vision_text_configs`), and save any of them
+//! (`save_pretrained`: config.json + model.safetensors + processor files).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
+
+use super::config::{DualEncoderConfig, read_json};
+use super::dual::DualEncoder;
+use super::weights::{
+    FreshPolicy, WeightSource, canonical_key, read_dir_tensors, write_safetensors,
+};
+use super::{ModelError, Result};
+
+/// Tokenizer files transformers may save next to a model (any that exist are copied).
+const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "chat_template.jinja",
+];
+const IMAGE_PROCESSOR_FILES: &[&str] = &["preprocessor_config.json", "processor_config.json"];
+
+fn canonical(tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    tensors
+        .into_iter()
+        .filter_map(|(k, t)| canonical_key(&k).map(|k| (k, t)))
+        .collect()
+}
+
+impl DualEncoder {
+    /// Loads a `vision-text-dual-encoder` or `clip` checkpoint directory.
+    /// Every weight must be present, except `logit_scale`, which falls back to
+    /// the config's `logit_scale_init_value` as transformers does.
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let config = DualEncoderConfig::from_file(&dir.join("config.json"))?;
+        let (raw, origin) = read_dir_tensors(dir)?;
+        let tensors = canonical(raw);
+        let source = WeightSource::new(
+            tensors.clone(),
+            FreshPolicy::Only(vec!["logit_scale".into()]),
+            origin,
+        );
+        let used = source.recorded();
+        let model = Self::build(config, source, device, dtype)?;
+        let unused = WeightSource::unused(&tensors, &used);
+        if !unused.is_empty() {
+            tracing::warn!(dir = %dir.display(), count = unused.len(), first = %unused[0], "checkpoint has tensors the model does not use");
+        }
+        Ok(model)
+    }
+
+    /// `from_vision_text_pretrained`: a vision tower directory (a `ViTModel`,
+    /// `DeiTModel`, `BeitModel`, `CLIPVisionModel`, a whole `CLIPModel`, or any
+    /// of their `For...` heads) and a text tower directory (`BertModel`,
+    /// `RobertaModel`, `XLMRobertaModel`, `CLIPTextModel`, ...). Projections and
+    /// `logit_scale` are new; so is a pooler the source lacks, as in transformers.
+    pub fn compose(
+        vision_dir: &Path,
+        text_dir: &Path,
+        projection_dim: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let vision_file = vision_dir.join("config.json");
+        let text_file = text_dir.join("config.json");
+        let config = DualEncoderConfig::from_tower_values(
+            &read_json(&vision_file)?,
+            &vision_file,
+            &read_json(&text_file)?,
+            &text_file,
+            projection_dim,
+        )?;
+        let mut tensors = HashMap::new();
+        let (v, v_origin) = read_dir_tensors(vision_dir)?;
+        tensors.extend(tower_tensors(v, "vision_model", config.vision.model_type()));
+        let (t, _) = read_dir_tensors(text_dir)?;
+        tensors.extend(tower_tensors(t, "text_model", config.text.model_type()));
+        let fresh = [
+            "vision_model.pooler",
+            "text_model.pooler",
+            "visual_projection",
+            "text_projection",
+            "logit_scale",
+        ];
+        let source = WeightSource::new(
+            canonical(tensors),
+            FreshPolicy::Only(fresh.iter().map(|s| s.to_string()).collect()),
+            v_origin,
+        );
+        let fresh_names = source.fresh_names();
+        let model = Self::build(config, source, device, DType::F32)?;
+        let fresh_names = fresh_names.lock().expect("weights lock");
+        tracing::info!(fresh = ?*fresh_names, "newly initialised weights");
+        Ok(model)
+    }
+
+    /// `from_vision_text_configs`: random weights from two tower config files.
+    pub fn init(
+        vision_config: &Path,
+        text_config: &Path,
+        projection_dim: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let config = DualEncoderConfig::from_tower_values(
+            &read_json(vision_config)?,
+            vision_config,
+            &read_json(text_config)?,
+            text_config,
+            projection_dim,
+        )?;
+        let source = WeightSource::new(
+            HashMap::new(),
+            FreshPolicy::All,
+            vision_config.to_path_buf(),
+        );
+        Self::build(config, source, device, DType::F32)
+    }
+
+    /// `save_pretrained`: `config.json` and `model.safetensors` (transformers'
+    /// key names, exactly the tensors the model uses) into `out` (created).
+    pub fn save(&self, out: &Path) -> Result<()> {
+        std::fs::create_dir_all(out).map_err(|source| ModelError::Io {
+            path: out.to_path_buf(),
+            source,
+        })?;
+        let config =
+            serde_json::to_string_pretty(&self.config().to_json()).expect("json value serialises");
+        let path = out.join("config.json");
+        std::fs::write(&path, config + "\n").map_err(|source| ModelError::Io { path, source })?;
+        write_safetensors(&self.weights(), &out.join("model.safetensors"))
+    }
+}
+
+/// A tower checkpoint's tensors renamed to where they live in a dual encoder
+/// (`vision_model.` / `text_model.`): the task-head prefix (`vit.`, `bert.`, ...)
+/// is dropped, and of a whole CLIP model only the requested tower is kept.
+fn tower_tensors(
+    tensors: HashMap<String, Tensor>,
+    tower: &str,
+    model_type: &str,
+) -> HashMap<String, Tensor> {
+    let head_prefixes: &[&str] = match model_type {
+        "vit" => &["vit."],
+        "deit" => &["deit."],
+        "beit" => &["beit."],
+        "bert" => &["bert."],
+        "roberta" | "xlm-roberta" => &["roberta."],
+        _ => &[],
+    };
+    let clip = matches!(model_type, "clip_vision_model" | "clip_text_model");
+    let own = format!("{tower}.");
+    let has_own_prefix = tensors.keys().any(|k| k.starts_with(&own));
+    tensors
+        .into_iter()
+        .filter_map(|(k, t)| {
+            if clip && has_own_prefix {
+                // A CLIPModel / CLIPVisionModel / CLIPTextModel: keep this tower's part only.
+                return k.starts_with(&own).then_some((k, t));
+            }
+            let stripped = head_prefixes
+                .iter()
+                .find_map(|p| k.strip_prefix(p))
+                .unwrap_or(&k);
+            Some((format!("{tower}.{stripped}"), t))
+        })
+        .collect()
+}
+
+/// Copies processor files so that `out` is a complete checkpoint: tokenizer
+/// files from `text_dir`, the image processor from `vision_dir` (a transformers
+/// 5 `processor_config.json` contributes its nested `image_processor`, written
+/// as `preprocessor_config.json`). Files already in `out` are replaced.
+pub fn copy_processor_files(
+    vision_dir: &Path,
+    text_dir: &Path,
+    out: &Path,
+) -> Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    let copy = |from: PathBuf, to: PathBuf, written: &mut Vec<PathBuf>| -> Result<()> {
+        std::fs::copy(&from, &to).map_err(|source| ModelError::Io {
+            path: from.clone(),
+            source,
+        })?;
+        written.push(to);
+        Ok(())
+    };
+    for name in TOKENIZER_FILES {
+        let from = text_dir.join(name);
+        if from.is_file() {
+            copy(from, out.join(name), &mut written)?;
+        }
+    }
+    let legacy = vision_dir.join("preprocessor_config.json");
+    let nested = vision_dir.join("processor_config.json");
+    if legacy.is_file() {
+        copy(legacy, out.join("preprocessor_config.json"), &mut written)?;
+    } else if nested.is_file() {
+        let v = read_json(&nested)?;
+        if let Some(ip) = v.get("image_processor").filter(|ip| ip.is_object()) {
+            let path = out.join("preprocessor_config.json");
+            let text = serde_json::to_string_pretty(ip).expect("json value serialises");
+            std::fs::write(&path, text + "\n").map_err(|source| ModelError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            written.push(path);
+        }
+    }
+    Ok(written)
+}
+
+/// Copies every processor file of a checkpoint directory (for a save of a loaded model).
+pub fn copy_all_processor_files(src: &Path, out: &Path) -> Result<()> {
+    if src == out {
+        return Ok(());
+    }
+    for name in TOKENIZER_FILES.iter().chain(IMAGE_PROCESSOR_FILES) {
+        let from = src.join(name);
+        if from.is_file() {
+            std::fs::copy(&from, out.join(name)).map_err(|source| ModelError::Io {
+                path: from.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// A default image processor for a model made from configs alone, as the
+/// tower's transformers image processor class would default it, sized to the
+/// tower's `image_size` (ViT/DeiT/BEiT: exact resize; CLIP: shortest edge + crop).
+pub fn default_image_processor(config: &DualEncoderConfig) -> Value {
+    let (h, w) = config.vision.image_size();
+    match config.vision.model_type() {
+        "clip_vision_model" => serde_json::json!({
+            "image_processor_type": "CLIPImageProcessor",
+            "do_resize": true, "size": {"shortest_edge": h.min(w)}, "resample": 3,
+            "do_center_crop": true, "crop_size": {"height": h, "width": w},
+            "do_rescale": true, "rescale_factor": 1.0 / 255.0, "do_normalize": true,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "do_convert_rgb": true
+        }),
+        _ => serde_json::json!({
+            "image_processor_type": "ViTImageProcessor",
+            "do_resize": true, "size": {"height": h, "width": w}, "resample": 2,
+            "do_rescale": true, "rescale_factor": 1.0 / 255.0, "do_normalize": true,
+            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]
+        }),
+    }
+}

@@ -1,0 +1,265 @@
+//! The dual encoder itself: two towers, two bias-free projections into the
+//! shared space, L2 normalisation, and `logit_scale` (stored as a log, used as
+//! `exp`). Mirrors `VisionTextDualEncoderModel`'s forward, feature getters and
+//! contrastive loss; batches in, tensors out, on the caller's device.
+
+use std::collections::BTreeMap;
+
+use candle_core::{D, DType, Device, Module, Tensor};
+use candle_nn::{Init, Linear, VarBuilder};
+
+use super::config::DualEncoderConfig;
+use super::layers::{l2_normalize, linear};
+use super::text::TextTower;
+use super::vision::VisionTower;
+use super::weights::{Recorded, WeightSource};
+use super::{ModelError, Result};
+
+/// A padded batch of token ids for the text tower, already on the model's device.
+#[derive(Debug, Clone)]
+pub struct TokenInput {
+    pub ids: Tensor,
+    pub mask: Tensor,
+    pub type_ids: Option<Tensor>,
+}
+
+impl TokenInput {
+    /// Row-major `[batch, len]` ids / mask (/ token types).
+    pub fn new(
+        ids: &[u32],
+        mask: &[u32],
+        type_ids: Option<&[u32]>,
+        batch: usize,
+        len: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let t = |v: &[u32]| Tensor::from_slice(v, (batch, len), device);
+        Ok(Self {
+            ids: t(ids)?,
+            mask: t(mask)?,
+            type_ids: type_ids.map(t).transpose()?,
+        })
+    }
+}
+
+/// What `forward` returns (transformers' `CLIPOutput`, embeddings normalised).
+#[derive(Debug, Clone)]
+pub struct DualOutput {
+    pub text_embeds: Tensor,
+    pub image_embeds: Tensor,
+    pub logits_per_text: Tensor,
+    pub logits_per_image: Tensor,
+    pub loss: Option<Tensor>,
+}
+
+pub struct DualEncoder {
+    config: DualEncoderConfig,
+    vision: VisionTower,
+    text: TextTower,
+    visual_projection: Linear,
+    text_projection: Linear,
+    /// `logit_scale` as stored (a log); `exp` of it multiplies cosine similarities.
+    logit_scale: f32,
+    /// Every tensor the model was built from, under its checkpoint name: what `save` writes.
+    weights: Recorded,
+    device: Device,
+    dtype: DType,
+}
+
+impl std::fmt::Debug for DualEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DualEncoder")
+            .field("vision", &self.config.vision.model_type())
+            .field("text", &self.config.text.model_type())
+            .field("projection_dim", &self.config.projection_dim)
+            .field("device", &self.device)
+            .field("dtype", &self.dtype)
+            .finish()
+    }
+}
+
+impl DualEncoder {
+    /// Builds the model from `source`, asking for every weight by its checkpoint name.
+    pub fn build(
+        config: DualEncoderConfig,
+        source: WeightSource,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let weights = source.recorded();
+        let vb = VarBuilder::from_backend(Box::new(source), dtype, device.clone());
+        let vision = VisionTower::new(&config.vision, vb.pp("vision_model"))?;
+        let text = TextTower::new(&config.text, vb.pp("text_model"))?;
+        let p = config.projection_dim;
+        let visual_projection = linear(
+            config.vision.hidden_size(),
+            p,
+            false,
+            config.vision.initializer_range(),
+            vb.pp("visual_projection"),
+        )?;
+        let text_projection = linear(
+            config.text.hidden_size(),
+            p,
+            false,
+            config.text.initializer_range(),
+            vb.pp("text_projection"),
+        )?;
+        let scale = vb.get_with_hints_dtype(
+            (),
+            "logit_scale",
+            Init::Const(config.logit_scale_init_value),
+            DType::F32,
+        )?;
+        let logit_scale = scale.to_scalar::<f32>()?;
+        if !logit_scale.is_finite() {
+            return Err(ModelError::Invalid(format!(
+                "logit_scale is {logit_scale}, expected a finite number"
+            )));
+        }
+        Ok(Self {
+            config,
+            vision,
+            text,
+            visual_projection,
+            text_projection,
+            logit_scale,
+            weights,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    pub fn config(&self) -> &DualEncoderConfig {
+        &self.config
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn projection_dim(&self) -> usize {
+        self.config.projection_dim
+    }
+    /// The stored (log) logit scale.
+    pub fn logit_scale(&self) -> f32 {
+        self.logit_scale
+    }
+    /// `exp(logit_scale)`: what cosine similarities are multiplied by.
+    pub fn logit_scale_exp(&self) -> f32 {
+        self.logit_scale.exp()
+    }
+    /// `(channels, height, width)` the vision tower takes.
+    pub fn image_shape(&self) -> (usize, usize, usize) {
+        let (h, w) = self.config.vision.image_size();
+        (self.config.vision.num_channels(), h, w)
+    }
+    /// Longest token sequence the text tower accepts.
+    pub fn max_tokens(&self) -> usize {
+        self.config.text.max_tokens()
+    }
+    pub(crate) fn weights(&self) -> BTreeMap<String, Tensor> {
+        self.weights.lock().expect("weights lock").clone()
+    }
+
+    /// The vision tower's `pooler_output` for `[B, C, H, W]` pixels (f32 out).
+    pub fn vision_pooled(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let px = pixel_values.to_device(&self.device)?.to_dtype(self.dtype)?;
+        Ok(self.vision.pooled(&px)?.to_dtype(DType::F32)?)
+    }
+
+    /// The text tower's `pooler_output` (f32 out).
+    pub fn text_pooled(&self, input: &TokenInput) -> Result<Tensor> {
+        Ok(self
+            .text
+            .pooled(&input.ids, &input.mask, input.type_ids.as_ref())?
+            .to_dtype(DType::F32)?)
+    }
+
+    /// `get_image_features`: projected, not normalised, `[B, projection_dim]`.
+    pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let px = pixel_values.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let pooled = self.vision.pooled(&px)?;
+        Ok(self
+            .visual_projection
+            .forward(&pooled)?
+            .to_dtype(DType::F32)?)
+    }
+
+    /// `get_text_features`: projected, not normalised, `[B, projection_dim]`.
+    pub fn text_features(&self, input: &TokenInput) -> Result<Tensor> {
+        let pooled = self
+            .text
+            .pooled(&input.ids, &input.mask, input.type_ids.as_ref())?;
+        Ok(self
+            .text_projection
+            .forward(&pooled)?
+            .to_dtype(DType::F32)?)
+    }
+
+    /// L2-normalised image embeddings `[B, projection_dim]` (f32).
+    pub fn embed_images(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        Ok(l2_normalize(&self.image_features(pixel_values)?)?)
+    }
+
+    /// L2-normalised text embeddings `[B, projection_dim]` (f32).
+    pub fn embed_texts(&self, input: &TokenInput) -> Result<Tensor> {
+        Ok(l2_normalize(&self.text_features(input)?)?)
+    }
+
+    /// `logits_per_text = text @ imageᵀ · exp(logit_scale)` for normalised embeddings.
+    pub fn logits(&self, text_embeds: &Tensor, image_embeds: &Tensor) -> Result<Tensor> {
+        Ok((text_embeds.matmul(&image_embeds.t()?)? * self.logit_scale_exp() as f64)?)
+    }
+
+    /// The model's forward: embeddings, both logit matrices and, on request, the loss.
+    pub fn forward(
+        &self,
+        input: &TokenInput,
+        pixel_values: &Tensor,
+        return_loss: bool,
+    ) -> Result<DualOutput> {
+        let text_embeds = self.embed_texts(input)?;
+        let image_embeds = self.embed_images(pixel_values)?;
+        let logits_per_text = self.logits(&text_embeds, &image_embeds)?;
+        let logits_per_image = logits_per_text.t()?.contiguous()?;
+        let loss = if return_loss {
+            Some(clip_loss(&logits_per_text)?)
+        } else {
+            None
+        };
+        Ok(DualOutput {
+            text_embeds,
+            image_embeds,
+            logits_per_text,
+            logits_per_image,
+            loss,
+        })
+    }
+}
+
+/// Symmetric contrastive loss: the mean of the cross-entropy of each text
+/// against its image (rows) and of each image against its text (columns),
+/// with the i-th text matching the i-th image.
+pub fn clip_loss(logits_per_text: &Tensor) -> Result<Tensor> {
+    let (n, m) = logits_per_text.dims2()?;
+    if n != m {
+        return Err(ModelError::Invalid(format!(
+            "contrastive loss needs as many texts as images, got {n} texts and {m} images"
+        )));
+    }
+    let targets = Tensor::arange(0u32, n as u32, logits_per_text.device())?;
+    let logits = logits_per_text.to_dtype(DType::F32)?;
+    let caption = candle_nn::loss::cross_entropy(&logits, &targets)?;
+    let image = candle_nn::loss::cross_entropy(&logits.t()?.contiguous()?, &targets)?;
+    Ok(((caption + image)? / 2.0)?)
+}
+
+/// Softmax over the last dimension in f32 (zero-shot probabilities).
+pub fn softmax(logits: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::softmax(
+        &logits.to_dtype(DType::F32)?,
+        D::Minus1,
+    )?)
+}

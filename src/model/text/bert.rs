@@ -1,0 +1,167 @@
+//! BERT (`BertModel`): word + position + token-type embeddings, post-norm
+//! layers, and the pooler `tanh(dense(h[:, 0]))` = transformers'
+//! `pooler_output`. RoBERTa and XLM-R have the same weights and differ only
+//! in how position ids are derived (see `roberta.rs`).
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+
+use crate::model::config::BertConfig;
+use crate::model::layers::{Activation, SelfAttention, layer_norm, linear, padding_bias, param};
+
+/// How position ids are made from input ids.
+#[derive(Debug, Clone, Copy)]
+pub enum Positions {
+    /// `0..L` (BERT).
+    Absolute,
+    /// `cumsum(id != pad) * (id != pad) + pad` (RoBERTa, XLM-R).
+    AfterPadding(u32),
+}
+
+#[derive(Debug, Clone)]
+struct BertLayer {
+    attention: SelfAttention,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+    act: Activation,
+}
+
+impl BertLayer {
+    fn new(c: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, std) = (c.hidden_size, c.initializer_range);
+        let att = vb.pp("attention");
+        Ok(Self {
+            attention: SelfAttention {
+                q: linear(h, h, true, std, att.pp("self").pp("query"))?,
+                k: linear(h, h, true, std, att.pp("self").pp("key"))?,
+                v: linear(h, h, true, std, att.pp("self").pp("value"))?,
+                o: linear(h, h, true, std, att.pp("output").pp("dense"))?,
+                heads: c.num_attention_heads,
+            },
+            attention_norm: layer_norm(h, c.layer_norm_eps, att.pp("output").pp("LayerNorm"))?,
+            intermediate: linear(
+                h,
+                c.intermediate_size,
+                true,
+                std,
+                vb.pp("intermediate").pp("dense"),
+            )?,
+            output: linear(
+                c.intermediate_size,
+                h,
+                true,
+                std,
+                vb.pp("output").pp("dense"),
+            )?,
+            output_norm: layer_norm(h, c.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
+            act: Activation::from_hf(&c.hidden_act).expect("validated by config"),
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let xs = self
+            .attention_norm
+            .forward(&(self.attention.forward(xs, Some(bias))? + xs)?)?;
+        let out = self
+            .output
+            .forward(&self.act.forward(&self.intermediate.forward(&xs)?)?)?;
+        self.output_norm.forward(&(out + xs)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Bert {
+    words: Embedding,
+    positions: Embedding,
+    token_types: Embedding,
+    norm: LayerNorm,
+    layers: Vec<BertLayer>,
+    pooler: Linear,
+    position_rule: Positions,
+    max_positions: usize,
+}
+
+impl Bert {
+    pub fn new(c: &BertConfig, position_rule: Positions, vb: VarBuilder) -> Result<Self> {
+        let emb = vb.pp("embeddings");
+        let (h, std) = (c.hidden_size, c.initializer_range);
+        let table = |n: usize, name: &str| -> Result<Embedding> {
+            Ok(Embedding::new(
+                param((n, h), "weight", std, &emb.pp(name))?,
+                h,
+            ))
+        };
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| BertLayer::new(c, vb.pp("encoder").pp("layer").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            words: table(c.vocab_size, "word_embeddings")?,
+            positions: table(c.max_position_embeddings, "position_embeddings")?,
+            token_types: table(c.type_vocab_size, "token_type_embeddings")?,
+            norm: layer_norm(h, c.layer_norm_eps, emb.pp("LayerNorm"))?,
+            layers,
+            pooler: linear(h, h, true, std, vb.pp("pooler").pp("dense"))?,
+            position_rule,
+            max_positions: c.max_position_embeddings,
+        })
+    }
+
+    fn position_ids(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        let rows: Vec<Vec<u32>> = match self.position_rule {
+            Positions::Absolute => (0..b).map(|_| (0..l as u32).collect()).collect(),
+            Positions::AfterPadding(pad) => ids
+                .to_vec2::<u32>()?
+                .into_iter()
+                .map(|row| {
+                    let mut count = 0u32;
+                    row.into_iter()
+                        .map(|id| {
+                            if id == pad {
+                                pad
+                            } else {
+                                count += 1;
+                                count + pad
+                            }
+                        })
+                        .collect()
+                })
+                .collect(),
+        };
+        let flat: Vec<u32> = rows.into_iter().flatten().collect();
+        if let Some(&max) = flat.iter().max()
+            && max as usize >= self.max_positions
+        {
+            candle_core::bail!(
+                "input_ids: {l} tokens need position {max}, but the text tower has {} positions",
+                self.max_positions
+            );
+        }
+        Tensor::from_vec(flat, (b, l), ids.device())
+    }
+
+    /// `ids`, `mask`: `[B, L]` u32; `type_ids`: zeros when `None`. → `[B, hidden]`.
+    pub fn pooled(&self, ids: &Tensor, mask: &Tensor, type_ids: Option<&Tensor>) -> Result<Tensor> {
+        let dtype = self.words.embeddings().dtype();
+        let positions = self.position_ids(ids)?;
+        let zeros;
+        let type_ids = match type_ids {
+            Some(t) => t,
+            None => {
+                zeros = ids.zeros_like()?;
+                &zeros
+            }
+        };
+        let xs = (self.words.forward(ids)? + self.positions.forward(&positions)?)?;
+        let xs = (xs + self.token_types.forward(type_ids)?)?;
+        let mut xs = self.norm.forward(&xs)?;
+        let bias = padding_bias(mask, dtype)?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs, &bias)?;
+        }
+        let cls = xs.narrow(1, 0, 1)?.squeeze(1)?;
+        self.pooler.forward(&cls)?.tanh()
+    }
+}

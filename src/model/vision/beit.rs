@@ -1,0 +1,266 @@
+//! BEiT (`BeitModel`, transformers' names, not timm's): ViT-like pre-norm layers
+//! with a bias-free key projection, layer scale (`lambda_1`, `lambda_2`), a
+//! relative position bias added to the attention scores (per layer, or shared),
+//! optional absolute positions, and the default mean pooling:
+//! `pooler.layernorm(mean(h[:, 1:]))` (the final `layernorm` is then Identity).
+
+use candle_core::{Device, Module, Result, Tensor};
+use candle_nn::{Init, LayerNorm, Linear, VarBuilder};
+
+use super::vit::PatchEmbedding;
+use crate::model::config::BeitConfig;
+use crate::model::layers::{Activation, SelfAttention, layer_norm, linear, param};
+
+/// transformers' `generate_relative_position_index`: for every (query, key)
+/// pair of `[CLS] + patches`, the row of the bias table to use.
+fn relative_position_index(window: (usize, usize)) -> Vec<u32> {
+    let (wh, ww) = window;
+    let area = wh * ww;
+    let num_relative = (2 * wh - 1) * (2 * ww - 1) + 3;
+    let n = area + 1;
+    let mut index = vec![0u32; n * n];
+    for i in 0..area {
+        let (yi, xi) = ((i / ww) as i64, (i % ww) as i64);
+        for j in 0..area {
+            let (yj, xj) = ((j / ww) as i64, (j % ww) as i64);
+            let dy = yi - yj + wh as i64 - 1;
+            let dx = xi - xj + ww as i64 - 1;
+            index[(i + 1) * n + (j + 1)] = (dy * (2 * ww as i64 - 1) + dx) as u32;
+        }
+    }
+    for j in 0..n {
+        index[j] = (num_relative - 3) as u32; // cls to token
+        index[j * n] = (num_relative - 2) as u32; // token to cls
+    }
+    index[0] = (num_relative - 1) as u32; // cls to cls
+    index
+}
+
+/// A relative position bias table, expanded once to `[1, heads, L, L]`.
+fn relative_bias(
+    c: &BeitConfig,
+    window: (usize, usize),
+    vb: VarBuilder,
+    device: &Device,
+) -> Result<Tensor> {
+    let num_relative = (2 * window.0 - 1) * (2 * window.1 - 1) + 3;
+    let table = vb.get_with_hints(
+        (num_relative, c.num_attention_heads),
+        "relative_position_bias_table",
+        Init::Const(0.),
+    )?;
+    let n = window.0 * window.1 + 1;
+    let index = Tensor::from_vec(relative_position_index(window), n * n, device)?;
+    table
+        .index_select(&index, 0)?
+        .reshape((n, n, c.num_attention_heads))?
+        .permute((2, 0, 1))?
+        .contiguous()?
+        .unsqueeze(0)
+}
+
+#[derive(Debug, Clone)]
+struct BeitLayer {
+    attention: SelfAttention,
+    bias: Option<Tensor>,
+    intermediate: Linear,
+    output: Linear,
+    before: LayerNorm,
+    after: LayerNorm,
+    lambda_1: Option<Tensor>,
+    lambda_2: Option<Tensor>,
+    act: Activation,
+}
+
+impl BeitLayer {
+    fn new(c: &BeitConfig, window: (usize, usize), vb: VarBuilder) -> Result<Self> {
+        let (h, std) = (c.hidden_size, c.initializer_range);
+        let att = vb.pp("attention").pp("attention");
+        let attention = SelfAttention {
+            q: linear(h, h, true, std, att.pp("query"))?,
+            k: linear(h, h, false, std, att.pp("key"))?,
+            v: linear(h, h, true, std, att.pp("value"))?,
+            o: linear(h, h, true, std, vb.pp("attention").pp("output").pp("dense"))?,
+            heads: c.num_attention_heads,
+        };
+        let bias = if c.use_relative_position_bias {
+            Some(relative_bias(
+                c,
+                window,
+                att.pp("relative_position_bias"),
+                vb.device(),
+            )?)
+        } else {
+            None
+        };
+        let (lambda_1, lambda_2) = if c.layer_scale_init_value > 0.0 {
+            let init = Init::Const(c.layer_scale_init_value);
+            (
+                Some(vb.get_with_hints(h, "lambda_1", init)?),
+                Some(vb.get_with_hints(h, "lambda_2", init)?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            attention,
+            bias,
+            intermediate: linear(
+                h,
+                c.intermediate_size,
+                true,
+                std,
+                vb.pp("intermediate").pp("dense"),
+            )?,
+            output: linear(
+                c.intermediate_size,
+                h,
+                true,
+                std,
+                vb.pp("output").pp("dense"),
+            )?,
+            before: layer_norm(h, c.layer_norm_eps, vb.pp("layernorm_before"))?,
+            after: layer_norm(h, c.layer_norm_eps, vb.pp("layernorm_after"))?,
+            lambda_1,
+            lambda_2,
+            act: Activation::from_hf(&c.hidden_act).expect("validated by config"),
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, shared_bias: Option<&Tensor>) -> Result<Tensor> {
+        let bias = match (&self.bias, shared_bias) {
+            (Some(own), Some(shared)) => Some(own.broadcast_add(shared)?),
+            (Some(own), None) => Some(own.clone()),
+            (None, shared) => shared.cloned(),
+        };
+        let mut att = self
+            .attention
+            .forward(&self.before.forward(xs)?, bias.as_ref())?;
+        if let Some(l) = &self.lambda_1 {
+            att = att.broadcast_mul(l)?;
+        }
+        let xs = (att + xs)?;
+        let mut mlp = self.output.forward(
+            &self
+                .act
+                .forward(&self.intermediate.forward(&self.after.forward(&xs)?)?)?,
+        )?;
+        if let Some(l) = &self.lambda_2 {
+            mlp = mlp.broadcast_mul(l)?;
+        }
+        mlp + xs
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Beit {
+    patch: PatchEmbedding,
+    cls_token: Tensor,
+    positions: Option<Tensor>,
+    shared_bias: Option<Tensor>,
+    layers: Vec<BeitLayer>,
+    /// The final `layernorm` (only without mean pooling) or `pooler.layernorm` (with).
+    norm: LayerNorm,
+    mean_pooling: bool,
+}
+
+impl Beit {
+    pub fn new(c: &BeitConfig, vb: VarBuilder) -> Result<Self> {
+        let emb = vb.pp("embeddings");
+        let std = c.initializer_range;
+        let (image, patch_size) = (c.image_size.hw(), c.patch_size.hw());
+        let patch = PatchEmbedding::new(
+            c.hidden_size,
+            c.num_channels,
+            image,
+            patch_size,
+            true,
+            std,
+            emb.pp("patch_embeddings").pp("projection"),
+        )?;
+        let n = patch.num_patches();
+        let window = (image.0 / patch_size.0, image.1 / patch_size.1);
+        let cls_token = emb.get_with_hints((1, 1, c.hidden_size), "cls_token", Init::Const(0.))?;
+        if c.use_mask_token {
+            // Unused for embedding, but part of the checkpoint: keep it so a save round-trips.
+            emb.get_with_hints((1, 1, c.hidden_size), "mask_token", Init::Const(0.))?;
+        }
+        let positions = if c.use_absolute_position_embeddings {
+            Some(param(
+                (1, n + 1, c.hidden_size),
+                "position_embeddings",
+                std,
+                &emb,
+            )?)
+        } else {
+            None
+        };
+        let shared_bias = if c.use_shared_relative_position_bias {
+            Some(relative_bias(
+                c,
+                window,
+                vb.pp("encoder").pp("relative_position_bias"),
+                vb.device(),
+            )?)
+        } else {
+            None
+        };
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| BeitLayer::new(c, window, vb.pp("encoder").pp("layer").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let norm_vb = if c.use_mean_pooling {
+            vb.pp("pooler").pp("layernorm")
+        } else {
+            vb.pp("layernorm")
+        };
+        Ok(Self {
+            patch,
+            cls_token,
+            positions,
+            shared_bias,
+            layers,
+            norm: layer_norm(c.hidden_size, c.layer_norm_eps, norm_vb)?,
+            mean_pooling: c.use_mean_pooling,
+        })
+    }
+
+    pub fn pooled(&self, px: &Tensor) -> Result<Tensor> {
+        let patches = self.patch.forward(px)?;
+        let (b, n, h) = patches.dims3()?;
+        let cls = self.cls_token.broadcast_as((b, 1, h))?;
+        let mut xs = Tensor::cat(&[&cls, &patches], 1)?;
+        if let Some(p) = &self.positions {
+            xs = xs.broadcast_add(p)?;
+        }
+        for layer in &self.layers {
+            xs = layer.forward(&xs, self.shared_bias.as_ref())?;
+        }
+        if self.mean_pooling {
+            let mean = xs.narrow(1, 1, n)?.mean(1)?;
+            self.norm.forward(&mean)
+        } else {
+            let xs = self.norm.forward(&xs)?;
+            xs.narrow(1, 0, 1)?.squeeze(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_index_matches_transformers_on_a_2x2_window() {
+        // Computed with transformers' generate_relative_position_index((2, 2)).
+        let expected = [
+            [11, 9, 9, 9, 9],
+            [10, 4, 3, 1, 0],
+            [10, 5, 4, 2, 1],
+            [10, 7, 6, 4, 3],
+            [10, 8, 7, 5, 4],
+        ];
+        let got = relative_position_index((2, 2));
+        let flat: Vec<u32> = expected.iter().flatten().copied().collect();
+        assert_eq!(got, flat);
+    }
+}

@@ -1,0 +1,141 @@
+//! CLIP vision tower (`CLIPVisionModel`): bias-free patch embedding, a class
+//! embedding, learned positions, `pre_layrnorm` (sic), pre-norm layers, and
+//! `pooler_output = post_layernorm(h[:, 0])` (no dense, no tanh). Inside a
+//! dual encoder its weights sit under `vision_model.` (transformers 5) or
+//! `vision_model.vision_model.` (4.x; renamed on load). The encoder is shared
+//! with the CLIP text tower.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use super::vit::PatchEmbedding;
+use crate::model::config::ClipVisionConfig;
+use crate::model::layers::{Activation, SelfAttention, layer_norm, linear, param};
+
+#[derive(Debug, Clone)]
+struct ClipLayer {
+    attention: SelfAttention,
+    norm1: LayerNorm,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+}
+
+/// CLIP's encoder (`encoder.layers.N.{self_attn,layer_norm1,mlp,layer_norm2}`).
+#[derive(Debug, Clone)]
+pub struct ClipEncoder {
+    layers: Vec<ClipLayer>,
+}
+
+/// The shape parameters CLIP's encoder needs, common to both CLIP configs.
+pub struct ClipEncoderShape<'a> {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub eps: f64,
+    pub act: &'a str,
+    pub std: f64,
+}
+
+impl ClipEncoder {
+    /// `vb` points at `encoder`.
+    pub fn new(s: &ClipEncoderShape, vb: VarBuilder) -> Result<Self> {
+        let (h, std) = (s.hidden, s.std);
+        let layers = (0..s.layers)
+            .map(|i| {
+                let vb = vb.pp("layers").pp(i);
+                let att = vb.pp("self_attn");
+                Ok(ClipLayer {
+                    attention: SelfAttention {
+                        q: linear(h, h, true, std, att.pp("q_proj"))?,
+                        k: linear(h, h, true, std, att.pp("k_proj"))?,
+                        v: linear(h, h, true, std, att.pp("v_proj"))?,
+                        o: linear(h, h, true, std, att.pp("out_proj"))?,
+                        heads: s.heads,
+                    },
+                    norm1: layer_norm(h, s.eps, vb.pp("layer_norm1"))?,
+                    norm2: layer_norm(h, s.eps, vb.pp("layer_norm2"))?,
+                    fc1: linear(h, s.intermediate, true, std, vb.pp("mlp").pp("fc1"))?,
+                    fc2: linear(s.intermediate, h, true, std, vb.pp("mlp").pp("fc2"))?,
+                    act: Activation::from_hf(s.act).expect("validated by config"),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers })
+    }
+
+    /// `bias`: additive attention bias broadcastable to `[B, heads, L, L]`.
+    pub fn forward(&self, mut xs: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        for l in &self.layers {
+            xs = (l.attention.forward(&l.norm1.forward(&xs)?, bias)? + &xs)?;
+            let mlp = l
+                .fc2
+                .forward(&l.act.forward(&l.fc1.forward(&l.norm2.forward(&xs)?)?)?)?;
+            xs = (mlp + xs)?;
+        }
+        Ok(xs)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClipVision {
+    patch: PatchEmbedding,
+    class_embedding: Tensor,
+    positions: Tensor,
+    pre_norm: LayerNorm,
+    encoder: ClipEncoder,
+    post_norm: LayerNorm,
+}
+
+impl ClipVision {
+    pub fn new(c: &ClipVisionConfig, vb: VarBuilder) -> Result<Self> {
+        let emb = vb.pp("embeddings");
+        let std = c.initializer_range;
+        let patch = PatchEmbedding::new(
+            c.hidden_size,
+            c.num_channels,
+            c.image_size.hw(),
+            c.patch_size.hw(),
+            false,
+            std,
+            emb.pp("patch_embedding"),
+        )?;
+        let n = patch.num_patches();
+        let shape = ClipEncoderShape {
+            hidden: c.hidden_size,
+            intermediate: c.intermediate_size,
+            layers: c.num_hidden_layers,
+            heads: c.num_attention_heads,
+            eps: c.layer_norm_eps,
+            act: &c.hidden_act,
+            std,
+        };
+        Ok(Self {
+            class_embedding: param(c.hidden_size, "class_embedding", std, &emb)?,
+            positions: param(
+                (n + 1, c.hidden_size),
+                "weight",
+                std,
+                &emb.pp("position_embedding"),
+            )?,
+            patch,
+            pre_norm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("pre_layrnorm"))?,
+            encoder: ClipEncoder::new(&shape, vb.pp("encoder"))?,
+            post_norm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("post_layernorm"))?,
+        })
+    }
+
+    pub fn pooled(&self, px: &Tensor) -> Result<Tensor> {
+        let patches = self.patch.forward(px)?;
+        let (b, _, h) = patches.dims3()?;
+        let cls = self
+            .class_embedding
+            .reshape((1, 1, h))?
+            .broadcast_as((b, 1, h))?;
+        let xs = Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.positions.unsqueeze(0)?)?;
+        let xs = self.encoder.forward(self.pre_norm.forward(&xs)?, None)?;
+        self.post_norm.forward(&xs.narrow(1, 0, 1)?.squeeze(1)?)
+    }
+}

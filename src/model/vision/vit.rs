@@ -1,0 +1,218 @@
+//! ViT (`ViTModel`): patch embedding + CLS token + learned positions, a pre-norm
+//! encoder, the final `layernorm`, and the pooler `tanh(dense(h[:, 0]))` whose
+//! output is transformers' `pooler_output`. The encoder layer here is shared
+//! with DeiT, which has the same weights plus a distillation token.
+
+use candle_core::{D, Module, Result, Tensor};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use crate::model::config::VitConfig;
+use crate::model::layers::{Activation, SelfAttention, layer_norm, linear, param};
+
+/// Splits `[B, C, H, W]` into non-overlapping patches and projects them: the
+/// same arithmetic as the `Conv2d(kernel = stride = patch)` in transformers,
+/// done as one matmul (works for non-square patches too).
+#[derive(Debug, Clone)]
+pub struct PatchEmbedding {
+    /// `[hidden, C * ph * pw]`, the conv kernel flattened in (C, ph, pw) order.
+    weight: Tensor,
+    bias: Option<Tensor>,
+    patch: (usize, usize),
+    image: (usize, usize),
+    channels: usize,
+}
+
+impl PatchEmbedding {
+    pub fn new(
+        hidden: usize,
+        channels: usize,
+        image: (usize, usize),
+        patch: (usize, usize),
+        bias: bool,
+        std: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let w = param((hidden, channels, patch.0, patch.1), "weight", std, &vb)?;
+        let weight = w.reshape((hidden, channels * patch.0 * patch.1))?;
+        let bias = if bias {
+            Some(vb.get_with_hints(hidden, "bias", candle_nn::Init::Const(0.))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            patch,
+            image,
+            channels,
+        })
+    }
+
+    pub fn num_patches(&self) -> usize {
+        (self.image.0 / self.patch.0) * (self.image.1 / self.patch.1)
+    }
+
+    /// `[B, C, H, W]` → `[B, num_patches, hidden]`.
+    pub fn forward(&self, px: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = px.dims4()?;
+        if (c, h, w) != (self.channels, self.image.0, self.image.1) {
+            candle_core::bail!(
+                "pixel_values: expected [batch, {}, {}, {}], got [{b}, {c}, {h}, {w}]",
+                self.channels,
+                self.image.0,
+                self.image.1
+            );
+        }
+        let (ph, pw) = self.patch;
+        let (gh, gw) = (h / ph, w / pw);
+        // Crop any remainder, as a strided convolution does.
+        let px = px.narrow(2, 0, gh * ph)?.narrow(3, 0, gw * pw)?;
+        let patches = px
+            .reshape((b, c, gh, ph, gw, pw))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b * gh * gw, c * ph * pw))?;
+        let mut out = patches.matmul(&self.weight.t()?)?;
+        if let Some(bias) = &self.bias {
+            out = out.broadcast_add(bias)?;
+        }
+        out.reshape((b, gh * gw, ()))
+    }
+}
+
+/// One pre-norm encoder layer with transformers' ViT/DeiT weight names.
+#[derive(Debug, Clone)]
+pub struct VitLayer {
+    attention: SelfAttention,
+    intermediate: Linear,
+    output: Linear,
+    before: LayerNorm,
+    after: LayerNorm,
+    act: Activation,
+}
+
+impl VitLayer {
+    /// `vb` points at `encoder.layer.N`.
+    pub fn new(c: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, std) = (c.hidden_size, c.initializer_range);
+        let att = vb.pp("attention");
+        let attention = SelfAttention {
+            q: linear(h, h, c.qkv_bias, std, att.pp("attention").pp("query"))?,
+            k: linear(h, h, c.qkv_bias, std, att.pp("attention").pp("key"))?,
+            v: linear(h, h, c.qkv_bias, std, att.pp("attention").pp("value"))?,
+            o: linear(h, h, true, std, att.pp("output").pp("dense"))?,
+            heads: c.num_attention_heads,
+        };
+        Ok(Self {
+            attention,
+            intermediate: linear(
+                h,
+                c.intermediate_size,
+                true,
+                std,
+                vb.pp("intermediate").pp("dense"),
+            )?,
+            output: linear(
+                c.intermediate_size,
+                h,
+                true,
+                std,
+                vb.pp("output").pp("dense"),
+            )?,
+            before: layer_norm(h, c.layer_norm_eps, vb.pp("layernorm_before"))?,
+            after: layer_norm(h, c.layer_norm_eps, vb.pp("layernorm_after"))?,
+            act: Activation::from_hf(&c.hidden_act).expect("validated by config"),
+        })
+    }
+
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let xs = (self.attention.forward(&self.before.forward(xs)?, None)? + xs)?;
+        let hidden = self
+            .act
+            .forward(&self.intermediate.forward(&self.after.forward(&xs)?)?)?;
+        self.output.forward(&hidden)? + xs
+    }
+}
+
+/// The parts ViT and DeiT share after the embeddings: layers, final norm, pooler.
+#[derive(Debug, Clone)]
+pub struct VitTrunk {
+    layers: Vec<VitLayer>,
+    layernorm: LayerNorm,
+    pooler: Linear,
+    pooler_act: Activation,
+}
+
+impl VitTrunk {
+    /// `vb` points at the tower root (`vision_model`).
+    pub fn new(c: &VitConfig, vb: &VarBuilder) -> Result<Self> {
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| VitLayer::new(c, vb.pp("encoder").pp("layer").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let out = c.pooler_output_size.unwrap_or(c.hidden_size);
+        Ok(Self {
+            layers,
+            layernorm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layernorm"))?,
+            pooler: linear(
+                c.hidden_size,
+                out,
+                true,
+                c.initializer_range,
+                vb.pp("pooler").pp("dense"),
+            )?,
+            pooler_act: Activation::from_hf(&c.pooler_act).expect("validated by config"),
+        })
+    }
+
+    /// Embedded tokens `[B, L, H]` → `pooler_output` `[B, H]` (from token 0).
+    pub fn pooled(&self, mut xs: Tensor) -> Result<Tensor> {
+        for layer in &self.layers {
+            xs = layer.forward(&xs)?;
+        }
+        let xs = self.layernorm.forward(&xs)?;
+        let cls = xs.narrow(1, 0, 1)?.squeeze(1)?;
+        self.pooler_act.forward(&self.pooler.forward(&cls)?)
+    }
+}
+
+/// `ViTModel` with its pooler.
+#[derive(Debug, Clone)]
+pub struct Vit {
+    patch: PatchEmbedding,
+    cls_token: Tensor,
+    positions: Tensor,
+    trunk: VitTrunk,
+}
+
+impl Vit {
+    pub fn new(c: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        let emb = vb.pp("embeddings");
+        let std = c.initializer_range;
+        let patch = PatchEmbedding::new(
+            c.hidden_size,
+            c.num_channels,
+            c.image_size.hw(),
+            c.patch_size.hw(),
+            true,
+            std,
+            emb.pp("patch_embeddings").pp("projection"),
+        )?;
+        let n = patch.num_patches();
+        Ok(Self {
+            cls_token: param((1, 1, c.hidden_size), "cls_token", std, &emb)?,
+            positions: param((1, n + 1, c.hidden_size), "position_embeddings", std, &emb)?,
+            patch,
+            trunk: VitTrunk::new(c, &vb)?,
+        })
+    }
+
+    pub fn pooled(&self, px: &Tensor) -> Result<Tensor> {
+        let patches = self.patch.forward(px)?;
+        let b = patches.dim(0)?;
+        let cls = self
+            .cls_token
+            .broadcast_as((b, 1, self.cls_token.dim(D::Minus1)?))?;
+        let xs = Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.positions)?;
+        self.trunk.pooled(xs)
+    }
+}

@@ -1,0 +1,6 @@
+//! dualsight's integration tests, one binary (ripgrep-style): real tiny
+//! checkpoints from tests/fixtures, real files, and (for the daemon) a real
+//! gRPC server on a real socket.
+
+mod model;
+mod util;

@@ -1,0 +1,322 @@
+//! Parity with transformers on the tiny fixtures: same pixels and token ids →
+//! the same pooled outputs, features, embeddings, logits and loss; and
+//! compose / init / save produce transformers' exact key layout.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor};
+use dualsight::model::{DualEncoder, TokenInput};
+
+use crate::util::*;
+
+const TOL: f32 = 1e-4;
+
+fn token_input(r: &Reference, prefix: &str) -> TokenInput {
+    let ids = r.ids(&format!("{prefix}input_ids")).unwrap();
+    let mask = r
+        .ids(&format!("{prefix}attention_mask"))
+        .unwrap_or_else(|| ids.ones_like().unwrap());
+    let type_ids = r.ids(&format!("{prefix}token_type_ids"));
+    TokenInput {
+        ids,
+        mask,
+        type_ids,
+    }
+}
+
+#[test]
+fn every_tower_pairing_matches_transformers() {
+    for name in MODELS {
+        let dir = model_dir(name);
+        let model = DualEncoder::load(&dir, &Device::Cpu, DType::F32)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let r = Reference::load(&dir);
+        let px = r.get("pixel_values");
+        let text = token_input(&r, "");
+        assert_close(
+            &format!("{name} vision_pooled"),
+            &model.vision_pooled(&px).unwrap(),
+            &r.get("vision_pooled"),
+            TOL,
+        );
+        assert_close(
+            &format!("{name} text_pooled"),
+            &model.text_pooled(&text).unwrap(),
+            &r.get("text_pooled"),
+            TOL,
+        );
+        assert_close(
+            &format!("{name} image_features"),
+            &model.image_features(&px).unwrap(),
+            &r.get("image_features"),
+            TOL,
+        );
+        assert_close(
+            &format!("{name} text_features"),
+            &model.text_features(&text).unwrap(),
+            &r.get("text_features"),
+            TOL,
+        );
+        let out = model.forward(&text, &px, true).unwrap();
+        assert_close(
+            &format!("{name} image_embeds"),
+            &out.image_embeds,
+            &r.get("image_embeds"),
+            TOL,
+        );
+        assert_close(
+            &format!("{name} text_embeds"),
+            &out.text_embeds,
+            &r.get("text_embeds"),
+            TOL,
+        );
+        // Logits are cosines times exp(logit_scale) (~14): scale the tolerance with it.
+        let scale = model.logit_scale_exp();
+        assert!(
+            (scale - r.json["logit_scale_exp"].as_f64().unwrap() as f32).abs() < 1e-4,
+            "{name} logit scale"
+        );
+        assert_close(
+            &format!("{name} logits_per_text"),
+            &out.logits_per_text,
+            &r.get("logits_per_text"),
+            TOL * scale,
+        );
+        assert_close(
+            &format!("{name} logits_per_image"),
+            &out.logits_per_image,
+            &r.get("logits_per_image"),
+            TOL * scale,
+        );
+        let loss = out.loss.unwrap().to_scalar::<f32>().unwrap();
+        let want = r.get("loss").to_scalar::<f32>().unwrap();
+        assert!((loss - want).abs() < 1e-4, "{name} loss {loss} vs {want}");
+        // Every photo, one batch.
+        let all = model.embed_images(&r.get("all_pixel_values")).unwrap();
+        assert_close(
+            &format!("{name} all_image_embeds"),
+            &all,
+            &r.get("all_image_embeds"),
+            TOL,
+        );
+    }
+}
+
+#[test]
+fn zero_shot_probabilities_match() {
+    for name in MODELS {
+        let dir = model_dir(name);
+        let model = DualEncoder::load(&dir, &Device::Cpu, DType::F32).unwrap();
+        let r = Reference::load(&dir);
+        let z = &r.json["zero_shot"];
+        let flat = |key: &str| -> Vec<u32> {
+            z[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|row| {
+                    row.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_u64().unwrap() as u32)
+                })
+                .collect()
+        };
+        let (ids, mask) = (flat("input_ids"), flat("attention_mask"));
+        let batch = z["input_ids"].as_array().unwrap().len();
+        let labels =
+            TokenInput::new(&ids, &mask, None, batch, ids.len() / batch, &Device::Cpu).unwrap();
+        let px = r.get("pixel_values").narrow(0, 0, 1).unwrap();
+        let out = model.forward(&labels, &px, false).unwrap();
+        let probs = dualsight::model::softmax(&out.logits_per_image)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        assert_close(
+            &format!("{name} zero-shot"),
+            &probs,
+            &r.get("zero_shot_probs"),
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn transformers_4_key_names_load_to_the_same_outputs() {
+    for name in ["clipvision-bert", "vit-cliptext"] {
+        let model = DualEncoder::load(
+            &model_dir(&format!("legacy/{name}")),
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap();
+        let r = Reference::load(&model_dir(name));
+        let out = model
+            .forward(&token_input(&r, ""), &r.get("pixel_values"), false)
+            .unwrap();
+        assert_close(
+            &format!("legacy {name} image_embeds"),
+            &out.image_embeds,
+            &r.get("image_embeds"),
+            TOL,
+        );
+        assert_close(
+            &format!("legacy {name} text_embeds"),
+            &out.text_embeds,
+            &r.get("text_embeds"),
+            TOL,
+        );
+    }
+}
+
+/// `[name, shape]` pairs from a key list the fixture script recorded.
+fn key_list(path: &std::path::Path) -> BTreeMap<String, Vec<usize>> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| {
+            let name = pair[0].as_str().unwrap().to_string();
+            let shape = pair[1]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            (name, shape)
+        })
+        .collect()
+}
+
+fn saved_keys(dir: &std::path::Path) -> BTreeMap<String, Vec<usize>> {
+    candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, t.dims().to_vec()))
+        .collect()
+}
+
+#[test]
+fn save_writes_transformers_keys_and_reloads_identically() {
+    for name in MODELS {
+        let dir = model_dir(name);
+        let model = DualEncoder::load(&dir, &Device::Cpu, DType::F32).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        model.save(out.path()).unwrap();
+        assert_eq!(
+            saved_keys(out.path()),
+            key_list(&dir.join("keys.json")),
+            "{name}: saved keys differ from transformers' save_pretrained"
+        );
+        let again = DualEncoder::load(out.path(), &Device::Cpu, DType::F32).unwrap();
+        let r = Reference::load(&dir);
+        let px = r.get("pixel_values");
+        assert_eq!(
+            max_abs_diff(
+                &again.embed_images(&px).unwrap(),
+                &model.embed_images(&px).unwrap()
+            ),
+            0.0,
+            "{name}"
+        );
+        assert_eq!(again.logit_scale(), model.logit_scale());
+    }
+}
+
+#[test]
+fn compose_reuses_tower_weights_and_saves_transformers_layout() {
+    let compose = fixtures().join("models").join("compose");
+    let towers = fixtures().join("models").join("towers");
+    let reference =
+        candle_core::safetensors::load(compose.join("compose.safetensors"), &Device::Cpu).unwrap();
+    for (name, vision, text) in [
+        ("vit-bert", "vit", "bert"),
+        ("clip-roberta", "clip", "roberta"),
+        ("vitcls-bert", "vit-classifier", "bert"),
+    ] {
+        let model =
+            DualEncoder::compose(&towers.join(vision), &towers.join(text), 16, &Device::Cpu)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let out = tempfile::tempdir().unwrap();
+        model.save(out.path()).unwrap();
+        assert_eq!(
+            saved_keys(out.path()),
+            key_list(&compose.join(format!("{name}.keys.json"))),
+            "{name}: composed keys"
+        );
+        // The towers are the source towers: their pooled outputs are unchanged.
+        let px = reference[&format!("{name}.pixel_values")].clone();
+        if name != "vitcls-bert" {
+            assert_close(
+                &format!("{name} composed vision_pooled"),
+                &model.vision_pooled(&px).unwrap(),
+                &reference[&format!("{name}.vision_pooled")],
+                TOL,
+            );
+        }
+        let ids = reference[&format!("{name}.input_ids")]
+            .to_dtype(DType::U32)
+            .unwrap();
+        let text_in = TokenInput {
+            mask: ids.ones_like().unwrap(),
+            ids,
+            type_ids: None,
+        };
+        assert_close(
+            &format!("{name} composed text_pooled"),
+            &model.text_pooled(&text_in).unwrap(),
+            &reference[&format!("{name}.text_pooled")],
+            TOL,
+        );
+        // And it round-trips through save → load.
+        let again = DualEncoder::load(out.path(), &Device::Cpu, DType::F32).unwrap();
+        assert_eq!(
+            max_abs_diff(
+                &again.embed_images(&px).unwrap(),
+                &model.embed_images(&px).unwrap()
+            ),
+            0.0
+        );
+        assert_eq!(
+            max_abs_diff(
+                &again.embed_texts(&text_in).unwrap(),
+                &model.embed_texts(&text_in).unwrap()
+            ),
+            0.0
+        );
+    }
+}
+
+#[test]
+fn init_from_configs_has_transformers_keys() {
+    let init = fixtures().join("models").join("init");
+    for (name, vision, text) in [
+        ("vit-bert", "vit", "bert"),
+        ("beit-xlmr", "beit", "xlmr"),
+        ("clipvision-roberta", "clip_vision", "roberta"),
+    ] {
+        let model = DualEncoder::init(
+            &init.join(format!("{vision}.config.json")),
+            &init.join(format!("{text}.config.json")),
+            16,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let out = tempfile::tempdir().unwrap();
+        model.save(out.path()).unwrap();
+        assert_eq!(
+            saved_keys(out.path()),
+            key_list(&init.join(format!("{name}.keys.json"))),
+            "{name}: init keys"
+        );
+        // Random weights still give unit-norm embeddings of the right size.
+        let px = Tensor::randn(0f32, 1., (2, 3, 32, 32), &Device::Cpu).unwrap();
+        let e = rows(&model.embed_images(&px).unwrap());
+        assert_eq!(e[0].len(), 16);
+        assert!(
+            e.iter()
+                .all(|v| (v.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-4)
+        );
+    }
+}
