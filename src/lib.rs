@@ -10,9 +10,14 @@
 //! - [`index`]: the HNSW (hnsw_rs), a rebuildable cache over the store.
 //! - [`ingest`]: watcher, reconcile scan, decode pool, batcher, commit.
 //! - [`server`]: the tonic gRPC service: validate, convert, call core, map errors.
+//! - [`encoder`]: a loaded checkpoint (model + processors) that turns files
+//!   and strings into vectors; [`device`]: where it runs.
 //! - [`cli`]: the subcommands; `main.rs` only dispatches.
 
 pub mod cli;
+pub mod config;
+pub mod device;
+pub mod encoder;
 pub mod index;
 pub mod ingest;
 pub mod model;

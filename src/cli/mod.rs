@@ -1,1 +1,58 @@
-//! (placeholder: filled in by its own change)
+//! The command line: clap definitions and dispatch. Each subcommand lives in
+//! its own file; `main.rs` only calls [`run`].
+
+pub mod model_cmds;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "dualsight", version, about = "Self-hosted text-to-image search: a VisionTextDualEncoder daemon")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Embed texts and/or images with a checkpoint.
+    Embed(model_cmds::EmbedArgs),
+    /// Zero-shot classify an image against labels.
+    Classify(model_cmds::ClassifyArgs),
+    /// Build a dual encoder from a vision tower and a text tower checkpoint (new projections).
+    Compose(model_cmds::ComposeArgs),
+    /// Build a dual encoder with random weights from two tower configs.
+    Init(model_cmds::InitArgs),
+}
+
+/// Runs the parsed command; errors are printed by `main` as one line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Embed(a) => model_cmds::embed(a)?,
+        Command::Classify(a) => model_cmds::classify(a)?,
+        Command::Compose(a) => model_cmds::compose(a)?,
+        Command::Init(a) => model_cmds::init(a)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+impl Command {
+    /// Long-running commands log progress; one-shot commands keep stderr for errors.
+    pub fn default_log_filter(&self) -> &'static str {
+        "warn"
+    }
+}
+
+/// Logs to stderr (journald keeps it under systemd); `RUST_LOG` overrides `default_filter`.
+pub fn init_logging(default_filter: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}

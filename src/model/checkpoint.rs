@@ -30,7 +30,6 @@ const TOKENIZER_FILES: &[&str] = &[
     "spiece.model",
     "chat_template.jinja",
 ];
-const IMAGE_PROCESSOR_FILES: &[&str] = &["preprocessor_config.json", "processor_config.json"];
 
 fn canonical(tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
     tensors
@@ -177,64 +176,39 @@ fn tower_tensors(
         .collect()
 }
 
-/// Copies processor files so that `out` is a complete checkpoint: tokenizer
-/// files from `text_dir`, the image processor from `vision_dir` (a transformers
-/// 5 `processor_config.json` contributes its nested `image_processor`, written
-/// as `preprocessor_config.json`). Files already in `out` are replaced.
-pub fn copy_processor_files(
-    vision_dir: &Path,
-    text_dir: &Path,
-    out: &Path,
-) -> Result<Vec<PathBuf>> {
+/// Copies the tokenizer files of `src` (any that exist) into `out`.
+pub fn copy_tokenizer_files(src: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
-    let copy = |from: PathBuf, to: PathBuf, written: &mut Vec<PathBuf>| -> Result<()> {
-        std::fs::copy(&from, &to).map_err(|source| ModelError::Io {
-            path: from.clone(),
-            source,
-        })?;
-        written.push(to);
-        Ok(())
-    };
     for name in TOKENIZER_FILES {
-        let from = text_dir.join(name);
+        let from = src.join(name);
         if from.is_file() {
-            copy(from, out.join(name), &mut written)?;
-        }
-    }
-    let legacy = vision_dir.join("preprocessor_config.json");
-    let nested = vision_dir.join("processor_config.json");
-    if legacy.is_file() {
-        copy(legacy, out.join("preprocessor_config.json"), &mut written)?;
-    } else if nested.is_file() {
-        let v = read_json(&nested)?;
-        if let Some(ip) = v.get("image_processor").filter(|ip| ip.is_object()) {
-            let path = out.join("preprocessor_config.json");
-            let text = serde_json::to_string_pretty(ip).expect("json value serialises");
-            std::fs::write(&path, text + "\n").map_err(|source| ModelError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            written.push(path);
+            let to = out.join(name);
+            std::fs::copy(&from, &to).map_err(|source| ModelError::Io { path: from.clone(), source })?;
+            written.push(to);
         }
     }
     Ok(written)
 }
 
-/// Copies every processor file of a checkpoint directory (for a save of a loaded model).
-pub fn copy_all_processor_files(src: &Path, out: &Path) -> Result<()> {
-    if src == out {
-        return Ok(());
+/// Copies the image processor of `src` into `out` as `preprocessor_config.json`
+/// (a transformers 5 `processor_config.json` contributes its nested
+/// `image_processor`). Returns whether `src` had one.
+pub fn copy_image_processor(src: &Path, out: &Path) -> Result<bool> {
+    let legacy = src.join("preprocessor_config.json");
+    let nested = src.join("processor_config.json");
+    let to = out.join("preprocessor_config.json");
+    if legacy.is_file() {
+        std::fs::copy(&legacy, &to).map_err(|source| ModelError::Io { path: legacy.clone(), source })?;
+        return Ok(true);
     }
-    for name in TOKENIZER_FILES.iter().chain(IMAGE_PROCESSOR_FILES) {
-        let from = src.join(name);
-        if from.is_file() {
-            std::fs::copy(&from, out.join(name)).map_err(|source| ModelError::Io {
-                path: from.clone(),
-                source,
-            })?;
-        }
+    if nested.is_file()
+        && let Some(ip) = read_json(&nested)?.get("image_processor").filter(|ip| ip.is_object())
+    {
+        let text = serde_json::to_string_pretty(ip).expect("json value serialises");
+        std::fs::write(&to, text + "\n").map_err(|source| ModelError::Io { path: to.clone(), source })?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// A default image processor for a model made from configs alone, as the

@@ -2,5 +2,6 @@
 //! checkpoints from tests/fixtures, real files, and (for the daemon) a real
 //! gRPC server on a real socket.
 
+mod cli;
 mod model;
 mod util;

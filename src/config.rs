@@ -1,0 +1,236 @@
+//! Daemon settings, layered: compiled-in defaults, then `--config FILE`
+//! (TOML, every key documented with its default in `config/dualsight.toml`),
+//! then command-line flags. Validated once, here, with errors that name the
+//! key and the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {msg}", path.display())]
+    Parse { path: PathBuf, msg: String },
+    #[error("{key}: {msg}")]
+    Invalid { key: &'static str, msg: String },
+}
+
+pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Model directory or cached hub id.
+    pub model: Option<String>,
+    /// auto, cpu, cuda, cuda:N.
+    pub device: String,
+    /// f32, f16, bf16 (half precision on CUDA only).
+    pub dtype: String,
+    /// Where the store and index checkpoints live.
+    pub data_dir: PathBuf,
+    /// TCP address for gRPC.
+    pub listen: String,
+    /// Optional Unix socket for gRPC.
+    pub unix_socket: Option<PathBuf>,
+    pub watch: WatchSettings,
+    pub ingest: IngestSettings,
+    pub index: IndexSettings,
+    pub server: ServerSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchSettings {
+    pub roots: Vec<PathBuf>,
+    pub exclude: Vec<String>,
+    pub extensions: Vec<String>,
+    pub debounce_ms: u64,
+    pub stable_ms: u64,
+    /// 0 turns the periodic reconcile off.
+    pub reconcile_interval_s: u64,
+    pub root_poll_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Images per model call.
+    pub batch_size: usize,
+    /// A partial batch is embedded after this long.
+    pub batch_timeout_ms: u64,
+    /// Decode threads; 0 = one per CPU core.
+    pub decode_threads: usize,
+    /// Bound on files queued between stages (memory is bounded by this × decoded image size).
+    pub queue: usize,
+    /// A removed path is forgotten this long after the event, so a rename's new path
+    /// (reported after its stability check) can claim the vector first.
+    pub remove_grace_ms: u64,
+    pub max_image_bytes: u64,
+    pub max_image_pixels: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexSettings {
+    pub m: usize,
+    pub ef_construction: usize,
+    pub ef_search: usize,
+    /// Write the HNSW checkpoint this often while vectors arrive (and at shutdown).
+    pub checkpoint_interval_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    pub default_limit: u32,
+    pub max_limit: u32,
+    pub max_text_chars: usize,
+    pub max_message_bytes: usize,
+    pub max_labels: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            model: None,
+            device: "auto".into(),
+            dtype: "f32".into(),
+            // systemd's StateDirectory= sets STATE_DIRECTORY.
+            data_dir: std::env::var_os("STATE_DIRECTORY").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("dualsight-data")),
+            listen: "127.0.0.1:50051".into(),
+            unix_socket: None,
+            watch: WatchSettings::default(),
+            ingest: IngestSettings::default(),
+            index: IndexSettings::default(),
+            server: ServerSettings::default(),
+        }
+    }
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        Self {
+            roots: Vec::new(),
+            exclude: [".*", "@eaDir", ".thumbnails"].map(String::from).to_vec(),
+            extensions: ["jpg", "jpeg", "png", "webp", "gif", "tif", "tiff", "bmp"].map(String::from).to_vec(),
+            debounce_ms: 500,
+            stable_ms: 1000,
+            reconcile_interval_s: 3600,
+            root_poll_s: 5,
+        }
+    }
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 16,
+            batch_timeout_ms: 200,
+            decode_threads: 0,
+            queue: 64,
+            remove_grace_ms: 3000,
+            max_image_bytes: 64 << 20,
+            max_image_pixels: 100_000_000,
+        }
+    }
+}
+
+impl Default for IndexSettings {
+    fn default() -> Self {
+        Self { m: 24, ef_construction: 200, ef_search: 64, checkpoint_interval_s: 300 }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self { default_limit: 10, max_limit: 1000, max_text_chars: 1000, max_message_bytes: 32 << 20, max_labels: 256 }
+    }
+}
+
+impl Settings {
+    /// Defaults overlaid with a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), msg: e.to_string().replace('\n', " ") })
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr> {
+        self.listen.parse().map_err(|e| ConfigError::Invalid { key: "listen", msg: format!("`{}`: {e} (expected IP:PORT)", self.listen) })
+    }
+
+    pub fn decode_threads(&self) -> usize {
+        match self.ingest.decode_threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            n => n,
+        }
+    }
+
+    /// Checks every value once, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &'static str, msg: String| Err(ConfigError::Invalid { key, msg });
+        if self.model.as_deref().unwrap_or("").is_empty() {
+            return bad("model", "no model: pass --model DIR or set `model` in the config file".into());
+        }
+        self.listen_addr()?;
+        if self.watch.roots.is_empty() {
+            return bad("watch.roots", "no folder to watch: pass --watch DIR or set watch.roots".into());
+        }
+        if !(1..=4096).contains(&self.ingest.batch_size) {
+            return bad("ingest.batch_size", format!("{} not in 1..=4096", self.ingest.batch_size));
+        }
+        if !(1..=65536).contains(&self.ingest.queue) {
+            return bad("ingest.queue", format!("{} not in 1..=65536", self.ingest.queue));
+        }
+        if self.ingest.max_image_pixels == 0 || self.ingest.max_image_bytes == 0 {
+            return bad("ingest.max_image_pixels", "limits must be positive".into());
+        }
+        if !(2..=256).contains(&self.index.m) {
+            return bad("index.m", format!("{} not in 2..=256", self.index.m));
+        }
+        if self.index.ef_construction == 0 || self.index.ef_search == 0 {
+            return bad("index.ef_search", "ef values must be positive".into());
+        }
+        if self.server.default_limit == 0 || self.server.default_limit > self.server.max_limit {
+            return bad("server.default_limit", format!("{} must be in 1..=max_limit ({})", self.server.default_limit, self.server.max_limit));
+        }
+        Ok(())
+    }
+
+    pub fn debounce(&self) -> Duration {
+        Duration::from_millis(self.watch.debounce_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_config_file_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join("dualsight.toml");
+        let mut from_file = Settings::from_file(&path).unwrap();
+        let mut defaults = Settings::default();
+        // The example names a model, a root and the systemd state dir; everything else is default.
+        from_file.model = None;
+        from_file.watch.roots.clear();
+        from_file.data_dir = PathBuf::new();
+        defaults.data_dir = PathBuf::new();
+        assert_eq!(from_file, defaults);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "modle = \"x\"\n").unwrap();
+        let e = Settings::from_file(&p).unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("modle"), "{e}");
+        std::fs::write(&p, "model = \"m\"\n[watch]\nroots = [\"/p\"]\n[index]\nm = 999\n").unwrap();
+        let e = Settings::from_file(&p).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("index.m") && e.contains("999"), "{e}");
+    }
+}

@@ -1,0 +1,105 @@
+//! Choosing where the model runs: `--device auto|cpu|cuda[:N]` and `--dtype`.
+//! `auto` takes the first CUDA GPU when dualsight was built with the `cuda`
+//! feature and one is present, else the CPU, and logs which.
+
+use std::str::FromStr;
+
+use candle_core::{DType, Device};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("device `{0}`: expected auto, cpu, cuda or cuda:N")]
+    Parse(String),
+    #[error("dtype `{0}`: expected f32, f16 or bf16")]
+    DType(String),
+    #[error("device cuda:{ordinal}: {msg}")]
+    Cuda { ordinal: usize, msg: String },
+    #[error("dtype {dtype}: only f32 is supported on the CPU (half precision needs --device cuda)")]
+    HalfOnCpu { dtype: &'static str },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Self, DeviceError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| DeviceError::Parse(s.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    pub fn open(self) -> Result<Device, DeviceError> {
+        let device = match self {
+            Self::Cpu => Device::Cpu,
+            Self::Cuda(ordinal) => Device::new_cuda(ordinal).map_err(|e| DeviceError::Cuda {
+                ordinal,
+                msg: if cfg!(feature = "cuda") { e.to_string() } else { "this dualsight was built without the `cuda` feature (see scripts/build-cuda.sh)".into() },
+            })?,
+            Self::Auto => {
+                if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
+                    Device::new_cuda(0).unwrap_or(Device::Cpu)
+                } else {
+                    Device::Cpu
+                }
+            }
+        };
+        tracing::info!(requested = %self, device = if device.is_cuda() { "cuda" } else { "cpu" }, "model device");
+        Ok(device)
+    }
+}
+
+/// Parses `--dtype`; half precision only where the device supports it.
+pub fn parse_dtype(s: &str, device: &Device) -> Result<DType, DeviceError> {
+    let dtype = match s.trim().to_ascii_lowercase().as_str() {
+        "f32" | "float32" => DType::F32,
+        "f16" | "float16" | "half" => DType::F16,
+        "bf16" | "bfloat16" => DType::BF16,
+        _ => return Err(DeviceError::DType(s.to_string())),
+    };
+    if device.is_cpu() && dtype != DType::F32 {
+        return Err(DeviceError::HalfOnCpu { dtype: if dtype == DType::F16 { "f16" } else { "bf16" } });
+    }
+    Ok(dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_specs() {
+        assert_eq!("auto".parse::<DeviceSpec>().unwrap(), DeviceSpec::Auto);
+        assert_eq!("CPU".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
+        assert!("tpu".parse::<DeviceSpec>().unwrap_err().to_string().contains("tpu"));
+        assert!(parse_dtype("f16", &Device::Cpu).is_err());
+        assert_eq!(parse_dtype("f32", &Device::Cpu).unwrap(), DType::F32);
+        assert_eq!(DeviceSpec::Cpu.open().unwrap().is_cpu(), true);
+    }
+}

@@ -1,0 +1,118 @@
+//! The CLI contract: `embed --json` from real image files matches transformers'
+//! whole pipeline (load_image + PIL image processor + model), bad files fail
+//! cleanly naming themselves, and compose / init / classify work end to end.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::util::*;
+
+pub fn dualsight() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dualsight"))
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run dualsight");
+    assert!(out.status.success(), "dualsight failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn embed_json(model: &Path, texts: &[String], images: &[std::path::PathBuf]) -> serde_json::Value {
+    let mut cmd = dualsight();
+    cmd.arg("embed").arg("--model").arg(model).arg("--json").arg("--device").arg("cpu");
+    for t in texts {
+        cmd.arg("--text").arg(t);
+    }
+    for i in images {
+        cmd.arg("--image").arg(i);
+    }
+    serde_json::from_slice(&run_ok(&mut cmd).stdout).expect("embed prints one JSON object")
+}
+
+fn matrix(v: &serde_json::Value) -> Vec<Vec<f32>> {
+    v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()).collect()
+}
+
+#[test]
+fn embed_from_files_matches_the_transformers_pipeline() {
+    for name in MODELS {
+        let dir = model_dir(name);
+        let r = Reference::load(&dir);
+        let texts = r.strings("texts");
+        let all = r.strings("all_images");
+        let paths: Vec<_> = all.iter().map(|f| image(f)).collect();
+        let out = embed_json(&dir, &texts, &paths);
+        // Same token ids as transformers' tokenizer ⇒ text embeddings equal to 1e-4.
+        let text = matrix(&out["text_embeds"]);
+        let want_text = rows(&r.get("text_embeds"));
+        for (got, want) in text.iter().zip(&want_text) {
+            let d = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(d < 1e-4, "{name}: text embedding differs by {d}");
+        }
+        // Whole pipeline from files: cosine ≥ 0.999 for every photo and format.
+        let images = matrix(&out["image_embeds"]);
+        let want = rows(&r.get("all_image_embeds"));
+        for ((file, c), _) in all.iter().zip(cosines(&images, &want)).zip(&images) {
+            assert!(c >= 0.999, "{name} {file}: cosine {c} < 0.999");
+        }
+        let scale = out["logit_scale"].as_f64().unwrap() as f32;
+        assert!((scale - r.json["logit_scale_exp"].as_f64().unwrap() as f32).abs() < 1e-4);
+        let logits = matrix(&out["logits_per_text"]);
+        assert_eq!((logits.len(), logits[0].len()), (texts.len(), all.len()));
+    }
+}
+
+#[test]
+fn hostile_files_fail_with_one_line_naming_the_file() {
+    let dir = model_dir("vit-bert");
+    for entry in std::fs::read_dir(fixtures().join("images").join("bad")).unwrap() {
+        let path = entry.unwrap().path();
+        let out = dualsight().arg("embed").arg("--model").arg(&dir).arg("--json").arg("--image").arg(&path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{}: accepted", path.display());
+        assert!(out.stdout.is_empty(), "{}: printed output", path.display());
+        assert!(stderr.contains(&*path.to_string_lossy()), "{}: error does not name the file: {stderr}", path.display());
+        assert!(!stderr.contains("panicked"), "{}: panic: {stderr}", path.display());
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{}: not one line: {stderr}", path.display());
+    }
+    let missing = fixtures().join("images").join("no-such-file.jpg");
+    let out = dualsight().arg("embed").arg("--model").arg(&dir).arg("--image").arg(&missing).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no-such-file.jpg"));
+}
+
+#[test]
+fn a_missing_model_explains_how_to_point_at_one() {
+    let out = dualsight().args(["embed", "--model", "nobody/nothing-here", "--text", "x"]).env("HF_HUB_CACHE", "/nonexistent").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("nobody/nothing-here") && stderr.contains("--model"), "{stderr}");
+}
+
+#[test]
+fn compose_then_embed_and_classify() {
+    let towers = fixtures().join("models").join("towers");
+    let out = tempfile::tempdir().unwrap();
+    let composed = out.path().join("vit-bert");
+    run_ok(dualsight().arg("compose").arg("--vision").arg(towers.join("vit")).arg("--text").arg(towers.join("bert")).args(["--projection-dim", "24", "--out"]).arg(&composed));
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"] {
+        assert!(composed.join(f).is_file(), "compose did not write {f}");
+    }
+    let v = embed_json(&composed, &["a photo of a cat".into()], &[image("chelsea.png")]);
+    assert_eq!(matrix(&v["image_embeds"])[0].len(), 24);
+    let out = run_ok(dualsight().arg("classify").arg("--model").arg(&composed).arg("--image").arg(image("coffee.webp")).args(["--label", "a cat", "--label", "a cup of coffee", "--label", "a rocket", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let probs: Vec<f64> = v["labels"].as_array().unwrap().iter().map(|l| l["probability"].as_f64().unwrap()).collect();
+    assert_eq!(probs.len(), 3);
+    assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+    assert!(probs.windows(2).all(|w| w[0] >= w[1]), "not sorted: {probs:?}");
+}
+
+#[test]
+fn init_makes_a_loadable_model() {
+    let init = fixtures().join("models").join("init");
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("m");
+    run_ok(dualsight().arg("init").arg("--vision-config").arg(init.join("vit.config.json")).arg("--text-config").arg(init.join("bert.config.json")).args(["--projection-dim", "8", "--tokenizer"]).arg(model_dir("vit-bert")).arg("--out").arg(&dir));
+    let v = embed_json(&dir, &["hello".into()], &[image("rocket.jpg")]);
+    assert_eq!(matrix(&v["text_embeds"])[0].len(), 8);
+    assert_eq!(matrix(&v["image_embeds"])[0].len(), 8);
+}
