@@ -1,1 +1,21 @@
-//! (placeholder: filled in by its own change)
+//! Everything between a file and the model's input tensors: decoding photos to
+//! upright RGB with limits ([`decode`]), Pillow-exact resizing and transformers'
+//! centre crop ([`resize`]), the checkpoint's image processor driven by its
+//! `processor_config.json` / `preprocessor_config.json` ([`processor`]), and
+//! the tokenizer for queries ([`tokenizer`]). The reference throughout is
+//! transformers' PIL backend fed by `load_image`, pinned to the Pillow and
+//! transformers versions recorded in `tests/fixtures/preprocess/index.json`.
+
+pub mod decode;
+pub mod processor;
+pub mod resize;
+pub mod tokenizer;
+
+#[cfg(test)]
+mod fixtures;
+
+pub use decode::{DecodeError, DecodeLimits, decode_bytes, decode_path};
+pub use image::RgbImage;
+pub use processor::{ImageProcessor, ImageProcessorConfig, ProcessorError, Size};
+pub use resize::{Filter, ResizeError, center_crop, resize};
+pub use tokenizer::{TextTokenizer, TokenBatch, TokenizerError};

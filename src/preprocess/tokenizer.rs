@@ -1,0 +1,450 @@
+//! The text side of preprocessing: a checkpoint's `tokenizer.json` run the way
+//! transformers runs it for `tokenizer(texts, padding=True, truncation=True,
+//! max_length=N)`: special tokens added, each text truncated to `N` tokens (the
+//! caller passes the text tower's position limit), the batch right-padded (or
+//! left, per `padding_side`) to its longest member with the pad token named in
+//! `tokenizer_config.json` / `special_tokens_map.json`, or else in the
+//! tokenizer's own padding block.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tokenizers::{
+    PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection,
+    TruncationParams, TruncationStrategy,
+};
+
+/// Why a tokenizer could not be loaded or a batch not encoded. Messages start
+/// with the file or directory concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("{dir}: no tokenizer.json, expected a fast (tokenizers) tokenizer file")]
+    Missing { dir: PathBuf },
+    #[error("{path}: cannot load tokenizer: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: pad_token: {message}")]
+    PadToken { path: PathBuf, message: String },
+    #[error(
+        "{dir}: max_length {max_length} leaves no room for text, the tokenizer adds {special} special tokens"
+    )]
+    MaxLength {
+        dir: PathBuf,
+        max_length: usize,
+        special: usize,
+    },
+    #[error("{dir}: texts of different lengths need padding, but the tokenizer has no pad token")]
+    NoPadToken { dir: PathBuf },
+    #[error("{dir}: cannot tokenize: {message}")]
+    Encode { dir: PathBuf, message: String },
+}
+
+/// Result alias for this module.
+pub type Result<T, E = TokenizerError> = std::result::Result<T, E>;
+
+/// A padded batch, row-major `[batch, seq_len]` like transformers' tensors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenBatch {
+    pub input_ids: Vec<u32>,
+    pub attention_mask: Vec<u32>,
+    pub token_type_ids: Vec<u32>,
+    pub batch: usize,
+    pub seq_len: usize,
+}
+
+impl TokenBatch {
+    /// Token ids of row `i`, padding included.
+    pub fn row(&self, i: usize) -> &[u32] {
+        &self.input_ids[i * self.seq_len..(i + 1) * self.seq_len]
+    }
+}
+
+/// A checkpoint's tokenizer, with truncation and batch padding configured.
+pub struct TextTokenizer {
+    dir: PathBuf,
+    tokenizer: Tokenizer,
+    pad_token_id: Option<u32>,
+    max_length: usize,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("dir", &self.dir)
+            .field("pad_token_id", &self.pad_token_id)
+            .field("max_length", &self.max_length)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TextTokenizer {
+    /// Loads `dir/tokenizer.json` and the pad token and sides from
+    /// `dir/tokenizer_config.json` / `dir/special_tokens_map.json`; texts are
+    /// truncated to `max_length` tokens, special tokens included.
+    pub fn from_model_dir(dir: &Path, max_length: usize) -> Result<Self> {
+        let file = dir.join("tokenizer.json");
+        if !file.is_file() {
+            return Err(TokenizerError::Missing {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let mut tokenizer = Tokenizer::from_file(&file).map_err(|e| TokenizerError::Load {
+            path: file.clone(),
+            message: e.to_string(),
+        })?;
+        let config = read_optional_json(&dir.join("tokenizer_config.json"))?;
+        let special_map = read_optional_json(&dir.join("special_tokens_map.json"))?;
+
+        let pad_token = pad_token(&config, &special_map)?
+            .or_else(|| tokenizer.get_padding().map(|p| p.pad_token.clone()));
+        let pad_token_id = match &pad_token {
+            Some(token) => {
+                Some(
+                    tokenizer
+                        .token_to_id(token)
+                        .ok_or_else(|| TokenizerError::PadToken {
+                            path: dir.to_path_buf(),
+                            message: format!(
+                                "{token:?} is not in the vocabulary of {}",
+                                file.display()
+                            ),
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let side = |key: &str| {
+            config
+                .as_ref()
+                .and_then(|(_, v)| v.get(key))
+                .and_then(Value::as_str)
+                == Some("left")
+        };
+        let (pad_left, truncate_left) = (side("padding_side"), side("truncation_side"));
+
+        // The tokenizer's own truncation subtracts the special tokens from
+        // max_length in unsigned arithmetic: check first.
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| encode_err(dir, e))?;
+        tokenizer.with_padding(None);
+        let special = tokenizer
+            .encode("", true)
+            .map_err(|e| encode_err(dir, e))?
+            .len();
+        if max_length == 0 || max_length < special {
+            return Err(TokenizerError::MaxLength {
+                dir: dir.to_path_buf(),
+                max_length,
+                special,
+            });
+        }
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                direction: if truncate_left {
+                    TruncationDirection::Left
+                } else {
+                    TruncationDirection::Right
+                },
+                max_length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|e| encode_err(dir, e))?;
+        if let (Some(id), Some(token)) = (pad_token_id, pad_token) {
+            tokenizer.with_padding(Some(PaddingParams {
+                strategy: PaddingStrategy::BatchLongest,
+                direction: if pad_left {
+                    PaddingDirection::Left
+                } else {
+                    PaddingDirection::Right
+                },
+                pad_to_multiple_of: None,
+                pad_id: id,
+                pad_type_id: 0,
+                pad_token: token,
+            }));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            tokenizer,
+            pad_token_id,
+            max_length,
+        })
+    }
+
+    /// The pad token's id, if the tokenizer has one.
+    pub fn pad_token_id(&self) -> Option<u32> {
+        self.pad_token_id
+    }
+
+    /// The truncation length this tokenizer was built with.
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    /// The underlying `tokenizers` object.
+    pub fn inner(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Encodes a batch (an empty text gives just the special tokens). An empty
+    /// batch gives an empty `TokenBatch`.
+    pub fn encode_batch(&self, texts: &[&str]) -> Result<TokenBatch> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| encode_err(&self.dir, e))?;
+        let seq_len = encodings.iter().map(|e| e.len()).max().unwrap_or(0);
+        if encodings.iter().any(|e| e.len() != seq_len) {
+            return Err(TokenizerError::NoPadToken {
+                dir: self.dir.clone(),
+            });
+        }
+        let mut batch = TokenBatch {
+            input_ids: Vec::with_capacity(texts.len() * seq_len),
+            attention_mask: Vec::with_capacity(texts.len() * seq_len),
+            token_type_ids: Vec::with_capacity(texts.len() * seq_len),
+            batch: texts.len(),
+            seq_len,
+        };
+        for e in &encodings {
+            batch.input_ids.extend_from_slice(e.get_ids());
+            batch
+                .attention_mask
+                .extend_from_slice(e.get_attention_mask());
+            batch.token_type_ids.extend_from_slice(e.get_type_ids());
+        }
+        Ok(batch)
+    }
+}
+
+fn encode_err(dir: &Path, e: impl std::fmt::Display) -> TokenizerError {
+    TokenizerError::Encode {
+        dir: dir.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+fn read_optional_json(path: &Path) -> Result<Option<(PathBuf, Value)>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let value = serde_json::from_str(&text).map_err(|source| TokenizerError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Some((path.to_path_buf(), value)))
+}
+
+/// `pad_token` from the first file that sets it: a string, or an `AddedToken`
+/// dict with a `content` string. `null` means unset.
+fn pad_token(
+    config: &Option<(PathBuf, Value)>,
+    special_map: &Option<(PathBuf, Value)>,
+) -> Result<Option<String>> {
+    for (path, value) in [config, special_map].into_iter().flatten() {
+        match value.get("pad_token") {
+            None | Some(Value::Null) => continue,
+            Some(Value::String(s)) => return Ok(Some(s.clone())),
+            Some(Value::Object(map)) => match map.get("content") {
+                Some(Value::String(s)) => return Ok(Some(s.clone())),
+                _ => {
+                    return Err(TokenizerError::PadToken {
+                        path: path.clone(),
+                        message: "expected a string or an object with a \"content\" string".into(),
+                    });
+                }
+            },
+            Some(other) => {
+                return Err(TokenizerError::PadToken {
+                    path: path.clone(),
+                    message: format!("expected a string or an AddedToken object, got {other}"),
+                });
+            }
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::preprocess::fixtures;
+
+    fn rows(v: &Value) -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as u32)
+            })
+            .collect()
+    }
+
+    /// transformers' `tokenizer(texts, padding=True, truncation=True,
+    /// max_length=N)` for a WordPiece (BERT) and a byte-level BPE (RoBERTa,
+    /// pad id 1) tokenizer: empty text, truncation, casing, unknown words.
+    #[test]
+    fn matches_transformers_batches() {
+        for (name, entry) in fixtures::index()["tokenizers_"].as_object().unwrap() {
+            let dir = fixtures::root().join(entry["dir"].as_str().unwrap());
+            let max_length = entry["max_length"].as_u64().unwrap() as usize;
+            let tok = TextTokenizer::from_model_dir(&dir, max_length).unwrap();
+            assert_eq!(
+                tok.pad_token_id().map(u64::from),
+                entry["pad_token_id"].as_u64(),
+                "{name}"
+            );
+            let texts: Vec<&str> = entry["texts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap())
+                .collect();
+            let batch = tok.encode_batch(&texts).unwrap();
+            assert_eq!(batch.batch, texts.len());
+            assert_eq!(batch.input_ids, rows(&entry["input_ids"]), "{name}");
+            assert_eq!(
+                batch.attention_mask,
+                rows(&entry["attention_mask"]),
+                "{name}"
+            );
+            assert_eq!(
+                batch.token_type_ids,
+                rows(&entry["token_type_ids"]),
+                "{name}"
+            );
+            assert_eq!(batch.input_ids.len(), batch.batch * batch.seq_len);
+            assert!(batch.seq_len <= max_length);
+            let single = tok.encode_batch(&texts[..1]).unwrap();
+            let expected: Vec<u32> = entry["single_input_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(single.input_ids, expected, "{name}");
+            assert_eq!(single.row(0), &expected[..]);
+            let empty = tok.encode_batch(&[]).unwrap();
+            assert_eq!((empty.batch, empty.seq_len), (0, 0));
+        }
+    }
+
+    fn copy_bert(to: &Path) {
+        let from = fixtures::dir().join("models/clip_bert");
+        std::fs::copy(from.join("tokenizer.json"), to.join("tokenizer.json")).unwrap();
+    }
+
+    #[test]
+    fn pad_token_as_added_token_dict_or_special_tokens_map() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_bert(dir.path());
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"pad_token": {"__type": "AddedToken", "content": "[MASK]", "lstrip": false}}"#,
+        )
+        .unwrap();
+        let tok = TextTokenizer::from_model_dir(dir.path(), 16).unwrap();
+        assert_eq!(tok.pad_token_id(), Some(4));
+        let batch = tok.encode_batch(&["a cat", ""]).unwrap();
+        assert_eq!(batch.row(1), &[2, 3, 4, 4]);
+
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"pad_token": null, "padding_side": "left"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("special_tokens_map.json"),
+            r#"{"pad_token": "[UNK]"}"#,
+        )
+        .unwrap();
+        let tok = TextTokenizer::from_model_dir(dir.path(), 16).unwrap();
+        assert_eq!(tok.pad_token_id(), Some(1));
+        let batch = tok.encode_batch(&["a cat", ""]).unwrap();
+        assert_eq!(batch.row(1), &[1, 1, 2, 3]);
+        assert_eq!(&batch.attention_mask[4..], &[0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn no_pad_token_fails_only_when_padding_is_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_bert(dir.path());
+        let tok = TextTokenizer::from_model_dir(dir.path(), 16).unwrap();
+        assert_eq!(tok.pad_token_id(), None);
+        assert!(tok.encode_batch(&["a cat"]).is_ok());
+        let err = tok.encode_batch(&["a cat", ""]).unwrap_err();
+        assert!(err.to_string().contains("no pad token"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_directory_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = TextTokenizer::from_model_dir(dir.path(), 16).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&dir.path().display().to_string()),
+            "{err}"
+        );
+        assert!(err.to_string().contains("no tokenizer.json"), "{err}");
+
+        copy_bert(dir.path());
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"pad_token": "<nope>"}"#,
+        )
+        .unwrap();
+        let err = TextTokenizer::from_model_dir(dir.path(), 16).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("\"<nope>\" is not in the vocabulary"),
+            "{err}"
+        );
+
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"pad_token": 7}"#,
+        )
+        .unwrap();
+        let err = TextTokenizer::from_model_dir(dir.path(), 16).unwrap_err();
+        assert!(
+            err.to_string().contains("tokenizer_config.json: pad_token"),
+            "{err}"
+        );
+
+        std::fs::write(dir.path().join("tokenizer_config.json"), "{}").unwrap();
+        let err = TextTokenizer::from_model_dir(dir.path(), 1).unwrap_err();
+        assert!(
+            err.to_string().contains("max_length 1 leaves no room"),
+            "{err}"
+        );
+        assert!(TextTokenizer::from_model_dir(dir.path(), 2).is_ok());
+
+        std::fs::write(dir.path().join("tokenizer.json"), "{}").unwrap();
+        let err = TextTokenizer::from_model_dir(dir.path(), 16).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("tokenizer.json: cannot load tokenizer"),
+            "{err}"
+        );
+    }
+}
