@@ -1,1 +1,3 @@
 //! (placeholder: filled in by its own change)
+
+pub mod client;
