@@ -1,6 +1,7 @@
 //! The command line: clap definitions and dispatch. Each subcommand lives in
 //! its own file; `main.rs` only calls [`run`].
 
+pub mod client;
 pub mod model_cmds;
 
 use std::process::ExitCode;
@@ -25,6 +26,14 @@ pub enum Command {
     Compose(model_cmds::ComposeArgs),
     /// Build a dual encoder with random weights from two tower configs.
     Init(model_cmds::InitArgs),
+    /// Search a running daemon by text (or by image with --image / --indexed-path).
+    Search(client::SearchArgs),
+    /// Show a running daemon's counters (--watch: live progress until done).
+    Status(client::StatusArgs),
+    /// Zero-shot classify an image with a running daemon's model.
+    Ask(client::ClassifyArgs),
+    /// List files a running daemon could not index.
+    Failures(client::FailuresArgs),
 }
 
 /// Runs the parsed command; errors are printed by `main` as one line.
@@ -34,6 +43,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Classify(a) => model_cmds::classify(a)?,
         Command::Compose(a) => model_cmds::compose(a)?,
         Command::Init(a) => model_cmds::init(a)?,
+        Command::Search(a) => client_runtime()?.block_on(client::search(a))?,
+        Command::Status(a) => client_runtime()?.block_on(client::status(a))?,
+        Command::Ask(a) => client_runtime()?.block_on(client::classify(a))?,
+        Command::Failures(a) => client_runtime()?.block_on(client::failures(a))?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -41,8 +54,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 impl Command {
     /// Long-running commands log progress; one-shot commands keep stderr for errors.
     pub fn default_log_filter(&self) -> &'static str {
-        "warn"
+        match self {
+            _ => "warn",
+        }
     }
+}
+
+/// A small runtime for the gRPC client commands.
+fn client_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
 /// Logs to stderr (journald keeps it under systemd); `RUST_LOG` overrides `default_filter`.
