@@ -1,0 +1,146 @@
+//! Byte layouts of every key and value the store writes. Fixed-width binary
+//! where records are many (files, vectors, links: one per photo), JSON where
+//! they are few and benefit from being extensible (spaces, failures).
+//!
+//! Integers in keys are big-endian so sled's byte order is numeric order
+//! (vector ids iterate ascending); integers in values are little-endian like
+//! the f32 vector payload.
+
+use super::{ContentHash, FileRecord};
+
+/// Tree names. Space trees are named by a small number, not the fingerprint,
+/// so fingerprints may hold any characters and a dropped space's number is
+/// never reused (a stale `Space` handle cannot alias a new space).
+pub(super) const TREE_META: &str = "meta";
+pub(super) const TREE_FILES: &str = "files";
+pub(super) const TREE_HASH_PATHS: &str = "hash_paths";
+pub(super) const TREE_HASH_REFS: &str = "hash_refs";
+pub(super) const TREE_FAILURES: &str = "failures";
+pub(super) const TREE_ROOTS: &str = "roots";
+pub(super) const TREE_SPACES: &str = "spaces";
+pub(super) const SPACE_TREE_PREFIX: &str = "space/";
+
+/// Keys in the `meta` tree.
+pub(super) const META_SCHEMA: &[u8] = b"schema_version";
+pub(super) const META_ACTIVE: &[u8] = b"active_space";
+pub(super) const META_NEXT_SPACE: &[u8] = b"next_space_no";
+pub(super) const META_FILE_COUNT: &[u8] = b"file_count";
+pub(super) const META_FAILURE_COUNT: &[u8] = b"failure_count";
+
+/// Keys in a space's own meta tree.
+pub(super) const SPACE_LAST_ID: &[u8] = b"last_id";
+pub(super) const SPACE_VECTORS: &[u8] = b"vectors";
+pub(super) const SPACE_PATHS: &[u8] = b"paths";
+
+pub(super) fn space_tree_name(no: u64, kind: &str) -> String {
+    format!("{SPACE_TREE_PREFIX}{no}/{kind}")
+}
+
+/// The space number of a `space/{no}/...` tree name, for garbage collection
+/// of trees left behind by a crash inside `drop_space` / `space`.
+pub(super) fn space_no_of_tree(name: &[u8]) -> Option<u64> {
+    let rest = name.strip_prefix(SPACE_TREE_PREFIX.as_bytes())?;
+    let end = rest.iter().position(|&b| b == b'/')?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+pub(super) fn u64_be(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+pub(super) fn read_u64_be(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+pub(super) const FILE_RECORD_LEN: usize = 8 + 8 + 32 + 8;
+
+pub(super) fn encode_file(r: &FileRecord) -> [u8; FILE_RECORD_LEN] {
+    let mut out = [0u8; FILE_RECORD_LEN];
+    out[0..8].copy_from_slice(&r.size.to_le_bytes());
+    out[8..16].copy_from_slice(&r.mtime_ns.to_le_bytes());
+    out[16..48].copy_from_slice(&r.hash.0);
+    out[48..56].copy_from_slice(&r.indexed_at_ms.to_le_bytes());
+    out
+}
+
+pub(super) fn decode_file(b: &[u8]) -> Option<FileRecord> {
+    if b.len() != FILE_RECORD_LEN {
+        return None;
+    }
+    Some(FileRecord {
+        size: u64::from_le_bytes(b[0..8].try_into().ok()?),
+        mtime_ns: i64::from_le_bytes(b[8..16].try_into().ok()?),
+        hash: ContentHash(b[16..48].try_into().ok()?),
+        indexed_at_ms: u64::from_le_bytes(b[48..56].try_into().ok()?),
+    })
+}
+
+/// `hash ++ path`: all paths of one content hash are one prefix scan.
+pub(super) fn hash_path_key(hash: &ContentHash, path: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(32 + path.len());
+    k.extend_from_slice(&hash.0);
+    k.extend_from_slice(path.as_bytes());
+    k
+}
+
+/// Vector value: `hash ++ f32 LE * dim`.
+pub(super) fn encode_vector(hash: &ContentHash, v: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + 4 * v.len());
+    out.extend_from_slice(&hash.0);
+    for x in v {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+pub(super) fn decode_vector(b: &[u8], dim: usize) -> Option<(ContentHash, Vec<f32>)> {
+    if b.len() != 32 + 4 * dim {
+        return None;
+    }
+    let hash = ContentHash(b[..32].try_into().ok()?);
+    let v = b[32..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Some((hash, v))
+}
+
+pub(super) fn decode_hash(b: &[u8]) -> Option<ContentHash> {
+    Some(ContentHash(b.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_record_round_trips() {
+        let r = FileRecord {
+            size: u64::MAX - 3,
+            mtime_ns: -5,
+            hash: ContentHash([7; 32]),
+            indexed_at_ms: 1_700_000_000_000,
+        };
+        assert_eq!(decode_file(&encode_file(&r)), Some(r));
+        assert_eq!(decode_file(&[0; 10]), None);
+    }
+
+    #[test]
+    fn vector_round_trips_and_checks_length() {
+        let h = ContentHash([1; 32]);
+        let v = vec![0.5f32, -1.25, f32::MIN_POSITIVE];
+        let b = encode_vector(&h, &v);
+        assert_eq!(decode_vector(&b, 3), Some((h, v)));
+        assert_eq!(decode_vector(&b, 4), None);
+    }
+
+    #[test]
+    fn space_tree_names_parse_back() {
+        assert_eq!(
+            space_no_of_tree(space_tree_name(42, "vectors").as_bytes()),
+            Some(42)
+        );
+        assert_eq!(space_no_of_tree(b"files"), None);
+        assert_eq!(space_no_of_tree(b"space/x/vectors"), None);
+    }
+}

@@ -1,0 +1,183 @@
+//! A vector space: the embeddings of one model (fingerprint + dimension).
+//! Reads only; every write goes through [`Store`](super::Store) so it can be
+//! one transaction with the file records and counters.
+
+use std::fmt;
+use std::sync::Arc;
+
+use sled::Tree;
+
+use super::codec::{self, SPACE_LAST_ID, SPACE_PATHS, SPACE_VECTORS};
+use super::{ContentHash, Result, StoreError};
+
+/// Vectors whose norm is below this are refused: they carry no direction, and
+/// normalising them would amplify noise (and hnsw_rs panics on NaN distances).
+pub const MIN_NORM: f32 = 1e-6;
+
+/// Handle on one space's trees. Cheap to clone (sled trees are `Arc`s).
+///
+/// Trees: `hash_id` (content hash → id, u64 BE), `vectors` (id BE → hash ++
+/// f32 LE), `meta` (`last_id`, `vectors`, `paths` counters, u64 BE).
+#[derive(Clone)]
+pub struct Space {
+    pub(super) fingerprint: Arc<str>,
+    pub(super) dim: usize,
+    /// Number in the tree names (`space/{no}/...`); never reused.
+    pub(super) no: u64,
+    pub(super) hash_id: Tree,
+    pub(super) vectors: Tree,
+    pub(super) meta: Tree,
+    /// The store's `hash_paths` tree, for [`Space::paths_for_vector`].
+    pub(super) hash_paths: Tree,
+}
+
+/// One stored embedding.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredVector {
+    pub id: u64,
+    pub hash: ContentHash,
+    pub vector: Vec<f32>,
+}
+
+impl fmt::Debug for Space {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Space")
+            .field("fingerprint", &self.fingerprint)
+            .field("dim", &self.dim)
+            .field("no", &self.no)
+            .finish()
+    }
+}
+
+impl Space {
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Refuses what must never enter the space: another model's dimension,
+    /// NaN/inf components, a (near-)zero vector. Callers may check early;
+    /// [`Store::commit`](super::Store::commit) checks again.
+    pub fn check_vector(&self, v: &[f32]) -> Result<()> {
+        if v.len() != self.dim {
+            return Err(StoreError::Dimension {
+                fingerprint: self.fingerprint.to_string(),
+                expected: self.dim,
+                got: v.len(),
+            });
+        }
+        let invalid = |reason| StoreError::InvalidVector {
+            fingerprint: self.fingerprint.to_string(),
+            reason,
+        };
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(invalid("NaN or infinite component"));
+        }
+        let norm = v
+            .iter()
+            .map(|&x| f64::from(x) * f64::from(x))
+            .sum::<f64>()
+            .sqrt();
+        if norm < f64::from(MIN_NORM) {
+            return Err(invalid("zero norm"));
+        }
+        Ok(())
+    }
+
+    pub fn vector_id_for_hash(&self, hash: &ContentHash) -> Result<Option<u64>> {
+        match self.hash_id.get(hash.0)? {
+            None => Ok(None),
+            Some(v) => codec::read_u64_be(&v)
+                .map(Some)
+                .ok_or_else(|| self.corrupt(format!("hash_id {hash}: bad id"))),
+        }
+    }
+
+    pub fn vector(&self, id: u64) -> Result<Option<StoredVector>> {
+        match self.vectors.get(codec::u64_be(id))? {
+            None => Ok(None),
+            Some(b) => self.decode(id, &b).map(Some),
+        }
+    }
+
+    pub fn has_vector(&self, id: u64) -> Result<bool> {
+        Ok(self.vectors.contains_key(codec::u64_be(id))?)
+    }
+
+    /// Vectors with id ≥ `from`, ascending: replay into the index after the
+    /// id its checkpoint covers (`iter_vectors_from(last_id + 1)`).
+    pub fn iter_vectors_from(
+        &self,
+        from: u64,
+    ) -> impl Iterator<Item = Result<StoredVector>> + use<> {
+        let this = self.clone();
+        self.vectors.range(codec::u64_be(from)..).map(move |kv| {
+            let (k, v) = kv?;
+            let id =
+                codec::read_u64_be(&k).ok_or_else(|| this.corrupt("vectors: bad key".into()))?;
+            this.decode(id, &v)
+        })
+    }
+
+    /// Highest id ever assigned in this space (ids start at 1, are never
+    /// reused, and survive the deletion of their vector); 0 when none.
+    pub fn last_vector_id(&self) -> Result<u64> {
+        self.counter(SPACE_LAST_ID)
+    }
+
+    /// Vectors stored in this space (persisted counter: O(1)).
+    pub fn vector_count(&self) -> Result<u64> {
+        self.counter(SPACE_VECTORS)
+    }
+
+    /// File paths whose content has a vector in this space (persisted
+    /// counter: O(1)).
+    pub fn indexed_path_count(&self) -> Result<u64> {
+        self.counter(SPACE_PATHS)
+    }
+
+    /// Every path whose content is this vector (duplicates share one vector),
+    /// in byte order; empty when the id is unknown.
+    pub fn paths_for_vector(&self, id: u64) -> Result<Vec<String>> {
+        let Some(sv) = self.vectors.get(codec::u64_be(id))? else {
+            return Ok(Vec::new());
+        };
+        let hash = codec::decode_hash(&sv[..32.min(sv.len())])
+            .ok_or_else(|| self.corrupt(format!("vector {id}: bad value")))?;
+        let mut paths = Vec::new();
+        for kv in self.hash_paths.scan_prefix(hash.0) {
+            let (k, _) = kv?;
+            let p = std::str::from_utf8(&k[32..]).map_err(|_| {
+                StoreError::Corrupt(format!("hash_paths {hash}: path is not UTF-8"))
+            })?;
+            paths.push(p.to_owned());
+        }
+        Ok(paths)
+    }
+
+    fn counter(&self, key: &[u8]) -> Result<u64> {
+        match self.meta.get(key)? {
+            None => Ok(0),
+            Some(v) => codec::read_u64_be(&v).ok_or_else(|| {
+                self.corrupt(format!(
+                    "counter {}: bad value",
+                    String::from_utf8_lossy(key)
+                ))
+            }),
+        }
+    }
+
+    fn decode(&self, id: u64, b: &[u8]) -> Result<StoredVector> {
+        let (hash, vector) = codec::decode_vector(b, self.dim).ok_or_else(|| {
+            self.corrupt(format!("vector {id}: {} bytes, dim {}", b.len(), self.dim))
+        })?;
+        Ok(StoredVector { id, hash, vector })
+    }
+
+    fn corrupt(&self, what: String) -> StoreError {
+        StoreError::Corrupt(format!("space {}: {what}", self.fingerprint))
+    }
+}
