@@ -12,7 +12,10 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{}: cannot read: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: {msg}", path.display())]
     Parse { path: PathBuf, msg: String },
     #[error("{key}: {msg}")]
@@ -100,7 +103,9 @@ impl Default for Settings {
             device: "auto".into(),
             dtype: "f32".into(),
             // systemd's StateDirectory= sets STATE_DIRECTORY.
-            data_dir: std::env::var_os("STATE_DIRECTORY").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("dualsight-data")),
+            data_dir: std::env::var_os("STATE_DIRECTORY")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("dualsight-data")),
             listen: "127.0.0.1:50051".into(),
             unix_socket: None,
             watch: WatchSettings::default(),
@@ -116,7 +121,9 @@ impl Default for WatchSettings {
         Self {
             roots: Vec::new(),
             exclude: [".*", "@eaDir", ".thumbnails"].map(String::from).to_vec(),
-            extensions: ["jpg", "jpeg", "png", "webp", "gif", "tif", "tiff", "bmp"].map(String::from).to_vec(),
+            extensions: ["jpg", "jpeg", "png", "webp", "gif", "tif", "tiff", "bmp"]
+                .map(String::from)
+                .to_vec(),
             debounce_ms: 500,
             stable_ms: 1000,
             reconcile_interval_s: 3600,
@@ -141,30 +148,52 @@ impl Default for IngestSettings {
 
 impl Default for IndexSettings {
     fn default() -> Self {
-        Self { m: 24, ef_construction: 200, ef_search: 64, checkpoint_interval_s: 300 }
+        Self {
+            m: 24,
+            ef_construction: 200,
+            ef_search: 64,
+            checkpoint_interval_s: 300,
+        }
     }
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        Self { default_limit: 10, max_limit: 1000, max_text_chars: 1000, max_message_bytes: 32 << 20, max_labels: 256 }
+        Self {
+            default_limit: 10,
+            max_limit: 1000,
+            max_text_chars: 1000,
+            max_message_bytes: 32 << 20,
+            max_labels: 256,
+        }
     }
 }
 
 impl Settings {
     /// Defaults overlaid with a TOML file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), msg: e.to_string().replace('\n', " ") })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            msg: e.to_string().replace('\n', " "),
+        })
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr> {
-        self.listen.parse().map_err(|e| ConfigError::Invalid { key: "listen", msg: format!("`{}`: {e} (expected IP:PORT)", self.listen) })
+        self.listen.parse().map_err(|e| ConfigError::Invalid {
+            key: "listen",
+            msg: format!("`{}`: {e} (expected IP:PORT)", self.listen),
+        })
     }
 
     pub fn decode_threads(&self) -> usize {
         match self.ingest.decode_threads {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             n => n,
         }
     }
@@ -173,17 +202,29 @@ impl Settings {
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &'static str, msg: String| Err(ConfigError::Invalid { key, msg });
         if self.model.as_deref().unwrap_or("").is_empty() {
-            return bad("model", "no model: pass --model DIR or set `model` in the config file".into());
+            return bad(
+                "model",
+                "no model: pass --model DIR or set `model` in the config file".into(),
+            );
         }
         self.listen_addr()?;
         if self.watch.roots.is_empty() {
-            return bad("watch.roots", "no folder to watch: pass --watch DIR or set watch.roots".into());
+            return bad(
+                "watch.roots",
+                "no folder to watch: pass --watch DIR or set watch.roots".into(),
+            );
         }
         if !(1..=4096).contains(&self.ingest.batch_size) {
-            return bad("ingest.batch_size", format!("{} not in 1..=4096", self.ingest.batch_size));
+            return bad(
+                "ingest.batch_size",
+                format!("{} not in 1..=4096", self.ingest.batch_size),
+            );
         }
         if !(1..=65536).contains(&self.ingest.queue) {
-            return bad("ingest.queue", format!("{} not in 1..=65536", self.ingest.queue));
+            return bad(
+                "ingest.queue",
+                format!("{} not in 1..=65536", self.ingest.queue),
+            );
         }
         if self.ingest.max_image_pixels == 0 || self.ingest.max_image_bytes == 0 {
             return bad("ingest.max_image_pixels", "limits must be positive".into());
@@ -195,7 +236,13 @@ impl Settings {
             return bad("index.ef_search", "ef values must be positive".into());
         }
         if self.server.default_limit == 0 || self.server.default_limit > self.server.max_limit {
-            return bad("server.default_limit", format!("{} must be in 1..=max_limit ({})", self.server.default_limit, self.server.max_limit));
+            return bad(
+                "server.default_limit",
+                format!(
+                    "{} must be in 1..=max_limit ({})",
+                    self.server.default_limit, self.server.max_limit
+                ),
+            );
         }
         Ok(())
     }
@@ -211,7 +258,9 @@ mod tests {
 
     #[test]
     fn the_documented_config_file_is_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join("dualsight.toml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("config")
+            .join("dualsight.toml");
         let mut from_file = Settings::from_file(&path).unwrap();
         let mut defaults = Settings::default();
         // The example names a model, a root and the systemd state dir; everything else is default.
@@ -229,8 +278,16 @@ mod tests {
         std::fs::write(&p, "modle = \"x\"\n").unwrap();
         let e = Settings::from_file(&p).unwrap_err().to_string();
         assert!(e.contains("c.toml") && e.contains("modle"), "{e}");
-        std::fs::write(&p, "model = \"m\"\n[watch]\nroots = [\"/p\"]\n[index]\nm = 999\n").unwrap();
-        let e = Settings::from_file(&p).unwrap().validate().unwrap_err().to_string();
+        std::fs::write(
+            &p,
+            "model = \"m\"\n[watch]\nroots = [\"/p\"]\n[index]\nm = 999\n",
+        )
+        .unwrap();
+        let e = Settings::from_file(&p)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("index.m") && e.contains("999"), "{e}");
     }
 }

@@ -82,7 +82,9 @@ pub fn parse_dtype(s: &str, device: &Device) -> Result<DType, DeviceError> {
         _ => return Err(DeviceError::DType(s.to_string())),
     };
     if device.is_cpu() && dtype != DType::F32 {
-        return Err(DeviceError::HalfOnCpu { dtype: if dtype == DType::F16 { "f16" } else { "bf16" } });
+        return Err(DeviceError::HalfOnCpu {
+            dtype: if dtype == DType::F16 { "f16" } else { "bf16" },
+        });
     }
     Ok(dtype)
 }
@@ -97,7 +99,13 @@ mod tests {
         assert_eq!("CPU".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
         assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
         assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
-        assert!("tpu".parse::<DeviceSpec>().unwrap_err().to_string().contains("tpu"));
+        assert!(
+            "tpu"
+                .parse::<DeviceSpec>()
+                .unwrap_err()
+                .to_string()
+                .contains("tpu")
+        );
         assert!(parse_dtype("f16", &Device::Cpu).is_err());
         assert_eq!(parse_dtype("f32", &Device::Cpu).unwrap(), DType::F32);
         assert_eq!(DeviceSpec::Cpu.open().unwrap().is_cpu(), true);

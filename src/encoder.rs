@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use crate::model::{DualEncoder, ModelError, TokenInput};
-use crate::preprocess::{DecodeLimits, ImageProcessor, ProcessorError, TextTokenizer, TokenizerError};
+use crate::preprocess::{
+    DecodeLimits, ImageProcessor, ProcessorError, TextTokenizer, TokenizerError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EncoderError {
@@ -22,9 +24,18 @@ pub enum EncoderError {
     #[error("{}: no tokenizer.json, so this checkpoint cannot embed text (copy a tokenizer into it)", dir.display())]
     NoTokenizer { dir: PathBuf },
     #[error("{}: the image processor makes {got_h}x{got_w} pixels but the vision tower takes {want_h}x{want_w}", dir.display())]
-    SizeMismatch { dir: PathBuf, got_h: u32, got_w: u32, want_h: usize, want_w: usize },
+    SizeMismatch {
+        dir: PathBuf,
+        got_h: u32,
+        got_w: u32,
+        want_h: usize,
+        want_w: usize,
+    },
     #[error("{}: cannot read: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -48,7 +59,13 @@ impl Encoder {
         let (_, want_h, want_w) = model.image_shape();
         let (got_h, got_w) = images.output_size();
         if (got_h as usize, got_w as usize) != (want_h, want_w) {
-            return Err(EncoderError::SizeMismatch { dir: dir.to_path_buf(), got_h, got_w, want_h, want_w });
+            return Err(EncoderError::SizeMismatch {
+                dir: dir.to_path_buf(),
+                got_h,
+                got_w,
+                want_h,
+                want_w,
+            });
         }
         let tokenizer = if dir.join("tokenizer.json").is_file() {
             Some(TextTokenizer::from_model_dir(dir, model.max_tokens())?)
@@ -56,7 +73,14 @@ impl Encoder {
             None
         };
         let fingerprint = fingerprint(dir)?;
-        Ok(Self { model, images, tokenizer, limits: DecodeLimits::default(), dir: dir.to_path_buf(), fingerprint })
+        Ok(Self {
+            model,
+            images,
+            tokenizer,
+            limits: DecodeLimits::default(),
+            dir: dir.to_path_buf(),
+            fingerprint,
+        })
     }
 
     pub fn with_limits(mut self, limits: DecodeLimits) -> Self {
@@ -82,9 +106,21 @@ impl Encoder {
 
     /// Tokenizes a batch (padded to the longest, truncated to the tower's limit).
     pub fn tokenize(&self, texts: &[&str]) -> Result<TokenInput> {
-        let tok = self.tokenizer.as_ref().ok_or_else(|| EncoderError::NoTokenizer { dir: self.dir.clone() })?;
+        let tok = self
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| EncoderError::NoTokenizer {
+                dir: self.dir.clone(),
+            })?;
         let b = tok.encode_batch(texts)?;
-        Ok(TokenInput::new(&b.input_ids, &b.attention_mask, Some(&b.token_type_ids), b.batch, b.seq_len, self.model.device())?)
+        Ok(TokenInput::new(
+            &b.input_ids,
+            &b.attention_mask,
+            Some(&b.token_type_ids),
+            b.batch,
+            b.seq_len,
+            self.model.device(),
+        )?)
     }
 
     /// Normalised text embeddings, one per text.
@@ -93,7 +129,11 @@ impl Encoder {
             return Ok(Vec::new());
         }
         let input = self.tokenize(texts)?;
-        Ok(self.model.embed_texts(&input)?.to_vec2::<f32>().map_err(ModelError::from)?)
+        Ok(self
+            .model
+            .embed_texts(&input)?
+            .to_vec2::<f32>()
+            .map_err(ModelError::from)?)
     }
 
     /// Decodes and preprocesses one file to CHW floats (CPU only; safe to call from many threads).
@@ -114,16 +154,27 @@ impl Encoder {
         let (c, h, w) = self.model.image_shape();
         let len = c * h * w;
         if let Some(bad) = pixels.iter().find(|p| p.len() != len) {
-            return Err(EncoderError::Invalid(format!("pixel buffer of {} values, expected {c}x{h}x{w} = {len}", bad.len())));
+            return Err(EncoderError::Invalid(format!(
+                "pixel buffer of {} values, expected {c}x{h}x{w} = {len}",
+                bad.len()
+            )));
         }
         let flat: Vec<f32> = pixels.iter().flatten().copied().collect();
-        let px = Tensor::from_vec(flat, (pixels.len(), c, h, w), &Device::Cpu).map_err(ModelError::from)?;
-        Ok(self.model.embed_images(&px)?.to_vec2::<f32>().map_err(ModelError::from)?)
+        let px = Tensor::from_vec(flat, (pixels.len(), c, h, w), &Device::Cpu)
+            .map_err(ModelError::from)?;
+        Ok(self
+            .model
+            .embed_images(&px)?
+            .to_vec2::<f32>()
+            .map_err(ModelError::from)?)
     }
 
     /// Reads, decodes, preprocesses and embeds image files (errors name the file).
     pub fn embed_image_files(&self, paths: &[PathBuf]) -> Result<Vec<Vec<f32>>> {
-        let pixels = paths.iter().map(|p| self.preprocess_path(p)).collect::<Result<Vec<_>>>()?;
+        let pixels = paths
+            .iter()
+            .map(|p| self.preprocess_path(p))
+            .collect::<Result<Vec<_>>>()?;
         self.embed_pixels(&pixels)
     }
 }
@@ -134,20 +185,33 @@ impl Encoder {
 pub fn fingerprint(dir: &Path) -> Result<String> {
     let mut hasher = blake3::Hasher::new();
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|source| EncoderError::Io { path: dir.to_path_buf(), source })?
+        .map_err(|source| EncoderError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            n == "config.json" || n == "preprocessor_config.json" || n == "processor_config.json" || n.ends_with(".safetensors") && n.starts_with("model") || n == "pytorch_model.bin"
+            n == "config.json"
+                || n == "preprocessor_config.json"
+                || n == "processor_config.json"
+                || n.ends_with(".safetensors") && n.starts_with("model")
+                || n == "pytorch_model.bin"
         })
         .collect();
     names.sort();
     for path in names {
         hasher.update(path.file_name().unwrap().to_string_lossy().as_bytes());
-        let mut f = std::fs::File::open(&path).map_err(|source| EncoderError::Io { path: path.clone(), source })?;
+        let mut f = std::fs::File::open(&path).map_err(|source| EncoderError::Io {
+            path: path.clone(),
+            source,
+        })?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = f.read(&mut buf).map_err(|source| EncoderError::Io { path: path.clone(), source })?;
+            let n = f.read(&mut buf).map_err(|source| EncoderError::Io {
+                path: path.clone(),
+                source,
+            })?;
             if n == 0 {
                 break;
             }

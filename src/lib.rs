@@ -16,6 +16,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod device;
 pub mod encoder;
 pub mod index;

@@ -563,6 +563,11 @@ pub fn status_text(s: &proto::StatusResponse) -> String {
         s.logit_scale.exp()
     );
     let _ = writeln!(out, "index building:  {}", yes_no(s.index_building));
+    let _ = writeln!(
+        out,
+        "embedded:        {} images since start ({} files reused a vector)",
+        s.embedded_images, s.reused_vectors
+    );
     if s.roots.is_empty() {
         let _ = writeln!(out, "roots:           none");
     } else {
@@ -594,6 +599,8 @@ pub fn status_json(s: &proto::StatusResponse) -> String {
         "roots": roots,
         "vectors": s.vectors,
         "index_building": s.index_building,
+        "embedded_images": s.embedded_images,
+        "reused_vectors": s.reused_vectors,
     });
     format!("{value}\n")
 }
@@ -925,6 +932,8 @@ mod tests {
             ],
             vectors: 11,
             index_building: false,
+            embedded_images: 7,
+            reused_vectors: 2,
         };
         let text = status_text(&s);
         for expected in [

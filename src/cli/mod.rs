@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod model_cmds;
+pub mod serve;
 
 use std::process::ExitCode;
 
@@ -10,7 +11,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "dualsight", version, about = "Self-hosted text-to-image search: a VisionTextDualEncoder daemon")]
+#[command(
+    name = "dualsight",
+    version,
+    about = "Self-hosted text-to-image search: a VisionTextDualEncoder daemon"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -26,6 +31,8 @@ pub enum Command {
     Compose(model_cmds::ComposeArgs),
     /// Build a dual encoder with random weights from two tower configs.
     Init(model_cmds::InitArgs),
+    /// Run the daemon: watch folders, index photos, answer queries over gRPC.
+    Serve(serve::ServeArgs),
     /// Search a running daemon by text (or by image with --image / --indexed-path).
     Search(client::SearchArgs),
     /// Show a running daemon's counters (--watch: live progress until done).
@@ -43,6 +50,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Classify(a) => model_cmds::classify(a)?,
         Command::Compose(a) => model_cmds::compose(a)?,
         Command::Init(a) => model_cmds::init(a)?,
+        Command::Serve(a) => serve::serve(a)?,
         Command::Search(a) => client_runtime()?.block_on(client::search(a))?,
         Command::Status(a) => client_runtime()?.block_on(client::status(a))?,
         Command::Ask(a) => client_runtime()?.block_on(client::classify(a))?,
@@ -55,6 +63,7 @@ impl Command {
     /// Long-running commands log progress; one-shot commands keep stderr for errors.
     pub fn default_log_filter(&self) -> &'static str {
         match self {
+            Command::Serve(_) => "info,hnsw_rs=warn,sled=warn",
             _ => "warn",
         }
     }
@@ -62,13 +71,16 @@ impl Command {
 
 /// A small runtime for the gRPC client commands.
 fn client_runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// Logs to stderr (journald keeps it under systemd); `RUST_LOG` overrides `default_filter`.
 pub fn init_logging(default_filter: &str) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -9,7 +9,9 @@ use serde_json::json;
 
 use crate::device::{DeviceSpec, parse_dtype};
 use crate::encoder::Encoder;
-use crate::model::checkpoint::{copy_image_processor, copy_tokenizer_files, default_image_processor};
+use crate::model::checkpoint::{
+    copy_image_processor, copy_tokenizer_files, default_image_processor,
+};
 use crate::model::{DualEncoder, hub};
 
 /// Where and how the model runs (shared by every command that runs it).
@@ -31,7 +33,8 @@ impl RunArgs {
         let dir = hub::resolve(&self.model)?;
         let device = self.device.open()?;
         let dtype = parse_dtype(&self.dtype, &device)?;
-        Encoder::load(&dir, &device, dtype).with_context(|| format!("loading model {}", dir.display()))
+        Encoder::load(&dir, &device, dtype)
+            .with_context(|| format!("loading model {}", dir.display()))
     }
 }
 
@@ -56,16 +59,26 @@ pub fn embed(args: &EmbedArgs) -> Result<()> {
     }
     let enc = args.run.load()?;
     // Decode every image before any model work, so a bad file fails fast, naming itself.
-    let pixels = args.images.iter().map(|p| enc.preprocess_path(p)).collect::<Result<Vec<_>, _>>()?;
+    let pixels = args
+        .images
+        .iter()
+        .map(|p| enc.preprocess_path(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
     let text_embeds = enc.embed_texts(&texts)?;
     let image_embeds = enc.embed_pixels(&pixels)?;
     let scale = enc.model().logit_scale_exp();
-    let mut out = json!({ "text_embeds": text_embeds, "image_embeds": image_embeds, "logit_scale": scale });
+    let mut out =
+        json!({ "text_embeds": text_embeds, "image_embeds": image_embeds, "logit_scale": scale });
     if !text_embeds.is_empty() && !image_embeds.is_empty() {
         let logits: Vec<Vec<f32>> = text_embeds
             .iter()
-            .map(|t| image_embeds.iter().map(|i| t.iter().zip(i).map(|(a, b)| a * b).sum::<f32>() * scale).collect())
+            .map(|t| {
+                image_embeds
+                    .iter()
+                    .map(|i| t.iter().zip(i).map(|(a, b)| a * b).sum::<f32>() * scale)
+                    .collect()
+            })
             .collect();
         out["logits_per_text"] = json!(logits);
     }
@@ -73,10 +86,19 @@ pub fn embed(args: &EmbedArgs) -> Result<()> {
         println!("{out}");
     } else {
         for (t, e) in args.texts.iter().zip(&text_embeds) {
-            println!("text  {t:?}: {} dims, first {:?}", e.len(), &e[..e.len().min(4)]);
+            println!(
+                "text  {t:?}: {} dims, first {:?}",
+                e.len(),
+                &e[..e.len().min(4)]
+            );
         }
         for (p, e) in args.images.iter().zip(&image_embeds) {
-            println!("image {}: {} dims, first {:?}", p.display(), e.len(), &e[..e.len().min(4)]);
+            println!(
+                "image {}: {} dims, first {:?}",
+                p.display(),
+                e.len(),
+                &e[..e.len().min(4)]
+            );
         }
         if let Some(l) = out.get("logits_per_text") {
             println!("logits_per_text (exp(logit_scale) = {scale}): {l}");
@@ -105,7 +127,10 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
     let enc = args.run.load()?;
     let ranked = zero_shot(&enc, &enc.preprocess_path(&args.image)?, &args.labels)?;
     if args.json {
-        let rows: Vec<_> = ranked.iter().map(|(l, p, logit)| json!({"label": l, "probability": p, "logit": logit})).collect();
+        let rows: Vec<_> = ranked
+            .iter()
+            .map(|(l, p, logit)| json!({"label": l, "probability": p, "logit": logit}))
+            .collect();
         println!("{}", json!({ "image": args.image, "labels": rows }));
     } else {
         for (label, p, _) in ranked {
@@ -116,14 +141,27 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
 }
 
 /// `(label, probability, logit)` sorted by probability, highest first.
-pub fn zero_shot(enc: &Encoder, pixels: &[f32], labels: &[String]) -> Result<Vec<(String, f32, f32)>> {
+pub fn zero_shot(
+    enc: &Encoder,
+    pixels: &[f32],
+    labels: &[String],
+) -> Result<Vec<(String, f32, f32)>> {
     let texts: Vec<&str> = labels.iter().map(String::as_str).collect();
     let t = enc.embed_texts(&texts)?;
     let i = enc.embed_pixels(&[pixels.to_vec()])?;
     let scale = enc.model().logit_scale_exp();
-    let logits: Vec<f32> = t.iter().map(|t| t.iter().zip(&i[0]).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
+    let logits: Vec<f32> = t
+        .iter()
+        .map(|t| t.iter().zip(&i[0]).map(|(a, b)| a * b).sum::<f32>() * scale)
+        .collect();
     let probs = softmax(&logits);
-    let mut ranked: Vec<_> = labels.iter().cloned().zip(probs).zip(logits).map(|((l, p), g)| (l, p, g)).collect();
+    let mut ranked: Vec<_> = labels
+        .iter()
+        .cloned()
+        .zip(probs)
+        .zip(logits)
+        .map(|((l, p), g)| (l, p, g))
+        .collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
     Ok(ranked)
 }
@@ -153,13 +191,27 @@ pub struct ComposeArgs {
 
 pub fn compose(args: &ComposeArgs) -> Result<()> {
     check_projection_dim(args.projection_dim)?;
-    let model = DualEncoder::compose(&args.vision, &args.text, args.projection_dim, &candle_core::Device::Cpu)?;
+    let model = DualEncoder::compose(
+        &args.vision,
+        &args.text,
+        args.projection_dim,
+        &candle_core::Device::Cpu,
+    )?;
     model.save(&args.out)?;
     copy_tokenizer_files(&args.text, &args.out)?;
     if !copy_image_processor(&args.vision, &args.out)? {
-        write_json(&args.out.join("preprocessor_config.json"), &default_image_processor(model.config()))?;
+        write_json(
+            &args.out.join("preprocessor_config.json"),
+            &default_image_processor(model.config()),
+        )?;
     }
-    eprintln!("composed {} + {} into {} (new projections, projection_dim {})", model.config().vision.model_type(), model.config().text.model_type(), args.out.display(), args.projection_dim);
+    eprintln!(
+        "composed {} + {} into {} (new projections, projection_dim {})",
+        model.config().vision.model_type(),
+        model.config().text.model_type(),
+        args.out.display(),
+        args.projection_dim
+    );
     Ok(())
 }
 
@@ -183,13 +235,26 @@ pub struct InitArgs {
 
 pub fn init(args: &InitArgs) -> Result<()> {
     check_projection_dim(args.projection_dim)?;
-    let model = DualEncoder::init(&args.vision_config, &args.text_config, args.projection_dim, &candle_core::Device::Cpu)?;
+    let model = DualEncoder::init(
+        &args.vision_config,
+        &args.text_config,
+        args.projection_dim,
+        &candle_core::Device::Cpu,
+    )?;
     model.save(&args.out)?;
-    write_json(&args.out.join("preprocessor_config.json"), &default_image_processor(model.config()))?;
+    write_json(
+        &args.out.join("preprocessor_config.json"),
+        &default_image_processor(model.config()),
+    )?;
     if let Some(tok) = &args.tokenizer {
         copy_tokenizer_files(tok, &args.out)?;
     }
-    eprintln!("initialised {} + {} with random weights in {}", model.config().vision.model_type(), model.config().text.model_type(), args.out.display());
+    eprintln!(
+        "initialised {} + {} with random weights in {}",
+        model.config().vision.model_type(),
+        model.config().text.model_type(),
+        args.out.display()
+    );
     Ok(())
 }
 
@@ -201,5 +266,6 @@ fn check_projection_dim(p: usize) -> Result<()> {
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    std::fs::write(path, serde_json::to_string_pretty(value)? + "\n").with_context(|| format!("{}: cannot write", path.display()))
+    std::fs::write(path, serde_json::to_string_pretty(value)? + "\n")
+        .with_context(|| format!("{}: cannot write", path.display()))
 }

@@ -183,7 +183,10 @@ pub fn copy_tokenizer_files(src: &Path, out: &Path) -> Result<Vec<PathBuf>> {
         let from = src.join(name);
         if from.is_file() {
             let to = out.join(name);
-            std::fs::copy(&from, &to).map_err(|source| ModelError::Io { path: from.clone(), source })?;
+            std::fs::copy(&from, &to).map_err(|source| ModelError::Io {
+                path: from.clone(),
+                source,
+            })?;
             written.push(to);
         }
     }
@@ -198,14 +201,22 @@ pub fn copy_image_processor(src: &Path, out: &Path) -> Result<bool> {
     let nested = src.join("processor_config.json");
     let to = out.join("preprocessor_config.json");
     if legacy.is_file() {
-        std::fs::copy(&legacy, &to).map_err(|source| ModelError::Io { path: legacy.clone(), source })?;
+        std::fs::copy(&legacy, &to).map_err(|source| ModelError::Io {
+            path: legacy.clone(),
+            source,
+        })?;
         return Ok(true);
     }
     if nested.is_file()
-        && let Some(ip) = read_json(&nested)?.get("image_processor").filter(|ip| ip.is_object())
+        && let Some(ip) = read_json(&nested)?
+            .get("image_processor")
+            .filter(|ip| ip.is_object())
     {
         let text = serde_json::to_string_pretty(ip).expect("json value serialises");
-        std::fs::write(&to, text + "\n").map_err(|source| ModelError::Io { path: to.clone(), source })?;
+        std::fs::write(&to, text + "\n").map_err(|source| ModelError::Io {
+            path: to.clone(),
+            source,
+        })?;
         return Ok(true);
     }
     Ok(false)

@@ -210,6 +210,10 @@ pub struct StatusSnapshot {
     pub vectors: u64,
     /// Whether an index for a newly configured model is being built.
     pub index_building: bool,
+    /// Images run through the vision tower since start.
+    pub embedded_images: u64,
+    /// Files indexed since start by reusing an existing vector (no model run).
+    pub reused_vectors: u64,
 }
 
 /// A watched folder.

@@ -465,6 +465,8 @@ pub(crate) fn status_response(s: StatusSnapshot) -> proto::StatusResponse {
             .collect(),
         vectors: s.vectors,
         index_building: s.index_building,
+        embedded_images: s.embedded_images,
+        reused_vectors: s.reused_vectors,
     }
 }
 
@@ -771,6 +773,8 @@ mod tests {
             }],
             vectors: 4,
             index_building: true,
+            embedded_images: 5,
+            reused_vectors: 6,
         });
         assert_eq!(
             status,
@@ -789,6 +793,8 @@ mod tests {
                 }],
                 vectors: 4,
                 index_building: true,
+                embedded_images: 5,
+                reused_vectors: 6,
             }
         );
 

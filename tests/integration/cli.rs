@@ -13,13 +13,22 @@ pub fn dualsight() -> Command {
 
 fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("run dualsight");
-    assert!(out.status.success(), "dualsight failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "dualsight failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
 fn embed_json(model: &Path, texts: &[String], images: &[std::path::PathBuf]) -> serde_json::Value {
     let mut cmd = dualsight();
-    cmd.arg("embed").arg("--model").arg(model).arg("--json").arg("--device").arg("cpu");
+    cmd.arg("embed")
+        .arg("--model")
+        .arg(model)
+        .arg("--json")
+        .arg("--device")
+        .arg("cpu");
     for t in texts {
         cmd.arg("--text").arg(t);
     }
@@ -30,7 +39,17 @@ fn embed_json(model: &Path, texts: &[String], images: &[std::path::PathBuf]) -> 
 }
 
 fn matrix(v: &serde_json::Value) -> Vec<Vec<f32>> {
-    v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
 }
 
 #[test]
@@ -46,7 +65,11 @@ fn embed_from_files_matches_the_transformers_pipeline() {
         let text = matrix(&out["text_embeds"]);
         let want_text = rows(&r.get("text_embeds"));
         for (got, want) in text.iter().zip(&want_text) {
-            let d = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            let d = got
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
             assert!(d < 1e-4, "{name}: text embedding differs by {d}");
         }
         // Whole pipeline from files: cosine ≥ 0.999 for every photo and format.
@@ -67,24 +90,63 @@ fn hostile_files_fail_with_one_line_naming_the_file() {
     let dir = model_dir("vit-bert");
     for entry in std::fs::read_dir(fixtures().join("images").join("bad")).unwrap() {
         let path = entry.unwrap().path();
-        let out = dualsight().arg("embed").arg("--model").arg(&dir).arg("--json").arg("--image").arg(&path).output().unwrap();
+        let out = dualsight()
+            .arg("embed")
+            .arg("--model")
+            .arg(&dir)
+            .arg("--json")
+            .arg("--image")
+            .arg(&path)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{}: accepted", path.display());
         assert!(out.stdout.is_empty(), "{}: printed output", path.display());
-        assert!(stderr.contains(&*path.to_string_lossy()), "{}: error does not name the file: {stderr}", path.display());
-        assert!(!stderr.contains("panicked"), "{}: panic: {stderr}", path.display());
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{}: not one line: {stderr}", path.display());
+        assert!(
+            stderr.contains(&*path.to_string_lossy()),
+            "{}: error does not name the file: {stderr}",
+            path.display()
+        );
+        assert!(
+            !stderr.contains("panicked"),
+            "{}: panic: {stderr}",
+            path.display()
+        );
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{}: not one line: {stderr}",
+            path.display()
+        );
     }
     let missing = fixtures().join("images").join("no-such-file.jpg");
-    let out = dualsight().arg("embed").arg("--model").arg(&dir).arg("--image").arg(&missing).output().unwrap();
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no-such-file.jpg"));
+    let out = dualsight()
+        .arg("embed")
+        .arg("--model")
+        .arg(&dir)
+        .arg("--image")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no-such-file.jpg")
+    );
 }
 
 #[test]
 fn a_missing_model_explains_how_to_point_at_one() {
-    let out = dualsight().args(["embed", "--model", "nobody/nothing-here", "--text", "x"]).env("HF_HUB_CACHE", "/nonexistent").output().unwrap();
+    let out = dualsight()
+        .args(["embed", "--model", "nobody/nothing-here", "--text", "x"])
+        .env("HF_HUB_CACHE", "/nonexistent")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("nobody/nothing-here") && stderr.contains("--model"), "{stderr}");
+    assert!(
+        !out.status.success()
+            && stderr.contains("nobody/nothing-here")
+            && stderr.contains("--model"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -92,18 +154,60 @@ fn compose_then_embed_and_classify() {
     let towers = fixtures().join("models").join("towers");
     let out = tempfile::tempdir().unwrap();
     let composed = out.path().join("vit-bert");
-    run_ok(dualsight().arg("compose").arg("--vision").arg(towers.join("vit")).arg("--text").arg(towers.join("bert")).args(["--projection-dim", "24", "--out"]).arg(&composed));
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"] {
+    run_ok(
+        dualsight()
+            .arg("compose")
+            .arg("--vision")
+            .arg(towers.join("vit"))
+            .arg("--text")
+            .arg(towers.join("bert"))
+            .args(["--projection-dim", "24", "--out"])
+            .arg(&composed),
+    );
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "preprocessor_config.json",
+    ] {
         assert!(composed.join(f).is_file(), "compose did not write {f}");
     }
-    let v = embed_json(&composed, &["a photo of a cat".into()], &[image("chelsea.png")]);
+    let v = embed_json(
+        &composed,
+        &["a photo of a cat".into()],
+        &[image("chelsea.png")],
+    );
     assert_eq!(matrix(&v["image_embeds"])[0].len(), 24);
-    let out = run_ok(dualsight().arg("classify").arg("--model").arg(&composed).arg("--image").arg(image("coffee.webp")).args(["--label", "a cat", "--label", "a cup of coffee", "--label", "a rocket", "--json"]));
+    let out = run_ok(
+        dualsight()
+            .arg("classify")
+            .arg("--model")
+            .arg(&composed)
+            .arg("--image")
+            .arg(image("coffee.webp"))
+            .args([
+                "--label",
+                "a cat",
+                "--label",
+                "a cup of coffee",
+                "--label",
+                "a rocket",
+                "--json",
+            ]),
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let probs: Vec<f64> = v["labels"].as_array().unwrap().iter().map(|l| l["probability"].as_f64().unwrap()).collect();
+    let probs: Vec<f64> = v["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["probability"].as_f64().unwrap())
+        .collect();
     assert_eq!(probs.len(), 3);
     assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-5);
-    assert!(probs.windows(2).all(|w| w[0] >= w[1]), "not sorted: {probs:?}");
+    assert!(
+        probs.windows(2).all(|w| w[0] >= w[1]),
+        "not sorted: {probs:?}"
+    );
 }
 
 #[test]
@@ -111,7 +215,18 @@ fn init_makes_a_loadable_model() {
     let init = fixtures().join("models").join("init");
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("m");
-    run_ok(dualsight().arg("init").arg("--vision-config").arg(init.join("vit.config.json")).arg("--text-config").arg(init.join("bert.config.json")).args(["--projection-dim", "8", "--tokenizer"]).arg(model_dir("vit-bert")).arg("--out").arg(&dir));
+    run_ok(
+        dualsight()
+            .arg("init")
+            .arg("--vision-config")
+            .arg(init.join("vit.config.json"))
+            .arg("--text-config")
+            .arg(init.join("bert.config.json"))
+            .args(["--projection-dim", "8", "--tokenizer"])
+            .arg(model_dir("vit-bert"))
+            .arg("--out")
+            .arg(&dir),
+    );
     let v = embed_json(&dir, &["hello".into()], &[image("rocket.jpg")]);
     assert_eq!(matrix(&v["text_embeds"])[0].len(), 8);
     assert_eq!(matrix(&v["image_embeds"])[0].len(), 8);

@@ -3,5 +3,7 @@
 //! gRPC server on a real socket.
 
 mod cli;
+mod daemon;
 mod model;
+mod service;
 mod util;

@@ -1,0 +1,271 @@
+//! The query side of the daemon: [`crate::server::Core`] over the engine.
+//! Model work (text and image embedding) runs on blocking threads; the HNSW
+//! answers nearest vectors, the store maps them to every path holding that
+//! content, and filters (path prefix, minimum score) apply to paths.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use super::engine::Engine;
+use crate::ingest::pipeline::Counters;
+use crate::server::core::{
+    ClassifyQuery, Core, CoreError, FailureList, FailureRecord, Hit, ImageQuery, ImageRef,
+    LabelScore, ProgressSnapshot, Result, RootStatus, StatusSnapshot, TextQuery, path_has_prefix,
+    rank_hits, rank_labels,
+};
+use crate::store::path_str;
+
+/// What `Status` reports about the daemon beyond the engine.
+pub struct DaemonCore {
+    /// Set once the model and index are loaded; until then queries get NOT_READY.
+    engine: OnceLock<Arc<Engine>>,
+    pub counters: Arc<Counters>,
+    pub roots: Vec<PathBuf>,
+    pub model_name: String,
+    progress: watch::Receiver<ProgressSnapshot>,
+}
+
+impl DaemonCore {
+    pub fn new(
+        counters: Arc<Counters>,
+        roots: Vec<PathBuf>,
+        model_name: String,
+        progress: watch::Receiver<ProgressSnapshot>,
+    ) -> Self {
+        Self {
+            engine: OnceLock::new(),
+            counters,
+            roots,
+            model_name,
+            progress,
+        }
+    }
+
+    pub fn set_engine(&self, engine: Arc<Engine>) {
+        let _ = self.engine.set(engine);
+    }
+
+    fn engine(&self) -> Result<Arc<Engine>> {
+        self.engine
+            .get()
+            .cloned()
+            .ok_or_else(|| CoreError::NotReady("loading the model and index".into()))
+    }
+
+    /// Runs CPU-heavy model work off the async threads.
+    async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| CoreError::Internal(format!("worker failed: {e}")))?
+    }
+
+    /// The query vector of an image reference: embed bytes, or look up an indexed path's vector.
+    async fn image_vector(&self, engine: &Arc<Engine>, image: ImageRef) -> Result<Vec<f32>> {
+        match image {
+            ImageRef::Bytes(bytes) => {
+                let engine = engine.clone();
+                Self::blocking(move || {
+                    let px = engine
+                        .encoder
+                        .preprocess_bytes(&bytes, "image")
+                        .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+                    let mut v = engine
+                        .encoder
+                        .embed_pixels(&[px])
+                        .map_err(|e| CoreError::Internal(e.to_string()))?;
+                    Ok(v.remove(0))
+                })
+                .await
+            }
+            ImageRef::Path(path) => {
+                let p = path_str(&path).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+                let not_indexed =
+                    || CoreError::NotFound(format!("path: {} is not indexed", path.display()));
+                let record = engine
+                    .store
+                    .file(p)
+                    .map_err(internal)?
+                    .ok_or_else(not_indexed)?;
+                let id = engine
+                    .space
+                    .vector_id_for_hash(&record.hash)
+                    .map_err(internal)?
+                    .ok_or_else(not_indexed)?;
+                Ok(engine
+                    .space
+                    .vector(id)
+                    .map_err(internal)?
+                    .ok_or_else(not_indexed)?
+                    .vector)
+            }
+        }
+    }
+
+    /// Nearest files to `q`: every path sharing a matching vector is its own
+    /// hit; filters apply to paths, and the search widens until `limit` hits
+    /// pass them or the index is exhausted.
+    fn nearest(
+        engine: &Engine,
+        q: &[f32],
+        limit: usize,
+        prefix: Option<&Path>,
+        min_score: Option<f32>,
+    ) -> Result<Vec<(PathBuf, f32)>> {
+        let live = engine.index.len();
+        let mut fetch = (limit * 2).max(32).min(live.max(1));
+        loop {
+            let found = engine.index.search(q, fetch, None).map_err(internal)?;
+            let exhausted = found.len() < fetch || fetch >= live;
+            let mut hits = Vec::new();
+            let mut below_min = false;
+            for (id, score) in found {
+                if min_score.is_some_and(|m| score < m) {
+                    below_min = true;
+                    break;
+                }
+                for p in engine.space.paths_for_vector(id).map_err(internal)? {
+                    let path = PathBuf::from(p);
+                    if prefix.is_none_or(|pre| path_has_prefix(&path, pre)) {
+                        hits.push((path, score));
+                    }
+                }
+            }
+            if hits.len() >= limit || exhausted || below_min {
+                hits.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                hits.truncate(limit);
+                return Ok(hits);
+            }
+            fetch = (fetch * 4).min(live);
+        }
+    }
+
+    async fn search(
+        &self,
+        q: Vec<f32>,
+        limit: usize,
+        prefix: Option<PathBuf>,
+        min_score: Option<f32>,
+    ) -> Result<Vec<Hit>> {
+        let engine = self.engine()?;
+        let scale = engine.encoder.model().logit_scale();
+        let scored =
+            Self::blocking(move || Self::nearest(&engine, &q, limit, prefix.as_deref(), min_score))
+                .await?;
+        Ok(rank_hits(scored, scale))
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> CoreError {
+    CoreError::Internal(e.to_string())
+}
+
+impl Core for DaemonCore {
+    async fn search_text(&self, query: TextQuery) -> Result<Vec<Hit>> {
+        let engine = self.engine()?;
+        let text = query.text.clone();
+        let q = Self::blocking(move || {
+            let mut v = engine
+                .encoder
+                .embed_texts(&[&text])
+                .map_err(|e| CoreError::Internal(e.to_string()))?;
+            Ok(v.remove(0))
+        })
+        .await?;
+        self.search(q, query.limit, query.path_prefix, query.min_score)
+            .await
+    }
+
+    async fn search_image(&self, query: ImageQuery) -> Result<Vec<Hit>> {
+        let engine = self.engine()?;
+        let q = self.image_vector(&engine, query.image).await?;
+        self.search(q, query.limit, query.path_prefix, query.min_score)
+            .await
+    }
+
+    async fn classify(&self, query: ClassifyQuery) -> Result<Vec<LabelScore>> {
+        let engine = self.engine()?;
+        let image = self.image_vector(&engine, query.image).await?;
+        let labels = query.labels.clone();
+        let scale = engine.encoder.model().logit_scale();
+        let texts = Self::blocking(move || {
+            let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+            engine
+                .encoder
+                .embed_texts(&refs)
+                .map_err(|e| CoreError::Internal(e.to_string()))
+        })
+        .await?;
+        let scored = query
+            .labels
+            .into_iter()
+            .zip(texts)
+            .map(|(l, t)| (l, t.iter().zip(&image).map(|(a, b)| a * b).sum()))
+            .collect();
+        Ok(rank_labels(scored, scale))
+    }
+
+    async fn status(&self) -> Result<StatusSnapshot> {
+        let Some(engine) = self.engine.get() else {
+            return Ok(StatusSnapshot {
+                pending_files: self.counters.pending(),
+                model_name: self.model_name.clone(),
+                ..Default::default()
+            });
+        };
+        let offline = engine.store.offline_roots().map_err(internal)?;
+        Ok(StatusSnapshot {
+            indexed_files: engine.store.indexed_file_count().map_err(internal)?,
+            pending_files: self.counters.pending(),
+            failed_files: engine.store.failure_count().map_err(internal)?,
+            ready: true,
+            model_fingerprint: engine.space.fingerprint().to_string(),
+            model_name: self.model_name.clone(),
+            embedding_dim: engine.encoder.dim() as u32,
+            logit_scale: engine.encoder.model().logit_scale(),
+            roots: self
+                .roots
+                .iter()
+                .map(|r| RootStatus {
+                    path: r.clone(),
+                    online: !offline.iter().any(|o| Path::new(o) == r),
+                })
+                .collect(),
+            vectors: engine.store.vector_count(&engine.space).map_err(internal)?,
+            index_building: false,
+            embedded_images: self.counters.embedded.load(Ordering::Relaxed),
+            reused_vectors: self.counters.reused.load(Ordering::Relaxed),
+        })
+    }
+
+    fn progress(&self) -> watch::Receiver<ProgressSnapshot> {
+        self.progress.clone()
+    }
+
+    async fn failures(&self, limit: usize) -> Result<FailureList> {
+        let engine = self.engine()?;
+        let mut all: Vec<FailureRecord> = engine
+            .store
+            .iter_failures()
+            .filter_map(|f| f.ok())
+            .map(|(path, f)| FailureRecord {
+                path: PathBuf::from(path),
+                error: f.error,
+                failed_at: UNIX_EPOCH + Duration::from_millis(f.last_failed_ms),
+                attempts: f.attempts,
+            })
+            .collect();
+        let total = all.len() as u64;
+        all.sort_by(|a, b| b.failed_at.cmp(&a.failed_at));
+        all.truncate(limit);
+        Ok(FailureList {
+            failures: all,
+            total,
+        })
+    }
+}

@@ -1,0 +1,551 @@
+//! From changes to committed vectors. Stages, each bounded:
+//!
+//! ```text
+//! watcher ─Change─▶ planner ─Job─▶ decode workers (N threads) ─Op─▶ committer (1 thread)
+//!                      └──────── Remove (after a grace period) ──────▶┘
+//! ```
+//!
+//! The planner skips files the store already has unchanged, and delays
+//! removals so a rename's new path claims the vector before the old path
+//! lets it go. Workers read and hash each file; content the space already
+//! has is not decoded at all (rename, duplicate); the rest is decoded and
+//! preprocessed. The committer is the store's only writer: it embeds a
+//! batch, commits it (flushed) and only then inserts into the index, applies
+//! removals, and writes index checkpoints between batches, so no write
+//! ever races another.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc as tmpsc;
+
+use super::Change;
+use crate::daemon::engine::Engine;
+use crate::store::{Commit, ContentHash, Embedding, FileRecord, path_str};
+
+/// Tunables of the pipeline (from the daemon settings).
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub batch_size: usize,
+    pub batch_timeout: Duration,
+    pub decode_threads: usize,
+    pub queue: usize,
+    pub remove_grace: Duration,
+    pub checkpoint_every: Duration,
+}
+
+/// Counters for status and progress; shared with the query side.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Images run through the vision tower.
+    pub embedded: AtomicU64,
+    /// Files committed without embedding: their content already had a vector (renames, duplicates).
+    pub reused: AtomicU64,
+    /// Files committed (either way) since start.
+    pub committed: AtomicU64,
+    /// Files that failed to decode since start.
+    pub failed: AtomicU64,
+    /// Paths seen but not committed, failed or dropped yet.
+    pending: Mutex<HashSet<PathBuf>>,
+}
+
+impl Counters {
+    pub fn pending(&self) -> u64 {
+        self.pending.lock().expect("pending lock").len() as u64
+    }
+    fn start(&self, p: &Path) -> bool {
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .insert(p.to_path_buf())
+    }
+    fn finish(&self, p: &Path) {
+        self.pending.lock().expect("pending lock").remove(p);
+    }
+}
+
+struct Job {
+    path: PathBuf,
+    size: u64,
+    mtime_ns: i64,
+}
+
+/// What the committer is asked to do.
+enum Op {
+    /// A file read and hashed; `pixels` when its content needs embedding.
+    Ready {
+        path: PathBuf,
+        record: FileRecord,
+        pixels: Option<Vec<f32>>,
+    },
+    /// Forget this path and everything under it.
+    Remove(PathBuf),
+    /// Forget files under `root` that the last full scan did not see.
+    Reconcile { root: PathBuf, seen: Vec<PathBuf> },
+}
+
+pub struct Pipeline {
+    planner: tokio::task::JoinHandle<()>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    committer: std::thread::JoinHandle<()>,
+}
+
+impl Pipeline {
+    /// Starts the stages; they run until `changes` closes (the watcher stopped).
+    pub fn spawn(
+        engine: Arc<Engine>,
+        counters: Arc<Counters>,
+        cfg: PipelineConfig,
+        changes: tmpsc::Receiver<Change>,
+    ) -> Self {
+        let (job_tx, job_rx) = tmpsc::channel::<Job>(cfg.queue);
+        let (op_tx, op_rx) = mpsc::sync_channel::<Op>(cfg.queue);
+        let job_rx = Arc::new(tokio::sync::Mutex::new(job_rx));
+        let workers = (0..cfg.decode_threads.max(1))
+            .map(|i| {
+                let (engine, counters, job_rx, op_tx) = (
+                    engine.clone(),
+                    counters.clone(),
+                    job_rx.clone(),
+                    op_tx.clone(),
+                );
+                std::thread::Builder::new()
+                    .name(format!("decode-{i}"))
+                    .spawn(move || decode_worker(&engine, &counters, &job_rx, &op_tx))
+                    .expect("spawn decode thread")
+            })
+            .collect();
+        let committer = {
+            let (engine, counters, cfg) = (engine.clone(), counters.clone(), cfg.clone());
+            std::thread::Builder::new()
+                .name("commit".into())
+                .spawn(move || committer(&engine, &counters, &cfg, op_rx))
+                .expect("spawn commit thread")
+        };
+        let planner = tokio::spawn(planner(engine, counters, cfg, changes, job_tx, op_tx));
+        Self {
+            planner,
+            workers,
+            committer,
+        }
+    }
+
+    /// Waits for every stage to drain and stop (after the change feed closed).
+    pub async fn join(self) {
+        let _ = self.planner.await;
+        let handles = (self.workers, self.committer);
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in handles.0 {
+                let _ = w.join();
+            }
+            let _ = handles.1.join();
+        })
+        .await;
+    }
+}
+
+/// Decides what each change needs; owns the delayed removals.
+async fn planner(
+    engine: Arc<Engine>,
+    counters: Arc<Counters>,
+    cfg: PipelineConfig,
+    mut changes: tmpsc::Receiver<Change>,
+    jobs: tmpsc::Sender<Job>,
+    ops: mpsc::SyncSender<Op>,
+) {
+    let mut removals: Vec<(Instant, Op)> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            change = changes.recv() => {
+                let Some(change) = change else { break };
+                match change {
+                    Change::Upsert { path, size, mtime_ns } => {
+                        // A path that came back cancels its pending removal.
+                        removals.retain(|(_, op)| !matches!(op, Op::Remove(p) if *p == path));
+                        if needs_work(&engine, &path, size, mtime_ns) && counters.start(&path) {
+                            if jobs.send(Job { path, size, mtime_ns }).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Change::Remove { path } => removals.push((Instant::now() + cfg.remove_grace, Op::Remove(path))),
+                    Change::Scanned { root, seen } => removals.push((Instant::now() + cfg.remove_grace, Op::Reconcile { root, seen })),
+                    Change::RootOffline { root } => set_offline(&engine, &root, true),
+                    Change::RootOnline { root } => set_offline(&engine, &root, false),
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = removals.into_iter().partition(|(at, _)| *at <= now);
+        removals = later;
+        for (_, op) in due {
+            if send_op(&ops, op).await.is_err() {
+                return;
+            }
+        }
+    }
+    // The feed closed (shutdown): removals still waiting are applied by the next
+    // start's full scan, so nothing is lost by dropping them here.
+}
+
+/// `SyncSender::send` blocks when the committer is behind: do it off the async threads.
+async fn send_op(ops: &mpsc::SyncSender<Op>, op: Op) -> Result<(), ()> {
+    let ops = ops.clone();
+    tokio::task::spawn_blocking(move || ops.send(op).map_err(|_| ()))
+        .await
+        .map_err(|_| ())?
+}
+
+fn set_offline(engine: &Engine, root: &Path, offline: bool) {
+    if let Ok(r) = path_str(root)
+        && let Err(e) = engine.store.set_root_offline(r, offline)
+    {
+        tracing::error!(root = %root.display(), error = %e, "cannot record root state");
+    }
+    tracing::info!(root = %root.display(), offline, "root state");
+}
+
+/// False when the store already has this exact file (same size and mtime)
+/// with a vector in our space, or it failed before and has not changed.
+fn needs_work(engine: &Engine, path: &Path, size: u64, mtime_ns: i64) -> bool {
+    let Ok(p) = path_str(path) else {
+        tracing::warn!(path = %path.display(), "skipping a path that is not UTF-8");
+        return false;
+    };
+    if let Ok(Some(rec)) = engine.store.file(p)
+        && rec.size == size
+        && rec.mtime_ns == mtime_ns
+        && matches!(engine.space.vector_id_for_hash(&rec.hash), Ok(Some(_)))
+    {
+        return false;
+    }
+    if let Ok(Some(f)) = engine.store.failure(p)
+        && f.size == size
+        && f.mtime_ns == mtime_ns
+    {
+        return false;
+    }
+    true
+}
+
+fn decode_worker(
+    engine: &Engine,
+    counters: &Counters,
+    jobs: &tokio::sync::Mutex<tmpsc::Receiver<Job>>,
+    ops: &mpsc::SyncSender<Op>,
+) {
+    loop {
+        let Some(job) = jobs.blocking_lock().blocking_recv() else {
+            return;
+        };
+        match read_job(engine, &job) {
+            Ok(Some(op)) => {
+                if ops.send(op).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => counters.finish(&job.path),
+            Err(error) => {
+                tracing::warn!(path = %job.path.display(), %error, "cannot index file");
+                if let Ok(p) = path_str(&job.path)
+                    && let Err(e) = engine
+                        .store
+                        .record_failure(p, &error, job.size, job.mtime_ns)
+                {
+                    tracing::error!(path = %job.path.display(), error = %e, "cannot record failure");
+                }
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                counters.finish(&job.path);
+            }
+        }
+    }
+}
+
+/// Reads and hashes the file; decodes it only if its content is new to the space.
+/// `Ok(None)`: the file vanished or changed since the event (a later event covers it).
+fn read_job(engine: &Engine, job: &Job) -> Result<Option<Op>, String> {
+    let limits = engine.encoder.limits();
+    let meta = match std::fs::metadata(&job.path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", job.path.display())),
+    };
+    if meta.len() != job.size || mtime_ns(&meta) != Some(job.mtime_ns) {
+        return Ok(None);
+    }
+    if meta.len() > limits.max_bytes {
+        return Err(format!(
+            "{}: file is {} bytes, over the limit of {} bytes",
+            job.path.display(),
+            meta.len(),
+            limits.max_bytes
+        ));
+    }
+    let bytes = match std::fs::read(&job.path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", job.path.display())),
+    };
+    let hash = ContentHash::of(&bytes);
+    let record = FileRecord {
+        size: job.size,
+        mtime_ns: job.mtime_ns,
+        hash,
+        indexed_at_ms: now_ms(),
+    };
+    let known = engine
+        .space
+        .vector_id_for_hash(&hash)
+        .map_err(|e| e.to_string())?
+        .is_some();
+    let pixels = if known {
+        None
+    } else {
+        Some(
+            engine
+                .encoder
+                .preprocess_bytes(&bytes, &job.path.to_string_lossy())
+                .map_err(|e| e.to_string())?,
+        )
+    };
+    Ok(Some(Op::Ready {
+        path: job.path.clone(),
+        record,
+        pixels,
+    }))
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> Option<i64> {
+    let t = meta.modified().ok()?;
+    Some(match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(e) => -(e.duration().as_nanos() as i64),
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The single writer: batches, embeds, commits, indexes, removes, checkpoints.
+fn committer(engine: &Engine, counters: &Counters, cfg: &PipelineConfig, ops: mpsc::Receiver<Op>) {
+    let mut batch: Vec<(PathBuf, FileRecord, Option<Vec<f32>>)> = Vec::new();
+    let mut last_checkpoint = Instant::now();
+    let mut dirty = false;
+    loop {
+        let new_images = batch.iter().filter(|b| b.2.is_some()).count();
+        let op = if batch.is_empty() {
+            match ops.recv_timeout(Duration::from_secs(1)) {
+                Ok(op) => Some(op),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else if new_images >= cfg.batch_size {
+            None
+        } else {
+            match ops.recv_timeout(cfg.batch_timeout) {
+                Ok(op) => Some(op),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        };
+        match op {
+            Some(Op::Ready {
+                path,
+                record,
+                pixels,
+            }) => {
+                batch.push((path, record, pixels));
+                continue;
+            }
+            Some(other) => {
+                // Keep order: what was read before a removal is committed before it.
+                dirty |= flush_batch(engine, counters, &mut batch);
+                dirty |= apply(engine, other);
+            }
+            None => dirty |= flush_batch(engine, counters, &mut batch),
+        }
+        if dirty && last_checkpoint.elapsed() >= cfg.checkpoint_every && batch.is_empty() {
+            checkpoint(engine);
+            last_checkpoint = Instant::now();
+            dirty = false;
+        }
+    }
+    // Shutdown: commit what was already decoded, then leave a checkpoint so the
+    // next start loads instead of rebuilding.
+    flush_batch(engine, counters, &mut batch);
+    checkpoint(engine);
+    if let Err(e) = engine.store.flush() {
+        tracing::error!(error = %e, "final store flush failed");
+    }
+}
+
+fn checkpoint(engine: &Engine) {
+    let started = Instant::now();
+    match engine.checkpoint() {
+        Ok(()) => tracing::info!(
+            vectors = engine.index.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "index checkpoint written"
+        ),
+        Err(e) => tracing::error!(error = %e, "index checkpoint failed"),
+    }
+}
+
+/// Embeds and commits the batch; returns whether anything was written.
+fn flush_batch(
+    engine: &Engine,
+    counters: &Counters,
+    batch: &mut Vec<(PathBuf, FileRecord, Option<Vec<f32>>)>,
+) -> bool {
+    if batch.is_empty() {
+        return false;
+    }
+    let items = std::mem::take(batch);
+    let pixels: Vec<Vec<f32>> = items.iter().filter_map(|(_, _, p)| p.clone()).collect();
+    let vectors = match engine.encoder.embed_pixels(&pixels) {
+        Ok(v) => v,
+        Err(e) => {
+            // A model failure is not the files' fault: leave them pending for the next scan.
+            tracing::error!(error = %e, files = items.len(), "embedding failed");
+            for (p, _, _) in &items {
+                counters.finish(p);
+            }
+            return false;
+        }
+    };
+    let mut vectors = vectors.into_iter();
+    let mut commits = Vec::with_capacity(items.len());
+    // Content decided "known" by a worker may have lost its vector to a removal
+    // since; such items need embedding after all: retried by the next scan.
+    let mut seen_new: HashMap<ContentHash, ()> = HashMap::new();
+    for (path, record, px) in &items {
+        let Ok(p) = path_str(path) else { continue };
+        let embedding = match px {
+            Some(_) => {
+                seen_new.insert(record.hash, ());
+                Embedding::New(vectors.next().expect("one vector per image"))
+            }
+            None if seen_new.contains_key(&record.hash)
+                || matches!(engine.space.vector_id_for_hash(&record.hash), Ok(Some(_))) =>
+            {
+                Embedding::Existing
+            }
+            None => {
+                tracing::info!(path = %path.display(), "content lost its vector before commit: left for the next scan");
+                continue;
+            }
+        };
+        commits.push(Commit {
+            path: p.to_string(),
+            record: *record,
+            embedding,
+        });
+    }
+    let new = commits
+        .iter()
+        .filter(|c| matches!(c.embedding, Embedding::New(_)))
+        .count() as u64;
+    let reused = commits.len() as u64 - new;
+    let result = engine.store.commit(&engine.space, &commits);
+    let ok = match result {
+        Ok(outcome) => {
+            let inserted: Vec<(u64, &[f32])> = outcome
+                .inserted
+                .iter()
+                .map(|(id, v)| (*id, v.as_slice()))
+                .collect();
+            if let Err(e) = engine.index.insert_batch(&inserted) {
+                tracing::error!(error = %e, "index insert failed (the store has the vectors; a restart rebuilds)");
+            }
+            for id in outcome.orphaned_in(engine.space.fingerprint()) {
+                engine.index.remove(id);
+            }
+            counters.embedded.fetch_add(new, Ordering::Relaxed);
+            counters.reused.fetch_add(reused, Ordering::Relaxed);
+            counters
+                .committed
+                .fetch_add(commits.len() as u64, Ordering::Relaxed);
+            tracing::debug!(
+                files = commits.len(),
+                embedded = new,
+                reused,
+                "batch committed"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, files = commits.len(), "commit failed");
+            false
+        }
+    };
+    for (p, _, _) in &items {
+        counters.finish(p);
+    }
+    ok
+}
+
+/// Applies a removal or a reconcile; returns whether anything changed.
+fn apply(engine: &Engine, op: Op) -> bool {
+    let removal = match op {
+        Op::Remove(path) => match path_str(&path) {
+            Ok(p) => engine.store.remove_prefix(p),
+            Err(e) => Err(e),
+        },
+        Op::Reconcile { root, seen } => {
+            let Ok(r) = path_str(&root) else { return false };
+            if engine.store.root_offline(r).unwrap_or(false) {
+                return false;
+            }
+            if seen.is_empty() && engine.store.iter_files_under(r).next().is_some() {
+                // An unmounted share can look like an empty folder: never read
+                // "nothing there" as "everything deleted".
+                tracing::warn!(root = %root.display(), "scan found no files where files were indexed: keeping them");
+                return false;
+            }
+            let seen: HashSet<&Path> = seen.iter().map(PathBuf::as_path).collect();
+            let gone: Vec<String> = engine
+                .store
+                .iter_files_under(r)
+                .filter_map(|f| f.ok())
+                .map(|(p, _)| p)
+                .filter(|p| !seen.contains(Path::new(p)))
+                .collect();
+            let mut total = crate::store::Removal::default();
+            for p in &gone {
+                match engine.store.remove_path(p) {
+                    Ok(r) => {
+                        total.paths += r.paths;
+                        total.orphaned.extend(r.orphaned);
+                    }
+                    Err(e) => tracing::error!(path = %p, error = %e, "cannot forget file"),
+                }
+            }
+            if !gone.is_empty() {
+                tracing::info!(root = %root.display(), files = gone.len(), "reconcile removed files no longer on disk");
+            }
+            Ok(total)
+        }
+        Op::Ready { .. } => unreachable!("handled by the caller"),
+    };
+    match removal {
+        Ok(r) => {
+            for id in r.orphaned_in(engine.space.fingerprint()) {
+                engine.index.remove(id);
+            }
+            r.paths > 0
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "removal failed");
+            false
+        }
+    }
+}

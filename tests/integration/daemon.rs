@@ -1,0 +1,619 @@
+//! The daemon end to end: a real `dualsight serve` process, a real gRPC
+//! client over a real TCP socket, real files in a watched folder.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dualsight::server::proto::dual_sight_client::DualSightClient;
+use dualsight::server::proto::{self, search_by_image_request};
+use tonic::transport::Channel;
+
+use crate::cli::dualsight;
+use crate::util::*;
+
+/// A daemon child process with its own folders; killed on drop.
+struct Daemon {
+    child: Option<Child>,
+    pub photos: PathBuf,
+    pub data: PathBuf,
+    pub addr: String,
+    log: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Daemon {
+    fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let photos = tmp.path().join("photos");
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(&photos).unwrap();
+        let mut d = Daemon {
+            child: None,
+            photos,
+            data,
+            addr: String::new(),
+            log: tmp.path().join("daemon.log"),
+            _tmp: tmp,
+        };
+        d.spawn();
+        d
+    }
+
+    /// (Re)starts the process on the same folders.
+    fn spawn(&mut self) {
+        let port = free_port();
+        self.addr = format!("127.0.0.1:{port}");
+        // Short timings so tests run fast; the defaults are for real folders.
+        let config = self.data.with_extension("toml");
+        std::fs::write(
+            &config,
+            "[watch]\ndebounce_ms = 100\nstable_ms = 400\nroot_poll_s = 1\n[ingest]\nbatch_size = 4\nbatch_timeout_ms = 50\nremove_grace_ms = 1500\n[index]\ncheckpoint_interval_s = 1\n",
+        )
+        .unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = dualsight()
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--model")
+            .arg(model_dir("vit-bert"))
+            .arg("--watch")
+            .arg(&self.photos)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["--listen", &self.addr, "--device", "cpu"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn client(&self) -> DualSightClient<Channel> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(c) = DualSightClient::connect(format!("http://{}", self.addr)).await {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not listen; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn signal(&mut self, sig: &str) -> std::process::ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit on {sig}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+async fn status(c: &mut DualSightClient<Channel>) -> proto::StatusResponse {
+    c.status(proto::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Polls status until `pred` holds (or fails after 60 s with the last status and the log).
+async fn wait_for(
+    d: &Daemon,
+    c: &mut DualSightClient<Channel>,
+    what: &str,
+    pred: impl Fn(&proto::StatusResponse) -> bool,
+) -> proto::StatusResponse {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(s) = c.status(proto::StatusRequest {}).await {
+            let s = s.into_inner();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {s:?}\nlog:\n{}",
+                d.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn search(c: &mut DualSightClient<Channel>, text: &str, limit: u32) -> Vec<proto::Hit> {
+    c.search(proto::SearchRequest {
+        text: text.into(),
+        limit,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .hits
+}
+
+fn copy_photo(name: &str, to: &Path) -> PathBuf {
+    let dest = to.join(name);
+    std::fs::copy(image(name), &dest).unwrap();
+    dest
+}
+
+const PHOTOS: &[&str] = &[
+    "chelsea.png",
+    "coffee.webp",
+    "rocket.jpg",
+    "camera.png",
+    "astronaut_cmyk.jpg",
+];
+
+/// Exact cosine ranking of `paths` for `text`, from `dualsight embed` (the
+/// exact pipeline, itself checked against transformers).
+fn exact_ranking(text: &str, paths: &[PathBuf]) -> Vec<(PathBuf, f32)> {
+    let mut cmd = dualsight();
+    cmd.arg("embed")
+        .arg("--model")
+        .arg(model_dir("vit-bert"))
+        .args(["--json", "--device", "cpu", "--text", text]);
+    for p in paths {
+        cmd.arg("--image").arg(p);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vec = |x: &serde_json::Value| {
+        x.as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_f64().unwrap() as f32)
+            .collect::<Vec<f32>>()
+    };
+    let t = vec(&v["text_embeds"][0]);
+    let mut scored: Vec<(PathBuf, f32)> = paths
+        .iter()
+        .zip(v["image_embeds"].as_array().unwrap())
+        .map(|(p, e)| (p.clone(), vec(e).iter().zip(&t).map(|(a, b)| a * b).sum()))
+        .collect();
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+    scored
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn photos_become_searchable_in_exact_cosine_order() {
+    let d = Daemon::start();
+    let mut c = d.client().await;
+    let paths: Vec<PathBuf> = PHOTOS.iter().map(|p| copy_photo(p, &d.photos)).collect();
+    let s = wait_for(&d, &mut c, "5 indexed", |s| {
+        s.ready && s.indexed_files == 5 && s.pending_files == 0
+    })
+    .await;
+    assert_eq!(s.failed_files, 0);
+    for query in ["a photo of a cat", "a rocket", "a cup of coffee on a table"] {
+        let hits = search(&mut c, query, 10).await;
+        let want = exact_ranking(query, &paths);
+        let got: Vec<PathBuf> = hits.iter().map(|h| PathBuf::from(&h.path)).collect();
+        assert_eq!(
+            got,
+            want.iter().map(|w| w.0.clone()).collect::<Vec<_>>(),
+            "{query}: ranking differs from exact cosine"
+        );
+        let scale = (s.logit_scale as f64).exp() as f32;
+        let psum: f32 = hits.iter().map(|h| h.probability).sum();
+        assert!((psum - 1.0).abs() < 1e-4, "probabilities sum to {psum}");
+        for (h, (_, score)) in hits.iter().zip(&want) {
+            assert!(
+                (h.score - score).abs() < 1e-4,
+                "{}: score {} vs exact {score}",
+                h.path,
+                h.score
+            );
+            assert!((h.logit - h.score * scale).abs() < 1e-3);
+        }
+    }
+    // Limit, prefix and min-score filters.
+    assert_eq!(search(&mut c, "a rocket", 2).await.len(), 2);
+    let sub = d.photos.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    copy_photo("rocket_progressive.jpg", &sub);
+    wait_for(&d, &mut c, "6 indexed", |s| s.indexed_files == 6).await;
+    let only_sub = c
+        .search(proto::SearchRequest {
+            text: "a rocket".into(),
+            limit: 10,
+            path_prefix: Some(sub.to_string_lossy().into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert_eq!(only_sub.len(), 1);
+    assert!(only_sub[0].path.ends_with("sub/rocket_progressive.jpg"));
+    let top = search(&mut c, "a rocket", 1).await[0].score;
+    let above = c
+        .search(proto::SearchRequest {
+            text: "a rocket".into(),
+            limit: 10,
+            min_score: Some(top - 1e-6),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert!(!above.is_empty() && above.iter().all(|h| h.score >= top - 1e-6));
+    // Image → images: an indexed path finds itself first.
+    let by_path = c
+        .search_by_image(proto::SearchByImageRequest {
+            query: Some(search_by_image_request::Query::Path(
+                paths[0].to_string_lossy().into(),
+            )),
+            limit: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert_eq!(PathBuf::from(&by_path[0].path), paths[0]);
+    assert!((by_path[0].score - 1.0).abs() < 1e-4);
+    let by_bytes = c
+        .search_by_image(proto::SearchByImageRequest {
+            query: Some(search_by_image_request::Query::Image(
+                std::fs::read(image("coffee.webp")).unwrap(),
+            )),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert!(by_bytes[0].path.ends_with("coffee.webp") && by_bytes[0].score > 0.9999);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_rename_and_move_keep_the_index_in_line_with_the_disk() {
+    let d = Daemon::start();
+    let mut c = d.client().await;
+    for p in PHOTOS {
+        copy_photo(p, &d.photos);
+    }
+    let s = wait_for(&d, &mut c, "indexed", |s| {
+        s.indexed_files == 5 && s.pending_files == 0
+    })
+    .await;
+    let embedded = s.embedded_images;
+    assert_eq!(embedded, 5);
+
+    std::fs::remove_file(d.photos.join("camera.png")).unwrap();
+    wait_for(&d, &mut c, "delete", |s| s.indexed_files == 4).await;
+    assert!(
+        search(&mut c, "a photo", 10)
+            .await
+            .iter()
+            .all(|h| !h.path.ends_with("camera.png"))
+    );
+
+    // Rename, and move into a new folder: found under the new paths, not embedded again.
+    std::fs::rename(d.photos.join("chelsea.png"), d.photos.join("cat.png")).unwrap();
+    let album = d.photos.join("album");
+    std::fs::create_dir(&album).unwrap();
+    std::fs::rename(d.photos.join("rocket.jpg"), album.join("launch.jpg")).unwrap();
+    let s = wait_for(&d, &mut c, "renames", |s| {
+        s.reused_vectors >= 2 && s.pending_files == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2000)).await; // past the removal grace
+    let s2 = status(&mut c).await;
+    assert_eq!(s2.indexed_files, 4, "{s2:?}");
+    assert_eq!(s.embedded_images, embedded, "a rename was embedded again");
+    let paths: Vec<String> = search(&mut c, "a photo", 10)
+        .await
+        .into_iter()
+        .map(|h| h.path)
+        .collect();
+    assert!(
+        paths.iter().any(|p| p.ends_with("/cat.png"))
+            && paths.iter().any(|p| p.ends_with("album/launch.jpg")),
+        "{paths:?}"
+    );
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.ends_with("chelsea.png") || p.ends_with("/rocket.jpg")),
+        "{paths:?}"
+    );
+
+    // A whole folder moved out of the watched tree disappears; identical copies are separate hits.
+    let outside = d.photos.parent().unwrap().join("elsewhere");
+    std::fs::rename(&album, &outside).unwrap();
+    wait_for(&d, &mut c, "folder moved out", |s| s.indexed_files == 3).await;
+    std::fs::copy(d.photos.join("cat.png"), d.photos.join("cat-copy.png")).unwrap();
+    let s = wait_for(&d, &mut c, "duplicate", |s| {
+        s.indexed_files == 4 && s.pending_files == 0
+    })
+    .await;
+    assert_eq!(s.embedded_images, embedded, "a duplicate was embedded");
+    let hits = search(&mut c, "a photo of a cat", 10).await;
+    let cats: Vec<_> = hits.iter().filter(|h| h.path.contains("cat")).collect();
+    assert_eq!(cats.len(), 2);
+    assert_eq!(cats[0].score, cats[1].score);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_files_are_counted_as_failed_and_the_daemon_keeps_serving() {
+    let d = Daemon::start();
+    let mut c = d.client().await;
+    let bad = fixtures().join("images").join("bad");
+    for entry in std::fs::read_dir(&bad).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, d.photos.join(p.file_name().unwrap())).unwrap();
+    }
+    copy_photo("chelsea.png", &d.photos);
+    let s = wait_for(&d, &mut c, "failures recorded", |s| {
+        s.failed_files == 5 && s.indexed_files == 1 && s.pending_files == 0
+    })
+    .await;
+    assert!(s.ready);
+    let failures = c
+        .list_failures(proto::ListFailuresRequest { limit: 10 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(failures.total, 5);
+    for f in &failures.failures {
+        assert!(
+            f.error.contains(&f.path),
+            "error does not name the file: {f:?}"
+        );
+    }
+    assert_eq!(search(&mut c, "a cat", 5).await.len(), 1);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        Channel::from_shared(format!("http://{}", d.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let h = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "dualsight.v1.DualSight".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        h.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_half_written_file_is_indexed_only_once_complete() {
+    let d = Daemon::start();
+    let mut c = d.client().await;
+    let bytes = std::fs::read(image("rocket.jpg")).unwrap();
+    let path = d.photos.join("copying.jpg");
+    let mut f = std::fs::File::create(&path).unwrap();
+    use std::io::Write;
+    // Written in chunks more often than the stability interval, like a slow copy.
+    for chunk in bytes.chunks(bytes.len() / 8 + 1) {
+        f.write_all(chunk).unwrap();
+        f.flush().unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let s = status(&mut c).await;
+        assert_eq!(
+            (s.indexed_files, s.failed_files),
+            (0, 0),
+            "taken while being written: {s:?}"
+        );
+    }
+    drop(f);
+    let s = wait_for(&d, &mut c, "complete file indexed", |s| {
+        s.indexed_files == 1 && s.pending_files == 0
+    })
+    .await;
+    assert_eq!(s.failed_files, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_restart_loads_the_checkpoint_and_kill_9_loses_nothing() {
+    let mut d = Daemon::start();
+    let mut c = d.client().await;
+    for p in PHOTOS {
+        copy_photo(p, &d.photos);
+    }
+    wait_for(&d, &mut c, "indexed", |s| {
+        s.indexed_files == 5 && s.pending_files == 0
+    })
+    .await;
+    let before: Vec<(String, f32)> = search(&mut c, "a photo of a cat", 10)
+        .await
+        .into_iter()
+        .map(|h| (h.path, h.score))
+        .collect();
+    let started = Instant::now();
+    let status = d.signal("TERM");
+    assert!(
+        status.success(),
+        "SIGTERM exit: {status:?}\nlog:\n{}",
+        d.log()
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "slow shutdown");
+
+    d.spawn();
+    let mut c = d.client().await;
+    wait_for(&d, &mut c, "ready again", |s| {
+        s.ready && s.indexed_files == 5 && s.pending_files == 0
+    })
+    .await;
+    let after: Vec<(String, f32)> = search(&mut c, "a photo of a cat", 10)
+        .await
+        .into_iter()
+        .map(|h| (h.path, h.score))
+        .collect();
+    assert_eq!(before, after);
+    assert!(
+        d.log().contains("from_checkpoint=true"),
+        "restart rebuilt the index instead of loading it:\n{}",
+        d.log()
+    );
+    assert_eq!(
+        status_of(&mut c).await.embedded_images,
+        0,
+        "restart embedded again"
+    );
+
+    // kill -9 in the middle of ingesting more photos, then restart: everything exactly once.
+    for p in [
+        "rocket_progressive.jpg",
+        "logo.png",
+        "coffee_red_16bit.png",
+        "no_time_for_that_tiny.gif",
+        "chelsea_exif6.jpg",
+        "camera.bmp",
+    ] {
+        copy_photo(p, &d.photos);
+    }
+    wait_for(&d, &mut c, "some progress", |s| {
+        s.indexed_files > 5 || s.pending_files > 0
+    })
+    .await;
+    d.signal("KILL");
+    d.spawn();
+    let mut c = d.client().await;
+    let s = wait_for(&d, &mut c, "all indexed after kill -9", |s| {
+        s.indexed_files == 11 && s.pending_files == 0
+    })
+    .await;
+    assert_eq!(s.failed_files, 0);
+    let hits = search(&mut c, "a photo", 100).await;
+    let mut paths: Vec<&str> = hits.iter().map(|h| h.path.as_str()).collect();
+    assert_eq!(paths.len(), 11, "{paths:?}");
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), 11, "a file appears twice");
+}
+
+async fn status_of(c: &mut DualSightClient<Channel>) -> proto::StatusResponse {
+    status(c).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_invalid_argument() {
+    let d = Daemon::start();
+    let mut c = d.client().await;
+    wait_for(&d, &mut c, "ready", |s| s.ready).await;
+    let code =
+        |r: Result<tonic::Response<proto::SearchResponse>, tonic::Status>| r.unwrap_err().code();
+    assert_eq!(
+        code(
+            c.search(proto::SearchRequest {
+                text: "  ".into(),
+                limit: 5,
+                ..Default::default()
+            })
+            .await
+        ),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.search(proto::SearchRequest {
+                text: "cat".into(),
+                limit: 1_000_000,
+                ..Default::default()
+            })
+            .await
+        ),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.search(proto::SearchRequest {
+                text: "cat".into(),
+                limit: 5,
+                min_score: Some(f32::NAN),
+                ..Default::default()
+            })
+            .await
+        ),
+        tonic::Code::InvalidArgument
+    );
+    let garbage = proto::SearchByImageRequest {
+        query: Some(search_by_image_request::Query::Image(
+            b"not an image".to_vec(),
+        )),
+        limit: 5,
+        ..Default::default()
+    };
+    let e = c.search_by_image(garbage).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let none = proto::SearchByImageRequest {
+        query: None,
+        limit: 5,
+        ..Default::default()
+    };
+    assert_eq!(
+        c.search_by_image(none).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+    let unknown = proto::SearchByImageRequest {
+        query: Some(search_by_image_request::Query::Path(
+            "/nowhere/x.jpg".into(),
+        )),
+        limit: 5,
+        ..Default::default()
+    };
+    assert_eq!(
+        c.search_by_image(unknown).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    // Still healthy after all that.
+    assert!(status(&mut c).await.ready);
+}
