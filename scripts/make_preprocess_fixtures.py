@@ -68,7 +68,7 @@ index: dict = {
     "resize": [],
     "noise_resize": [],
     "processors": {},
-    "tokenizers_": {},
+    "tokenizer_batches": {},
 }
 
 
@@ -344,7 +344,7 @@ TEXTS = [
 def record_tokenizer(name: str, tok, model_dir: Path, max_length: int) -> None:
     enc = tok(TEXTS, padding=True, truncation=True, max_length=max_length, return_token_type_ids=True)
     single = tok(TEXTS[0], padding=True, truncation=True, max_length=max_length, return_token_type_ids=True)
-    index["tokenizers_"][name] = {
+    index["tokenizer_batches"][name] = {
         "dir": str(model_dir.relative_to(ROOT)),
         "max_length": max_length,
         "texts": TEXTS,
@@ -510,7 +510,10 @@ def main() -> None:
 
     make_models(photos)
 
-    save_file(tensors, str(OUT / "reference.safetensors"), metadata={"pillow": PIL.__version__, "transformers": transformers.__version__})
+    # One metadata key: safetensors writes several in hash order, which would
+    # make the file differ from run to run.
+    versions = f"pillow {PIL.__version__}, transformers {transformers.__version__}"
+    save_file(tensors, str(OUT / "reference.safetensors"), metadata={"versions": versions})
     (OUT / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
     total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
     print(f"wrote {len(tensors)} arrays, {total / 1e6:.2f} MB under {OUT.relative_to(ROOT)}", file=sys.stderr)

@@ -17,5 +17,5 @@ mod fixtures;
 pub use decode::{DecodeError, DecodeLimits, decode_bytes, decode_path};
 pub use image::RgbImage;
 pub use processor::{ImageProcessor, ImageProcessorConfig, ProcessorError, Size};
-pub use resize::{Filter, ResizeError, center_crop, resize};
+pub use resize::{Filter, ResizeError, center_crop, resize, resize_center_crop};
 pub use tokenizer::{TextTokenizer, TokenBatch, TokenizerError};

@@ -555,19 +555,22 @@ impl ImageProcessor {
             path: name.to_string(),
             source,
         };
-        let mut current = std::borrow::Cow::Borrowed(image);
-        if c.do_resize
-            && let Some(size) = &c.size
-        {
-            let (h, w) = size.output_for(image.height(), image.width());
-            current =
-                std::borrow::Cow::Owned(resize::resize(&current, w, h, c.resample).map_err(wrap)?);
+        let resize_to = match (&c.size, c.do_resize) {
+            (Some(size), true) => Some(size.output_for(image.height(), image.width())),
+            _ => None,
+        };
+        let crop = c.crop_size.filter(|_| c.do_center_crop);
+        let current = match (resize_to, crop) {
+            // Resize only what the crop keeps: same pixels, bounded work even
+            // when a shortest-edge resize of a thin strip would be enormous.
+            (Some((h, w)), Some((ch, cw))) => {
+                resize::resize_center_crop(image, w, h, c.resample, cw, ch)
+            }
+            (Some((h, w)), None) => resize::resize(image, w, h, c.resample),
+            (None, Some((ch, cw))) => resize::center_crop(image, cw, ch),
+            (None, None) => Ok(image.clone()),
         }
-        if c.do_center_crop
-            && let Some((h, w)) = c.crop_size
-        {
-            current = std::borrow::Cow::Owned(resize::center_crop(&current, w, h).map_err(wrap)?);
-        }
+        .map_err(wrap)?;
         if current.dimensions() != (self.output.1, self.output.0) {
             // Only reachable through an exact resize that `new` accepted.
             return Err(wrap(ResizeError::Empty {
@@ -874,6 +877,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A 1x5000 strip through a CLIP-style shortest-edge resize would be
+    /// 32x160000 before the crop; only the crop is computed.
+    #[test]
+    fn thin_strips_do_not_blow_up() {
+        let dir = fixtures::root().join("tests/fixtures/preprocess/models/clip_bert");
+        let p = ImageProcessor::from_model_dir(&dir).unwrap();
+        let strip = RgbImage::from_fn(1, 5000, |_, y| image::Rgb([(y % 256) as u8, 0, 255]));
+        let start = std::time::Instant::now();
+        let out = p.preprocess(&strip).unwrap();
+        assert_eq!(out.len(), 3 * 32 * 32);
+        let wide = RgbImage::from_fn(5000, 1, |x, _| image::Rgb([(x % 256) as u8, 9, 0]));
+        assert_eq!(p.preprocess(&wide).unwrap().len(), 3 * 32 * 32);
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[test]

@@ -177,6 +177,62 @@ const PRECISION_BITS: u32 = 32 - 8 - 2;
 /// Resizes to `width` x `height` exactly as Pillow's `Image.resize` does for a
 /// mode-`RGB` image (no `box`, no `reducing_gap`).
 pub fn resize(src: &RgbImage, width: u32, height: u32, filter: Filter) -> Result<RgbImage> {
+    check_resize(src, width, height)?;
+    let all = Region {
+        x: 0,
+        y: 0,
+        w: width,
+        h: height,
+    };
+    Ok(resize_region(src, width, height, filter, all))
+}
+
+/// `resize` then [`center_crop`], computing only the resized pixels the crop
+/// keeps: the same values, but the work and memory are bounded by the crop,
+/// however large the resize (a shortest-edge resize of a 1x10000 strip is
+/// 224x2240000).
+pub fn resize_center_crop(
+    src: &RgbImage,
+    width: u32,
+    height: u32,
+    filter: Filter,
+    crop_w: u32,
+    crop_h: u32,
+) -> Result<RgbImage> {
+    check_resize(src, width, height)?;
+    if crop_w == 0 || crop_h == 0 {
+        return Err(ResizeError::EmptyCrop {
+            from_w: width,
+            from_h: height,
+            to_w: crop_w,
+            to_h: crop_h,
+        });
+    }
+    // Crop pixel x shows resized pixel x + shift_x; keep the overlap.
+    let (shift_x, x0, x1) = crop_window(width, crop_w);
+    let (shift_y, y0, y1) = crop_window(height, crop_h);
+    let part = resize_region(
+        src,
+        width,
+        height,
+        filter,
+        Region {
+            x: x0,
+            y: y0,
+            w: x1 - x0,
+            h: y1 - y0,
+        },
+    );
+    if (x1 - x0, y1 - y0) == (crop_w, crop_h) {
+        return Ok(part);
+    }
+    let mut out = RgbImage::new(crop_w, crop_h);
+    let (dx, dy) = (i64::from(x0) - shift_x, i64::from(y0) - shift_y);
+    image::imageops::replace(&mut out, &part, dx, dy);
+    Ok(out)
+}
+
+fn check_resize(src: &RgbImage, width: u32, height: u32) -> Result<()> {
     let (in_w, in_h) = src.dimensions();
     if in_w == 0 || in_h == 0 || width == 0 || height == 0 {
         return Err(ResizeError::Empty {
@@ -186,38 +242,61 @@ pub fn resize(src: &RgbImage, width: u32, height: u32, filter: Filter) -> Result
             to_h: height,
         });
     }
+    Ok(())
+}
+
+/// For one axis of a centre crop of `crop` out of `size`: the shift from crop
+/// to image coordinates, and the image range `start..end` the crop covers.
+fn crop_window(size: u32, crop: u32) -> (i64, u32, u32) {
+    let (start, pad) = crop_offsets(size, crop);
+    let shift = i64::from(start) - i64::from(pad);
+    let lo = shift.max(0) as u32;
+    let hi = (shift + i64::from(crop)).min(i64::from(size)) as u32;
+    (shift, lo, hi)
+}
+
+/// A rectangle of the full-size output.
+#[derive(Clone, Copy, Debug)]
+struct Region {
+    x: u32,
+    y: u32,
+    w: u32,
+    h: u32,
+}
+
+/// The pixels in `r` of Pillow's resize to `width` x `height`. Every output
+/// pixel depends only on its own coordinates, so computing a region gives the
+/// same values as cropping the full result.
+fn resize_region(src: &RgbImage, width: u32, height: u32, filter: Filter, r: Region) -> RgbImage {
+    let (in_w, in_h) = src.dimensions();
     if (in_w, in_h) == (width, height) {
-        return Ok(src.clone());
+        return image::imageops::crop_imm(src, r.x, r.y, r.w, r.h).to_image();
     }
     if filter == Filter::Nearest {
-        return Ok(nearest(src, width, height));
+        return nearest(src, width, height, r);
     }
-
-    let need_horizontal = width != in_w;
-    let need_vertical = height != in_h;
-    let mut vertical = Coeffs::new(in_h, height, filter);
-    if need_horizontal && need_vertical && vertical_first(in_w, in_h, width, height) {
-        let horizontal = Coeffs::new(in_w, width, filter);
-        let tmp = vertical_pass(src, &vertical, height);
-        return Ok(horizontal_pass(&tmp, &horizontal, 0, height as usize));
-    }
-    // Only the source rows some output row reads need a horizontal pass.
-    let first_row = vertical.bounds[0].0;
-    let (last_start, last_len) = vertical.bounds[vertical.bounds.len() - 1];
-    let last_row = last_start + last_len;
-
-    let mut current = std::borrow::Cow::Borrowed(src);
-    if need_horizontal {
-        let horizontal = Coeffs::new(in_w, width, filter);
-        for bound in &mut vertical.bounds {
-            bound.0 -= first_row;
+    let xs = r.x as usize..(r.x + r.w) as usize;
+    let ys = r.y as usize..(r.y + r.h) as usize;
+    // Pillow skips the pass of an axis whose size does not change.
+    let horizontal = (width != in_w).then(|| Coeffs::new(in_w, width, filter, xs.clone()));
+    let vertical = (height != in_h).then(|| Coeffs::new(in_h, height, filter, ys.clone()));
+    match (horizontal, vertical) {
+        (Some(h), Some(v)) if vertical_first(in_w, in_h, width, height) => {
+            // Only the source columns the horizontal taps read.
+            let cols = h.span();
+            let tmp = vertical_pass(src, &v, 0, cols.clone());
+            horizontal_pass(&tmp, &h, cols.start, 0..tmp.height() as usize)
         }
-        current = std::borrow::Cow::Owned(horizontal_pass(src, &horizontal, first_row, last_row));
+        (Some(h), Some(v)) => {
+            // Only the source rows the vertical taps read (Pillow's ybox).
+            let rows = v.span();
+            let tmp = horizontal_pass(src, &h, 0, rows.clone());
+            vertical_pass(&tmp, &v, rows.start, 0..tmp.width() as usize)
+        }
+        (Some(h), None) => horizontal_pass(src, &h, 0, ys),
+        (None, Some(v)) => vertical_pass(src, &v, 0, xs),
+        (None, None) => unreachable!("same-size resizes return early"),
     }
-    if need_vertical {
-        return Ok(vertical_pass(&current, &vertical, height));
-    }
-    Ok(current.into_owned())
 }
 
 /// Pillow 13 runs the vertical pass first in some two-axis resizes, and the
@@ -229,8 +308,8 @@ fn vertical_first(in_w: u32, in_h: u32, width: u32, height: u32) -> bool {
     height < in_h && 2 * (i64::from(in_w) - i64::from(width)) < i64::from(in_h) - i64::from(height)
 }
 
-/// One axis's resampling plan: for each output position, the first input index
-/// and the number of taps, and `ksize` fixed-point weights (zero past the taps).
+/// One axis's resampling plan for output positions `outputs`: for each, the
+/// first input index and the number of taps, and `ksize` fixed-point weights.
 struct Coeffs {
     ksize: usize,
     bounds: Vec<(usize, usize)>,
@@ -238,7 +317,9 @@ struct Coeffs {
 }
 
 impl Coeffs {
-    fn new(in_size: u32, out_size: u32, filter: Filter) -> Coeffs {
+    /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`, for the output
+    /// positions in `outputs` only.
+    fn new(in_size: u32, out_size: u32, filter: Filter, outputs: std::ops::Range<usize>) -> Coeffs {
         // Pillow takes the box as C floats: (in1 - in0) is a float subtraction.
         let (in0, in1) = (0f32, in_size as f32);
         let scale = f64::from(in1 - in0) / f64::from(out_size);
@@ -247,11 +328,10 @@ impl Coeffs {
         let ksize = support.ceil() as usize * 2 + 1;
         let inv_filterscale = 1.0 / filterscale;
 
-        let out = out_size as usize;
-        let mut bounds = Vec::with_capacity(out);
-        let mut weights = vec![0i32; out * ksize];
+        let mut bounds = Vec::with_capacity(outputs.len());
+        let mut weights = vec![0i32; outputs.len() * ksize];
         let mut taps = vec![0f64; ksize];
-        for xx in 0..out {
+        for (i, xx) in outputs.enumerate() {
             let center = f64::from(in0) + (xx as f64 + 0.5) * scale;
             // C's (int) cast truncates toward zero, as `as i64` does.
             let xmin = ((center - support + 0.5) as i64).max(0);
@@ -264,7 +344,7 @@ impl Coeffs {
                 *tap = w;
                 ww += w;
             }
-            let row = &mut weights[xx * ksize..xx * ksize + count];
+            let row = &mut weights[i * ksize..i * ksize + count];
             for (k, &tap) in row.iter_mut().zip(&taps) {
                 let tap = if ww != 0.0 { tap / ww } else { tap };
                 *k = to_fixed(tap);
@@ -278,12 +358,21 @@ impl Coeffs {
         }
     }
 
-    fn taps(&self, out: usize) -> (usize, &[i32]) {
-        let (start, count) = self.bounds[out];
-        (
-            start,
-            &self.weights[out * self.ksize..out * self.ksize + count],
-        )
+    fn len(&self) -> usize {
+        self.bounds.len()
+    }
+
+    /// Taps of the `i`-th planned output: first input index and weights.
+    fn taps(&self, i: usize) -> (usize, &[i32]) {
+        let (start, count) = self.bounds[i];
+        (start, &self.weights[i * self.ksize..i * self.ksize + count])
+    }
+
+    /// The input indices any planned output reads.
+    fn span(&self) -> std::ops::Range<usize> {
+        let start = self.bounds.iter().map(|b| b.0).min().unwrap_or(0);
+        let end = self.bounds.iter().map(|b| b.0 + b.1).max().unwrap_or(start);
+        start..end
     }
 }
 
@@ -306,20 +395,29 @@ fn clip8(acc: i32) -> u8 {
 
 const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
-/// Horizontal pass over source rows `first_row..last_row`, into an 8-bit image.
-fn horizontal_pass(src: &RgbImage, coeffs: &Coeffs, first_row: usize, last_row: usize) -> RgbImage {
+/// Horizontal pass: every planned output column, for the source rows `rows`.
+/// `src` starts at input column `col_offset` (it may be a slice of the input).
+fn horizontal_pass(
+    src: &RgbImage,
+    coeffs: &Coeffs,
+    col_offset: usize,
+    rows: std::ops::Range<usize>,
+) -> RgbImage {
     let in_w = src.width() as usize;
-    let out_w = coeffs.bounds.len();
-    let rows = last_row - first_row;
+    let out_w = coeffs.len();
+    let out_h = rows.len();
     let raw = src.as_raw();
-    let mut out = vec![0u8; out_w * rows * 3];
-    for (y, out_row) in out.chunks_exact_mut(out_w * 3).enumerate() {
-        let in_row = &raw[(first_row + y) * in_w * 3..(first_row + y + 1) * in_w * 3];
+    let mut out = vec![0u8; out_w * out_h * 3];
+    for (y, out_row) in rows.zip(out.chunks_exact_mut(out_w * 3)) {
+        let in_row = &raw[y * in_w * 3..(y + 1) * in_w * 3];
         for (xx, px) in out_row.chunks_exact_mut(3).enumerate() {
             let (start, k) = coeffs.taps(xx);
+            let start = start - col_offset;
             let (mut r, mut g, mut b) = (HALF, HALF, HALF);
-            for (i, &w) in k.iter().enumerate() {
-                let p = &in_row[(start + i) * 3..(start + i) * 3 + 3];
+            for (p, &w) in in_row[start * 3..(start + k.len()) * 3]
+                .chunks_exact(3)
+                .zip(k)
+            {
                 r += i32::from(p[0]) * w;
                 g += i32::from(p[1]) * w;
                 b += i32::from(p[2]) * w;
@@ -329,21 +427,30 @@ fn horizontal_pass(src: &RgbImage, coeffs: &Coeffs, first_row: usize, last_row: 
             px[2] = clip8(b);
         }
     }
-    RgbImage::from_raw(out_w as u32, rows as u32, out).expect("buffer sized for the image")
+    RgbImage::from_raw(out_w as u32, out_h as u32, out).expect("buffer sized for the image")
 }
 
-/// Vertical pass: each output row mixes whole input rows.
-fn vertical_pass(src: &RgbImage, coeffs: &Coeffs, out_h: u32) -> RgbImage {
+/// Vertical pass: every planned output row, for the source columns `cols`.
+/// `src` starts at input row `row_offset` (it may hold only the rows read).
+fn vertical_pass(
+    src: &RgbImage,
+    coeffs: &Coeffs,
+    row_offset: usize,
+    cols: std::ops::Range<usize>,
+) -> RgbImage {
     let row_len = src.width() as usize * 3;
+    let (c0, c1) = (cols.start * 3, cols.end * 3);
+    let out_len = c1 - c0;
     let raw = src.as_raw();
-    let mut out = vec![0u8; row_len * out_h as usize];
-    let mut acc = vec![0i32; row_len];
-    for (yy, out_row) in out.chunks_exact_mut(row_len).enumerate() {
+    let mut out = vec![0u8; out_len * coeffs.len()];
+    let mut acc = vec![0i32; out_len];
+    for (yy, out_row) in out.chunks_exact_mut(out_len.max(1)).enumerate() {
         let (start, k) = coeffs.taps(yy);
+        let start = start - row_offset;
         acc.fill(HALF);
         for (i, &w) in k.iter().enumerate() {
-            let in_row = &raw[(start + i) * row_len..(start + i + 1) * row_len];
-            for (a, &p) in acc.iter_mut().zip(in_row) {
+            let at = (start + i) * row_len;
+            for (a, &p) in acc.iter_mut().zip(&raw[at + c0..at + c1]) {
                 *a += i32::from(p) * w;
             }
         }
@@ -351,41 +458,48 @@ fn vertical_pass(src: &RgbImage, coeffs: &Coeffs, out_h: u32) -> RgbImage {
             *o = clip8(a);
         }
     }
-    RgbImage::from_raw(src.width(), out_h, out).expect("buffer sized for the image")
+    RgbImage::from_raw(cols.len() as u32, coeffs.len() as u32, out)
+        .expect("buffer sized for the image")
 }
 
-/// Pillow's NEAREST resize: `ImagingScaleAffine` with the source position
-/// accumulated in double precision, starting half a step in, truncated.
-fn nearest(src: &RgbImage, width: u32, height: u32) -> RgbImage {
+/// Pillow's NEAREST resize: `ImagingScaleAffine`, the source position
+/// accumulated in double precision from half a step in, truncated. The
+/// accumulation runs from 0 even for a region, so positions match bit for bit.
+fn nearest(src: &RgbImage, width: u32, height: u32, r: Region) -> RgbImage {
     let (in_w, in_h) = src.dimensions();
-    let a0 = f64::from(in_w as f32) / f64::from(width);
-    let a4 = f64::from(in_h as f32) / f64::from(height);
     let coord = |v: f64| if v < 0.0 { -1 } else { v as i64 };
-
-    let mut xin = Vec::with_capacity(width as usize);
-    let mut xo = a0 * 0.5;
-    for _ in 0..width {
-        let x = coord(xo);
-        xin.push((0..i64::from(in_w)).contains(&x).then_some(x as usize));
-        xo += a0;
-    }
+    let positions = |in_size: u32, out_size: u32, first: u32, count: u32| {
+        let step = f64::from(in_size as f32) / f64::from(out_size);
+        // Replaying the accumulation is exact; past 2^24 steps (only a crop
+        // far into a gigantic resize) jump there directly instead, which may
+        // differ from Pillow by one source pixel but bounds the work.
+        let skip = first.saturating_sub(1 << 24);
+        let mut pos = step * 0.5 + f64::from(skip) * step;
+        let mut out = Vec::with_capacity(count as usize);
+        for i in skip..first + count {
+            if i >= first {
+                let p = coord(pos);
+                out.push((0..i64::from(in_size)).contains(&p).then_some(p as usize));
+            }
+            pos += step;
+        }
+        out
+    };
+    let xin = positions(in_w, width, r.x, r.w);
+    let yin = positions(in_h, height, r.y, r.h);
     let raw = src.as_raw();
     let row_len = in_w as usize * 3;
-    let mut out = vec![0u8; width as usize * height as usize * 3];
-    let mut yo = a4 * 0.5;
-    for out_row in out.chunks_exact_mut(width as usize * 3) {
-        let y = coord(yo);
-        if (0..i64::from(in_h)).contains(&y) {
-            let in_row = &raw[y as usize * row_len..(y as usize + 1) * row_len];
-            for (px, x) in out_row.chunks_exact_mut(3).zip(&xin) {
-                if let Some(x) = *x {
-                    px.copy_from_slice(&in_row[x * 3..x * 3 + 3]);
-                }
+    let mut out = vec![0u8; r.w as usize * r.h as usize * 3];
+    for (out_row, y) in out.chunks_exact_mut(r.w as usize * 3).zip(&yin) {
+        let Some(y) = *y else { continue };
+        let in_row = &raw[y * row_len..(y + 1) * row_len];
+        for (px, x) in out_row.chunks_exact_mut(3).zip(&xin) {
+            if let Some(x) = *x {
+                px.copy_from_slice(&in_row[x * 3..x * 3 + 3]);
             }
         }
-        yo += a4;
     }
-    RgbImage::from_raw(width, height, out).expect("buffer sized for the image")
+    RgbImage::from_raw(r.w, r.h, out).expect("buffer sized for the image")
 }
 
 /// transformers' numpy `center_crop` to `width` x `height`: offsets
@@ -402,24 +516,15 @@ pub fn center_crop(src: &RgbImage, width: u32, height: u32) -> Result<RgbImage> 
             to_h: height,
         });
     }
-    // Offset of the crop window in the (possibly padded) image, and where the
-    // source lands in that padded image.
-    let (top, pad_top) = crop_offsets(in_h, height);
-    let (left, pad_left) = crop_offsets(in_w, width);
-    let mut out = RgbImage::new(width, height);
-    for y in 0..height {
-        // Row in padded coordinates, then in source coordinates.
-        let sy = i64::from(top + y) - i64::from(pad_top);
-        if !(0..i64::from(in_h)).contains(&sy) {
-            continue;
-        }
-        for x in 0..width {
-            let sx = i64::from(left + x) - i64::from(pad_left);
-            if (0..i64::from(in_w)).contains(&sx) {
-                out.put_pixel(x, y, *src.get_pixel(sx as u32, sy as u32));
-            }
-        }
+    let (shift_x, x0, x1) = crop_window(in_w, width);
+    let (shift_y, y0, y1) = crop_window(in_h, height);
+    let part = image::imageops::crop_imm(src, x0, y0, x1 - x0, y1 - y0).to_image();
+    if part.dimensions() == (width, height) {
+        return Ok(part);
     }
+    let mut out = RgbImage::new(width, height);
+    let (dx, dy) = (i64::from(x0) - shift_x, i64::from(y0) - shift_y);
+    image::imageops::replace(&mut out, &part, dx, dy);
     Ok(out)
 }
 
@@ -577,6 +682,35 @@ mod tests {
             assert_eq!(Filter::from_pil(i64::from(f.pil_code())), Some(f));
         }
         assert_eq!(Filter::from_pil(6), None);
+    }
+
+    /// Computing only the cropped region gives the same pixels as resizing
+    /// everything then cropping, for both pass orders, NEAREST, one-axis and
+    /// same-size resizes, and crops larger than the resized image.
+    #[test]
+    fn resize_center_crop_equals_resize_then_crop() {
+        let src = fixtures::lcg_noise(37, 29, 9);
+        let sizes = [
+            (37, 29),
+            (38, 28),
+            (30, 2),
+            (74, 58),
+            (5, 5),
+            (37, 60),
+            (120, 29),
+            (200, 3),
+        ];
+        let crops = [(1, 1), (4, 2), (30, 20), (37, 29), (40, 31), (9, 70)];
+        for filter in Filter::ALL {
+            for (w, h) in sizes {
+                let full = resize(&src, w, h, filter).unwrap();
+                for (cw, ch) in crops {
+                    let expected = center_crop(&full, cw, ch).unwrap();
+                    let ours = resize_center_crop(&src, w, h, filter, cw, ch).unwrap();
+                    assert_eq!(ours, expected, "{filter:?} {w}x{h} crop {cw}x{ch}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -305,7 +305,7 @@ mod tests {
     /// pad id 1) tokenizer: empty text, truncation, casing, unknown words.
     #[test]
     fn matches_transformers_batches() {
-        for (name, entry) in fixtures::index()["tokenizers_"].as_object().unwrap() {
+        for (name, entry) in fixtures::index()["tokenizer_batches"].as_object().unwrap() {
             let dir = fixtures::root().join(entry["dir"].as_str().unwrap());
             let max_length = entry["max_length"].as_u64().unwrap() as usize;
             let tok = TextTokenizer::from_model_dir(&dir, max_length).unwrap();
