@@ -108,6 +108,6 @@ mod tests {
         );
         assert!(parse_dtype("f16", &Device::Cpu).is_err());
         assert_eq!(parse_dtype("f32", &Device::Cpu).unwrap(), DType::F32);
-        assert_eq!(DeviceSpec::Cpu.open().unwrap().is_cpu(), true);
+        assert!(DeviceSpec::Cpu.open().unwrap().is_cpu());
     }
 }

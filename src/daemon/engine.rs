@@ -33,16 +33,7 @@ impl Engine {
         let fp = encoder.fingerprint().to_string();
         let dim = encoder.dim();
         let space = store.space(&fp, dim)?;
-        if let Some(active) = store.active_space()?
-            && active.fingerprint() != fp
-        {
-            // A different model: its vectors must not mix with ours. The new
-            // space is filled from the files on disk; the old one is dropped.
-            tracing::warn!(old = %active.fingerprint(), new = %fp, "model changed: building a new index, dropping the old one");
-            store.drop_space(active.fingerprint())?;
-        }
-        store.set_active(&fp)?;
-        let index_dir = data_dir.join("index").join(&fp);
+        let index_dir = index_dir(data_dir, &fp);
         std::fs::create_dir_all(&index_dir).map_err(|source| DaemonError::Io {
             path: index_dir.clone(),
             source,
@@ -97,6 +88,11 @@ impl Engine {
             .checkpoint(&self.index_dir, self.space.fingerprint(), last)?;
         Ok(())
     }
+}
+
+/// Where a model's index checkpoint lives.
+pub fn index_dir(data_dir: &Path, fingerprint: &str) -> PathBuf {
+    data_dir.join("index").join(fingerprint)
 }
 
 fn insert(index: &VectorIndex, batch: &[(u64, Vec<f32>)]) -> Result<usize> {

@@ -161,35 +161,26 @@ pub async fn run(
     })?;
     let loading = {
         let s = settings.clone();
-        tokio::task::spawn_blocking(move || -> Result<Engine> {
-            let dir = crate::model::hub::resolve(s.model.as_deref().unwrap_or_default())?;
-            let device = s.device.parse::<DeviceSpec>()?.open()?;
-            let dtype = parse_dtype(&s.dtype, &device)?;
-            let encoder = Encoder::load(&dir, &device, dtype)?.with_limits(DecodeLimits {
-                max_bytes: s.ingest.max_image_bytes,
-                max_pixels: s.ingest.max_image_pixels,
-            });
-            tracing::info!(model = %dir.display(), fingerprint = encoder.fingerprint(), dim = encoder.dim(), "model loaded");
-            let store = Store::open(s.data_dir.join("store"))?;
-            let params = IndexParams {
-                max_nb_connection: s.index.m,
-                ef_construction: s.index.ef_construction,
-                ef_search: s.index.ef_search,
-                ..IndexParams::default()
-            };
-            Engine::open(Arc::new(encoder), store, &s.data_dir, params)
-        })
+        tokio::task::spawn_blocking(move || load_engines(&s))
     };
     let mut stop_wait = stop_rx.clone();
-    let engine = tokio::select! {
-        r = loading => Arc::new(r.map_err(|e| DaemonError::Task(e.to_string()))??),
+    let (engine, previous) = tokio::select! {
+        r = loading => r.map_err(|e| DaemonError::Task(e.to_string()))??,
         _ = stop_wait.wait_for(|s| *s) => {
             tracing::info!("shutdown during start-up");
             let _ = server.await;
             return Ok(());
         }
     };
-    core.set_engine(engine.clone());
+    let engine = Arc::new(engine);
+    match previous {
+        // A new model: the old one keeps answering until the new index is complete.
+        Some(old) => {
+            core.building.store(true, Ordering::Relaxed);
+            core.set_engine(Arc::new(old));
+        }
+        None => core.set_engine(engine.clone()),
+    }
     let _ = ready_tx.send(true);
     notifier.ready();
     tracing::info!(
@@ -216,6 +207,8 @@ pub async fn run(
     );
     let reporter = tokio::spawn(report_progress(
         engine.clone(),
+        core.clone(),
+        settings.data_dir.clone(),
         counters.clone(),
         progress_tx,
         notifier.clone(),
@@ -238,9 +231,144 @@ pub async fn run(
     Ok(())
 }
 
-/// Keeps the progress snapshot, systemd STATUS and the watchdog current.
+/// Loads the configured model and its index; if the store's active space
+/// belongs to another model that can still be loaded (its directory is
+/// recorded in `models.json`), loads that one too, to serve while the new
+/// index is built. Returns (new, previous).
+fn load_engines(s: &Settings) -> Result<(Engine, Option<Engine>)> {
+    let dir = crate::model::hub::resolve(s.model.as_deref().unwrap_or_default())?;
+    let device = s.device.parse::<DeviceSpec>()?.open()?;
+    let dtype = parse_dtype(&s.dtype, &device)?;
+    let limits = DecodeLimits {
+        max_bytes: s.ingest.max_image_bytes,
+        max_pixels: s.ingest.max_image_pixels,
+    };
+    let encoder = Encoder::load(&dir, &device, dtype)?.with_limits(limits.clone());
+    let fp = encoder.fingerprint().to_string();
+    tracing::info!(model = %dir.display(), fingerprint = %fp, dim = encoder.dim(), "model loaded");
+    let store = Store::open(s.data_dir.join("store"))?;
+    let params = IndexParams {
+        max_nb_connection: s.index.m,
+        ef_construction: s.index.ef_construction,
+        ef_search: s.index.ef_search,
+        ..IndexParams::default()
+    };
+    let mut models = ModelDirs::load(&s.data_dir);
+    let previous = match store.active_space()? {
+        Some(active) if active.fingerprint() != fp => {
+            let old_fp = active.fingerprint().to_string();
+            let old = models.get(&old_fp).and_then(|old_dir| match Encoder::load(&old_dir, &device, dtype) {
+                Ok(e) if e.fingerprint() == old_fp => Some(e),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(model = %old_dir.display(), error = %e, "previous model cannot be loaded");
+                    None
+                }
+            });
+            match old {
+                Some(old) => {
+                    tracing::info!(old = %old_fp, new = %fp, "model changed: the old index serves while the new one is built");
+                    Some(Engine::open(
+                        Arc::new(old.with_limits(limits)),
+                        store.clone(),
+                        &s.data_dir,
+                        params,
+                    )?)
+                }
+                None => {
+                    tracing::warn!(old = %old_fp, new = %fp, "model changed and the old model is gone: building the new index from scratch");
+                    drop_space(&store, &s.data_dir, &old_fp);
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    models.set(&fp, &dir);
+    models.save(&s.data_dir);
+    let engine = Engine::open(Arc::new(encoder), store.clone(), &s.data_dir, params)?;
+    if previous.is_none() {
+        store.set_active(&fp)?;
+    }
+    Ok((engine, previous))
+}
+
+fn drop_space(store: &Store, data_dir: &std::path::Path, fingerprint: &str) {
+    if let Err(e) = store.drop_space(fingerprint) {
+        tracing::error!(fingerprint, error = %e, "cannot drop the old vector space");
+    }
+    let _ = std::fs::remove_dir_all(engine::index_dir(data_dir, fingerprint));
+}
+
+/// Which model directory produced each fingerprint (`models.json` in the data
+/// dir), so a model change can keep serving with the old model.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct ModelDirs(std::collections::BTreeMap<String, PathBuf>);
+
+impl ModelDirs {
+    fn load(data_dir: &std::path::Path) -> Self {
+        std::fs::read(data_dir.join("models.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+    fn get(&self, fp: &str) -> Option<PathBuf> {
+        self.0.get(fp).cloned()
+    }
+    fn set(&mut self, fp: &str, dir: &std::path::Path) {
+        self.0.insert(
+            fp.to_string(),
+            std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()),
+        );
+    }
+    fn save(&self, data_dir: &std::path::Path) {
+        let path = data_dir.join("models.json");
+        let tmp = path.with_extension("json.tmp");
+        let ok = std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serialisable"))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = ok {
+            tracing::warn!(path = %path.display(), error = %e, "cannot record the model directory");
+        }
+    }
+}
+
+/// Once the new model's space holds a vector for every indexed file, it
+/// becomes the active one and answers queries; the old space is dropped.
+fn finish_model_switch(engine: &Arc<Engine>, core: &DaemonCore, data_dir: &std::path::Path) {
+    if !core.building.load(Ordering::Relaxed) {
+        return;
+    }
+    let (Ok(done), Ok(files)) = (engine.space.indexed_path_count(), engine.store.file_count())
+    else {
+        return;
+    };
+    if done < files || core.counters.pending() > 0 {
+        return;
+    }
+    let old = engine
+        .store
+        .active_space()
+        .ok()
+        .flatten()
+        .map(|s| s.fingerprint().to_string());
+    if let Err(e) = engine.store.set_active(engine.space.fingerprint()) {
+        tracing::error!(error = %e, "cannot activate the new vector space");
+        return;
+    }
+    core.set_engine(engine.clone());
+    core.building.store(false, Ordering::Relaxed);
+    if let Some(old) = old.filter(|o| o != engine.space.fingerprint()) {
+        drop_space(&engine.store, data_dir, &old);
+    }
+    tracing::info!(fingerprint = %engine.space.fingerprint(), files, "new model's index complete: now serving it");
+}
+
+/// Keeps the progress snapshot, systemd STATUS and the watchdog current, and
+/// switches to a new model's index once it is complete.
 async fn report_progress(
     engine: Arc<Engine>,
+    core: Arc<DaemonCore>,
+    data_dir: PathBuf,
     counters: Arc<Counters>,
     tx: watch::Sender<ProgressSnapshot>,
     notifier: Arc<Notifier>,
@@ -261,6 +389,7 @@ async fn report_progress(
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        finish_model_switch(&engine, &core, &data_dir);
         let committed = counters.committed.load(Ordering::Relaxed);
         let dt = last_at.elapsed().as_secs_f64().max(1e-3);
         let instant = (committed - last_committed) as f64 / dt;

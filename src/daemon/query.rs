@@ -4,8 +4,9 @@
 //! content, and filters (path prefix, minimum score) apply to paths.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -21,8 +22,12 @@ use crate::store::path_str;
 
 /// What `Status` reports about the daemon beyond the engine.
 pub struct DaemonCore {
-    /// Set once the model and index are loaded; until then queries get NOT_READY.
-    engine: OnceLock<Arc<Engine>>,
+    /// The engine answering queries: set once a model and index are loaded
+    /// (until then queries get NOT_READY), swapped when a new model's index
+    /// is complete. Held only to clone the Arc, never across an await.
+    engine: RwLock<Option<Arc<Engine>>>,
+    /// True while a new model's index is built beside the serving one.
+    pub building: AtomicBool,
     pub counters: Arc<Counters>,
     pub roots: Vec<PathBuf>,
     pub model_name: String,
@@ -37,7 +42,8 @@ impl DaemonCore {
         progress: watch::Receiver<ProgressSnapshot>,
     ) -> Self {
         Self {
-            engine: OnceLock::new(),
+            engine: RwLock::new(None),
+            building: AtomicBool::new(false),
             counters,
             roots,
             model_name,
@@ -45,14 +51,19 @@ impl DaemonCore {
         }
     }
 
+    /// Makes `engine` the one answering queries (at start, and when a new model's index is complete).
     pub fn set_engine(&self, engine: Arc<Engine>) {
-        let _ = self.engine.set(engine);
+        *self
+            .engine
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(engine);
     }
 
     fn engine(&self) -> Result<Arc<Engine>> {
         self.engine
-            .get()
-            .cloned()
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
             .ok_or_else(|| CoreError::NotReady("loading the model and index".into()))
     }
 
@@ -211,7 +222,7 @@ impl Core for DaemonCore {
     }
 
     async fn status(&self) -> Result<StatusSnapshot> {
-        let Some(engine) = self.engine.get() else {
+        let Ok(engine) = self.engine() else {
             return Ok(StatusSnapshot {
                 pending_files: self.counters.pending(),
                 model_name: self.model_name.clone(),
@@ -237,7 +248,7 @@ impl Core for DaemonCore {
                 })
                 .collect(),
             vectors: engine.store.vector_count(&engine.space).map_err(internal)?,
-            index_building: false,
+            index_building: self.building.load(Ordering::Relaxed),
             embedded_images: self.counters.embedded.load(Ordering::Relaxed),
             reused_vectors: self.counters.reused.load(Ordering::Relaxed),
         })
@@ -261,7 +272,7 @@ impl Core for DaemonCore {
             })
             .collect();
         let total = all.len() as u64;
-        all.sort_by(|a, b| b.failed_at.cmp(&a.failed_at));
+        all.sort_by_key(|f| std::cmp::Reverse(f.failed_at));
         all.truncate(limit);
         Ok(FailureList {
             failures: all,

@@ -166,10 +166,11 @@ async fn planner(
                     Change::Upsert { path, size, mtime_ns } => {
                         // A path that came back cancels its pending removal.
                         removals.retain(|(_, op)| !matches!(op, Op::Remove(p) if *p == path));
-                        if needs_work(&engine, &path, size, mtime_ns) && counters.start(&path) {
-                            if jobs.send(Job { path, size, mtime_ns }).await.is_err() {
-                                break;
-                            }
+                        if needs_work(&engine, &path, size, mtime_ns)
+                            && counters.start(&path)
+                            && jobs.send(Job { path, size, mtime_ns }).await.is_err()
+                        {
+                            break;
                         }
                     }
                     Change::Remove { path } => removals.push((Instant::now() + cfg.remove_grace, Op::Remove(path))),

@@ -479,7 +479,7 @@ pub fn parse_text(value: &Value, file: &Path, field: &str) -> Result<TextConfig>
 }
 
 fn check_heads(hidden: usize, heads: usize, file: &Path, field: &str) -> Result<()> {
-    if heads == 0 || hidden == 0 || hidden % heads != 0 {
+    if heads == 0 || hidden == 0 || !hidden.is_multiple_of(heads) {
         let f = if field.is_empty() {
             "num_attention_heads".to_string()
         } else {

@@ -18,6 +18,7 @@ struct Daemon {
     pub photos: PathBuf,
     pub data: PathBuf,
     pub addr: String,
+    pub model: PathBuf,
     log: PathBuf,
     _tmp: tempfile::TempDir,
 }
@@ -40,6 +41,7 @@ impl Daemon {
             child: None,
             photos,
             data,
+            model: model_dir("vit-bert"),
             addr: String::new(),
             log: tmp.path().join("daemon.log"),
             _tmp: tmp,
@@ -69,7 +71,7 @@ impl Daemon {
             .arg("--config")
             .arg(&config)
             .arg("--model")
-            .arg(model_dir("vit-bert"))
+            .arg(&self.model)
             .arg("--watch")
             .arg(&self.photos)
             .arg("--data-dir")
@@ -616,4 +618,58 @@ async fn bad_requests_get_invalid_argument() {
     );
     // Still healthy after all that.
     assert!(status(&mut c).await.ready);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_model_gets_a_new_index_while_the_old_one_serves() {
+    let mut d = Daemon::start();
+    let mut c = d.client().await;
+    for p in PHOTOS {
+        copy_photo(p, &d.photos);
+    }
+    let old = wait_for(&d, &mut c, "indexed", |s| {
+        s.indexed_files == 5 && s.pending_files == 0
+    })
+    .await;
+    assert!(d.signal("TERM").success());
+
+    d.model = model_dir("clip");
+    d.spawn();
+    let mut c = d.client().await;
+    // Until the new index is complete the old model answers; then the new one, alone.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let new = loop {
+        let s = status(&mut c).await;
+        if s.ready {
+            if s.index_building {
+                assert_eq!(
+                    s.model_fingerprint, old.model_fingerprint,
+                    "a half-built index answered"
+                );
+                assert_eq!(
+                    search(&mut c, "a photo", 10).await.len(),
+                    5,
+                    "the old index stopped serving"
+                );
+            } else if s.model_fingerprint != old.model_fingerprint {
+                break s;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no switch to the new model: {s:?}\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (new.indexed_files, new.vectors, new.embedded_images),
+        (5, 5, 5),
+        "{new:?}"
+    );
+    assert_eq!(search(&mut c, "a photo", 10).await.len(), 5);
+    assert!(
+        !d.data.join("index").join(&old.model_fingerprint).exists(),
+        "old index left behind"
+    );
 }
