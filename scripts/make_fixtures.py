@@ -943,6 +943,22 @@ def legacy_copies(out: Path) -> dict:
     return res
 
 
+def pytorch_bin_copy(out: Path) -> None:
+    """Older hub repos ship `pytorch_model.bin` (a pickled state dict) instead of safetensors:
+    legacy/deit-roberta-bin is deit-roberta saved that way (outputs: ../../deit-roberta)."""
+    name = "deit-roberta"
+    src, dst = out / name, out / "legacy" / f"{name}-bin"
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        if f.name in ("model.safetensors", "reference.safetensors", "state_dict_keys.json"):
+            continue
+        shutil.copy(f, dst / f.name)
+    sd = load_file(str(src / "model.safetensors"))
+    torch.save(sd, dst / "pytorch_model.bin")
+    m = VisionTextDualEncoderModel.from_pretrained(str(dst), use_safetensors=False)
+    state_equal(VisionTextDualEncoderModel.from_pretrained(str(src)), m)
+
+
 # --------------------------------------------------------------------------------------------
 # Towers, compose, init
 # --------------------------------------------------------------------------------------------
@@ -1334,6 +1350,7 @@ def generate(out: Path) -> dict:
     log("tokenizers: " + ", ".join(f"{type(t).__name__}({len(t)})" for t in toks))
     summary = main_checkpoints(out, toks)
     legacy = legacy_copies(out)
+    pytorch_bin_copy(out)
     build_towers(out, toks)
     compose = build_compose(out)
     build_init(out, toks)

@@ -86,6 +86,17 @@ fn embed_from_files_matches_the_transformers_pipeline() {
 }
 
 #[test]
+fn texts_longer_than_the_tower_are_truncated_not_refused() {
+    let long = "a photo of a cat on a table ".repeat(200);
+    for name in ["vit-bert", "deit-roberta", "clip"] {
+        let v = embed_json(&model_dir(name), &[long.clone(), "a photo".into()], &[]);
+        let e = matrix(&v["text_embeds"]);
+        assert_eq!(e.len(), 2, "{name}");
+        assert!(e[0].iter().all(|x| x.is_finite()), "{name}");
+    }
+}
+
+#[test]
 fn hostile_files_fail_with_one_line_naming_the_file() {
     let dir = model_dir("vit-bert");
     for entry in std::fs::read_dir(fixtures().join("images").join("bad")).unwrap() {

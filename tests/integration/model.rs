@@ -142,10 +142,14 @@ fn zero_shot_probabilities_match() {
 }
 
 #[test]
-fn transformers_4_key_names_load_to_the_same_outputs() {
-    for name in ["clipvision-bert", "vit-cliptext"] {
+fn transformers_4_key_names_and_pytorch_bin_load_to_the_same_outputs() {
+    for (legacy, name) in [
+        ("clipvision-bert", "clipvision-bert"),
+        ("vit-cliptext", "vit-cliptext"),
+        ("deit-roberta-bin", "deit-roberta"),
+    ] {
         let model = DualEncoder::load(
-            &model_dir(&format!("legacy/{name}")),
+            &model_dir(&format!("legacy/{legacy}")),
             &Device::Cpu,
             DType::F32,
         )
