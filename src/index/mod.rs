@@ -1,1 +1,1527 @@
-//! (placeholder: filled in by its own change)
+//! The HNSW over one space's vectors (hnsw_rs 0.3.5): a cache of the store
+//! that can always be rebuilt from it. This is the only module that touches
+//! hnsw_rs.
+//!
+//! - Ids are the store's u64 vector ids. hnsw_rs cannot delete, so
+//!   [`VectorIndex::remove`] tombstones: searches skip tombstones, and when
+//!   [`VectorIndex::needs_compaction`] says so the caller rebuilds from the store.
+//! - Vectors are L2-normalised on the way in and compared with [`DualsightDot`]
+//!   (`max(0, 1 - dot)`), so scores are cosines. hnsw_rs's own `DistDot` panics
+//!   when rounding makes `1 - dot` negative and any NaN distance panics, hence
+//!   our clamped distance and the refusal of NaN/inf/zero vectors up front.
+//! - [`VectorIndex::checkpoint`] / [`VectorIndex::load`] persist the graph with a
+//!   manifest (fingerprint, dim, params, last store id covered, tombstones,
+//!   file hashes). After a load the caller catches up from the store:
+//!   tombstone every `live_ids()` id the space no longer has
+//!   (`Space::has_vector`), then insert `space.iter_vectors_from(last_id + 1)`.
+//!
+//! Memory: about 6.4 KB per vector at 512-d with the default parameters
+//! (`tests::memory_per_vector`: RSS growth over 20k insertions): 2 KB of f32
+//! data, the rest mostly graph edges (hnsw_rs allocates one `Arc` per edge and
+//! layer 0 keeps up to 2·M = 48) and allocator overhead; our id sets add
+//! ~40 B. 1 M photos ≈ 6.4 GB of RAM.
+
+use std::collections::{BinaryHeap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard};
+
+use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index parameters: {0}")]
+    InvalidParams(String),
+    #[error("index: vector has {got} dimensions, the index holds {expected}")]
+    Dimension { expected: usize, got: usize },
+    #[error("index: vector rejected: {0}")]
+    InvalidVector(&'static str),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: checkpoint is corrupt: {reason}", dir.display())]
+    Corrupt { dir: PathBuf, reason: String },
+    #[error("{}: hnsw dump failed: {reason}", dir.display())]
+    Dump { dir: PathBuf, reason: String },
+}
+
+pub type Result<T, E = IndexError> = std::result::Result<T, E>;
+
+/// HNSW construction and search parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexParams {
+    /// M: links per node and layer (layer 0 keeps 2·M). 2..=256: hnsw_rs
+    /// calls `exit(1)` above 256, so [`IndexParams::validate`] runs first.
+    pub max_nb_connection: usize,
+    /// Candidate list size while inserting; hnsw_rs warns at ≤ 2·M.
+    pub ef_construction: usize,
+    /// Candidate list size while searching (raised to k when k is larger).
+    pub ef_search: usize,
+    /// Layers, 1..=16 (hnsw_rs's maximum).
+    pub max_layer: usize,
+}
+
+impl Default for IndexParams {
+    /// Measured by `tests::parameter_sweep` (5k unit vectors, 200 queries,
+    /// recall@10 against exact search): with these defaults, 512-d
+    /// low-rank clusters (like real embeddings) 0.999, 512-d isotropic
+    /// clusters 0.976, uniform random 512-d (no structure at all: the worst
+    /// case) 0.93; random 64-d 0.99+. ef_search 64 gave only 0.91 on the
+    /// isotropic clusters (0.75 on uniform random), hence 128. M=32 buys
+    /// little except on uniform random data (0.965) for more memory.
+    fn default() -> Self {
+        IndexParams {
+            max_nb_connection: 24,
+            ef_construction: 200,
+            ef_search: 128,
+            max_layer: 16,
+        }
+    }
+}
+
+impl IndexParams {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(IndexError::InvalidParams(m));
+        if !(2..=256).contains(&self.max_nb_connection) {
+            return bad(format!(
+                "max_nb_connection {} not in 2..=256",
+                self.max_nb_connection
+            ));
+        }
+        if !(1..=100_000).contains(&self.ef_construction) {
+            return bad(format!(
+                "ef_construction {} not in 1..=100000",
+                self.ef_construction
+            ));
+        }
+        if !(1..=100_000).contains(&self.ef_search) {
+            return bad(format!("ef_search {} not in 1..=100000", self.ef_search));
+        }
+        if !(1..=16).contains(&self.max_layer) {
+            return bad(format!("max_layer {} not in 1..=16", self.max_layer));
+        }
+        Ok(())
+    }
+}
+
+/// `max(0, 1 - a·b)` on unit vectors: the cosine distance without hnsw_rs's
+/// `DistDot` assertion (rounding gives `a·a = 1.0000001`). hnsw_rs writes the
+/// type's name into dumps and checks it at reload: renaming it invalidates
+/// checkpoints (they are then rebuilt from the store).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DualsightDot;
+
+impl Distance<f32> for DualsightDot {
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        (1.0 - dot(a, b)).max(0.0)
+    }
+}
+
+/// Eight independent accumulators so the compiler can vectorise without
+/// reassociating floats.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Cosine score of an HNSW distance; equal to the exact scan's `min(dot, 1)`.
+fn score_of(distance: f32) -> f32 {
+    1.0 - distance
+}
+
+// Store ids (u64) travel through hnsw_rs as `usize`.
+const _: () = assert!(usize::BITS >= 64, "vector ids need a 64-bit usize");
+
+/// Batches at least this large go through hnsw_rs's rayon `parallel_insert`.
+const PARALLEL_INSERT_MIN: usize = 64;
+/// With tombstones or a filter, at most this many live vectors are searched by
+/// exact scan (about as cheap as a graph walk, and exact).
+const EXACT_SCAN_MAX: usize = 2048;
+/// Graph ids a filter is tried on to estimate the fraction it accepts.
+const FILTER_SAMPLE: usize = 256;
+/// Tombstones above this fraction of the graph make a rebuild worthwhile.
+const COMPACTION_FRACTION: f64 = 0.2;
+
+const CHECKPOINT_FORMAT: u32 = 1;
+const CURRENT: &str = "CURRENT";
+const MANIFEST: &str = "manifest.json";
+const GEN_PREFIX: &str = "gen-";
+const BASENAME: &str = "hnsw";
+
+struct Ids {
+    /// Every id in the graph, tombstoned or not.
+    present: HashSet<u64>,
+    tombstones: HashSet<u64>,
+    /// Highest id ever inserted.
+    max_id: u64,
+}
+
+impl Ids {
+    fn live(&self) -> usize {
+        self.present.len() - self.tombstones.len()
+    }
+}
+
+/// An HNSW over unit vectors keyed by store id. `Send + Sync`: one task
+/// inserts while many search concurrently.
+pub struct VectorIndex {
+    dim: usize,
+    params: IndexParams,
+    ef_search: AtomicUsize,
+    /// hnsw_rs locks internally and its insert/search take `&self`, so
+    /// searches run in parallel with each other and with an insert. `'static`:
+    /// a loaded graph borrows its `HnswIo`, which [`VectorIndex::load`] leaks.
+    hnsw: Hnsw<'static, f32, DualsightDot>,
+    /// Serialises inserts and checkpoint dumps (a dump must not see a half
+    /// inserted point); searches never take it.
+    writer: Mutex<()>,
+    /// Read by every search (tombstone filter), written by insert/remove.
+    ids: RwLock<Ids>,
+}
+
+impl std::fmt::Debug for VectorIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VectorIndex")
+            .field("dim", &self.dim)
+            .field("params", &self.params)
+            .field("len", &self.len())
+            .field("tombstones", &self.tombstone_count())
+            .finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    format: u32,
+    fingerprint: String,
+    dim: usize,
+    params: IndexParams,
+    last_id: u64,
+    max_id: u64,
+    /// Points in the graph (live + tombstoned).
+    points: usize,
+    live: usize,
+    tombstones: Vec<u64>,
+    /// None for an empty index: nothing is dumped (see `checkpoint`).
+    dump: Option<DumpFiles>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DumpFiles {
+    basename: String,
+    graph: FileSum,
+    data: FileSum,
+}
+
+/// Length and blake3 of a dump file: hnsw_rs asserts (panics) on malformed
+/// input, so damage must be caught before it reads anything.
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+struct FileSum {
+    len: u64,
+    blake3: String,
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl VectorIndex {
+    /// An empty index for `dim`-dimensional vectors; `capacity_hint` sizes
+    /// hnsw_rs's tables.
+    pub fn new(dim: usize, params: IndexParams, capacity_hint: usize) -> Result<VectorIndex> {
+        params.validate()?;
+        if dim == 0 {
+            return Err(IndexError::InvalidParams("dimension 0".into()));
+        }
+        let hnsw = Hnsw::new(
+            params.max_nb_connection,
+            capacity_hint.max(1),
+            params.max_layer,
+            params.ef_construction,
+            DualsightDot,
+        );
+        Ok(Self::from_parts(
+            dim,
+            params,
+            hnsw,
+            Ids {
+                present: HashSet::new(),
+                tombstones: HashSet::new(),
+                max_id: 0,
+            },
+        ))
+    }
+
+    fn from_parts(
+        dim: usize,
+        params: IndexParams,
+        hnsw: Hnsw<'static, f32, DualsightDot>,
+        ids: Ids,
+    ) -> Self {
+        VectorIndex {
+            dim,
+            params,
+            ef_search: AtomicUsize::new(params.ef_search),
+            hnsw,
+            writer: Mutex::new(()),
+            ids: RwLock::new(ids),
+        }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The parameters the graph was built with (`ef_search` as currently set).
+    pub fn params(&self) -> IndexParams {
+        IndexParams {
+            ef_search: self.ef_search.load(Ordering::Relaxed),
+            ..self.params
+        }
+    }
+
+    /// Changes the search width for later searches (recall vs latency).
+    pub fn set_ef_search(&self, ef: usize) -> Result<()> {
+        IndexParams {
+            ef_search: ef,
+            ..self.params
+        }
+        .validate()?;
+        self.ef_search.store(ef, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Live (not tombstoned) vectors.
+    pub fn len(&self) -> usize {
+        read(&self.ids).live()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn tombstone_count(&self) -> usize {
+        read(&self.ids).tombstones.len()
+    }
+
+    /// More than 20% of the graph is tombstones: rebuild from the store.
+    pub fn needs_compaction(&self) -> bool {
+        let ids = read(&self.ids);
+        !ids.tombstones.is_empty()
+            && ids.tombstones.len() as f64 > COMPACTION_FRACTION * ids.present.len() as f64
+    }
+
+    /// Highest id ever inserted (0 when none): the `last_id` to checkpoint
+    /// when ids are inserted in store order.
+    pub fn max_id(&self) -> u64 {
+        read(&self.ids).max_id
+    }
+
+    /// Live ids, ascending.
+    pub fn live_ids(&self) -> Vec<u64> {
+        let ids = read(&self.ids);
+        let mut v: Vec<u64> = ids.present.difference(&ids.tombstones).copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        let ids = read(&self.ids);
+        ids.present.contains(&id) && !ids.tombstones.contains(&id)
+    }
+
+    /// Adds one vector; false when the id is already in the graph (ids are
+    /// never reused by the store, so this is a replay, not an update).
+    pub fn insert(&self, id: u64, v: &[f32]) -> Result<bool> {
+        Ok(self.insert_batch(&[(id, v)])? == 1)
+    }
+
+    /// Adds vectors (in parallel for large batches); returns how many were
+    /// new. All are validated before any is inserted.
+    pub fn insert_batch(&self, items: &[(u64, &[f32])]) -> Result<usize> {
+        let mut normed = Vec::with_capacity(items.len());
+        for (id, v) in items {
+            normed.push((*id, self.normalised(v)?));
+        }
+        let _w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = HashSet::new();
+        {
+            let ids = read(&self.ids);
+            normed.retain(|(id, _)| !ids.present.contains(id) && seen.insert(*id));
+        }
+        if normed.is_empty() {
+            return Ok(0);
+        }
+        let data: Vec<(&[f32], usize)> = normed
+            .iter()
+            .map(|(id, v)| (v.as_slice(), *id as usize))
+            .collect();
+        if data.len() >= PARALLEL_INSERT_MIN {
+            self.hnsw.parallel_insert_slice(&data);
+        } else {
+            for d in &data {
+                self.hnsw.insert_slice(*d);
+            }
+        }
+        let mut ids = self.ids.write().unwrap_or_else(PoisonError::into_inner);
+        for (id, _) in &normed {
+            ids.present.insert(*id);
+            ids.max_id = ids.max_id.max(*id);
+        }
+        Ok(normed.len())
+    }
+
+    /// Tombstones an id (hnsw_rs has no delete); false when it was not live.
+    pub fn remove(&self, id: u64) -> bool {
+        let mut ids = self.ids.write().unwrap_or_else(PoisonError::into_inner);
+        ids.present.contains(&id) && ids.tombstones.insert(id)
+    }
+
+    /// The `k` live vectors nearest to `query` (that `filter` accepts), as
+    /// (id, cosine) by score descending.
+    ///
+    /// Tombstones and filters are applied to an over-fetched plain graph
+    /// walk (`k / accepted fraction`, the fraction sampled for a filter),
+    /// widened 4× while too few come back, and replaced by an exact scan once
+    /// the walk would cost more than scanning (about `ef·2M` distance
+    /// evaluations against the graph size): small indexes and very selective
+    /// filters are scanned. hnsw_rs's `search_filter` is not used: with a
+    /// filter it never stops early. `tests::filtered_search_cost` (20k
+    /// 512-d): against a plain walk, `search_filter` took 4.7× for a 1-in-2
+    /// filter and 59× for 1-in-1000 (3× with 1% tombstones); this route takes
+    /// 1.1×, 1.4× and 0.9×, and 2.2× for 1-in-20.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: Option<&dyn Fn(u64) -> bool>,
+    ) -> Result<Vec<(u64, f32)>> {
+        let q = self.normalised(query)?;
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let ids = read(&self.ids);
+        let live = ids.live();
+        if live == 0 {
+            return Ok(Vec::new());
+        }
+        let ef = self.ef_search.load(Ordering::Relaxed).max(k);
+        if filter.is_none() && ids.tombstones.is_empty() {
+            return Ok(self.walk(&q, k, ef));
+        }
+        let accept = |id: u64| !ids.tombstones.contains(&id) && filter.is_none_or(|f| f(id));
+        if live <= EXACT_SCAN_MAX {
+            return Ok(self.scan(&q, k, &accept));
+        }
+        let points = ids.present.len();
+        let fraction = match filter {
+            None => live as f64 / points as f64,
+            Some(_) => {
+                let sample: Vec<u64> = ids.present.iter().take(FILTER_SAMPLE).copied().collect();
+                sample.iter().filter(|&&id| accept(id)).count() as f64 / sample.len() as f64
+            }
+        };
+        let walk_cost = |fetch: usize| {
+            fetch
+                .max(ef)
+                .saturating_mul(2 * self.params.max_nb_connection)
+        };
+        let mut fetch = if fraction > 0.0 {
+            (k as f64 / fraction * 1.5).ceil() as usize + 8
+        } else {
+            usize::MAX
+        };
+        while fetch < points && walk_cost(fetch) < points {
+            let hits: Vec<(u64, f32)> = self
+                .walk(&q, fetch, fetch.max(ef))
+                .into_iter()
+                .filter(|(id, _)| accept(*id))
+                .take(k)
+                .collect();
+            if hits.len() == k {
+                return Ok(hits);
+            }
+            fetch = fetch.saturating_mul(4);
+        }
+        Ok(self.scan(&q, k, &accept))
+    }
+
+    /// Plain hnsw_rs search, best first.
+    fn walk(&self, q: &[f32], knbn: usize, ef: usize) -> Vec<(u64, f32)> {
+        sorted(
+            self.hnsw
+                .search(q, knbn, ef)
+                .into_iter()
+                .map(|n| (n.d_id as u64, score_of(n.distance)))
+                .collect(),
+        )
+    }
+
+    /// Brute force over every live vector: exact top `k` (recall checks,
+    /// small indexes, very selective filters).
+    pub fn exact_search(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: Option<&dyn Fn(u64) -> bool>,
+    ) -> Result<Vec<(u64, f32)>> {
+        let q = self.normalised(query)?;
+        let ids = read(&self.ids);
+        Ok(self.scan(&q, k, &|id| {
+            !ids.tombstones.contains(&id) && filter.is_none_or(|f| f(id))
+        }))
+    }
+
+    fn scan(&self, q: &[f32], k: usize, accept: &dyn Fn(u64) -> bool) -> Vec<(u64, f32)> {
+        if k == 0 || self.hnsw.get_nb_point() == 0 {
+            return Vec::new();
+        }
+        // Min-heap of the best k so far (Reverse order on score, then id).
+        let mut heap: BinaryHeap<std::cmp::Reverse<Hit>> = BinaryHeap::with_capacity(k + 1);
+        let pi = self.hnsw.get_point_indexation();
+        // One layer at a time, each under one read guard (hnsw_rs's all-layer
+        // iterator re-locks while holding a guard, which can deadlock against
+        // a waiting insert). Each point lives in exactly one layer list.
+        for layer in 0..=usize::from(pi.get_max_level_observed()) {
+            for p in pi.get_layer_iterator(layer) {
+                let id = p.get_origin_id() as u64;
+                if !accept(id) {
+                    continue;
+                }
+                let hit = Hit {
+                    score: score_of(DualsightDot.eval(q, p.get_v())),
+                    id,
+                };
+                if heap.len() < k {
+                    heap.push(std::cmp::Reverse(hit));
+                } else if heap.peek().is_some_and(|w| hit > w.0) {
+                    heap.pop();
+                    heap.push(std::cmp::Reverse(hit));
+                }
+            }
+        }
+        sorted(heap.into_iter().map(|r| (r.0.id, r.0.score)).collect())
+    }
+
+    fn normalised(&self, v: &[f32]) -> Result<Vec<f32>> {
+        if v.len() != self.dim {
+            return Err(IndexError::Dimension {
+                expected: self.dim,
+                got: v.len(),
+            });
+        }
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(IndexError::InvalidVector("NaN or infinite component"));
+        }
+        let norm = v
+            .iter()
+            .map(|&x| f64::from(x) * f64::from(x))
+            .sum::<f64>()
+            .sqrt();
+        if norm < 1e-6 {
+            return Err(IndexError::InvalidVector("zero norm"));
+        }
+        Ok(v.iter().map(|&x| (f64::from(x) / norm) as f32).collect())
+    }
+
+    // ---- checkpoints ----------------------------------------------------------
+
+    /// Persists the graph under `dir`, replacing the previous checkpoint
+    /// atomically. `last_id`: every store id ≤ it is in the graph or was
+    /// removed (normally [`VectorIndex::max_id`]).
+    ///
+    /// Layout: `dir/gen-N/{hnsw.hnsw.graph, hnsw.hnsw.data, manifest.json}`
+    /// plus `dir/CURRENT` naming the live generation. A directory cannot be
+    /// renamed over a non-empty one, so the generation is built as
+    /// `dir/.tmp-gen-N`, fsynced, renamed to `gen-N`, and then `CURRENT` is
+    /// replaced (temp file, fsync, rename, fsync dir): a crash at any point
+    /// leaves the old or the new checkpoint whole. Old generations are then
+    /// deleted.
+    pub fn checkpoint(&self, dir: &Path, fingerprint: &str, last_id: u64) -> Result<()> {
+        // Two checkpoints into one directory (this index twice, or an old
+        // and a rebuilt index) would pick the same generation name. They are
+        // rare, so one process-wide lock is enough.
+        static CHECKPOINTS: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = CHECKPOINTS.lock().unwrap_or_else(PoisonError::into_inner);
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let gen_no = next_generation(dir)?;
+        let gen_name = format!("{GEN_PREFIX}{gen_no}");
+        let tmp = dir.join(format!(".tmp-{gen_name}"));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+        }
+        fs::create_dir(&tmp).map_err(io_err(&tmp))?;
+
+        let (manifest_ids, dump) = {
+            let _w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let ids = read(&self.ids);
+            let mut tombstones: Vec<u64> = ids.tombstones.iter().copied().collect();
+            tombstones.sort_unstable();
+            let snapshot = (ids.present.len(), ids.live(), ids.max_id, tombstones);
+            drop(ids);
+            // hnsw_rs 0.3.5's file_dump fails on a graph with no point (see
+            // tests::hnsw_rs_empty_dump_reload), so an empty index is a
+            // manifest alone.
+            let dump = if snapshot.0 == 0 {
+                None
+            } else {
+                let r = catch_unwind(AssertUnwindSafe(|| self.hnsw.file_dump(&tmp, BASENAME)));
+                match r {
+                    Ok(Ok(basename)) => Some(basename),
+                    Ok(Err(e)) => {
+                        return Err(IndexError::Dump {
+                            dir: tmp,
+                            reason: format!("{e:#}"),
+                        });
+                    }
+                    Err(_) => {
+                        return Err(IndexError::Dump {
+                            dir: tmp,
+                            reason: "hnsw_rs panicked".into(),
+                        });
+                    }
+                }
+            };
+            (snapshot, dump)
+        };
+        let (points, live, max_id, tombstones) = manifest_ids;
+        let dump = match dump {
+            None => None,
+            Some(basename) => {
+                let graph = sync_and_sum(&tmp.join(format!("{basename}.hnsw.graph")))?;
+                let data = sync_and_sum(&tmp.join(format!("{basename}.hnsw.data")))?;
+                Some(DumpFiles {
+                    basename,
+                    graph,
+                    data,
+                })
+            }
+        };
+        let manifest = Manifest {
+            format: CHECKPOINT_FORMAT,
+            fingerprint: fingerprint.to_owned(),
+            dim: self.dim,
+            params: self.params(),
+            last_id,
+            max_id,
+            points,
+            live,
+            tombstones,
+            dump,
+        };
+        let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+        write_synced(&tmp.join(MANIFEST), &json)?;
+        sync_dir(&tmp)?;
+        let gen_dir = dir.join(&gen_name);
+        fs::rename(&tmp, &gen_dir).map_err(io_err(&gen_dir))?;
+        sync_dir(dir)?;
+        let current_tmp = dir.join(format!("{CURRENT}.tmp"));
+        write_synced(&current_tmp, format!("{gen_name}\n").as_bytes())?;
+        let current = dir.join(CURRENT);
+        fs::rename(&current_tmp, &current).map_err(io_err(&current))?;
+        sync_dir(dir)?;
+        tracing::info!(dir = %dir.display(), generation = gen_no, points, last_id, "index checkpoint written");
+        // Best effort: a leftover generation only costs disk until the next one.
+        if let Ok(entries) = fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let old_gen = name.starts_with(GEN_PREFIX) && name != gen_name;
+                if (old_gen || name.starts_with(".tmp-"))
+                    && let Err(err) = fs::remove_dir_all(e.path())
+                {
+                    tracing::warn!(path = %e.path().display(), error = %err, "cannot delete old checkpoint");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The checkpoint in `dir` and the last store id it covers. `None` when
+    /// there is none or it belongs to another model (fingerprint or dim);
+    /// `Err` when it is damaged: rebuild from the store then.
+    pub fn load(dir: &Path, fingerprint: &str, dim: usize) -> Result<Option<(VectorIndex, u64)>> {
+        let current = dir.join(CURRENT);
+        let gen_name = match fs::read_to_string(&current) {
+            Ok(s) => s.trim().to_owned(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(IndexError::Io {
+                    path: current,
+                    source: e,
+                });
+            }
+        };
+        let corrupt = |reason: String| IndexError::Corrupt {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        let valid_name = gen_name
+            .strip_prefix(GEN_PREFIX)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if !valid_name {
+            return Err(corrupt(format!("{CURRENT} names {gen_name:?}")));
+        }
+        let gen_dir = dir.join(&gen_name);
+        let manifest_path = gen_dir.join(MANIFEST);
+        let bytes = match fs::read(&manifest_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(corrupt(format!("{gen_name}: {MANIFEST} missing")));
+            }
+            Err(e) => {
+                return Err(IndexError::Io {
+                    path: manifest_path,
+                    source: e,
+                });
+            }
+        };
+        let m: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("{MANIFEST}: {e}")))?;
+        if m.format != CHECKPOINT_FORMAT {
+            return Err(corrupt(format!(
+                "format {} (this dualsight reads {CHECKPOINT_FORMAT})",
+                m.format
+            )));
+        }
+        if m.fingerprint != fingerprint || m.dim != dim {
+            return Ok(None);
+        }
+        m.params.validate().map_err(|e| corrupt(e.to_string()))?;
+        let hnsw = match &m.dump {
+            None => {
+                if m.points != 0 {
+                    return Err(corrupt(format!("{} points but no dump", m.points)));
+                }
+                Hnsw::new(
+                    m.params.max_nb_connection,
+                    1,
+                    m.params.max_layer,
+                    m.params.ef_construction,
+                    DualsightDot,
+                )
+            }
+            Some(d) => {
+                for (ext, want) in [("graph", &d.graph), ("data", &d.data)] {
+                    let path = gen_dir.join(format!("{}.hnsw.{ext}", d.basename));
+                    let got = match sum_file(&path) {
+                        Ok(s) => s,
+                        Err(IndexError::Io { source, .. })
+                            if source.kind() == io::ErrorKind::NotFound =>
+                        {
+                            return Err(corrupt(format!("{} missing", path.display())));
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    if &got != want {
+                        return Err(corrupt(format!("{}: checksum mismatch", path.display())));
+                    }
+                }
+                // The loaded graph borrows its loader for its whole life
+                // (hnsw_rs #19). Without mmap the loader holds no data (paths
+                // and options, ~100 bytes), so leaking one per load is the
+                // simplest sound way to a `'static` graph; loads happen at
+                // startup and after a compaction, not per request.
+                let (gen_dir, basename) = (gen_dir.clone(), d.basename.clone());
+                let load = move || {
+                    let loader: &'static mut HnswIo =
+                        Box::leak(Box::new(HnswIo::new(&gen_dir, &basename)));
+                    loader.load_hnsw::<f32, DualsightDot>()
+                };
+                match catch_unwind(AssertUnwindSafe(load)) {
+                    Ok(Ok(h)) => h,
+                    Ok(Err(e)) => return Err(corrupt(format!("hnsw_rs: {e:#}"))),
+                    Err(_) => return Err(corrupt("hnsw_rs panicked while loading".into())),
+                }
+            }
+        };
+        let mut present = HashSet::with_capacity(m.points);
+        if m.points > 0 {
+            let pi = hnsw.get_point_indexation();
+            for layer in 0..=usize::from(pi.get_max_level_observed()) {
+                for p in pi.get_layer_iterator(layer) {
+                    if !present.insert(p.get_origin_id() as u64) {
+                        return Err(corrupt(format!(
+                            "id {} twice in the graph",
+                            p.get_origin_id()
+                        )));
+                    }
+                }
+            }
+        }
+        if present.len() != m.points || hnsw.get_nb_point() != m.points {
+            return Err(corrupt(format!(
+                "{} points in the graph, manifest says {}",
+                present.len(),
+                m.points
+            )));
+        }
+        let tombstones: HashSet<u64> = m.tombstones.iter().copied().collect();
+        if !tombstones.is_subset(&present) || present.len() - tombstones.len() != m.live {
+            return Err(corrupt("tombstones do not match the graph".into()));
+        }
+        let max_id = present.iter().copied().max().unwrap_or(0).max(m.max_id);
+        let index = VectorIndex::from_parts(
+            dim,
+            m.params,
+            hnsw,
+            Ids {
+                present,
+                tombstones,
+                max_id,
+            },
+        );
+        Ok(Some((index, m.last_id)))
+    }
+}
+
+/// Score-then-id order so equal scores come back in a stable order.
+#[derive(Clone, Copy, PartialEq)]
+struct Hit {
+    score: f32,
+    id: u64,
+}
+
+impl Eq for Hit {}
+
+impl PartialOrd for Hit {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl Ord for Hit {
+    /// Greater = better: higher score, then lower id.
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.score.total_cmp(&o.score).then(o.id.cmp(&self.id))
+    }
+}
+
+fn sorted(mut v: Vec<(u64, f32)>) -> Vec<(u64, f32)> {
+    v.sort_by(|a, b| {
+        Hit {
+            id: b.0,
+            score: b.1,
+        }
+        .cmp(&Hit {
+            id: a.0,
+            score: a.1,
+        })
+    });
+    v
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> IndexError + '_ {
+    move |source| IndexError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One past the highest generation named by `CURRENT` or present on disk, so
+/// a new checkpoint never reuses a leftover directory's name.
+fn next_generation(dir: &Path) -> Result<u64> {
+    let mut max = 0u64;
+    for e in fs::read_dir(dir).map_err(io_err(dir))? {
+        let e = e.map_err(io_err(dir))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let n = name
+            .trim_start_matches(".tmp-")
+            .strip_prefix(GEN_PREFIX)
+            .and_then(|n| n.parse::<u64>().ok());
+        max = max.max(n.unwrap_or(0));
+    }
+    if let Ok(s) = fs::read_to_string(dir.join(CURRENT))
+        && let Some(n) = s
+            .trim()
+            .strip_prefix(GEN_PREFIX)
+            .and_then(|n| n.parse::<u64>().ok())
+    {
+        max = max.max(n);
+    }
+    Ok(max + 1)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).map_err(io_err(path))?;
+    f.write_all(bytes).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
+}
+
+/// hnsw_rs's `file_dump` flushes its buffers but never fsyncs.
+fn sync_and_sum(path: &Path) -> Result<FileSum> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(path))?;
+    sum_file(path)
+}
+
+fn sum_file(path: &Path) -> Result<FileSum> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let mut h = blake3::Hasher::new();
+    let len = io::copy(&mut f, &mut h).map_err(io_err(path))?;
+    Ok(FileSum {
+        len,
+        blake3: h.finalize().to_hex().to_string(),
+    })
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// splitmix64: deterministic test data without a rand dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        fn uniform(&mut self) -> f32 {
+            ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+        }
+
+        fn gaussian(&mut self) -> f32 {
+            let (u, v) = (self.uniform(), self.uniform());
+            (-2.0 * u.ln()).sqrt() * (2.0 * std::f32::consts::PI * v).cos()
+        }
+
+        fn unit(&mut self, dim: usize) -> Vec<f32> {
+            unit((0..dim).map(|_| self.gaussian()).collect())
+        }
+    }
+
+    fn unit(v: Vec<f32>) -> Vec<f32> {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.into_iter().map(|x| x / n).collect()
+    }
+
+    fn random_set(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut r = Rng(seed);
+        (0..n).map(|_| r.unit(dim)).collect()
+    }
+
+    /// Like image embeddings: points around a few hundred centres.
+    fn clustered_set(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut r = Rng(seed);
+        let centres: Vec<Vec<f32>> = (0..200).map(|_| r.unit(dim)).collect();
+        (0..n)
+            .map(|_| {
+                let c = &centres[(r.next() % centres.len() as u64) as usize];
+                unit(
+                    c.iter()
+                        .map(|x| x + 0.6 * r.gaussian() / (dim as f32).sqrt())
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Low intrinsic dimension, like real embeddings: a 24-d latent per
+    /// cluster mapped into 512-d, plus a little isotropic noise.
+    fn low_rank_set(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut r = Rng(seed ^ 0xA5A5);
+        let latent = 24;
+        let basis: Vec<Vec<f32>> = (0..latent).map(|_| r.unit(dim)).collect();
+        let centres: Vec<Vec<f32>> = (0..50).map(|_| r.unit(dim)).collect();
+        let mut r = Rng(seed);
+        (0..n)
+            .map(|_| {
+                let c = &centres[(r.next() % centres.len() as u64) as usize];
+                let mut v: Vec<f32> = c
+                    .iter()
+                    .map(|x| x + 0.05 * r.gaussian() / (dim as f32).sqrt())
+                    .collect();
+                for b in &basis {
+                    let z = 0.5 * r.gaussian() / (latent as f32).sqrt();
+                    for (x, y) in v.iter_mut().zip(b) {
+                        *x += z * y;
+                    }
+                }
+                unit(v)
+            })
+            .collect()
+    }
+
+    /// Recall@10 and search time over a grid of parameters
+    /// (`--ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn parameter_sweep() {
+        type Make = fn(usize, usize, u64) -> Vec<Vec<f32>>;
+        let sets: [(&str, Make); 3] = [
+            ("clustered", clustered_set),
+            ("low-rank", low_rank_set),
+            ("random", random_set),
+        ];
+        for (name, make) in sets {
+            let data = make(5000, 512, 20);
+            let queries = make(200, 512, 21);
+            for m in [16, 24, 32] {
+                let t = std::time::Instant::now();
+                let idx = build(
+                    &data,
+                    IndexParams {
+                        max_nb_connection: m,
+                        ..IndexParams::default()
+                    },
+                );
+                let build_s = t.elapsed().as_secs_f64();
+                for ef in [64, 100, 128, 200] {
+                    idx.set_ef_search(ef).unwrap();
+                    let t = std::time::Instant::now();
+                    for q in &queries {
+                        idx.search(q, 10, None).unwrap();
+                    }
+                    let us = t.elapsed().as_micros() as f64 / queries.len() as f64;
+                    let r = recall_at_10(&idx, &queries);
+                    println!(
+                        "{name:9} M={m:2} ef_s={ef:3}: recall@10 {r:.3}, {us:.0} us/query (build {build_s:.1}s)"
+                    );
+                }
+            }
+        }
+    }
+
+    fn build(data: &[Vec<f32>], params: IndexParams) -> VectorIndex {
+        let idx = VectorIndex::new(data[0].len(), params, data.len()).unwrap();
+        let items: Vec<(u64, &[f32])> = data
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u64 + 1, v.as_slice()))
+            .collect();
+        assert_eq!(idx.insert_batch(&items).unwrap(), data.len());
+        idx
+    }
+
+    fn recall_at_10(idx: &VectorIndex, queries: &[Vec<f32>]) -> f64 {
+        let mut found = 0usize;
+        for q in queries {
+            let exact: HashSet<u64> = idx
+                .exact_search(q, 10, None)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.0)
+                .collect();
+            found += idx
+                .search(q, 10, None)
+                .unwrap()
+                .iter()
+                .filter(|h| exact.contains(&h.0))
+                .count();
+        }
+        found as f64 / (10 * queries.len()) as f64
+    }
+
+    #[test]
+    fn params_are_validated_before_hnsw_rs_sees_them() {
+        for m in [0, 1, 257, 10_000] {
+            let p = IndexParams {
+                max_nb_connection: m,
+                ..IndexParams::default()
+            };
+            assert!(
+                matches!(
+                    VectorIndex::new(8, p, 10),
+                    Err(IndexError::InvalidParams(_))
+                ),
+                "M={m}"
+            );
+        }
+        let p = IndexParams {
+            max_layer: 17,
+            ..IndexParams::default()
+        };
+        assert!(VectorIndex::new(8, p, 10).is_err());
+        assert!(VectorIndex::new(0, IndexParams::default(), 10).is_err());
+        assert!(
+            IndexParams {
+                max_nb_connection: 256,
+                ..IndexParams::default()
+            }
+            .validate()
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn bad_vectors_are_rejected() {
+        let idx = VectorIndex::new(4, IndexParams::default(), 10).unwrap();
+        assert!(matches!(
+            idx.insert(1, &[1.0; 3]),
+            Err(IndexError::Dimension {
+                expected: 4,
+                got: 3
+            })
+        ));
+        assert!(matches!(
+            idx.insert(1, &[f32::NAN, 0.0, 0.0, 1.0]),
+            Err(IndexError::InvalidVector(_))
+        ));
+        assert!(matches!(
+            idx.insert(1, &[f32::INFINITY, 0.0, 0.0, 1.0]),
+            Err(IndexError::InvalidVector(_))
+        ));
+        assert!(matches!(
+            idx.insert(1, &[0.0; 4]),
+            Err(IndexError::InvalidVector(_))
+        ));
+        assert!(idx.search(&[0.0; 4], 3, None).is_err());
+        assert!(idx.search(&[1.0; 5], 3, None).is_err());
+        // One bad vector keeps the whole batch out.
+        let good = [1.0, 0.0, 0.0, 0.0];
+        assert!(idx.insert_batch(&[(1, &good), (2, &[0.0; 4])]).is_err());
+        assert!(idx.is_empty());
+    }
+
+    #[test]
+    fn clamped_distance_never_goes_negative() {
+        let v = unit(vec![0.1, 0.7, 0.3, 0.2, 0.9, 0.4, 0.5, 0.6, 0.05]);
+        let w: Vec<f32> = v.iter().map(|x| x * 1.000_001).collect();
+        assert!(DualsightDot.eval(&v, &w) >= 0.0);
+        assert_eq!(DualsightDot.eval(&v, &w), 0.0);
+        let neg: Vec<f32> = v.iter().map(|x| -x).collect();
+        assert!((DualsightDot.eval(&v, &neg) - 2.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn search_returns_nearest_first_as_cosines() {
+        let data = random_set(500, 32, 1);
+        let idx = build(&data, IndexParams::default());
+        assert_eq!(idx.len(), 500);
+        assert!(
+            !idx.insert(3, &data[0]).unwrap(),
+            "a known id is not inserted twice"
+        );
+        let scaled: Vec<f32> = data[41].iter().map(|x| x * 3.0).collect();
+        let hits = idx.search(&scaled, 5, None).unwrap();
+        assert_eq!(hits.len(), 5);
+        assert_eq!(hits[0].0, 42);
+        assert!((hits[0].1 - 1.0).abs() < 1e-5, "{hits:?}");
+        assert!(hits.windows(2).all(|w| w[0].1 >= w[1].1));
+        let exact = idx.exact_search(&scaled, 5, None).unwrap();
+        assert_eq!(exact[0].0, 42);
+        for (h, e) in hits.iter().zip(&exact) {
+            assert!((h.1 - e.1).abs() < 1e-5 || h.0 != e.0);
+        }
+        assert!(idx.search(&scaled, 0, None).unwrap().is_empty());
+        assert_eq!(idx.search(&scaled, 10_000, None).unwrap().len(), 500);
+    }
+
+    #[test]
+    fn recall_random_64d() {
+        let data = random_set(5000, 64, 2);
+        let idx = build(&data, IndexParams::default());
+        let r = recall_at_10(&idx, &random_set(200, 64, 3));
+        println!("recall@10 random 64-d, 5k, defaults: {r:.3}");
+        assert!(r >= 0.95, "recall@10 {r}");
+    }
+
+    #[test]
+    fn recall_clustered_512d() {
+        let data = clustered_set(5000, 512, 4);
+        let idx = build(&data, IndexParams::default());
+        let queries = clustered_set(200, 512, 5);
+        let r = recall_at_10(&idx, &queries);
+        println!("recall@10 clustered 512-d, 5k, defaults: {r:.3}");
+        assert!(r >= 0.95, "recall@10 {r}");
+    }
+
+    /// Cost of the filtered graph walk against a plain search
+    /// (`--ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn filtered_search_cost() {
+        let data = low_rank_set(20_000, 512, 22);
+        let queries = low_rank_set(200, 512, 23);
+        let idx = build(&data, IndexParams::default());
+        let time = |label: &str, f: Option<&dyn Fn(u64) -> bool>| {
+            let t = std::time::Instant::now();
+            let mut n = 0;
+            for q in &queries {
+                n += idx.search(q, 10, f).unwrap().len();
+            }
+            let us = t.elapsed().as_micros() as f64 / queries.len() as f64;
+            println!(
+                "{label:24}: {us:6.0} us/query, {:.1} hits",
+                n as f64 / queries.len() as f64
+            );
+        };
+        time("plain", None);
+        let t = std::time::Instant::now();
+        for q in &queries {
+            idx.exact_search(q, 10, None).unwrap();
+        }
+        println!(
+            "{:24}: {:6.0} us/query",
+            "exact scan",
+            t.elapsed().as_micros() as f64 / queries.len() as f64
+        );
+        for (label, f) in [("search_filter 1/2", 2u64), ("search_filter 1/1000", 1000)] {
+            let t = std::time::Instant::now();
+            let accept = |id: &usize| (*id as u64).is_multiple_of(f);
+            for q in &queries {
+                idx.hnsw
+                    .search_filter(&unit(q.clone()), 10, 128, Some(&accept));
+            }
+            println!(
+                "{label:24}: {:6.0} us/query",
+                t.elapsed().as_micros() as f64 / queries.len() as f64
+            );
+        }
+        time("filter 1/2", Some(&|id| id.is_multiple_of(2)));
+        time("filter 1/20", Some(&|id| id.is_multiple_of(20)));
+        time("filter 1/1000", Some(&|id| id.is_multiple_of(1000)));
+        for id in (1..=20_000).step_by(100) {
+            idx.remove(id);
+        }
+        time("1% tombstones", None);
+    }
+
+    #[test]
+    fn tombstoned_ids_are_never_returned() {
+        let data = clustered_set(3000, 64, 8);
+        let idx = build(&data, IndexParams::default());
+        let queries = clustered_set(30, 64, 9);
+        let mut removed = HashSet::new();
+        for q in &queries {
+            for (id, _) in idx.search(q, 5, None).unwrap() {
+                if idx.remove(id) {
+                    removed.insert(id);
+                }
+            }
+        }
+        assert!(
+            !idx.remove(removed.iter().next().copied().unwrap()),
+            "already tombstoned"
+        );
+        assert!(!idx.remove(999_999), "unknown id");
+        assert_eq!(idx.tombstone_count(), removed.len());
+        assert_eq!(idx.len(), 3000 - removed.len());
+        assert!(!idx.contains(*removed.iter().next().unwrap()));
+        for q in &queries {
+            let hits = idx.search(q, 10, None).unwrap();
+            assert_eq!(hits.len(), 10);
+            assert!(hits.iter().all(|(id, _)| !removed.contains(id)));
+            let exact = idx.exact_search(q, 10, None).unwrap();
+            assert!(exact.iter().all(|(id, _)| !removed.contains(id)));
+        }
+        assert!(!idx.needs_compaction());
+        for id in 1..=700 {
+            idx.remove(id);
+        }
+        assert!(idx.needs_compaction());
+        assert!(
+            idx.live_ids()
+                .iter()
+                .all(|id| !removed.contains(id) && *id > 700)
+        );
+    }
+
+    #[test]
+    fn filtered_search() {
+        let data = clustered_set(5000, 64, 10);
+        let idx = build(&data, IndexParams::default());
+        let queries = clustered_set(50, 64, 11);
+        let even = |id: u64| id.is_multiple_of(2);
+        let (mut found, mut total) = (0, 0);
+        for q in &queries {
+            let hits = idx.search(q, 10, Some(&even)).unwrap();
+            assert_eq!(hits.len(), 10);
+            assert!(hits.iter().all(|(id, _)| even(*id)));
+            let exact: HashSet<u64> = idx
+                .exact_search(q, 10, Some(&even))
+                .unwrap()
+                .into_iter()
+                .map(|h| h.0)
+                .collect();
+            found += hits.iter().filter(|h| exact.contains(&h.0)).count();
+            total += 10;
+        }
+        let r = found as f64 / total as f64;
+        println!("filtered (1/2) recall@10: {r:.3}");
+        assert!(r >= 0.9, "{r}");
+        // A filter only three ids pass: the exact fallback still finds them all.
+        let three = |id: u64| [7, 777, 4242].contains(&id);
+        let hits = idx.search(&queries[0], 10, Some(&three)).unwrap();
+        let mut ids: Vec<u64> = hits.iter().map(|h| h.0).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![7, 777, 4242]);
+        // Tombstones and filter together.
+        idx.remove(777);
+        let ids: Vec<u64> = idx
+            .search(&queries[0], 10, Some(&three))
+            .unwrap()
+            .iter()
+            .map(|h| h.0)
+            .collect();
+        assert_eq!(ids.len(), 2);
+        assert!(!ids.contains(&777));
+    }
+
+    #[test]
+    fn checkpoint_then_load_gives_identical_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = clustered_set(3000, 64, 12);
+        let idx = build(
+            &data,
+            IndexParams {
+                ef_search: 80,
+                ..IndexParams::default()
+            },
+        );
+        for id in [5, 50, 500] {
+            idx.remove(id);
+        }
+        idx.checkpoint(dir.path(), "fp", idx.max_id()).unwrap();
+        let (loaded, last) = VectorIndex::load(dir.path(), "fp", 64)
+            .unwrap()
+            .expect("checkpoint present");
+        assert_eq!(last, 3000);
+        assert_eq!(
+            (loaded.len(), loaded.tombstone_count(), loaded.max_id()),
+            (2997, 3, 3000)
+        );
+        assert_eq!(loaded.params(), idx.params());
+        assert_eq!(loaded.live_ids(), idx.live_ids());
+        for q in clustered_set(50, 64, 13) {
+            assert_eq!(
+                loaded.search(&q, 10, None).unwrap(),
+                idx.search(&q, 10, None).unwrap()
+            );
+            let odd = |id: u64| id % 2 == 1;
+            assert_eq!(
+                loaded.search(&q, 10, Some(&odd)).unwrap(),
+                idx.search(&q, 10, Some(&odd)).unwrap()
+            );
+        }
+        // A loaded index keeps growing and checkpoints again, replacing the old one.
+        let extra = clustered_set(10, 64, 14);
+        for (i, v) in extra.iter().enumerate() {
+            assert!(loaded.insert(3001 + i as u64, v).unwrap());
+        }
+        assert_eq!(loaded.search(&extra[3], 1, None).unwrap()[0].0, 3004);
+        loaded
+            .checkpoint(dir.path(), "fp", loaded.max_id())
+            .unwrap();
+        let gens: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != CURRENT)
+            .collect();
+        assert_eq!(gens, vec!["gen-2"]);
+        let (again, last) = VectorIndex::load(dir.path(), "fp", 64).unwrap().unwrap();
+        assert_eq!((again.len(), last), (3007, 3010));
+    }
+
+    #[test]
+    fn missing_or_foreign_checkpoint_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            VectorIndex::load(&dir.path().join("nope"), "fp", 8)
+                .unwrap()
+                .is_none()
+        );
+        assert!(VectorIndex::load(dir.path(), "fp", 8).unwrap().is_none());
+        let idx = build(&random_set(50, 8, 15), IndexParams::default());
+        idx.checkpoint(dir.path(), "fp", 50).unwrap();
+        assert!(
+            VectorIndex::load(dir.path(), "other-model", 8)
+                .unwrap()
+                .is_none()
+        );
+        assert!(VectorIndex::load(dir.path(), "fp", 16).unwrap().is_none());
+        assert!(VectorIndex::load(dir.path(), "fp", 8).unwrap().is_some());
+    }
+
+    #[test]
+    fn corrupt_checkpoint_is_an_error() {
+        let fresh = || {
+            let dir = tempfile::tempdir().unwrap();
+            build(&random_set(200, 16, 16), IndexParams::default())
+                .checkpoint(dir.path(), "fp", 200)
+                .unwrap();
+            let gen_dir = dir.path().join("gen-1");
+            (dir, gen_dir)
+        };
+        let expect_corrupt = |dir: &Path| {
+            let err = VectorIndex::load(dir, "fp", 16).unwrap_err();
+            assert!(matches!(err, IndexError::Corrupt { .. }), "{err:?}");
+            assert!(err.to_string().contains("checkpoint is corrupt"), "{err}");
+        };
+        // A flipped byte in the data file.
+        let (dir, g) = fresh();
+        let data = g.join("hnsw.hnsw.data");
+        let mut bytes = fs::read(&data).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        fs::write(&data, bytes).unwrap();
+        expect_corrupt(dir.path());
+        // A truncated graph file.
+        let (dir, g) = fresh();
+        let graph = g.join("hnsw.hnsw.graph");
+        let len = fs::metadata(&graph).unwrap().len();
+        File::options()
+            .write(true)
+            .open(&graph)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        expect_corrupt(dir.path());
+        // A missing dump file.
+        let (dir, g) = fresh();
+        fs::remove_file(g.join("hnsw.hnsw.graph")).unwrap();
+        expect_corrupt(dir.path());
+        // A garbled manifest.
+        let (dir, g) = fresh();
+        fs::write(g.join(MANIFEST), b"{ not json").unwrap();
+        expect_corrupt(dir.path());
+        // CURRENT naming a generation that is gone.
+        let (dir, g) = fresh();
+        fs::remove_dir_all(g).unwrap();
+        expect_corrupt(dir.path());
+        let (dir, _) = fresh();
+        fs::write(dir.path().join(CURRENT), b"../../etc\n").unwrap();
+        expect_corrupt(dir.path());
+    }
+
+    #[test]
+    fn empty_index_checkpoints_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = VectorIndex::new(8, IndexParams::default(), 0).unwrap();
+        assert!(idx.search(&[1.0; 8], 5, None).unwrap().is_empty());
+        assert!(idx.exact_search(&[1.0; 8], 5, None).unwrap().is_empty());
+        idx.checkpoint(dir.path(), "fp", 0).unwrap();
+        let (loaded, last) = VectorIndex::load(dir.path(), "fp", 8).unwrap().unwrap();
+        assert_eq!((loaded.len(), last), (0, 0));
+        assert!(loaded.search(&[1.0; 8], 5, None).unwrap().is_empty());
+        loaded.insert(1, &[1.0; 8]).unwrap();
+        assert_eq!(loaded.search(&[1.0; 8], 5, None).unwrap().len(), 1);
+        // Everything tombstoned is not empty for hnsw_rs: a real dump.
+        loaded.remove(1);
+        loaded.checkpoint(dir.path(), "fp", 1).unwrap();
+        let (reloaded, _) = VectorIndex::load(dir.path(), "fp", 8).unwrap().unwrap();
+        assert_eq!((reloaded.len(), reloaded.tombstone_count()), (0, 1));
+        assert!(reloaded.search(&[1.0; 8], 5, None).unwrap().is_empty());
+    }
+
+    /// Pins down the hnsw_rs behaviour `checkpoint` works around: dumping a
+    /// graph with no point and reloading it.
+    #[test]
+    fn hnsw_rs_empty_dump_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let h: Hnsw<f32, DualsightDot> = Hnsw::new(16, 10, 16, 100, DualsightDot);
+        let dumped = catch_unwind(AssertUnwindSafe(|| h.file_dump(dir.path(), "e")));
+        let reloaded = catch_unwind(|| {
+            let mut io = HnswIo::new(dir.path(), "e");
+            io.load_hnsw::<f32, DualsightDot>()
+                .map(|h| h.get_nb_point())
+        });
+        let dumped = dumped.map(|r| r.map_err(|e| format!("{e:#}")));
+        let reloaded = reloaded.map(|r| r.map_err(|e| format!("{e:#}")));
+        println!("hnsw_rs empty dump: {dumped:?}, reload: {reloaded:?}");
+        // If this starts to hold, the special case in `checkpoint` can go.
+        let round_trips = matches!((&dumped, &reloaded), (Ok(Ok(_)), Ok(Ok(0))));
+        assert!(!round_trips, "hnsw_rs now round-trips an empty graph");
+    }
+
+    #[test]
+    fn searches_run_while_inserting() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<VectorIndex>();
+        let data = Arc::new(clustered_set(4000, 32, 17));
+        let idx = Arc::new(build(&data[..1000], IndexParams::default()));
+        let writer = {
+            let (idx, data) = (idx.clone(), data.clone());
+            std::thread::spawn(move || {
+                for chunk in (1000..4000).collect::<Vec<_>>().chunks(100) {
+                    let items: Vec<(u64, &[f32])> = chunk
+                        .iter()
+                        .map(|&i| (i as u64 + 1, data[i].as_slice()))
+                        .collect();
+                    idx.insert_batch(&items).unwrap();
+                    idx.remove(chunk[0] as u64);
+                }
+            })
+        };
+        let readers: Vec<_> = (0..3)
+            .map(|t| {
+                let (idx, data) = (idx.clone(), data.clone());
+                std::thread::spawn(move || {
+                    for i in 0..300 {
+                        let hits = idx.search(&data[(i * 7 + t) % 1000], 10, None).unwrap();
+                        assert!(!hits.is_empty());
+                    }
+                })
+            })
+            .collect();
+        writer.join().unwrap();
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert_eq!(idx.len(), 4000 - 30);
+    }
+
+    /// Resident memory per vector, 512-d, defaults (`--ignored --nocapture`,
+    /// run alone: it reads the process's RSS).
+    #[test]
+    #[ignore]
+    fn memory_per_vector() {
+        fn rss_kb() -> u64 {
+            let s = fs::read_to_string("/proc/self/status").unwrap();
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .unwrap()
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap()
+        }
+        let n = 20_000;
+        let mut r = Rng(18);
+        let before = rss_kb();
+        let idx = VectorIndex::new(512, IndexParams::default(), n).unwrap();
+        for start in (0..n).step_by(1000) {
+            let chunk: Vec<Vec<f32>> = (0..1000).map(|_| r.unit(512)).collect();
+            let items: Vec<(u64, &[f32])> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, v)| ((start + i) as u64 + 1, v.as_slice()))
+                .collect();
+            idx.insert_batch(&items).unwrap();
+        }
+        let after = rss_kb();
+        println!(
+            "{n} x 512-d: {} bytes per vector",
+            (after - before) * 1024 / n as u64
+        );
+        assert_eq!(idx.len(), n);
+    }
+}
