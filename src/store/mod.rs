@@ -215,7 +215,8 @@ pub struct Orphan {
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CommitOutcome {
-    /// The space's vector id of each committed item, in order.
+    /// The space's vector id of each committed item, in order (an id may be
+    /// gone already if a later item of the same batch orphaned it).
     pub vector_ids: Vec<u64>,
     /// Vectors created by this commit: insert them into the index.
     pub inserted: Vec<(u64, Vec<f32>)>,
@@ -417,9 +418,9 @@ impl Store {
 
     // ---- spaces -------------------------------------------------------------
 
-    /// Opens the space of a model, creating it (empty) when new. A space that
-    /// exists with another dimension is an error: a different model must have
-    /// a different fingerprint.
+    /// Opens the space of a model, creating it (empty, not active) when new.
+    /// A space that exists with another dimension is an error: a different
+    /// model must have a different fingerprint.
     pub fn space(&self, fingerprint: &str, dim: usize) -> Result<Space> {
         if fingerprint.is_empty() || fingerprint.len() > 1024 {
             return Err(StoreError::InvalidSpace(
@@ -740,16 +741,12 @@ impl Store {
         &self,
         dir: &str,
     ) -> impl Iterator<Item = Result<(String, FileRecord)>> + use<> {
-        let dir = trim_dir(dir).to_owned();
-        let exact = self
-            .inner
+        let dir = trim_dir(dir);
+        let exact = dir.as_bytes();
+        self.inner
             .files
-            .get(&dir)
-            .transpose()
-            .map(|r| r.map(|v| (sled::IVec::from(dir.as_str()), v)));
-        exact
-            .into_iter()
-            .chain(self.inner.files.scan_prefix(dir_prefix(&dir)))
+            .range(exact..=exact)
+            .chain(self.inner.files.scan_prefix(dir_prefix(dir)))
             .map(decode_file_kv)
     }
 
@@ -1674,10 +1671,11 @@ mod tests {
         assert!(store.failure("/a/bcd.jpg").unwrap().is_some());
         assert_eq!(store.failure_count().unwrap(), 1);
         let under: Vec<_> = store
-            .iter_files_under("/a/bc")
+            .iter_files_under("/a/bc/x.jpg")
+            .chain(store.iter_files_under("/a/bc"))
             .map(|r| r.unwrap().0)
             .collect();
-        assert_eq!(under, vec!["/a/bc/x.jpg"]);
+        assert_eq!(under, vec!["/a/bc/x.jpg", "/a/bc/x.jpg"]);
         assert_eq!(store.iter_files_under("/a/b").count(), 0);
         store.verify().unwrap();
     }
