@@ -53,6 +53,17 @@ impl Engine {
                 )
             }
         };
+        // Vectors deleted after the checkpoint was written (files removed
+        // before a crash) are tombstoned; those added after it are replayed.
+        let mut stale = 0usize;
+        if from > 0 {
+            for id in index.live_ids() {
+                if !space.has_vector(id)? {
+                    index.remove(id);
+                    stale += 1;
+                }
+            }
+        }
         let mut batch: Vec<(u64, Vec<f32>)> = Vec::new();
         let mut replayed = 0usize;
         for v in space.iter_vectors_from(from) {
@@ -67,6 +78,7 @@ impl Engine {
         tracing::info!(
             vectors = index.len(),
             replayed,
+            stale,
             from_checkpoint = from > 0,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "index ready"
