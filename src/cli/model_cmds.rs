@@ -13,6 +13,7 @@ use crate::model::checkpoint::{
     copy_image_processor, copy_tokenizer_files, default_image_processor,
 };
 use crate::model::{DualEncoder, hub};
+use crate::server::core::{LabelScore, rank_labels};
 
 /// Where and how the model runs (shared by every command that runs it).
 #[derive(Debug, Clone, Args)]
@@ -73,12 +74,7 @@ pub fn embed(args: &EmbedArgs) -> Result<()> {
     if !text_embeds.is_empty() && !image_embeds.is_empty() {
         let logits: Vec<Vec<f32>> = text_embeds
             .iter()
-            .map(|t| {
-                image_embeds
-                    .iter()
-                    .map(|i| t.iter().zip(i).map(|(a, b)| a * b).sum::<f32>() * scale)
-                    .collect()
-            })
+            .map(|t| image_embeds.iter().map(|i| dot(t, i) * scale).collect())
             .collect();
         out["logits_per_text"] = json!(logits);
     }
@@ -129,49 +125,33 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
     if args.json {
         let rows: Vec<_> = ranked
             .iter()
-            .map(|(l, p, logit)| json!({"label": l, "probability": p, "logit": logit}))
+            .map(|l| json!({"label": l.label, "probability": l.probability, "logit": l.logit, "score": l.score}))
             .collect();
         println!("{}", json!({ "image": args.image, "labels": rows }));
     } else {
-        for (label, p, _) in ranked {
-            println!("{p:>8.4}  {label}");
+        for l in ranked {
+            println!("{:>8.4}  {}", l.probability, l.label);
         }
     }
     Ok(())
 }
 
-/// `(label, probability, logit)` sorted by probability, highest first.
-pub fn zero_shot(
-    enc: &Encoder,
-    pixels: &[f32],
-    labels: &[String],
-) -> Result<Vec<(String, f32, f32)>> {
+/// Zero-shot: each label's cosine with the image, logit and softmax
+/// probability, highest first (the daemon's `Classify` ranks the same way).
+pub fn zero_shot(enc: &Encoder, pixels: &[f32], labels: &[String]) -> Result<Vec<LabelScore>> {
     let texts: Vec<&str> = labels.iter().map(String::as_str).collect();
     let t = enc.embed_texts(&texts)?;
     let i = enc.embed_pixels(&[pixels.to_vec()])?;
-    let scale = enc.model().logit_scale_exp();
-    let logits: Vec<f32> = t
-        .iter()
-        .map(|t| t.iter().zip(&i[0]).map(|(a, b)| a * b).sum::<f32>() * scale)
-        .collect();
-    let probs = softmax(&logits);
-    let mut ranked: Vec<_> = labels
+    let scored = labels
         .iter()
         .cloned()
-        .zip(probs)
-        .zip(logits)
-        .map(|((l, p), g)| (l, p, g))
+        .zip(t.iter().map(|t| dot(t, &i[0])))
         .collect();
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-    Ok(ranked)
+    Ok(rank_labels(scored, enc.model().logit_scale()))
 }
 
-/// Numerically stable softmax.
-pub fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 #[derive(Debug, Args)]

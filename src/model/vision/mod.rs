@@ -13,8 +13,8 @@ use super::config::VisionConfig;
 
 #[derive(Debug, Clone)]
 pub enum VisionTower {
+    /// ViT, and DeiT (a ViT with a distillation token).
     Vit(vit::Vit),
-    Deit(deit::Deit),
     Beit(beit::Beit),
     Clip(clip::ClipVision),
 }
@@ -24,7 +24,7 @@ impl VisionTower {
     pub fn new(c: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         Ok(match c {
             VisionConfig::Vit(c) => Self::Vit(vit::Vit::new(c, vb)?),
-            VisionConfig::Deit(c) => Self::Deit(deit::Deit::new(c, vb)?),
+            VisionConfig::Deit(c) => Self::Vit(deit::new(c, vb)?),
             VisionConfig::Beit(c) => Self::Beit(beit::Beit::new(c, vb)?),
             VisionConfig::Clip(c) => Self::Clip(clip::ClipVision::new(c, vb)?),
         })
@@ -34,7 +34,6 @@ impl VisionTower {
     pub fn pooled(&self, px: &Tensor) -> Result<Tensor> {
         match self {
             Self::Vit(m) => m.pooled(px),
-            Self::Deit(m) => m.pooled(px),
             Self::Beit(m) => m.pooled(px),
             Self::Clip(m) => m.pooled(px),
         }

@@ -3,7 +3,7 @@
 //! output is transformers' `pooler_output`. The encoder layer here is shared
 //! with DeiT, which has the same weights plus a distillation token.
 
-use candle_core::{D, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use crate::model::config::VitConfig;
@@ -175,17 +175,24 @@ impl VitTrunk {
     }
 }
 
-/// `ViTModel` with its pooler.
+/// `ViTModel` with its pooler; also DeiT's, whose embeddings add a
+/// distillation token after CLS (see `deit.rs`).
 #[derive(Debug, Clone)]
 pub struct Vit {
     patch: PatchEmbedding,
-    cls_token: Tensor,
+    /// Prepended tokens in sequence order: `[cls_token]`, or `[cls_token, distillation_token]`.
+    tokens: Vec<Tensor>,
     positions: Tensor,
     trunk: VitTrunk,
 }
 
 impl Vit {
     pub fn new(c: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        Self::with_tokens(c, &["cls_token"], vb)
+    }
+
+    /// A ViT whose sequence starts with the named learned tokens (under `embeddings.`).
+    pub fn with_tokens(c: &VitConfig, names: &[&str], vb: VarBuilder) -> Result<Self> {
         let emb = vb.pp("embeddings");
         let std = c.initializer_range;
         let patch = PatchEmbedding::new(
@@ -197,10 +204,14 @@ impl Vit {
             std,
             emb.pp("patch_embeddings").pp("projection"),
         )?;
-        let n = patch.num_patches();
+        let n = patch.num_patches() + names.len();
+        let tokens = names
+            .iter()
+            .map(|name| param((1, 1, c.hidden_size), name, std, &emb))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            cls_token: param((1, 1, c.hidden_size), "cls_token", std, &emb)?,
-            positions: param((1, n + 1, c.hidden_size), "position_embeddings", std, &emb)?,
+            tokens,
+            positions: param((1, n, c.hidden_size), "position_embeddings", std, &emb)?,
             patch,
             trunk: VitTrunk::new(c, &vb)?,
         })
@@ -208,11 +219,14 @@ impl Vit {
 
     pub fn pooled(&self, px: &Tensor) -> Result<Tensor> {
         let patches = self.patch.forward(px)?;
-        let b = patches.dim(0)?;
-        let cls = self
-            .cls_token
-            .broadcast_as((b, 1, self.cls_token.dim(D::Minus1)?))?;
-        let xs = Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.positions)?;
+        let (b, _, h) = patches.dims3()?;
+        let mut parts = self
+            .tokens
+            .iter()
+            .map(|t| t.broadcast_as((b, 1, h)))
+            .collect::<Result<Vec<_>>>()?;
+        parts.push(patches);
+        let xs = Tensor::cat(&parts, 1)?.broadcast_add(&self.positions)?;
         self.trunk.pooled(xs)
     }
 }
