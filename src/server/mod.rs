@@ -9,6 +9,7 @@
 //! - `service`: the handlers (validate → convert → call core → convert back).
 
 pub mod core;
+mod oversized;
 mod service;
 
 use std::io;
@@ -161,7 +162,7 @@ pub async fn serve<C: Core>(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(dualsight)
+        .add_service(oversized::OversizedIsInvalid(dualsight))
         .serve_with_incoming_shutdown(incoming, signal);
 
     let mut stopping = stopping_rx;
@@ -499,7 +500,7 @@ mod tests {
             })
             .await
             .unwrap_err();
-        assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         assert!(e.message().contains("the limit is: 65536 bytes"), "{e:?}");
 
         // Health follows `ready`, under "" and the service name.

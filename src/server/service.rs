@@ -31,7 +31,7 @@ pub struct ServerConfig {
     /// Longest query text or label, in characters (not bytes).
     pub max_text_chars: usize,
     /// Largest request message; applied as tonic's max decoding message size,
-    /// so a larger one is refused (OUT_OF_RANGE) before it is buffered.
+    /// so a larger one is refused (INVALID_ARGUMENT) before it is buffered.
     pub max_message_bytes: usize,
     /// Most labels in one Classify request.
     pub max_labels: usize,

@@ -616,6 +616,14 @@ async fn bad_requests_get_invalid_argument() {
         c.search_by_image(unknown).await.unwrap_err().code(),
         tonic::Code::NotFound
     );
+    // A message over the server's limit (32 MiB by default) is the client's mistake too.
+    let huge = proto::SearchByImageRequest {
+        query: Some(search_by_image_request::Query::Image(vec![0u8; 33 << 20])),
+        limit: 5,
+        ..Default::default()
+    };
+    let e = c.search_by_image(huge).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     // Still healthy after all that.
     assert!(status(&mut c).await.ready);
 }
