@@ -520,6 +520,18 @@ fn apply(engine: &Engine, op: Op) -> bool {
                 .map(|(p, _)| p)
                 .filter(|p| !seen.contains(Path::new(p)))
                 .collect();
+            // Failure records of files that are gone too (deleted while stopped).
+            let under = |p: &str| Path::new(p).starts_with(&root);
+            let stale_failures: Vec<String> = engine
+                .store
+                .iter_failures()
+                .filter_map(|f| f.ok())
+                .map(|(p, _)| p)
+                .filter(|p| under(p) && !seen.contains(Path::new(p)))
+                .collect();
+            for p in &stale_failures {
+                let _ = engine.store.clear_failure(p);
+            }
             let mut total = crate::store::Removal::default();
             for p in &gone {
                 match engine.store.remove_path(p) {

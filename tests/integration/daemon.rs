@@ -433,6 +433,14 @@ async fn hostile_files_are_counted_as_failed_and_the_daemon_keeps_serving() {
         h.status(),
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
+    // A failed file that is deleted is forgotten; one that is fixed gets indexed.
+    std::fs::remove_file(d.photos.join("garbage.png")).unwrap();
+    std::fs::copy(image("rocket.jpg"), d.photos.join("truncated.jpg")).unwrap();
+    let s = wait_for(&d, &mut c, "failures resolved", |s| {
+        s.failed_files == 3 && s.indexed_files == 2 && s.pending_files == 0
+    })
+    .await;
+    assert!(s.ready);
 }
 
 #[tokio::test(flavor = "multi_thread")]
