@@ -701,13 +701,18 @@ pub fn failures_table(list: &proto::ListFailuresResponse, now: SystemTime) -> St
     let mut s = format!("{:>10}  {:>8}  path: error\n", "age", "attempts");
     for f in &list.failures {
         let age = now.saturating_sub(f.failed_at_unix).max(0);
+        // Errors already start with the path (the house style); don't print it twice.
+        let error = f
+            .error
+            .strip_prefix(&format!("{}: ", f.path))
+            .unwrap_or(&f.error);
         let _ = writeln!(
             s,
             "{:>10}  {:>8}  {}: {}",
             format!("{} ago", human_duration(age as f64)),
             f.attempts,
             f.path,
-            f.error
+            error
         );
     }
     let shown = list.failures.len() as u64;
