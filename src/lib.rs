@@ -14,6 +14,7 @@
 //!   and strings into vectors; [`device`]: where it runs.
 //! - [`cli`]: the subcommands; `main.rs` only dispatches.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -1,0 +1,510 @@
+//! Figure 4, at the largest index size: the restart path after a clean
+//! shutdown, and the daemon's memory.
+//! - the store filled with the same vectors through `Store::commit` (sled,
+//!   flushed), as the daemon would have left it;
+//! - `VectorIndex::checkpoint` into the daemon's index directory (what a
+//!   clean shutdown writes) and `VectorIndex::load` in process;
+//! - a real `dualsight serve` on that data dir (a child process of this
+//!   binary): start → gRPC health SERVING (model load + fingerprint + index
+//!   load + replay), its VmRSS, live `Search` latency over gRPC, and
+//!   SIGTERM → exit (which writes the shutdown checkpoint again).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::assets::rss;
+use super::report::{Better, Figures};
+use super::search::add_latency;
+use super::synth::query_texts;
+use super::{BenchConfig, say};
+use crate::encoder::Encoder;
+use crate::index::VectorIndex;
+use crate::store::{Commit, ContentHash, Embedding, FileRecord, Store};
+
+pub const SECTION: &str = "4. restart and memory at the largest size";
+
+/// Files per `Store::commit` while filling (one sled transaction + flush each).
+const FILL_CHUNK: usize = 4096;
+/// Paths of the synthetic files: outside every watched root.
+pub const SYNTHETIC_ROOT: &str = "/dualsight-bench-synthetic";
+/// Longest wait for the daemon to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(3600);
+
+pub fn run(
+    cfg: &BenchConfig,
+    enc: &Arc<Encoder>,
+    index: VectorIndex,
+    data: Vec<f32>,
+    scratch: &Path,
+    figs: &mut Figures,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let dim = enc.dim();
+    let n = data.len() / dim;
+    let fp = enc.fingerprint().to_string();
+    let data_dir = scratch.join("daemon");
+    let index_dir = data_dir.join("index").join(&fp);
+
+    // The store, as the daemon would have written it.
+    say(format!("{n} vectors: filling the store (sled)"));
+    let store = Store::open(data_dir.join("store"))?;
+    let space = store.space(&fp, dim)?;
+    store.set_active(&fp)?;
+    let t = Instant::now();
+    let mut next_id = 1u64;
+    for (c, chunk) in data.chunks(FILL_CHUNK * dim).enumerate() {
+        let items: Vec<Commit> = chunk
+            .chunks_exact(dim)
+            .enumerate()
+            .map(|(i, v)| synthetic_commit(c * FILL_CHUNK + i, v))
+            .collect();
+        let out = store.commit(&space, &items)?;
+        for id in out.vector_ids {
+            if id != next_id {
+                bail!("store assigned vector id {id} where {next_id} was expected");
+            }
+            next_id += 1;
+        }
+    }
+    let fill = t.elapsed().as_secs_f64();
+    drop(data);
+    figs.add(
+        "store.commit_per_s",
+        SECTION,
+        format!("store fill: sled commits of {FILL_CHUNK} files + vectors, flushed"),
+        "files/s",
+        Better::Higher,
+        n as f64 / fill,
+    );
+    figs.add(
+        "store.bytes_per_file",
+        SECTION,
+        "store size on disk",
+        "bytes/file",
+        Better::Lower,
+        store.size_on_disk()? as f64 / n as f64,
+    );
+
+    // Clean shutdown: the checkpoint.
+    say(format!("{n} vectors: checkpoint"));
+    let t = Instant::now();
+    index.checkpoint(&index_dir, &fp, n as u64)?;
+    figs.add(
+        "restart.checkpoint_s",
+        SECTION,
+        "index checkpoint (dump + fsync + checksums)",
+        "s",
+        Better::Lower,
+        t.elapsed().as_secs_f64(),
+    );
+    figs.add(
+        "restart.checkpoint_bytes_per_vector",
+        SECTION,
+        "checkpoint size on disk",
+        "bytes/vector",
+        Better::Lower,
+        dir_size(&index_dir) as f64 / n as f64,
+    );
+    drop(index);
+    drop(space);
+    drop(store);
+
+    // In process: the load alone.
+    let t = Instant::now();
+    let (loaded, last) = VectorIndex::load(&index_dir, &fp, dim)?
+        .context("the checkpoint just written does not load")?;
+    let load = t.elapsed().as_secs_f64();
+    if loaded.len() != n || last != n as u64 {
+        bail!(
+            "loaded {} vectors up to id {last}, expected {n}",
+            loaded.len()
+        );
+    }
+    drop(loaded);
+    figs.add(
+        "restart.index_load_s",
+        SECTION,
+        "index load from checkpoint (in process, checksums verified)",
+        "s",
+        Better::Lower,
+        load,
+    );
+
+    if cfg.daemon {
+        daemon(cfg, &data_dir, scratch, n, figs, notes)?;
+    }
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(())
+}
+
+fn synthetic_commit(i: usize, v: &[f32]) -> Commit {
+    Commit {
+        path: format!("{SYNTHETIC_ROOT}/{:03}/{i:08}.jpg", i / 10_000),
+        record: FileRecord {
+            size: 3_000_000 + i as u64,
+            mtime_ns: 1_700_000_000_000_000_000 + i as i64,
+            hash: ContentHash::of(&(i as u64).to_le_bytes()),
+            indexed_at_ms: 1_700_000_000_000,
+        },
+        embedding: Embedding::New(v.to_vec()),
+    }
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Kills the child if we leave early (error or panic).
+struct ChildGuard(Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// A `dualsight serve` child of this process.
+struct Daemon {
+    guard: ChildGuard,
+    pid: u32,
+    addr: String,
+    log: PathBuf,
+    ready_s: f64,
+}
+
+impl Daemon {
+    /// Starts `dualsight serve` on `data_dir` and waits for health SERVING.
+    fn start(cfg: &BenchConfig, data_dir: &Path, watch: &Path, log: PathBuf) -> Result<Daemon> {
+        let exe = std::env::current_exe().context("locating this binary")?;
+        std::fs::create_dir_all(watch)?;
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let out = std::fs::File::create(&log)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let t0 = Instant::now();
+        let child = Command::new(&exe)
+            .arg("serve")
+            .arg("--model")
+            .arg(&cfg.model)
+            .arg("--watch")
+            .arg(watch)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(&addr)
+            .arg("--device")
+            .arg(&cfg.device)
+            .env("RUST_LOG", "info,hnsw_rs=warn,sled=warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let pid = child.id();
+        let mut guard = ChildGuard(Some(child));
+        if let Err(e) = runtime.block_on(wait_ready(&addr, &mut guard, t0)) {
+            bail!("{e:#}\n--- daemon log ---\n{}", tail(&log, 4000));
+        }
+        Ok(Daemon {
+            guard,
+            pid,
+            addr,
+            log,
+            ready_s: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the seconds it took.
+    fn stop(mut self) -> Result<f64> {
+        let t = Instant::now();
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .status()
+            .context("running kill -TERM")?;
+        if !status.success() {
+            bail!("kill -TERM {} failed", self.pid);
+        }
+        let mut child = self.guard.0.take().expect("child present");
+        let exit = child.wait()?;
+        let stop = t.elapsed().as_secs_f64();
+        if !exit.success() {
+            bail!(
+                "daemon exited with {exit} after SIGTERM\n--- daemon log ---\n{}",
+                tail(&self.log, 4000)
+            );
+        }
+        Ok(stop)
+    }
+}
+
+fn daemon(
+    cfg: &BenchConfig,
+    data_dir: &Path,
+    scratch: &Path,
+    n: usize,
+    figs: &mut Figures,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let watch = scratch.join("watch-empty");
+    // Baseline: the same daemon with nothing indexed.
+    say("starting `dualsight serve` on an empty data dir (memory baseline)");
+    let empty = Daemon::start(
+        cfg,
+        &scratch.join("daemon-empty"),
+        &watch,
+        scratch.join("daemon-empty.log"),
+    )?;
+    let empty_rss = rss(Some(empty.pid)).map(|r| r.0);
+    empty.stop()?;
+
+    say(format!(
+        "{n} vectors: starting `dualsight serve` on their data dir"
+    ));
+    let d = Daemon::start(cfg, data_dir, &watch, scratch.join("daemon.log"))?;
+    figs.add(
+        "daemon.ready_s",
+        SECTION,
+        "`dualsight serve` start → health SERVING",
+        "s",
+        Better::Lower,
+        d.ready_s,
+    );
+    let log_text = std::fs::read_to_string(&d.log).unwrap_or_default();
+    if let (Some(a), Some(b)) = (
+        log_time(&log_text, "model device"),
+        log_time(&log_text, "model loaded"),
+    ) {
+        figs.add(
+            "daemon.model_load_s",
+            SECTION,
+            "  of which model load + fingerprint (daemon log)",
+            "s",
+            Better::Lower,
+            (b - a).rem_euclid(86_400.0),
+        );
+    }
+    if let Some(ms) = log_field(&log_text, "index ready", "elapsed_ms") {
+        figs.add(
+            "daemon.index_ready_s",
+            SECTION,
+            "  of which index load + replay (daemon log)",
+            "s",
+            Better::Lower,
+            ms / 1e3,
+        );
+    }
+    if log_text.contains("from_checkpoint=false") {
+        notes.push("the daemon rebuilt its index instead of loading the checkpoint".into());
+    }
+    if let Some((rss_now, hwm)) = rss(Some(d.pid)) {
+        figs.add(
+            "daemon.rss_mb",
+            SECTION,
+            "daemon resident memory when ready (VmRSS)",
+            "MB",
+            Better::Lower,
+            rss_now as f64 / 1e6,
+        );
+        figs.add(
+            "daemon.peak_rss_mb",
+            SECTION,
+            "daemon peak resident memory during start (VmHWM)",
+            "MB",
+            Better::Lower,
+            hwm as f64 / 1e6,
+        );
+        if let Some(base) = empty_rss {
+            figs.add(
+                "daemon.empty_rss_mb",
+                SECTION,
+                "daemon resident memory when ready, nothing indexed",
+                "MB",
+                Better::Lower,
+                base as f64 / 1e6,
+            );
+            figs.add(
+                "daemon.bytes_per_vector",
+                SECTION,
+                "daemon memory per indexed vector (VmRSS − empty) / N",
+                "bytes/vector",
+                Better::Lower,
+                rss_now.saturating_sub(base) as f64 / n as f64,
+            );
+        }
+    }
+
+    // Live queries over gRPC.
+    let texts = query_texts(cfg.queries.clamp(1, 200), cfg.seed ^ 0xD43);
+    say(format!("{n} vectors: {} live gRPC searches", texts.len()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let lat = runtime.block_on(live_searches(&d.addr, &texts, cfg.k))?;
+    // Close our connection first: the server's graceful shutdown waits for it.
+    drop(runtime);
+    add_latency(
+        figs,
+        "daemon.search",
+        SECTION,
+        "live gRPC Search (text → hits with paths)",
+        &lat,
+    );
+    let stop = d.stop()?;
+    figs.add(
+        "daemon.stop_s",
+        SECTION,
+        "SIGTERM → exit (flush + shutdown checkpoint)",
+        "s",
+        Better::Lower,
+        stop,
+    );
+    Ok(())
+}
+
+async fn wait_ready(addr: &str, guard: &mut ChildGuard, t0: Instant) -> Result<()> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let uri = format!("http://{addr}");
+    loop {
+        if let Some(c) = &mut guard.0
+            && let Some(status) = c.try_wait()?
+        {
+            bail!("the daemon exited with {status} before it was ready");
+        }
+        if t0.elapsed() > READY_TIMEOUT {
+            bail!("the daemon was not ready after {READY_TIMEOUT:?}");
+        }
+        if let Ok(ch) = tonic::transport::Endpoint::from_shared(uri.clone())?
+            .connect()
+            .await
+        {
+            let mut h = HealthClient::new(ch);
+            loop {
+                match h
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                {
+                    Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => return Ok(()),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+                if let Some(c) = &mut guard.0
+                    && let Some(status) = c.try_wait()?
+                {
+                    bail!("the daemon exited with {status} before it was ready");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn live_searches(addr: &str, texts: &[String], k: usize) -> Result<Vec<f64>> {
+    use crate::server::proto::SearchRequest;
+    let mut client = crate::cli::client::connect(addr).await?;
+    let req = |t: &str| SearchRequest {
+        text: t.to_string(),
+        limit: k as u32,
+        path_prefix: None,
+        min_score: None,
+    };
+    let first = client.search(req(&texts[0])).await?.into_inner();
+    if first.hits.is_empty() {
+        bail!("the live daemon returned no hits");
+    }
+    if !first.hits[0].path.starts_with(SYNTHETIC_ROOT) {
+        bail!("unexpected hit {:?}", first.hits[0].path);
+    }
+    let mut lat = Vec::with_capacity(texts.len());
+    for t in texts {
+        let t0 = Instant::now();
+        std::hint::black_box(client.search(req(t)).await?);
+        lat.push(t0.elapsed().as_secs_f64());
+    }
+    Ok(lat)
+}
+
+/// `field=value` (a number) on the last log line containing `marker`.
+pub fn log_field(log: &str, marker: &str, field: &str) -> Option<f64> {
+    let line = log.lines().rev().find(|l| l.contains(marker))?;
+    let key = format!("{field}=");
+    let start = line.find(&key)? + key.len();
+    let rest = &line[start..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Seconds since midnight (UTC) of the first log line containing `marker`
+/// (tracing's default format starts with an RFC 3339 timestamp).
+pub fn log_time(log: &str, marker: &str) -> Option<f64> {
+    let line = log.lines().find(|l| l.contains(marker))?;
+    let ts = line.split_whitespace().next()?;
+    let time = ts.split_once('T')?.1.trim_end_matches('Z');
+    let mut parts = time.splitn(3, ':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let sec: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + sec)
+}
+
+fn tail(path: &Path, max: usize) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    let cut = s.len().saturating_sub(max);
+    let cut = (cut..s.len()).find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+    s[cut..].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_fields_parse() {
+        let log = "2026-01-01T00:00:00Z  INFO index ready vectors=10 replayed=0 from_checkpoint=true elapsed_ms=1234\nother";
+        assert_eq!(log_field(log, "index ready", "elapsed_ms"), Some(1234.0));
+        assert_eq!(log_field(log, "index ready", "vectors"), Some(10.0));
+        assert_eq!(log_field(log, "nope", "elapsed_ms"), None);
+        let t = log_time(log, "index ready").unwrap();
+        assert_eq!(t, 0.0);
+        let two = "2026-11-26T19:16:15.687323Z  INFO model device requested=cpu";
+        assert!((log_time(two, "model device").unwrap() - 69375.687323).abs() < 1e-6);
+    }
+
+    #[test]
+    fn synthetic_commits_are_unique_and_outside_roots() {
+        let a = synthetic_commit(1, &[1.0]);
+        let b = synthetic_commit(2, &[1.0]);
+        assert_ne!(a.record.hash, b.record.hash);
+        assert!(a.path.starts_with(SYNTHETIC_ROOT));
+    }
+}

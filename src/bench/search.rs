@@ -1,0 +1,378 @@
+//! Figure 3: text queries against 10k / 100k / 1M stored vectors.
+//! - text tower alone (tokenize + forward + normalise, one 10-token query);
+//! - per index size: build time and resident bytes per vector, HNSW recall@k
+//!   against exact search and HNSW search latency at the daemon's ef_search
+//!   (and the `--ef-sweep` values), exact-scan latency, and the whole query
+//!   (tokenize + text tower + HNSW search) p50/p99.
+//!
+//! Stored vectors are synthetic ([`super::synth::Mixture`]): clustered like
+//! image embeddings; recall queries are held-out draws of the same mixture.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use super::assets::{rss, trim_heap};
+use super::report::{Better, Figures};
+use super::stats::{Latency, mean_recall};
+use super::synth::{DATA, Mixture, QUERIES, TEXT_QUERIES, query_texts};
+use super::{BenchConfig, restart, say};
+use crate::encoder::Encoder;
+use crate::index::VectorIndex;
+
+pub const SECTION_TEXT: &str = "3. text queries";
+
+pub fn section(n: usize) -> String {
+    format!("3. text queries, {} stored vectors", human_count(n))
+}
+
+pub fn human_count(n: usize) -> String {
+    if n >= 1_000_000 && n % 1_000_000 == 0 {
+        format!("{}M", n / 1_000_000)
+    } else if n >= 1000 && n % 1000 == 0 {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+/// Rows inserted per `insert_batch` while building (the daemon replays 4096).
+const BUILD_CHUNK: usize = 4096;
+/// Exact scans timed single-threaded per size (they are slow at 1M).
+const EXACT_TIMED: usize = 50;
+
+pub fn run(
+    cfg: &BenchConfig,
+    enc: &Arc<Encoder>,
+    scratch: &Path,
+    figs: &mut Figures,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let dim = enc.dim();
+    let texts = query_texts(cfg.queries.max(1), cfg.seed);
+    if cfg.sections.search {
+        say(format!("text tower latency, {} queries", texts.len()));
+        let mut lat = Vec::with_capacity(texts.len());
+        enc.embed_texts(&[&texts[0]])?;
+        for t in &texts {
+            let t0 = Instant::now();
+            std::hint::black_box(enc.embed_texts(&[t])?);
+            lat.push(t0.elapsed().as_secs_f64());
+        }
+        add_latency(
+            figs,
+            "text",
+            SECTION_TEXT,
+            "text tower alone (tokenize + forward)",
+            &lat,
+        );
+    }
+    let mut sizes = cfg.sizes.clone();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let largest = *sizes.last().unwrap_or(&0);
+    let mut efs = vec![cfg.index.ef_search];
+    for &e in &cfg.ef_sweep {
+        if !efs.contains(&e) {
+            efs.push(e);
+        }
+    }
+    notes.push(format!(
+        "HNSW M={} ef_construction={} ef_search={}, k={}; stored vectors: synthetic {dim}-d Gaussian mixture on the sphere (one cluster per 1000 vectors, 10..=1000; 32-d latent spread per cluster; cos to centre ≈ 0.66); recall queries: held-out draws (image-like) and the same shifted along one fixed direction so cos ≈ 0.3 to their draw (text-like, the modality gap)",
+        cfg.index.max_nb_connection, cfg.index.ef_construction, cfg.index.ef_search, cfg.k
+    ));
+    for &n in &sizes {
+        if n == 0 || (!cfg.sections.search && n != largest) {
+            continue;
+        }
+        let sec = section(n);
+        let mix = Mixture::for_size(n, dim, cfg.seed);
+        say(format!(
+            "{n} vectors: generating ({} clusters)",
+            mix.clusters
+        ));
+        let data = mix.points(DATA, 0, n, cfg.threads);
+        trim_heap();
+        let (rss0, _) = rss(None).unwrap_or((0, 0));
+        say(format!("{n} vectors: building the HNSW"));
+        let t = Instant::now();
+        let index = VectorIndex::new(dim, cfg.index, n)?;
+        for (c, chunk) in data.chunks(BUILD_CHUNK * dim).enumerate() {
+            let items: Vec<(u64, &[f32])> = chunk
+                .chunks_exact(dim)
+                .enumerate()
+                .map(|(i, v)| ((c * BUILD_CHUNK + i + 1) as u64, v))
+                .collect();
+            index.insert_batch(&items)?;
+        }
+        let build = t.elapsed().as_secs_f64();
+        let (rss1, _) = rss(None).unwrap_or((0, 0));
+        let key = |s: &str| format!("index.n{n}.{s}");
+        figs.add(
+            key("build_s"),
+            &sec,
+            "HNSW build",
+            "s",
+            Better::Lower,
+            build,
+        );
+        figs.add(
+            key("inserts_per_s"),
+            &sec,
+            "HNSW build rate",
+            "vectors/s",
+            Better::Higher,
+            n as f64 / build,
+        );
+        if rss1 > 0 {
+            figs.add(
+                key("bytes_per_vector"),
+                &sec,
+                "resident memory of the index (VmRSS after − before build)",
+                "bytes/vector",
+                Better::Lower,
+                rss1.saturating_sub(rss0) as f64 / n as f64,
+            );
+        }
+        if cfg.sections.search {
+            measure_search(cfg, enc, &index, &mix, n, &texts, &efs, figs)?;
+        }
+        if cfg.sections.restart && n == largest {
+            restart::run(cfg, enc, index, data, scratch, figs, notes)?;
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure_search(
+    cfg: &BenchConfig,
+    enc: &Encoder,
+    index: &VectorIndex,
+    mix: &Mixture,
+    n: usize,
+    texts: &[String],
+    efs: &[usize],
+    figs: &mut Figures,
+) -> Result<()> {
+    let dim = enc.dim();
+    let sec = section(n);
+    let k = cfg.k;
+    let nq = cfg.recall_queries.max(1);
+    // Text-like queries (off the data, like text against image embeddings)
+    // carry the latency figures; image-like ones show the easier case.
+    let queries = mix.points(TEXT_QUERIES, 0, nq, cfg.threads);
+    let image_queries = mix.points(QUERIES, 0, nq, cfg.threads);
+    say(format!("{n} vectors: exact top-{k} of 2 × {nq} queries"));
+    let exact = exact_all(index, &queries, dim, k, cfg.threads)?;
+    let image_exact = exact_all(index, &image_queries, dim, k, cfg.threads)?;
+    let mut lat = Vec::new();
+    for q in queries.chunks_exact(dim).take(EXACT_TIMED) {
+        let t = Instant::now();
+        std::hint::black_box(index.exact_search(q, k, None)?);
+        lat.push(t.elapsed().as_secs_f64());
+    }
+    add_latency(
+        figs,
+        &format!("exact.n{n}"),
+        &sec,
+        "exact scan alone (brute force over all vectors)",
+        &lat,
+    );
+    for &ef in efs {
+        index.set_ef_search(ef)?;
+        let (lat, recall) = search_pass(index, &queries, &exact, dim, k)?;
+        let (_, image_recall) = search_pass(index, &image_queries, &image_exact, dim, k)?;
+        let daemon = if ef == cfg.index.ef_search {
+            " (daemon default)"
+        } else {
+            ""
+        };
+        figs.add(
+            format!("search.n{n}.ef{ef}.recall{k}"),
+            &sec,
+            format!("HNSW recall@{k} vs exact, text-like queries, ef_search {ef}{daemon}"),
+            "fraction",
+            Better::Higher,
+            recall,
+        );
+        figs.add(
+            format!("search.n{n}.ef{ef}.recall{k}_image"),
+            &sec,
+            format!("HNSW recall@{k} vs exact, image-like queries, ef_search {ef}"),
+            "fraction",
+            Better::Higher,
+            image_recall,
+        );
+        add_latency(
+            figs,
+            &format!("search.n{n}.ef{ef}"),
+            &sec,
+            &format!("HNSW search alone, ef_search {ef}"),
+            &lat,
+        );
+    }
+    // Queries/s (one thread) at the smallest ef_search reaching recall 0.95.
+    let mut found = None;
+    for &ef in RECALL_SWEEP {
+        index.set_ef_search(ef.max(k))?;
+        let (secs, r) = search_pass(index, &queries, &exact, dim, k)?;
+        if r >= TARGET_RECALL {
+            found = Some((ef, r, secs));
+            break;
+        }
+    }
+    match found {
+        Some((ef, r, secs)) => {
+            figs.add(
+                format!("search.n{n}.qps_at_recall95"),
+                &sec,
+                format!("HNSW queries/s (1 thread) at recall@{k} ≥ {TARGET_RECALL}, text-like"),
+                "queries/s",
+                Better::Higher,
+                1.0 / (secs.iter().sum::<f64>() / secs.len() as f64),
+            )
+            .note = Some(format!("ef {ef}, recall {r:.3}"));
+        }
+        None => notes_unreached(figs, n, &sec),
+    }
+    index.set_ef_search(cfg.index.ef_search)?;
+    say(format!(
+        "{n} vectors: {} text queries end to end",
+        texts.len()
+    ));
+    let mut lat = Vec::with_capacity(texts.len());
+    let v = enc.embed_texts(&[&texts[0]])?;
+    index.search(&v[0], k, None)?;
+    for t in texts {
+        let t0 = Instant::now();
+        let v = enc.embed_texts(&[t])?;
+        std::hint::black_box(index.search(&v[0], k, None)?);
+        lat.push(t0.elapsed().as_secs_f64());
+    }
+    add_latency(
+        figs,
+        &format!("query.n{n}"),
+        &sec,
+        "text query: tokenize + text tower + HNSW search",
+        &lat,
+    );
+    Ok(())
+}
+
+/// ef_search values tried, smallest first, for queries/s at recall 0.95
+/// (the reference script tries the same).
+const RECALL_SWEEP: &[usize] = &[
+    10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
+];
+const TARGET_RECALL: f64 = 0.95;
+
+/// Every query once: per-query seconds and the mean recall.
+fn search_pass(
+    index: &VectorIndex,
+    queries: &[f32],
+    exact: &[Vec<u64>],
+    dim: usize,
+    k: usize,
+) -> Result<(Vec<f64>, f64)> {
+    let mut secs = Vec::with_capacity(exact.len());
+    let mut pairs = Vec::with_capacity(exact.len());
+    index.search(&queries[..dim], k, None)?;
+    for (q, e) in queries.chunks_exact(dim).zip(exact) {
+        let t = Instant::now();
+        let hits = index.search(q, k, None)?;
+        secs.push(t.elapsed().as_secs_f64());
+        pairs.push((hits.iter().map(|h| h.0).collect(), e.clone()));
+    }
+    Ok((secs, mean_recall(&pairs)))
+}
+
+fn notes_unreached(figs: &mut Figures, n: usize, sec: &str) {
+    let f = figs.add(
+        format!("search.n{n}.qps_at_recall95"),
+        sec,
+        format!("HNSW queries/s (1 thread) at recall ≥ {TARGET_RECALL}"),
+        "queries/s",
+        Better::Higher,
+        0.0,
+    );
+    f.dualsight = None;
+    f.note = Some("recall 0.95 not reached up to ef 1024".into());
+}
+
+/// Exact top-k ids of every query, on `threads` threads.
+fn exact_all(
+    index: &VectorIndex,
+    queries: &[f32],
+    dim: usize,
+    k: usize,
+    threads: usize,
+) -> Result<Vec<Vec<u64>>> {
+    let rows: Vec<&[f32]> = queries.chunks_exact(dim).collect();
+    let per = rows.len().div_ceil(threads.max(1)).max(1);
+    let parts: Vec<Result<Vec<Vec<u64>>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = rows
+            .chunks(per)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|q| {
+                            Ok(index
+                                .exact_search(q, k, None)?
+                                .into_iter()
+                                .map(|h| h.0)
+                                .collect())
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("exact search thread panicked"))
+            .collect()
+    });
+    let mut out = Vec::with_capacity(rows.len());
+    for p in parts {
+        out.extend(p?);
+    }
+    Ok(out)
+}
+
+/// Adds `{prefix}.p50_ms` and `{prefix}.p99_ms`.
+pub fn add_latency(figs: &mut Figures, prefix: &str, section: &str, what: &str, seconds: &[f64]) {
+    let Some(l) = Latency::of(seconds) else {
+        return;
+    };
+    figs.add(
+        format!("{prefix}.p50_ms"),
+        section,
+        format!("{what}, p50"),
+        "ms",
+        Better::Lower,
+        l.p50_ms,
+    )
+    .note = Some(format!("n={}", l.n));
+    figs.add(
+        format!("{prefix}.p99_ms"),
+        section,
+        format!("{what}, p99"),
+        "ms",
+        Better::Lower,
+        l.p99_ms,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_read_well() {
+        assert_eq!(human_count(10_000), "10k");
+        assert_eq!(human_count(1_000_000), "1M");
+        assert_eq!(human_count(2500), "2500");
+    }
+}

@@ -1,0 +1,322 @@
+//! `dualsight bench`: speed and memory on a full-size checkpoint, optionally
+//! beside transformers + PyTorch (`--reference`). See BENCHMARKS.md.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::bench::{self, BenchConfig, Sections, assets, reference::Reference, stats::parse_list};
+use crate::index::IndexParams;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Checkpoint to benchmark. Default: the full-size random ViT-B/16 +
+    /// BERT-base checkpoint (projection 512) in the work dir, made on first use.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Only write that full-size random checkpoint into DIR, then exit.
+    #[arg(long, value_name = "DIR")]
+    pub make_model: Option<PathBuf>,
+    /// Cache (generated model and JPEGs, kept between runs) and scratch space.
+    /// Default: $TMPDIR/dualsight-bench.
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Threads for the model, decoding and the reference (default: all CPUs).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// cpu, cuda, cuda:N (the model only; the reference stays on CPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Tiny sizes and few iterations: a smoke run of every part in minutes.
+    #[arg(long)]
+    pub quick: bool,
+    /// Run only these parts: vision, ingest, search, restart (comma-separated).
+    #[arg(long, value_name = "LIST")]
+    pub only: Option<String>,
+    /// Vision tower batch sizes [default: 1,8,32; quick: 1,2].
+    #[arg(long, value_name = "LIST")]
+    pub batches: Option<String>,
+    /// Repeat each timed measurement for at least this long [default: 5; quick: 0].
+    #[arg(long, value_name = "SECONDS")]
+    pub min_secs: Option<f64>,
+    /// ...and at least this many times, after one warm-up [default: 3; quick: 1].
+    #[arg(long, value_name = "N")]
+    pub min_iters: Option<usize>,
+    /// ...but at most this many times.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_iters: usize,
+    /// JPEG files indexed end to end [default: 64; quick: 4].
+    #[arg(long, value_name = "N")]
+    pub images: Option<usize>,
+    /// Size of the generated JPEGs.
+    #[arg(long, value_name = "WxH", default_value = "4000x3000")]
+    pub image_size: String,
+    #[arg(long, value_name = "Q", default_value_t = 90)]
+    pub jpeg_quality: u8,
+    /// Images per vision tower batch while indexing [default: the daemon's, 16].
+    #[arg(long, value_name = "N")]
+    pub ingest_batch: Option<usize>,
+    /// Index sizes (stored vectors), e.g. 10000,100000,1000000 or 10k,100k,1M
+    /// [default: 10k,100k; quick: 2000,5000]. Restart figures use the largest.
+    #[arg(long, value_name = "LIST")]
+    pub sizes: Option<String>,
+    /// Text queries timed per size [default: 200; quick: 20].
+    #[arg(long, value_name = "N")]
+    pub queries: Option<usize>,
+    /// Synthetic queries for recall and search latency [default: 500; quick: 50].
+    #[arg(long, value_name = "N")]
+    pub recall_queries: Option<usize>,
+    /// Neighbours per query.
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// HNSW M [default: the daemon's].
+    #[arg(long)]
+    pub m: Option<usize>,
+    /// HNSW ef_construction [default: the daemon's].
+    #[arg(long)]
+    pub ef_construction: Option<usize>,
+    /// HNSW ef_search [default: the daemon's].
+    #[arg(long)]
+    pub ef_search: Option<usize>,
+    /// More ef_search values to report recall and search latency at ("" for none).
+    #[arg(long, value_name = "LIST", default_value = "128")]
+    pub ef_sweep: String,
+    /// Skip the real daemon start (store fill, `dualsight serve`, gRPC queries).
+    #[arg(long)]
+    pub no_daemon: bool,
+    /// Also run scripts/bench_reference.py (transformers + PyTorch + PIL) and
+    /// show both side by side.
+    #[arg(long)]
+    pub reference: bool,
+    /// Python interpreter with torch, transformers and Pillow.
+    #[arg(long, value_name = "PATH", default_value = "python3")]
+    pub python: String,
+    /// The reference script [default: scripts/bench_reference.py of this source tree].
+    #[arg(long, value_name = "PATH")]
+    pub reference_script: Option<PathBuf>,
+    /// Write the whole report (figures, machine, versions, config) as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Keep the scratch directory (stores, checkpoints, daemon log).
+    #[arg(long)]
+    pub keep_scratch: bool,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// The dualsight source tree (test tokenizer and photos) [default: the one
+    /// this binary was built from].
+    #[arg(long, value_name = "DIR")]
+    pub source_dir: Option<PathBuf>,
+}
+
+/// Name of the default checkpoint in the work dir.
+const DEFAULT_MODEL: &str = "vit-b16-bert-base-p512";
+
+fn tree(args: &BenchArgs) -> PathBuf {
+    args.source_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+fn tokenizer_dir(args: &BenchArgs) -> PathBuf {
+    tree(args).join("tests/fixtures/models/vit-bert")
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if let Some(dir) = &args.make_model {
+        assets::make_model(dir, &tokenizer_dir(args))?;
+        eprintln!("bench: wrote {}", dir.display());
+        return Ok(());
+    }
+    let cfg = config(args)?;
+    let reference = args.reference.then(|| Reference {
+        python: args.python.clone(),
+        script: args
+            .reference_script
+            .clone()
+            .unwrap_or_else(|| tree(args).join("scripts/bench_reference.py")),
+    });
+    let report = bench::run(&cfg, reference.as_ref())?;
+    println!("{}", render(&report, reference.is_some()));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+        eprintln!("bench: report written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// The table, then the machine, versions and notes.
+pub fn render(r: &bench::Report, reference: bool) -> String {
+    let m = &r.machine;
+    let mut s = format!(
+        "dualsight bench ({} run, {:.0} s)\n\n{}\n",
+        r.kind,
+        r.duration_s,
+        r.figures.table(reference)
+    );
+    s.push_str(&format!(
+        "machine: {} ({} logical CPUs{}), {:.1} GiB, kernel {}; threads used: {} (candle {})\n",
+        m.cpu,
+        m.logical_cpus,
+        m.physical_cores
+            .map(|c| format!(", {c} cores"))
+            .unwrap_or_default(),
+        m.memory_gib.unwrap_or(0.0),
+        m.kernel.as_deref().unwrap_or("?"),
+        m.threads,
+        m.candle_threads
+    ));
+    s.push_str(&format!(
+        "load average at start / end: {} / {}\n",
+        m.load_start.as_deref().unwrap_or("?"),
+        m.load_end.as_deref().unwrap_or("?")
+    ));
+    let v: Vec<String> = r.versions.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    s.push_str(&format!("versions: {}\n", v.join(", ")));
+    if let Some(info) = &r.reference
+        && let Some(obj) = info.get("versions").and_then(|v| v.as_object())
+    {
+        let v: Vec<String> = obj
+            .iter()
+            .map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or(&v.to_string())))
+            .collect();
+        s.push_str(&format!("reference: {}\n", v.join(", ")));
+    }
+    s.push_str(&format!("model: {}\n", r.config.model.display()));
+    for n in &r.notes {
+        s.push_str(&format!("note: {n}\n"));
+    }
+    if let Some(info) = &r.reference
+        && let Some(notes) = info.get("notes").and_then(|v| v.as_array())
+    {
+        for n in notes.iter().filter_map(|n| n.as_str()) {
+            s.push_str(&format!("reference note: {n}\n"));
+        }
+    }
+    s
+}
+
+fn config(args: &BenchArgs) -> Result<BenchConfig> {
+    let q = args.quick;
+    let pick = |given: &Option<String>, full: &str, quick: &str| -> Result<Vec<usize>> {
+        let s = given.as_deref().unwrap_or(if q { quick } else { full });
+        parse_list(s).map_err(anyhow::Error::msg)
+    };
+    let threads = match args.threads {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            }),
+    };
+    // candle (gemm) and rayon read this when their pools start, which has not
+    // happened yet; the daemon child inherits it.
+    // SAFETY: no other thread exists yet that could read the environment.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+
+    let work_dir = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("dualsight-bench"));
+    std::fs::create_dir_all(&work_dir)
+        .with_context(|| format!("creating {}", work_dir.display()))?;
+    let model = match &args.model {
+        Some(m) => crate::model::hub::resolve(&m.to_string_lossy())?,
+        None => {
+            let dir = work_dir.join(DEFAULT_MODEL);
+            if !dir.join("config.json").is_file() {
+                bench::say(format!(
+                    "making the benchmark checkpoint (ViT-B/16 + BERT-base, random) in {}",
+                    dir.display()
+                ));
+                assets::make_model(&dir, &tokenizer_dir(args))?;
+            }
+            dir
+        }
+    };
+    let sections = match &args.only {
+        Some(s) => Sections::parse(s)?,
+        None => Sections::ALL,
+    };
+    let image_size = parse_size(&args.image_size)?;
+    let daemon = bench::daemon_index_params();
+    let index = IndexParams {
+        max_nb_connection: args.m.unwrap_or(daemon.max_nb_connection),
+        ef_construction: args.ef_construction.unwrap_or(daemon.ef_construction),
+        ef_search: args.ef_search.unwrap_or(daemon.ef_search),
+        ..daemon
+    };
+    index.validate()?;
+    let ef_sweep = if args.ef_sweep.trim().is_empty() {
+        Vec::new()
+    } else {
+        parse_list(&args.ef_sweep).map_err(anyhow::Error::msg)?
+    };
+    let images = tree(args).join("tests/fixtures/images");
+    let source_images = ["chelsea.png", "coffee.webp", "rocket.jpg", "camera.png"]
+        .iter()
+        .map(|n| images.join(n))
+        .collect();
+    let cfg = BenchConfig {
+        model,
+        work_dir,
+        device: args.device.clone(),
+        threads,
+        sections,
+        batches: pick(&args.batches, "1,8,32", "1,2")?,
+        min_secs: args.min_secs.unwrap_or(if q { 0.0 } else { 5.0 }),
+        min_iters: args.min_iters.unwrap_or(if q { 1 } else { 3 }),
+        max_iters: args.max_iters,
+        images: args.images.unwrap_or(if q { 4 } else { 64 }),
+        image_size,
+        jpeg_quality: args.jpeg_quality.clamp(1, 100),
+        ingest_batch: args
+            .ingest_batch
+            .unwrap_or(crate::config::Settings::default().ingest.batch_size),
+        sizes: pick(&args.sizes, "10k,100k", "2000,5000")?,
+        queries: args.queries.unwrap_or(if q { 20 } else { 200 }),
+        recall_queries: args.recall_queries.unwrap_or(if q { 50 } else { 500 }),
+        k: args.k.max(1),
+        index,
+        ef_sweep,
+        daemon: !args.no_daemon,
+        seed: args.seed,
+        keep_scratch: args.keep_scratch,
+        quick: q,
+        source_images,
+    };
+    if cfg.batches.contains(&0) || cfg.ingest_batch == 0 || cfg.images == 0 {
+        bail!("batch sizes and --images must be at least 1");
+    }
+    Ok(cfg)
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32)> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .with_context(|| format!("--image-size {s}: expected WxH"))?;
+    let (w, h) = (w.trim().parse::<u32>()?, h.trim().parse::<u32>()?);
+    if w == 0 || h == 0 {
+        bail!("--image-size {s}: zero");
+    }
+    Ok((w, h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4000x3000").unwrap(), (4000, 3000));
+        assert!(parse_size("4000").is_err());
+        assert!(parse_size("0x5").is_err());
+    }
+}
