@@ -58,11 +58,17 @@ impl DeviceSpec {
             Self::Cpu => Device::Cpu,
             Self::Cuda(ordinal) => Device::new_cuda(ordinal).map_err(|e| DeviceError::Cuda {
                 ordinal,
-                msg: if cfg!(feature = "cuda") { e.to_string() } else { "this dualsight was built without the `cuda` feature (see scripts/build-cuda.sh)".into() },
+                msg: if cfg!(feature = "cuda") { driver_error(e) } else { "this dualsight was built without the `cuda` feature (see scripts/build-cuda.sh)".into() },
             })?,
             Self::Auto => {
                 if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
-                    Device::new_cuda(0).unwrap_or(Device::Cpu)
+                    // `cuda_is_available` only says the feature is compiled in:
+                    // whether a GPU and driver are there shows when opening it.
+                    Device::new_cuda(0).unwrap_or_else(|e| {
+                        let error = driver_error(e);
+                        tracing::warn!(%error, "built with cuda but no usable GPU: using the CPU");
+                        Device::Cpu
+                    })
                 } else {
                     Device::Cpu
                 }
@@ -70,6 +76,15 @@ impl DeviceSpec {
         };
         tracing::info!(requested = %self, device = if device.is_cuda() { "cuda" } else { "cpu" }, "model device");
         Ok(device)
+    }
+}
+
+/// The driver's message alone: candle wraps errors in a backtrace when
+/// RUST_BACKTRACE is set, which buries a one-line "no GPU" under 20 frames.
+fn driver_error(e: candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => inner.to_string(),
+        e => e.to_string(),
     }
 }
 
