@@ -58,10 +58,10 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub ingest_batch: Option<usize>,
     /// Index sizes (stored vectors), e.g. 10000,100000,1000000 or 10k,100k,1M
-    /// [default: 10k,100k; quick: 2000,5000]. Restart figures use the largest.
+    /// [default: 10k,100k; quick: 1000,3000]. Restart figures use the largest.
     #[arg(long, value_name = "LIST")]
     pub sizes: Option<String>,
-    /// Text queries timed per size [default: 200; quick: 20].
+    /// Text queries timed per size [default: 200; quick: 10].
     #[arg(long, value_name = "N")]
     pub queries: Option<usize>,
     /// Synthetic queries for recall and search latency [default: 500; quick: 50].
@@ -280,8 +280,8 @@ fn config(args: &BenchArgs) -> Result<BenchConfig> {
         ingest_batch: args
             .ingest_batch
             .unwrap_or(crate::config::Settings::default().ingest.batch_size),
-        sizes: pick(&args.sizes, "10k,100k", "2000,5000")?,
-        queries: args.queries.unwrap_or(if q { 20 } else { 200 }),
+        sizes: pick(&args.sizes, "10k,100k", "1000,3000")?,
+        queries: args.queries.unwrap_or(if q { 10 } else { 200 }),
         recall_queries: args.recall_queries.unwrap_or(if q { 50 } else { 500 }),
         k: args.k.max(1),
         index,

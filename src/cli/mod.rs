@@ -43,7 +43,7 @@ pub enum Command {
     /// List files a running daemon could not index.
     Failures(client::FailuresArgs),
     /// Measure speed and memory on a full-size checkpoint (--reference: beside transformers).
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// Runs the parsed command; errors are printed by `main` as one line.
