@@ -151,7 +151,7 @@ impl Default for IndexSettings {
         Self {
             m: 24,
             ef_construction: 200,
-            ef_search: 64,
+            ef_search: 128,
             checkpoint_interval_s: 300,
         }
     }

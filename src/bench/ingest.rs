@@ -178,6 +178,8 @@ fn index_files(
         data_dir,
         daemon_index_params(),
     )?);
+    // As the daemon does for a fresh store: this model's space is the one served.
+    engine.store.set_active(engine.space.fingerprint())?;
     let counters = Arc::new(Counters::default());
     let defaults = crate::config::Settings::default();
     let pcfg = PipelineConfig {

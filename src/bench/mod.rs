@@ -342,6 +342,9 @@ mod tests {
                 .and_then(|f| f.dualsight)
                 .unwrap_or_else(|| panic!("no figure {key}:\n{}", r.figures.table(false)))
         };
+        let ef = daemon_index_params().ef_search;
+        let p99 = format!("search.n600.ef{ef}.p99_ms");
+        let recall = format!("search.n300.ef{ef}.recall5");
         for key in [
             "model.load_s",
             "vision.b1.images_per_s",
@@ -353,7 +356,7 @@ mod tests {
             "text.p99_ms",
             "index.n300.build_s",
             "exact.n600.p50_ms",
-            "search.n600.ef64.p99_ms",
+            p99.as_str(),
             "query.n600.p50_ms",
             "store.commit_per_s",
             "restart.checkpoint_s",
@@ -362,7 +365,7 @@ mod tests {
             let v = value(key);
             assert!(v.is_finite() && v > 0.0, "{key} = {v}");
         }
-        for key in ["search.n300.ef64.recall5", "search.n600.ef32.recall5"] {
+        for key in [recall.as_str(), "search.n600.ef32.recall5"] {
             let v = value(key);
             assert!((0.0..=1.0).contains(&v), "{key} = {v}");
         }
