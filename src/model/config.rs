@@ -339,6 +339,15 @@ pub fn read_json(path: &Path) -> Result<Value> {
     })
 }
 
+/// `field.name`, or `name` at the top level.
+fn join(field: &str, name: &str) -> String {
+    if field.is_empty() {
+        name.to_string()
+    } else {
+        format!("{field}.{name}")
+    }
+}
+
 fn config_err(file: &Path, field: &str, msg: impl Into<String>) -> ModelError {
     ModelError::Config {
         file: file.to_path_buf(),
@@ -361,16 +370,26 @@ fn typed<T: DeserializeOwned>(value: &Value, file: &Path, field: &str) -> Result
 }
 
 fn model_type<'a>(value: &'a Value, file: &Path, field: &str) -> Result<&'a str> {
-    let name = if field.is_empty() {
-        "model_type".to_string()
-    } else {
-        format!("{field}.model_type")
-    };
+    let name = join(field, "model_type");
     match value.get("model_type") {
         Some(Value::String(s)) => Ok(s),
         Some(_) => Err(config_err(file, &name, "expected a string")),
         None => Err(config_err(file, &name, "missing")),
     }
+}
+
+/// One tower of a whole CLIP config (`vision_config` / `text_config`; absent = all defaults).
+fn clip_part<T: DeserializeOwned>(
+    value: &Value,
+    file: &Path,
+    field: &str,
+    part: &str,
+) -> Result<T> {
+    let sub = value
+        .get(part)
+        .cloned()
+        .unwrap_or(Value::Object(Map::new()));
+    typed(&sub, file, &join(field, part))
 }
 
 /// Fills RoBERTa-family class defaults that differ from BERT's before parsing.
@@ -392,26 +411,11 @@ pub fn parse_vision(value: &Value, file: &Path, field: &str) -> Result<VisionCon
         "deit" => VisionConfig::Deit(typed(value, file, field)?),
         "beit" => VisionConfig::Beit(typed(value, file, field)?),
         "clip_vision_model" => VisionConfig::Clip(typed(value, file, field)?),
-        "clip" => {
-            let sub = value
-                .get("vision_config")
-                .cloned()
-                .unwrap_or(Value::Object(Map::new()));
-            let inner = if field.is_empty() {
-                "vision_config".to_string()
-            } else {
-                format!("{field}.vision_config")
-            };
-            VisionConfig::Clip(typed(&sub, file, &inner)?)
-        }
+        "clip" => VisionConfig::Clip(clip_part(value, file, field, "vision_config")?),
         other => {
             return Err(config_err(
                 file,
-                &if field.is_empty() {
-                    "model_type".into()
-                } else {
-                    format!("{field}.model_type")
-                },
+                &join(field, "model_type"),
                 format!(
                     "unsupported vision tower `{other}` (expected vit, deit, beit, clip_vision_model or clip)"
                 ),
@@ -448,26 +452,11 @@ pub fn parse_text(value: &Value, file: &Path, field: &str) -> Result<TextConfig>
             field,
         )?),
         "clip_text_model" => TextConfig::Clip(typed(value, file, field)?),
-        "clip" => {
-            let sub = value
-                .get("text_config")
-                .cloned()
-                .unwrap_or(Value::Object(Map::new()));
-            let inner = if field.is_empty() {
-                "text_config".to_string()
-            } else {
-                format!("{field}.text_config")
-            };
-            TextConfig::Clip(typed(&sub, file, &inner)?)
-        }
+        "clip" => TextConfig::Clip(clip_part(value, file, field, "text_config")?),
         other => {
             return Err(config_err(
                 file,
-                &if field.is_empty() {
-                    "model_type".into()
-                } else {
-                    format!("{field}.model_type")
-                },
+                &join(field, "model_type"),
                 format!(
                     "unsupported text tower `{other}` (expected bert, roberta, xlm-roberta, clip_text_model or clip)"
                 ),
@@ -480,11 +469,7 @@ pub fn parse_text(value: &Value, file: &Path, field: &str) -> Result<TextConfig>
 
 fn check_heads(hidden: usize, heads: usize, file: &Path, field: &str) -> Result<()> {
     if heads == 0 || hidden == 0 || !hidden.is_multiple_of(heads) {
-        let f = if field.is_empty() {
-            "num_attention_heads".to_string()
-        } else {
-            format!("{field}.num_attention_heads")
-        };
+        let f = join(field, "num_attention_heads");
         return Err(config_err(
             file,
             &f,
@@ -498,14 +483,9 @@ fn check_heads(hidden: usize, heads: usize, file: &Path, field: &str) -> Result<
 
 fn check_act(act: &str, file: &Path, field: &str, name: &str) -> Result<()> {
     if super::layers::Activation::from_hf(act).is_none() {
-        let f = if field.is_empty() {
-            name.to_string()
-        } else {
-            format!("{field}.{name}")
-        };
         return Err(config_err(
             file,
-            &f,
+            &join(field, name),
             format!("unsupported activation `{act}`"),
         ));
     }
@@ -515,11 +495,7 @@ fn check_act(act: &str, file: &Path, field: &str, name: &str) -> Result<()> {
 fn check_patches(image: Size2, patch: Size2, file: &Path, field: &str) -> Result<()> {
     let ((ih, iw), (ph, pw)) = (image.hw(), patch.hw());
     if ph == 0 || pw == 0 || ih < ph || iw < pw {
-        let f = if field.is_empty() {
-            "patch_size".to_string()
-        } else {
-            format!("{field}.patch_size")
-        };
+        let f = join(field, "patch_size");
         return Err(config_err(
             file,
             &f,
@@ -556,11 +532,7 @@ fn validate_text(c: &TextConfig, file: &Path, field: &str) -> Result<()> {
             check_heads(t.hidden_size, t.num_attention_heads, file, field)?;
             check_act(&t.hidden_act, file, field, "hidden_act")?;
             if t.position_embedding_type != "absolute" {
-                let f = if field.is_empty() {
-                    "position_embedding_type".into()
-                } else {
-                    format!("{field}.position_embedding_type")
-                };
+                let f = join(field, "position_embedding_type");
                 return Err(config_err(
                     file,
                     &f,
