@@ -689,3 +689,33 @@ async fn a_new_model_gets_a_new_index_while_the_old_one_serves() {
         "old index left behind"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_root_that_disappears_is_offline_and_keeps_its_files() {
+    let d = Daemon::start();
+    let mut c = d.client().await;
+    for p in &PHOTOS[..3] {
+        copy_photo(p, &d.photos);
+    }
+    wait_for(&d, &mut c, "indexed", |s| {
+        s.indexed_files == 3 && s.pending_files == 0
+    })
+    .await;
+    // Unmounted, as far as the daemon can tell: the folder is gone.
+    let away = d.photos.with_extension("away");
+    std::fs::rename(&d.photos, &away).unwrap();
+    wait_for(&d, &mut c, "root offline", |s| {
+        s.roots.iter().any(|r| !r.online)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await; // past the removal grace
+    let s = status(&mut c).await;
+    assert_eq!(s.indexed_files, 3, "an offline root lost its files: {s:?}");
+    assert_eq!(search(&mut c, "a photo", 10).await.len(), 3);
+    std::fs::rename(&away, &d.photos).unwrap();
+    let s = wait_for(&d, &mut c, "root back", |s| {
+        s.roots.iter().all(|r| r.online) && s.pending_files == 0
+    })
+    .await;
+    assert_eq!((s.indexed_files, s.embedded_images), (3, 3), "{s:?}");
+}
