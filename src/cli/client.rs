@@ -105,6 +105,7 @@ pub struct SearchArgs {
 pub struct StatusArgs {
     /// Follow indexing progress until the daemon is ready and nothing is
     /// pending (a bar redrawn in place on a terminal, plain lines otherwise).
+    /// On a terminal, plain `status` does this by itself while files are pending.
     #[arg(long)]
     pub watch: bool,
     /// Server address: http://HOST:PORT, HOST:PORT or unix:/path/to.sock.
@@ -305,7 +306,13 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
     } else {
         status_text(&status)
     };
-    print(&text)
+    print(&text)?;
+    // A person at a terminal while photos are being indexed gets the live bar
+    // without asking; scripts (no terminal, or --json) get one snapshot.
+    if !args.json && io::stdout().is_terminal() && status.pending_files > 0 {
+        return watch_progress(&mut client, false).await;
+    }
+    Ok(())
 }
 
 /// Follows WatchProgress until the daemon is ready with nothing pending.
