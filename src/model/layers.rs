@@ -160,3 +160,30 @@ pub fn l2_normalize(xs: &Tensor) -> Result<Tensor> {
     let norm = xs.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
     xs.broadcast_div(&norm)
 }
+
+/// The transformer feed-forward block with HF's BERT-family names
+/// (`intermediate.dense` → activation → `output.dense`), shared by ViT, DeiT,
+/// BEiT and BERT-style layers; `vb` points at the layer.
+#[derive(Debug, Clone)]
+pub struct FeedForward {
+    intermediate: Linear,
+    output: Linear,
+    act: Activation,
+}
+
+impl FeedForward {
+    pub fn new(hidden: usize, inner: usize, act: &str, std: f64, vb: &VarBuilder) -> Result<Self> {
+        Ok(Self {
+            intermediate: linear(hidden, inner, true, std, vb.pp("intermediate").pp("dense"))?,
+            output: linear(inner, hidden, true, std, vb.pp("output").pp("dense"))?,
+            act: Activation::from_hf(act).expect("validated by config"),
+        })
+    }
+}
+
+impl Module for FeedForward {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.output
+            .forward(&self.act.forward(&self.intermediate.forward(xs)?)?)
+    }
+}

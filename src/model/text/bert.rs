@@ -7,7 +7,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 
 use crate::model::config::BertConfig;
-use crate::model::layers::{Activation, SelfAttention, layer_norm, linear, padding_bias, param};
+use crate::model::layers::{FeedForward, SelfAttention, layer_norm, linear, padding_bias, param};
 
 /// How position ids are made from input ids.
 #[derive(Debug, Clone, Copy)]
@@ -22,10 +22,8 @@ pub enum Positions {
 struct BertLayer {
     attention: SelfAttention,
     attention_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
+    ffn: FeedForward,
     output_norm: LayerNorm,
-    act: Activation,
 }
 
 impl BertLayer {
@@ -41,22 +39,8 @@ impl BertLayer {
                 heads: c.num_attention_heads,
             },
             attention_norm: layer_norm(h, c.layer_norm_eps, att.pp("output").pp("LayerNorm"))?,
-            intermediate: linear(
-                h,
-                c.intermediate_size,
-                true,
-                std,
-                vb.pp("intermediate").pp("dense"),
-            )?,
-            output: linear(
-                c.intermediate_size,
-                h,
-                true,
-                std,
-                vb.pp("output").pp("dense"),
-            )?,
+            ffn: FeedForward::new(h, c.intermediate_size, &c.hidden_act, std, &vb)?,
             output_norm: layer_norm(h, c.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
-            act: Activation::from_hf(&c.hidden_act).expect("validated by config"),
         })
     }
 
@@ -64,9 +48,7 @@ impl BertLayer {
         let xs = self
             .attention_norm
             .forward(&(self.attention.forward(xs, Some(bias))? + xs)?)?;
-        let out = self
-            .output
-            .forward(&self.act.forward(&self.intermediate.forward(&xs)?)?)?;
+        let out = self.ffn.forward(&xs)?;
         self.output_norm.forward(&(out + xs)?)
     }
 }

@@ -5,11 +5,11 @@
 //! `pooler.layernorm(mean(h[:, 1:]))` (the final `layernorm` is then Identity).
 
 use candle_core::{Device, Module, Result, Tensor};
-use candle_nn::{Init, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Init, LayerNorm, VarBuilder};
 
 use super::vit::PatchEmbedding;
 use crate::model::config::BeitConfig;
-use crate::model::layers::{Activation, SelfAttention, layer_norm, linear, param};
+use crate::model::layers::{FeedForward, SelfAttention, layer_norm, linear, param};
 
 /// transformers' `generate_relative_position_index`: for every (query, key)
 /// pair of `[CLS] + patches`, the row of the bias table to use.
@@ -63,13 +63,11 @@ fn relative_bias(
 struct BeitLayer {
     attention: SelfAttention,
     bias: Option<Tensor>,
-    intermediate: Linear,
-    output: Linear,
+    ffn: FeedForward,
     before: LayerNorm,
     after: LayerNorm,
     lambda_1: Option<Tensor>,
     lambda_2: Option<Tensor>,
-    act: Activation,
 }
 
 impl BeitLayer {
@@ -105,25 +103,11 @@ impl BeitLayer {
         Ok(Self {
             attention,
             bias,
-            intermediate: linear(
-                h,
-                c.intermediate_size,
-                true,
-                std,
-                vb.pp("intermediate").pp("dense"),
-            )?,
-            output: linear(
-                c.intermediate_size,
-                h,
-                true,
-                std,
-                vb.pp("output").pp("dense"),
-            )?,
+            ffn: FeedForward::new(h, c.intermediate_size, &c.hidden_act, std, &vb)?,
             before: layer_norm(h, c.layer_norm_eps, vb.pp("layernorm_before"))?,
             after: layer_norm(h, c.layer_norm_eps, vb.pp("layernorm_after"))?,
             lambda_1,
             lambda_2,
-            act: Activation::from_hf(&c.hidden_act).expect("validated by config"),
         })
     }
 
@@ -140,11 +124,7 @@ impl BeitLayer {
             att = att.broadcast_mul(l)?;
         }
         let xs = (att + xs)?;
-        let mut mlp = self.output.forward(
-            &self
-                .act
-                .forward(&self.intermediate.forward(&self.after.forward(&xs)?)?)?,
-        )?;
+        let mut mlp = self.ffn.forward(&self.after.forward(&xs)?)?;
         if let Some(l) = &self.lambda_2 {
             mlp = mlp.broadcast_mul(l)?;
         }

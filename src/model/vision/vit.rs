@@ -7,7 +7,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use crate::model::config::VitConfig;
-use crate::model::layers::{Activation, SelfAttention, layer_norm, linear, param};
+use crate::model::layers::{Activation, FeedForward, SelfAttention, layer_norm, linear, param};
 
 /// Splits `[B, C, H, W]` into non-overlapping patches and projects them: the
 /// same arithmetic as the `Conv2d(kernel = stride = patch)` in transformers,
@@ -84,11 +84,9 @@ impl PatchEmbedding {
 #[derive(Debug, Clone)]
 pub struct VitLayer {
     attention: SelfAttention,
-    intermediate: Linear,
-    output: Linear,
+    ffn: FeedForward,
     before: LayerNorm,
     after: LayerNorm,
-    act: Activation,
 }
 
 impl VitLayer {
@@ -105,32 +103,15 @@ impl VitLayer {
         };
         Ok(Self {
             attention,
-            intermediate: linear(
-                h,
-                c.intermediate_size,
-                true,
-                std,
-                vb.pp("intermediate").pp("dense"),
-            )?,
-            output: linear(
-                c.intermediate_size,
-                h,
-                true,
-                std,
-                vb.pp("output").pp("dense"),
-            )?,
+            ffn: FeedForward::new(h, c.intermediate_size, &c.hidden_act, std, &vb)?,
             before: layer_norm(h, c.layer_norm_eps, vb.pp("layernorm_before"))?,
             after: layer_norm(h, c.layer_norm_eps, vb.pp("layernorm_after"))?,
-            act: Activation::from_hf(&c.hidden_act).expect("validated by config"),
         })
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let xs = (self.attention.forward(&self.before.forward(xs)?, None)? + xs)?;
-        let hidden = self
-            .act
-            .forward(&self.intermediate.forward(&self.after.forward(&xs)?)?)?;
-        self.output.forward(&hidden)? + xs
+        self.ffn.forward(&self.after.forward(&xs)?)? + xs
     }
 }
 
