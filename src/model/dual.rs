@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 
 use candle_core::{D, DType, Device, Module, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 
 use super::config::DualEncoderConfig;
-use super::layers::{l2_normalize, linear};
+use super::layers::{Dense, l2_normalize, linear};
 use super::text::TextTower;
 use super::vision::VisionTower;
 use super::weights::{Recorded, WeightSource};
@@ -56,8 +56,8 @@ pub struct DualEncoder {
     config: DualEncoderConfig,
     vision: VisionTower,
     text: TextTower,
-    visual_projection: Linear,
-    text_projection: Linear,
+    visual_projection: Dense,
+    text_projection: Dense,
     /// `logit_scale` as stored (a log); `exp` of it multiplies cosine similarities.
     logit_scale: f32,
     /// Every tensor the model was built from, under its checkpoint name: what `save` writes.

@@ -7,6 +7,8 @@
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::{Init, LayerNorm, Linear, VarBuilder};
 
+use super::cpu;
+
 /// The activations the supported towers use, spelled as `hidden_act` in HF.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -36,6 +38,26 @@ impl Activation {
     }
 }
 
+impl Activation {
+    /// The activation of one f32 value, with the same formulas as candle's ops
+    /// (so the CPU fast path and candle's agree bit for bit on these).
+    fn scalar(self, v: f32) -> f32 {
+        match self {
+            Self::GeluErf => {
+                (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v
+            }
+            Self::GeluTanh => {
+                let c = (2.0f32 / std::f32::consts::PI).sqrt();
+                0.5 * v * (1.0 + (c * v * (1.0 + 0.044715 * v * v)).tanh())
+            }
+            Self::QuickGelu => v / (1.0 + (-1.702 * v).exp()),
+            Self::Relu => v.max(0.0),
+            Self::Silu => v / (1.0 + (-v).exp()),
+            Self::Tanh => v.tanh(),
+        }
+    }
+}
+
 impl Module for Activation {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match self {
@@ -49,6 +71,124 @@ impl Module for Activation {
     }
 }
 
+/// `nn.Linear`: `x wᵀ + b`, with a CPU f32 path that is one gemm call reading
+/// its bias and residual from the destination (see `cpu.rs`), and candle's
+/// `Linear` everywhere else.
+#[derive(Debug, Clone)]
+pub struct Dense {
+    linear: Linear,
+}
+
+impl Dense {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            linear: Linear::new(weight, bias),
+        }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        self.linear.weight()
+    }
+
+    fn out_dim(&self) -> usize {
+        self.weight().dims()[0]
+    }
+
+    /// True when this layer and `xs` can take the CPU f32 path.
+    fn fast(&self, xs: &Tensor) -> bool {
+        cpu::is_cpu_f32(xs)
+            && cpu::is_cpu_f32(self.weight())
+            && self.linear.bias().is_none_or(cpu::is_cpu_f32)
+    }
+
+    /// `self(x)` for `x: [m, in]` written into `dst` (rows `dst_rs` apart),
+    /// over whatever `dst` holds when `accumulate`. Fast path only.
+    fn write(&self, x: &[f32], m: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool) {
+        let n = self.out_dim();
+        let bias = self
+            .linear
+            .bias()
+            .and_then(|b| cpu::with_f32(b, |b| b.to_vec()));
+        let accumulate = match bias {
+            Some(b) if accumulate => {
+                for i in 0..m {
+                    dst[i * dst_rs..i * dst_rs + n]
+                        .iter_mut()
+                        .zip(&b)
+                        .for_each(|(d, b)| *d += b);
+                }
+                true
+            }
+            Some(b) => {
+                cpu::fill_rows(dst, m, n, dst_rs, &b);
+                true
+            }
+            None => accumulate,
+        };
+        cpu::with_f32(self.weight(), |w| {
+            let k = w.len() / n;
+            cpu::matmul_wt(x, w, (m, k, n), dst, dst_rs, accumulate)
+        })
+        .expect("checked by Dense::fast");
+    }
+
+    /// The fast path: `act(x wᵀ + b) + residual` in one output buffer.
+    fn forward_fast(
+        &self,
+        xs: &Tensor,
+        act: Option<Activation>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let xs = xs.contiguous()?;
+        let mut shape = xs.dims().to_vec();
+        let k = shape.pop().unwrap_or(1);
+        let m = xs.elem_count() / k.max(1);
+        let n = self.out_dim();
+        shape.push(n);
+        let mut out = match residual {
+            Some(r) => {
+                let r = r.contiguous()?;
+                if r.dims() != shape.as_slice() {
+                    candle_core::bail!("residual {:?} does not match output {shape:?}", r.dims());
+                }
+                cpu::with_f32(&r, |r| r.to_vec()).expect("f32 checked by caller")
+            }
+            None => vec![0f32; m * n],
+        };
+        cpu::with_f32(&xs, |x| self.write(x, m, &mut out, n, residual.is_some()))
+            .expect("checked by Dense::fast");
+        if let Some(act) = act {
+            cpu::map_in_place(&mut out, |v| act.scalar(v));
+        }
+        Tensor::from_vec(out, shape, xs.device())
+    }
+
+    /// `act(self(xs))`.
+    pub fn forward_act(&self, xs: &Tensor, act: Activation) -> Result<Tensor> {
+        if self.fast(xs) {
+            return self.forward_fast(xs, Some(act), None);
+        }
+        act.forward(&self.linear.forward(xs)?)
+    }
+
+    /// `self(xs) + residual`.
+    pub fn forward_residual(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if self.fast(xs) && cpu::is_cpu_f32(residual) {
+            return self.forward_fast(xs, None, Some(residual));
+        }
+        self.linear.forward(xs)? + residual
+    }
+}
+
+impl Module for Dense {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if self.fast(xs) {
+            return self.forward_fast(xs, None, None);
+        }
+        self.linear.forward(xs)
+    }
+}
+
 /// `nn.Linear(in, out, bias)` under `vb`, initialised N(0, std) / zeros when fresh.
 pub fn linear(
     in_dim: usize,
@@ -56,7 +196,7 @@ pub fn linear(
     bias: bool,
     std: f64,
     vb: VarBuilder,
-) -> Result<Linear> {
+) -> Result<Dense> {
     let w = vb.get_with_hints(
         (out_dim, in_dim),
         "weight",
@@ -70,7 +210,7 @@ pub fn linear(
     } else {
         None
     };
-    Ok(Linear::new(w, b))
+    Ok(Dense::new(w, b))
 }
 
 /// `nn.LayerNorm(size, eps)` under `vb` (weight 1, bias 0 when fresh).
@@ -100,16 +240,67 @@ pub fn param<S: Into<candle_core::Shape>>(
 /// Multi-head self-attention: `softmax(q kᵀ / sqrt(d) + bias) v`, then the output projection.
 #[derive(Debug, Clone)]
 pub struct SelfAttention {
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
-    pub o: Linear,
+    pub q: Dense,
+    pub k: Dense,
+    pub v: Dense,
+    pub o: Dense,
     pub heads: usize,
 }
 
 impl SelfAttention {
     /// `xs`: `[B, L, H]`; `bias`: anything broadcastable to `[B, heads, L, L]`, added to the scores.
     pub fn forward(&self, xs: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        if let Some(ctx) = self.context_fast(xs, bias)? {
+            return self.o.forward(&ctx);
+        }
+        self.o.forward(&self.context(xs, bias)?)
+    }
+
+    /// `self(xs, bias) + residual`.
+    pub fn forward_residual(
+        &self,
+        xs: &Tensor,
+        bias: Option<&Tensor>,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        if let Some(ctx) = self.context_fast(xs, bias)? {
+            return self.o.forward_residual(&ctx, residual);
+        }
+        self.o.forward_residual(&self.context(xs, bias)?, residual)
+    }
+
+    /// The CPU f32 path: q, k and v written side by side into one `[B, L, 3H]`
+    /// buffer, then one attention task per (item, head). `None` when any input
+    /// is elsewhere (device, dtype), for candle's path to handle.
+    fn context_fast(&self, xs: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
+        let fast = [&self.q, &self.k, &self.v].iter().all(|d| d.fast(xs))
+            && bias.is_none_or(cpu::is_cpu_f32);
+        if !fast {
+            return Ok(None);
+        }
+        let xs = xs.contiguous()?;
+        let (b, l, h) = xs.dims3()?;
+        let m = b * l;
+        let mut qkv = vec![0f32; m * 3 * h];
+        cpu::with_f32(&xs, |x| {
+            for (i, d) in [&self.q, &self.k, &self.v].into_iter().enumerate() {
+                d.write(x, m, &mut qkv[i * h..], 3 * h, false);
+            }
+        })
+        .expect("checked above");
+        let shape = cpu::AttentionShape {
+            batch: b,
+            len: l,
+            hidden: h,
+            heads: self.heads,
+        };
+        let scale = 1.0 / ((h / self.heads) as f32).sqrt();
+        let ctx = cpu::attention(&qkv, shape, scale, bias)?;
+        Ok(Some(Tensor::from_vec(ctx, (b, l, h), xs.device())?))
+    }
+
+    /// candle's path: the context `[B, L, H]` before the output projection.
+    fn context(&self, xs: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let (b, l, h) = xs.dims3()?;
         let hd = h / self.heads;
         let split = |t: Tensor| -> Result<Tensor> {
@@ -129,8 +320,7 @@ impl SelfAttention {
         let dtype = scores.dtype();
         let probs =
             candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
-        self.o.forward(&ctx)
+        probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))
     }
 }
 
@@ -166,8 +356,8 @@ pub fn l2_normalize(xs: &Tensor) -> Result<Tensor> {
 /// BEiT and BERT-style layers; `vb` points at the layer.
 #[derive(Debug, Clone)]
 pub struct FeedForward {
-    intermediate: Linear,
-    output: Linear,
+    intermediate: Dense,
+    output: Dense,
     act: Activation,
 }
 
@@ -181,9 +371,17 @@ impl FeedForward {
     }
 }
 
+impl FeedForward {
+    /// `self(xs) + residual`.
+    pub fn forward_residual(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.output
+            .forward_residual(&self.intermediate.forward_act(xs, self.act)?, residual)
+    }
+}
+
 impl Module for FeedForward {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         self.output
-            .forward(&self.act.forward(&self.intermediate.forward(xs)?)?)
+            .forward(&self.intermediate.forward_act(xs, self.act)?)
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod cpu;
 pub mod dual;
 pub mod hub;
 pub mod layers;

@@ -4,10 +4,12 @@
 //! in how position ids are derived (see `roberta.rs`).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use crate::model::config::BertConfig;
-use crate::model::layers::{FeedForward, SelfAttention, layer_norm, linear, padding_bias, param};
+use crate::model::layers::{
+    Dense, FeedForward, SelfAttention, layer_norm, linear, padding_bias, param,
+};
 
 /// How position ids are made from input ids.
 #[derive(Debug, Clone, Copy)]
@@ -47,9 +49,9 @@ impl BertLayer {
     fn forward(&self, xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let xs = self
             .attention_norm
-            .forward(&(self.attention.forward(xs, Some(bias))? + xs)?)?;
-        let out = self.ffn.forward(&xs)?;
-        self.output_norm.forward(&(out + xs)?)
+            .forward(&self.attention.forward_residual(xs, Some(bias), xs)?)?;
+        self.output_norm
+            .forward(&self.ffn.forward_residual(&xs, &xs)?)
     }
 }
 
@@ -60,7 +62,7 @@ pub struct Bert {
     token_types: Embedding,
     norm: LayerNorm,
     layers: Vec<BertLayer>,
-    pooler: Linear,
+    pooler: Dense,
     position_rule: Positions,
     max_positions: usize,
 }

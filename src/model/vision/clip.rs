@@ -6,19 +6,19 @@
 //! with the CLIP text tower.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 use super::vit::PatchEmbedding;
 use crate::model::config::ClipVisionConfig;
-use crate::model::layers::{Activation, SelfAttention, layer_norm, linear, param};
+use crate::model::layers::{Activation, Dense, SelfAttention, layer_norm, linear, param};
 
 #[derive(Debug, Clone)]
 struct ClipLayer {
     attention: SelfAttention,
     norm1: LayerNorm,
     norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
     act: Activation,
 }
 
@@ -69,11 +69,11 @@ impl ClipEncoder {
     /// `bias`: additive attention bias broadcastable to `[B, heads, L, L]`.
     pub fn forward(&self, mut xs: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         for l in &self.layers {
-            xs = (l.attention.forward(&l.norm1.forward(&xs)?, bias)? + &xs)?;
-            let mlp = l
-                .fc2
-                .forward(&l.act.forward(&l.fc1.forward(&l.norm2.forward(&xs)?)?)?)?;
-            xs = (mlp + xs)?;
+            xs = l
+                .attention
+                .forward_residual(&l.norm1.forward(&xs)?, bias, &xs)?;
+            let hidden = l.fc1.forward_act(&l.norm2.forward(&xs)?, l.act)?;
+            xs = l.fc2.forward_residual(&hidden, &xs)?;
         }
         Ok(xs)
     }

@@ -4,10 +4,12 @@
 //! with DeiT, which has the same weights plus a distillation token.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 use crate::model::config::VitConfig;
-use crate::model::layers::{Activation, FeedForward, SelfAttention, layer_norm, linear, param};
+use crate::model::layers::{
+    Activation, Dense, FeedForward, SelfAttention, layer_norm, linear, param,
+};
 
 /// Splits `[B, C, H, W]` into non-overlapping patches and projects them: the
 /// same arithmetic as the `Conv2d(kernel = stride = patch)` in transformers,
@@ -110,8 +112,10 @@ impl VitLayer {
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = (self.attention.forward(&self.before.forward(xs)?, None)? + xs)?;
-        self.ffn.forward(&self.after.forward(&xs)?)? + xs
+        let xs = self
+            .attention
+            .forward_residual(&self.before.forward(xs)?, None, xs)?;
+        self.ffn.forward_residual(&self.after.forward(&xs)?, &xs)
     }
 }
 
@@ -120,7 +124,7 @@ impl VitLayer {
 pub struct VitTrunk {
     layers: Vec<VitLayer>,
     layernorm: LayerNorm,
-    pooler: Linear,
+    pooler: Dense,
     pooler_act: Activation,
 }
 

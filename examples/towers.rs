@@ -1,0 +1,57 @@
+//! Profiling driver: runs one tower in a loop so `perf record` sees only the
+//! forward pass (`dualsight bench` also measures load, decode and search).
+//!
+//! cargo run --release --example towers -- <model-dir> vision|text <batch> <iters>
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use dualsight::encoder::Encoder;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, dir, tower, batch, iters] = &args[..] else {
+        anyhow::bail!("usage: towers <model-dir> vision|text <batch> <iters>");
+    };
+    let batch: usize = batch.parse().context("batch")?;
+    let iters: usize = iters.parse().context("iters")?;
+    let t = Instant::now();
+    let enc = Encoder::load(dir.as_ref(), &Device::Cpu, DType::F32)?;
+    eprintln!("load {:.3} s", t.elapsed().as_secs_f64());
+    let model = enc.model();
+    let mut times = Vec::new();
+    match tower.as_str() {
+        "vision" => {
+            let (c, h, w) = model.image_shape();
+            let px = Tensor::randn(0f32, 1f32, (batch, c, h, w), &Device::Cpu)?;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let _ = model.embed_images(&px)?.to_vec2::<f32>()?;
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        "text" => {
+            let texts: Vec<String> = (0..batch)
+                .map(|i| format!("a photo of a small dog number {i} on grass"))
+                .collect();
+            let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+            for _ in 0..iters {
+                let t = Instant::now();
+                let _ = enc.embed_texts(&refs)?;
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        other => anyhow::bail!("unknown tower {other}"),
+    }
+    let warm = &mut times[1.min(times.len() - 1)..].to_vec();
+    warm.sort_by(|a, b| a.total_cmp(b));
+    let med = warm[warm.len() / 2];
+    eprintln!(
+        "{tower} batch {batch}: median {:.1} ms, min {:.1} ms, {:.2} items/s",
+        med * 1e3,
+        warm[0] * 1e3,
+        batch as f64 / med
+    );
+    Ok(())
+}

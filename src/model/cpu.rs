@@ -1,0 +1,413 @@
+//! CPU f32 fast paths for the two operations that hold nearly all of a
+//! tower's time: dense layers and multi-head self-attention.
+//!
+//! candle's generic ops are correct but, on a CPU, each one allocates a fresh
+//! tensor and makes one more pass over memory: a linear layer is a matmul, then
+//! a broadcast bias add, then the residual add; attention splits heads with
+//! transposes and `contiguous()` copies, and every per-head matmul is threaded
+//! on its own (a barrier per head on tiny matrices). Here a dense layer is one
+//! `gemm` call that reads its bias (and residual) from the destination, and
+//! attention runs one task per (image, head) that reads q, k and v in place
+//! through strides and writes its context straight into `[B, L, H]`.
+//!
+//! Only f32 tensors on the CPU take these paths; everything else (CUDA, f16,
+//! bf16) goes through candle, and `tests` below check both agree.
+
+use std::cell::RefCell;
+
+use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
+use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
+
+/// Runs `f` on the contiguous f32 data of a CPU tensor; `None` for any other
+/// device, dtype or a strided layout (the caller then uses candle's op).
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    if !t.device().is_cpu() || t.dtype() != DType::F32 {
+        return None;
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        return None;
+    };
+    let (start, end) = layout.contiguous_offsets()?;
+    Some(f(&data[start..end]))
+}
+
+/// Like [`with_f32`] for any layout (broadcast views included): the whole
+/// storage and the layout that indexes it.
+fn with_f32_strided<R>(t: &Tensor, f: impl FnOnce(&[f32], &Layout) -> R) -> Option<R> {
+    if !t.device().is_cpu() || t.dtype() != DType::F32 {
+        return None;
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        return None;
+    };
+    Some(f(data, layout))
+}
+
+/// True when `t` can take the fast path (CPU f32, whatever its layout).
+pub fn is_cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+fn parallelism(flops: usize) -> Parallelism {
+    let threads = rayon::current_num_threads();
+    // gemm has its own threshold too; this one keeps a 1-row query from
+    // waking the pool for a few microseconds of work.
+    if threads > 1 && flops > 1 << 16 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// A raw pointer that may cross into rayon tasks; each task writes a disjoint
+/// part of the buffer it points into.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// `dst[i, j] (+)= Σ_k x[i, k] · w[j, k]` for `x: [m, k]` and `w: [n, k]`
+/// (row-major, as `nn.Linear` stores it), with `dst` rows `dst_rs` apart.
+/// With `accumulate`, the existing contents of `dst` are added (a bias or a
+/// residual placed there beforehand); otherwise they are overwritten.
+///
+/// # Panics
+/// If a slice is too short for the shapes given (a caller bug, checked before
+/// any unsafe access).
+pub fn matmul_wt(
+    x: &[f32],
+    w: &[f32],
+    (m, k, n): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+) {
+    assert!(x.len() >= m * k && w.len() >= n * k, "matmul_wt operands");
+    assert!(
+        m == 0 || dst.len() >= (m - 1) * dst_rs + n,
+        "matmul_wt destination"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the asserts above bound every index gemm touches: lhs rows are k
+    // apart (m of them), rhs = wᵀ reads w[j * k + kk], dst rows are dst_rs apart.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(m * n * k),
+        )
+    }
+}
+
+/// Fills each `n`-wide row of `dst` (rows `dst_rs` apart, `m` of them) with `row`.
+pub fn fill_rows(dst: &mut [f32], m: usize, n: usize, dst_rs: usize, row: &[f32]) {
+    for i in 0..m {
+        dst[i * dst_rs..i * dst_rs + n].copy_from_slice(&row[..n]);
+    }
+}
+
+/// Adds `row` to each `n`-wide row of `dst` (contiguous rows).
+pub fn add_rows(dst: &mut [f32], n: usize, row: &[f32]) {
+    for chunk in dst.chunks_exact_mut(n) {
+        for (d, r) in chunk.iter_mut().zip(row) {
+            *d += r;
+        }
+    }
+}
+
+/// Applies `f` to every element, in parallel chunks big enough to be worth a task.
+pub fn map_in_place(xs: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+    const CHUNK: usize = 32 * 1024;
+    if xs.len() <= CHUNK {
+        xs.iter_mut().for_each(|v| *v = f(*v));
+    } else {
+        xs.par_chunks_mut(CHUNK)
+            .for_each(|c| c.iter_mut().for_each(|v| *v = f(*v)));
+    }
+}
+
+thread_local! {
+    /// Per-thread attention scores, reused across heads and calls: an `L × L`
+    /// block per task, big enough that a fresh allocation would page-fault.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The shapes of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub len: usize,
+    pub hidden: usize,
+    pub heads: usize,
+}
+
+/// `softmax(q kᵀ · scale + bias) v` per head.
+///
+/// `qkv` is `[B, L, 3H]` (q, then k, then v, each `H = heads × head_dim` wide,
+/// heads side by side as `nn.Linear` lays them out). `bias`, if any, is an f32
+/// CPU tensor broadcastable to `[B, heads, L, L]` (padding mask, causal mask,
+/// relative position bias). Returns the context, `[B, L, H]`, heads merged.
+/// The softmax runs in f32, as transformers does.
+pub fn attention(
+    qkv: &[f32],
+    s: AttentionShape,
+    scale: f32,
+    bias: Option<&Tensor>,
+) -> Result<Vec<f32>> {
+    let AttentionShape {
+        batch: b,
+        len: l,
+        hidden: h,
+        heads,
+    } = s;
+    let hd = h / heads;
+    assert!(qkv.len() >= b * l * 3 * h, "attention qkv");
+    let bias = match bias {
+        Some(t) => Some(t.broadcast_as((b, heads, l, l))?),
+        None => None,
+    };
+    let mut out = vec![0f32; b * l * h];
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let run = |bias: Option<(&[f32], &Layout)>| {
+        (0..b * heads).into_par_iter().for_each(|task| {
+            let (bi, hj) = (task / heads, task % heads);
+            SCORES.with(|scores| {
+                let mut scores = scores.borrow_mut();
+                scores.resize(l * l, 0.0);
+                let has_bias = if let Some((data, layout)) = bias {
+                    let st = layout.stride();
+                    let base = layout.start_offset() + bi * st[0] + hj * st[1];
+                    for r in 0..l {
+                        let row = &mut scores[r * l..(r + 1) * l];
+                        let at = base + r * st[2];
+                        if st[3] == 1 {
+                            row.copy_from_slice(&data[at..at + l]);
+                        } else {
+                            for (c, v) in row.iter_mut().enumerate() {
+                                *v = data[at + c * st[3]];
+                            }
+                        }
+                    }
+                    true
+                } else {
+                    false
+                };
+                let q = bi * l * 3 * h + hj * hd;
+                let (k, v) = (q + h, q + 2 * h);
+                // SAFETY: q/k/v rows are 3h apart and hd wide within the
+                // [B, L, 3H] buffer checked above; scores is l × l; this task
+                // writes only rows of image `bi` in columns hj*hd..(hj+1)*hd of
+                // `out`, which no other task touches.
+                unsafe {
+                    gemm(
+                        l,
+                        l,
+                        hd,
+                        scores.as_mut_ptr(),
+                        1,
+                        l as isize,
+                        has_bias,
+                        qkv.as_ptr().add(q),
+                        1,
+                        3 * h as isize,
+                        qkv.as_ptr().add(k),
+                        3 * h as isize,
+                        1,
+                        if has_bias { 1.0 } else { 0.0 },
+                        scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                for row in scores.chunks_exact_mut(l) {
+                    softmax_in_place(row);
+                }
+                let dst = out_ptr;
+                unsafe {
+                    gemm(
+                        l,
+                        hd,
+                        l,
+                        dst.0.add(bi * l * h + hj * hd),
+                        1,
+                        h as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        l as isize,
+                        qkv.as_ptr().add(v),
+                        1,
+                        3 * h as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            });
+        });
+    };
+    match &bias {
+        Some(t) => {
+            with_f32_strided(t, |data, layout| run(Some((data, layout)))).ok_or_else(|| {
+                candle_core::Error::Msg("attention bias must be an f32 CPU tensor".into())
+            })?
+        }
+        None => run(None),
+    }
+    Ok(out)
+}
+
+/// Numerically stable softmax of one row (max subtracted first; a row masked
+/// everywhere with the same finite minimum comes out uniform, as in PyTorch).
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn close(a: &[f32], b: &[f32], tol: f32) {
+        assert_eq!(a.len(), b.len());
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= tol, "max abs diff {worst} > {tol}");
+    }
+
+    #[test]
+    fn matmul_wt_matches_candle_with_bias_and_strided_destination() -> Result<()> {
+        let dev = Device::Cpu;
+        let (m, k, n) = (37, 70, 45);
+        let x = Tensor::randn(0f32, 1., (m, k), &dev)?;
+        let w = Tensor::randn(0f32, 1., (n, k), &dev)?;
+        let bias = Tensor::randn(0f32, 1., n, &dev)?;
+        let want = x.matmul(&w.t()?)?.broadcast_add(&bias)?;
+        let (xv, wv, bv) = (
+            x.flatten_all()?.to_vec1::<f32>()?,
+            w.flatten_all()?.to_vec1::<f32>()?,
+            bias.to_vec1::<f32>()?,
+        );
+        // Written into the middle columns of a wider buffer, as q/k/v are.
+        let rs = 3 * n;
+        let mut dst = vec![7f32; m * rs];
+        fill_rows(&mut dst[n..], m, n, rs, &bv);
+        matmul_wt(&xv, &wv, (m, k, n), &mut dst[n..], rs, true);
+        let got: Vec<f32> = (0..m)
+            .flat_map(|i| dst[i * rs + n..i * rs + 2 * n].to_vec())
+            .collect();
+        close(&got, &want.flatten_all()?.to_vec1::<f32>()?, 1e-4);
+        // Columns outside the written block are untouched.
+        assert!((0..m).all(|i| dst[i * rs..i * rs + n].iter().all(|&v| v == 7.0)));
+        Ok(())
+    }
+
+    fn reference_attention(
+        qkv: &Tensor,
+        s: AttentionShape,
+        scale: f64,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let hd = s.hidden / s.heads;
+        let part = |i: usize| -> Result<Tensor> {
+            qkv.narrow(2, i * s.hidden, s.hidden)?
+                .reshape((s.batch, s.len, s.heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(b) = bias {
+            scores = scores.broadcast_add(b)?;
+        }
+        let p = candle_nn::ops::softmax_last_dim(&scores)?;
+        p.matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((s.batch, s.len, s.hidden))
+    }
+
+    #[test]
+    fn attention_matches_candle_for_each_bias_shape() -> Result<()> {
+        let dev = Device::Cpu;
+        let s = AttentionShape {
+            batch: 3,
+            len: 11,
+            hidden: 24,
+            heads: 4,
+        };
+        let qkv = Tensor::randn(0f32, 1., (s.batch, s.len, 3 * s.hidden), &dev)?;
+        let data = qkv.flatten_all()?.to_vec1::<f32>()?;
+        let scale = 1.0 / (6f64).sqrt();
+        // Padding mask per image, relative-position bias per head, a causal mask
+        // shared by all, and none at all.
+        let mut mask = vec![0f32; s.batch * s.len];
+        mask[s.len - 3..s.len]
+            .iter_mut()
+            .for_each(|v| *v = f32::MIN);
+        let padding = Tensor::from_vec(mask, (s.batch, 1, 1, s.len), &dev)?;
+        let per_head = Tensor::randn(0f32, 1., (s.heads, s.len, s.len), &dev)?;
+        let causal = Tensor::from_vec(
+            (0..s.len * s.len)
+                .map(|i| if i % s.len > i / s.len { f32::MIN } else { 0.0 })
+                .collect::<Vec<_>>(),
+            (1, 1, s.len, s.len),
+            &dev,
+        )?;
+        let transposed = per_head.transpose(1, 2)?;
+        for bias in [
+            None,
+            Some(&padding),
+            Some(&per_head),
+            Some(&causal),
+            Some(&transposed),
+        ] {
+            let got = attention(&data, s, scale as f32, bias)?;
+            let want = reference_attention(&qkv, s, scale, bias)?;
+            close(&got, &want.flatten_all()?.to_vec1::<f32>()?, 1e-5);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fully_masked_row_is_uniform_not_nan() {
+        let mut row = [f32::MIN; 4];
+        softmax_in_place(&mut row);
+        assert_eq!(row, [0.25; 4]);
+    }
+}
