@@ -93,6 +93,9 @@ pub fn matmul_wt(
     if m == 0 || n == 0 {
         return;
     }
+    if m <= SMALL_M && small::available() {
+        return small::matmul_wt(x, w, (m, k, n), dst, dst_rs, accumulate);
+    }
     // SAFETY: the asserts above bound every index gemm touches: lhs rows are k
     // apart (m of them), rhs = wᵀ reads w[j * k + kk], dst rows are dst_rs apart.
     unsafe {
@@ -117,6 +120,132 @@ pub fn matmul_wt(
             false,
             parallelism(m * n * k),
         )
+    }
+}
+
+/// Up to this many rows (a text query is ~10 tokens), a dense layer streams
+/// its weight once and takes dot products against every row held in cache;
+/// gemm's 16-row micro-kernel would spend most of its work on padding and
+/// repack the operands for each call.
+const SMALL_M: usize = 16;
+
+/// The few-rows kernel: AVX2 + FMA, chosen at run time (`available`).
+mod small {
+    use super::SendPtr;
+    use rayon::prelude::*;
+
+    /// Output columns (weight rows) per task: enough work to amortise a task,
+    /// small enough that two cores split even a 512-wide projection.
+    const COLS_PER_TASK: usize = 64;
+
+    pub fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// Same contract as `super::matmul_wt`, whose asserts have run.
+    pub fn matmul_wt(
+        x: &[f32],
+        w: &[f32],
+        (m, k, n): (usize, usize, usize),
+        dst: &mut [f32],
+        dst_rs: usize,
+        accumulate: bool,
+    ) {
+        let out = SendPtr(dst.as_mut_ptr());
+        let task = |j0: usize| {
+            let j1 = (j0 + COLS_PER_TASK).min(n);
+            let out = out;
+            // Weight rows outer: four of them stay in L1 while every input
+            // row passes, so the weight is read from memory once.
+            let mut j = j0;
+            while j < j1 {
+                let rows = (j1 - j).min(4);
+                let wj = &w[j * k..(j + rows) * k];
+                for i in 0..m {
+                    let mut acc = [0f32; 4];
+                    dots(&x[i * k..(i + 1) * k], wj, k, &mut acc[..rows]);
+                    for (r, a) in acc[..rows].iter().enumerate() {
+                        // SAFETY: (i, j + r) is inside the destination the
+                        // caller checked; tasks own disjoint column ranges.
+                        unsafe {
+                            let d = out.0.add(i * dst_rs + j + r);
+                            *d = if accumulate { *d + a } else { *a };
+                        }
+                    }
+                }
+                j += rows;
+            }
+        };
+        let starts: Vec<usize> = (0..n).step_by(COLS_PER_TASK).collect();
+        if starts.len() > 1 && m * n * k > 1 << 16 {
+            starts.into_par_iter().for_each(task);
+        } else {
+            starts.into_iter().for_each(task);
+        }
+    }
+
+    /// `acc[r] = x · w[r]` for up to four weight rows of length `k`.
+    fn dots(x: &[f32], w: &[f32], k: usize, acc: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: only reached when `available()` found AVX2 and FMA.
+        unsafe {
+            match acc.len() {
+                4 => dots_avx2::<4>(x, w, k, acc),
+                3 => dots_avx2::<3>(x, w, k, acc),
+                2 => dots_avx2::<2>(x, w, k, acc),
+                _ => dots_avx2::<1>(x, w, k, acc),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        for (r, a) in acc.iter_mut().enumerate() {
+            *a = x.iter().zip(&w[r * k..]).map(|(a, b)| a * b).sum();
+        }
+    }
+
+    /// `R` weight rows at once, each with two accumulators, so the FMA chains
+    /// are independent (a single chain would wait on FMA latency every step).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dots_avx2<const R: usize>(x: &[f32], w: &[f32], k: usize, acc: &mut [f32]) {
+        use std::arch::x86_64::*;
+        assert!(x.len() >= k && w.len() >= R * k && acc.len() >= R);
+        let body = k / 16 * 16;
+        // SAFETY (all loads): kk + 16 <= body <= k, and row r of w spans
+        // r*k..(r+1)*k, checked by the assert above.
+        unsafe {
+            let mut s0 = [_mm256_setzero_ps(); R];
+            let mut s1 = [_mm256_setzero_ps(); R];
+            let (xp, wp) = (x.as_ptr(), w.as_ptr());
+            let mut kk = 0;
+            while kk < body {
+                let x0 = _mm256_loadu_ps(xp.add(kk));
+                let x1 = _mm256_loadu_ps(xp.add(kk + 8));
+                for r in 0..R {
+                    let row = wp.add(r * k + kk);
+                    s0[r] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(row), s0[r]);
+                    s1[r] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(row.add(8)), s1[r]);
+                }
+                kk += 16;
+            }
+            for r in 0..R {
+                let v = _mm256_add_ps(s0[r], s1[r]);
+                let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+                let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+                let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+                let mut total = _mm_cvtss_f32(q);
+                for t in body..k {
+                    total += x[t] * w[r * k + t];
+                }
+                acc[r] = total;
+            }
+        }
     }
 }
 
@@ -335,6 +464,30 @@ mod tests {
         close(&got, &want.flatten_all()?.to_vec1::<f32>()?, 1e-4);
         // Columns outside the written block are untouched.
         assert!((0..m).all(|i| dst[i * rs..i * rs + n].iter().all(|&v| v == 7.0)));
+        Ok(())
+    }
+
+    #[test]
+    fn few_rows_kernel_matches_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        // Widths that are and are not multiples of the 8-lane and 4-row blocks.
+        for (m, k, n) in [(1, 768, 512), (10, 70, 45), (16, 13, 130), (3, 5, 3)] {
+            let x = Tensor::randn(0f32, 1., (m, k), &dev)?;
+            let w = Tensor::randn(0f32, 1., (n, k), &dev)?;
+            let want = x.matmul(&w.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+            let (xv, wv) = (
+                x.flatten_all()?.to_vec1::<f32>()?,
+                w.flatten_all()?.to_vec1::<f32>()?,
+            );
+            let mut got = vec![0f32; m * n];
+            matmul_wt(&xv, &wv, (m, k, n), &mut got, n, false);
+            close(&got, &want, 1e-3);
+            // Accumulating adds to what is there.
+            let mut acc = vec![1f32; m * n];
+            matmul_wt(&xv, &wv, (m, k, n), &mut acc, n, true);
+            let plus_one: Vec<f32> = want.iter().map(|v| v + 1.0).collect();
+            close(&acc, &plus_one, 1e-3);
+        }
         Ok(())
     }
 
