@@ -3,7 +3,6 @@
 //! turns files and strings into L2-normalised vectors, and says which model
 //! made them (the fingerprint the store keys vectors by).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -202,21 +201,14 @@ pub fn fingerprint(dir: &Path) -> Result<String> {
     names.sort();
     for path in names {
         hasher.update(path.file_name().unwrap().to_string_lossy().as_bytes());
-        let mut f = std::fs::File::open(&path).map_err(|source| EncoderError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).map_err(|source| EncoderError::Io {
+        // The weights were just mapped for loading, so this hashes the page
+        // cache, in parallel.
+        hasher
+            .update_mmap_rayon(&path)
+            .map_err(|source| EncoderError::Io {
                 path: path.clone(),
                 source,
             })?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
     }
     Ok(hasher.finalize().to_hex()[..16].to_string())
 }

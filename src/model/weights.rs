@@ -176,11 +176,26 @@ pub fn read_dir_tensors(dir: &Path) -> Result<(HashMap<String, Tensor>, PathBuf)
     })
 }
 
+/// Maps the file and copies each tensor out of the page cache once, on every
+/// core: reading the whole file into a buffer first (candle's `load`) would
+/// hold the weights twice at peak and copy them twice.
 fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| ModelError::Weights {
+    use rayon::prelude::*;
+    let err = |e: candle_core::Error| ModelError::Weights {
         path: path.to_path_buf(),
         msg: e.to_string(),
-    })
+    };
+    // SAFETY: the mapping lives only for this call; as with every mmap, a
+    // file truncated underneath it meanwhile is undefined behaviour, which a
+    // model directory being rewritten during load risks no more than torn reads.
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(err)?;
+    st.tensors()
+        .into_par_iter()
+        .map(|(name, view)| {
+            let t = candle_core::safetensors::Load::load(&view, &Device::Cpu).map_err(err)?;
+            Ok((name, t))
+        })
+        .collect()
 }
 
 /// Writes `tensors` as safetensors with the `format: pt` metadata that
