@@ -7,6 +7,7 @@
 pub mod engine;
 pub mod query;
 pub mod systemd;
+pub mod text_cache;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -12,6 +12,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use tokio::sync::watch;
 
 use super::engine::Engine;
+use super::text_cache::{self, TextCache};
 use crate::ingest::pipeline::Counters;
 use crate::server::core::{
     ClassifyQuery, Core, CoreError, FailureList, FailureRecord, Hit, ImageQuery, ImageRef,
@@ -32,6 +33,7 @@ pub struct DaemonCore {
     pub roots: Vec<PathBuf>,
     pub model_name: String,
     progress: watch::Receiver<ProgressSnapshot>,
+    texts: Arc<TextCache>,
 }
 
 impl DaemonCore {
@@ -48,7 +50,41 @@ impl DaemonCore {
             roots,
             model_name,
             progress,
+            texts: Arc::new(TextCache::new(text_cache::DEFAULT_CAPACITY)),
         }
+    }
+
+    /// The engine's text vectors for `texts`, through the cache: only texts
+    /// not seen recently (with this model) go through the text tower.
+    async fn text_vectors(&self, engine: Arc<Engine>, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+        let cache = self.texts.clone();
+        Self::blocking(move || {
+            let model = engine.space.fingerprint().to_string();
+            let mut out: Vec<Option<Vec<f32>>> = texts
+                .iter()
+                .map(|t| cache.get(&model, t).map(|v| v.as_ref().clone()))
+                .collect();
+            let missing: Vec<&str> = texts
+                .iter()
+                .zip(&out)
+                .filter(|(_, v)| v.is_none())
+                .map(|(t, _)| t.as_str())
+                .collect();
+            if !missing.is_empty() {
+                let fresh = engine
+                    .encoder
+                    .embed_texts(&missing)
+                    .map_err(|e| CoreError::Internal(e.to_string()))?;
+                let mut fresh = missing.into_iter().zip(fresh);
+                for slot in out.iter_mut().filter(|v| v.is_none()) {
+                    let (text, v) = fresh.next().expect("one vector per missing text");
+                    cache.put(&model, text, Arc::new(v.clone()));
+                    *slot = Some(v);
+                }
+            }
+            Ok(out.into_iter().map(|v| v.expect("filled above")).collect())
+        })
+        .await
     }
 
     /// Makes `engine` the one answering queries (at start, and when a new model's index is complete).
@@ -179,15 +215,10 @@ fn internal(e: impl std::fmt::Display) -> CoreError {
 impl Core for DaemonCore {
     async fn search_text(&self, query: TextQuery) -> Result<Vec<Hit>> {
         let engine = self.engine()?;
-        let text = query.text.clone();
-        let q = Self::blocking(move || {
-            let mut v = engine
-                .encoder
-                .embed_texts(&[&text])
-                .map_err(|e| CoreError::Internal(e.to_string()))?;
-            Ok(v.remove(0))
-        })
-        .await?;
+        let q = self
+            .text_vectors(engine, vec![query.text.clone()])
+            .await?
+            .remove(0);
         self.search(q, query.limit, query.path_prefix, query.min_score)
             .await
     }
@@ -202,16 +233,8 @@ impl Core for DaemonCore {
     async fn classify(&self, query: ClassifyQuery) -> Result<Vec<LabelScore>> {
         let engine = self.engine()?;
         let image = self.image_vector(&engine, query.image).await?;
-        let labels = query.labels.clone();
         let scale = engine.encoder.model().logit_scale();
-        let texts = Self::blocking(move || {
-            let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-            engine
-                .encoder
-                .embed_texts(&refs)
-                .map_err(|e| CoreError::Internal(e.to_string()))
-        })
-        .await?;
+        let texts = self.text_vectors(engine, query.labels.clone()).await?;
         let scored = query
             .labels
             .into_iter()

@@ -196,10 +196,14 @@ const PHOTOS: &[&str] = &[
 /// Exact cosine ranking of `paths` for `text`, from `dualsight embed` (the
 /// exact pipeline, itself checked against transformers).
 fn exact_ranking(text: &str, paths: &[PathBuf]) -> Vec<(PathBuf, f32)> {
+    exact_ranking_with("vit-bert", text, paths)
+}
+
+fn exact_ranking_with(model: &str, text: &str, paths: &[PathBuf]) -> Vec<(PathBuf, f32)> {
     let mut cmd = dualsight();
     cmd.arg("embed")
         .arg("--model")
-        .arg(model_dir("vit-bert"))
+        .arg(model_dir(model))
         .args(["--json", "--device", "cpu", "--text", text]);
     for p in paths {
         cmd.arg("--image").arg(p);
@@ -234,8 +238,10 @@ async fn photos_become_searchable_in_exact_cosine_order() {
     })
     .await;
     assert_eq!(s.failed_files, 0);
+    let mut first = Vec::new();
     for query in ["a photo of a cat", "a rocket", "a cup of coffee on a table"] {
         let hits = search(&mut c, query, 10).await;
+        first.push(hits.clone());
         let want = exact_ranking(query, &paths);
         let got: Vec<PathBuf> = hits.iter().map(|h| PathBuf::from(&h.path)).collect();
         assert_eq!(
@@ -255,6 +261,17 @@ async fn photos_become_searchable_in_exact_cosine_order() {
             );
             assert!((h.logit - h.score * scale).abs() < 1e-3);
         }
+    }
+    // Asked again, the texts come from the query cache: the same answers.
+    for (query, hits) in ["a photo of a cat", "a rocket", "a cup of coffee on a table"]
+        .into_iter()
+        .zip(&first)
+    {
+        assert_eq!(
+            &search(&mut c, query, 10).await,
+            hits,
+            "{query}: cached answer differs"
+        );
     }
     // Limit, prefix and min-score filters.
     assert_eq!(search(&mut c, "a rocket", 2).await.len(), 2);
@@ -683,7 +700,23 @@ async fn a_new_model_gets_a_new_index_while_the_old_one_serves() {
         (5, 5, 5),
         "{new:?}"
     );
-    assert_eq!(search(&mut c, "a photo", 10).await.len(), 5);
+    // "a photo" was embedded (and cached) by the old model while it served:
+    // the answer now must be the new model's, exactly.
+    let hits = search(&mut c, "a photo", 10).await;
+    assert_eq!(hits.len(), 5);
+    let paths: Vec<PathBuf> = hits.iter().map(|h| PathBuf::from(&h.path)).collect();
+    for (h, (p, score)) in hits
+        .iter()
+        .zip(exact_ranking_with("clip", "a photo", &paths))
+    {
+        assert_eq!(PathBuf::from(&h.path), p);
+        assert!(
+            (h.score - score).abs() < 1e-4,
+            "{}: {} vs {score}",
+            h.path,
+            h.score
+        );
+    }
     assert!(
         !d.data.join("index").join(&old.model_fingerprint).exists(),
         "old index left behind"
