@@ -69,6 +69,14 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// Through a method, so a closure captures the whole (Send) wrapper
+    /// rather than the raw pointer field alone.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `dst[i, j] (+)= Σ_k x[i, k] · w[j, k]` for `x: [m, k]` and `w: [n, k]`
 /// (row-major, as `nn.Linear` stores it), with `dst` rows `dst_rs` apart.
 /// With `accumulate`, the existing contents of `dst` are added (a bias or a
@@ -161,7 +169,6 @@ mod small {
         let out = SendPtr(dst.as_mut_ptr());
         let task = |j0: usize| {
             let j1 = (j0 + COLS_PER_TASK).min(n);
-            let out = out;
             // Weight rows outer: four of them stay in L1 while every input
             // row passes, so the weight is read from memory once.
             let mut j = j0;
@@ -175,7 +182,7 @@ mod small {
                         // SAFETY: (i, j + r) is inside the destination the
                         // caller checked; tasks own disjoint column ranges.
                         unsafe {
-                            let d = out.0.add(i * dst_rs + j + r);
+                            let d = out.get().add(i * dst_rs + j + r);
                             *d = if accumulate { *d + a } else { *a };
                         }
                     }
@@ -396,13 +403,12 @@ pub fn attention(
                 for row in scores.chunks_exact_mut(l) {
                     softmax_in_place(row);
                 }
-                let dst = out_ptr;
                 unsafe {
                     gemm(
                         l,
                         hd,
                         l,
-                        dst.0.add(bi * l * h + hj * hd),
+                        out_ptr.get().add(bi * l * h + hj * hd),
                         1,
                         h as isize,
                         false,
