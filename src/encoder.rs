@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::model::{DualEncoder, ModelError, TokenInput};
 use crate::preprocess::{
-    DecodeLimits, ImageProcessor, ProcessorError, TextTokenizer, TokenizerError,
+    DecodeLimits, ImageProcessor, Preprocessing, ProcessorError, TextTokenizer, TokenizerError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,8 @@ pub struct Encoder {
     images: ImageProcessor,
     tokenizer: Option<TextTokenizer>,
     limits: DecodeLimits,
+    /// Exact unless the caller opts in to the fast path (the daemon does).
+    preprocessing: Preprocessing,
     dir: PathBuf,
     fingerprint: String,
 }
@@ -77,6 +79,7 @@ impl Encoder {
             images,
             tokenizer,
             limits: DecodeLimits::default(),
+            preprocessing: Preprocessing::Exact,
             dir: dir.to_path_buf(),
             fingerprint,
         })
@@ -85,6 +88,18 @@ impl Encoder {
     pub fn with_limits(mut self, limits: DecodeLimits) -> Self {
         self.limits = limits;
         self
+    }
+    /// How files become pixels: [`Preprocessing::Exact`] (the default, what
+    /// the transformers parity holds to) or [`Preprocessing::Fast`].
+    pub fn with_preprocessing(mut self, preprocessing: Preprocessing) -> Self {
+        self.preprocessing = preprocessing;
+        self
+    }
+    pub fn preprocessing(&self) -> Preprocessing {
+        self.preprocessing
+    }
+    pub fn image_processor(&self) -> &ImageProcessor {
+        &self.images
     }
     pub fn model(&self) -> &DualEncoder {
         &self.model
@@ -135,14 +150,19 @@ impl Encoder {
             .map_err(ModelError::from)?)
     }
 
-    /// Decodes and preprocesses one file to CHW floats (CPU only; safe to call from many threads).
+    /// Decodes and preprocesses one file to CHW floats, the way
+    /// [`Self::preprocessing`] says (CPU only; safe to call from many threads).
     pub fn preprocess_path(&self, path: &Path) -> Result<Vec<f32>> {
-        Ok(self.images.preprocess_path(path, &self.limits)?)
+        Ok(self
+            .images
+            .preprocess_path_with(path, &self.limits, self.preprocessing)?)
     }
 
     /// Same, for bytes already in memory (`name` appears in errors).
     pub fn preprocess_bytes(&self, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
-        Ok(self.images.preprocess_bytes(bytes, name, &self.limits)?)
+        Ok(self
+            .images
+            .preprocess_bytes_with(bytes, name, &self.limits, self.preprocessing)?)
     }
 
     /// Normalised image embeddings for preprocessed images, one batch.

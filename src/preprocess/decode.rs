@@ -126,6 +126,113 @@ impl Format {
 /// `limits.max_bytes` before it is read, and the read itself stops one byte past
 /// the limit, so a file that grows meanwhile cannot make us read it whole.
 pub fn decode_path(path: &Path, limits: &DecodeLimits) -> Result<RgbImage> {
+    let (bytes, name) = read_limited(path, limits)?;
+    decode_bytes(&bytes, &name, limits)
+}
+
+/// An image decoded for the fast path, possibly at a reduced scale.
+#[derive(Clone, Debug)]
+pub struct Reduced {
+    /// Upright RGB: the full image, or `1/scale` of it (sizes rounded up).
+    pub image: RgbImage,
+    /// `(width, height)` of the full upright image, as [`decode_path`] gives it.
+    pub full: (u32, u32),
+    /// 1 (full size), 4 or 8.
+    pub scale: u32,
+}
+
+/// [`decode_path`] for the fast path: see [`decode_bytes_reduced`].
+pub fn decode_path_reduced(
+    path: &Path,
+    limits: &DecodeLimits,
+    min_size: impl Fn(u32, u32) -> Option<(u32, u32)>,
+) -> Result<Reduced> {
+    let (bytes, name) = read_limited(path, limits)?;
+    decode_bytes_reduced(&bytes, &name, limits, min_size)
+}
+
+/// Decodes a baseline JPEG at 1/8 or else 1/4 scale, if that keeps
+/// the upright image at least `min_size(full_width, full_height)` =
+/// `(width, height)` pixels large (`None`: no reduction), in the DCT domain
+/// (see [`super::reduced`]). Everything else (other formats, progressive or
+/// CMYK-in-YCCK JPEGs, images too small to reduce, damaged files) goes through
+/// [`decode_bytes`] at full size, so limits, errors and orientation stay
+/// exactly those of the exact path.
+pub fn decode_bytes_reduced(
+    bytes: &[u8],
+    name: &str,
+    limits: &DecodeLimits,
+    min_size: impl Fn(u32, u32) -> Option<(u32, u32)>,
+) -> Result<Reduced> {
+    let jpeg = (bytes.len() as u64) <= limits.max_bytes
+        && matches!(image::guess_format(bytes), Ok(ImageFormat::Jpeg));
+    if jpeg && let Some(reduced) = try_reduced(bytes, limits, &min_size) {
+        return Ok(reduced);
+    }
+    let image = decode_bytes(bytes, name, limits)?;
+    Ok(Reduced {
+        full: image.dimensions(),
+        image,
+        scale: 1,
+    })
+}
+
+/// The reduced decode, or `None` to leave the file to the full-size path.
+fn try_reduced(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    min_size: &dyn Fn(u32, u32) -> Option<(u32, u32)>,
+) -> Option<Reduced> {
+    // Truncated files are refused by the exact path: let it word the error.
+    if !jpeg_complete(bytes) {
+        return None;
+    }
+    // Third-party-free, but still fed hostile files: a bug here must not
+    // take the thread down; the full-size path then decides.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let header = super::reduced::header(bytes).ok()?;
+        let (width, height) = (header.width, header.height);
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels > limits.max_pixels {
+            return None;
+        }
+        let orientation = orientation_from(header.exif, header.xmp);
+        let turned = matches!(
+            orientation,
+            Orientation::Rotate90
+                | Orientation::Rotate270
+                | Orientation::Rotate90FlipH
+                | Orientation::Rotate270FlipH
+        );
+        let full = if turned {
+            (height, width)
+        } else {
+            (width, height)
+        };
+        let (min_w, min_h) = min_size(full.0, full.1)?;
+        let (min_w, min_h) = if turned {
+            (min_h, min_w)
+        } else {
+            (min_w, min_h)
+        };
+        let scale = super::reduced::SCALES
+            .into_iter()
+            .find(|&s| width.div_ceil(s) >= min_w && height.div_ceil(s) >= min_h)?;
+        let (w, h, rgb) = super::reduced::decode(bytes, scale).ok()?;
+        let image = RgbImage::from_raw(w, h, rgb)?;
+        Some(Reduced {
+            image: orient(image, orientation),
+            full,
+            scale,
+        })
+    }))
+    .ok()
+    .flatten()
+}
+
+/// Reads a whole file, refusing it past `limits.max_bytes`; returns the bytes
+/// and the name errors use.
+fn read_limited(path: &Path, limits: &DecodeLimits) -> Result<(Vec<u8>, String)> {
     let name = path.display().to_string();
     let io = |source| DecodeError::Io {
         path: name.clone(),
@@ -144,7 +251,7 @@ pub fn decode_path(path: &Path, limits: &DecodeLimits) -> Result<RgbImage> {
     file.take(limits.max_bytes.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(io)?;
-    decode_bytes(&bytes, &name, limits)
+    Ok((bytes, name))
 }
 
 /// Decodes an image held in memory; `name` stands for its path in errors.
@@ -364,25 +471,31 @@ fn tiff_cmyk8(ctx: &Ctx) -> Result<RgbImage> {
 /// EXIF has none, `tiff:Orientation` in the XMP packet. Unreadable metadata
 /// means no rotation rather than a failed decode (Pillow also ignores it).
 fn orientation(decoder: &mut impl ImageDecoder, format: Format) -> Orientation {
-    let from_exif = match format {
+    if format == Format::Tiff {
         // TIFF keeps the tag in the image's own IFD; `image` reads it there.
-        Format::Tiff => decoder
+        if let Some(o) = decoder
             .orientation()
             .ok()
-            .filter(|o| *o != Orientation::NoTransforms),
-        _ => decoder.exif_metadata().ok().flatten().and_then(|exif| {
-            let body = exif.strip_prefix(b"Exif\0\0").unwrap_or(&exif);
-            Orientation::from_exif_chunk(body)
-        }),
-    };
+            .filter(|o| *o != Orientation::NoTransforms)
+        {
+            return o;
+        }
+        return orientation_from(None, decoder.xmp_metadata().ok().flatten());
+    }
+    let exif = decoder.exif_metadata().ok().flatten();
+    orientation_from(exif, decoder.xmp_metadata().ok().flatten())
+}
+
+/// The EXIF orientation (`Exif\0\0` prefix optional), else the XMP one.
+fn orientation_from(exif: Option<Vec<u8>>, xmp: Option<Vec<u8>>) -> Orientation {
+    let from_exif = exif.and_then(|exif| {
+        let body = exif.strip_prefix(b"Exif\0\0").unwrap_or(&exif);
+        Orientation::from_exif_chunk(body)
+    });
     if let Some(o) = from_exif {
         return o;
     }
-    decoder
-        .xmp_metadata()
-        .ok()
-        .flatten()
-        .and_then(|xmp| xmp_orientation(&xmp))
+    xmp.and_then(|xmp| xmp_orientation(&xmp))
         .and_then(Orientation::from_exif)
         .unwrap_or(Orientation::NoTransforms)
 }
@@ -487,7 +600,14 @@ fn grey16(v: u16, clipped: bool) -> u8 {
 /// walking the marker segments so that an EXIF thumbnail's EOI does not count.
 /// Entropy-coded data escapes 0xFF as FF 00, so FF D9 there is a real EOI.
 fn check_jpeg_complete(bytes: &[u8], ctx: &Ctx) -> Result<()> {
-    let truncated = || ctx.malformed("no end-of-image marker, the file is truncated");
+    if jpeg_complete(bytes) {
+        Ok(())
+    } else {
+        Err(ctx.malformed("no end-of-image marker, the file is truncated"))
+    }
+}
+
+fn jpeg_complete(bytes: &[u8]) -> bool {
     let mut at = 2; // after SOI
     loop {
         // Like libjpeg, step over stray bytes before a marker, then fill bytes.
@@ -498,23 +618,22 @@ fn check_jpeg_complete(bytes: &[u8], ctx: &Ctx) -> Result<()> {
             at += 1;
         }
         let (Some(&0xFF), Some(&marker)) = (bytes.get(at), bytes.get(at + 1)) else {
-            return Err(truncated());
+            return false;
         };
         match marker {
-            0xD9 => return Ok(()),
+            0xD9 => return true,
             // Standalone markers carry no length.
             0x01 | 0xD0..=0xD7 => at += 2,
             _ => {
                 let (Some(&hi), Some(&lo)) = (bytes.get(at + 2), bytes.get(at + 3)) else {
-                    return Err(truncated());
+                    return false;
                 };
                 let len = usize::from(hi) << 8 | usize::from(lo);
                 if marker == 0xDA {
-                    let scan = bytes.get(at + 2 + len..).ok_or_else(truncated)?;
-                    return match find(scan, &[0xFF, 0xD9]) {
-                        Some(_) => Ok(()),
-                        None => Err(truncated()),
-                    };
+                    return bytes
+                        .get(at + 2 + len..)
+                        // From the end: a whole file ends with it, so this is quick.
+                        .is_some_and(|scan| scan.windows(2).rev().any(|w| w == [0xFF, 0xD9]));
                 }
                 at += 2 + len;
             }
@@ -846,6 +965,176 @@ pub(crate) mod tests {
                 if let Err(e) = decode_bytes(&copy, &name, &limits) {
                     assert!(!e.to_string().contains("panicked"), "{e}");
                 }
+            }
+        }
+    }
+
+    /// Every JPEG fixture (the stored set and the photos).
+    fn jpeg_fixtures() -> Vec<std::path::PathBuf> {
+        let mut files: Vec<std::path::PathBuf> = fixtures::index()["decode"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, e)| !k.starts_with("bad/") && e["format"] == "JPEG")
+            .map(|(_, e)| fixtures::root().join(e["path"].as_str().unwrap()))
+            .collect();
+        for entry in std::fs::read_dir(fixtures::root().join("tests/fixtures/images")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "jpg") && !files.contains(&path) {
+                files.push(path);
+            }
+        }
+        files.sort();
+        files
+    }
+
+    /// Mean of each `scale`×`scale` cell (cut at the edges): what a 1/8
+    /// DCT-domain decode computes exactly, and a 1/4 one nearly.
+    fn box_down(image: &RgbImage, scale: u32) -> RgbImage {
+        let (w, h) = image.dimensions();
+        RgbImage::from_fn(w.div_ceil(scale), h.div_ceil(scale), |x, y| {
+            let mut sum = [0u32; 3];
+            let mut count = 0;
+            for yy in y * scale..((y + 1) * scale).min(h) {
+                for xx in x * scale..((x + 1) * scale).min(w) {
+                    let p = image.get_pixel(xx, yy).0;
+                    (0..3).for_each(|c| sum[c] += u32::from(p[c]));
+                    count += 1;
+                }
+            }
+            image::Rgb(sum.map(|v| ((v + count / 2) / count) as u8))
+        })
+    }
+
+    /// The reduced decode of every JPEG fixture at 1/8 and 1/4 against the
+    /// full decode averaged down: same orientation, same colours (grey,
+    /// 4:2:0 / 4:2:2 / 4:4:4, CMYK, EXIF and XMP rotations, restart
+    /// markers), within a few grey levels; progressive falls back to full size.
+    #[test]
+    fn reduced_jpeg_is_the_full_decode_averaged_down() {
+        let limits = DecodeLimits::default();
+        let mut failures = Vec::new();
+        for path in jpeg_fixtures() {
+            let full = decode_path(&path, &limits).unwrap();
+            let progressive = path.to_string_lossy().contains("progressive");
+            let bytes = std::fs::read(&path).unwrap();
+            let turn = super::super::reduced::header(&bytes)
+                .map(|h| orientation_from(h.exif, h.xmp))
+                .unwrap_or(Orientation::NoTransforms);
+            let undo = match turn {
+                Orientation::Rotate90 => Orientation::Rotate270,
+                Orientation::Rotate270 => Orientation::Rotate90,
+                other => other,
+            };
+            for scale in [8, 4] {
+                let reduced = decode_path_reduced(&path, &limits, |w, h| {
+                    Some((w.div_ceil(scale), h.div_ceil(scale)))
+                })
+                .unwrap();
+                let name = format!("{} at 1/{scale}", path.display());
+                assert_eq!(reduced.full, full.dimensions(), "{name}");
+                if progressive {
+                    assert_eq!(reduced.scale, 1, "{name}: progressive decoded reduced");
+                    assert_eq!(reduced.image, full, "{name}");
+                    continue;
+                }
+                assert_eq!(reduced.scale, scale, "{name}: not reduced");
+                // Cells lie on the stored image's grid: average there, then turn.
+                let want = orient(box_down(&orient(full.clone(), undo), scale), turn);
+                assert_eq!(reduced.image.dimensions(), want.dimensions(), "{name}");
+                let (a, b) = (want.as_raw(), reduced.image.as_raw());
+                let max = fixtures::max_abs_diff(a, b);
+                let mean = a
+                    .iter()
+                    .zip(b)
+                    .map(|(&x, &y)| f64::from(x.abs_diff(y)))
+                    .sum::<f64>()
+                    / a.len() as f64;
+                eprintln!("{name}: mean diff {mean:.3}, max {max}");
+                if mean > REDUCED_MAX_MEAN_DIFF {
+                    failures.push(format!("{name}: mean diff {mean:.3}, max {max}"));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// Replicated chroma and the 2×2 IDCT's low-pass against a box average,
+    /// in grey levels per sample. Measured worst: 3.4 (40×30 4:2:0 fixtures
+    /// at 1/4, where every cell is an edge); photos stay under 2.
+    const REDUCED_MAX_MEAN_DIFF: f64 = 4.0;
+
+    #[test]
+    fn reduced_decode_gives_the_exact_errors() {
+        let limits = DecodeLimits::default();
+        let any = |_: u32, _: u32| Some((1, 1));
+        let bad = fixtures::root().join("tests/fixtures/images/bad");
+        for entry in std::fs::read_dir(&bad).unwrap() {
+            let path = entry.unwrap().path();
+            let exact = decode_path(&path, &limits).unwrap_err().to_string();
+            let fast = decode_path_reduced(&path, &limits, any)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(fast, exact);
+        }
+        let rocket = fixtures::root().join("tests/fixtures/images/rocket.jpg");
+        let few = DecodeLimits {
+            max_pixels: 640 * 427 - 1,
+            ..DecodeLimits::default()
+        };
+        assert!(matches!(
+            decode_path_reduced(&rocket, &few, any),
+            Err(DecodeError::TooManyPixels { .. })
+        ));
+        let bytes = std::fs::read(&rocket).unwrap();
+        let err =
+            decode_bytes_reduced(&bytes[..bytes.len() - 2], "r.jpg", &limits, any).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+        // Not every file is worth reducing: then it is the full decode.
+        let whole = decode_path_reduced(&rocket, &limits, |w, h| Some((w, h))).unwrap();
+        assert_eq!((whole.scale, whole.image.dimensions()), (1, (640, 427)));
+        let none = decode_path_reduced(&rocket, &limits, |_, _| None).unwrap();
+        assert_eq!(none.scale, 1);
+    }
+
+    /// Truncations and byte flips of every JPEG fixture through the reduced
+    /// decoder: errors are fine (and are the exact path's), panics are not.
+    #[test]
+    fn reduced_corrupted_inputs_never_panic() {
+        let limits = DecodeLimits::default();
+        let any = |_: u32, _: u32| Some((1, 1));
+        let mut x: u32 = 54321;
+        let mut next = move || {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345) & 0x7FFF_FFFF;
+            x as usize
+        };
+        for path in jpeg_fixtures() {
+            let bytes = std::fs::read(&path).unwrap();
+            let name = path.display().to_string();
+            let check = |data: &[u8]| {
+                if let Err(e) = decode_bytes_reduced(data, &name, &limits, any) {
+                    assert!(e.to_string().starts_with(&name), "{e}");
+                    assert!(!e.to_string().contains("panicked"), "{e}");
+                }
+            };
+            for cut in [
+                2,
+                20,
+                200,
+                bytes.len() / 3,
+                bytes.len() / 2,
+                bytes.len() - 1,
+            ] {
+                check(&bytes[..cut.min(bytes.len())]);
+            }
+            for _ in 0..30 {
+                let mut copy = bytes.clone();
+                for _ in 0..4 {
+                    // Past the headers too: the entropy-coded data is ours to parse.
+                    let at = next() % copy.len();
+                    copy[at] = next() as u8;
+                }
+                check(&copy);
             }
         }
     }

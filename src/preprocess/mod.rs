@@ -8,14 +8,20 @@
 
 pub mod decode;
 pub mod processor;
+mod reduced;
 pub mod resize;
 pub mod tokenizer;
 
 #[cfg(test)]
 mod fixtures;
 
-pub use decode::{DecodeError, DecodeLimits, decode_bytes, decode_path};
+pub use decode::{
+    DecodeError, DecodeLimits, Reduced, decode_bytes, decode_bytes_reduced, decode_path,
+    decode_path_reduced,
+};
 pub use image::RgbImage;
-pub use processor::{ImageProcessor, ImageProcessorConfig, ProcessorError, Size};
+pub use processor::{
+    FAST_MARGIN, ImageProcessor, ImageProcessorConfig, Preprocessing, ProcessorError, Size,
+};
 pub use resize::{Filter, ResizeError, center_crop, resize, resize_center_crop};
 pub use tokenizer::{TextTokenizer, TokenBatch, TokenizerError};
