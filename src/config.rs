@@ -33,6 +33,9 @@ pub struct Settings {
     pub device: String,
     /// f32, f16, bf16 (half precision on CUDA only).
     pub dtype: String,
+    /// Pillow-identical decode and resize (as transformers) instead of the
+    /// fast path (large JPEGs decoded at 1/4 or 1/8 scale).
+    pub exact_preprocessing: bool,
     /// Where the store and index checkpoints live.
     pub data_dir: PathBuf,
     /// TCP address for gRPC.
@@ -102,6 +105,7 @@ impl Default for Settings {
             model: None,
             device: "auto".into(),
             dtype: "f32".into(),
+            exact_preprocessing: false,
             // systemd's StateDirectory= sets STATE_DIRECTORY.
             data_dir: std::env::var_os("STATE_DIRECTORY")
                 .map(PathBuf::from)
@@ -245,6 +249,15 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    /// How the daemon turns files (and query images) into pixels.
+    pub fn preprocessing(&self) -> crate::preprocess::Preprocessing {
+        if self.exact_preprocessing {
+            crate::preprocess::Preprocessing::Exact
+        } else {
+            crate::preprocess::Preprocessing::Fast
+        }
     }
 
     pub fn debounce(&self) -> Duration {

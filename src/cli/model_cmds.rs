@@ -13,6 +13,7 @@ use crate::model::checkpoint::{
     copy_image_processor, copy_tokenizer_files, default_image_processor,
 };
 use crate::model::{DualEncoder, hub};
+use crate::preprocess::Preprocessing;
 use crate::server::core::{LabelScore, rank_labels};
 
 /// Where and how the model runs (shared by every command that runs it).
@@ -27,6 +28,10 @@ pub struct RunArgs {
     /// f32 (default), or f16 / bf16 on CUDA.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Decode large JPEGs at reduced scale, as the daemon does by default
+    /// (`exact_preprocessing = false`), instead of exactly as transformers.
+    #[arg(long)]
+    pub fast_preprocessing: bool,
 }
 
 impl RunArgs {
@@ -34,8 +39,14 @@ impl RunArgs {
         let dir = hub::resolve(&self.model)?;
         let device = self.device.open()?;
         let dtype = parse_dtype(&self.dtype, &device)?;
-        Encoder::load(&dir, &device, dtype)
-            .with_context(|| format!("loading model {}", dir.display()))
+        let mode = if self.fast_preprocessing {
+            Preprocessing::Fast
+        } else {
+            Preprocessing::Exact
+        };
+        Ok(Encoder::load(&dir, &device, dtype)
+            .with_context(|| format!("loading model {}", dir.display()))?
+            .with_preprocessing(mode))
     }
 }
 

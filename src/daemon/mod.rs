@@ -244,9 +244,11 @@ fn load_engines(s: &Settings) -> Result<(Engine, Option<Engine>)> {
         max_bytes: s.ingest.max_image_bytes,
         max_pixels: s.ingest.max_image_pixels,
     };
-    let encoder = Encoder::load(&dir, &device, dtype)?.with_limits(limits.clone());
+    let encoder = Encoder::load(&dir, &device, dtype)?
+        .with_limits(limits.clone())
+        .with_preprocessing(s.preprocessing());
     let fp = encoder.fingerprint().to_string();
-    tracing::info!(model = %dir.display(), fingerprint = %fp, dim = encoder.dim(), "model loaded");
+    tracing::info!(model = %dir.display(), fingerprint = %fp, dim = encoder.dim(), preprocessing = ?encoder.preprocessing(), "model loaded");
     let store = Store::open(s.data_dir.join("store"))?;
     let params = IndexParams {
         max_nb_connection: s.index.m,
@@ -270,7 +272,10 @@ fn load_engines(s: &Settings) -> Result<(Engine, Option<Engine>)> {
                 Some(old) => {
                     tracing::info!(old = %old_fp, new = %fp, "model changed: the old index serves while the new one is built");
                     Some(Engine::open(
-                        Arc::new(old.with_limits(limits)),
+                        Arc::new(
+                            old.with_limits(limits)
+                                .with_preprocessing(s.preprocessing()),
+                        ),
                         store.clone(),
                         &s.data_dir,
                         params,

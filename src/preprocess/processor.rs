@@ -613,6 +613,13 @@ impl ImageProcessor {
         )?)
     }
 
+    /// [`Self::decode_fast`] of a file.
+    pub fn decode_path_fast(&self, path: &Path, limits: &DecodeLimits) -> Result<Reduced> {
+        Ok(decode::decode_path_reduced(path, limits, |w, h| {
+            self.min_decode_size(w, h)
+        })?)
+    }
+
     /// The fast path's resize, rescale and normalise of a [`Reduced`] image:
     /// to the size the exact path would resize the full image to, so the
     /// crop (if any) takes the same part of the picture.
