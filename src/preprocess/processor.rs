@@ -84,9 +84,12 @@ pub enum Preprocessing {
 }
 
 /// The fast path keeps the reduced image at least this many times the resize
-/// target on each side, so the resize still averages several source pixels
-/// per output pixel, as from the full image. Measured in BENCHMARKS.md.
-pub const FAST_MARGIN: f64 = 1.0;
+/// target on each side, so the resize after it still spans more than one
+/// source pixel per output pixel. At 1.0, a 451×300 photo for a 32-pixel
+/// model differed by 4.4 grey levels on average (the 8×8 block means then
+/// dominate the filter); at 1.5, by 0.7. A 12 MP photo for a 224-pixel model
+/// is still decoded at 1/8 (375 rows ≥ 336). Measured in BENCHMARKS.md.
+pub const FAST_MARGIN: f64 = 1.5;
 
 /// The resize target, as transformers' size dictionaries express it.
 #[derive(Clone, Debug, PartialEq)]
@@ -1043,6 +1046,63 @@ mod tests {
         assert!(err.to_string().starts_with("upload.jpg: "), "{err}");
         let err = p.preprocess(&RgbImage::new(0, 0)).unwrap_err();
         assert!(err.to_string().contains("at least one pixel"), "{err}");
+    }
+
+    /// Mean difference of fast and exact pixel values allowed on that photo,
+    /// in grey levels (measured: 0.64 ViT, 0.88 CLIP).
+    const FAST_MAX_MEAN_LEVELS: f32 = 1.5;
+
+    /// The fast path on a 1200×900 phone photo (stored turned, EXIF 6) for
+    /// 128-pixel processors: decoded at 1/4 (1/8 would keep under 1.5 × 128),
+    /// upright, and its pixel values close to the exact path's. DeiT's
+    /// default resizes to 256 first, which 1/4 would not cover with the
+    /// margin; a crop-only processor needs the original pixels: neither is
+    /// reduced.
+    #[test]
+    fn fast_path_reduces_a_photo_with_margin() {
+        let photo = fixtures::root().join("tests/fixtures/images/coffee_phone_exif6.jpg");
+        let limits = DecodeLimits::default();
+        let configs = [
+            (
+                r#"{"image_processor_type": "ViTImageProcessor", "size": 128}"#,
+                4,
+            ),
+            (
+                r#"{"image_processor_type": "CLIPImageProcessor", "size": 128, "crop_size": 128}"#,
+                4,
+            ),
+            (r#"{"image_processor_type": "DeiTImageProcessor"}"#, 1),
+        ];
+        for (json, scale) in configs {
+            let p = ImageProcessor::new(parse(json).unwrap()).unwrap();
+            let reduced = p.decode_path_fast(&photo, &limits).unwrap();
+            assert_eq!(reduced.scale, scale, "{json}");
+            assert_eq!(reduced.full, (1200, 900), "{json}");
+            let (w, h) = (1200_u32.div_ceil(scale), 900_u32.div_ceil(scale));
+            assert_eq!(reduced.image.dimensions(), (w, h), "{json}");
+            let exact = p.preprocess_path(&photo, &limits).unwrap();
+            let fast = p
+                .preprocess_path_with(&photo, &limits, Preprocessing::Fast)
+                .unwrap();
+            let n = exact.len() as f32;
+            let mean = exact
+                .iter()
+                .zip(&fast)
+                .map(|(a, b)| (a - b).abs())
+                .sum::<f32>()
+                / n;
+            // In grey levels (the normalised range is 255 levels wide over ~2 units).
+            let levels = mean * 255.0 * p.config().image_std[0] as f32;
+            eprintln!("{json}: fast vs exact mean diff {levels:.3} grey levels");
+            assert!(
+                levels < FAST_MAX_MEAN_LEVELS,
+                "{json}: mean diff {levels} grey levels"
+            );
+        }
+        let crop_only =
+            parse(r#"{"image_processor_type": "CLIPImageProcessor", "do_resize": false}"#).unwrap();
+        let p = ImageProcessor::new(crop_only).unwrap();
+        assert_eq!(p.decode_path_fast(&photo, &limits).unwrap().scale, 1);
     }
 
     fn parse(json: &str) -> Result<ImageProcessorConfig> {

@@ -324,3 +324,79 @@ fn init_from_configs_has_transformers_keys() {
         );
     }
 }
+
+/// The fast preprocessing path against the exact one on every fixture photo,
+/// through the tiny ViT-BERT model (32×32 input, so every JPEG from 256 px on
+/// is decoded at 1/8 or 1/4): embeddings within cosine 0.995, pixel values
+/// within a few grey levels on average, and failures with the exact path's
+/// very message (hostile files in `bad/` included).
+#[test]
+fn fast_preprocessing_stays_close_to_exact() {
+    use dualsight::encoder::Encoder;
+    use dualsight::preprocess::Preprocessing;
+
+    let dir = model_dir("vit-bert");
+    let exact = Encoder::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    let fast = Encoder::load(&dir, &Device::Cpu, DType::F32)
+        .unwrap()
+        .with_preprocessing(Preprocessing::Fast);
+    let mut files: Vec<_> = ["images", "images/bad"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(fixtures().join(d)).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e != "md"))
+        .collect();
+    files.sort();
+    let mut reduced = Vec::new();
+    let mut worst = (1.0f32, String::new());
+    for path in &files {
+        let name = path.display().to_string();
+        let (want, got) = match (exact.preprocess_path(path), fast.preprocess_path(path)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(a), Err(b)) => {
+                assert_eq!(b.to_string(), a.to_string());
+                continue;
+            }
+            (a, b) => panic!("{name}: exact {:?}, fast {:?}", a.err(), b.err()),
+        };
+        let scale = fast
+            .image_processor()
+            .decode_path_fast(path, fast.limits())
+            .unwrap()
+            .scale;
+        if scale > 1 {
+            reduced.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+        // Normalised with mean = std = 0.5: one grey level is 2/255.
+        let levels = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / want.len() as f32
+            * 127.5;
+        let embeds = exact.embed_pixels(&[want, got]).unwrap();
+        let cos = cosines(&embeds[..1], &embeds[1..])[0];
+        eprintln!("{name}: 1/{scale}, mean diff {levels:.2} grey levels, cosine {cos:.6}");
+        // Measured worst: 1.75 (the CMYK astronaut).
+        assert!(levels < 2.5, "{name}: mean diff {levels} grey levels");
+        assert!(cos >= 0.995, "{name}: cosine {cos}");
+        if cos < worst.0 {
+            worst = (cos, name);
+        }
+    }
+    eprintln!("worst cosine {:.6}: {}", worst.0, worst.1);
+    // The JPEGs big enough to reduce for a 32-pixel model really were: the
+    // grey one, the CMYK one, the EXIF-rotated ones and a plain one.
+    reduced.sort();
+    assert_eq!(
+        reduced,
+        [
+            "astronaut_cmyk.jpg",
+            "camera_grey.jpg",
+            "chelsea_exif6.jpg",
+            "coffee_phone_exif6.jpg",
+            "rocket.jpg",
+        ]
+    );
+}
