@@ -285,6 +285,19 @@ mod tests {
     }
 
     #[test]
+    fn exact_preprocessing_picks_the_path() {
+        use crate::preprocess::Preprocessing;
+        let mut s = Settings::default();
+        assert_eq!(s.preprocessing(), Preprocessing::Fast);
+        s.exact_preprocessing = true;
+        assert_eq!(s.preprocessing(), Preprocessing::Exact);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "exact_preprocessing = true\n").unwrap();
+        assert!(Settings::from_file(&p).unwrap().exact_preprocessing);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");

@@ -195,8 +195,11 @@ pub fn run(
         "ingest.images_per_s",
         SECTION,
         format!(
-            "end to end ({:?} preprocessing): decode → embed (batch {}) → sled commit → HNSW",
-            enc.preprocessing(),
+            "end to end ({} preprocessing): decode → embed (batch {}) → sled commit → HNSW",
+            match enc.preprocessing() {
+                Preprocessing::Exact => "exact",
+                Preprocessing::Fast => "fast",
+            },
             cfg.ingest_batch
         ),
         "images/s",
