@@ -193,8 +193,8 @@ const PHOTOS: &[&str] = &[
     "astronaut_cmyk.jpg",
 ];
 
-/// Exact cosine ranking of `paths` for `text`, from `dualsight embed` (the
-/// exact pipeline, itself checked against transformers).
+/// Exact cosine ranking of `paths` for `text`, from `dualsight embed` with
+/// the daemon's preprocessing (the model itself checked against transformers).
 fn exact_ranking(text: &str, paths: &[PathBuf]) -> Vec<(PathBuf, f32)> {
     exact_ranking_with("vit-bert", text, paths)
 }
@@ -204,7 +204,10 @@ fn exact_ranking_with(model: &str, text: &str, paths: &[PathBuf]) -> Vec<(PathBu
     cmd.arg("embed")
         .arg("--model")
         .arg(model_dir(model))
-        .args(["--json", "--device", "cpu", "--text", text]);
+        .args(["--json", "--device", "cpu", "--text", text])
+        // The daemon's default (exact_preprocessing = false): same pixels, so
+        // the scores must match to 1e-4.
+        .arg("--fast-preprocessing");
     for p in paths {
         cmd.arg("--image").arg(p);
     }
