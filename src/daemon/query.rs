@@ -1,7 +1,8 @@
 //! The query side of the daemon: [`crate::server::Core`] over the engine.
 //! Model work (text and image embedding) runs on blocking threads; the HNSW
-//! answers nearest vectors, the store maps them to every path holding that
-//! content, and filters (path prefix, minimum score) apply to paths.
+//! answers nearest vectors, the store gives their exact cosines (from its f32
+//! copies) and every path holding that content, and filters (path prefix,
+//! minimum score) apply to paths.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -171,7 +172,7 @@ impl DaemonCore {
             let exhausted = found.len() < fetch || fetch >= live;
             let mut hits = Vec::new();
             let mut below_min = false;
-            for (id, score) in found {
+            for (id, score) in exact_scores(engine, q, found)? {
                 if min_score.is_some_and(|m| score < m) {
                     below_min = true;
                     break;
@@ -206,6 +207,33 @@ impl DaemonCore {
                 .await?;
         Ok(rank_hits(scored, scale))
     }
+}
+
+/// The index ranks half-precision copies of the vectors (scores off by up to
+/// ~1e-3); hits get the exact cosine with the store's f32 vector instead,
+/// best first. A vector deleted since the search is dropped.
+fn exact_scores(engine: &Engine, q: &[f32], found: Vec<(u64, f32)>) -> Result<Vec<(u64, f32)>> {
+    let qn = norm(q);
+    let mut out = Vec::with_capacity(found.len());
+    for (id, _) in found {
+        if let Some(v) = engine.space.vector(id).map_err(internal)? {
+            let dot: f64 = q
+                .iter()
+                .zip(&v.vector)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
+            out.push((id, (dot / (qn * norm(&v.vector))).min(1.0) as f32));
+        }
+    }
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    Ok(out)
+}
+
+fn norm(v: &[f32]) -> f64 {
+    v.iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt()
 }
 
 fn internal(e: impl std::fmt::Display) -> CoreError {

@@ -15,11 +15,14 @@
 //!   tombstone every `live_ids()` id the space no longer has
 //!   (`Space::has_vector`), then insert `space.iter_vectors_from(last_id + 1)`.
 //!
-//! Memory: about 6.4 KB per vector at 512-d with the default parameters
-//! (`tests::memory_per_vector`: RSS growth over 20k insertions): 2 KB of f32
-//! data, the rest mostly graph edges (hnsw_rs allocates one `Arc` per edge and
-//! layer 0 keeps up to 2·M = 48) and allocator overhead; our id sets add
-//! ~40 B. 1 M photos ≈ 6.4 GB of RAM.
+//! Memory: vectors are stored in half precision ([`dist::Half`], 1 KB at
+//! 512-d); with the default parameters an index of 100k synthetic 512-d
+//! vectors grew the process by about 3.7 KB per vector when built and 4.8 KB
+//! when loaded from a checkpoint (VmRSS after `malloc_trim`): the rest is the
+//! graph, where hnsw_rs allocates one `Arc` per edge (48 bytes with glibc's
+//! chunk header, plus an 8-byte slot) and layer 0 keeps up to 2·M = 48.
+
+pub mod dist;
 
 use std::collections::{BinaryHeap, HashSet};
 use std::fs::{self, File};
@@ -30,6 +33,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo};
+
+pub use dist::{DualsightDot, Half};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -107,38 +112,6 @@ impl IndexParams {
     }
 }
 
-/// `max(0, 1 - a·b)` on unit vectors: the cosine distance without hnsw_rs's
-/// `DistDot` assertion (rounding gives `a·a = 1.0000001`). hnsw_rs writes the
-/// type's name into dumps and checks it at reload: renaming it invalidates
-/// checkpoints (they are then rebuilt from the store).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DualsightDot;
-
-impl Distance<f32> for DualsightDot {
-    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        (1.0 - dot(a, b)).max(0.0)
-    }
-}
-
-/// Eight independent accumulators so the compiler can vectorise without
-/// reassociating floats.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// Cosine score of an HNSW distance; equal to the exact scan's `min(dot, 1)`.
 fn score_of(distance: f32) -> f32 {
     1.0 - distance
@@ -157,7 +130,8 @@ const FILTER_SAMPLE: usize = 256;
 /// Tombstones above this fraction of the graph make a rebuild worthwhile.
 const COMPACTION_FRACTION: f64 = 0.2;
 
-const CHECKPOINT_FORMAT: u32 = 1;
+/// 1: f32 vectors; 2: half-precision vectors ([`Half`]).
+const CHECKPOINT_FORMAT: u32 = 2;
 const CURRENT: &str = "CURRENT";
 const MANIFEST: &str = "manifest.json";
 const GEN_PREFIX: &str = "gen-";
@@ -186,7 +160,7 @@ pub struct VectorIndex {
     /// hnsw_rs locks internally and its insert/search take `&self`, so
     /// searches run in parallel with each other and with an insert. `'static`:
     /// a loaded graph borrows its `HnswIo`, which [`VectorIndex::load`] leaks.
-    hnsw: Hnsw<'static, f32, DualsightDot>,
+    hnsw: Hnsw<'static, Half, DualsightDot>,
     /// Serialises inserts and checkpoint dumps (a dump must not see a half
     /// inserted point); searches never take it.
     writer: Mutex<()>,
@@ -270,7 +244,7 @@ impl VectorIndex {
     fn from_parts(
         dim: usize,
         params: IndexParams,
-        hnsw: Hnsw<'static, f32, DualsightDot>,
+        hnsw: Hnsw<'static, Half, DualsightDot>,
         ids: Ids,
     ) -> Self {
         VectorIndex {
@@ -367,7 +341,7 @@ impl VectorIndex {
         if normed.is_empty() {
             return Ok(0);
         }
-        let data: Vec<(&[f32], usize)> = normed
+        let data: Vec<(&[Half], usize)> = normed
             .iter()
             .map(|(id, v)| (v.as_slice(), *id as usize))
             .collect();
@@ -462,7 +436,7 @@ impl VectorIndex {
     }
 
     /// Plain hnsw_rs search, best first.
-    fn walk(&self, q: &[f32], knbn: usize, ef: usize) -> Vec<(u64, f32)> {
+    fn walk(&self, q: &[Half], knbn: usize, ef: usize) -> Vec<(u64, f32)> {
         sorted(
             self.hnsw
                 .search(q, knbn, ef)
@@ -487,7 +461,7 @@ impl VectorIndex {
         }))
     }
 
-    fn scan(&self, q: &[f32], k: usize, accept: &dyn Fn(u64) -> bool) -> Vec<(u64, f32)> {
+    fn scan(&self, q: &[Half], k: usize, accept: &dyn Fn(u64) -> bool) -> Vec<(u64, f32)> {
         if k == 0 || self.hnsw.get_nb_point() == 0 {
             return Vec::new();
         }
@@ -518,7 +492,10 @@ impl VectorIndex {
         sorted(heap.into_iter().map(|r| (r.0.id, r.0.score)).collect())
     }
 
-    fn normalised(&self, v: &[f32]) -> Result<Vec<f32>> {
+    /// `v` checked, L2-normalised (in f64) and rounded to half precision:
+    /// stored vectors and queries alike, so the graph walk and the exact scan
+    /// compare the same numbers and give the same scores.
+    fn normalised(&self, v: &[f32]) -> Result<Vec<Half>> {
         if v.len() != self.dim {
             return Err(IndexError::Dimension {
                 expected: self.dim,
@@ -536,7 +513,9 @@ impl VectorIndex {
         if norm < 1e-6 {
             return Err(IndexError::InvalidVector("zero norm"));
         }
-        Ok(v.iter().map(|&x| (f64::from(x) / norm) as f32).collect())
+        Ok(v.iter()
+            .map(|&x| Half::from_f32((f64::from(x) / norm) as f32))
+            .collect())
     }
 
     // ---- checkpoints ----------------------------------------------------------
@@ -652,8 +631,9 @@ impl VectorIndex {
     }
 
     /// The checkpoint in `dir` and the last store id it covers. `None` when
-    /// there is none or it belongs to another model (fingerprint or dim);
-    /// `Err` when it is damaged: rebuild from the store then.
+    /// there is none, it belongs to another model (fingerprint or dim) or it
+    /// was written in an older format; `Err` when it is damaged. Either way
+    /// the caller rebuilds from the store.
     pub fn load(dir: &Path, fingerprint: &str, dim: usize) -> Result<Option<(VectorIndex, u64)>> {
         let current = dir.join(CURRENT);
         let gen_name = match fs::read_to_string(&current) {
@@ -692,6 +672,13 @@ impl VectorIndex {
         };
         let m: Manifest =
             serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("{MANIFEST}: {e}")))?;
+        if m.format < CHECKPOINT_FORMAT {
+            // Written by an older dualsight (format 1: f32 vectors): not
+            // converted in place, the caller rebuilds from the store, which
+            // holds every vector in full precision.
+            tracing::info!(dir = %dir.display(), format = m.format, "index checkpoint in an older format: rebuilding");
+            return Ok(None);
+        }
         if m.format != CHECKPOINT_FORMAT {
             return Err(corrupt(format!(
                 "format {} (this dualsight reads {CHECKPOINT_FORMAT})",
@@ -740,10 +727,17 @@ impl VectorIndex {
                 let load = move || {
                     let loader: &'static mut HnswIo =
                         Box::leak(Box::new(HnswIo::new(&gen_dir, &basename)));
-                    loader.load_hnsw::<f32, DualsightDot>()
+                    loader.load_hnsw::<Half, DualsightDot>()
                 };
                 match catch_unwind(AssertUnwindSafe(load)) {
-                    Ok(Ok(h)) => h,
+                    Ok(Ok(mut h)) => {
+                        // hnsw_rs turns candidate extension on for reloaded
+                        // graphs; `new` leaves it off. Off, as for a graph
+                        // built in this process: later inserts cost the same
+                        // and build the same kind of graph.
+                        h.set_extend_candidates(false);
+                        h
+                    }
                     Ok(Err(e)) => return Err(corrupt(format!("hnsw_rs: {e:#}"))),
                     Err(_) => return Err(corrupt("hnsw_rs panicked while loading".into())),
                 }
@@ -1101,16 +1095,6 @@ mod tests {
     }
 
     #[test]
-    fn clamped_distance_never_goes_negative() {
-        let v = unit(vec![0.1, 0.7, 0.3, 0.2, 0.9, 0.4, 0.5, 0.6, 0.05]);
-        let w: Vec<f32> = v.iter().map(|x| x * 1.000_001).collect();
-        assert!(DualsightDot.eval(&v, &w) >= 0.0);
-        assert_eq!(DualsightDot.eval(&v, &w), 0.0);
-        let neg: Vec<f32> = v.iter().map(|x| -x).collect();
-        assert!((DualsightDot.eval(&v, &neg) - 2.0).abs() < 1e-5);
-    }
-
-    #[test]
     fn search_returns_nearest_first_as_cosines() {
         let data = random_set(500, 32, 1);
         let idx = build(&data, IndexParams::default());
@@ -1123,7 +1107,13 @@ mod tests {
         let hits = idx.search(&scaled, 5, None).unwrap();
         assert_eq!(hits.len(), 5);
         assert_eq!(hits[0].0, 42);
-        assert!((hits[0].1 - 1.0).abs() < 1e-5, "{hits:?}");
+        // Half precision: scores are the f32 cosines within ~1e-3.
+        assert!((hits[0].1 - 1.0).abs() < 2e-3, "{hits:?}");
+        for (id, score) in &hits {
+            let v = &data[*id as usize - 1];
+            let cos: f32 = v.iter().zip(&data[41]).map(|(a, b)| a * b).sum();
+            assert!((score - cos).abs() < 2e-3, "{id}: {score} vs {cos}");
+        }
         assert!(hits.windows(2).all(|w| w[0].1 >= w[1].1));
         let exact = idx.exact_search(&scaled, 5, None).unwrap();
         assert_eq!(exact[0].0, 42);
@@ -1188,7 +1178,7 @@ mod tests {
             let accept = |id: &usize| (*id as u64).is_multiple_of(f);
             for q in &queries {
                 idx.hnsw
-                    .search_filter(&unit(q.clone()), 10, 128, Some(&accept));
+                    .search_filter(&dist::to_half(&unit(q.clone())), 10, 128, Some(&accept));
             }
             println!(
                 "{label:24}: {:6.0} us/query",
@@ -1360,6 +1350,31 @@ mod tests {
         assert!(VectorIndex::load(dir.path(), "fp", 8).unwrap().is_some());
     }
 
+    /// A checkpoint from before half precision (format 1, f32 vectors) is
+    /// not an error: the caller rebuilds from the store, as for a foreign
+    /// one. A format from a newer dualsight is refused as corrupt.
+    #[test]
+    fn older_format_checkpoint_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        build(&random_set(100, 8, 19), IndexParams::default())
+            .checkpoint(dir.path(), "fp", 100)
+            .unwrap();
+        let manifest = dir.path().join("gen-1").join(MANIFEST);
+        let with_format = |f: u32| {
+            let mut m: serde_json::Value =
+                serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
+            m["format"] = f.into();
+            fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+        };
+        with_format(1);
+        assert!(VectorIndex::load(dir.path(), "fp", 8).unwrap().is_none());
+        with_format(CHECKPOINT_FORMAT + 1);
+        let err = VectorIndex::load(dir.path(), "fp", 8).unwrap_err();
+        assert!(matches!(err, IndexError::Corrupt { .. }), "{err:?}");
+        with_format(CHECKPOINT_FORMAT);
+        assert!(VectorIndex::load(dir.path(), "fp", 8).unwrap().is_some());
+    }
+
     #[test]
     fn corrupt_checkpoint_is_an_error() {
         let fresh = || {
@@ -1436,11 +1451,11 @@ mod tests {
     #[test]
     fn hnsw_rs_empty_dump_reload() {
         let dir = tempfile::tempdir().unwrap();
-        let h: Hnsw<f32, DualsightDot> = Hnsw::new(16, 10, 16, 100, DualsightDot);
+        let h: Hnsw<Half, DualsightDot> = Hnsw::new(16, 10, 16, 100, DualsightDot);
         let dumped = catch_unwind(AssertUnwindSafe(|| h.file_dump(dir.path(), "e")));
         let reloaded = catch_unwind(|| {
             let mut io = HnswIo::new(dir.path(), "e");
-            io.load_hnsw::<f32, DualsightDot>()
+            io.load_hnsw::<Half, DualsightDot>()
                 .map(|h| h.get_nb_point())
         });
         let dumped = dumped.map(|r| r.map_err(|e| format!("{e:#}")));

@@ -570,6 +570,50 @@ async fn graceful_restart_loads_the_checkpoint_and_kill_9_loses_nothing() {
     assert_eq!(paths.len(), 11, "a file appears twice");
 }
 
+/// An index checkpoint written before vectors were stored in half precision
+/// (format 1) is not loaded: the daemon rebuilds the index from the store,
+/// embeds nothing again and answers as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_in_an_older_format_is_rebuilt_from_the_store() {
+    let mut d = Daemon::start();
+    let mut c = d.client().await;
+    for p in PHOTOS {
+        copy_photo(p, &d.photos);
+    }
+    wait_for(&d, &mut c, "indexed", |s| {
+        s.indexed_files == 5 && s.pending_files == 0
+    })
+    .await;
+    let before = search(&mut c, "a photo of a cat", 10).await;
+    assert!(d.signal("TERM").success(), "log:\n{}", d.log());
+    let manifests: Vec<PathBuf> = walkdir::WalkDir::new(d.data.join("index"))
+        .into_iter()
+        .map(|e| e.unwrap().into_path())
+        .filter(|p| p.ends_with("manifest.json"))
+        .collect();
+    assert_eq!(manifests.len(), 1, "{manifests:?}");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifests[0]).unwrap()).unwrap();
+    m["format"] = 1.into();
+    std::fs::write(&manifests[0], serde_json::to_vec(&m).unwrap()).unwrap();
+
+    d.spawn();
+    let mut c = d.client().await;
+    wait_for(&d, &mut c, "ready again", |s| {
+        s.ready && s.indexed_files == 5 && s.pending_files == 0
+    })
+    .await;
+    let after = search(&mut c, "a photo of a cat", 10).await;
+    let key = |h: &[proto::Hit]| -> Vec<(String, f32)> {
+        h.iter().map(|h| (h.path.clone(), h.score)).collect()
+    };
+    assert_eq!(key(&before), key(&after));
+    let log = d.log();
+    assert!(log.contains("older format"), "{log}");
+    assert!(log.contains("from_checkpoint=false"), "{log}");
+    assert_eq!(status_of(&mut c).await.embedded_images, 0, "embedded again");
+}
+
 async fn status_of(c: &mut DualSightClient<Channel>) -> proto::StatusResponse {
     status(c).await
 }
