@@ -22,9 +22,10 @@ What is measured (see BENCHMARKS.md):
   then the vision tower embeds it (sequential stages; no store).
 - text.*: tokenizer + `get_text_features` + L2 norm for one query.
 - exact.nN.*, query.nN.*: exact top-k over N synthetic unit vectors with numpy
-  (`X @ q` + argpartition), alone and after the text tower. The vectors come
-  from the same kind of mixture as dualsight's (same parameters, numpy's RNG),
-  and so do the text-like / image-like recall queries.
+  (`X @ q` + argpartition), alone and after the text tower. The vectors and
+  the text-like / image-like recall queries are dualsight's own (files in
+  `vectors_dir`); without them, a draw of the same kind of mixture (same
+  parameters, numpy's RNG).
 - With hnswlib importable (optional): build time, memory, recall@k and latency
   at the same M / ef_construction / ef_search, and queries/s at recall >= 0.95.
 """
@@ -201,6 +202,24 @@ class Mixture:
         return out
 
 
+def shared_vectors(p, n, dim, nq):
+    """The stored vectors and recall queries dualsight searched (its
+    `search::shared_vectors`: raw little-endian f32 rows), or None."""
+    d = p.get("vectors_dir")
+    if not d:
+        return None
+    parts = []
+    for part, rows in (("data", n), ("text", nq), ("image", nq)):
+        path = os.path.join(d, f"vectors-n{n}-{part}.f32")
+        if not os.path.exists(path):
+            return None
+        a = np.fromfile(path, dtype="<f4")
+        if a.size != rows * dim:
+            raise SystemExit(f"{path}: {a.size} floats, expected {rows} x {dim}")
+        parts.append(a.reshape(rows, dim))
+    return tuple(parts)
+
+
 def exact_topk(X, q, k):
     s = X @ q
     k = min(k, len(s))
@@ -344,12 +363,18 @@ def main() -> None:
         k = int(p["k"])
         if "search" in sections:
             for n in sorted(set(int(s) for s in p["sizes"])):
-                eprint(f"{n} vectors: generating")
-                mix = Mixture(n, dim, int(p["seed"]))
-                X = mix.points(DATA, n)
                 nq = max(int(p["recall_queries"]), 1)
-                Q = mix.points(TEXT_QUERIES, nq)
-                QI = mix.points(QUERIES, nq)
+                shared = shared_vectors(p, n, dim, nq)
+                if shared is not None:
+                    eprint(f"{n} vectors: dualsight's, from {p['vectors_dir']}")
+                    X, Q, QI = shared
+                else:
+                    eprint(f"{n} vectors: generating")
+                    mix = Mixture(n, dim, int(p["seed"]))
+                    X = mix.points(DATA, n)
+                    Q = mix.points(TEXT_QUERIES, nq)
+                    QI = mix.points(QUERIES, nq)
+                    notes.append(f"{n} vectors: dualsight shared none, drawn here (another draw of the same mixture)")
                 exact = [exact_topk(X, q, k) for q in Q]
                 lat = []
                 for q in Q[:50]:

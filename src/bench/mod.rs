@@ -264,7 +264,14 @@ pub fn run(cfg: &BenchConfig, reference: Option<&reference::Reference>) -> Resul
         Vec::new()
     };
     if cfg.sections.search || cfg.sections.restart {
-        search::run(cfg, &encoder, &scratch.dir, &mut figs, &mut notes)?;
+        search::run(
+            cfg,
+            &encoder,
+            &scratch.dir,
+            reference.is_some(),
+            &mut figs,
+            &mut notes,
+        )?;
     }
     drop(encoder);
 

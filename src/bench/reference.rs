@@ -57,10 +57,10 @@ impl Reference {
     pub fn run(&self, cfg: &BenchConfig, jpegs: &[PathBuf], scratch: &Path) -> Result<RefOutput> {
         let params = scratch.join("reference-params.json");
         let out = scratch.join("reference-out.json");
-        std::fs::write(
-            &params,
-            serde_json::to_string_pretty(&Self::params(cfg, jpegs))?,
-        )?;
+        let mut p = Self::params(cfg, jpegs);
+        // Where `search::shared_vectors` left the vectors of each size.
+        p["vectors_dir"] = json!(scratch);
+        std::fs::write(&params, serde_json::to_string_pretty(&p)?)?;
         say(format!(
             "reference: {} {}",
             self.python,

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::assets::{rss, trim_heap};
 use super::report::{Better, Figures};
@@ -38,15 +38,25 @@ pub fn human_count(n: usize) -> String {
     }
 }
 
+/// Where the vectors of size `n` are shared with the reference: raw
+/// little-endian f32 rows; `part` is `data`, `text` (text-like recall
+/// queries) or `image` (image-like ones).
+pub fn shared_vectors(dir: &Path, n: usize, part: &str) -> std::path::PathBuf {
+    dir.join(format!("vectors-n{n}-{part}.f32"))
+}
+
 /// Rows inserted per `insert_batch` while building (the daemon replays 4096).
 const BUILD_CHUNK: usize = 4096;
 /// Exact scans timed single-threaded per size (they are slow at 1M).
 const EXACT_TIMED: usize = 50;
 
+/// `share_vectors`: write each size's stored vectors and recall queries into
+/// `scratch` ([`shared_vectors`]) for the reference to search.
 pub fn run(
     cfg: &BenchConfig,
     enc: &Arc<Encoder>,
     scratch: &Path,
+    share_vectors: bool,
     figs: &mut Figures,
     notes: &mut Vec<String>,
 ) -> Result<()> {
@@ -80,8 +90,12 @@ pub fn run(
         }
     }
     notes.push(format!(
-        "HNSW M={} ef_construction={} ef_search={}, k={}; stored vectors: synthetic {dim}-d Gaussian mixture on the sphere (one cluster per 1000 vectors, 10..=1000; 32-d latent spread per cluster; cos to centre ≈ 0.66); recall queries: held-out draws (image-like) and the same shifted along one fixed direction so cos ≈ 0.3 to their draw (text-like, the modality gap)",
-        cfg.index.max_nb_connection, cfg.index.ef_construction, cfg.index.ef_search, cfg.k
+        "HNSW M={} ef_construction={} ef_search={}, k={}, vectors stored in half precision, dot kernel {}; recall against f32 exact search; stored vectors: synthetic {dim}-d Gaussian mixture on the sphere (one cluster per 1000 vectors, 10..=1000; 32-d latent spread per cluster; cos to centre ≈ 0.66); recall queries: held-out draws (image-like) and the same shifted along one fixed direction so cos ≈ 0.3 to their draw (text-like, the modality gap)",
+        cfg.index.max_nb_connection,
+        cfg.index.ef_construction,
+        cfg.index.ef_search,
+        cfg.k,
+        crate::index::dist::kernel_name()
     ));
     for &n in &sizes {
         if n == 0 || (!cfg.sections.search && n != largest) {
@@ -137,7 +151,8 @@ pub fn run(
             );
         }
         if cfg.sections.search {
-            measure_search(cfg, enc, &index, &mix, n, &texts, &efs, figs)?;
+            let share = share_vectors.then_some(scratch);
+            measure_search(cfg, enc, &index, &data, &mix, &texts, &efs, share, figs)?;
         }
         if cfg.sections.restart && n == largest {
             restart::run(cfg, enc, index, data, scratch, figs, notes)?;
@@ -151,13 +166,15 @@ fn measure_search(
     cfg: &BenchConfig,
     enc: &Encoder,
     index: &VectorIndex,
+    data: &[f32],
     mix: &Mixture,
-    n: usize,
     texts: &[String],
     efs: &[usize],
+    share: Option<&Path>,
     figs: &mut Figures,
 ) -> Result<()> {
     let dim = enc.dim();
+    let n = data.len() / dim;
     let sec = section(n);
     let k = cfg.k;
     let nq = cfg.recall_queries.max(1);
@@ -165,9 +182,24 @@ fn measure_search(
     // carry the latency figures; image-like ones show the easier case.
     let queries = mix.points(TEXT_QUERIES, 0, nq, cfg.threads);
     let image_queries = mix.points(QUERIES, 0, nq, cfg.threads);
+    if let Some(dir) = share {
+        // The reference searches these very vectors: one draw of the
+        // mixture is easier or harder than another (the text-like queries
+        // all shift along one random direction), so ratios are only
+        // meaningful on the same draw.
+        for (part, v) in [
+            ("data", data),
+            ("text", &queries),
+            ("image", &image_queries),
+        ] {
+            let path = shared_vectors(dir, n, part);
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
     say(format!("{n} vectors: exact top-{k} of 2 × {nq} queries"));
-    let exact = exact_all(index, &queries, dim, k, cfg.threads)?;
-    let image_exact = exact_all(index, &image_queries, dim, k, cfg.threads)?;
+    let exact = exact_all(data, &queries, dim, k, cfg.threads);
+    let image_exact = exact_all(data, &image_queries, dim, k, cfg.threads);
     let mut lat = Vec::new();
     for q in queries.chunks_exact(dim).take(EXACT_TIMED) {
         let t = Instant::now();
@@ -302,43 +334,49 @@ fn notes_unreached(figs: &mut Figures, n: usize, sec: &str) {
     f.note = Some("recall 0.95 not reached up to ef 1024".into());
 }
 
-/// Exact top-k ids of every query, on `threads` threads.
-fn exact_all(
-    index: &VectorIndex,
-    queries: &[f32],
-    dim: usize,
-    k: usize,
-    threads: usize,
-) -> Result<Vec<Vec<u64>>> {
+/// Exact top-k ids of every query, on `threads` threads: f32 dot products
+/// with the vectors as generated (ids are row + 1, as inserted), not with the
+/// index's half-precision copies, so recall counts what rounding costs too.
+fn exact_all(data: &[f32], queries: &[f32], dim: usize, k: usize, threads: usize) -> Vec<Vec<u64>> {
     let rows: Vec<&[f32]> = queries.chunks_exact(dim).collect();
     let per = rows.len().div_ceil(threads.max(1)).max(1);
-    let parts: Vec<Result<Vec<Vec<u64>>>> = std::thread::scope(|s| {
+    let top = |q: &[f32]| -> Vec<u64> {
+        let mut scored: Vec<(f32, u64)> = data
+            .chunks_exact(dim)
+            .enumerate()
+            .map(|(i, x)| (dot(x, q), i as u64 + 1))
+            .collect();
+        let by_score = |a: &(f32, u64), b: &(f32, u64)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        let k = k.min(scored.len());
+        if k < scored.len() {
+            scored.select_nth_unstable_by(k, by_score);
+        }
+        scored.truncate(k);
+        scored.sort_unstable_by(by_score);
+        scored.into_iter().map(|s| s.1).collect()
+    };
+    std::thread::scope(|s| {
         let handles: Vec<_> = rows
             .chunks(per)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|q| {
-                            Ok(index
-                                .exact_search(q, k, None)?
-                                .into_iter()
-                                .map(|h| h.0)
-                                .collect())
-                        })
-                        .collect::<Result<Vec<_>>>()
-                })
-            })
+            .map(|part| s.spawn(move || part.iter().map(|q| top(q)).collect::<Vec<_>>()))
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().expect("exact search thread panicked"))
+            .flat_map(|h| h.join().expect("exact search thread panicked"))
             .collect()
-    });
-    let mut out = Vec::with_capacity(rows.len());
-    for p in parts {
-        out.extend(p?);
+    })
+}
+
+/// Eight accumulators so the compiler vectorises it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
     }
-    Ok(out)
+    let tail: f32 = (a.len() / 8 * 8..a.len()).map(|i| a[i] * b[i]).sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Adds `{prefix}.p50_ms` and `{prefix}.p99_ms`.
