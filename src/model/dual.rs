@@ -52,6 +52,10 @@ pub struct DualOutput {
     pub loss: Option<Tensor>,
 }
 
+/// Images per vision forward pass on the CPU. Measured on ViT-B/16, 2 cores
+/// (same run): batch 8 gave 1.47 images/s, batch 32 whole 1.32.
+pub const CPU_VISION_CHUNK: usize = 8;
+
 pub struct DualEncoder {
     config: DualEncoderConfig,
     vision: VisionTower,
@@ -166,7 +170,26 @@ impl DualEncoder {
     /// The vision tower's `pooler_output` for `[B, C, H, W]` pixels (f32 out).
     pub fn vision_pooled(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let px = pixel_values.to_device(&self.device)?.to_dtype(self.dtype)?;
-        Ok(self.vision.pooled(&px)?.to_dtype(DType::F32)?)
+        Ok(self.vision_forward(&px)?.to_dtype(DType::F32)?)
+    }
+
+    /// The vision tower over a batch, on the CPU in slices of
+    /// [`CPU_VISION_CHUNK`] images: every image is independent, and past a few
+    /// images the activations (a 32-image batch holds 77 MB in one ViT-B/16
+    /// MLP activation) only fall out of cache. A GPU takes the batch whole.
+    fn vision_forward(&self, px: &Tensor) -> candle_core::Result<Tensor> {
+        let b = px.dim(0)?;
+        if !self.device.is_cpu() || b <= CPU_VISION_CHUNK {
+            return self.vision.pooled(px);
+        }
+        let parts = (0..b)
+            .step_by(CPU_VISION_CHUNK)
+            .map(|i| {
+                self.vision
+                    .pooled(&px.narrow(0, i, CPU_VISION_CHUNK.min(b - i))?)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 0)
     }
 
     /// The text tower's `pooler_output` (f32 out).
@@ -180,7 +203,7 @@ impl DualEncoder {
     /// `get_image_features`: projected, not normalised, `[B, projection_dim]`.
     pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let px = pixel_values.to_device(&self.device)?.to_dtype(self.dtype)?;
-        let pooled = self.vision.pooled(&px)?;
+        let pooled = self.vision_forward(&px)?;
         Ok(self
             .visual_projection
             .forward(&pooled)?

@@ -400,3 +400,30 @@ fn fast_preprocessing_stays_close_to_exact() {
         ]
     );
 }
+
+#[test]
+fn a_batch_larger_than_the_cpu_chunk_embeds_each_image_as_alone() {
+    // The CPU runs big batches in slices; every image must come out as if
+    // embedded on its own, whatever slice it fell in (the last one short).
+    let n = dualsight::model::dual::CPU_VISION_CHUNK * 2 + 3;
+    for name in ["vit-bert", "beit-xlmr", "clipvision-bert"] {
+        let model = DualEncoder::load(&model_dir(name), &Device::Cpu, DType::F32).unwrap();
+        let (c, h, w) = model.image_shape();
+        let px = Tensor::randn(0f32, 1., (n, c, h, w), &Device::Cpu).unwrap();
+        let all = model.embed_images(&px).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(all.len(), n);
+        for (i, row) in all.iter().enumerate() {
+            let one = model
+                .embed_images(&px.narrow(0, i, 1).unwrap())
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            let diff = row
+                .iter()
+                .zip(&one[0])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-5, "{name}: image {i} differs by {diff}");
+        }
+    }
+}
