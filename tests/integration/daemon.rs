@@ -193,6 +193,20 @@ const PHOTOS: &[&str] = &[
     "astronaut_cmyk.jpg",
 ];
 
+/// A daemon with the five photos indexed, and a client to it.
+async fn indexed_daemon() -> (Daemon, DualSightClient<Channel>) {
+    let d = Daemon::start();
+    let mut c = d.client().await;
+    for p in PHOTOS {
+        copy_photo(p, &d.photos);
+    }
+    wait_for(&d, &mut c, "indexed", |s| {
+        s.indexed_files == 5 && s.pending_files == 0
+    })
+    .await;
+    (d, c)
+}
+
 /// Exact cosine ranking of `paths` for `text`, from `dualsight embed` with
 /// the daemon's preprocessing (the model itself checked against transformers).
 fn exact_ranking(text: &str, paths: &[PathBuf]) -> Vec<(PathBuf, f32)> {
@@ -493,15 +507,7 @@ async fn a_half_written_file_is_indexed_only_once_complete() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn graceful_restart_loads_the_checkpoint_and_kill_9_loses_nothing() {
-    let mut d = Daemon::start();
-    let mut c = d.client().await;
-    for p in PHOTOS {
-        copy_photo(p, &d.photos);
-    }
-    wait_for(&d, &mut c, "indexed", |s| {
-        s.indexed_files == 5 && s.pending_files == 0
-    })
-    .await;
+    let (mut d, mut c) = indexed_daemon().await;
     let before: Vec<(String, f32)> = search(&mut c, "a photo of a cat", 10)
         .await
         .into_iter()
@@ -575,15 +581,7 @@ async fn graceful_restart_loads_the_checkpoint_and_kill_9_loses_nothing() {
 /// embeds nothing again and answers as before.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_checkpoint_in_an_older_format_is_rebuilt_from_the_store() {
-    let mut d = Daemon::start();
-    let mut c = d.client().await;
-    for p in PHOTOS {
-        copy_photo(p, &d.photos);
-    }
-    wait_for(&d, &mut c, "indexed", |s| {
-        s.indexed_files == 5 && s.pending_files == 0
-    })
-    .await;
+    let (mut d, mut c) = indexed_daemon().await;
     let before = search(&mut c, "a photo of a cat", 10).await;
     assert!(d.signal("TERM").success(), "log:\n{}", d.log());
     let manifests: Vec<PathBuf> = walkdir::WalkDir::new(d.data.join("index"))
@@ -702,15 +700,8 @@ async fn bad_requests_get_invalid_argument() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_model_gets_a_new_index_while_the_old_one_serves() {
-    let mut d = Daemon::start();
-    let mut c = d.client().await;
-    for p in PHOTOS {
-        copy_photo(p, &d.photos);
-    }
-    let old = wait_for(&d, &mut c, "indexed", |s| {
-        s.indexed_files == 5 && s.pending_files == 0
-    })
-    .await;
+    let (mut d, mut c) = indexed_daemon().await;
+    let old = status(&mut c).await;
     assert!(d.signal("TERM").success());
 
     d.model = model_dir("clip");
