@@ -1,0 +1,49 @@
+//! Micro-benchmark of one dense layer shape, to see whether the few-row
+//! kernel is bound by memory or by the FMA units: `layers` distinct weights
+//! (so they stream from memory, as a text query's 12 layers do), `reps` times.
+//!
+//! cargo run --release --example dense -- <m> <k> <n> <layers> [reps] [iters]
+//!
+//! `m 768 3072 36` is BERT-base's weight volume; `m 768 36 1` with many reps
+//! keeps the weight in cache and shows the compute rate alone.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use dualsight::model::cpu::matmul_wt;
+
+fn main() -> Result<()> {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().context("arguments are counts"))
+        .collect::<Result<_>>()?;
+    let (m, k, n, layers) = match args[..] {
+        [m, k, n, layers, ..] => (m, k, n, layers),
+        _ => anyhow::bail!("usage: dense <m> <k> <n> <layers> [reps] [iters]"),
+    };
+    let reps = args.get(4).copied().unwrap_or(1);
+    let iters = args.get(5).copied().unwrap_or(7);
+    let ws: Vec<Vec<f32>> = (0..layers)
+        .map(|l| (0..n * k).map(|i| ((i + l) % 7) as f32 * 0.01).collect())
+        .collect();
+    let x: Vec<f32> = (0..m * k).map(|i| (i % 5) as f32).collect();
+    let mut dst = vec![0f32; m * n];
+    let mut best = f64::INFINITY;
+    for _ in 0..iters {
+        let t = Instant::now();
+        for _ in 0..reps {
+            for w in &ws {
+                matmul_wt(&x, w, (m, k, n), &mut dst, n, false);
+            }
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let calls = (reps * layers) as f64;
+    println!(
+        "m={m} k={k} n={n}: best {:.2} ms, weights at {:.2} GB/s, {:.1} GFLOP/s",
+        best * 1e3,
+        calls * (n * k * 4) as f64 / best / 1e9,
+        calls * 2.0 * (m * n * k) as f64 / best / 1e9
+    );
+    Ok(())
+}
