@@ -2,6 +2,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// See Cargo.toml: the index's per-edge allocations are 32 bytes, which
+/// glibc pads by half again.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = dualsight::cli::Cli::parse();
     dualsight::cli::init_logging(cli.command.default_log_filter());

@@ -166,7 +166,7 @@ impl DaemonCore {
         min_score: Option<f32>,
     ) -> Result<Vec<(PathBuf, f32)>> {
         let live = engine.index.len();
-        let mut fetch = (limit * 2).max(32).min(live.max(1));
+        let mut fetch = crate::index::candidates_for(limit).min(live.max(1));
         loop {
             let found = engine.index.search(q, fetch, None).map_err(internal)?;
             let exhausted = found.len() < fetch || fetch >= live;
@@ -209,8 +209,8 @@ impl DaemonCore {
     }
 }
 
-/// The index ranks half-precision copies of the vectors (scores off by up to
-/// ~1e-3); hits get the exact cosine with the store's f32 vector instead,
+/// The index ranks 8-bit copies of the vectors (scores off by ~1e-3);
+/// hits get the exact cosine with the store's f32 vector instead,
 /// best first. A vector deleted since the search is dropped.
 fn exact_scores(engine: &Engine, q: &[f32], found: Vec<(u64, f32)>) -> Result<Vec<(u64, f32)>> {
     let qn = norm(q);

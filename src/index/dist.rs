@@ -1,93 +1,117 @@
-//! The index's element type and distance: vectors are stored as IEEE
-//! half-precision ([`Half`], 2 bytes a component: 1 KB for 512-d instead of
-//! 2 KB) and compared with [`DualsightDot`], `max(0, 1 - a·b)`, accumulated
-//! in f32.
+//! The index's element type and distance: each unit vector is stored as
+//! signed bytes with one scale ([`Q8`], 516 bytes for 512-d instead of 1 KB
+//! in half precision or 2 KB in f32) and compared with [`DualsightDot`],
+//! `max(0, 1 - a·b)`.
 //!
-//! The dot product picks its kernel once per process: AVX2 + FMA + F16C
-//! (`vcvtph2ps` widens 8 halves per instruction) where the CPU has them, a
-//! portable one elsewhere. The crate is built for the x86-64 baseline, so
-//! without this runtime dispatch the compiler only emits SSE2; the AVX2 kernel
-//! reads half the bytes of the old f32 one and does 8 multiply-adds per
-//! instruction instead of 4 multiplies and 4 adds (`tests::kernels_agree` and
-//! BENCHMARKS.md for the figures).
+//! Why 8 bits: the index only ranks candidates; the daemon rescores every
+//! hit with the exact cosine of the store's f32 vectors, so the index needs
+//! order, not digits. With one scale per vector (its largest component maps
+//! to ±127), a 512-d unit vector's dot products are off by ~4e-4 (one
+//! standard deviation), well under the gaps between neighbours that matter
+//! for recall (`tests::quantised_dot_is_close`; BENCHMARKS.md for recall).
+//!
+//! Layout of one stored vector: the scale's f32 bits in the first
+//! [`HEADER`] elements (little-endian), then one byte per component.
+//!
+//! The dot product picks its kernel once per process: AVX2 where the CPU has
+//! it (32 products an instruction, integer, exact), a portable one elsewhere.
 
 use std::sync::LazyLock;
 
 use hnsw_rs::prelude::Distance;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// One vector component as stored in the index: `half::f16` under a name of
-/// ours, because hnsw_rs needs its element type to implement serde (for its
-/// dumps, which write the raw bytes anyway) and `half`'s serde feature is
-/// off. hnsw_rs writes this type's path into dumps and checks it at reload:
-/// renaming or moving it invalidates checkpoints (they are then rebuilt from
-/// the store).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// One byte of a stored vector, under a name of ours: hnsw_rs needs serde on
+/// its element type and writes the type's path into dumps, checking it at
+/// reload, so renaming or moving it invalidates checkpoints (they are then
+/// rebuilt from the store).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(transparent)]
-pub struct Half(pub half::f16);
+pub struct Q8(pub i8);
 
-impl Half {
-    pub fn from_f32(x: f32) -> Half {
-        Half(half::f16::from_f32(x))
-    }
-
-    pub fn to_f32(self) -> f32 {
-        self.0.to_f32()
-    }
-}
-
-impl Serialize for Half {
+impl Serialize for Q8 {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u16(self.0.to_bits())
+        s.serialize_i8(self.0)
     }
 }
 
-impl<'de> Deserialize<'de> for Half {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Half, D::Error> {
-        u16::deserialize(d).map(|b| Half(half::f16::from_bits(b)))
+impl<'de> Deserialize<'de> for Q8 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Q8, D::Error> {
+        i8::deserialize(d).map(Q8)
     }
 }
 
-/// `v` rounded to half precision (round to nearest even, as `vcvtps2ph`).
-pub fn to_half(v: &[f32]) -> Vec<Half> {
-    let mut out = vec![half::f16::ZERO; v.len()];
-    half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut out[..], v);
-    out.into_iter().map(Half).collect()
+/// Elements before the components: the scale's f32 bits.
+pub const HEADER: usize = 4;
+
+/// `v` (finite, not all zero) as a stored vector: component `x` becomes
+/// `round(x / scale)` with `scale = max|x| / 127`, so the largest maps to
+/// ±127 and -128 is never used (the AVX2 kernel relies on that).
+pub fn quantise(v: &[f32]) -> Vec<Q8> {
+    let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+    let mut out = Vec::with_capacity(HEADER + v.len());
+    out.extend(scale.to_bits().to_le_bytes().map(|b| Q8(b as i8)));
+    out.extend(
+        v.iter()
+            .map(|&x| Q8((x / scale).round().clamp(-127.0, 127.0) as i8)),
+    );
+    out
+}
+
+/// The scale and the components of a stored vector (empty components for a
+/// slice shorter than the header, which only a caller bug produces).
+fn split(v: &[Q8]) -> (f32, &[Q8]) {
+    if v.len() < HEADER {
+        return (0.0, &[]);
+    }
+    let (head, body) = v.split_at(HEADER);
+    let bits = u32::from_le_bytes([
+        head[0].0 as u8,
+        head[1].0 as u8,
+        head[2].0 as u8,
+        head[3].0 as u8,
+    ]);
+    (f32::from_bits(bits), body)
+}
+
+/// The components as f32 (what the stored vector stands for).
+pub fn dequantise(v: &[Q8]) -> Vec<f32> {
+    let (scale, body) = split(v);
+    body.iter().map(|q| f32::from(q.0) * scale).collect()
 }
 
 /// `max(0, 1 - a·b)` on unit vectors: the cosine distance without hnsw_rs's
-/// `DistDot` assertion (rounding gives `a·a = 1.0000001`). hnsw_rs writes the
-/// type's name into dumps and checks it at reload: renaming it invalidates
-/// checkpoints (they are then rebuilt from the store).
+/// `DistDot` assertion (rounding can give `a·a` just above 1). hnsw_rs
+/// writes the type's name into dumps and checks it at reload: renaming it
+/// invalidates checkpoints (they are then rebuilt from the store).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DualsightDot;
 
-impl Distance<Half> for DualsightDot {
-    fn eval(&self, a: &[Half], b: &[Half]) -> f32 {
+impl Distance<Q8> for DualsightDot {
+    fn eval(&self, a: &[Q8], b: &[Q8]) -> f32 {
         (1.0 - dot(a, b)).max(0.0)
     }
 }
 
-type Kernel = fn(&[Half], &[Half]) -> f32;
+type Kernel = fn(&[Q8], &[Q8]) -> i32;
 
-/// The dot-product kernel this CPU runs, chosen on first use.
+/// The integer dot-product kernel this CPU runs, chosen on first use.
 static KERNEL: LazyLock<(Kernel, &'static str)> = LazyLock::new(|| {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-        {
-            return (avx2::dot, "avx2+fma+f16c");
+        if is_x86_feature_detected!("avx2") {
+            return (avx2::dot, "avx2 (8-bit)");
         }
     }
-    (dot_portable, "portable")
+    (dot_portable, "portable (8-bit)")
 });
 
-/// `a·b` accumulated in f32 (lengths must match).
-pub fn dot(a: &[Half], b: &[Half]) -> f32 {
+/// `a·b` of two stored vectors (of the same length).
+pub fn dot(a: &[Q8], b: &[Q8]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
-    (KERNEL.0)(a, b)
+    let ((sa, a), (sb, b)) = (split(a), split(b));
+    (KERNEL.0)(a, b) as f32 * sa * sb
 }
 
 /// Which kernel [`dot`] runs here (for logs and benchmark reports).
@@ -95,79 +119,51 @@ pub fn kernel_name() -> &'static str {
     KERNEL.1
 }
 
-fn as_f16(v: &[Half]) -> &[half::f16] {
-    // SAFETY: `Half` is `repr(transparent)` over `half::f16`.
-    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<half::f16>(), v.len()) }
-}
-
-/// Widens blocks of 64 halves (`half`'s slice conversion, itself vectorised
-/// where it can be) and multiplies them with eight independent accumulators,
-/// so the compiler can vectorise without reassociating floats.
-fn dot_portable(a: &[Half], b: &[Half]) -> f32 {
-    const BLOCK: usize = 64;
-    let n = a.len().min(b.len());
-    let (a, b) = (as_f16(&a[..n]), as_f16(&b[..n]));
-    let mut acc = [0f32; 8];
-    let (mut xa, mut xb) = ([0f32; BLOCK], [0f32; BLOCK]);
-    for (ca, cb) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
-        let len = ca.len();
-        half::slice::HalfFloatSliceExt::convert_to_f32_slice(ca, &mut xa[..len]);
-        half::slice::HalfFloatSliceExt::convert_to_f32_slice(cb, &mut xb[..len]);
-        xa[len..].fill(0.0);
-        xb[len..].fill(0.0);
-        for (x, y) in xa.chunks_exact(8).zip(xb.chunks_exact(8)) {
-            for i in 0..8 {
-                acc[i] += x[i] * y[i];
-            }
-        }
-    }
-    acc.iter().sum()
+/// Exact in i32: 127² · n stays below 2³¹ for n up to 133k components.
+fn dot_portable(a: &[Q8], b: &[Q8]) -> i32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| i32::from(x.0) * i32::from(y.0))
+        .sum()
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::Half;
+    use super::Q8;
 
-    pub fn dot(a: &[Half], b: &[Half]) -> f32 {
-        // SAFETY: chosen only after `is_x86_feature_detected!` found all three.
+    pub fn dot(a: &[Q8], b: &[Q8]) -> i32 {
+        // SAFETY: chosen only after `is_x86_feature_detected!("avx2")`.
         unsafe { dot_avx2(a, b) }
     }
 
-    /// Four independent 8-lane accumulators (32 components an iteration) to
-    /// cover the multiply-add latency; the tail below 8 is scalar.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn dot_avx2(a: &[Half], b: &[Half]) -> f32 {
+    /// 32 components a step: `maddubs` multiplies unsigned by signed bytes,
+    /// so `|a|` meets `b` with `a`'s sign moved onto it (`sign_epi8`), and
+    /// adjacent pairs are summed into i16 (at most 2·127² = 32258: no
+    /// saturation, because quantisation never writes -128); `madd` with ones
+    /// widens to i32. Two accumulators, then a scalar tail.
+    #[target_feature(enable = "avx2")]
+    fn dot_avx2(a: &[Q8], b: &[Q8]) -> i32 {
         let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr().cast::<__m128i>(), b.as_ptr().cast::<__m128i>());
-        // Eight halves from block `j` of `p`, widened.
-        macro_rules! load {
-            ($p:expr, $j:expr) => {
-                // SAFETY: callers keep `$j < n / 8`: the 16 bytes are in the slice.
-                _mm256_cvtph_ps(unsafe { _mm_loadu_si128($p.add($j)) })
-            };
+        let (pa, pb) = (a.as_ptr().cast::<__m256i>(), b.as_ptr().cast::<__m256i>());
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_si256(); 2];
+        let blocks = n / 32;
+        for j in 0..blocks {
+            // SAFETY: j < n / 32, so the 32 bytes are inside both slices.
+            let (x, y) = unsafe { (_mm256_loadu_si256(pa.add(j)), _mm256_loadu_si256(pb.add(j))) };
+            let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(y, x));
+            let slot = &mut acc[j & 1];
+            *slot = _mm256_add_epi32(*slot, _mm256_madd_epi16(pairs, ones));
         }
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let blocks = n / 8;
-        let mut j = 0;
-        while j + 4 <= blocks {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm256_fmadd_ps(load!(pa, j + k), load!(pb, j + k), *acc);
-            }
-            j += 4;
-        }
-        while j < blocks {
-            acc[0] = _mm256_fmadd_ps(load!(pa, j), load!(pb, j), acc[0]);
-            j += 1;
-        }
-        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        let mut sum = _mm_cvtss_f32(s);
-        for i in blocks * 8..n {
-            sum += a[i].to_f32() * b[i].to_f32();
+        let s = _mm256_add_epi32(acc[0], acc[1]);
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        let mut sum = _mm_cvtsi128_si32(s);
+        for i in blocks * 32..n {
+            sum += i32::from(a[i].0) * i32::from(b[i].0);
         }
         sum
     }
@@ -176,13 +172,6 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn reference(a: &[Half], b: &[Half]) -> f64 {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| f64::from(x.to_f32()) * f64::from(y.to_f32()))
-            .sum()
-    }
 
     /// splitmix64 in [-1, 1).
     fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -198,54 +187,72 @@ mod tests {
             .collect()
     }
 
+    fn unit(v: Vec<f32>) -> Vec<f32> {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.into_iter().map(|x| x / n).collect()
+    }
+
     #[test]
-    fn kernels_agree_with_f64() {
+    fn kernels_agree_exactly() {
         println!("dot kernel: {}", kernel_name());
-        let mut kernels: Vec<(&str, Kernel)> = vec![("portable", dot_portable)];
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-        {
-            kernels.push(("avx2", avx2::dot));
-        }
-        for n in [
-            0, 1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 511, 512, 768, 1023,
-        ] {
+        for n in [0, 1, 31, 32, 33, 63, 64, 65, 100, 511, 512, 768, 1023] {
             for seed in 0..4 {
-                let a = to_half(&random(n, seed * 2 + 1));
-                let b = to_half(&random(n, seed * 2 + 2));
-                let want = reference(&a, &b);
-                // f32 accumulation of n products of magnitude ≤ 1.
-                let tol = 1e-6 * (n as f64 + 1.0);
-                for (name, k) in &kernels {
-                    let got = f64::from(k(&a, &b));
-                    assert!((got - want).abs() <= tol, "{name}, n={n}: {got} vs {want}");
+                let (a, b) = (
+                    quantise(&random(n, seed * 2 + 1)),
+                    quantise(&random(n, seed * 2 + 2)),
+                );
+                let (_, qa) = split(&a);
+                let (_, qb) = split(&b);
+                let want = dot_portable(qa, qb);
+                #[cfg(target_arch = "x86_64")]
+                if is_x86_feature_detected!("avx2") {
+                    assert_eq!(avx2::dot(qa, qb), want, "n={n}");
                 }
+                // The extremes: every product at ±127².
+                let hi: Vec<Q8> = (0..n)
+                    .map(|i| Q8(if i % 3 == 0 { -127 } else { 127 }))
+                    .collect();
+                assert_eq!(KERNEL.0(&hi, &hi), 127 * 127 * n as i32, "n={n}");
             }
         }
     }
 
     #[test]
-    fn half_round_trips_and_serialises_as_bits() {
-        let v = [0.0, -0.0, 1.0, -1.0, 0.5, 1e-3, 65504.0, 2.71875];
-        let h = to_half(&v);
-        for (x, y) in v.iter().zip(&h) {
-            assert!((x - y.to_f32()).abs() <= x.abs() / 2048.0, "{x} {y:?}");
-            assert_eq!(*y, Half::from_f32(*x));
+    fn quantised_dot_is_close() {
+        let mut worst = 0f32;
+        for seed in 0..200 {
+            let a = unit(random(512, seed * 2 + 1));
+            let b = unit(random(512, seed * 2 + 2));
+            let exact: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            worst = worst.max((dot(&quantise(&a), &quantise(&b)) - exact).abs());
+            assert!((dot(&quantise(&a), &quantise(&a)) - 1.0).abs() < 2e-3);
         }
-        let json = serde_json::to_string(&h[2]).unwrap();
-        assert_eq!(json, "15360");
-        assert_eq!(serde_json::from_str::<Half>(&json).unwrap(), h[2]);
+        assert!(worst < 2e-3, "worst error {worst}");
+    }
+
+    #[test]
+    fn quantise_round_trips_within_half_a_step() {
+        let v = [0.5f32, -0.25, 0.0, 1e-3, -0.5, 0.3];
+        let q = quantise(&v);
+        assert_eq!(q.len(), HEADER + v.len());
+        assert_eq!(q[HEADER].0, 127);
+        assert_eq!(q[HEADER + 4].0, -127);
+        let step = 0.5 / 127.0;
+        for (x, y) in v.iter().zip(dequantise(&q)) {
+            assert!((x - y).abs() <= step / 2.0 + 1e-7, "{x} {y}");
+        }
+        let json = serde_json::to_string(&q[HEADER + 1]).unwrap();
+        assert_eq!(json, "-64");
+        assert_eq!(serde_json::from_str::<Q8>(&json).unwrap(), q[HEADER + 1]);
     }
 
     #[test]
     fn clamped_distance_never_goes_negative() {
-        let v = [0.1f32, 0.7, 0.3, 0.2, 0.9, 0.4, 0.5, 0.6, 0.05];
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let v = to_half(&v.map(|x| x / n * 1.001));
-        assert_eq!(DualsightDot.eval(&v, &v), 0.0);
-        let neg: Vec<Half> = v.iter().map(|x| Half(-x.0)).collect();
-        assert!((DualsightDot.eval(&v, &neg) - 2.0).abs() < 1e-2);
+        let v = unit(vec![0.1f32, 0.7, 0.3, 0.2, 0.9, 0.4, 0.5, 0.6, 0.05]);
+        let q = quantise(&v);
+        assert!(DualsightDot.eval(&q, &q) >= 0.0);
+        assert!(DualsightDot.eval(&q, &q) < 2e-3);
+        let neg = quantise(&v.iter().map(|x| -x).collect::<Vec<_>>());
+        assert!((DualsightDot.eval(&q, &neg) - 2.0).abs() < 2e-3);
     }
 }

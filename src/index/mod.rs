@@ -15,12 +15,12 @@
 //!   tombstone every `live_ids()` id the space no longer has
 //!   (`Space::has_vector`), then insert `space.iter_vectors_from(last_id + 1)`.
 //!
-//! Memory: vectors are stored in half precision ([`dist::Half`], 1 KB at
-//! 512-d); with the default parameters an index of 100k synthetic 512-d
-//! vectors grew the process by about 3.7 KB per vector when built and 4.8 KB
-//! when loaded from a checkpoint (VmRSS after `malloc_trim`): the rest is the
-//! graph, where hnsw_rs allocates one `Arc` per edge (48 bytes with glibc's
-//! chunk header, plus an 8-byte slot) and layer 0 keeps up to 2·M = 48.
+//! Memory: vectors are stored as bytes with one scale ([`dist::Q8`], 516
+//! bytes at 512-d; hits are rescored from the store's f32 vectors by the
+//! caller). The rest is the graph, where hnsw_rs allocates one `Arc` per edge
+//! (48 bytes with glibc's chunk header, plus an 8-byte slot), layer 0 keeps
+//! up to 2·M = 48, and every point carries 16 layer `Vec`s (384 bytes)
+//! whatever its level. BENCHMARKS.md has the measured bytes per vector.
 
 pub mod dist;
 
@@ -34,7 +34,7 @@ use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo};
 
-pub use dist::{DualsightDot, Half};
+pub use dist::{DualsightDot, Q8};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -75,13 +75,16 @@ impl Default for IndexParams {
     /// low-rank clusters (like real embeddings) 0.999, 512-d isotropic
     /// clusters 0.976, uniform random 512-d (no structure at all: the worst
     /// case) 0.93; random 64-d 0.99+. ef_search 64 gave only 0.91 on the
-    /// isotropic clusters (0.75 on uniform random), hence 128. M=32 buys
-    /// little except on uniform random data (0.965) for more memory.
+    /// isotropic clusters (0.75 on uniform random). M=32 buys little except
+    /// on uniform random data (0.965) for more memory. ef_search 256, not
+    /// 128: with 8-bit vectors, `dualsight bench` at 100k vectors needed 256
+    /// for recall@10 ≥ 0.95 on its text-like queries (0.96; 0.84 at 128),
+    /// for ~0.7 ms more a search.
     fn default() -> Self {
         IndexParams {
             max_nb_connection: 24,
             ef_construction: 200,
-            ef_search: 128,
+            ef_search: 256,
             max_layer: 16,
         }
     }
@@ -130,8 +133,16 @@ const FILTER_SAMPLE: usize = 256;
 /// Tombstones above this fraction of the graph make a rebuild worthwhile.
 const COMPACTION_FRACTION: f64 = 0.2;
 
-/// 1: f32 vectors; 2: half-precision vectors ([`Half`]).
-const CHECKPOINT_FORMAT: u32 = 2;
+/// Approximate hits to fetch so that `limit` of them, rescored with exact
+/// f32 cosines, match exact search: the 8-bit scores can swap near-ties
+/// across the `limit`-th place, and a walk's candidates beyond `limit` are
+/// nearly free (it visits ef_search ≥ 32 points anyway).
+pub fn candidates_for(limit: usize) -> usize {
+    limit.saturating_mul(2).max(32)
+}
+
+/// 1: f32 vectors; 2: half-precision vectors; 3: 8-bit vectors ([`Q8`]).
+const CHECKPOINT_FORMAT: u32 = 3;
 const CURRENT: &str = "CURRENT";
 const MANIFEST: &str = "manifest.json";
 const GEN_PREFIX: &str = "gen-";
@@ -160,7 +171,7 @@ pub struct VectorIndex {
     /// hnsw_rs locks internally and its insert/search take `&self`, so
     /// searches run in parallel with each other and with an insert. `'static`:
     /// a loaded graph borrows its `HnswIo`, which [`VectorIndex::load`] leaks.
-    hnsw: Hnsw<'static, Half, DualsightDot>,
+    hnsw: Hnsw<'static, Q8, DualsightDot>,
     /// Serialises inserts and checkpoint dumps (a dump must not see a half
     /// inserted point); searches never take it.
     writer: Mutex<()>,
@@ -244,7 +255,7 @@ impl VectorIndex {
     fn from_parts(
         dim: usize,
         params: IndexParams,
-        hnsw: Hnsw<'static, Half, DualsightDot>,
+        hnsw: Hnsw<'static, Q8, DualsightDot>,
         ids: Ids,
     ) -> Self {
         VectorIndex {
@@ -341,7 +352,7 @@ impl VectorIndex {
         if normed.is_empty() {
             return Ok(0);
         }
-        let data: Vec<(&[Half], usize)> = normed
+        let data: Vec<(&[Q8], usize)> = normed
             .iter()
             .map(|(id, v)| (v.as_slice(), *id as usize))
             .collect();
@@ -436,7 +447,7 @@ impl VectorIndex {
     }
 
     /// Plain hnsw_rs search, best first.
-    fn walk(&self, q: &[Half], knbn: usize, ef: usize) -> Vec<(u64, f32)> {
+    fn walk(&self, q: &[Q8], knbn: usize, ef: usize) -> Vec<(u64, f32)> {
         sorted(
             self.hnsw
                 .search(q, knbn, ef)
@@ -461,7 +472,7 @@ impl VectorIndex {
         }))
     }
 
-    fn scan(&self, q: &[Half], k: usize, accept: &dyn Fn(u64) -> bool) -> Vec<(u64, f32)> {
+    fn scan(&self, q: &[Q8], k: usize, accept: &dyn Fn(u64) -> bool) -> Vec<(u64, f32)> {
         if k == 0 || self.hnsw.get_nb_point() == 0 {
             return Vec::new();
         }
@@ -492,10 +503,10 @@ impl VectorIndex {
         sorted(heap.into_iter().map(|r| (r.0.id, r.0.score)).collect())
     }
 
-    /// `v` checked, L2-normalised (in f64) and rounded to half precision:
+    /// `v` checked, L2-normalised (in f64) and quantised to bytes:
     /// stored vectors and queries alike, so the graph walk and the exact scan
     /// compare the same numbers and give the same scores.
-    fn normalised(&self, v: &[f32]) -> Result<Vec<Half>> {
+    fn normalised(&self, v: &[f32]) -> Result<Vec<Q8>> {
         if v.len() != self.dim {
             return Err(IndexError::Dimension {
                 expected: self.dim,
@@ -513,9 +524,8 @@ impl VectorIndex {
         if norm < 1e-6 {
             return Err(IndexError::InvalidVector("zero norm"));
         }
-        Ok(v.iter()
-            .map(|&x| Half::from_f32((f64::from(x) / norm) as f32))
-            .collect())
+        let unit: Vec<f32> = v.iter().map(|&x| (f64::from(x) / norm) as f32).collect();
+        Ok(dist::quantise(&unit))
     }
 
     // ---- checkpoints ----------------------------------------------------------
@@ -673,7 +683,7 @@ impl VectorIndex {
         let m: Manifest =
             serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("{MANIFEST}: {e}")))?;
         if m.format < CHECKPOINT_FORMAT {
-            // Written by an older dualsight (format 1: f32 vectors): not
+            // Written by an older dualsight (format 1: f32, 2: f16 vectors): not
             // converted in place, the caller rebuilds from the store, which
             // holds every vector in full precision.
             tracing::info!(dir = %dir.display(), format = m.format, "index checkpoint in an older format: rebuilding");
@@ -727,7 +737,7 @@ impl VectorIndex {
                 let load = move || {
                     let loader: &'static mut HnswIo =
                         Box::leak(Box::new(HnswIo::new(&gen_dir, &basename)));
-                    loader.load_hnsw::<Half, DualsightDot>()
+                    loader.load_hnsw::<Q8, DualsightDot>()
                 };
                 match catch_unwind(AssertUnwindSafe(load)) {
                     Ok(Ok(mut h)) => {
@@ -1107,12 +1117,13 @@ mod tests {
         let hits = idx.search(&scaled, 5, None).unwrap();
         assert_eq!(hits.len(), 5);
         assert_eq!(hits[0].0, 42);
-        // Half precision: scores are the f32 cosines within ~1e-3.
-        assert!((hits[0].1 - 1.0).abs() < 2e-3, "{hits:?}");
+        // 8-bit vectors: scores are the f32 cosines within ~1e-2 at 8-d
+        // (one step is 1/127 of the largest component).
+        assert!((hits[0].1 - 1.0).abs() < 1e-2, "{hits:?}");
         for (id, score) in &hits {
             let v = &data[*id as usize - 1];
             let cos: f32 = v.iter().zip(&data[41]).map(|(a, b)| a * b).sum();
-            assert!((score - cos).abs() < 2e-3, "{id}: {score} vs {cos}");
+            assert!((score - cos).abs() < 1e-2, "{id}: {score} vs {cos}");
         }
         assert!(hits.windows(2).all(|w| w[0].1 >= w[1].1));
         let exact = idx.exact_search(&scaled, 5, None).unwrap();
@@ -1178,7 +1189,7 @@ mod tests {
             let accept = |id: &usize| (*id as u64).is_multiple_of(f);
             for q in &queries {
                 idx.hnsw
-                    .search_filter(&dist::to_half(&unit(q.clone())), 10, 128, Some(&accept));
+                    .search_filter(&dist::quantise(&unit(q.clone())), 10, 128, Some(&accept));
             }
             println!(
                 "{label:24}: {:6.0} us/query",
@@ -1350,7 +1361,7 @@ mod tests {
         assert!(VectorIndex::load(dir.path(), "fp", 8).unwrap().is_some());
     }
 
-    /// A checkpoint from before half precision (format 1, f32 vectors) is
+    /// A checkpoint in an older format (1: f32, 2: f16 vectors) is
     /// not an error: the caller rebuilds from the store, as for a foreign
     /// one. A format from a newer dualsight is refused as corrupt.
     #[test]
@@ -1366,8 +1377,10 @@ mod tests {
             m["format"] = f.into();
             fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
         };
-        with_format(1);
-        assert!(VectorIndex::load(dir.path(), "fp", 8).unwrap().is_none());
+        for older in 1..CHECKPOINT_FORMAT {
+            with_format(older);
+            assert!(VectorIndex::load(dir.path(), "fp", 8).unwrap().is_none());
+        }
         with_format(CHECKPOINT_FORMAT + 1);
         let err = VectorIndex::load(dir.path(), "fp", 8).unwrap_err();
         assert!(matches!(err, IndexError::Corrupt { .. }), "{err:?}");
@@ -1451,12 +1464,11 @@ mod tests {
     #[test]
     fn hnsw_rs_empty_dump_reload() {
         let dir = tempfile::tempdir().unwrap();
-        let h: Hnsw<Half, DualsightDot> = Hnsw::new(16, 10, 16, 100, DualsightDot);
+        let h: Hnsw<Q8, DualsightDot> = Hnsw::new(16, 10, 16, 100, DualsightDot);
         let dumped = catch_unwind(AssertUnwindSafe(|| h.file_dump(dir.path(), "e")));
         let reloaded = catch_unwind(|| {
             let mut io = HnswIo::new(dir.path(), "e");
-            io.load_hnsw::<Half, DualsightDot>()
-                .map(|h| h.get_nb_point())
+            io.load_hnsw::<Q8, DualsightDot>().map(|h| h.get_nb_point())
         });
         let dumped = dumped.map(|r| r.map_err(|e| format!("{e:#}")));
         let reloaded = reloaded.map(|r| r.map_err(|e| format!("{e:#}")));
