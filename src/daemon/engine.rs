@@ -59,6 +59,7 @@ impl Engine {
             replayed,
             stale,
             from_checkpoint = from > 0,
+            graph_loading = index.is_warming(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "index ready"
         );

@@ -23,6 +23,7 @@
 //! whatever its level. BENCHMARKS.md has the measured bytes per vector.
 
 pub mod dist;
+mod flat;
 
 use std::collections::{BinaryHeap, HashSet};
 use std::fs::{self, File};
@@ -30,7 +31,10 @@ use std::io::{self, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard};
+use std::time::Instant;
+
+use flat::Flat;
 
 use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo};
 
@@ -141,8 +145,13 @@ pub fn candidates_for(limit: usize) -> usize {
     limit.saturating_mul(2).max(32)
 }
 
-/// 1: f32 vectors; 2: half-precision vectors; 3: 8-bit vectors ([`Q8`]).
-const CHECKPOINT_FORMAT: u32 = 3;
+/// 1: f32 vectors; 2: half-precision vectors; 3: 8-bit vectors ([`Q8`]);
+/// 4: plus the flat vector table (`flat.rs`).
+const CHECKPOINT_FORMAT: u32 = 4;
+const FLAT_FILE: &str = "vectors.q8";
+
+/// The background part of [`VectorIndex::load`].
+type Job = Box<dyn FnOnce() + Send>;
 const CURRENT: &str = "CURRENT";
 const MANIFEST: &str = "manifest.json";
 const GEN_PREFIX: &str = "gen-";
@@ -171,7 +180,10 @@ pub struct VectorIndex {
     /// hnsw_rs locks internally and its insert/search take `&self`, so
     /// searches run in parallel with each other and with an insert. `'static`:
     /// a loaded graph borrows its `HnswIo`, which [`VectorIndex::load`] leaks.
-    hnsw: Hnsw<'static, Q8, DualsightDot>,
+    /// Unset while a checkpoint's graph loads in the background.
+    hnsw: Arc<OnceLock<Hnsw<'static, Q8, DualsightDot>>>,
+    /// Every point while the graph loads (searches scan it); `None` after.
+    warm: Arc<RwLock<Option<Arc<Flat>>>>,
     /// Serialises inserts and checkpoint dumps (a dump must not see a half
     /// inserted point); searches never take it.
     writer: Mutex<()>,
@@ -211,6 +223,8 @@ struct DumpFiles {
     basename: String,
     graph: FileSum,
     data: FileSum,
+    /// [`FLAT_FILE`]: every point's id and vector.
+    flat: FileSum,
 }
 
 /// Length and blake3 of a dump file: hnsw_rs asserts (panics) on malformed
@@ -262,10 +276,28 @@ impl VectorIndex {
             dim,
             params,
             ef_search: AtomicUsize::new(params.ef_search),
-            hnsw,
+            hnsw: Arc::new(OnceLock::from(hnsw)),
+            warm: Arc::new(RwLock::new(None)),
             writer: Mutex::new(()),
             ids: RwLock::new(ids),
         }
+    }
+
+    /// The graph, waiting for it while a checkpoint loads.
+    fn graph(&self) -> &Hnsw<'static, Q8, DualsightDot> {
+        self.hnsw.wait()
+    }
+
+    /// True while the graph of a loaded checkpoint is still being read in
+    /// the background: searches are exact scans meanwhile, inserts and
+    /// checkpoints wait for it.
+    pub fn is_warming(&self) -> bool {
+        self.hnsw.get().is_none()
+    }
+
+    /// Blocks until the graph is in (benchmarks, tests, shutdown).
+    pub fn wait_until_loaded(&self) {
+        self.graph();
     }
 
     pub fn dim(&self) -> usize {
@@ -357,10 +389,10 @@ impl VectorIndex {
             .map(|(id, v)| (v.as_slice(), *id as usize))
             .collect();
         if data.len() >= PARALLEL_INSERT_MIN {
-            self.hnsw.parallel_insert_slice(&data);
+            self.graph().parallel_insert_slice(&data);
         } else {
             for d in &data {
-                self.hnsw.insert_slice(*d);
+                self.graph().insert_slice(*d);
             }
         }
         let mut ids = self.ids.write().unwrap_or_else(PoisonError::into_inner);
@@ -394,7 +426,7 @@ impl VectorIndex {
         &self,
         query: &[f32],
         k: usize,
-        filter: Option<&dyn Fn(u64) -> bool>,
+        filter: Option<&(dyn Fn(u64) -> bool + Sync)>,
     ) -> Result<Vec<(u64, f32)>> {
         let q = self.normalised(query)?;
         if k == 0 {
@@ -406,10 +438,13 @@ impl VectorIndex {
             return Ok(Vec::new());
         }
         let ef = self.ef_search.load(Ordering::Relaxed).max(k);
+        let accept = |id: u64| !ids.tombstones.contains(&id) && filter.is_none_or(|f| f(id));
+        if self.is_warming() {
+            return Ok(self.scan(&q, k, &accept));
+        }
         if filter.is_none() && ids.tombstones.is_empty() {
             return Ok(self.walk(&q, k, ef));
         }
-        let accept = |id: u64| !ids.tombstones.contains(&id) && filter.is_none_or(|f| f(id));
         if live <= EXACT_SCAN_MAX {
             return Ok(self.scan(&q, k, &accept));
         }
@@ -449,7 +484,7 @@ impl VectorIndex {
     /// Plain hnsw_rs search, best first.
     fn walk(&self, q: &[Q8], knbn: usize, ef: usize) -> Vec<(u64, f32)> {
         sorted(
-            self.hnsw
+            self.graph()
                 .search(q, knbn, ef)
                 .into_iter()
                 .map(|n| (n.d_id as u64, score_of(n.distance)))
@@ -463,7 +498,7 @@ impl VectorIndex {
         &self,
         query: &[f32],
         k: usize,
-        filter: Option<&dyn Fn(u64) -> bool>,
+        filter: Option<&(dyn Fn(u64) -> bool + Sync)>,
     ) -> Result<Vec<(u64, f32)>> {
         let q = self.normalised(query)?;
         let ids = read(&self.ids);
@@ -472,35 +507,32 @@ impl VectorIndex {
         }))
     }
 
-    fn scan(&self, q: &[Q8], k: usize, accept: &dyn Fn(u64) -> bool) -> Vec<(u64, f32)> {
-        if k == 0 || self.hnsw.get_nb_point() == 0 {
+    fn scan(&self, q: &[Q8], k: usize, accept: &(dyn Fn(u64) -> bool + Sync)) -> Vec<(u64, f32)> {
+        if k == 0 {
             return Vec::new();
         }
-        // Min-heap of the best k so far (Reverse order on score, then id).
-        let mut heap: BinaryHeap<std::cmp::Reverse<Hit>> = BinaryHeap::with_capacity(k + 1);
-        let pi = self.hnsw.get_point_indexation();
+        // While the graph loads, the flat table holds every point.
+        if let Some(flat) = read(&self.warm).clone() {
+            return flat.scan(q, k, accept);
+        }
+        let graph = self.graph();
+        if graph.get_nb_point() == 0 {
+            return Vec::new();
+        }
+        let mut top = TopK::new(k);
+        let pi = graph.get_point_indexation();
         // One layer at a time, each under one read guard (hnsw_rs's all-layer
         // iterator re-locks while holding a guard, which can deadlock against
         // a waiting insert). Each point lives in exactly one layer list.
         for layer in 0..=usize::from(pi.get_max_level_observed()) {
             for p in pi.get_layer_iterator(layer) {
                 let id = p.get_origin_id() as u64;
-                if !accept(id) {
-                    continue;
-                }
-                let hit = Hit {
-                    score: score_of(DualsightDot.eval(q, p.get_v())),
-                    id,
-                };
-                if heap.len() < k {
-                    heap.push(std::cmp::Reverse(hit));
-                } else if heap.peek().is_some_and(|w| hit > w.0) {
-                    heap.pop();
-                    heap.push(std::cmp::Reverse(hit));
+                if accept(id) {
+                    top.offer(id, score_of(DualsightDot.eval(q, p.get_v())));
                 }
             }
         }
-        sorted(heap.into_iter().map(|r| (r.0.id, r.0.score)).collect())
+        top.into_sorted()
     }
 
     /// `v` checked, L2-normalised (in f64) and quantised to bytes:
@@ -569,9 +601,13 @@ impl VectorIndex {
             let dump = if snapshot.0 == 0 {
                 None
             } else {
-                let r = catch_unwind(AssertUnwindSafe(|| self.hnsw.file_dump(&tmp, BASENAME)));
+                let graph = self.graph();
+                let r = catch_unwind(AssertUnwindSafe(|| graph.file_dump(&tmp, BASENAME)));
                 match r {
-                    Ok(Ok(basename)) => Some(basename),
+                    Ok(Ok(basename)) => {
+                        self.write_flat(&tmp.join(FLAT_FILE))?;
+                        Some(basename)
+                    }
                     Ok(Err(e)) => {
                         return Err(IndexError::Dump {
                             dir: tmp,
@@ -594,10 +630,12 @@ impl VectorIndex {
             Some(basename) => {
                 let graph = sync_and_sum(&tmp.join(format!("{basename}.hnsw.graph")))?;
                 let data = sync_and_sum(&tmp.join(format!("{basename}.hnsw.data")))?;
+                let flat = sync_and_sum(&tmp.join(FLAT_FILE))?;
                 Some(DumpFiles {
                     basename,
                     graph,
                     data,
+                    flat,
                 })
             }
         };
@@ -640,11 +678,54 @@ impl VectorIndex {
         Ok(())
     }
 
+    /// Every point of the graph (tombstoned ones too) into a flat table.
+    /// Called under the writer lock, so no insert runs meanwhile.
+    fn write_flat(&self, path: &Path) -> Result<()> {
+        let graph = self.graph();
+        let pi = graph.get_point_indexation();
+        let mut points = Vec::with_capacity(graph.get_nb_point());
+        for layer in 0..=usize::from(pi.get_max_level_observed()) {
+            points.extend(pi.get_layer_iterator(layer));
+        }
+        let rows = points.iter().map(|p| (p.get_origin_id() as u64, p.get_v()));
+        Flat::write(path, self.dim, points.len(), rows).map_err(io_err(path))
+    }
+
     /// The checkpoint in `dir` and the last store id it covers. `None` when
     /// there is none, it belongs to another model (fingerprint or dim) or it
     /// was written in an older format; `Err` when it is damaged. Either way
     /// the caller rebuilds from the store.
+    ///
+    /// Returns once the files are verified and the flat table is read; the
+    /// graph then loads on a thread of its own (see `flat.rs` for why), and
+    /// searches scan the table until it is in.
     pub fn load(dir: &Path, fingerprint: &str, dim: usize) -> Result<Option<(VectorIndex, u64)>> {
+        Self::load_with(dir, fingerprint, dim, |job| {
+            // Shared so that the job can still run here if no thread starts.
+            let job = Arc::new(Mutex::new(Some(job)));
+            let theirs = Arc::clone(&job);
+            let take =
+                |j: &Mutex<Option<Job>>| j.lock().unwrap_or_else(PoisonError::into_inner).take();
+            let spawned = std::thread::Builder::new()
+                .name("index-load".into())
+                .spawn(move || take(&theirs).map(|j| j()));
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "no thread for the index load: loading in place");
+                if let Some(j) = take(&job) {
+                    j();
+                }
+            }
+        })
+    }
+
+    /// [`VectorIndex::load`] with the background load handed to `spawn`
+    /// (tests run it when they choose).
+    fn load_with(
+        dir: &Path,
+        fingerprint: &str,
+        dim: usize,
+        spawn: impl FnOnce(Job),
+    ) -> Result<Option<(VectorIndex, u64)>> {
         let current = dir.join(CURRENT);
         let gen_name = match fs::read_to_string(&current) {
             Ok(s) => s.trim().to_owned(),
@@ -699,98 +780,179 @@ impl VectorIndex {
             return Ok(None);
         }
         m.params.validate().map_err(|e| corrupt(e.to_string()))?;
-        let hnsw = match &m.dump {
-            None => {
-                if m.points != 0 {
-                    return Err(corrupt(format!("{} points but no dump", m.points)));
-                }
-                Hnsw::new(
-                    m.params.max_nb_connection,
-                    1,
-                    m.params.max_layer,
-                    m.params.ef_construction,
-                    DualsightDot,
-                )
+        let Some(d) = &m.dump else {
+            if m.points != 0 {
+                return Err(corrupt(format!("{} points but no dump", m.points)));
             }
-            Some(d) => {
-                for (ext, want) in [("graph", &d.graph), ("data", &d.data)] {
-                    let path = gen_dir.join(format!("{}.hnsw.{ext}", d.basename));
-                    let got = match sum_file(&path) {
-                        Ok(s) => s,
-                        Err(IndexError::Io { source, .. })
-                            if source.kind() == io::ErrorKind::NotFound =>
-                        {
-                            return Err(corrupt(format!("{} missing", path.display())));
-                        }
-                        Err(e) => return Err(e),
-                    };
-                    if &got != want {
-                        return Err(corrupt(format!("{}: checksum mismatch", path.display())));
-                    }
-                }
-                // The loaded graph borrows its loader for its whole life
-                // (hnsw_rs #19). Without mmap the loader holds no data (paths
-                // and options, ~100 bytes), so leaking one per load is the
-                // simplest sound way to a `'static` graph; loads happen at
-                // startup and after a compaction, not per request.
-                let (gen_dir, basename) = (gen_dir.clone(), d.basename.clone());
-                let load = move || {
-                    let loader: &'static mut HnswIo =
-                        Box::leak(Box::new(HnswIo::new(&gen_dir, &basename)));
-                    loader.load_hnsw::<Q8, DualsightDot>()
-                };
-                match catch_unwind(AssertUnwindSafe(load)) {
-                    Ok(Ok(mut h)) => {
-                        // hnsw_rs turns candidate extension on for reloaded
-                        // graphs; `new` leaves it off. Off, as for a graph
-                        // built in this process: later inserts cost the same
-                        // and build the same kind of graph.
-                        h.set_extend_candidates(false);
-                        h
-                    }
-                    Ok(Err(e)) => return Err(corrupt(format!("hnsw_rs: {e:#}"))),
-                    Err(_) => return Err(corrupt("hnsw_rs panicked while loading".into())),
-                }
-            }
-        };
-        let mut present = HashSet::with_capacity(m.points);
-        if m.points > 0 {
-            let pi = hnsw.get_point_indexation();
-            for layer in 0..=usize::from(pi.get_max_level_observed()) {
-                for p in pi.get_layer_iterator(layer) {
-                    if !present.insert(p.get_origin_id() as u64) {
-                        return Err(corrupt(format!(
-                            "id {} twice in the graph",
-                            p.get_origin_id()
-                        )));
-                    }
-                }
-            }
-        }
-        if present.len() != m.points || hnsw.get_nb_point() != m.points {
-            return Err(corrupt(format!(
-                "{} points in the graph, manifest says {}",
-                present.len(),
-                m.points
+            let hnsw = Hnsw::new(
+                m.params.max_nb_connection,
+                1,
+                m.params.max_layer,
+                m.params.ef_construction,
+                DualsightDot,
+            );
+            let ids = checked_ids(std::iter::empty(), &m).map_err(corrupt)?;
+            return Ok(Some((
+                VectorIndex::from_parts(dim, m.params, hnsw, ids),
+                m.last_id,
             )));
+        };
+        // Everything is verified before anything is parsed: hnsw_rs asserts
+        // (panics) on malformed input.
+        let graph_file = format!("{}.hnsw.graph", d.basename);
+        let data_file = format!("{}.hnsw.data", d.basename);
+        for (name, want) in [
+            (graph_file.as_str(), &d.graph),
+            (&data_file, &d.data),
+            (FLAT_FILE, &d.flat),
+        ] {
+            let path = gen_dir.join(name);
+            let got = match sum_file(&path) {
+                Ok(s) => s,
+                Err(IndexError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    return Err(corrupt(format!("{} missing", path.display())));
+                }
+                Err(e) => return Err(e),
+            };
+            if &got != want {
+                return Err(corrupt(format!("{}: checksum mismatch", path.display())));
+            }
         }
-        let tombstones: HashSet<u64> = m.tombstones.iter().copied().collect();
-        if !tombstones.is_subset(&present) || present.len() - tombstones.len() != m.live {
-            return Err(corrupt("tombstones do not match the graph".into()));
-        }
-        let max_id = present.iter().copied().max().unwrap_or(0).max(m.max_id);
-        let index = VectorIndex::from_parts(
+        let flat_path = gen_dir.join(FLAT_FILE);
+        let bytes = fs::read(&flat_path).map_err(io_err(&flat_path))?;
+        let flat = Flat::parse(bytes, dim)
+            .map_err(|e| corrupt(format!("{}: {e}", flat_path.display())))?;
+        let ids = checked_ids(flat.iter().map(|(id, _)| id), &m).map_err(corrupt)?;
+        let flat = Arc::new(flat);
+        let index = VectorIndex {
             dim,
-            m.params,
-            hnsw,
-            Ids {
-                present,
-                tombstones,
-                max_id,
-            },
-        );
+            params: m.params,
+            ef_search: AtomicUsize::new(m.params.ef_search),
+            hnsw: Arc::new(OnceLock::new()),
+            warm: Arc::new(RwLock::new(Some(Arc::clone(&flat)))),
+            writer: Mutex::new(()),
+            ids: RwLock::new(ids),
+        };
+        let (hnsw, warm) = (Arc::clone(&index.hnsw), Arc::clone(&index.warm));
+        let (params, basename) = (m.params, d.basename.clone());
+        spawn(Box::new(move || {
+            load_graph(&gen_dir, &basename, params, &flat, &hnsw);
+            *warm.write().unwrap_or_else(PoisonError::into_inner) = None;
+        }));
         Ok(Some((index, m.last_id)))
     }
+}
+
+/// The background half of a load (hnsw_rs's reader runs on one thread), run
+/// once the files are verified. A graph that hnsw_rs cannot read or that
+/// does not hold exactly the table's points is rebuilt from the table, so
+/// the index never ends up without a graph.
+fn load_graph(
+    gen_dir: &Path,
+    basename: &str,
+    params: IndexParams,
+    flat: &Flat,
+    into: &OnceLock<Hnsw<'static, Q8, DualsightDot>>,
+) {
+    let started = Instant::now();
+    // The loaded graph borrows its loader for its whole life (hnsw_rs #19).
+    // Without mmap the loader holds no data (paths and options, ~100
+    // bytes), so leaking one per load is the simplest sound way to a
+    // `'static` graph; loads happen at startup, not per request.
+    let load = || {
+        let loader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(gen_dir, basename)));
+        loader.load_hnsw::<Q8, DualsightDot>()
+    };
+    let loaded = match catch_unwind(AssertUnwindSafe(load)) {
+        Ok(Ok(mut h)) => {
+            // hnsw_rs turns candidate extension on for reloaded graphs; `new`
+            // leaves it off. Off, as for a graph built in this process: later
+            // inserts cost the same and build the same kind of graph.
+            h.set_extend_candidates(false);
+            if same_points(&h, flat) {
+                Some(h)
+            } else {
+                tracing::warn!(dir = %gen_dir.display(), "index graph does not match its vector table: rebuilding it from the table");
+                None
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(dir = %gen_dir.display(), error = %format!("{e:#}"), "hnsw_rs cannot read the index graph: rebuilding it from the vector table");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(dir = %gen_dir.display(), "hnsw_rs panicked reading the index graph: rebuilding it from the vector table");
+            None
+        }
+    };
+    let rebuilt = loaded.is_none();
+    let graph = loaded.unwrap_or_else(|| {
+        let h = Hnsw::new(
+            params.max_nb_connection,
+            flat.len().max(1),
+            params.max_layer,
+            params.ef_construction,
+            DualsightDot,
+        );
+        let rows: Vec<(&[Q8], usize)> = flat.iter().map(|(id, v)| (v, id as usize)).collect();
+        h.parallel_insert_slice(&rows);
+        h
+    });
+    if into.set(graph).is_err() {
+        unreachable!("only this load sets the graph");
+    }
+    tracing::info!(
+        points = flat.len(),
+        rebuilt,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "index graph loaded"
+    );
+}
+
+/// True when `h` holds exactly the table's ids, each once.
+fn same_points(h: &Hnsw<'static, Q8, DualsightDot>, flat: &Flat) -> bool {
+    if h.get_nb_point() != flat.len() {
+        return false;
+    }
+    let want: HashSet<u64> = flat.iter().map(|(id, _)| id).collect();
+    let pi = h.get_point_indexation();
+    let mut seen = HashSet::with_capacity(want.len());
+    for layer in 0..=usize::from(pi.get_max_level_observed()) {
+        for p in pi.get_layer_iterator(layer) {
+            let id = p.get_origin_id() as u64;
+            if !want.contains(&id) || !seen.insert(id) {
+                return false;
+            }
+        }
+    }
+    seen.len() == want.len()
+}
+
+/// The ids a checkpoint's points carry, checked against its manifest.
+fn checked_ids(points: impl Iterator<Item = u64>, m: &Manifest) -> Result<Ids, String> {
+    let mut present = HashSet::with_capacity(m.points);
+    for id in points {
+        if !present.insert(id) {
+            return Err(format!("id {id} twice in the checkpoint"));
+        }
+    }
+    if present.len() != m.points {
+        return Err(format!(
+            "{} points in the checkpoint, manifest says {}",
+            present.len(),
+            m.points
+        ));
+    }
+    let tombstones: HashSet<u64> = m.tombstones.iter().copied().collect();
+    if !tombstones.is_subset(&present) || present.len() - tombstones.len() != m.live {
+        return Err("tombstones do not match the graph".into());
+    }
+    let max_id = present.iter().copied().max().unwrap_or(0).max(m.max_id);
+    Ok(Ids {
+        present,
+        tombstones,
+        max_id,
+    })
 }
 
 /// Score-then-id order so equal scores come back in a stable order.
@@ -827,6 +989,35 @@ fn sorted(mut v: Vec<(u64, f32)>) -> Vec<(u64, f32)> {
         })
     });
     v
+}
+
+/// The best `k` (id, score) offered, kept in a min-heap (worst on top).
+struct TopK {
+    k: usize,
+    heap: BinaryHeap<std::cmp::Reverse<Hit>>,
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        TopK {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    fn offer(&mut self, id: u64, score: f32) {
+        let hit = Hit { score, id };
+        if self.heap.len() < self.k {
+            self.heap.push(std::cmp::Reverse(hit));
+        } else if self.heap.peek().is_some_and(|w| hit > w.0) {
+            self.heap.pop();
+            self.heap.push(std::cmp::Reverse(hit));
+        }
+    }
+
+    fn into_sorted(self) -> Vec<(u64, f32)> {
+        sorted(self.heap.into_iter().map(|r| (r.0.id, r.0.score)).collect())
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> IndexError + '_ {
@@ -874,10 +1065,12 @@ fn sync_and_sum(path: &Path) -> Result<FileSum> {
     sum_file(path)
 }
 
+/// Hashes through a mapping on every core: a checkpoint at a million
+/// vectors is over a gigabyte, read at every start.
 fn sum_file(path: &Path) -> Result<FileSum> {
-    let mut f = File::open(path).map_err(io_err(path))?;
+    let len = fs::metadata(path).map_err(io_err(path))?.len();
     let mut h = blake3::Hasher::new();
-    let len = io::copy(&mut f, &mut h).map_err(io_err(path))?;
+    h.update_mmap_rayon(path).map_err(io_err(path))?;
     Ok(FileSum {
         len,
         blake3: h.finalize().to_hex().to_string(),
@@ -1162,7 +1355,7 @@ mod tests {
         let data = low_rank_set(20_000, 512, 22);
         let queries = low_rank_set(200, 512, 23);
         let idx = build(&data, IndexParams::default());
-        let time = |label: &str, f: Option<&dyn Fn(u64) -> bool>| {
+        let time = |label: &str, f: Option<&(dyn Fn(u64) -> bool + Sync)>| {
             let t = std::time::Instant::now();
             let mut n = 0;
             for q in &queries {
@@ -1188,8 +1381,12 @@ mod tests {
             let t = std::time::Instant::now();
             let accept = |id: &usize| (*id as u64).is_multiple_of(f);
             for q in &queries {
-                idx.hnsw
-                    .search_filter(&dist::quantise(&unit(q.clone())), 10, 128, Some(&accept));
+                idx.graph().search_filter(
+                    &dist::quantise(&unit(q.clone())),
+                    10,
+                    128,
+                    Some(&accept),
+                );
             }
             println!(
                 "{label:24}: {:6.0} us/query",
@@ -1426,6 +1623,14 @@ mod tests {
         let (dir, g) = fresh();
         fs::remove_file(g.join("hnsw.hnsw.graph")).unwrap();
         expect_corrupt(dir.path());
+        // A flipped byte in the flat vector table.
+        let (dir, g) = fresh();
+        let table = g.join(FLAT_FILE);
+        let mut bytes = fs::read(&table).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        fs::write(&table, bytes).unwrap();
+        expect_corrupt(dir.path());
         // A garbled manifest.
         let (dir, g) = fresh();
         fs::write(g.join(MANIFEST), b"{ not json").unwrap();
@@ -1437,6 +1642,106 @@ mod tests {
         let (dir, _) = fresh();
         fs::write(dir.path().join(CURRENT), b"../../etc\n").unwrap();
         expect_corrupt(dir.path());
+    }
+
+    /// Loads a checkpoint with the background part held back until the test
+    /// runs it.
+    fn load_held(dir: &Path, dim: usize) -> (VectorIndex, Job) {
+        let mut held = None;
+        let (idx, _) = VectorIndex::load_with(dir, "fp", dim, |job| held = Some(job))
+            .unwrap()
+            .unwrap();
+        (
+            idx,
+            held.expect("a checkpoint with points loads its graph in the background"),
+        )
+    }
+
+    #[test]
+    fn a_loaded_checkpoint_answers_exactly_before_its_graph_is_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = random_set(3000, 16, 31);
+        let idx = build(&data, IndexParams::default());
+        assert!(idx.remove(8));
+        idx.checkpoint(dir.path(), "fp", 3000).unwrap();
+        let queries = random_set(20, 16, 32);
+
+        let (loaded, job) = load_held(dir.path(), 16);
+        assert!(loaded.is_warming());
+        assert_eq!((loaded.len(), loaded.tombstone_count()), (2999, 1));
+        for q in &queries {
+            let want = idx.exact_search(q, 10, None).unwrap();
+            assert_eq!(
+                loaded.search(q, 10, None).unwrap(),
+                want,
+                "warm search is exact"
+            );
+            assert_eq!(loaded.exact_search(q, 10, None).unwrap(), want);
+            let even = |id: u64| id.is_multiple_of(2);
+            assert_eq!(
+                loaded.search(q, 5, Some(&even)).unwrap(),
+                idx.exact_search(q, 5, Some(&even)).unwrap()
+            );
+        }
+        assert!(
+            !loaded
+                .search(&data[7], 3, None)
+                .unwrap()
+                .iter()
+                .any(|h| h.0 == 8)
+        );
+
+        job();
+        assert!(!loaded.is_warming());
+        let recall: usize = queries
+            .iter()
+            .map(|q| {
+                let want = idx.exact_search(q, 10, None).unwrap();
+                let got = loaded.search(q, 10, None).unwrap();
+                got.iter().filter(|h| want.contains(h)).count()
+            })
+            .sum();
+        assert!(recall >= 190, "graph search after the load: {recall}/200");
+        // Inserts go into the loaded graph: a copy of vector 1 is found.
+        assert!(loaded.insert(5000, &data[0]).unwrap());
+        let ids: HashSet<u64> = loaded
+            .search(&data[0], 2, None)
+            .unwrap()
+            .iter()
+            .map(|h| h.0)
+            .collect();
+        assert_eq!(ids, HashSet::from([1, 5000]));
+    }
+
+    /// A graph file hnsw_rs cannot parse, even with checksums that agree (a
+    /// bug of the writer, say): the graph is rebuilt from the vector table.
+    #[test]
+    fn a_graph_hnsw_rs_cannot_read_is_rebuilt_from_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = random_set(500, 8, 33);
+        build(&data, IndexParams::default())
+            .checkpoint(dir.path(), "fp", 500)
+            .unwrap();
+        let g = dir.path().join("gen-1");
+        let graph = g.join("hnsw.hnsw.graph");
+        let mut bytes = fs::read(&graph).unwrap();
+        let n = bytes.len();
+        bytes[n / 3..n / 3 + 64].fill(0xAB);
+        fs::write(&graph, bytes).unwrap();
+        let manifest = g.join(MANIFEST);
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
+        let sum = sum_file(&graph).unwrap();
+        m["dump"]["graph"] = serde_json::to_value(&sum).unwrap();
+        fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+
+        let (loaded, job) = load_held(dir.path(), 8);
+        job();
+        assert!(!loaded.is_warming());
+        assert_eq!(loaded.graph().get_nb_point(), 500);
+        for (i, v) in data.iter().enumerate().take(50) {
+            assert_eq!(loaded.search(v, 1, None).unwrap()[0].0, i as u64 + 1);
+        }
     }
 
     #[test]
