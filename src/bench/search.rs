@@ -90,12 +90,13 @@ pub fn run(
         }
     }
     notes.push(format!(
-        "HNSW M={} ef_construction={} ef_search={}, k={}, vectors stored as 8-bit with one scale each, dot kernel {}; every search fetches max(2k, 32) candidates and rescores them with the f32 vectors, as the daemon does (timed with it); recall against f32 exact search; stored vectors: synthetic {dim}-d Gaussian mixture on the sphere (one cluster per 1000 vectors, 10..=1000; 32-d latent spread per cluster; cos to centre ≈ 0.66); recall queries: held-out draws (image-like) and the same shifted along one fixed direction so cos ≈ 0.3 to their draw (text-like, the modality gap)",
+        "HNSW M={} ef_construction={} ef_search={}, k={}, vectors stored as 8-bit with one scale each, dot kernel {}; every search fetches {} candidates (index::candidates_for(k)) and rescores them with the f32 vectors, as the daemon does (timed with it); recall against f32 exact search; stored vectors: synthetic {dim}-d Gaussian mixture on the sphere (one cluster per 1000 vectors, 10..=1000; 32-d latent spread per cluster; cos to centre ≈ 0.66); recall queries: held-out draws (image-like) and the same shifted along one fixed direction so cos ≈ 0.3 to their draw (text-like, the modality gap)",
         cfg.index.max_nb_connection,
         cfg.index.ef_construction,
         cfg.index.ef_search,
         cfg.k,
-        crate::index::dist::kernel_name()
+        crate::index::dist::kernel_name(),
+        crate::index::candidates_for(cfg.k)
     ));
     for &n in &sizes {
         if n == 0 || (!cfg.sections.search && n != largest) {

@@ -140,9 +140,12 @@ const COMPACTION_FRACTION: f64 = 0.2;
 /// Approximate hits to fetch so that `limit` of them, rescored with exact
 /// f32 cosines, match exact search: the 8-bit scores can swap near-ties
 /// across the `limit`-th place, and a walk's candidates beyond `limit` are
-/// nearly free (it visits ef_search ≥ 32 points anyway).
+/// nearly free (it keeps ef_search of them anyway). `dualsight bench` at
+/// 100k, text-like queries: fetching 100 instead of 32 for k = 10 took
+/// recall@10 from 0.84 to 0.92 at ef 128 and from 0.96 to 0.98 at ef 256,
+/// at the same search time.
 pub fn candidates_for(limit: usize) -> usize {
-    limit.saturating_mul(2).max(32)
+    limit.saturating_mul(10).max(100)
 }
 
 /// 1: f32 vectors; 2: half-precision vectors; 3: 8-bit vectors ([`Q8`]);
