@@ -1754,7 +1754,10 @@ mod tests {
         for k in [0, 1, 10, 89, 90, 91, 1000, usize::MAX / 2, usize::MAX] {
             let c = candidates_for(k);
             assert!(c >= k, "{k}");
-            assert!(c >= k.saturating_add(90) && c >= k.saturating_mul(2), "{k}: {c}");
+            assert!(
+                c >= k.saturating_add(90) && c >= k.saturating_mul(2),
+                "{k}: {c}"
+            );
         }
     }
 
