@@ -44,6 +44,19 @@ impl<'de> Deserialize<'de> for Q8 {
 /// Elements before the components: the scale's f32 bits.
 pub const HEADER: usize = 4;
 
+/// A stored vector's bytes, as written to disk.
+pub fn as_bytes(v: &[Q8]) -> &[u8] {
+    // SAFETY: Q8 is `repr(transparent)` over i8, which has u8's size and
+    // alignment; the borrow is carried over.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), v.len()) }
+}
+
+/// The inverse of [`as_bytes`].
+pub fn from_bytes(b: &[u8]) -> &[Q8] {
+    // SAFETY: as in `as_bytes`, the other way round.
+    unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<Q8>(), b.len()) }
+}
+
 /// `v` (finite, not all zero) as a stored vector: component `x` becomes
 /// `round(x / scale)` with `scale = max|x| / 127`, so the largest maps to
 /// ±127 and -128 is never used (the AVX2 kernel relies on that).
@@ -51,7 +64,7 @@ pub fn quantise(v: &[f32]) -> Vec<Q8> {
     let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
     let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
     let mut out = Vec::with_capacity(HEADER + v.len());
-    out.extend(scale.to_bits().to_le_bytes().map(|b| Q8(b as i8)));
+    out.extend_from_slice(from_bytes(&scale.to_bits().to_le_bytes()));
     out.extend(
         v.iter()
             .map(|&x| Q8((x / scale).round().clamp(-127.0, 127.0) as i8)),
@@ -66,12 +79,7 @@ fn split(v: &[Q8]) -> (f32, &[Q8]) {
         return (0.0, &[]);
     }
     let (head, body) = v.split_at(HEADER);
-    let bits = u32::from_le_bytes([
-        head[0].0 as u8,
-        head[1].0 as u8,
-        head[2].0 as u8,
-        head[3].0 as u8,
-    ]);
+    let bits = u32::from_le_bytes(as_bytes(head).try_into().expect("HEADER is 4"));
     (f32::from_bits(bits), body)
 }
 
@@ -208,12 +216,12 @@ mod tests {
                 if is_x86_feature_detected!("avx2") {
                     assert_eq!(avx2::dot(qa, qb), want, "n={n}");
                 }
-                // The extremes: every product at ±127².
-                let hi: Vec<Q8> = (0..n)
-                    .map(|i| Q8(if i % 3 == 0 { -127 } else { 127 }))
-                    .collect();
-                assert_eq!(KERNEL.0(&hi, &hi), 127 * 127 * n as i32, "n={n}");
             }
+            // The extremes: every product at ±127².
+            let hi: Vec<Q8> = (0..n)
+                .map(|i| Q8(if i % 3 == 0 { -127 } else { 127 }))
+                .collect();
+            assert_eq!(KERNEL.0(&hi, &hi), 127 * 127 * n as i32, "n={n}");
         }
     }
 

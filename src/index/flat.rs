@@ -20,7 +20,7 @@ use std::path::Path;
 use hnsw_rs::prelude::Distance;
 use rayon::prelude::*;
 
-use super::dist::{HEADER, Q8};
+use super::dist::{HEADER, Q8, as_bytes, from_bytes};
 
 const MAGIC: &[u8; 4] = b"DSQ8";
 const FORMAT: u32 = 1;
@@ -35,12 +35,14 @@ pub struct Flat {
 }
 
 impl Flat {
-    /// Writes `rows` (exactly `count` of them) to `path`, not synced.
-    pub fn write<'a>(
+    /// Writes a table of `count` rows to `path`, not synced. `feed` passes
+    /// each row to the writer it is given, and stops when it returns false
+    /// (a failed write, whose error is then returned).
+    pub fn write(
         path: &Path,
         dim: usize,
         count: usize,
-        rows: impl Iterator<Item = (u64, &'a [Q8])>,
+        feed: impl FnOnce(&mut dyn FnMut(u64, &[Q8]) -> bool),
     ) -> io::Result<()> {
         let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
         w.write_all(MAGIC)?;
@@ -49,18 +51,26 @@ impl Flat {
         w.write_all(&0u32.to_le_bytes())?;
         w.write_all(&(count as u64).to_le_bytes())?;
         let mut written = 0usize;
-        for (id, v) in rows {
-            if v.len() != HEADER + dim {
-                return Err(io::Error::other(format!(
+        let mut failed = None;
+        feed(&mut |id, v| {
+            let r = if v.len() != HEADER + dim {
+                Err(io::Error::other(format!(
                     "vector {id} has {} elements, expected {}",
                     v.len(),
                     HEADER + dim
-                )));
+                )))
+            } else {
+                w.write_all(&id.to_le_bytes())
+                    .and_then(|()| w.write_all(as_bytes(v)))
+            };
+            match r {
+                Ok(()) => written += 1,
+                Err(e) => failed = Some(e),
             }
-            w.write_all(&id.to_le_bytes())?;
-            // Q8 is `repr(transparent)` over i8: its bytes are the file's.
-            w.write_all(&v.iter().map(|q| q.0 as u8).collect::<Vec<u8>>())?;
-            written += 1;
+            failed.is_none()
+        });
+        if let Some(e) = failed {
+            return Err(e);
         }
         if written != count {
             return Err(io::Error::other(format!(
@@ -121,11 +131,7 @@ impl Flat {
         let at = PREAMBLE + i * self.row;
         let r = &self.bytes[at..at + self.row];
         let id = u64::from_le_bytes(r[..8].try_into().expect("8 bytes"));
-        let v = &r[8..];
-        // SAFETY: Q8 is `repr(transparent)` over i8, which has u8's size and
-        // alignment; the slice stays borrowed from `self`.
-        let v = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<Q8>(), v.len()) };
-        (id, v)
+        (id, from_bytes(&r[8..]))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u64, &[Q8])> + '_ {
@@ -182,18 +188,20 @@ mod tests {
             .collect()
     }
 
+    fn feed(rows: &[(u64, Vec<Q8>)], row: &mut dyn FnMut(u64, &[Q8]) -> bool) {
+        for (id, v) in rows {
+            if !row(*id, v) {
+                return;
+            }
+        }
+    }
+
     #[test]
     fn round_trips_and_scans_exactly() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
         let rows = vectors(40_000, 12);
-        Flat::write(
-            &path,
-            12,
-            rows.len(),
-            rows.iter().map(|(id, v)| (*id, v.as_slice())),
-        )
-        .unwrap();
+        Flat::write(&path, 12, rows.len(), |row| feed(&rows, row)).unwrap();
         let flat = Flat::parse(std::fs::read(&path).unwrap(), 12).unwrap();
         assert_eq!(flat.len(), rows.len());
         assert!(
@@ -225,7 +233,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
         let rows = vectors(10, 4);
-        Flat::write(&path, 4, 10, rows.iter().map(|(id, v)| (*id, v.as_slice()))).unwrap();
+        Flat::write(&path, 4, 10, |row| feed(&rows, row)).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         let err = |b: Vec<u8>, dim| Flat::parse(b, dim).err().unwrap();
         assert!(err(bytes.clone(), 5).contains("dim 4 (expected 5)"));
@@ -235,7 +243,7 @@ mod tests {
         huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(err(huge, 4).contains("cannot hold"));
         // Announcing more rows than given is an error, not a short file.
-        let short = Flat::write(&path, 4, 11, rows.iter().map(|(id, v)| (*id, v.as_slice())));
+        let short = Flat::write(&path, 4, 11, |row| feed(&rows, row));
         assert!(short.is_err());
     }
 }

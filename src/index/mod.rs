@@ -524,18 +524,12 @@ impl VectorIndex {
             return Vec::new();
         }
         let mut top = TopK::new(k);
-        let pi = graph.get_point_indexation();
-        // One layer at a time, each under one read guard (hnsw_rs's all-layer
-        // iterator re-locks while holding a guard, which can deadlock against
-        // a waiting insert). Each point lives in exactly one layer list.
-        for layer in 0..=usize::from(pi.get_max_level_observed()) {
-            for p in pi.get_layer_iterator(layer) {
-                let id = p.get_origin_id() as u64;
-                if accept(id) {
-                    top.offer(id, score_of(DualsightDot.eval(q, p.get_v())));
-                }
+        each_point(graph, |id, v| {
+            if accept(id) {
+                top.offer(id, score_of(DualsightDot.eval(q, v)));
             }
-        }
+            true
+        });
         top.into_sorted()
     }
 
@@ -686,13 +680,11 @@ impl VectorIndex {
     /// Called under the writer lock, so no insert runs meanwhile.
     fn write_flat(&self, path: &Path) -> Result<()> {
         let graph = self.graph();
-        let pi = graph.get_point_indexation();
-        let mut points = Vec::with_capacity(graph.get_nb_point());
-        for layer in 0..=usize::from(pi.get_max_level_observed()) {
-            points.extend(pi.get_layer_iterator(layer));
-        }
-        let rows = points.iter().map(|p| (p.get_origin_id() as u64, p.get_v()));
-        Flat::write(path, self.dim, points.len(), rows).map_err(io_err(path))
+        let count = graph.get_nb_point();
+        Flat::write(path, self.dim, count, |row| {
+            each_point(graph, row);
+        })
+        .map_err(io_err(path))
     }
 
     /// The checkpoint in `dir` and the last store id it covers. `None` when
@@ -919,17 +911,25 @@ fn same_points(h: &Hnsw<'static, Q8, DualsightDot>, flat: &Flat) -> bool {
         return false;
     }
     let want: HashSet<u64> = flat.iter().map(|(id, _)| id).collect();
-    let pi = h.get_point_indexation();
     let mut seen = HashSet::with_capacity(want.len());
+    each_point(h, |id, _| want.contains(&id) && seen.insert(id)) && seen.len() == want.len()
+}
+
+/// Calls `f` with every point's id and vector until it returns false; true
+/// when it never did. One layer at a time, each under one read guard
+/// (hnsw_rs's all-layer iterator re-locks while holding a guard, which can
+/// deadlock against a waiting insert). Each point lives in exactly one layer
+/// list.
+fn each_point(h: &Hnsw<'static, Q8, DualsightDot>, mut f: impl FnMut(u64, &[Q8]) -> bool) -> bool {
+    let pi = h.get_point_indexation();
     for layer in 0..=usize::from(pi.get_max_level_observed()) {
         for p in pi.get_layer_iterator(layer) {
-            let id = p.get_origin_id() as u64;
-            if !want.contains(&id) || !seen.insert(id) {
+            if !f(p.get_origin_id() as u64, p.get_v()) {
                 return false;
             }
         }
     }
-    seen.len() == want.len()
+    true
 }
 
 /// The ids a checkpoint's points carry, checked against its manifest.
