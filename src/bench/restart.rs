@@ -415,6 +415,7 @@ fn daemon(
         .enable_all()
         .build()?;
     let lat = runtime.block_on(live_searches(&d.addr, &texts, cfg.k))?;
+    let (cached, trip) = runtime.block_on(live_overhead(&d.addr, &texts[0], cfg.k, texts.len()))?;
     // Close our connection first: the server's graceful shutdown waits for it.
     drop(runtime);
     add_latency(
@@ -423,6 +424,20 @@ fn daemon(
         SECTION,
         "live gRPC Search (text → hits with paths), graph in",
         &lat,
+    );
+    add_latency(
+        figs,
+        "daemon.search_cached",
+        SECTION,
+        "  the same text again (embedding from the query cache: search + rescoring + paths + gRPC)",
+        &cached,
+    );
+    add_latency(
+        figs,
+        "daemon.grpc_round_trip",
+        SECTION,
+        "  gRPC round trip alone (an empty health check)",
+        &trip,
     );
     let stop = d.stop()?;
     figs.add(
@@ -501,6 +516,44 @@ async fn live_searches(addr: &str, texts: &[String], k: usize) -> Result<Vec<f64
         lat.push(t0.elapsed().as_secs_f64());
     }
     Ok(lat)
+}
+
+/// What the daemon adds around the text tower: `reps` Searches for one text
+/// the query cache already holds (so no tower runs), and `reps` health checks
+/// (an empty call), the transport's own round trip.
+async fn live_overhead(addr: &str, text: &str, k: usize, reps: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    use crate::server::proto::SearchRequest;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let mut client = crate::cli::client::connect(addr).await?;
+    let req = || SearchRequest {
+        text: text.to_string(),
+        limit: k as u32,
+        path_prefix: None,
+        min_score: None,
+    };
+    client.search(req()).await?;
+    let mut cached = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        std::hint::black_box(client.search(req()).await?);
+        cached.push(t0.elapsed().as_secs_f64());
+    }
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let mut health = HealthClient::new(channel);
+    let check = || HealthCheckRequest {
+        service: String::new(),
+    };
+    health.check(check()).await?;
+    let mut trip = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        std::hint::black_box(health.check(check()).await?);
+        trip.push(t0.elapsed().as_secs_f64());
+    }
+    Ok((cached, trip))
 }
 
 /// `field=value` (a number) on the last log line containing `marker`.

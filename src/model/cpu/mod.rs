@@ -6,9 +6,10 @@
 //! a broadcast bias add, then the residual add; attention splits heads with
 //! transposes and `contiguous()` copies, and every per-head matmul is threaded
 //! on its own (a barrier per head on tiny matrices). Here a dense layer is one
-//! `gemm` call that reads its bias (and residual) from the destination, and
-//! attention runs one task per (image, head) that reads q, k and v in place
-//! through strides and writes its context straight into `[B, L, H]`.
+//! matrix product that reads its bias (and residual) from the destination
+//! (`small` for a few rows, `packed` for many, `gemm` off x86-64 or without
+//! AVX2), and attention runs one task per (image, head) that reads q, k and v
+//! in place through strides and writes its context straight into `[B, L, H]`.
 //!
 //! Only f32 tensors on the CPU take these paths; everything else (CUDA, f16,
 //! bf16) goes through candle, and `tests` below check both agree.
@@ -104,7 +105,24 @@ pub fn matmul_wt(
     if m <= SMALL_M && small::available() {
         return small::matmul_wt(x, w, (m, k, n), dst, dst_rs, accumulate);
     }
-    // SAFETY: the asserts above bound every index gemm touches: lhs rows are k
+    #[cfg(target_arch = "x86_64")]
+    if packed::available() {
+        return packed::matmul_wt(x, w, (m, k, n), dst, dst_rs, accumulate);
+    }
+    gemm_wt(x, w, (m, k, n), dst, dst_rs, accumulate)
+}
+
+/// [`matmul_wt`] through `gemm`, for CPUs without AVX2 + FMA; the caller has
+/// checked the slice lengths.
+fn gemm_wt(
+    x: &[f32],
+    w: &[f32],
+    (m, k, n): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+) {
+    // SAFETY: matmul_wt's asserts bound every index gemm touches: lhs rows are k
     // apart (m of them), rhs = wᵀ reads w[j * k + kk], dst rows are dst_rs apart.
     unsafe {
         gemm(
@@ -133,190 +151,14 @@ pub fn matmul_wt(
 
 /// Up to this many rows (a text query is ~10 tokens), a dense layer streams
 /// its weight once and takes dot products against every row held in cache;
-/// gemm packs both operands for each call and, below ~64 rows, ran at half
-/// this kernel's rate on BERT-base's shapes (measured with
-/// `examples/dense.rs`: 1.4–2× from 16 to 48 rows, even at 64).
+/// packing both operands for each call, as gemm and the packed kernel do, ran
+/// at half this kernel's rate below ~48 rows on BERT-base's shapes (measured
+/// with `examples/dense.rs`: at 48 rows ~100 GFLOP/s here, 72 packed at 49).
 const SMALL_M: usize = 48;
 
-/// The few-rows kernel: AVX2 + FMA, chosen at run time (`available`).
-mod small {
-    use super::SendPtr;
-    use rayon::prelude::*;
-
-    /// Output columns (weight rows) per task: enough work to amortise a task,
-    /// small enough that two cores split even a 512-wide projection.
-    const COLS_PER_TASK: usize = 64;
-
-    pub fn available() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    }
-
-    /// Same contract as `super::matmul_wt`, whose asserts have run.
-    pub fn matmul_wt(
-        x: &[f32],
-        w: &[f32],
-        (m, k, n): (usize, usize, usize),
-        dst: &mut [f32],
-        dst_rs: usize,
-        accumulate: bool,
-    ) {
-        let out = SendPtr(dst.as_mut_ptr());
-        let task = |j0: usize| {
-            let j1 = (j0 + COLS_PER_TASK).min(n);
-            // Weight rows outer: a block of `TW` of them stays in L1 while
-            // every input row passes, so the weight is read from memory once.
-            let mut j = j0;
-            while j < j1 {
-                let rows = (j1 - j).min(TW);
-                let mut i = 0;
-                while i < m {
-                    let xs = (m - i).min(TX);
-                    let mut acc = [[0f32; TW]; TX];
-                    // Each pass over this block also pulls its share of the
-                    // next block towards the cache, so memory streams at an
-                    // even rate while the passes compute from L1.
-                    let next = &w[(j + rows) * k..(j + rows + (j1 - j - rows).min(TW)) * k];
-                    let (pass, passes) = (i / TX, m.div_ceil(TX));
-                    let next = &next[next.len() * pass / passes..next.len() * (pass + 1) / passes];
-                    let (xt, wt) = (&x[i * k..(i + xs) * k], &w[j * k..(j + rows) * k]);
-                    tile(xt, wt, next, k, xs, rows, &mut acc);
-                    for (di, row) in acc[..xs].iter().enumerate() {
-                        for (r, a) in row[..rows].iter().enumerate() {
-                            // SAFETY: (i + di, j + r) is inside the destination
-                            // the caller checked; tasks own disjoint columns.
-                            unsafe {
-                                let d = out.get().add((i + di) * dst_rs + j + r);
-                                *d = if accumulate { *d + a } else { *a };
-                            }
-                        }
-                    }
-                    i += xs;
-                }
-                j += rows;
-            }
-        };
-        let starts: Vec<usize> = (0..n).step_by(COLS_PER_TASK).collect();
-        if starts.len() > 1 && m * n * k > 1 << 16 {
-            starts.into_par_iter().for_each(task);
-        } else {
-            starts.into_iter().for_each(task);
-        }
-    }
-
-    /// Input rows × weight rows in one register tile: 4 × 3 accumulators, the
-    /// 3 weight vectors and one input vector are exactly AVX2's 16 registers
-    /// (3 × 4 spills one accumulator through the stack every step, which
-    /// halves throughput). Each step loads 7 vectors for 12 independent FMA
-    /// chains, enough to hide FMA latency; one row at a time was bound by
-    /// loads and ran at a third of the FMA units' peak.
-    const TX: usize = 4;
-    const TW: usize = 3;
-
-    /// `acc[i][r] = x[i] · w[r]` for `xs ≤ TX` input rows and `ws ≤ TW`
-    /// weight rows, each of length `k`.
-    /// `next` (possibly empty) is prefetched along the way.
-    fn tile(
-        x: &[f32],
-        w: &[f32],
-        next: &[f32],
-        k: usize,
-        xs: usize,
-        ws: usize,
-        acc: &mut [[f32; TW]; TX],
-    ) {
-        assert!(x.len() >= xs * k && w.len() >= ws * k && xs <= TX && ws <= TW);
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: only reached when `available()` found AVX2 and FMA; the
-        // assert above bounds every row the kernel reads.
-        unsafe {
-            macro_rules! dispatch {
-                ($($xs:literal, $ws:literal);*) => {
-                    match (xs, ws) {
-                        $(($xs, $ws) => tile_avx2::<$xs, $ws>(x, w, next, k, acc),)*
-                        _ => unreachable!("tile shape checked above"),
-                    }
-                };
-            }
-            dispatch!(4, 3; 4, 2; 4, 1; 3, 3; 3, 2; 3, 1; 2, 3; 2, 2; 2, 1; 1, 3; 1, 2; 1, 1)
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        for i in 0..xs {
-            for r in 0..ws {
-                acc[i][r] = x[i * k..(i + 1) * k]
-                    .iter()
-                    .zip(&w[r * k..])
-                    .map(|(a, b)| a * b)
-                    .sum();
-            }
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile_avx2<const X: usize, const R: usize>(
-        x: &[f32],
-        w: &[f32],
-        next: &[f32],
-        k: usize,
-        acc: &mut [[f32; TW]; TX],
-    ) {
-        use std::arch::x86_64::*;
-        let body = k / 8 * 8;
-        // SAFETY (all loads): kk + 8 <= body <= k; row i of x spans
-        // i*k..(i+1)*k and row r of w spans r*k..(r+1)*k, both checked by the
-        // caller's assert.
-        unsafe {
-            let mut s = [[_mm256_setzero_ps(); R]; X];
-            let (xp, wp) = (x.as_ptr(), w.as_ptr());
-            // `next` is spread evenly over the steps: two 64-byte lines from
-            // offset `pos >> 16` each step (fixed point, no division in the
-            // loop), which covers up to 32 floats a step. Prefetch is a hint
-            // that never faults, so a line past the end of `next` costs
-            // nothing; `wrapping_add` keeps that address arithmetic defined.
-            let pf = if next.is_empty() { wp } else { next.as_ptr() };
-            let inc = ((next.len() << 16) * 8).checked_div(body).unwrap_or(0);
-            let mut pos = 0usize;
-            let mut kk = 0;
-            while kk < body {
-                let at = pf.wrapping_add(pos >> 16);
-                _mm_prefetch::<_MM_HINT_T0>(at.cast());
-                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(16).cast());
-                pos += inc;
-                let mut wv = [_mm256_setzero_ps(); R];
-                for (r, v) in wv.iter_mut().enumerate() {
-                    *v = _mm256_loadu_ps(wp.add(r * k + kk));
-                }
-                for (i, si) in s.iter_mut().enumerate() {
-                    let xv = _mm256_loadu_ps(xp.add(i * k + kk));
-                    for (r, sir) in si.iter_mut().enumerate() {
-                        *sir = _mm256_fmadd_ps(xv, wv[r], *sir);
-                    }
-                }
-                kk += 8;
-            }
-            for i in 0..X {
-                for r in 0..R {
-                    let v = s[i][r];
-                    let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-                    let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-                    let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
-                    let mut total = _mm_cvtss_f32(q);
-                    for t in body..k {
-                        total += x[i * k + t] * w[r * k + t];
-                    }
-                    acc[i][r] = total;
-                }
-            }
-        }
-    }
-}
+#[cfg(target_arch = "x86_64")]
+mod packed;
+mod small;
 
 /// Fills each `n`-wide row of `dst` (rows `dst_rs` apart, `m` of them) with `row`.
 pub fn fill_rows(dst: &mut [f32], m: usize, n: usize, dst_rs: usize, row: &[f32]) {
@@ -532,7 +374,7 @@ mod tests {
 
     #[test]
     fn matmul_wt_matches_candle_with_bias_and_strided_destination() -> Result<()> {
-        // 37 rows take the few-rows kernel, 97 take gemm.
+        // 37 rows take the few-rows kernel, 97 the packed one.
         for m in [37, 97] {
             strided_destination_case(m)?;
         }
@@ -555,13 +397,20 @@ mod tests {
         let rs = 3 * n;
         let mut dst = vec![7f32; m * rs];
         fill_rows(&mut dst[n..], m, n, rs, &bv);
-        matmul_wt(&xv, &wv, (m, k, n), &mut dst[n..], rs, true);
-        let got: Vec<f32> = (0..m)
-            .flat_map(|i| dst[i * rs + n..i * rs + 2 * n].to_vec())
-            .collect();
-        close(&got, &want.flatten_all()?.to_vec1::<f32>()?, 1e-4);
-        // Columns outside the written block are untouched.
-        assert!((0..m).all(|i| dst[i * rs..i * rs + n].iter().all(|&v| v == 7.0)));
+        let want = want.flatten_all()?.to_vec1::<f32>()?;
+        // The kernel matmul_wt picks for m rows, and gemm (the fallback
+        // without AVX2), which this machine would not pick otherwise.
+        for product in [matmul_wt, gemm_wt] {
+            let mut dst = dst.clone();
+            product(&xv, &wv, (m, k, n), &mut dst[n..], rs, true);
+            let got: Vec<f32> = (0..m)
+                .flat_map(|i| dst[i * rs + n..i * rs + 2 * n].to_vec())
+                .collect();
+            close(&got, &want, 1e-4);
+            // Columns outside the written block are untouched.
+            assert!((0..m).all(|i| dst[i * rs..i * rs + n].iter().all(|&v| v == 7.0)));
+            assert!((0..m).all(|i| dst[i * rs + 2 * n..(i + 1) * rs].iter().all(|&v| v == 7.0)));
+        }
         Ok(())
     }
 

@@ -1,0 +1,178 @@
+//! The few-rows kernel: AVX2 + FMA, chosen at run time (`available`).
+
+use super::SendPtr;
+use rayon::prelude::*;
+
+/// Output columns (weight rows) per task: enough work to amortise a task,
+/// small enough that two cores split even a 512-wide projection.
+const COLS_PER_TASK: usize = 64;
+
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Same contract as `super::matmul_wt`, whose asserts have run.
+pub fn matmul_wt(
+    x: &[f32],
+    w: &[f32],
+    (m, k, n): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+) {
+    let out = SendPtr(dst.as_mut_ptr());
+    let task = |j0: usize| {
+        let j1 = (j0 + COLS_PER_TASK).min(n);
+        // Weight rows outer: a block of `TW` of them stays in L1 while
+        // every input row passes, so the weight is read from memory once.
+        let mut j = j0;
+        while j < j1 {
+            let rows = (j1 - j).min(TW);
+            let mut i = 0;
+            while i < m {
+                let xs = (m - i).min(TX);
+                let mut acc = [[0f32; TW]; TX];
+                // Each pass over this block also pulls its share of the
+                // next block towards the cache, so memory streams at an
+                // even rate while the passes compute from L1.
+                let next = &w[(j + rows) * k..(j + rows + (j1 - j - rows).min(TW)) * k];
+                let (pass, passes) = (i / TX, m.div_ceil(TX));
+                let next = &next[next.len() * pass / passes..next.len() * (pass + 1) / passes];
+                let (xt, wt) = (&x[i * k..(i + xs) * k], &w[j * k..(j + rows) * k]);
+                tile(xt, wt, next, k, xs, rows, &mut acc);
+                for (di, row) in acc[..xs].iter().enumerate() {
+                    for (r, a) in row[..rows].iter().enumerate() {
+                        // SAFETY: (i + di, j + r) is inside the destination
+                        // the caller checked; tasks own disjoint columns.
+                        unsafe {
+                            let d = out.get().add((i + di) * dst_rs + j + r);
+                            *d = if accumulate { *d + a } else { *a };
+                        }
+                    }
+                }
+                i += xs;
+            }
+            j += rows;
+        }
+    };
+    let starts: Vec<usize> = (0..n).step_by(COLS_PER_TASK).collect();
+    if starts.len() > 1 && m * n * k > 1 << 16 {
+        starts.into_par_iter().for_each(task);
+    } else {
+        starts.into_iter().for_each(task);
+    }
+}
+
+/// Input rows × weight rows in one register tile: 4 × 3 accumulators, the
+/// 3 weight vectors and one input vector are exactly AVX2's 16 registers
+/// (3 × 4 spills one accumulator through the stack every step, which
+/// halves throughput). Each step loads 7 vectors for 12 independent FMA
+/// chains, enough to hide FMA latency; one row at a time was bound by
+/// loads and ran at a third of the FMA units' peak.
+const TX: usize = 4;
+const TW: usize = 3;
+
+/// `acc[i][r] = x[i] · w[r]` for `xs ≤ TX` input rows and `ws ≤ TW`
+/// weight rows, each of length `k`.
+/// `next` (possibly empty) is prefetched along the way.
+fn tile(
+    x: &[f32],
+    w: &[f32],
+    next: &[f32],
+    k: usize,
+    xs: usize,
+    ws: usize,
+    acc: &mut [[f32; TW]; TX],
+) {
+    assert!(x.len() >= xs * k && w.len() >= ws * k && xs <= TX && ws <= TW);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: only reached when `available()` found AVX2 and FMA; the
+    // assert above bounds every row the kernel reads.
+    unsafe {
+        macro_rules! dispatch {
+            ($($xs:literal, $ws:literal);*) => {
+                match (xs, ws) {
+                    $(($xs, $ws) => tile_avx2::<$xs, $ws>(x, w, next, k, acc),)*
+                    _ => unreachable!("tile shape checked above"),
+                }
+            };
+        }
+        dispatch!(4, 3; 4, 2; 4, 1; 3, 3; 3, 2; 3, 1; 2, 3; 2, 2; 2, 1; 1, 3; 1, 2; 1, 1)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for i in 0..xs {
+        for r in 0..ws {
+            acc[i][r] = x[i * k..(i + 1) * k]
+                .iter()
+                .zip(&w[r * k..])
+                .map(|(a, b)| a * b)
+                .sum();
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2<const X: usize, const R: usize>(
+    x: &[f32],
+    w: &[f32],
+    next: &[f32],
+    k: usize,
+    acc: &mut [[f32; TW]; TX],
+) {
+    use std::arch::x86_64::*;
+    let body = k / 8 * 8;
+    // SAFETY (all loads): kk + 8 <= body <= k; row i of x spans
+    // i*k..(i+1)*k and row r of w spans r*k..(r+1)*k, both checked by the
+    // caller's assert.
+    unsafe {
+        let mut s = [[_mm256_setzero_ps(); R]; X];
+        let (xp, wp) = (x.as_ptr(), w.as_ptr());
+        // `next` is spread evenly over the steps: two 64-byte lines from
+        // offset `pos >> 16` each step (fixed point, no division in the
+        // loop), which covers up to 32 floats a step. Prefetch is a hint
+        // that never faults, so a line past the end of `next` costs
+        // nothing; `wrapping_add` keeps that address arithmetic defined.
+        let pf = if next.is_empty() { wp } else { next.as_ptr() };
+        let inc = ((next.len() << 16) * 8).checked_div(body).unwrap_or(0);
+        let mut pos = 0usize;
+        let mut kk = 0;
+        while kk < body {
+            let at = pf.wrapping_add(pos >> 16);
+            _mm_prefetch::<_MM_HINT_T0>(at.cast());
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(16).cast());
+            pos += inc;
+            let mut wv = [_mm256_setzero_ps(); R];
+            for (r, v) in wv.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(wp.add(r * k + kk));
+            }
+            for (i, si) in s.iter_mut().enumerate() {
+                let xv = _mm256_loadu_ps(xp.add(i * k + kk));
+                for (r, sir) in si.iter_mut().enumerate() {
+                    *sir = _mm256_fmadd_ps(xv, wv[r], *sir);
+                }
+            }
+            kk += 8;
+        }
+        for i in 0..X {
+            for r in 0..R {
+                let v = s[i][r];
+                let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+                let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+                let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+                let mut total = _mm_cvtss_f32(q);
+                for t in body..k {
+                    total += x[i * k + t] * w[r * k + t];
+                }
+                acc[i][r] = total;
+            }
+        }
+    }
+}
