@@ -521,7 +521,12 @@ async fn live_searches(addr: &str, texts: &[String], k: usize) -> Result<Vec<f64
 /// What the daemon adds around the text tower: `reps` Searches for one text
 /// the query cache already holds (so no tower runs), and `reps` health checks
 /// (an empty call), the transport's own round trip.
-async fn live_overhead(addr: &str, text: &str, k: usize, reps: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+async fn live_overhead(
+    addr: &str,
+    text: &str,
+    k: usize,
+    reps: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
     use crate::server::proto::SearchRequest;
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
