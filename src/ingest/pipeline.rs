@@ -494,11 +494,19 @@ fn flush_batch(
     ok
 }
 
+/// True when `path` is certainly not on the disk (an unreadable one is kept).
+fn gone_from_disk(path: &str) -> bool {
+    matches!(Path::new(path).try_exists(), Ok(false))
+}
+
 /// Applies a removal or a reconcile; returns whether anything changed.
 fn apply(engine: &Engine, op: Op) -> bool {
     let removal = match op {
         Op::Remove(path) => match path_str(&path) {
-            Ok(p) => engine.store.remove_prefix(p),
+            // Applied `remove_grace` after the event: whatever is back on
+            // the disk by now (a folder re-created, a file saved by rename)
+            // stays.
+            Ok(p) => engine.store.remove_prefix_if(p, gone_from_disk),
             Err(e) => Err(e),
         },
         Op::Reconcile { root, seen } => {
@@ -513,12 +521,16 @@ fn apply(engine: &Engine, op: Op) -> bool {
                 return false;
             }
             let seen: HashSet<&Path> = seen.iter().map(PathBuf::as_path).collect();
+            // The scan is `remove_grace` old by now: a file created since then
+            // is in the store but not in `seen`. Only what is gone from the
+            // disk now is forgotten (an unreadable path is kept).
             let gone: Vec<String> = engine
                 .store
                 .iter_files_under(r)
                 .filter_map(|f| f.ok())
                 .map(|(p, _)| p)
                 .filter(|p| !seen.contains(Path::new(p)))
+                .filter(|p| gone_from_disk(p))
                 .collect();
             // Failure records of files that are gone too (deleted while stopped).
             let under = |p: &str| Path::new(p).starts_with(&root);

@@ -648,7 +648,13 @@ impl Store {
     /// Forgets every file under a folder (by whole path components) and its
     /// failure records. Atomic per chunk of [`CHUNK`] paths.
     pub fn remove_prefix(&self, dir: &str) -> Result<Removal> {
-        let paths = self.paths_under(dir)?;
+        self.remove_prefix_if(dir, |_| true)
+    }
+
+    /// [`Store::remove_prefix`] for the paths `forget` agrees to.
+    pub fn remove_prefix_if(&self, dir: &str, forget: impl Fn(&str) -> bool) -> Result<Removal> {
+        let mut paths = self.paths_under(dir)?;
+        paths.retain(|p| forget(p));
         let mut total = Removal::default();
         for chunk in paths.chunks(CHUNK) {
             total.absorb(self.write(|tx| {

@@ -322,6 +322,29 @@ async fn photos_become_searchable_in_exact_cosine_order() {
         .into_inner()
         .hits;
     assert!(!above.is_empty() && above.iter().all(|h| h.score >= top - 1e-6));
+    // The same bytes at a second path: one vector, two hits with one score,
+    // in path order, and a limit that falls between them keeps the first.
+    // (This also checks that the start-up scan's delayed reconcile did not
+    // forget sub/, which was created after that scan: it once did.)
+    let best = PathBuf::from(&search(&mut c, "a photo of a cat", 1).await[0].path);
+    let twin = sub.join(format!(
+        "twin-{}",
+        best.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::copy(&best, &twin).unwrap();
+    let s = wait_for(&d, &mut c, "7 indexed", |s| s.indexed_files == 7).await;
+    assert_eq!(s.vectors, 6, "two paths share one vector");
+    let (first_path, second_path) = if best < twin {
+        (&best, &twin)
+    } else {
+        (&twin, &best)
+    };
+    let two = search(&mut c, "a photo of a cat", 2).await;
+    let got: Vec<PathBuf> = two.iter().map(|h| PathBuf::from(&h.path)).collect();
+    assert_eq!(got, [first_path.clone(), second_path.clone()]);
+    assert_eq!(two[0].score, two[1].score);
+    let one = search(&mut c, "a photo of a cat", 1).await;
+    assert_eq!(PathBuf::from(&one[0].path), *first_path);
     // Image → images: an indexed path finds itself first.
     let by_path = c
         .search_by_image(proto::SearchByImageRequest {
@@ -419,6 +442,26 @@ async fn delete_rename_and_move_keep_the_index_in_line_with_the_disk() {
     let cats: Vec<_> = hits.iter().filter(|h| h.path.contains("cat")).collect();
     assert_eq!(cats.len(), 2);
     assert_eq!(cats[0].score, cats[1].score);
+
+    // A folder moved out and straight back in, within the removal grace: the
+    // folder's pending removal is checked against the disk when it falls
+    // due, so its files stay.
+    std::fs::rename(&outside, &album).unwrap();
+    wait_for(&d, &mut c, "folder back", |s| {
+        s.indexed_files == 5 && s.pending_files == 0
+    })
+    .await;
+    std::fs::rename(&album, &outside).unwrap();
+    std::fs::rename(&outside, &album).unwrap();
+    tokio::time::sleep(Duration::from_millis(3000)).await; // past the removal grace
+    let s = wait_for(&d, &mut c, "settled", |s| s.pending_files == 0).await;
+    assert_eq!(s.indexed_files, 5, "{s:?}");
+    assert!(
+        search(&mut c, "a photo", 10)
+            .await
+            .iter()
+            .any(|h| h.path.ends_with("album/launch.jpg"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
