@@ -20,7 +20,7 @@ use crate::server::core::{
     LabelScore, ProgressSnapshot, Result, RootStatus, StatusSnapshot, TextQuery, path_has_prefix,
     rank_hits, rank_labels,
 };
-use crate::store::path_str;
+use crate::store::{ContentHash, path_str};
 
 /// What `Status` reports about the daemon beyond the engine.
 pub struct DaemonCore {
@@ -170,14 +170,20 @@ impl DaemonCore {
         loop {
             let found = engine.index.search(q, fetch, None).map_err(internal)?;
             let exhausted = found.len() < fetch || fetch >= live;
-            let mut hits = Vec::new();
+            let mut hits: Vec<(PathBuf, f32)> = Vec::new();
             let mut below_min = false;
-            for (id, score) in exact_scores(engine, q, found)? {
+            for Scored { hash, score, .. } in exact_scores(engine, q, found)? {
                 if min_score.is_some_and(|m| score < m) {
                     below_min = true;
                     break;
                 }
-                for p in engine.space.paths_for_vector(id).map_err(internal)? {
+                // Candidates come best first: once `limit` hits are in, one
+                // scoring below the limit-th cannot enter (a tie still can,
+                // by path order), so the rest need no path lookups.
+                if hits.len() >= limit && score < hits[limit - 1].1 {
+                    break;
+                }
+                for p in engine.space.paths_for_hash(&hash).map_err(internal)? {
                     let path = PathBuf::from(p);
                     if prefix.is_none_or(|pre| path_has_prefix(&path, pre)) {
                         hits.push((path, score));
@@ -209,23 +215,56 @@ impl DaemonCore {
     }
 }
 
+/// A candidate with its exact score.
+struct Scored {
+    id: u64,
+    hash: ContentHash,
+    score: f32,
+}
+
 /// The index ranks 8-bit copies of the vectors (scores off by ~1e-3);
 /// hits get the exact cosine with the store's f32 vector instead,
 /// best first. A vector deleted since the search is dropped.
-fn exact_scores(engine: &Engine, q: &[f32], found: Vec<(u64, f32)>) -> Result<Vec<(u64, f32)>> {
+///
+/// Each candidate is a store read (~40 µs once the store outgrows sled's
+/// cache, 100 per query), so two threads share them: a query is otherwise
+/// one thread, and the text tower has finished by now.
+fn exact_scores(engine: &Engine, q: &[f32], found: Vec<(u64, f32)>) -> Result<Vec<Scored>> {
     let qn = norm(q);
-    let mut out = Vec::with_capacity(found.len());
-    for (id, _) in found {
-        if let Some(v) = engine.space.vector(id).map_err(internal)? {
-            let dot: f64 = q
-                .iter()
-                .zip(&v.vector)
-                .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                .sum();
-            out.push((id, (dot / (qn * norm(&v.vector))).min(1.0) as f32));
+    let score = |ids: &[(u64, f32)]| -> Result<Vec<Scored>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for &(id, _) in ids {
+            if let Some(v) = engine.space.vector(id).map_err(internal)? {
+                let dot: f64 = q
+                    .iter()
+                    .zip(&v.vector)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum();
+                let score = (dot / (qn * norm(&v.vector))).min(1.0) as f32;
+                out.push(Scored {
+                    id,
+                    hash: v.hash,
+                    score,
+                });
+            }
         }
-    }
-    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        Ok(out)
+    };
+    let mut out = if found.len() >= 16 {
+        let (a, b) = found.split_at(found.len() / 2);
+        std::thread::scope(|s| {
+            let other = s.spawn(|| score(b));
+            let mut out = score(a)?;
+            let rest = other
+                .join()
+                .map_err(|_| CoreError::Internal("rescoring thread panicked".into()))??;
+            out.extend(rest);
+            Ok::<_, CoreError>(out)
+        })?
+    } else {
+        score(&found)?
+    };
+    out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
     Ok(out)
 }
 

@@ -147,6 +147,11 @@ impl Space {
         };
         let hash = codec::decode_hash(&sv[..32.min(sv.len())])
             .ok_or_else(|| self.corrupt(format!("vector {id}: bad value")))?;
+        self.paths_for_hash(&hash)
+    }
+
+    /// Every path whose content is `hash` (none once the last is gone).
+    pub fn paths_for_hash(&self, hash: &ContentHash) -> Result<Vec<String>> {
         let mut paths = Vec::new();
         for kv in self.hash_paths.scan_prefix(hash.0) {
             let (k, _) = kv?;
