@@ -149,6 +149,18 @@ fn gemm_wt(
     }
 }
 
+/// Runs `task(j0)` for each block of `width` output columns out of `n`, on
+/// the rayon pool when there is more than one block and `flops` is worth
+/// waking it for.
+fn column_tasks(n: usize, width: usize, flops: usize, task: impl Fn(usize) + Send + Sync) {
+    let starts: Vec<usize> = (0..n).step_by(width).collect();
+    if starts.len() > 1 && flops > 1 << 16 {
+        starts.into_par_iter().for_each(task);
+    } else {
+        starts.into_iter().for_each(task);
+    }
+}
+
 /// Up to this many rows (a text query is ~10 tokens), a dense layer streams
 /// its weight once and takes dot products against every row held in cache;
 /// packing both operands for each call, as gemm and the packed kernel do, ran

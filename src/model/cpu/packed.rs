@@ -112,12 +112,7 @@ pub fn matmul_wt(
                 }
             });
         };
-        let starts: Vec<usize> = (0..n).step_by(NC).collect();
-        if starts.len() > 1 && m * n * k > 1 << 16 {
-            starts.into_par_iter().for_each(task);
-        } else {
-            starts.into_iter().for_each(task);
-        }
+        super::column_tasks(n, NC, m * n * k, task);
     });
 }
 

@@ -1,7 +1,6 @@
 //! The few-rows kernel: AVX2 + FMA, chosen at run time (`available`).
 
 use super::SendPtr;
-use rayon::prelude::*;
 
 /// Output columns (weight rows) per task: enough work to amortise a task,
 /// small enough that two cores split even a 512-wide projection.
@@ -62,12 +61,7 @@ pub fn matmul_wt(
             j += rows;
         }
     };
-    let starts: Vec<usize> = (0..n).step_by(COLS_PER_TASK).collect();
-    if starts.len() > 1 && m * n * k > 1 << 16 {
-        starts.into_par_iter().for_each(task);
-    } else {
-        starts.into_iter().for_each(task);
-    }
+    super::column_tasks(n, COLS_PER_TASK, m * n * k, task);
 }
 
 /// Input rows × weight rows in one register tile: 4 × 3 accumulators, the
