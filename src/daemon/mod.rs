@@ -361,8 +361,11 @@ fn finish_model_switch(engine: &Arc<Engine>, core: &DaemonCore, data_dir: &std::
         tracing::error!(error = %e, "cannot activate the new vector space");
         return;
     }
+    // Cleared before the swap: `status` reads the engine first, then this
+    // flag, so it can never report the new model as still building (it
+    // could, between these two lines, the other way round).
+    core.building.store(false, Ordering::SeqCst);
     core.set_engine(engine.clone());
-    core.building.store(false, Ordering::Relaxed);
     if let Some(old) = old.filter(|o| o != engine.space.fingerprint()) {
         drop_space(&engine.store, data_dir, &old);
     }

@@ -338,7 +338,8 @@ impl Core for DaemonCore {
                 })
                 .collect(),
             vectors: engine.store.vector_count(&engine.space).map_err(internal)?,
-            index_building: self.building.load(Ordering::Relaxed),
+            // After `engine` above: see finish_model_switch.
+            index_building: self.building.load(Ordering::SeqCst),
             embedded_images: self.counters.embedded.load(Ordering::Relaxed),
             reused_vectors: self.counters.reused.load(Ordering::Relaxed),
         })
