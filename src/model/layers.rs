@@ -73,7 +73,7 @@ impl Module for Activation {
 }
 
 /// `nn.Linear`: `x wᵀ + b`, with a CPU f32 path that is one gemm call reading
-/// its bias and residual from the destination (see `cpu.rs`), and candle's
+/// its bias and residual from the destination (see `cpu/`), and candle's
 /// `Linear` everywhere else.
 #[derive(Debug, Clone)]
 pub struct Dense {

@@ -39,7 +39,7 @@ const MC: usize = 96;
 /// 768-wide layer in 3 tasks and ran 15% slower).
 const NC: usize = 128;
 // Blocks start on panel boundaries.
-const _: () = assert!(MC % MR == 0 && NC % NR == 0);
+const _: () = assert!(MC.is_multiple_of(MR) && NC.is_multiple_of(NR));
 
 thread_local! {
     /// The packed input, reused across calls: a fresh multi-megabyte buffer
