@@ -102,30 +102,18 @@ impl Dense {
             && self.linear.bias().is_none_or(cpu::is_cpu_f32)
     }
 
-    /// `self(x)` for `x: [m, in]` written into `dst` (rows `dst_rs` apart),
-    /// over whatever `dst` holds when `accumulate`. Fast path only.
-    fn write(&self, x: &[f32], m: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool) {
-        let n = self.out_dim();
-        let bias = self
-            .linear
+    /// This layer's bias as a plain row (fast path only).
+    fn bias_row(&self) -> Option<Vec<f32>> {
+        self.linear
             .bias()
-            .and_then(|b| cpu::with_f32(b, |b| b.to_vec()));
-        let accumulate = match bias {
-            Some(b) if accumulate => {
-                for i in 0..m {
-                    dst[i * dst_rs..i * dst_rs + n]
-                        .iter_mut()
-                        .zip(&b)
-                        .for_each(|(d, b)| *d += b);
-                }
-                true
-            }
-            Some(b) => {
-                cpu::fill_rows(dst, m, n, dst_rs, &b);
-                true
-            }
-            None => accumulate,
-        };
+            .and_then(|b| cpu::with_f32(b, |b| b.to_vec()))
+    }
+
+    /// `dst (+)= x wᵀ` for `x: [m, in]`, `dst` rows `dst_rs` apart: the
+    /// product alone, the bias being placed in `dst` by the caller
+    /// ([`cpu::start_rows`]). Fast path only.
+    fn product(&self, x: &[f32], m: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool) {
+        let n = self.out_dim();
         cpu::with_f32(self.weight(), |w| {
             let k = w.len() / n;
             cpu::matmul_wt(x, w, (m, k, n), dst, dst_rs, accumulate)
@@ -146,17 +134,22 @@ impl Dense {
         let m = xs.elem_count() / k.max(1);
         let n = self.out_dim();
         shape.push(n);
+        // Residual and bias go into the output in one pass, and the product
+        // accumulates onto them (a copy, then a bias pass, then the product
+        // cost two extra passes over the widest activations).
+        let bias = self.bias_row();
         let mut out = match residual {
             Some(r) => {
                 let r = r.contiguous()?;
                 if r.dims() != shape.as_slice() {
                     candle_core::bail!("residual {:?} does not match output {shape:?}", r.dims());
                 }
-                cpu::with_f32(&r, |r| r.to_vec()).expect("f32 checked by caller")
+                cpu::with_f32(&r, |r| cpu::start_rows(m, n, Some(r), bias.as_deref()))
+                    .expect("f32 checked by caller")
             }
-            None => vec![0f32; m * n],
+            None => cpu::start_rows(m, n, None, bias.as_deref()),
         };
-        cpu::with_f32(&xs, |x| self.write(x, m, &mut out, n, residual.is_some()))
+        cpu::with_f32(&xs, |x| self.product(x, m, &mut out, n, true))
             .expect("checked by Dense::fast");
         if let Some(act) = act {
             act.apply_in_place(&mut out);
@@ -282,10 +275,19 @@ impl SelfAttention {
         let xs = xs.contiguous()?;
         let (b, l, h) = xs.dims3()?;
         let m = b * l;
-        let mut qkv = vec![0f32; m * 3 * h];
+        // Each row starts as the three biases side by side (zeros where a
+        // layer has none), and each product accumulates onto its third.
+        let mut biases = Vec::with_capacity(3 * h);
+        for d in [&self.q, &self.k, &self.v] {
+            match d.bias_row() {
+                Some(b) => biases.extend_from_slice(&b),
+                None => biases.resize(biases.len() + h, 0.0),
+            }
+        }
+        let mut qkv = cpu::start_rows(m, 3 * h, None, Some(&biases));
         cpu::with_f32(&xs, |x| {
             for (i, d) in [&self.q, &self.k, &self.v].into_iter().enumerate() {
-                d.write(x, m, &mut qkv[i * h..], 3 * h, false);
+                d.product(x, m, &mut qkv[i * h..], 3 * h, true);
             }
         })
         .expect("checked above");

@@ -172,19 +172,61 @@ const SMALL_M: usize = 48;
 mod packed;
 mod small;
 
+/// The starting contents of a dense layer's `[m, n]` output, made in one
+/// parallel pass over fresh memory: `residual + bias`, `residual`, `bias` in
+/// every row, or zeros.
+pub fn start_rows(m: usize, n: usize, residual: Option<&[f32]>, bias: Option<&[f32]>) -> Vec<f32> {
+    let len = m * n;
+    assert!(residual.is_none_or(|r| r.len() >= len) && bias.is_none_or(|b| b.len() >= n));
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    if n == 0 {
+        return out;
+    }
+    // Rows per task: ~64 KB each, enough to amortise a task.
+    let rows = (16 * 1024 / n).max(1);
+    let fill = |(c, chunk): (usize, &mut [std::mem::MaybeUninit<f32>])| {
+        for (i, row) in chunk.chunks_mut(n).enumerate() {
+            let at = (c * rows + i) * n;
+            match (residual, bias) {
+                (Some(r), Some(b)) => {
+                    for (v, (x, y)) in row.iter_mut().zip(r[at..at + n].iter().zip(b)) {
+                        v.write(x + y);
+                    }
+                }
+                (Some(r), None) => {
+                    for (v, x) in row.iter_mut().zip(&r[at..at + n]) {
+                        v.write(*x);
+                    }
+                }
+                (None, Some(b)) => {
+                    for (v, y) in row.iter_mut().zip(b) {
+                        v.write(*y);
+                    }
+                }
+                (None, None) => {
+                    for v in row {
+                        v.write(0.0);
+                    }
+                }
+            }
+        }
+    };
+    let spare = &mut out.spare_capacity_mut()[..len];
+    if len > 1 << 15 {
+        spare.par_chunks_mut(rows * n).enumerate().for_each(fill);
+    } else {
+        spare.chunks_mut(rows * n).enumerate().for_each(fill);
+    }
+    // SAFETY: `fill` wrote every one of the first `len` elements (the chunks
+    // cover them all).
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// Fills each `n`-wide row of `dst` (rows `dst_rs` apart, `m` of them) with `row`.
 pub fn fill_rows(dst: &mut [f32], m: usize, n: usize, dst_rs: usize, row: &[f32]) {
     for i in 0..m {
         dst[i * dst_rs..i * dst_rs + n].copy_from_slice(&row[..n]);
-    }
-}
-
-/// Adds `row` to each `n`-wide row of `dst` (contiguous rows).
-pub fn add_rows(dst: &mut [f32], n: usize, row: &[f32]) {
-    for chunk in dst.chunks_exact_mut(n) {
-        for (d, r) in chunk.iter_mut().zip(row) {
-            *d += r;
-        }
     }
 }
 
@@ -424,6 +466,29 @@ mod tests {
             assert!((0..m).all(|i| dst[i * rs + 2 * n..(i + 1) * rs].iter().all(|&v| v == 7.0)));
         }
         Ok(())
+    }
+
+    #[test]
+    fn start_rows_is_residual_plus_bias_in_every_row() {
+        // Small (one task) and large (parallel chunks, a ragged last one).
+        for (m, n) in [(3, 5), (1577, 77)] {
+            let residual: Vec<f32> = (0..m * n).map(|i| i as f32).collect();
+            let bias: Vec<f32> = (0..n).map(|j| 0.5 + j as f32 * 1e-3).collect();
+            for (r, b) in [
+                (Some(&residual[..]), Some(&bias[..])),
+                (Some(&residual[..]), None),
+                (None, Some(&bias[..])),
+                (None, None),
+            ] {
+                let got = start_rows(m, n, r, b);
+                assert_eq!(got.len(), m * n);
+                for (at, v) in got.iter().enumerate() {
+                    let want = r.map_or(0.0, |r| r[at]) + b.map_or(0.0, |b| b[at % n]);
+                    assert_eq!(*v, want, "({m}, {n}) at {at}");
+                }
+            }
+        }
+        assert!(start_rows(4, 0, None, None).is_empty());
     }
 
     #[test]
