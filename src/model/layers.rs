@@ -72,8 +72,8 @@ impl Module for Activation {
     }
 }
 
-/// `nn.Linear`: `x wᵀ + b`, with a CPU f32 path that is one gemm call reading
-/// its bias and residual from the destination (see `cpu/`), and candle's
+/// `nn.Linear`: `x wᵀ + b`, with a CPU f32 path that is one matrix product
+/// accumulating onto the bias and residual (see `cpu/`), and candle's
 /// `Linear` everywhere else.
 #[derive(Debug, Clone)]
 pub struct Dense {
@@ -109,14 +109,14 @@ impl Dense {
             .and_then(|b| cpu::with_f32(b, |b| b.to_vec()))
     }
 
-    /// `dst (+)= x wᵀ` for `x: [m, in]`, `dst` rows `dst_rs` apart: the
-    /// product alone, the bias being placed in `dst` by the caller
-    /// ([`cpu::start_rows`]). Fast path only.
-    fn product(&self, x: &[f32], m: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool) {
+    /// `dst += x wᵀ` for `x: [m, in]`, `dst` rows `dst_rs` apart: the
+    /// product alone, onto the bias (and residual) the caller placed in
+    /// `dst` ([`cpu::start_rows`]). Fast path only.
+    fn product(&self, x: &[f32], m: usize, dst: &mut [f32], dst_rs: usize) {
         let n = self.out_dim();
         cpu::with_f32(self.weight(), |w| {
             let k = w.len() / n;
-            cpu::matmul_wt(x, w, (m, k, n), dst, dst_rs, accumulate)
+            cpu::matmul_wt(x, w, (m, k, n), dst, dst_rs, true)
         })
         .expect("checked by Dense::fast");
     }
@@ -149,8 +149,7 @@ impl Dense {
             }
             None => cpu::start_rows(m, n, None, bias.as_deref()),
         };
-        cpu::with_f32(&xs, |x| self.product(x, m, &mut out, n, true))
-            .expect("checked by Dense::fast");
+        cpu::with_f32(&xs, |x| self.product(x, m, &mut out, n)).expect("checked by Dense::fast");
         if let Some(act) = act {
             act.apply_in_place(&mut out);
         }
@@ -287,7 +286,7 @@ impl SelfAttention {
         let mut qkv = cpu::start_rows(m, 3 * h, None, Some(&biases));
         cpu::with_f32(&xs, |x| {
             for (i, d) in [&self.q, &self.k, &self.v].into_iter().enumerate() {
-                d.product(x, m, &mut qkv[i * h..], 3 * h, true);
+                d.product(x, m, &mut qkv[i * h..], 3 * h);
             }
         })
         .expect("checked above");

@@ -102,12 +102,13 @@ pub fn matmul_wt(
     if m == 0 || n == 0 {
         return;
     }
-    if m <= SMALL_M && small::available() {
-        return small::matmul_wt(x, w, (m, k, n), dst, dst_rs, accumulate);
-    }
     #[cfg(target_arch = "x86_64")]
-    if packed::available() {
-        return packed::matmul_wt(x, w, (m, k, n), dst, dst_rs, accumulate);
+    if avx2_fma() {
+        return if m <= SMALL_M {
+            small::matmul_wt(x, w, (m, k, n), dst, dst_rs, accumulate)
+        } else {
+            packed::matmul_wt(x, w, (m, k, n), dst, dst_rs, accumulate)
+        };
     }
     gemm_wt(x, w, (m, k, n), dst, dst_rs, accumulate)
 }
@@ -152,6 +153,7 @@ fn gemm_wt(
 /// Runs `task(j0)` for each block of `width` output columns out of `n`, on
 /// the rayon pool when there is more than one block and `flops` is worth
 /// waking it for.
+#[cfg(target_arch = "x86_64")]
 fn column_tasks(n: usize, width: usize, flops: usize, task: impl Fn(usize) + Send + Sync) {
     let starts: Vec<usize> = (0..n).step_by(width).collect();
     if starts.len() > 1 && flops > 1 << 16 {
@@ -166,11 +168,21 @@ fn column_tasks(n: usize, width: usize, flops: usize, task: impl Fn(usize) + Sen
 /// packing both operands for each call, as gemm and the packed kernel do, ran
 /// at half this kernel's rate below ~48 rows on BERT-base's shapes (measured
 /// with `examples/dense.rs`: at 48 rows ~100 GFLOP/s here, 72 packed at 49).
+#[cfg(target_arch = "x86_64")]
 const SMALL_M: usize = 48;
 
+// Both kernels are AVX2 + FMA, checked at run time (`avx2_fma`); elsewhere
+// gemm does the work.
 #[cfg(target_arch = "x86_64")]
 mod packed;
+#[cfg(target_arch = "x86_64")]
 mod small;
+
+/// True when this CPU has AVX2 and FMA, which both kernels need.
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
 
 /// The starting contents of a dense layer's `[m, n]` output, made in one
 /// parallel pass over fresh memory: `residual + bias`, `residual`, `bias` in
@@ -221,13 +233,6 @@ pub fn start_rows(m: usize, n: usize, residual: Option<&[f32]>, bias: Option<&[f
     // cover them all).
     unsafe { out.set_len(len) };
     out
-}
-
-/// Fills each `n`-wide row of `dst` (rows `dst_rs` apart, `m` of them) with `row`.
-pub fn fill_rows(dst: &mut [f32], m: usize, n: usize, dst_rs: usize, row: &[f32]) {
-    for i in 0..m {
-        dst[i * dst_rs..i * dst_rs + n].copy_from_slice(&row[..n]);
-    }
 }
 
 /// `erf(x)` in f32 as a branch-free rational polynomial (odd degree 13 over
@@ -450,7 +455,9 @@ mod tests {
         // Written into the middle columns of a wider buffer, as q/k/v are.
         let rs = 3 * n;
         let mut dst = vec![7f32; m * rs];
-        fill_rows(&mut dst[n..], m, n, rs, &bv);
+        for i in 0..m {
+            dst[i * rs + n..i * rs + 2 * n].copy_from_slice(&bv);
+        }
         let want = want.flatten_all()?.to_vec1::<f32>()?;
         // The kernel matmul_wt picks for m rows, and gemm (the fallback
         // without AVX2), which this machine would not pick otherwise.

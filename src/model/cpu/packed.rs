@@ -49,12 +49,8 @@ thread_local! {
     static PACKED_W: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-pub(super) fn available() -> bool {
-    super::small::available()
-}
-
 /// `dst[i, j] (+)= Σ_k x[i, k] · w[j, k]`, as `super::matmul_wt` documents;
-/// the caller has checked the slice lengths and that [`available`] is true.
+/// the caller has checked the slice lengths and that AVX2 + FMA are present.
 pub fn matmul_wt(
     x: &[f32],
     w: &[f32],
@@ -65,7 +61,9 @@ pub fn matmul_wt(
 ) {
     if k == 0 {
         if !accumulate {
-            super::fill_rows(dst, m, n, dst_rs, &vec![0.0; n]);
+            for i in 0..m {
+                dst[i * dst_rs..i * dst_rs + n].fill(0.0);
+            }
         }
         return;
     }
@@ -161,8 +159,8 @@ fn interleave(rows: &[&[f32]], len: usize, dst: &mut [f32], stride: usize, width
     assert!(len == 0 || dst.len() >= (len - 1) * stride + width);
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if available() {
-        // SAFETY: AVX2 is present (available); the asserts above bound every
+    if super::avx2_fma() {
+        // SAFETY: AVX2 is present (avx2_fma); the asserts above bound every
         // read (8 at a time below `len`) and write (`width` per step).
         done = unsafe { interleave_avx2(rows, len, dst, stride, width) };
     }
@@ -343,7 +341,7 @@ mod tests {
 
     #[test]
     fn matches_f64_reference_at_every_block_edge() {
-        if !available() {
+        if !crate::model::cpu::avx2_fma() {
             return;
         }
         // Rows below one tile, not a multiple of MR and past one MC block;
@@ -422,7 +420,7 @@ mod tests {
 
     #[test]
     fn zero_depth_is_zero_or_what_was_there() {
-        if !available() {
+        if !crate::model::cpu::avx2_fma() {
             return;
         }
         let mut dst = vec![2f32; 6];

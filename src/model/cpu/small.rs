@@ -1,21 +1,11 @@
-//! The few-rows kernel: AVX2 + FMA, chosen at run time (`available`).
+//! The few-rows kernel: AVX2 + FMA, x86-64 only (`super::matmul_wt` checks
+//! the CPU has them before it calls in).
 
 use super::SendPtr;
 
 /// Output columns (weight rows) per task: enough work to amortise a task,
 /// small enough that two cores split even a 512-wide projection.
 const COLS_PER_TASK: usize = 64;
-
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
 
 /// Same contract as `super::matmul_wt`, whose asserts have run.
 pub fn matmul_wt(
@@ -86,8 +76,7 @@ fn tile(
     acc: &mut [[f32; TW]; TX],
 ) {
     assert!(x.len() >= xs * k && w.len() >= ws * k && xs <= TX && ws <= TW);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: only reached when `available()` found AVX2 and FMA; the
+    // SAFETY: only reached when `avx2_fma()` found AVX2 and FMA; the
     // assert above bounds every row the kernel reads.
     unsafe {
         macro_rules! dispatch {
@@ -100,19 +89,8 @@ fn tile(
         }
         dispatch!(4, 3; 4, 2; 4, 1; 3, 3; 3, 2; 3, 1; 2, 3; 2, 2; 2, 1; 1, 3; 1, 2; 1, 1)
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    for i in 0..xs {
-        for r in 0..ws {
-            acc[i][r] = x[i * k..(i + 1) * k]
-                .iter()
-                .zip(&w[r * k..])
-                .map(|(a, b)| a * b)
-                .sum();
-        }
-    }
 }
 
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2<const X: usize, const R: usize>(
     x: &[f32],
