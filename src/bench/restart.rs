@@ -509,10 +509,22 @@ async fn live_searches(addr: &str, texts: &[String], k: usize) -> Result<Vec<f64
     if !first.hits[0].path.starts_with(SYNTHETIC_ROOT) {
         bail!("unexpected hit {:?}", first.hits[0].path);
     }
-    let mut lat = Vec::with_capacity(texts.len());
-    for t in texts {
-        let t0 = Instant::now();
+    timed(texts, async |t| {
         std::hint::black_box(client.search(req(t)).await?);
+        Ok(())
+    })
+    .await
+}
+
+/// Seconds each `call` took, one per item, in order.
+async fn timed<T>(
+    items: impl IntoIterator<Item = T>,
+    mut call: impl AsyncFnMut(T) -> Result<()>,
+) -> Result<Vec<f64>> {
+    let mut lat = Vec::new();
+    for item in items {
+        let t0 = Instant::now();
+        call(item).await?;
         lat.push(t0.elapsed().as_secs_f64());
     }
     Ok(lat)
@@ -538,12 +550,11 @@ async fn live_overhead(
         min_score: None,
     };
     client.search(req()).await?;
-    let mut cached = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let t0 = Instant::now();
+    let cached = timed(0..reps, async |_| {
         std::hint::black_box(client.search(req()).await?);
-        cached.push(t0.elapsed().as_secs_f64());
-    }
+        Ok(())
+    })
+    .await?;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect()
         .await?;
@@ -552,12 +563,11 @@ async fn live_overhead(
         service: String::new(),
     };
     health.check(check()).await?;
-    let mut trip = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let t0 = Instant::now();
+    let trip = timed(0..reps, async |_| {
         std::hint::black_box(health.check(check()).await?);
-        trip.push(t0.elapsed().as_secs_f64());
-    }
+        Ok(())
+    })
+    .await?;
     Ok((cached, trip))
 }
 
