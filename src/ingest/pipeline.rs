@@ -544,20 +544,11 @@ fn apply(engine: &Engine, op: Op) -> bool {
             for p in &stale_failures {
                 let _ = engine.store.clear_failure(p);
             }
-            let mut total = crate::store::Removal::default();
-            for p in &gone {
-                match engine.store.remove_path(p) {
-                    Ok(r) => {
-                        total.paths += r.paths;
-                        total.orphaned.extend(r.orphaned);
-                    }
-                    Err(e) => tracing::error!(path = %p, error = %e, "cannot forget file"),
-                }
-            }
-            if !gone.is_empty() {
+            let removal = engine.store.remove_paths(&gone);
+            if !gone.is_empty() && removal.is_ok() {
                 tracing::info!(root = %root.display(), files = gone.len(), "reconcile removed files no longer on disk");
             }
-            Ok(total)
+            removal
         }
         Op::Ready { .. } => unreachable!("handled by the caller"),
     };
@@ -569,7 +560,9 @@ fn apply(engine: &Engine, op: Op) -> bool {
             r.paths > 0
         }
         Err(e) => {
-            tracing::error!(error = %e, "removal failed");
+            // Nothing is lost: the files stay indexed, and the next start's
+            // full scan forgets whatever is still gone then.
+            tracing::error!(error = %e, "cannot forget removed files: they stay in the index until the next start");
             false
         }
     }

@@ -632,17 +632,7 @@ impl Store {
     /// Forgets a file (deleted or moved out of the roots) and any failure
     /// record of it.
     pub fn remove_path(&self, path: &str) -> Result<Removal> {
-        check_path(path)?;
-        self.write(|tx| {
-            let mut pending = BTreeSet::new();
-            let mut r = Removal::default();
-            if tx.unlink(path, &mut pending)?.is_some() {
-                r.paths = 1;
-            }
-            tx.clear_failure(path)?;
-            tx.finalize_orphans(&pending, &mut r.orphaned)?;
-            Ok(r)
-        })
+        self.remove_paths(&[path.to_owned()])
     }
 
     /// Forgets every file under a folder (by whole path components) and its
@@ -655,6 +645,15 @@ impl Store {
     pub fn remove_prefix_if(&self, dir: &str, forget: impl Fn(&str) -> bool) -> Result<Removal> {
         let mut paths = self.paths_under(dir)?;
         paths.retain(|p| forget(p));
+        self.remove_paths(&paths)
+    }
+
+    /// Forgets these files and their failure records. Atomic per chunk of
+    /// [`CHUNK`] paths (one transaction each, not one per path).
+    pub fn remove_paths(&self, paths: &[String]) -> Result<Removal> {
+        for p in paths {
+            check_path(p)?;
+        }
         let mut total = Removal::default();
         for chunk in paths.chunks(CHUNK) {
             total.absorb(self.write(|tx| {
