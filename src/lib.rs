@@ -12,7 +12,8 @@
 //! - [`server`]: the tonic gRPC service: validate, convert, call core, map errors.
 //! - [`encoder`]: a loaded checkpoint (model + processors) that turns files
 //!   and strings into vectors; [`device`]: where it runs.
-//! - [`cli`]: the subcommands; `main.rs` only dispatches.
+//! - [`cli`]: the subcommands; `main.rs` only dispatches; [`heap`]: handing
+//!   freed memory back to the OS.
 
 pub mod bench;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod device;
 pub mod encoder;
+pub mod heap;
 pub mod index;
 pub mod ingest;
 pub mod model;

@@ -257,23 +257,6 @@ pub fn loadavg() -> Option<String> {
     Some(s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
-/// Returns freed heap memory to the OS (glibc's `malloc_trim`), so that a
-/// VmRSS difference measures what was allocated in between rather than
-/// how much freed memory the allocator happened to reuse.
-pub fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            fn malloc_trim(pad: usize) -> i32;
-        }
-        // SAFETY: glibc's malloc_trim takes a byte count and only releases
-        // free pages; it is thread-safe.
-        unsafe {
-            malloc_trim(0);
-        }
-    }
-}
-
 /// `VmRSS` and `VmHWM` (peak) of a process in bytes (`None` off Linux).
 pub fn rss(pid: Option<u32>) -> Option<(u64, u64)> {
     let path = match pid {

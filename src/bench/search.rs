@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use super::assets::{rss, trim_heap};
+use super::assets::rss;
 use super::report::{Better, Figures};
 use super::stats::{Latency, mean_recall};
 use super::synth::{DATA, Mixture, QUERIES, TEXT_QUERIES, query_texts};
@@ -109,7 +109,7 @@ pub fn run(
             mix.clusters
         ));
         let data = mix.points(DATA, 0, n, cfg.threads);
-        trim_heap();
+        crate::heap::trim();
         let (rss0, _) = rss(None).unwrap_or((0, 0));
         say(format!("{n} vectors: building the HNSW"));
         let t = Instant::now();

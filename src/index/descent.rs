@@ -1,0 +1,292 @@
+//! Our search over hnsw_rs's graph: a wide descent for queries that lie off
+//! the data.
+//!
+//! hnsw_rs's `search` descends the upper layers greedily, one point per layer,
+//! from its single entry point, then widens to `ef` on layer 0 only. That is
+//! right for a query drawn like the data (image-to-image: recall@10 0.9996 at
+//! 1M in `dualsight bench`), but a text query sits off the image cloud (the
+//! modality gap): every query is pulled the same way, the greedy descent ends
+//! in whichever region lies that way, and layer 0 (whose long links the
+//! insert's reverse updates prune first) seldom leads back out. At 1M the
+//! bench's text-like queries got recall@10 0.70 at ef 256 and 0.93 at ef 1024.
+//!
+//! So the descent starts wide instead: every point of the top layers (at
+//! least [`POOL`] of them, a sample of the whole collection spread by the
+//! level draw) is scored exactly, the best [`UPPER_EF`] seed a beam search on
+//! each lower layer, and that beam, not one point, enters layer 0. The graph,
+//! its inserts and its files are hnsw_rs's; only the walk is ours, over its
+//! public accessors ([`Mirror`] holds the point handles that its
+//! `get_point` keeps crate-private).
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use hnsw_rs::prelude::{Distance, Hnsw, Point, PointId};
+
+use super::dist::{DualsightDot, Q8};
+use super::read;
+
+/// Top-layer points scored exactly to seed the descent (whole layers, from
+/// the top down, until at least this many): ~0.1 ms of 8-bit dots at 512-d.
+/// A graph with fewer points than this above layer 0 is scanned whole
+/// (~25k points at M = 24), which is exact and as fast as a walk.
+pub const POOL: usize = 1024;
+/// Beam width on the layers between the pool and layer 0, and the number of
+/// points that enter layer 0. `examples/descent.rs` at 1M (bench mixture,
+/// text-like queries, ef 256, recall@10 of 100 candidates): hnsw_rs's own
+/// search 0.745 (56 of 300 queries found none of their neighbours); this
+/// with width 16: 0.880 (18), 64: 0.935 (5), 128: 0.951 (2), at 4.4, 5.6
+/// and 7.6 ms a search against hnsw_rs's 5.5.
+pub const UPPER_EF: usize = 128;
+
+type Node = Arc<Point<'static, Q8>>;
+
+/// hnsw_rs's points by layer and rank, as their `PointId`s address them.
+/// Each point lives in the list of its top layer only; lists only grow
+/// (hnsw_rs never deletes), so a refresh appends what is new.
+#[derive(Default)]
+pub struct Mirror {
+    layers: Vec<Vec<Node>>,
+    len: usize,
+    /// The pool: its lowest layer, and its points' vectors side by side
+    /// (scoring them through their scattered `Point`s cost ~0.6 µs each in
+    /// cache misses, ten times the dot product).
+    pool_from: usize,
+    pool: Vec<Q8>,
+}
+
+impl Mirror {
+    /// Brings `mirror` up to the points `h` holds now. The new points are
+    /// gathered under a read lock, so searches go on meanwhile: hnsw_rs's
+    /// layer iterator can only start at a layer's first point, so this walks
+    /// past every known one (~10 ms at 1M), once per insert batch.
+    pub fn refresh(mirror: &RwLock<Mirror>, h: &Hnsw<'static, Q8, DualsightDot>) {
+        let pi = h.get_point_indexation();
+        let known: Vec<usize> = read(mirror).layers.iter().map(Vec::len).collect();
+        let top = usize::from(pi.get_max_level_observed());
+        let fresh: Vec<Vec<Node>> = (0..=top)
+            .map(|layer| {
+                let have = known.get(layer).copied().unwrap_or(0);
+                if pi.get_layer_nb_point(layer) > have {
+                    pi.get_layer_iterator(layer).skip(have).collect()
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        if fresh.iter().all(Vec::is_empty) {
+            return;
+        }
+        let mut m = mirror.write().unwrap_or_else(PoisonError::into_inner);
+        if m.layers.len() < fresh.len() {
+            m.layers.resize_with(fresh.len(), Vec::new);
+        }
+        for ((layer, new), &have) in m
+            .layers
+            .iter_mut()
+            .zip(fresh)
+            .zip(known.iter().chain(std::iter::repeat(&0)))
+        {
+            // Another refresh may have appended some of these meanwhile.
+            let skip = layer.len() - have.min(layer.len());
+            layer.extend(new.into_iter().skip(skip));
+        }
+        m.len = m.layers.iter().map(Vec::len).sum();
+        let (from, pooled) = m.pool_layers();
+        if from != m.pool_from || pooled * m.row() != m.pool.len() {
+            m.pool_from = from;
+            let mut pool = Vec::with_capacity(pooled * m.row());
+            for n in m.layers[from..].iter().flatten() {
+                pool.extend_from_slice(n.get_v());
+            }
+            m.pool = pool;
+        }
+    }
+
+    /// Whole layers from the top down until they hold [`POOL`] points: the
+    /// lowest of them, and how many points they hold.
+    fn pool_layers(&self) -> (usize, usize) {
+        let mut lowest = self.layers.len();
+        let mut pooled = 0;
+        while lowest > 0 && pooled < POOL {
+            lowest -= 1;
+            pooled += self.layers[lowest].len();
+        }
+        (lowest, pooled)
+    }
+
+    /// Elements of one stored vector.
+    fn row(&self) -> usize {
+        self.layers
+            .iter()
+            .find_map(|l| l.first())
+            .map_or(0, |n| n.get_v().len())
+    }
+
+    fn node(&self, p: PointId) -> Option<&Node> {
+        let rank = usize::try_from(p.1).ok()?;
+        self.layers.get(usize::from(p.0))?.get(rank)
+    }
+
+    /// The `k` points nearest to `q` as (id, distance), nearest first; `ef`
+    /// is the layer-0 beam width (raised to `k`).
+    pub fn search(&self, q: &[Q8], k: usize, ef: usize) -> Vec<(u64, f32)> {
+        if k == 0 || self.len == 0 {
+            return Vec::new();
+        }
+        let lowest = self.pool_from;
+        let row = q.len();
+        let nodes = self.layers[lowest..].iter().flatten();
+        let mut scored: Vec<(f32, &Node)> = self
+            .pool
+            .chunks_exact(row)
+            .zip(nodes)
+            .map(|(v, n)| (DualsightDot.eval(q, v), n))
+            .collect();
+        let keep = if lowest == 0 { k } else { UPPER_EF };
+        if scored.len() > keep {
+            scored.select_nth_unstable_by(keep, |a, b| a.0.total_cmp(&b.0));
+            scored.truncate(keep);
+        }
+        let mut pool: Vec<Scored> = scored
+            .into_iter()
+            .map(|(dist, n)| Scored {
+                dist,
+                node: Arc::clone(n),
+            })
+            .collect();
+        let mut beam = if lowest == 0 {
+            // Small graphs: the pool is every point, so this is exact.
+            pool
+        } else {
+            for layer in (1..lowest).rev() {
+                pool = self.search_layer(q, pool, UPPER_EF, layer);
+            }
+            self.search_layer(q, pool, ef.max(k), 0)
+        };
+        best(&mut beam, k);
+        beam.into_iter()
+            .map(|s| (s.node.get_origin_id() as u64, s.dist))
+            .collect()
+    }
+
+    /// Best-first search of one layer from `entries`, keeping the `ef`
+    /// nearest (HNSW's SEARCH-LAYER); returns them in no particular order.
+    fn search_layer(&self, q: &[Q8], entries: Vec<Scored>, ef: usize, layer: usize) -> Vec<Scored> {
+        let mut seen: HashSet<(u8, i32), BuildHasherDefault<IdHasher>> =
+            HashSet::with_capacity_and_hasher(ef * 32, Default::default());
+        let mut todo = BinaryHeap::with_capacity(ef * 4);
+        let mut kept = BinaryHeap::with_capacity(ef + 1);
+        for s in entries {
+            let p = s.node.get_point_id();
+            if seen.insert((p.0, p.1)) {
+                todo.push(Reverse(s.clone()));
+                kept.push(s);
+            }
+        }
+        while kept.len() > ef {
+            kept.pop();
+        }
+        while let Some(Reverse(c)) = todo.pop() {
+            if kept.len() >= ef && kept.peek().is_some_and(|w: &Scored| c.dist > w.dist) {
+                break;
+            }
+            // One allocation per expansion: hnsw_rs hands neighbours out by copy.
+            let around = c.node.get_neighborhood_id();
+            let Some(links) = around.get(layer) else {
+                continue;
+            };
+            for l in links {
+                if !seen.insert((l.p_id.0, l.p_id.1)) {
+                    continue;
+                }
+                // A point inserted since the last refresh: not walked this time.
+                let Some(node) = self.node(l.p_id) else {
+                    continue;
+                };
+                let dist = DualsightDot.eval(q, node.get_v());
+                if kept.len() < ef || kept.peek().is_some_and(|w| dist < w.dist) {
+                    let s = Scored {
+                        dist,
+                        node: Arc::clone(node),
+                    };
+                    todo.push(Reverse(s.clone()));
+                    kept.push(s);
+                    if kept.len() > ef {
+                        kept.pop();
+                    }
+                }
+            }
+        }
+        kept.into_vec()
+    }
+}
+
+/// Keeps the `k` nearest of `v`, nearest first (ties by id).
+fn best(v: &mut Vec<Scored>, k: usize) {
+    if v.len() > k {
+        v.select_nth_unstable(k);
+        v.truncate(k);
+    }
+    v.sort_unstable();
+}
+
+/// A point and its distance to the query; ordered nearest first, then by id.
+#[derive(Clone)]
+struct Scored {
+    dist: f32,
+    node: Node,
+}
+
+impl PartialEq for Scored {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+
+impl Eq for Scored {}
+
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl Ord for Scored {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.dist
+            .total_cmp(&o.dist)
+            .then(self.node.get_origin_id().cmp(&o.node.get_origin_id()))
+    }
+}
+
+/// Point ids are small sequential integers: one multiply spreads them over
+/// the table's high bits (SipHash cost more than a distance here).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_i32(&mut self, v: i32) {
+        self.write_u64(v as u32 as u64);
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(26) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
