@@ -1261,15 +1261,16 @@ mod tests {
         idx
     }
 
+    /// Ids of the exact top 10 for `q`.
+    fn exact_ids(idx: &VectorIndex, q: &[f32]) -> HashSet<u64> {
+        let hits = idx.exact_search(q, 10, None).unwrap();
+        hits.into_iter().map(|h| h.0).collect()
+    }
+
     fn recall_at_10(idx: &VectorIndex, queries: &[Vec<f32>]) -> f64 {
         let mut found = 0usize;
         for q in queries {
-            let exact: HashSet<u64> = idx
-                .exact_search(q, 10, None)
-                .unwrap()
-                .into_iter()
-                .map(|h| h.0)
-                .collect();
+            let exact = exact_ids(idx, q);
             found += idx
                 .search(q, 10, None)
                 .unwrap()
@@ -1429,12 +1430,7 @@ mod tests {
         let fetch = candidates_for(10);
         let (mut ours, mut theirs, mut lost, mut lost_theirs) = (0, 0, 0, 0);
         for q in &queries {
-            let exact: HashSet<u64> = idx
-                .exact_search(q, 10, None)
-                .unwrap()
-                .into_iter()
-                .map(|h| h.0)
-                .collect();
+            let exact = exact_ids(&idx, q);
             let count =
                 |hits: Vec<(u64, f32)>| hits.iter().filter(|h| exact.contains(&h.0)).count();
             let (a, b) = (
