@@ -175,10 +175,12 @@ impl Mirror {
     /// Best-first search of one layer from `entries`, keeping the `ef`
     /// nearest (HNSW's SEARCH-LAYER); returns them in no particular order.
     fn search_layer(&self, q: &[Q8], entries: Vec<Scored>, ef: usize, layer: usize) -> Vec<Scored> {
+        // A filtered search can ask for a beam of thousands; the tables grow
+        // as needed, so the first allocation stays small.
         let mut seen: HashSet<(u8, i32), BuildHasherDefault<IdHasher>> =
-            HashSet::with_capacity_and_hasher(ef * 32, Default::default());
-        let mut todo = BinaryHeap::with_capacity(ef * 4);
-        let mut kept = BinaryHeap::with_capacity(ef + 1);
+            HashSet::with_capacity_and_hasher((ef * 32).min(1 << 16), Default::default());
+        let mut todo = BinaryHeap::with_capacity((ef * 4).min(1 << 14));
+        let mut kept = BinaryHeap::with_capacity((ef + 1).min(1 << 14));
         for s in entries {
             let p = s.node.get_point_id();
             if seen.insert((p.0, p.1)) {
