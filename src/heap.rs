@@ -1,10 +1,24 @@
 //! Returning freed memory to the OS.
 
-/// Returns freed heap memory to the OS (glibc's `malloc_trim`). glibc keeps
-/// freed small chunks in its arenas; after a one-off burst of them (loading a
-/// million-point graph, the bench's builds) that memory stays resident
-/// unless trimmed. A no-op off glibc.
+use std::sync::OnceLock;
+
+static TRIMMER: OnceLock<fn()> = OnceLock::new();
+
+/// For a binary with its own global allocator (`dualsight` uses mimalloc):
+/// how [`trim`] hands that allocator's free memory back.
+pub fn set_trimmer(f: fn()) {
+    // A second registration would be a programming error; the first stands.
+    let _ = TRIMMER.set(f);
+}
+
+/// Hands freed heap memory back to the OS after a one-off burst of frees
+/// (a loaded graph replacing the flat table, the bench's builds): the
+/// registered allocator's trimmer, else glibc's `malloc_trim`. Best effort.
 pub fn trim() {
+    if let Some(f) = TRIMMER.get() {
+        f();
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         unsafe extern "C" {

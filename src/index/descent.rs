@@ -17,6 +17,12 @@
 //! its inserts and its files are hnsw_rs's; only the walk is ours, over its
 //! public accessors ([`Mirror`] holds the point handles that its
 //! `get_point` keeps crate-private).
+//!
+//! While a batch is being inserted, its points are in hnsw_rs's graph but
+//! not yet in the mirror: the walk skips them, and the links they took over
+//! from older points, until the batch's refresh. Recall can dip for that
+//! long (a 4096-point batch at 1M: a few seconds), never below what the
+//! older points still reach.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashSet};
@@ -28,11 +34,14 @@ use hnsw_rs::prelude::{Distance, Hnsw, Point, PointId};
 use super::dist::{DualsightDot, Q8};
 use super::read;
 
-/// Top-layer points scored exactly to seed the descent (whole layers, from
-/// the top down, until at least this many): ~0.1 ms of 8-bit dots at 512-d.
-/// A graph with fewer points than this above layer 0 is scanned whole
-/// (~25k points at M = 24), which is exact and as fast as a walk.
+/// Top-layer points scored exactly to seed the descent (whole layers above
+/// layer 0, from the top down, until at least this many; fewer when the
+/// upper layers hold fewer, as below ~25k points at M = 24): ~0.1 ms of
+/// 8-bit dots at 512-d. With no upper layers at all (`max_layer` 1), a
+/// strided sample of layer 0 instead.
 pub const POOL: usize = 1024;
+/// Graphs up to this many points are scanned whole: exact, and as fast.
+pub const EXACT_MAX: usize = 4 * POOL;
 /// Beam width on the layers between the pool and layer 0, and the number of
 /// points that enter layer 0. `examples/descent.rs` at 1M (bench mixture,
 /// text-like queries, ef 256, recall@10 of 100 candidates): hnsw_rs's own
@@ -50,11 +59,30 @@ type Node = Arc<Point<'static, Q8>>;
 pub struct Mirror {
     layers: Vec<Vec<Node>>,
     len: usize,
-    /// The pool: its lowest layer, and its points' vectors side by side
-    /// (scoring them through their scattered `Point`s cost ~0.6 µs each in
-    /// cache misses, ten times the dot product).
-    pool_from: usize,
+    /// Elements of one stored vector (dimension + scale).
+    row: usize,
+    /// Which points the pool holds, their handles, and their vectors side by
+    /// side (scoring them through their scattered `Point`s cost ~0.6 µs
+    /// each in cache misses, ten times the dot product).
+    plan: PoolPlan,
+    pool_nodes: Vec<Node>,
     pool: Vec<Q8>,
+}
+
+/// The pool: whole layers `from` and up, or (`stride` > 1) every
+/// `stride`-th point of layer 0; `points` of them. `from` 0 with stride 1
+/// is every point: an exact scan.
+#[derive(Clone, Copy, Default, PartialEq)]
+struct PoolPlan {
+    from: usize,
+    points: usize,
+    stride: usize,
+}
+
+impl PoolPlan {
+    fn exact(&self) -> bool {
+        self.from == 0 && self.stride == 1
+    }
 }
 
 impl Mirror {
@@ -94,35 +122,55 @@ impl Mirror {
             layer.extend(new.into_iter().skip(skip));
         }
         m.len = m.layers.iter().map(Vec::len).sum();
-        let (from, pooled) = m.pool_layers();
-        if from != m.pool_from || pooled * m.row() != m.pool.len() {
-            m.pool_from = from;
-            let mut pool = Vec::with_capacity(pooled * m.row());
-            for n in m.layers[from..].iter().flatten() {
+        if m.row == 0 {
+            m.row = m
+                .layers
+                .iter()
+                .find_map(|l| l.first())
+                .map_or(0, |n| n.get_v().len());
+        }
+        let plan = m.plan();
+        if plan != m.plan {
+            let nodes: Vec<Node> = if plan.stride > 1 {
+                m.layers[0].iter().step_by(plan.stride).cloned().collect()
+            } else {
+                m.layers[plan.from..].iter().flatten().cloned().collect()
+            };
+            let mut pool = Vec::with_capacity(nodes.len() * m.row);
+            for n in &nodes {
                 pool.extend_from_slice(n.get_v());
             }
-            m.pool = pool;
+            (m.plan, m.pool_nodes, m.pool) = (plan, nodes, pool);
         }
     }
 
-    /// Whole layers from the top down until they hold [`POOL`] points: the
-    /// lowest of them, and how many points they hold.
-    fn pool_layers(&self) -> (usize, usize) {
-        let mut lowest = self.layers.len();
-        let mut pooled = 0;
-        while lowest > 0 && pooled < POOL {
-            lowest -= 1;
-            pooled += self.layers[lowest].len();
+    /// The pool for the points held now (see [`POOL`], [`EXACT_MAX`]).
+    fn plan(&self) -> PoolPlan {
+        if self.len <= EXACT_MAX {
+            return PoolPlan {
+                from: 0,
+                points: self.len,
+                stride: 1,
+            };
         }
-        (lowest, pooled)
-    }
-
-    /// Elements of one stored vector.
-    fn row(&self) -> usize {
-        self.layers
-            .iter()
-            .find_map(|l| l.first())
-            .map_or(0, |n| n.get_v().len())
+        let (mut from, mut points) = (self.layers.len(), 0);
+        while from > 1 && points < POOL {
+            from -= 1;
+            points += self.layers[from].len();
+        }
+        if points > 0 {
+            return PoolPlan {
+                from,
+                points,
+                stride: 1,
+            };
+        }
+        let stride = self.layers[0].len().div_ceil(POOL);
+        PoolPlan {
+            from: 0,
+            points: self.layers[0].len().div_ceil(stride),
+            stride,
+        }
     }
 
     fn node(&self, p: PointId) -> Option<&Node> {
@@ -133,19 +181,19 @@ impl Mirror {
     /// The `k` points nearest to `q` as (id, distance), nearest first; `ef`
     /// is the layer-0 beam width (raised to `k`).
     pub fn search(&self, q: &[Q8], k: usize, ef: usize) -> Vec<(u64, f32)> {
-        if k == 0 || self.len == 0 {
+        // A query of another length would be scored misaligned: the caller
+        // checks dimensions, so this only guards a graph that disagrees.
+        if k == 0 || self.len == 0 || q.len() != self.row {
             return Vec::new();
         }
-        let lowest = self.pool_from;
-        let row = q.len();
-        let nodes = self.layers[lowest..].iter().flatten();
+        let plan = self.plan;
         let mut scored: Vec<(f32, &Node)> = self
             .pool
-            .chunks_exact(row)
-            .zip(nodes)
+            .chunks_exact(self.row)
+            .zip(&self.pool_nodes)
             .map(|(v, n)| (DualsightDot.eval(q, v), n))
             .collect();
-        let keep = if lowest == 0 { k } else { UPPER_EF };
+        let keep = if plan.exact() { k } else { UPPER_EF };
         if scored.len() > keep {
             scored.select_nth_unstable_by(keep, |a, b| a.0.total_cmp(&b.0));
             scored.truncate(keep);
@@ -157,11 +205,10 @@ impl Mirror {
                 node: Arc::clone(n),
             })
             .collect();
-        let mut beam = if lowest == 0 {
-            // Small graphs: the pool is every point, so this is exact.
+        let mut beam = if plan.exact() {
             pool
         } else {
-            for layer in (1..lowest).rev() {
+            for layer in (1..plan.from).rev() {
                 pool = self.search_layer(q, pool, UPPER_EF, layer);
             }
             self.search_layer(q, pool, ef.max(k), 0)
