@@ -58,7 +58,6 @@ type Node = Arc<Point<'static, Q8>>;
 #[derive(Default)]
 pub struct Mirror {
     layers: Vec<Vec<Node>>,
-    len: usize,
     /// Elements of one stored vector (dimension + scale).
     row: usize,
     /// Which points the pool holds, their handles, and their vectors side by
@@ -121,7 +120,6 @@ impl Mirror {
             let skip = layer.len() - have.min(layer.len());
             layer.extend(new.into_iter().skip(skip));
         }
-        m.len = m.layers.iter().map(Vec::len).sum();
         if m.row == 0 {
             m.row = m
                 .layers
@@ -144,12 +142,18 @@ impl Mirror {
         }
     }
 
+    /// Points held (each lives in one layer's list).
+    fn len(&self) -> usize {
+        self.layers.iter().map(Vec::len).sum()
+    }
+
     /// The pool for the points held now (see [`POOL`], [`EXACT_MAX`]).
     fn plan(&self) -> PoolPlan {
-        if self.len <= EXACT_MAX {
+        let len = self.len();
+        if len <= EXACT_MAX {
             return PoolPlan {
                 from: 0,
-                points: self.len,
+                points: len,
                 stride: 1,
             };
         }
@@ -183,7 +187,7 @@ impl Mirror {
     pub fn search(&self, q: &[Q8], k: usize, ef: usize) -> Vec<(u64, f32)> {
         // A query of another length would be scored misaligned: the caller
         // checks dimensions, so this only guards a graph that disagrees.
-        if k == 0 || self.len == 0 || q.len() != self.row {
+        if k == 0 || self.len() == 0 || q.len() != self.row {
             return Vec::new();
         }
         let plan = self.plan;

@@ -406,7 +406,7 @@ impl VectorIndex {
             .iter()
             .map(|(id, v)| (v.as_slice(), *id as usize))
             .collect();
-        insert_points(self.graph(), &data);
+        insert_points(self.graph(), data);
         descent::Mirror::refresh(&self.mirror, self.graph());
         let mut ids = self.ids.write().unwrap_or_else(PoisonError::into_inner);
         for (id, _) in &normed {
@@ -923,7 +923,7 @@ fn load_graph(
             DualsightDot,
         );
         let rows: Vec<(&[Q8], usize)> = flat.iter().map(|(id, v)| (v, id as usize)).collect();
-        insert_points(&h, &rows);
+        insert_points(&h, rows);
         h
     });
     // Before the graph is published, so the first search finds it ready.
@@ -945,19 +945,17 @@ fn load_graph(
 /// returns without links once another has; in a parallel start a few points
 /// could stay linked to nothing (found only by scans) and the entry point
 /// could sit below the top layer.
-fn insert_points(h: &Hnsw<'static, Q8, DualsightDot>, data: &[(&[Q8], usize)]) {
-    let data = match data.split_first() {
-        Some((first, rest)) if h.get_nb_point() == 0 => {
-            h.insert_slice(*first);
-            rest
-        }
-        _ => data,
-    };
+fn insert_points(h: &Hnsw<'static, Q8, DualsightDot>, mut data: Vec<(&[Q8], usize)>) {
+    if h.get_nb_point() == 0 && !data.is_empty() {
+        // Shifted in place: hnsw_rs's parallel insert takes a `&Vec`, so
+        // a sub-slice would need a copy of the whole batch.
+        h.insert_slice(data.remove(0));
+    }
     if data.len() >= PARALLEL_INSERT_MIN {
-        h.parallel_insert_slice(&data.to_vec());
+        h.parallel_insert_slice(&data);
     } else {
         for d in data {
-            h.insert_slice(*d);
+            h.insert_slice(d);
         }
     }
 }
