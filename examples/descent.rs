@@ -12,8 +12,9 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use dualsight::bench::search::{build_index, exact_all};
 use dualsight::bench::synth::{DATA, Mixture, QUERIES, TEXT_QUERIES};
-use dualsight::index::{IndexParams, VectorIndex, candidates_for};
+use dualsight::index::{IndexParams, candidates_for};
 
 const DIM: usize = 512;
 const K: usize = 10;
@@ -29,22 +30,14 @@ fn main() -> Result<()> {
     let mix = Mixture::for_size(n, DIM, 42);
     let data = mix.points(DATA, 0, n, 2);
     let t = Instant::now();
-    let idx = VectorIndex::new(DIM, IndexParams::default(), n)?;
-    for (c, chunk) in data.chunks(4096 * DIM).enumerate() {
-        let items: Vec<(u64, &[f32])> = chunk
-            .chunks_exact(DIM)
-            .enumerate()
-            .map(|(i, v)| ((c * 4096 + i + 1) as u64, v))
-            .collect();
-        idx.insert_batch(&items)?;
-    }
+    let idx = build_index(&data, DIM, IndexParams::default())?;
     println!("{n} vectors: build {:.0} s", t.elapsed().as_secs_f64());
     let fetch = candidates_for(K);
     for (kind, stream) in [("text-like", TEXT_QUERIES), ("image-like", QUERIES)] {
         let queries = mix.points(stream, 0, nq, 2);
-        let exact: Vec<HashSet<u64>> = queries
-            .chunks_exact(DIM)
-            .map(|q| exact_f32(&data, q))
+        let exact: Vec<HashSet<u64>> = exact_all(&data, &queries, DIM, K, 2)
+            .into_iter()
+            .map(HashSet::from_iter)
             .collect();
         for &ef in efs {
             idx.set_ef_search(ef)?;
@@ -71,16 +64,4 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Ids (1-based rows) of the `K` stored vectors with the highest f32 dot
-/// product: the bench's notion of exact.
-fn exact_f32(data: &[f32], q: &[f32]) -> HashSet<u64> {
-    let mut scored: Vec<(f32, u64)> = data
-        .chunks_exact(DIM)
-        .enumerate()
-        .map(|(i, x)| (x.iter().zip(q).map(|(a, b)| a * b).sum(), i as u64 + 1))
-        .collect();
-    scored.select_nth_unstable_by(K, |a, b| b.0.total_cmp(&a.0));
-    scored[..K].iter().map(|s| s.1).collect()
 }

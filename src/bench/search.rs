@@ -113,15 +113,7 @@ pub fn run(
         let (rss0, _) = rss(None).unwrap_or((0, 0));
         say(format!("{n} vectors: building the HNSW"));
         let t = Instant::now();
-        let index = VectorIndex::new(dim, cfg.index, n)?;
-        for (c, chunk) in data.chunks(BUILD_CHUNK * dim).enumerate() {
-            let items: Vec<(u64, &[f32])> = chunk
-                .chunks_exact(dim)
-                .enumerate()
-                .map(|(i, v)| ((c * BUILD_CHUNK + i + 1) as u64, v))
-                .collect();
-            index.insert_batch(&items)?;
-        }
+        let index = build_index(&data, dim, cfg.index)?;
         let build = t.elapsed().as_secs_f64();
         let (rss1, _) = rss(None).unwrap_or((0, 0));
         let key = |s: &str| format!("index.n{n}.{s}");
@@ -353,10 +345,35 @@ fn notes_unreached(figs: &mut Figures, n: usize, sec: &str) {
     f.note = Some("recall 0.95 not reached up to ef 1024".into());
 }
 
+/// An index of `data` (rows of `dim`), row `i` under id `i + 1`, inserted in
+/// batches of [`BUILD_CHUNK`] as the daemon replays them.
+pub fn build_index(
+    data: &[f32],
+    dim: usize,
+    params: crate::index::IndexParams,
+) -> Result<VectorIndex> {
+    let index = VectorIndex::new(dim, params, data.len() / dim.max(1))?;
+    for (c, chunk) in data.chunks(BUILD_CHUNK * dim).enumerate() {
+        let items: Vec<(u64, &[f32])> = chunk
+            .chunks_exact(dim)
+            .enumerate()
+            .map(|(i, v)| ((c * BUILD_CHUNK + i + 1) as u64, v))
+            .collect();
+        index.insert_batch(&items)?;
+    }
+    Ok(index)
+}
+
 /// Exact top-k ids of every query, on `threads` threads: f32 dot products
 /// with the vectors as generated (ids are row + 1, as inserted), not with the
 /// index's 8-bit copies, so recall counts what rounding costs too.
-fn exact_all(data: &[f32], queries: &[f32], dim: usize, k: usize, threads: usize) -> Vec<Vec<u64>> {
+pub fn exact_all(
+    data: &[f32],
+    queries: &[f32],
+    dim: usize,
+    k: usize,
+    threads: usize,
+) -> Vec<Vec<u64>> {
     let rows: Vec<&[f32]> = queries.chunks_exact(dim).collect();
     let per = rows.len().div_ceil(threads.max(1)).max(1);
     let top = |q: &[f32]| -> Vec<u64> {
