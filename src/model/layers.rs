@@ -246,7 +246,7 @@ impl SelfAttention {
         if let Some(ctx) = self.context_fast(xs, bias)? {
             return self.o.forward(&ctx);
         }
-        self.o.forward(&self.context(xs, bias)?)
+        self.o.forward(&self.context(xs, xs.dim(1)?, bias)?)
     }
 
     /// `self(xs, bias) + residual`.
@@ -259,7 +259,28 @@ impl SelfAttention {
         if let Some(ctx) = self.context_fast(xs, bias)? {
             return self.o.forward_residual(&ctx, residual);
         }
-        self.o.forward_residual(&self.context(xs, bias)?, residual)
+        let l = xs.dim(1)?;
+        self.o
+            .forward_residual(&self.context(xs, l, bias)?, residual)
+    }
+
+    /// `self(xs, bias) + residual` for the first `keep` tokens only: keys
+    /// and values come from every token, queries and everything after them
+    /// from the first `keep`. A tower whose pooler reads token 0 needs no
+    /// more from its last layer, and skips ~5/6 of that layer's products.
+    /// `bias` must broadcast to `[B, heads, keep, L]` (a padding mask does);
+    /// `residual` is `[B, keep, H]`.
+    pub fn forward_first(
+        &self,
+        xs: &Tensor,
+        keep: usize,
+        bias: Option<&Tensor>,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        // candle's ops for the attention itself: `keep` queries cost next to
+        // nothing; the k and v products still take the fast dense path.
+        self.o
+            .forward_residual(&self.context(xs, keep, bias)?, residual)
     }
 
     /// The CPU f32 path: q, k and v written side by side into one `[B, L, 3H]`
@@ -301,18 +322,24 @@ impl SelfAttention {
         Ok(Some(Tensor::from_vec(ctx, (b, l, h), xs.device())?))
     }
 
-    /// candle's path: the context `[B, L, H]` before the output projection.
-    fn context(&self, xs: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    /// candle's path: the context `[B, keep, H]` of the first `keep` tokens
+    /// (all `L` for a whole layer) before the output projection.
+    fn context(&self, xs: &Tensor, keep: usize, bias: Option<&Tensor>) -> Result<Tensor> {
         let (b, l, h) = xs.dims3()?;
         let hd = h / self.heads;
-        let split = |t: Tensor| -> Result<Tensor> {
-            t.reshape((b, l, self.heads, hd))?
+        let split = |t: Tensor, n: usize| -> Result<Tensor> {
+            t.reshape((b, n, self.heads, hd))?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = split(self.q.forward(xs)?)?;
-        let k = split(self.k.forward(xs)?)?;
-        let v = split(self.v.forward(xs)?)?;
+        let queries = if keep == l {
+            xs.clone()
+        } else {
+            xs.narrow(1, 0, keep)?
+        };
+        let q = split(self.q.forward(&queries)?, keep)?;
+        let k = split(self.k.forward(xs)?, l)?;
+        let v = split(self.v.forward(xs)?, l)?;
         let scale = 1.0 / (hd as f64).sqrt();
         let mut scores = (q.matmul(&k.t()?)? * scale)?;
         if let Some(bias) = bias {
@@ -322,7 +349,7 @@ impl SelfAttention {
         let dtype = scores.dtype();
         let probs =
             candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
-        probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))
+        probs.matmul(&v)?.transpose(1, 2)?.reshape((b, keep, h))
     }
 }
 
@@ -385,5 +412,57 @@ impl Module for FeedForward {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         self.output
             .forward(&self.intermediate.forward_act(xs, self.act)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn dense(n: usize, k: usize, dev: &Device) -> Result<Dense> {
+        Ok(Dense::new(
+            Tensor::randn(0f32, 0.3, (n, k), dev)?,
+            Some(Tensor::randn(0f32, 0.3, n, dev)?),
+        ))
+    }
+
+    /// The last-layer shortcut must give exactly the whole layer's first rows,
+    /// with and without a padding mask (what BERT passes).
+    #[test]
+    fn forward_first_is_the_whole_layers_first_rows() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, l, h) = (3, 9, 16);
+        let att = SelfAttention {
+            q: dense(h, h, &dev)?,
+            k: dense(h, h, &dev)?,
+            v: dense(h, h, &dev)?,
+            o: dense(h, h, &dev)?,
+            heads: 4,
+        };
+        let xs = Tensor::randn(0f32, 1., (b, l, h), &dev)?;
+        let residual = Tensor::randn(0f32, 1., (b, l, h), &dev)?;
+        let mask = Tensor::from_vec(
+            (0..b * l)
+                .map(|i| u32::from(i % l < l - i / l))
+                .collect::<Vec<_>>(),
+            (b, l),
+            &dev,
+        )?;
+        let padding = padding_bias(&mask, DType::F32)?;
+        for bias in [None, Some(&padding)] {
+            let whole = att.forward_residual(&xs, bias, &residual)?;
+            for keep in [1, 2, l] {
+                let first = att.forward_first(&xs, keep, bias, &residual.narrow(1, 0, keep)?)?;
+                assert_eq!(first.dims(), &[b, keep, h]);
+                let diff = (first - whole.narrow(1, 0, keep)?)?
+                    .abs()?
+                    .flatten_all()?
+                    .max(0)?
+                    .to_scalar::<f32>()?;
+                assert!(diff < 1e-5, "keep {keep}: differs by {diff}");
+            }
+        }
+        Ok(())
     }
 }

@@ -2,13 +2,15 @@
 //! in candle, weight-for-weight and output-for-output. `config` mirrors HF's
 //! config.json, `vision/` and `text/` hold one file per tower, `dual` the
 //! projections, logit scale and loss, `checkpoint` load / compose / init / save,
-//! `hub` where `--model` points.
+//! `hub` where `--model` points, `cpu` the CPU fast paths and `lanes` the
+//! data-parallel split of a large CPU batch.
 
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;
 pub mod dual;
 pub mod hub;
+pub mod lanes;
 pub mod layers;
 pub mod text;
 pub mod vision;

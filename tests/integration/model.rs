@@ -402,15 +402,26 @@ fn fast_preprocessing_stays_close_to_exact() {
 }
 
 #[test]
-fn a_batch_larger_than_the_cpu_chunk_embeds_each_image_as_alone() {
-    // The CPU runs big batches in slices; every image must come out as if
-    // embedded on its own, whatever slice it fell in (the last one short).
-    let n = dualsight::model::dual::CPU_VISION_CHUNK * 2 + 3;
+fn a_batch_split_into_lanes_and_slices_embeds_each_image_as_alone() {
+    // The CPU runs big batches in lanes side by side and each lane in
+    // slices; every image must come out as if embedded on its own, whatever
+    // lane and slice it fell in (the last ones short). Four threads make
+    // lanes on any machine (45 images: 4 lanes of 11 or 12, slices of 8).
+    let n = dualsight::model::dual::CPU_VISION_CHUNK * 5 + 5;
+    let four = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .unwrap();
+    assert_eq!(dualsight::model::lanes::count(n, 4), 4);
     for name in ["vit-bert", "beit-xlmr", "clipvision-bert"] {
         let model = DualEncoder::load(&model_dir(name), &Device::Cpu, DType::F32).unwrap();
         let (c, h, w) = model.image_shape();
         let px = Tensor::randn(0f32, 1., (n, c, h, w), &Device::Cpu).unwrap();
-        let all = model.embed_images(&px).unwrap().to_vec2::<f32>().unwrap();
+        let all = four
+            .install(|| model.embed_images(&px))
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(all.len(), n);
         for (i, row) in all.iter().enumerate() {
             let one = model

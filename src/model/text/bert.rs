@@ -53,6 +53,20 @@ impl BertLayer {
         self.output_norm
             .forward(&self.ffn.forward_residual(&xs, &xs)?)
     }
+
+    /// The layer's output for the first `keep` tokens only (see
+    /// [`SelfAttention::forward_first`]): `[B, L, H]` → `[B, keep, H]`.
+    fn forward_first(&self, xs: &Tensor, keep: usize, bias: &Tensor) -> Result<Tensor> {
+        let first = xs.narrow(1, 0, keep)?;
+        let xs = self.attention_norm.forward(&self.attention.forward_first(
+            xs,
+            keep,
+            Some(bias),
+            &first,
+        )?)?;
+        self.output_norm
+            .forward(&self.ffn.forward_residual(&xs, &xs)?)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -142,8 +156,13 @@ impl Bert {
         let xs = (xs + self.token_types.forward(type_ids)?)?;
         let mut xs = self.norm.forward(&xs)?;
         let bias = padding_bias(mask, dtype)?;
-        for layer in &self.layers {
-            xs = layer.forward(&xs, &bias)?;
+        // Only token 0 reaches the pooler: the last layer computes keys and
+        // values for every token and the rest for token 0 alone.
+        if let Some((last, rest)) = self.layers.split_last() {
+            for layer in rest {
+                xs = layer.forward(&xs, &bias)?;
+            }
+            xs = last.forward_first(&xs, 1, &bias)?;
         }
         let cls = xs.narrow(1, 0, 1)?.squeeze(1)?;
         self.pooler.forward(&cls)?.tanh()

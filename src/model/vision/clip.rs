@@ -23,6 +23,21 @@ struct ClipLayer {
 }
 
 /// CLIP's encoder (`encoder.layers.N.{self_attn,layer_norm1,mlp,layer_norm2}`).
+impl ClipLayer {
+    fn forward(&self, xs: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let xs = self
+            .attention
+            .forward_residual(&self.norm1.forward(xs)?, bias, xs)?;
+        self.mlp_residual(&xs)
+    }
+
+    /// `xs + mlp(norm2(xs))`.
+    fn mlp_residual(&self, xs: &Tensor) -> Result<Tensor> {
+        let hidden = self.fc1.forward_act(&self.norm2.forward(xs)?, self.act)?;
+        self.fc2.forward_residual(&hidden, xs)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ClipEncoder {
     layers: Vec<ClipLayer>,
@@ -69,13 +84,31 @@ impl ClipEncoder {
     /// `bias`: additive attention bias broadcastable to `[B, heads, L, L]`.
     pub fn forward(&self, mut xs: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         for l in &self.layers {
-            xs = l
-                .attention
-                .forward_residual(&l.norm1.forward(&xs)?, bias, &xs)?;
-            let hidden = l.fc1.forward_act(&l.norm2.forward(&xs)?, l.act)?;
-            xs = l.fc2.forward_residual(&hidden, &xs)?;
+            xs = l.forward(&xs, bias)?;
         }
         Ok(xs)
+    }
+
+    /// [`Self::forward`] for a caller that reads only the first `keep`
+    /// tokens: the last layer computes the rest for those alone
+    /// ([`SelfAttention::forward_first`]). `[B, L, H]` → `[B, keep, H]`.
+    pub fn forward_first(
+        &self,
+        mut xs: Tensor,
+        keep: usize,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let Some((last, rest)) = self.layers.split_last() else {
+            return xs.narrow(1, 0, keep);
+        };
+        for l in rest {
+            xs = l.forward(&xs, bias)?;
+        }
+        let first = xs.narrow(1, 0, keep)?;
+        let xs = last
+            .attention
+            .forward_first(&last.norm1.forward(&xs)?, keep, bias, &first)?;
+        last.mlp_residual(&xs)
     }
 }
 
@@ -135,7 +168,10 @@ impl ClipVision {
             .reshape((1, 1, h))?
             .broadcast_as((b, 1, h))?;
         let xs = Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.positions.unsqueeze(0)?)?;
-        let xs = self.encoder.forward(self.pre_norm.forward(&xs)?, None)?;
-        self.post_norm.forward(&xs.narrow(1, 0, 1)?.squeeze(1)?)
+        // Only the class token is pooled.
+        let xs = self
+            .encoder
+            .forward_first(self.pre_norm.forward(&xs)?, 1, None)?;
+        self.post_norm.forward(&xs.squeeze(1)?)
     }
 }

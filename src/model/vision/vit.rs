@@ -117,6 +117,16 @@ impl VitLayer {
             .forward_residual(&self.before.forward(xs)?, None, xs)?;
         self.ffn.forward_residual(&self.after.forward(&xs)?, &xs)
     }
+
+    /// The layer's output for the first `keep` tokens only (see
+    /// [`SelfAttention::forward_first`]): `[B, L, H]` → `[B, keep, H]`.
+    pub fn forward_first(&self, xs: &Tensor, keep: usize) -> Result<Tensor> {
+        let first = xs.narrow(1, 0, keep)?;
+        let xs = self
+            .attention
+            .forward_first(&self.before.forward(xs)?, keep, None, &first)?;
+        self.ffn.forward_residual(&self.after.forward(&xs)?, &xs)
+    }
 }
 
 /// The parts ViT and DeiT share after the embeddings: layers, final norm, pooler.
@@ -151,11 +161,17 @@ impl VitTrunk {
 
     /// Embedded tokens `[B, L, H]` → `pooler_output` `[B, H]` (from token 0).
     pub fn pooled(&self, mut xs: Tensor) -> Result<Tensor> {
-        for layer in &self.layers {
-            xs = layer.forward(&xs)?;
+        // Only token 0 reaches the pooler, so the last layer computes keys
+        // and values for every token and the rest for token 0 alone
+        // (the final norm and the pooler work per token).
+        if let Some((last, rest)) = self.layers.split_last() {
+            for layer in rest {
+                xs = layer.forward(&xs)?;
+            }
+            xs = last.forward_first(&xs, 1)?;
         }
-        let xs = self.layernorm.forward(&xs)?;
-        let cls = xs.narrow(1, 0, 1)?.squeeze(1)?;
+        let xs = self.layernorm.forward(&xs.narrow(1, 0, 1)?)?;
+        let cls = xs.squeeze(1)?;
         self.pooler_act.forward(&self.pooler.forward(&cls)?)
     }
 }
