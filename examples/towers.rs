@@ -31,35 +31,6 @@ fn main() -> Result<()> {
                 times.push(t.elapsed().as_secs_f64());
             }
         }
-        "vision-split" => {
-            // Throughput of two forwards at once, each on its own one-thread
-            // pool (batch/2 images each): how ingest could use two cores.
-            let (c, h, w) = model.image_shape();
-            let half = batch / 2;
-            let px = Tensor::randn(0f32, 1f32, (half, c, h, w), &Device::Cpu)?;
-            let pools = (0..2)
-                .map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build())
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            for _ in 0..iters {
-                let t = Instant::now();
-                std::thread::scope(|s| {
-                    let hs: Vec<_> = pools
-                        .iter()
-                        .map(|p| {
-                            s.spawn(|| {
-                                p.install(|| -> Result<Vec<Vec<f32>>> {
-                                    Ok(model.embed_images(&px)?.to_vec2::<f32>()?)
-                                })
-                            })
-                        })
-                        .collect();
-                    for h in hs {
-                        h.join().expect("forward thread").expect("forward");
-                    }
-                });
-                times.push(t.elapsed().as_secs_f64());
-            }
-        }
         "text" => {
             let texts: Vec<String> = (0..batch)
                 .map(|i| format!("a photo of a small dog number {i} on grass"))
