@@ -18,22 +18,33 @@ use std::sync::{Arc, Mutex};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
-/// Fewest items a lane takes. With fewer the split measured no gain worth
-/// the latency (ViT-B/16, two cores: batch 2 split one image a lane ran 3.0
-/// images/s, against 2.7–3.4 on both threads; batch 4 split two a lane 3.2
-/// against 3.1), while each image would take twice as long.
+/// Fewest items a lane takes. ViT-B/16 on two cores: below it the split
+/// measured no gain (batches of 2 and 6 split in two ran within noise, ±5%,
+/// of the same batch on both threads: 2.9–3.5 images/s), while batch 8
+/// split 4 + 4 ran 3.5–3.9 against 2.9 whole.
 pub const MIN_ITEMS: usize = 4;
 
-/// How many lanes `items` items on `threads` threads go into: at most one
-/// per thread, each with at least [`MIN_ITEMS`] items.
+/// How many lanes `items` items on `threads` threads go into: the largest
+/// divisor of `threads` (so every thread has a lane) that leaves each lane at
+/// least [`MIN_ITEMS`] items; 1 when none does.
 pub fn count(items: usize, threads: usize) -> usize {
-    (items / MIN_ITEMS).min(threads).max(1)
+    let most = items / MIN_ITEMS;
+    (1..=threads.min(most))
+        .rev()
+        .find(|d| threads.is_multiple_of(*d))
+        .unwrap_or(1)
 }
 
-/// The items of lane `lane` of `lanes`: contiguous, in order, sizes within one.
-pub fn share(items: usize, lanes: usize, lane: usize) -> Range<usize> {
-    let start = |i: usize| i * items / lanes;
-    start(lane)..start(lane + 1)
+/// The parts `items` items run in: `lanes` equal lanes side by side, then
+/// what does not divide evenly (fewer than `lanes` items) on every thread,
+/// so no lane waits on another's extra item. Contiguous and in order.
+pub fn parts(items: usize, lanes: usize) -> Vec<Range<usize>> {
+    let each = items / lanes.max(1);
+    let mut parts: Vec<Range<usize>> = (0..lanes).map(|i| i * each..(i + 1) * each).collect();
+    if lanes * each < items {
+        parts.push(lanes * each..items);
+    }
+    parts
 }
 
 /// `lanes` pools of `threads` threads each, built once and kept: a pool's
@@ -81,23 +92,30 @@ fn pools(lanes: usize, threads: usize) -> Option<Arc<Pools>> {
     }
 }
 
-/// Runs `f` on `0..items` split into lanes (see [`count`]) of the calling
-/// pool's threads, side by side, and returns each lane's result in order.
-/// With one lane, `f(0..items)` runs here on the calling pool.
+/// Runs `f` on `0..items` split into [`parts`]: the lanes side by side, each
+/// on its own pool of the calling pool's threads, then any remainder on the
+/// calling pool. Returns each part's result in order. With one lane,
+/// `f(0..items)` runs here on the calling pool.
 pub fn run<T: Send>(items: usize, f: impl Fn(Range<usize>) -> T + Sync) -> Vec<T> {
     let threads = rayon::current_num_threads();
     let lanes = count(items, threads);
     let Some(pools) = (lanes > 1).then(|| pools(lanes, threads / lanes)).flatten() else {
         return vec![f(0..items)];
     };
+    let mut parts = parts(items, lanes);
+    let rest = if parts.len() > lanes {
+        parts.pop()
+    } else {
+        None
+    };
     let f = &f;
-    std::thread::scope(|s| {
-        let others: Vec<_> = pools.pools[1..]
-            .iter()
-            .enumerate()
-            .map(|(i, pool)| s.spawn(move || pool.install(|| f(share(items, lanes, i + 1)))))
+    let mut out = std::thread::scope(|s| {
+        let mut lane = pools.pools.iter().zip(parts);
+        let (first_pool, first) = lane.next().expect("two lanes or more");
+        let others: Vec<_> = lane
+            .map(|(pool, r)| s.spawn(move || pool.install(|| f(r))))
             .collect();
-        let mut out = vec![pools.pools[0].install(|| f(share(items, lanes, 0)))];
+        let mut out = vec![first_pool.install(|| f(first))];
         for h in others {
             match h.join() {
                 Ok(v) => out.push(v),
@@ -106,7 +124,11 @@ pub fn run<T: Send>(items: usize, f: impl Fn(Range<usize>) -> T + Sync) -> Vec<T
             }
         }
         out
-    })
+    });
+    if let Some(r) = rest {
+        out.push(f(r));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -114,17 +136,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lanes_cover_every_item_once_in_order() {
-        for (items, threads, want) in [(0, 2, 1), (7, 2, 1), (8, 2, 2), (19, 2, 2), (16, 16, 4)] {
-            assert_eq!(
-                count(items, threads),
-                want,
-                "{items} items, {threads} threads"
-            );
+    fn lanes_use_every_thread_and_cover_every_item_once_in_order() {
+        for (items, threads, want) in [
+            (0, 2, 1),
+            (7, 2, 1),
+            (8, 2, 2),
+            (19, 2, 2),
+            (16, 16, 4),
+            (12, 6, 3),
+            (40, 16, 8),
+            (35, 7, 7),
+            (27, 7, 1),
+        ] {
             let lanes = count(items, threads);
-            let all: Vec<usize> = (0..lanes).flat_map(|l| share(items, lanes, l)).collect();
+            assert_eq!(lanes, want, "{items} items, {threads} threads");
+            assert!(threads.is_multiple_of(lanes));
+            let parts = parts(items, lanes);
+            let all: Vec<usize> = parts.iter().cloned().flatten().collect();
             assert_eq!(all, (0..items).collect::<Vec<_>>());
-            assert!((0..lanes).all(|l| share(items, lanes, l).len() >= items / lanes));
+            // Equal lanes, then a remainder smaller than a lane count.
+            assert!(parts[..lanes].iter().all(|p| p.len() == items / lanes));
+            assert!(parts[lanes..].iter().all(|p| p.len() < lanes));
         }
     }
 
@@ -132,22 +164,24 @@ mod tests {
     fn each_lane_runs_on_its_own_share_of_the_threads() {
         let pool = ThreadPoolBuilder::new().num_threads(4).build().unwrap();
         let got = pool.install(|| {
-            run(17, |r| {
+            run(19, |r| {
                 let name = std::thread::current().name().map(str::to_owned);
                 (r, rayon::current_num_threads(), name)
             })
         });
         let ranges: Vec<_> = got.iter().map(|(r, ..)| r.clone()).collect();
-        assert_eq!(ranges, vec![0..4, 4..8, 8..12, 12..17]);
-        assert!(got.iter().all(|(_, threads, _)| *threads == 1));
-        for (lane, (.., name)) in got.iter().enumerate() {
+        assert_eq!(ranges, vec![0..4, 4..8, 8..12, 12..16, 16..19]);
+        for (lane, (_, threads, name)) in got[..4].iter().enumerate() {
+            assert_eq!(*threads, 1);
             assert_eq!(
                 name.as_deref(),
                 Some(format!("dualsight-lane-{lane}.0").as_str())
             );
         }
+        // The remainder runs on the calling pool, all four threads.
+        assert_eq!(got[4].1, 4);
         // Too few items for two lanes: the calling pool runs them whole.
-        let whole = pool.install(|| run(5, |r| (r, rayon::current_num_threads())));
-        assert_eq!(whole, vec![(0..5, 4)]);
+        let whole = pool.install(|| run(3, |r| (r, rayon::current_num_threads())));
+        assert_eq!(whole, vec![(0..3, 4)]);
     }
 }
