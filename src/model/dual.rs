@@ -53,9 +53,12 @@ pub struct DualOutput {
     pub loss: Option<Tensor>,
 }
 
-/// Images per vision forward pass on the CPU. Measured on ViT-B/16, 2 cores
-/// (same run): batch 8 gave 1.47 images/s, batch 32 whole 1.32.
-pub const CPU_VISION_CHUNK: usize = 8;
+/// Images per vision forward pass on the CPU (within a lane, see `lanes`).
+/// Measured on ViT-B/16, 2 cores: a batch of 16 in two lanes ran a median
+/// 4.0 images/s in forwards of 4, against 3.7 in forwards of 8 (6 alternating
+/// pairs, 4 favouring 4). Before lanes, batch 8 gave 1.47 images/s and batch
+/// 32 whole 1.32.
+pub const CPU_VISION_CHUNK: usize = 4;
 
 pub struct DualEncoder {
     config: DualEncoderConfig,

@@ -406,8 +406,8 @@ fn a_batch_split_into_lanes_and_slices_embeds_each_image_as_alone() {
     // The CPU runs big batches in lanes side by side and each lane in
     // slices; every image must come out as if embedded on its own, whatever
     // lane and slice it fell in (the last ones short). Four threads make
-    // lanes on any machine (45 images: 4 lanes of 11 in slices of 8 and 3,
-    // then the 45th on all four threads).
+    // lanes on any machine: 4 equal lanes, each in full slices and a short
+    // one, then the last image on all four threads.
     let n = dualsight::model::dual::CPU_VISION_CHUNK * 5 + 5;
     let four = rayon::ThreadPoolBuilder::new()
         .num_threads(4)
