@@ -189,7 +189,7 @@ impl DualEncoder {
             return self.vision.pooled(px);
         }
         let parts = lanes::run(b, |r| {
-            (r.clone())
+            r.clone()
                 .step_by(CPU_VISION_CHUNK)
                 .map(|i| {
                     let n = CPU_VISION_CHUNK.min(r.end - i);
@@ -201,9 +201,7 @@ impl DualEncoder {
             .into_iter()
             .collect::<candle_core::Result<Vec<_>>>()?
             .concat();
-        if parts.len() == 1 {
-            return Ok(parts.into_iter().next().expect("one part"));
-        }
+        // One part comes back as it is (candle's `cat` of one tensor).
         Tensor::cat(&parts, 0)
     }
 

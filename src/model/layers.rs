@@ -256,20 +256,15 @@ impl SelfAttention {
         bias: Option<&Tensor>,
         residual: &Tensor,
     ) -> Result<Tensor> {
-        if let Some(ctx) = self.context_fast(xs, bias)? {
-            return self.o.forward_residual(&ctx, residual);
-        }
-        let l = xs.dim(1)?;
-        self.o
-            .forward_residual(&self.context(xs, l, bias)?, residual)
+        self.forward_first(xs, xs.dim(1)?, bias, residual)
     }
 
-    /// `self(xs, bias) + residual` for the first `keep` tokens only: keys
-    /// and values come from every token, queries and everything after them
-    /// from the first `keep`. A tower whose pooler reads token 0 needs no
-    /// more from its last layer, and skips ~5/6 of that layer's products.
-    /// `bias` must broadcast to `[B, heads, keep, L]` (a padding mask does);
-    /// `residual` is `[B, keep, H]`.
+    /// `self(xs, bias) + residual` for the first `keep` tokens (all `L` for
+    /// a whole layer): keys and values come from every token, queries and
+    /// everything after them from the first `keep`. A tower whose pooler
+    /// reads token 0 needs no more from its last layer, and skips ~5/6 of
+    /// that layer's products. `bias` must broadcast to `[B, heads, keep, L]`
+    /// (a padding mask does); `residual` is `[B, keep, H]`.
     pub fn forward_first(
         &self,
         xs: &Tensor,
@@ -277,8 +272,14 @@ impl SelfAttention {
         bias: Option<&Tensor>,
         residual: &Tensor,
     ) -> Result<Tensor> {
-        // candle's ops for the attention itself: `keep` queries cost next to
-        // nothing; the k and v products still take the fast dense path.
+        // The fast path computes every query. Fewer queries take candle's
+        // ops for the attention itself (`keep` rows cost next to nothing);
+        // their k and v products still take the fast dense path.
+        if keep == xs.dim(1)?
+            && let Some(ctx) = self.context_fast(xs, bias)?
+        {
+            return self.o.forward_residual(&ctx, residual);
+        }
         self.o
             .forward_residual(&self.context(xs, keep, bias)?, residual)
     }
@@ -332,12 +333,7 @@ impl SelfAttention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let queries = if keep == l {
-            xs.clone()
-        } else {
-            xs.narrow(1, 0, keep)?
-        };
-        let q = split(self.q.forward(&queries)?, keep)?;
+        let q = split(self.q.forward(&xs.narrow(1, 0, keep)?)?, keep)?;
         let k = split(self.k.forward(xs)?, l)?;
         let v = split(self.v.forward(xs)?, l)?;
         let scale = 1.0 / (hd as f64).sqrt();
@@ -450,16 +446,25 @@ mod tests {
             &dev,
         )?;
         let padding = padding_bias(&mask, DType::F32)?;
+        let max_diff = |a: Tensor, b: Tensor| -> Result<f32> {
+            (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+        };
         for bias in [None, Some(&padding)] {
+            // The whole layer takes the fast path; candle's ops, which serve
+            // every shorter `keep`, must agree with it on all L rows too.
             let whole = att.forward_residual(&xs, bias, &residual)?;
+            let candle = att
+                .o
+                .forward_residual(&att.context(&xs, l, bias)?, &residual)?;
+            let diff = max_diff(candle, whole.clone())?;
+            assert!(
+                diff < 1e-5,
+                "candle's path differs from the fast one by {diff}"
+            );
             for keep in [1, 2, l] {
                 let first = att.forward_first(&xs, keep, bias, &residual.narrow(1, 0, keep)?)?;
                 assert_eq!(first.dims(), &[b, keep, h]);
-                let diff = (first - whole.narrow(1, 0, keep)?)?
-                    .abs()?
-                    .flatten_all()?
-                    .max(0)?
-                    .to_scalar::<f32>()?;
+                let diff = max_diff(first, whole.narrow(1, 0, keep)?)?;
                 assert!(diff < 1e-5, "keep {keep}: differs by {diff}");
             }
         }

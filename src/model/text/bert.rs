@@ -47,15 +47,11 @@ impl BertLayer {
     }
 
     fn forward(&self, xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        let xs = self
-            .attention_norm
-            .forward(&self.attention.forward_residual(xs, Some(bias), xs)?)?;
-        self.output_norm
-            .forward(&self.ffn.forward_residual(&xs, &xs)?)
+        self.forward_first(xs, xs.dim(1)?, bias)
     }
 
-    /// The layer's output for the first `keep` tokens only (see
-    /// [`SelfAttention::forward_first`]): `[B, L, H]` → `[B, keep, H]`.
+    /// The layer's output for the first `keep` tokens (all `L` for the whole
+    /// layer; see [`SelfAttention::forward_first`]): `[B, keep, H]`.
     fn forward_first(&self, xs: &Tensor, keep: usize, bias: &Tensor) -> Result<Tensor> {
         let first = xs.narrow(1, 0, keep)?;
         let xs = self.attention_norm.forward(&self.attention.forward_first(

@@ -24,17 +24,17 @@ struct ClipLayer {
 
 /// CLIP's encoder (`encoder.layers.N.{self_attn,layer_norm1,mlp,layer_norm2}`).
 impl ClipLayer {
-    fn forward(&self, xs: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let xs = self
-            .attention
-            .forward_residual(&self.norm1.forward(xs)?, bias, xs)?;
-        self.mlp_residual(&xs)
-    }
-
-    /// `xs + mlp(norm2(xs))`.
-    fn mlp_residual(&self, xs: &Tensor) -> Result<Tensor> {
-        let hidden = self.fc1.forward_act(&self.norm2.forward(xs)?, self.act)?;
-        self.fc2.forward_residual(&hidden, xs)
+    /// The layer's output for the first `keep` tokens (all `L` for the whole
+    /// layer; see [`SelfAttention::forward_first`]): `[B, keep, H]`.
+    fn forward_first(&self, xs: &Tensor, keep: usize, bias: Option<&Tensor>) -> Result<Tensor> {
+        let xs = self.attention.forward_first(
+            &self.norm1.forward(xs)?,
+            keep,
+            bias,
+            &xs.narrow(1, 0, keep)?,
+        )?;
+        let hidden = self.fc1.forward_act(&self.norm2.forward(&xs)?, self.act)?;
+        self.fc2.forward_residual(&hidden, &xs)
     }
 }
 
@@ -84,7 +84,7 @@ impl ClipEncoder {
     /// `bias`: additive attention bias broadcastable to `[B, heads, L, L]`.
     pub fn forward(&self, mut xs: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         for l in &self.layers {
-            xs = l.forward(&xs, bias)?;
+            xs = l.forward_first(&xs, xs.dim(1)?, bias)?;
         }
         Ok(xs)
     }
@@ -102,13 +102,9 @@ impl ClipEncoder {
             return xs.narrow(1, 0, keep);
         };
         for l in rest {
-            xs = l.forward(&xs, bias)?;
+            xs = l.forward_first(&xs, xs.dim(1)?, bias)?;
         }
-        let first = xs.narrow(1, 0, keep)?;
-        let xs = last
-            .attention
-            .forward_first(&last.norm1.forward(&xs)?, keep, bias, &first)?;
-        last.mlp_residual(&xs)
+        last.forward_first(&xs, keep, bias)
     }
 }
 

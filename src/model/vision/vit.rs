@@ -112,19 +112,18 @@ impl VitLayer {
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = self
-            .attention
-            .forward_residual(&self.before.forward(xs)?, None, xs)?;
-        self.ffn.forward_residual(&self.after.forward(&xs)?, &xs)
+        self.forward_first(xs, xs.dim(1)?)
     }
 
-    /// The layer's output for the first `keep` tokens only (see
+    /// The layer's output for the first `keep` tokens (see
     /// [`SelfAttention::forward_first`]): `[B, L, H]` → `[B, keep, H]`.
     pub fn forward_first(&self, xs: &Tensor, keep: usize) -> Result<Tensor> {
-        let first = xs.narrow(1, 0, keep)?;
-        let xs = self
-            .attention
-            .forward_first(&self.before.forward(xs)?, keep, None, &first)?;
+        let xs = self.attention.forward_first(
+            &self.before.forward(xs)?,
+            keep,
+            None,
+            &xs.narrow(1, 0, keep)?,
+        )?;
         self.ffn.forward_residual(&self.after.forward(&xs)?, &xs)
     }
 }
