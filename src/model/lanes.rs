@@ -86,7 +86,11 @@ fn pools(lanes: usize, threads: usize) -> Option<Arc<Pools>> {
         }
         Err(e) => {
             // Out of threads or memory: the batch still runs, in one lane.
-            tracing::warn!("could not start {lanes} lanes of {threads} threads: {e}");
+            tracing::warn!(
+                "could not start {lanes} lanes of {threads} thread(s) each ({e}); running the \
+                 batch on the shared pool instead, slower. If the process is near its thread \
+                 limit (ulimit -u, systemd TasksMax), raise it or set RAYON_NUM_THREADS lower"
+            );
             None
         }
     }
