@@ -8,8 +8,9 @@ same JPEG files, the same query texts and the same number of threads.
 `dualsight bench --reference` writes PARAMS.json (model dir, threads, batch
 sizes, repeat policy, JPEG paths, texts, index sizes, HNSW parameters) and
 reads OUT.json: {"figures": [{"key", "value", "label", "unit", "better",
-"section", "note"}], "info": {...}}. Keys are dualsight's, so each value lands
-beside dualsight's own. Progress goes to stderr.
+"section", "note", "versus"}], "info": {...}}. Keys are dualsight's, so each
+value lands beside dualsight's own; a figure with no twin names the one it is
+compared with in "versus". Progress goes to stderr.
 
 What is measured (see BENCHMARKS.md):
 - model.load_s: `VisionTextDualEncoderModel.from_pretrained(DIR)`.
@@ -20,6 +21,10 @@ What is measured (see BENCHMARKS.md):
   thread; and a `multiprocessing` pool of THREADS processes over all files.
 - ingest.images_per_s: the pool decodes each batch of `ingest_batch` files,
   then the vision tower embeds it (sequential stages; no store).
+- ingest.inline_images_per_s: the same without the pool: each batch is
+  decoded in the indexing process, file after file, then embedded. The plain
+  loop most Python tools run, and the pipeline the issue's 1.36 images/s
+  figure was measured on; reported `versus` dualsight's ingest.images_per_s.
 - text.*: tokenizer + `get_text_features` + L2 norm for one query.
 - exact.nN.*, query.nN.*: exact top-k over N synthetic unit vectors with numpy
   (`X @ q` + argpartition), alone and after the text tower. The vectors and
@@ -95,7 +100,11 @@ class Figures:
     def __init__(self):
         self.items: list[dict] = []
 
-    def add(self, key, value, *, label=None, unit=None, better=None, section=None, note=None):
+    def add(self, key, value, *, label=None, unit=None, better=None, section=None, note=None,
+            versus=None):
+        """`versus`: the key of dualsight's figure this one is compared with,
+        for a reference figure dualsight has no twin of (another way to do
+        the same work)."""
         self.items.append(
             {
                 "key": key,
@@ -105,6 +114,7 @@ class Figures:
                 "better": better,
                 "section": section,
                 "note": note,
+                "versus": versus,
             }
         )
 
@@ -339,6 +349,18 @@ def main() -> None:
                 walls = measure(p, index_all)
                 figs.add("ingest.images_per_s", len(files) / float(np.median(walls)),
                          note="pool decode, then forward; no store")
+
+            def index_inline():
+                for i in range(0, len(files), B):
+                    arrs = [ip(load_image(f), return_tensors="np")["pixel_values"][0]
+                            for f in files[i:i + B]]
+                    embed_images(torch.from_numpy(np.stack(arrs)))
+
+            eprint(f"end to end, decoded in this process, batches of {B}")
+            walls = measure(p, index_inline)
+            figs.add("ingest.inline_images_per_s", len(files) / float(np.median(walls)),
+                     label="  end to end, no pool: decode file after file, then forward (a plain loop)",
+                     versus="ingest.images_per_s", note="no store")
 
         # 3. text queries
         texts = p["texts"]

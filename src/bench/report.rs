@@ -39,7 +39,7 @@ impl Figure {
 }
 
 /// A figure as the reference script reports it (the same fields, one value).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 pub struct RefFigure {
     pub key: String,
     #[serde(default)]
@@ -53,6 +53,11 @@ pub struct RefFigure {
     pub value: Option<f64>,
     #[serde(default)]
     pub note: Option<String>,
+    /// For a figure we have no twin of (another way to do the same work, such
+    /// as decoding without a process pool): the key of ours it is compared
+    /// with. It is shown under that figure, with its value as ours.
+    #[serde(default)]
+    pub versus: Option<String>,
 }
 
 /// Collects figures in the order they were measured.
@@ -87,10 +92,30 @@ impl Figures {
     }
 
     /// Puts each reference value beside ours (same key). A reference figure
-    /// we do not have is added (after the last figure of its section, or at
-    /// the end) with its own label.
+    /// we do not have is added with its own label: under the figure it is
+    /// `versus` (compared with that one's value), else after the last figure
+    /// of its section, or at the end.
     pub fn merge_reference(&mut self, refs: &[RefFigure]) {
         for r in refs {
+            let versus = r
+                .versus
+                .as_deref()
+                .and_then(|k| self.0.iter().position(|f| f.key == k));
+            if let Some(i) = versus.filter(|_| self.get(&r.key).is_none()) {
+                let ours = &self.0[i];
+                let fig = Figure {
+                    key: r.key.clone(),
+                    section: ours.section.clone(),
+                    label: r.label.clone().unwrap_or_else(|| r.key.clone()),
+                    unit: r.unit.clone().unwrap_or_else(|| ours.unit.clone()),
+                    better: r.better.unwrap_or(ours.better),
+                    dualsight: ours.dualsight,
+                    reference: r.value,
+                    note: r.note.as_ref().map(|n| format!("reference: {n}")),
+                };
+                self.0.insert(i + 1, fig);
+                continue;
+            }
             if let Some(f) = self.0.iter_mut().find(|f| f.key == r.key) {
                 f.reference = r.value;
                 if let Some(n) = &r.note {
@@ -246,21 +271,14 @@ mod tests {
         f.merge_reference(&[
             RefFigure {
                 key: "v.b1".into(),
-                section: None,
-                label: None,
-                unit: None,
-                better: None,
                 value: Some(2.0),
-                note: None,
+                ..Default::default()
             },
             RefFigure {
                 key: "q.p50".into(),
-                section: None,
-                label: None,
-                unit: None,
-                better: None,
                 value: Some(40.0),
                 note: Some("numpy exact".into()),
+                ..Default::default()
             },
         ]);
         assert_eq!(f.get("v.b1").unwrap().advantage(), Some(2.0));
@@ -284,11 +302,44 @@ mod tests {
             unit: Some("q/s".into()),
             better: Some(Better::Higher),
             value: Some(1.0),
-            note: None,
+            ..Default::default()
         }]);
         let keys: Vec<&str> = f.0.iter().map(|x| x.key.as_str()).collect();
         assert_eq!(keys, ["v.b1", "v.extra", "q.p50"]);
         assert_eq!(f.0[1].dualsight, None);
+    }
+
+    #[test]
+    fn a_versus_figure_is_compared_with_the_one_it_names() {
+        let mut f = figs();
+        f.add("z", "last", "z", "s", Better::Lower, 1.0);
+        f.merge_reference(&[RefFigure {
+            key: "v.plain".into(),
+            label: Some("plain loop".into()),
+            value: Some(1.0),
+            versus: Some("v.b1".into()),
+            note: Some("no store".into()),
+            ..Default::default()
+        }]);
+        let keys: Vec<&str> = f.0.iter().map(|x| x.key.as_str()).collect();
+        assert_eq!(keys, ["v.b1", "v.plain", "q.p50", "z"]);
+        let plain = f.get("v.plain").unwrap();
+        assert_eq!((plain.section.as_str(), plain.unit.as_str()), ("vision", "images/s"));
+        assert_eq!(plain.advantage(), Some(4.0), "ours 4.0 against 1.0, higher is better");
+        assert_eq!(plain.note.as_deref(), Some("reference: no store"));
+        assert_eq!(f.get("v.b1").unwrap().reference, None, "its own twin is untouched");
+
+        // Naming a figure we do not have, it joins its section as before.
+        let mut g = figs();
+        g.merge_reference(&[RefFigure {
+            key: "v.plain".into(),
+            section: Some("query".into()),
+            value: Some(1.0),
+            versus: Some("missing".into()),
+            ..Default::default()
+        }]);
+        assert_eq!(g.get("v.plain").unwrap().dualsight, None);
+        assert_eq!(g.0.last().unwrap().key, "v.plain");
     }
 
     #[test]
