@@ -324,10 +324,21 @@ mod tests {
         let keys: Vec<&str> = f.0.iter().map(|x| x.key.as_str()).collect();
         assert_eq!(keys, ["v.b1", "v.plain", "q.p50", "z"]);
         let plain = f.get("v.plain").unwrap();
-        assert_eq!((plain.section.as_str(), plain.unit.as_str()), ("vision", "images/s"));
-        assert_eq!(plain.advantage(), Some(4.0), "ours 4.0 against 1.0, higher is better");
+        assert_eq!(
+            (plain.section.as_str(), plain.unit.as_str()),
+            ("vision", "images/s")
+        );
+        assert_eq!(
+            plain.advantage(),
+            Some(4.0),
+            "ours 4.0 against 1.0, higher is better"
+        );
         assert_eq!(plain.note.as_deref(), Some("reference: no store"));
-        assert_eq!(f.get("v.b1").unwrap().reference, None, "its own twin is untouched");
+        assert_eq!(
+            f.get("v.b1").unwrap().reference,
+            None,
+            "its own twin is untouched"
+        );
 
         // Naming a figure we do not have, it joins its section as before.
         let mut g = figs();
