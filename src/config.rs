@@ -155,7 +155,7 @@ impl Default for IndexSettings {
         Self {
             m: 24,
             ef_construction: 200,
-            ef_search: 256,
+            ef_search: 384,
             checkpoint_interval_s: 300,
         }
     }

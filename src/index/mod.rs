@@ -89,15 +89,16 @@ impl Default for IndexParams {
     /// clusters 0.976, uniform random 512-d (no structure at all: the worst
     /// case) 0.93; random 64-d 0.99+. ef_search 64 gave only 0.91 on the
     /// isotropic clusters (0.75 on uniform random). M=32 buys little except
-    /// on uniform random data (0.965) for more memory. ef_search 256, not
-    /// 128: with 8-bit vectors, `dualsight bench` at 100k vectors needed 256
-    /// for recall@10 ≥ 0.95 on its text-like queries (0.96; 0.84 at 128),
-    /// for ~0.7 ms more a search.
+    /// on uniform random data (0.965) for more memory. ef_search 384: at 1M
+    /// vectors, `dualsight bench`'s text-like queries got recall@10 0.9475,
+    /// 0.951 and 0.958 at ef 256 over three builds, 0.962 at 384 and
+    /// 0.965–0.966 at 512; 384 costs ~2.5 ms more a search there than 256.
+    /// At 100k, 256 already gave 0.992.
     fn default() -> Self {
         IndexParams {
             max_nb_connection: 24,
             ef_construction: 200,
-            ef_search: 256,
+            ef_search: 384,
             max_layer: 16,
         }
     }
