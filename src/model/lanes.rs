@@ -14,6 +14,7 @@
 //! costs each image its second core.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
@@ -35,16 +36,14 @@ pub fn count(items: usize, threads: usize) -> usize {
         .unwrap_or(1)
 }
 
-/// The parts `items` items run in: `lanes` equal lanes side by side, then
-/// what does not divide evenly (fewer than `lanes` items) on every thread,
-/// so no lane waits on another's extra item. Contiguous and in order.
-pub fn parts(items: usize, lanes: usize) -> Vec<Range<usize>> {
+/// The parts `items` items run in: `lanes` equal lanes side by side, and
+/// the rest, what does not divide evenly (fewer than `lanes` items, maybe
+/// none), after them on every thread, so no lane waits on another's extra
+/// item. Contiguous and in order.
+pub fn parts(items: usize, lanes: usize) -> (Vec<Range<usize>>, Range<usize>) {
     let each = items / lanes.max(1);
-    let mut parts: Vec<Range<usize>> = (0..lanes).map(|i| i * each..(i + 1) * each).collect();
-    if lanes * each < items {
-        parts.push(lanes * each..items);
-    }
-    parts
+    let lanes_of = (0..lanes).map(|i| i * each..(i + 1) * each).collect();
+    (lanes_of, lanes * each..items)
 }
 
 /// `lanes` pools of `threads` threads each, built once and kept: a pool's
@@ -57,6 +56,7 @@ struct Pools {
 }
 
 static POOLS: Mutex<Vec<Arc<Pools>>> = Mutex::new(Vec::new());
+static WARNED: AtomicBool = AtomicBool::new(false);
 
 fn pools(lanes: usize, threads: usize) -> Option<Arc<Pools>> {
     let mut cache = POOLS.lock().unwrap_or_else(|e| e.into_inner());
@@ -86,6 +86,11 @@ fn pools(lanes: usize, threads: usize) -> Option<Arc<Pools>> {
         }
         Err(e) => {
             // Out of threads or memory: the batch still runs, in one lane.
+            // Later batches try again (the limit may lift) but say it once:
+            // a daemon would otherwise log this for every batch.
+            if WARNED.swap(true, Ordering::Relaxed) {
+                return None;
+            }
             tracing::warn!(
                 "could not start {lanes} lanes of {threads} thread(s) each ({e}); running the \
                  batch on the shared pool instead, slower. If the process is near its thread \
@@ -106,12 +111,7 @@ pub fn run<T: Send>(items: usize, f: impl Fn(Range<usize>) -> T + Sync) -> Vec<T
     let Some(pools) = (lanes > 1).then(|| pools(lanes, threads / lanes)).flatten() else {
         return vec![f(0..items)];
     };
-    let mut parts = parts(items, lanes);
-    let rest = if parts.len() > lanes {
-        parts.pop()
-    } else {
-        None
-    };
+    let (parts, rest) = parts(items, lanes);
     let f = &f;
     let mut out = std::thread::scope(|s| {
         let mut lane = pools.pools.iter().zip(parts);
@@ -129,8 +129,8 @@ pub fn run<T: Send>(items: usize, f: impl Fn(Range<usize>) -> T + Sync) -> Vec<T
         }
         out
     });
-    if let Some(r) = rest {
-        out.push(f(r));
+    if !rest.is_empty() {
+        out.push(f(rest));
     }
     out
 }
@@ -155,12 +155,13 @@ mod tests {
             let lanes = count(items, threads);
             assert_eq!(lanes, want, "{items} items, {threads} threads");
             assert!(threads.is_multiple_of(lanes));
-            let parts = parts(items, lanes);
-            let all: Vec<usize> = parts.iter().cloned().flatten().collect();
+            let (parts, rest) = parts(items, lanes);
+            assert_eq!(parts.len(), lanes);
+            let all: Vec<usize> = parts.iter().chain([&rest]).cloned().flatten().collect();
             assert_eq!(all, (0..items).collect::<Vec<_>>());
             // Equal lanes, then a remainder smaller than a lane count.
-            assert!(parts[..lanes].iter().all(|p| p.len() == items / lanes));
-            assert!(parts[lanes..].iter().all(|p| p.len() < lanes));
+            assert!(parts.iter().all(|p| p.len() == items / lanes));
+            assert!(rest.len() < lanes);
         }
     }
 
