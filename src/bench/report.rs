@@ -97,25 +97,6 @@ impl Figures {
     /// of its section, or at the end.
     pub fn merge_reference(&mut self, refs: &[RefFigure]) {
         for r in refs {
-            let versus = r
-                .versus
-                .as_deref()
-                .and_then(|k| self.0.iter().position(|f| f.key == k));
-            if let Some(i) = versus.filter(|_| self.get(&r.key).is_none()) {
-                let ours = &self.0[i];
-                let fig = Figure {
-                    key: r.key.clone(),
-                    section: ours.section.clone(),
-                    label: r.label.clone().unwrap_or_else(|| r.key.clone()),
-                    unit: r.unit.clone().unwrap_or_else(|| ours.unit.clone()),
-                    better: r.better.unwrap_or(ours.better),
-                    dualsight: ours.dualsight,
-                    reference: r.value,
-                    note: r.note.as_ref().map(|n| format!("reference: {n}")),
-                };
-                self.0.insert(i + 1, fig);
-                continue;
-            }
             if let Some(f) = self.0.iter_mut().find(|f| f.key == r.key) {
                 f.reference = r.value;
                 if let Some(n) = &r.note {
@@ -126,18 +107,41 @@ impl Figures {
                 }
                 continue;
             }
-            let section = r.section.clone().unwrap_or_else(|| "reference only".into());
+            // No twin: the figure it is `versus` (if we have it) lends its
+            // value, section, unit and direction, and the row goes under it.
+            let versus = r
+                .versus
+                .as_deref()
+                .and_then(|k| self.0.iter().position(|f| f.key == k));
+            let ours = versus.map(|i| &self.0[i]);
+            let section = ours
+                .map(|o| o.section.clone())
+                .or_else(|| r.section.clone())
+                .unwrap_or_else(|| "reference only".into());
+            let dualsight = ours.and_then(|o| o.dualsight);
             let fig = Figure {
                 key: r.key.clone(),
-                section: section.clone(),
                 label: r.label.clone().unwrap_or_else(|| r.key.clone()),
-                unit: r.unit.clone().unwrap_or_default(),
-                better: r.better.unwrap_or(Better::Higher),
-                dualsight: None,
+                unit: r
+                    .unit
+                    .clone()
+                    .or_else(|| ours.map(|o| o.unit.clone()))
+                    .unwrap_or_default(),
+                better: r
+                    .better
+                    .or(ours.map(|o| o.better))
+                    .unwrap_or(Better::Higher),
+                dualsight,
                 reference: r.value,
-                note: r.note.clone(),
+                // Beside a value of ours, say whose the note is.
+                note: r.note.as_ref().map(|n| match dualsight {
+                    Some(_) => format!("reference: {n}"),
+                    None => n.clone(),
+                }),
+                section,
             };
-            match self.0.iter().rposition(|f| f.section == section) {
+            let after = versus.or_else(|| self.0.iter().rposition(|f| f.section == fig.section));
+            match after {
                 Some(i) => self.0.insert(i + 1, fig),
                 None => self.0.push(fig),
             }
