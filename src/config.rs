@@ -152,10 +152,12 @@ impl Default for IngestSettings {
 
 impl Default for IndexSettings {
     fn default() -> Self {
+        // The index's own defaults (measured there), not a second copy.
+        let p = crate::index::IndexParams::default();
         Self {
-            m: 24,
-            ef_construction: 200,
-            ef_search: 384,
+            m: p.max_nb_connection,
+            ef_construction: p.ef_construction,
+            ef_search: p.ef_search,
             checkpoint_interval_s: 300,
         }
     }
