@@ -284,6 +284,18 @@ impl SelfAttention {
             .forward_residual(&self.context(xs, keep, bias)?, residual)
     }
 
+    /// A pre-norm block (ViT, CLIP): `xs + self(norm(xs), bias)` for the
+    /// first `keep` tokens, `[B, L, H]` → `[B, keep, H]`.
+    pub fn pre_norm_first(
+        &self,
+        norm: &LayerNorm,
+        xs: &Tensor,
+        keep: usize,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.forward_first(&norm.forward(xs)?, keep, bias, &xs.narrow(1, 0, keep)?)
+    }
+
     /// The CPU f32 path: q, k and v written side by side into one `[B, L, 3H]`
     /// buffer, then one attention task per (item, head). `None` when any input
     /// is elsewhere (device, dtype), for candle's path to handle.

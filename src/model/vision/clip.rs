@@ -27,12 +27,7 @@ impl ClipLayer {
     /// The layer's output for the first `keep` tokens (all `L` for the whole
     /// layer; see [`SelfAttention::forward_first`]): `[B, keep, H]`.
     fn forward_first(&self, xs: &Tensor, keep: usize, bias: Option<&Tensor>) -> Result<Tensor> {
-        let xs = self.attention.forward_first(
-            &self.norm1.forward(xs)?,
-            keep,
-            bias,
-            &xs.narrow(1, 0, keep)?,
-        )?;
+        let xs = self.attention.pre_norm_first(&self.norm1, xs, keep, bias)?;
         let hidden = self.fc1.forward_act(&self.norm2.forward(&xs)?, self.act)?;
         self.fc2.forward_residual(&hidden, &xs)
     }

@@ -118,12 +118,9 @@ impl VitLayer {
     /// The layer's output for the first `keep` tokens (see
     /// [`SelfAttention::forward_first`]): `[B, L, H]` → `[B, keep, H]`.
     pub fn forward_first(&self, xs: &Tensor, keep: usize) -> Result<Tensor> {
-        let xs = self.attention.forward_first(
-            &self.before.forward(xs)?,
-            keep,
-            None,
-            &xs.narrow(1, 0, keep)?,
-        )?;
+        let xs = self
+            .attention
+            .pre_norm_first(&self.before, xs, keep, None)?;
         self.ffn.forward_residual(&self.after.forward(&xs)?, &xs)
     }
 }
