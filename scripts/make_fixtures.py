@@ -960,6 +960,79 @@ def pytorch_bin_copy(out: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Truncation: model_max_length below the position table
+# --------------------------------------------------------------------------------------------
+# Captions longer than every model_max_length below (the longest is ~50 tokens with the BERT
+# tokenizer, under the 62-64 position tables), and one short caption that fits.
+TRUNC_TEXTS = [
+    "a ginger cat is sleeping on the sofa next to a cup of coffee on a wooden table while "
+    "two dogs are playing with a red ball in the park under the blue sky",
+    "a rocket lifting off into the blue sky from the launch pad at night, and people walking "
+    "on the beach watch it",
+    "a photo of a cat",
+]
+# (checkpoint, model_max_length, truncation_side): one per tokenizer family, each below its
+# tower's position table; RoBERTa also cuts from the left, which transformers honours.
+TRUNCATION = [
+    ("vit-bert", 24, "right"),
+    ("deit-roberta", 20, "left"),
+    ("beit-xlmr", 18, "right"),
+    ("vit-cliptext", 16, "right"),
+]
+
+
+def build_truncation(out: Path) -> dict:
+    """Copies of four checkpoints whose tokenizer_config.json says model_max_length is below the
+    text tower's position table, with what VisionTextDualEncoderProcessor(text=..., padding=True,
+    truncation=True) and the model make of captions longer than it."""
+    res = {}
+    for name, mml, side in TRUNCATION:
+        src, dst = out / name, out / "truncation" / name
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in sorted(src.iterdir()):
+            if f.name.startswith("reference") or f.name.endswith("keys.json"):
+                continue
+            shutil.copy(f, dst / f.name)
+        tc = json.loads((dst / "tokenizer_config.json").read_text())
+        tc["model_max_length"] = mml
+        tc["truncation_side"] = side
+        dump_json(dst / "tokenizer_config.json", tc)
+        proc, ip, tok = load_saved_processor(dst)
+        assert tok.model_max_length == mml and tok.truncation_side == side, (name, tok)
+        model = VisionTextDualEncoderModel.from_pretrained(str(dst)).eval()
+        positions = model.config.text_config.max_position_embeddings
+        assert mml < positions, (name, mml, positions)
+        with torch.no_grad():
+            enc = proc(text=TRUNC_TEXTS, images=load_images(IMAGES3), padding=True, truncation=True, return_tensors="pt")
+            full = fresh(tok)(TRUNC_TEXTS, padding=True, return_tensors="pt")["input_ids"]
+            assert enc["input_ids"].shape[1] == mml < full.shape[1], (name, enc["input_ids"].shape, full.shape)
+            kwargs = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids", "pixel_values")}
+            o = model(**kwargs)
+        tensors = {
+            "input_ids": enc["input_ids"].to(torch.int64),
+            "attention_mask": enc["attention_mask"].to(torch.int64),
+            "pixel_values": enc["pixel_values"],
+            "text_embeds": o.text_embeds,
+            "logits_per_text": o.logits_per_text,
+        }
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(dst / "reference.safetensors"), metadata={"format": "pt"})
+        ref = {
+            "texts": TRUNC_TEXTS,
+            "images": IMAGES3,
+            "model_max_length": mml,
+            "truncation_side": side,
+            "max_position_embeddings": positions,
+            "untruncated_lengths": tolist(full.ne(tok.pad_token_id).sum(-1)),
+            "input_ids": tolist(enc["input_ids"]),
+            "call": "VisionTextDualEncoderProcessor(text=texts, images=images, padding=True, truncation=True)",
+            "versions": VERSIONS,
+        }
+        dump_json(dst / "reference.json", ref)
+        res[name] = {"model_max_length": mml, "truncation_side": side, "positions": positions}
+    return res
+
+
+# --------------------------------------------------------------------------------------------
 # Towers, compose, init
 # --------------------------------------------------------------------------------------------
 def build_towers(out: Path, toks) -> None:
@@ -1325,6 +1398,15 @@ model.safetensors (and `<pair>.state_dict_keys.json` in memory) of
 for `vit-bert` (vit.config.json, bert.config.json), `beit-xlmr` (beit, xlmr) and
 `clipvision-roberta` (clip_vision, roberta).
 
+## truncation/
+Copies of `vit-bert`, `deit-roberta`, `beit-xlmr` and `vit-cliptext` (same weights) whose
+`tokenizer_config.json` sets `model_max_length` below the text tower's position table (24, 20
+with `truncation_side: left`, 18 and 16 against 62-64 positions). `reference.safetensors` holds
+what `VisionTextDualEncoderProcessor(text=texts, images=images, padding=True, truncation=True)`
+and the model make of three captions, two longer than the limit: `input_ids`,
+`attention_mask`, `pixel_values`, `text_embeds`, `logits_per_text`. Rewrite only these with
+`scripts/make_fixtures.py --only-truncation`.
+
 ## Round trip
 `scripts/check_roundtrip.py DIR` loads a directory written by dualsight with transformers, asserts
 no missing/unexpected keys and prints the embeddings of the same 3 texts / 3 photos as JSON.
@@ -1354,6 +1436,7 @@ def generate(out: Path) -> dict:
     build_towers(out, toks)
     compose = build_compose(out)
     build_init(out, toks)
+    build_truncation(out)
     describe_images(out)
     write_readme(out, summary, legacy)
     return {"summary": summary, "legacy": legacy, "compose": compose}
@@ -1389,8 +1472,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "tests" / "fixtures" / "models"))
     ap.add_argument("--check-determinism", action="store_true", help="also regenerate into a temp dir and compare")
+    ap.add_argument("--only-truncation", action="store_true", help="(re)write only truncation/ from the checkpoints already in --out")
     args = ap.parse_args()
     out = Path(args.out).resolve()
+    if args.only_truncation:
+        torch.set_default_dtype(torch.float32)
+        torch.use_deterministic_algorithms(True)
+        torch.set_num_threads(1)
+        shutil.rmtree(out / "truncation", ignore_errors=True)
+        log(json.dumps(build_truncation(out)))
+        return
     res = generate(out)
     print_summary(out, res)
     if args.check_determinism:

@@ -168,7 +168,7 @@ impl Default for ServerSettings {
         Self {
             default_limit: 10,
             max_limit: 1000,
-            max_text_chars: 1000,
+            max_text_chars: 32_768,
             max_message_bytes: 32 << 20,
             max_labels: 256,
         }

@@ -118,7 +118,8 @@ impl Encoder {
         self.model.projection_dim()
     }
 
-    /// Tokenizes a batch (padded to the longest, truncated to the tower's limit).
+    /// Tokenizes a batch (padded to the longest, truncated where transformers
+    /// truncates: the tokenizer's `model_max_length`).
     pub fn tokenize(&self, texts: &[&str]) -> Result<TokenInput> {
         let tok = self
             .tokenizer

@@ -11,6 +11,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// Query texts kept (~2 KiB each for a 512-d vector plus the text).
 pub const DEFAULT_CAPACITY: usize = 4096;
 
+/// Longer texts are embedded but not kept, so a full cache stays a few
+/// megabytes however long the queries the server accepts.
+pub const MAX_CACHED_TEXT_BYTES: usize = 1024;
+
 pub struct TextCache {
     capacity: usize,
     inner: Mutex<Inner>,
@@ -50,7 +54,7 @@ impl TextCache {
 
     /// Keeps `vector` for `text`, dropping the least recently used entry when full.
     pub fn put(&self, model: &str, text: &str, vector: Arc<Vec<f32>>) {
-        if self.capacity == 0 {
+        if self.capacity == 0 || text.len() > MAX_CACHED_TEXT_BYTES {
             return;
         }
         let mut inner = self.lock();
@@ -117,6 +121,17 @@ mod tests {
         c.put("m", "c", v(4.0));
         assert_eq!(c.len(), 2);
         assert_eq!(c.get("m", "c").unwrap()[0], 4.0);
+    }
+
+    #[test]
+    fn long_texts_are_not_kept() {
+        let cache = TextCache::new(4);
+        let long = "x".repeat(MAX_CACHED_TEXT_BYTES + 1);
+        cache.put("m", &long, Arc::new(vec![1.0]));
+        assert!(cache.get("m", &long).is_none());
+        let edge = "x".repeat(MAX_CACHED_TEXT_BYTES);
+        cache.put("m", &edge, Arc::new(vec![1.0]));
+        assert!(cache.get("m", &edge).is_some());
     }
 
     #[test]

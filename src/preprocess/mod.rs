@@ -24,4 +24,4 @@ pub use processor::{
     FAST_MARGIN, ImageProcessor, ImageProcessorConfig, Preprocessing, ProcessorError, Size,
 };
 pub use resize::{Filter, ResizeError, center_crop, resize, resize_center_crop};
-pub use tokenizer::{TextTokenizer, TokenBatch, TokenizerError};
+pub use tokenizer::{TextTokenizer, TokenBatch, TokenizerError, Truncation};

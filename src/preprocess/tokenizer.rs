@@ -1,10 +1,12 @@
 //! The text side of preprocessing: a checkpoint's `tokenizer.json` run the way
-//! transformers runs it for `tokenizer(texts, padding=True, truncation=True,
-//! max_length=N)`: special tokens added, each text truncated to `N` tokens (the
-//! caller passes the text tower's position limit), the batch right-padded (or
-//! left, per `padding_side`) to its longest member with the pad token named in
+//! transformers' `VisionTextDualEncoderProcessor(text=..., padding=True,
+//! truncation=True)` runs it: special tokens added, each text truncated at the
+//! tokenizer's `model_max_length` (special tokens included, from the side
+//! `truncation_side` names), the batch right-padded (or left, per
+//! `padding_side`) to its longest member with the pad token named in
 //! `tokenizer_config.json` / `special_tokens_map.json`, or else in the
-//! tokenizer's own padding block.
+//! tokenizer's own padding block. Settings are read from `tokenizer_config.json`
+//! first, then from a `tokenizer` block of `processor_config.json`.
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +38,13 @@ pub enum TokenizerError {
     },
     #[error("{path}: pad_token: {message}")]
     PadToken { path: PathBuf, message: String },
+    #[error("{path}: {key}: expected {expected}, got {got}")]
+    Setting {
+        path: PathBuf,
+        key: &'static str,
+        expected: &'static str,
+        got: String,
+    },
     #[error(
         "{dir}: max_length {max_length} leaves no room for text, the tokenizer adds {special} special tokens"
     )]
@@ -70,12 +79,30 @@ impl TokenBatch {
     }
 }
 
+/// transformers' `LARGE_INTEGER`: a `model_max_length` above it is the
+/// "no limit" sentinel (`VERY_LARGE_INTEGER`, 1e30) a tokenizer saved without
+/// one carries.
+const UNSET_ABOVE: f64 = 1e20;
+
+/// Where a tokenizer's truncation length comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Truncation {
+    /// The tokenizer's `model_max_length`, exactly where transformers cuts.
+    ModelMaxLength,
+    /// No `model_max_length` was saved: the text tower's position table.
+    PositionTable,
+    /// `model_max_length` is beyond the position table, where transformers
+    /// would fail on an overlong text: cut at the table instead.
+    CappedAtPositionTable { model_max_length: usize },
+}
+
 /// A checkpoint's tokenizer, with truncation and batch padding configured.
 pub struct TextTokenizer {
     dir: PathBuf,
     tokenizer: Tokenizer,
     pad_token_id: Option<u32>,
     max_length: usize,
+    truncation: Truncation,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -84,15 +111,18 @@ impl std::fmt::Debug for TextTokenizer {
             .field("dir", &self.dir)
             .field("pad_token_id", &self.pad_token_id)
             .field("max_length", &self.max_length)
+            .field("truncation", &self.truncation)
             .finish_non_exhaustive()
     }
 }
 
 impl TextTokenizer {
-    /// Loads `dir/tokenizer.json` and the pad token and sides from
-    /// `dir/tokenizer_config.json` / `dir/special_tokens_map.json`; texts are
-    /// truncated to `max_length` tokens, special tokens included.
-    pub fn from_model_dir(dir: &Path, max_length: usize) -> Result<Self> {
+    /// Loads `dir/tokenizer.json` and the pad token, sides and
+    /// `model_max_length` from `dir/tokenizer_config.json` (or the `tokenizer`
+    /// block of `dir/processor_config.json`) and `dir/special_tokens_map.json`.
+    /// `positions` is the longest sequence the text tower takes: texts are cut
+    /// at `model_max_length`, or at `positions` when that is smaller or unset.
+    pub fn from_model_dir(dir: &Path, positions: usize) -> Result<Self> {
         let file = dir.join("tokenizer.json");
         if !file.is_file() {
             return Err(TokenizerError::Missing {
@@ -103,8 +133,32 @@ impl TextTokenizer {
             path: file.clone(),
             message: e.to_string(),
         })?;
-        let config = read_optional_json(&dir.join("tokenizer_config.json"))?;
+        let config = match read_optional_json(&dir.join("tokenizer_config.json"))? {
+            Some(found) => Some(found),
+            None => processor_tokenizer_block(dir)?,
+        };
         let special_map = read_optional_json(&dir.join("special_tokens_map.json"))?;
+        let (max_length, truncation) = match model_max_length(&config)? {
+            Some(m) if m <= positions => (m, Truncation::ModelMaxLength),
+            Some(m) => {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    model_max_length = m,
+                    positions,
+                    "tokenizer model_max_length exceeds the text tower's positions: texts are cut at the positions"
+                );
+                (
+                    positions,
+                    Truncation::CappedAtPositionTable {
+                        model_max_length: m,
+                    },
+                )
+            }
+            // The one place we differ from transformers: with no limit saved it
+            // does not truncate and the tower fails on an overlong text; a
+            // daemon must answer any query, so we cut at the position table.
+            None => (positions, Truncation::PositionTable),
+        };
 
         let pad_token = pad_token(&config, &special_map)?
             .or_else(|| tokenizer.get_padding().map(|p| p.pad_token.clone()));
@@ -181,6 +235,7 @@ impl TextTokenizer {
             tokenizer,
             pad_token_id,
             max_length,
+            truncation,
         })
     }
 
@@ -189,9 +244,14 @@ impl TextTokenizer {
         self.pad_token_id
     }
 
-    /// The truncation length this tokenizer was built with.
+    /// The truncation length this tokenizer was built with (special tokens included).
     pub fn max_length(&self) -> usize {
         self.max_length
+    }
+
+    /// Where [`Self::max_length`] came from.
+    pub fn truncation(&self) -> Truncation {
+        self.truncation
     }
 
     /// The underlying `tokenizers` object.
@@ -250,6 +310,47 @@ fn read_optional_json(path: &Path) -> Result<Option<(PathBuf, Value)>> {
         source,
     })?;
     Ok(Some((path.to_path_buf(), value)))
+}
+
+/// transformers 5 may keep the tokenizer's settings in `processor_config.json`
+/// under `tokenizer`; read there only when no `tokenizer_config.json` exists.
+fn processor_tokenizer_block(dir: &Path) -> Result<Option<(PathBuf, Value)>> {
+    Ok(
+        read_optional_json(&dir.join("processor_config.json"))?.and_then(|(path, value)| {
+            value
+                .get("tokenizer")
+                .filter(|v| v.is_object())
+                .map(|block| (path, block.clone()))
+        }),
+    )
+}
+
+/// `model_max_length` (or the legacy `max_len`) as a whole number; `None`
+/// when unset, `null`, or transformers' "no limit" sentinel.
+fn model_max_length(config: &Option<(PathBuf, Value)>) -> Result<Option<usize>> {
+    let Some((path, value)) = config else {
+        return Ok(None);
+    };
+    let Some((key, v)) = ["model_max_length", "max_len"]
+        .into_iter()
+        .find_map(|k| value.get(k).filter(|v| !v.is_null()).map(|v| (k, v)))
+    else {
+        return Ok(None);
+    };
+    let bad = || TokenizerError::Setting {
+        path: path.clone(),
+        key,
+        expected: "a positive whole number",
+        got: v.to_string(),
+    };
+    if let Some(n) = v.as_u64() {
+        return usize::try_from(n).map(Some).map_err(|_| bad());
+    }
+    match v.as_f64() {
+        Some(f) if f > UNSET_ABOVE => Ok(None),
+        Some(f) if f >= 0.0 && f.fract() == 0.0 => Ok(Some(f as usize)),
+        _ => Err(bad()),
+    }
 }
 
 /// `pad_token` from the first file that sets it: a string, or an `AddedToken`
@@ -394,6 +495,124 @@ mod tests {
         assert!(tok.encode_batch(&["a cat"]).is_ok());
         let err = tok.encode_batch(&["a cat", ""]).unwrap_err();
         assert!(err.to_string().contains("no pad token"), "{err}");
+    }
+
+    /// Writes `tokenizer_config.json` and returns the tokenizer for a
+    /// 64-position tower.
+    fn with_config(dir: &Path, config: &str) -> Result<TextTokenizer> {
+        std::fs::write(dir.join("tokenizer_config.json"), config).unwrap();
+        TextTokenizer::from_model_dir(dir, 64)
+    }
+
+    #[test]
+    fn truncates_at_model_max_length_below_the_position_table() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_bert(dir.path());
+        let long = "a photo of a cat ".repeat(50);
+        let tok = with_config(
+            dir.path(),
+            r#"{"model_max_length": 24, "pad_token": "[PAD]"}"#,
+        )
+        .unwrap();
+        assert_eq!(tok.max_length(), 24);
+        assert_eq!(tok.truncation(), Truncation::ModelMaxLength);
+        let b = tok.encode_batch(&[&long, "a cat"]).unwrap();
+        assert_eq!(b.seq_len, 24);
+        // Cut on the right: [CLS] first, [SEP] last, the text's start kept.
+        let full = tok.inner().encode("a photo of a cat", false).unwrap();
+        assert_eq!(b.row(0)[0], 2);
+        assert_eq!(b.row(0)[23], 3);
+        assert_eq!(&b.row(0)[1..1 + full.len()], full.get_ids());
+
+        let tok = with_config(
+            dir.path(),
+            r#"{"model_max_length": 24, "truncation_side": "left"}"#,
+        )
+        .unwrap();
+        let text = format!("{long} rocket");
+        let b = tok.encode_batch(&[&text]).unwrap();
+        let tail = tok.inner().encode("rocket", false).unwrap();
+        assert_eq!(b.seq_len, 24);
+        assert_eq!(&b.row(0)[23 - tail.len()..23], tail.get_ids());
+    }
+
+    #[test]
+    fn without_model_max_length_a_long_text_is_cut_at_the_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_bert(dir.path());
+        let words = "cat ".repeat(2000);
+        // Unset, null, and transformers' "no limit" sentinel (1e30).
+        for config in [
+            "{}",
+            r#"{"model_max_length": null}"#,
+            r#"{"model_max_length": 1000000000000000019884624838656}"#,
+        ] {
+            let tok = with_config(dir.path(), config).unwrap();
+            assert_eq!(tok.truncation(), Truncation::PositionTable, "{config}");
+            assert_eq!(tok.encode_batch(&[&words]).unwrap().seq_len, 64, "{config}");
+        }
+        std::fs::remove_file(dir.path().join("tokenizer_config.json")).unwrap();
+        let tok = TextTokenizer::from_model_dir(dir.path(), 64).unwrap();
+        assert_eq!(tok.truncation(), Truncation::PositionTable);
+        assert_eq!(tok.encode_batch(&[&words]).unwrap().seq_len, 64);
+    }
+
+    #[test]
+    fn model_max_length_beyond_the_positions_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_bert(dir.path());
+        let tok = with_config(dir.path(), r#"{"model_max_length": 512}"#).unwrap();
+        assert_eq!(tok.max_length(), 64);
+        assert_eq!(
+            tok.truncation(),
+            Truncation::CappedAtPositionTable {
+                model_max_length: 512
+            }
+        );
+        let words = "cat ".repeat(2000);
+        assert_eq!(tok.encode_batch(&[&words]).unwrap().seq_len, 64);
+        // Equal to the table is transformers' own cut, not a cap.
+        let tok = with_config(dir.path(), r#"{"model_max_length": 64}"#).unwrap();
+        assert_eq!(tok.truncation(), Truncation::ModelMaxLength);
+        // The legacy key is read too.
+        let tok = with_config(dir.path(), r#"{"max_len": 10}"#).unwrap();
+        assert_eq!(tok.max_length(), 10);
+    }
+
+    #[test]
+    fn processor_config_tokenizer_block_is_read_without_tokenizer_config() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_bert(dir.path());
+        std::fs::write(
+            dir.path().join("processor_config.json"),
+            r#"{"image_processor": {}, "tokenizer": {"model_max_length": 12, "truncation_side": "left", "pad_token": "[PAD]"}}"#,
+        )
+        .unwrap();
+        let tok = TextTokenizer::from_model_dir(dir.path(), 64).unwrap();
+        assert_eq!(tok.max_length(), 12);
+        assert_eq!(tok.pad_token_id(), Some(0));
+        let b = tok.encode_batch(&[&"cat ".repeat(40), "a"]).unwrap();
+        assert_eq!(b.seq_len, 12);
+        // tokenizer_config.json, where present, is the one transformers reads.
+        let tok = with_config(dir.path(), r#"{"model_max_length": 20}"#).unwrap();
+        assert_eq!(tok.max_length(), 20);
+    }
+
+    #[test]
+    fn a_malformed_model_max_length_names_the_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_bert(dir.path());
+        for bad in [r#""long""#, "-3", "12.5", "[24]"] {
+            let err = with_config(dir.path(), &format!(r#"{{"model_max_length": {bad}}}"#))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(
+                    "tokenizer_config.json: model_max_length: expected a positive whole number"
+                ),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

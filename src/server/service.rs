@@ -52,7 +52,7 @@ impl Default for ServerConfig {
         Self {
             max_limit: 1000,
             default_limit: 10,
-            max_text_chars: 1000,
+            max_text_chars: 32_768,
             max_message_bytes: 32 * 1024 * 1024,
             max_labels: 256,
             max_concurrent_requests: 64,

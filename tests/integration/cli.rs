@@ -96,6 +96,29 @@ fn texts_longer_than_the_tower_are_truncated_not_refused() {
     }
 }
 
+/// Issue 14: captions longer than the tokenizer's `model_max_length` (below
+/// the tower's position table) embed as transformers' processor with
+/// `truncation=True` embeds them.
+#[test]
+fn long_captions_are_cut_at_the_tokenizers_model_max_length() {
+    for name in TRUNCATION_MODELS {
+        let dir = model_dir(name);
+        let r = Reference::load(&dir);
+        let out = embed_json(&dir, &r.strings("texts"), &[]);
+        let got = matrix(&out["text_embeds"]);
+        let want = rows(&r.get("text_embeds"));
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let d = g
+                .iter()
+                .zip(w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(d < 1e-4, "{name} text {i}: embedding differs by {d}");
+        }
+    }
+}
+
 #[test]
 fn hostile_files_fail_with_one_line_naming_the_file() {
     let dir = model_dir("vit-bert");

@@ -33,6 +33,11 @@ fn free_port() -> u16 {
 
 impl Daemon {
     fn start() -> Self {
+        Self::start_with(model_dir("vit-bert"))
+    }
+
+    /// A daemon on the checkpoint in `model`.
+    fn start_with(model: PathBuf) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let photos = tmp.path().join("photos");
         let data = tmp.path().join("data");
@@ -41,7 +46,7 @@ impl Daemon {
             child: None,
             photos,
             data,
-            model: model_dir("vit-bert"),
+            model,
             addr: String::new(),
             log: tmp.path().join("daemon.log"),
             _tmp: tmp,
@@ -739,6 +744,60 @@ async fn bad_requests_get_invalid_argument() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     // Still healthy after all that.
     assert!(status(&mut c).await.ready);
+}
+
+/// Issue 14's fallback: a tokenizer saved with no `model_max_length` (where
+/// transformers would fail on an overlong text) still answers a 2,000-word
+/// query, cut at the tower's position table, the same as its first tokens alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_two_thousand_word_query_is_answered_without_model_max_length() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for entry in std::fs::read_dir(model_dir("vit-bert")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
+    }
+    let config = model.join("tokenizer_config.json");
+    let mut tc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    tc.as_object_mut().unwrap().remove("model_max_length");
+    std::fs::write(&config, tc.to_string()).unwrap();
+
+    let d = Daemon::start_with(model);
+    let mut c = d.client().await;
+    for p in PHOTOS {
+        copy_photo(p, &d.photos);
+    }
+    wait_for(&d, &mut c, "all photos indexed", |s| {
+        s.indexed_files == PHOTOS.len() as u64
+    })
+    .await;
+    let long = "a photo of a cat on a table ".repeat(286); // 2,002 words
+    assert!(long.split_whitespace().count() >= 2000);
+    let hits = search(&mut c, &long, 5).await;
+    assert_eq!(hits.len(), 5);
+    // 64 positions hold [CLS] + 62 word pieces + [SEP]: the query is the
+    // same as its first 62 words (each one piece in this vocabulary).
+    let head: Vec<&str> = long.split_whitespace().take(62).collect();
+    let same = search(&mut c, &head.join(" "), 5).await;
+    for (a, b) in hits.iter().zip(&same) {
+        assert_eq!(a.path, b.path);
+        assert!(
+            (a.score - b.score).abs() < 1e-5,
+            "{} vs {}",
+            a.score,
+            b.score
+        );
+    }
+    let more: Vec<&str> = long.split_whitespace().take(61).collect();
+    let shorter = search(&mut c, &more.join(" "), 5).await;
+    assert!(
+        hits.iter()
+            .zip(&shorter)
+            .any(|(a, b)| (a.score - b.score).abs() > 1e-6),
+        "one word fewer should change the scores"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -439,3 +439,33 @@ fn a_batch_split_into_lanes_and_slices_embeds_each_image_as_alone() {
         }
     }
 }
+
+/// The token ids behind those embeddings: the same cut as transformers, on the
+/// side `truncation_side` names, and logits through the same ids.
+#[test]
+fn long_captions_tokenize_as_transformers_truncates_them() {
+    for name in TRUNCATION_MODELS {
+        let dir = model_dir(name);
+        let r = Reference::load(&dir);
+        let enc = dualsight::encoder::Encoder::load(&dir, &Device::Cpu, DType::F32).unwrap();
+        let texts = r.strings("texts");
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let input = enc.tokenize(&texts).unwrap();
+        let want = r.ids("input_ids").unwrap();
+        assert_eq!(
+            input.ids.to_vec2::<u32>().unwrap(),
+            want.to_vec2::<u32>().unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            input.mask.to_vec2::<u32>().unwrap(),
+            r.ids("attention_mask").unwrap().to_vec2::<u32>().unwrap(),
+            "{name}"
+        );
+        let embeds = enc.model().embed_texts(&input).unwrap();
+        assert_close(name, &embeds, &r.get("text_embeds"), TOL);
+        let images = enc.model().embed_images(&r.get("pixel_values")).unwrap();
+        let logits = enc.model().logits(&embeds, &images).unwrap();
+        assert_close(name, &logits, &r.get("logits_per_text"), TOL);
+    }
+}

@@ -30,6 +30,15 @@ pub const MODELS: &[&str] = &[
     "clip",
 ];
 
+/// Copies of four of them whose tokenizer's `model_max_length` is below the
+/// text tower's position table (BERT, RoBERTa cut from the left, XLM-R, CLIP text).
+pub const TRUNCATION_MODELS: &[&str] = &[
+    "truncation/vit-bert",
+    "truncation/deit-roberta",
+    "truncation/beit-xlmr",
+    "truncation/vit-cliptext",
+];
+
 pub struct Reference {
     pub tensors: HashMap<String, Tensor>,
     pub json: serde_json::Value,
