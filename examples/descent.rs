@@ -14,7 +14,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use dualsight::bench::search::{build_index, exact_all};
 use dualsight::bench::synth::{DATA, Mixture, QUERIES, TEXT_QUERIES};
-use dualsight::index::{IndexParams, candidates_for};
+use dualsight::engine::search::candidates_for;
+use dualsight::index::IndexParams;
 
 const DIM: usize = 512;
 const K: usize = 10;
@@ -46,7 +47,7 @@ fn main() -> Result<()> {
                 let (mut found, mut lost) = (0, 0);
                 for (q, want) in queries.chunks_exact(DIM).zip(&exact) {
                     let got = if ours {
-                        idx.search(q, fetch, None)?
+                        idx.search(q, fetch)?
                     } else {
                         idx.hnsw_rs_search(q, fetch)?
                     };

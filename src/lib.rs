@@ -21,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod device;
 pub mod encoder;
+pub mod engine;
 pub mod heap;
 pub mod index;
 pub mod ingest;

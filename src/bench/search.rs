@@ -90,13 +90,13 @@ pub fn run(
         }
     }
     notes.push(format!(
-        "HNSW M={} ef_construction={} ef_search={}, k={}, vectors stored as 8-bit with one scale each, dot kernel {}; every search fetches {} candidates (index::candidates_for(k)) and rescores them with the f32 vectors, as the daemon does (timed with it); recall against f32 exact search; stored vectors: synthetic {dim}-d Gaussian mixture on the sphere (one cluster per 1000 vectors, 10..=1000; 32-d latent spread per cluster; cos to centre ≈ 0.66); recall queries: held-out draws (image-like) and the same shifted along one fixed direction so cos ≈ 0.3 to their draw (text-like, the modality gap)",
+        "HNSW M={} ef_construction={} ef_search={}, k={}, vectors stored as 8-bit with one scale each, dot kernel {}; every search is the daemon's own routine (engine::search: {} candidates, rescored with the f32 vectors); recall against f32 exact search; stored vectors: synthetic {dim}-d Gaussian mixture on the sphere (one cluster per 1000 vectors, 10..=1000; 32-d latent spread per cluster; cos to centre ≈ 0.66); recall queries: held-out draws (image-like) and the same shifted along one fixed direction so cos ≈ 0.3 to their draw (text-like, the modality gap)",
         cfg.index.max_nb_connection,
         cfg.index.ef_construction,
         cfg.index.ef_search,
         cfg.k,
         crate::index::dist::kernel_name(),
-        crate::index::candidates_for(cfg.k)
+        crate::engine::search::candidates_for(cfg.k)
     ));
     for &n in &sizes {
         if n == 0 || (!cfg.sections.search && n != largest) {
@@ -196,7 +196,7 @@ fn measure_search(
     let mut lat = Vec::new();
     for q in queries.chunks_exact(dim).take(EXACT_TIMED) {
         let t = Instant::now();
-        std::hint::black_box(index.exact_search(q, k, None)?);
+        std::hint::black_box(index.exact_search(q, k)?);
         lat.push(t.elapsed().as_secs_f64());
     }
     add_latency(
@@ -315,21 +315,21 @@ fn search_pass(
     Ok((secs, mean_recall(&pairs)))
 }
 
-/// What the daemon does for a query: `candidates_for(k)` approximate hits
-/// from the 8-bit index, rescored with the f32 vectors (here the generated
-/// ones, ids being row + 1; the daemon reads them from the store), best `k`.
+/// The daemon's search routine ([`crate::engine::search`]) over the
+/// generated vectors (ids being row + 1; the daemon reads them from the
+/// store): candidates from the 8-bit index, rescored with the f32 vectors.
 fn rescored_search(index: &VectorIndex, data: &[f32], q: &[f32], k: usize) -> Result<Vec<u64>> {
-    let dim = q.len();
-    let mut hits: Vec<(u64, f32)> = index
-        .search(q, crate::index::candidates_for(k), None)?
+    let source = crate::engine::search::Rows { data, dim: q.len() };
+    let query = crate::engine::search::Query {
+        vector: q,
+        limit: k,
+        min_score: None,
+        accept: None,
+    };
+    Ok(crate::engine::search::search(index, &source, &query)?
         .into_iter()
-        .map(|(id, _)| {
-            let row = &data[(id as usize - 1) * dim..id as usize * dim];
-            (id, row.iter().zip(q).map(|(a, b)| a * b).sum())
-        })
-        .collect();
-    hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    Ok(hits.into_iter().take(k).map(|(id, _)| id).collect())
+        .map(|(id, _)| id)
+        .collect())
 }
 
 fn notes_unreached(figs: &mut Figures, n: usize, sec: &str) {

@@ -4,7 +4,6 @@
 //! stream, systemd STATUS, watchdog), and on shutdown stop intake, finish
 //! the batch in hand, flush, checkpoint and return.
 
-pub mod engine;
 pub mod query;
 pub mod systemd;
 pub mod text_cache;
@@ -20,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Settings;
 use crate::device::{DeviceSpec, parse_dtype};
 use crate::encoder::Encoder;
+use crate::engine::Engine;
 use crate::index::IndexParams;
 use crate::ingest::pipeline::{Counters, Pipeline, PipelineConfig};
 use crate::ingest::{WatchConfig, Watcher};
@@ -27,7 +27,6 @@ use crate::preprocess::DecodeLimits;
 use crate::server::ServerConfig;
 use crate::server::core::ProgressSnapshot;
 use crate::store::Store;
-use engine::Engine;
 use query::DaemonCore;
 use systemd::Notifier;
 
@@ -45,6 +44,8 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Index(#[from] crate::index::IndexError),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
     #[error(transparent)]
     Watch(#[from] crate::ingest::IngestError),
     #[error(transparent)]
@@ -303,7 +304,7 @@ fn drop_space(store: &Store, data_dir: &std::path::Path, fingerprint: &str) {
     if let Err(e) = store.drop_space(fingerprint) {
         tracing::error!(fingerprint, error = %e, "cannot drop the old vector space");
     }
-    let _ = std::fs::remove_dir_all(engine::index_dir(data_dir, fingerprint));
+    let _ = std::fs::remove_dir_all(crate::engine::index_dir(data_dir, fingerprint));
 }
 
 /// Which model directory produced each fingerprint (`models.json` in the data

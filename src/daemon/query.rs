@@ -1,8 +1,7 @@
 //! The query side of the daemon: [`crate::server::Core`] over the engine.
-//! Model work (text and image embedding) runs on blocking threads; the HNSW
-//! answers nearest vectors, the store gives their exact cosines (from its f32
-//! copies) and every path holding that content, and filters (path prefix,
-//! minimum score) apply to paths.
+//! It moves work to blocking threads (text and image embedding, the engine's
+//! search routine) and converts types; the search itself is
+//! [`crate::engine::search`].
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -12,15 +11,15 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
-use super::engine::Engine;
 use super::text_cache::{self, TextCache};
+use crate::engine::Engine;
 use crate::ingest::pipeline::Counters;
 use crate::server::core::{
     ClassifyQuery, Core, CoreError, FailureList, FailureRecord, Hit, ImageQuery, ImageRef,
-    LabelScore, ProgressSnapshot, Result, RootStatus, StatusSnapshot, TextQuery, path_has_prefix,
-    rank_hits, rank_labels,
+    LabelScore, ProgressSnapshot, Result, RootStatus, StatusSnapshot, TextQuery, rank_hits,
+    rank_labels,
 };
-use crate::store::{ContentHash, path_str};
+use crate::store::path_str;
 
 /// What `Status` reports about the daemon beyond the engine.
 pub struct DaemonCore {
@@ -155,50 +154,6 @@ impl DaemonCore {
         }
     }
 
-    /// Nearest files to `q`: every path sharing a matching vector is its own
-    /// hit; filters apply to paths, and the search widens until `limit` hits
-    /// pass them or the index is exhausted.
-    fn nearest(
-        engine: &Engine,
-        q: &[f32],
-        limit: usize,
-        prefix: Option<&Path>,
-        min_score: Option<f32>,
-    ) -> Result<Vec<(PathBuf, f32)>> {
-        let live = engine.index.len();
-        let mut fetch = crate::index::candidates_for(limit).min(live.max(1));
-        loop {
-            let found = engine.index.search(q, fetch, None).map_err(internal)?;
-            let exhausted = found.len() < fetch || fetch >= live;
-            let mut hits: Vec<(PathBuf, f32)> = Vec::new();
-            let mut below_min = false;
-            for Scored { hash, score, .. } in exact_scores(engine, q, found)? {
-                if min_score.is_some_and(|m| score < m) {
-                    below_min = true;
-                    break;
-                }
-                // Candidates come best first: once `limit` hits are in, one
-                // scoring below the limit-th cannot enter (a tie still can,
-                // by path order), so the rest need no path lookups.
-                if hits.len() >= limit && score < hits[limit - 1].1 {
-                    break;
-                }
-                for p in engine.space.paths_for_hash(&hash).map_err(internal)? {
-                    let path = PathBuf::from(p);
-                    if prefix.is_none_or(|pre| path_has_prefix(&path, pre)) {
-                        hits.push((path, score));
-                    }
-                }
-            }
-            if hits.len() >= limit || exhausted || below_min {
-                hits.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-                hits.truncate(limit);
-                return Ok(hits);
-            }
-            fetch = (fetch * 4).min(live);
-        }
-    }
-
     async fn search(
         &self,
         q: Vec<f32>,
@@ -208,71 +163,14 @@ impl DaemonCore {
     ) -> Result<Vec<Hit>> {
         let engine = self.engine()?;
         let scale = engine.encoder.model().logit_scale();
-        let scored =
-            Self::blocking(move || Self::nearest(&engine, &q, limit, prefix.as_deref(), min_score))
-                .await?;
+        let scored = Self::blocking(move || {
+            engine
+                .search(&q, limit, prefix.as_deref(), min_score)
+                .map_err(internal)
+        })
+        .await?;
         Ok(rank_hits(scored, scale))
     }
-}
-
-/// A candidate with its exact score.
-struct Scored {
-    id: u64,
-    hash: ContentHash,
-    score: f32,
-}
-
-/// The index ranks 8-bit copies of the vectors (scores off by ~1e-3);
-/// hits get the exact cosine with the store's f32 vector instead,
-/// best first. A vector deleted since the search is dropped.
-///
-/// Each candidate is a store read (~40 µs once the store outgrows sled's
-/// cache, 100 per query), so two threads share them: a query is otherwise
-/// one thread, and the text tower has finished by now.
-fn exact_scores(engine: &Engine, q: &[f32], found: Vec<(u64, f32)>) -> Result<Vec<Scored>> {
-    let qn = norm(q);
-    let score = |ids: &[(u64, f32)]| -> Result<Vec<Scored>> {
-        let mut out = Vec::with_capacity(ids.len());
-        for &(id, _) in ids {
-            if let Some(v) = engine.space.vector(id).map_err(internal)? {
-                let dot: f64 = q
-                    .iter()
-                    .zip(&v.vector)
-                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                    .sum();
-                let score = (dot / (qn * norm(&v.vector))).min(1.0) as f32;
-                out.push(Scored {
-                    id,
-                    hash: v.hash,
-                    score,
-                });
-            }
-        }
-        Ok(out)
-    };
-    let mut out = if found.len() >= 16 {
-        let (a, b) = found.split_at(found.len() / 2);
-        std::thread::scope(|s| {
-            let other = s.spawn(|| score(b));
-            let mut out = score(a)?;
-            let rest = other
-                .join()
-                .map_err(|_| CoreError::Internal("rescoring thread panicked".into()))??;
-            out.extend(rest);
-            Ok::<_, CoreError>(out)
-        })?
-    } else {
-        score(&found)?
-    };
-    out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
-    Ok(out)
-}
-
-fn norm(v: &[f32]) -> f64 {
-    v.iter()
-        .map(|x| f64::from(*x) * f64::from(*x))
-        .sum::<f64>()
-        .sqrt()
 }
 
 fn internal(e: impl std::fmt::Display) -> CoreError {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc as tmpsc;
 
 use super::Change;
-use crate::daemon::engine::Engine;
+use crate::engine::Engine;
 use crate::store::{Commit, ContentHash, Embedding, FileRecord, path_str};
 
 /// Tunables of the pipeline (from the daemon settings).

@@ -8,7 +8,7 @@
 //! scores within [-1, 1]).
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use tokio::sync::watch;
@@ -111,7 +111,8 @@ pub struct TextQuery {
     /// 1 ..= `ServerConfig::max_limit` (a request's 0 is already replaced by
     /// the default).
     pub limit: usize,
-    /// Only hits under this directory: test with [`path_has_prefix`].
+    /// Only hits under this directory, by whole components
+    /// ([`crate::engine::path_has_prefix`]).
     pub path_prefix: Option<PathBuf>,
     /// Only hits with `score >= min_score`; within [-1, 1].
     pub min_score: Option<f32>,
@@ -268,13 +269,6 @@ pub struct FailureList {
     pub total: u64,
 }
 
-/// Whether `path` lies under `prefix`, comparing whole components: the
-/// semantics the proto documents for `path_prefix` (`/photos/2020` matches
-/// `/photos/2020/a.jpg` but not `/photos/2020-old/a.jpg`).
-pub fn path_has_prefix(path: &Path, prefix: &Path) -> bool {
-    path.starts_with(prefix)
-}
-
 /// Softmax computed in f64 after subtracting the maximum, so large logits
 /// (scale 100 × score 1) neither overflow nor lose the small differences.
 pub fn softmax(logits: &[f32]) -> Vec<f32> {
@@ -372,18 +366,6 @@ mod tests {
             assert_eq!(status.code(), code);
             assert_eq!(status.message(), message);
         }
-    }
-
-    #[test]
-    fn prefix_compares_whole_components() {
-        let p = Path::new("/photos/2020/a.jpg");
-        assert!(path_has_prefix(p, Path::new("/photos/2020")));
-        assert!(path_has_prefix(p, Path::new("/photos/2020/")));
-        assert!(path_has_prefix(p, Path::new("/")));
-        assert!(!path_has_prefix(
-            Path::new("/photos/2020-old/a.jpg"),
-            Path::new("/photos/2020")
-        ));
     }
 
     #[test]

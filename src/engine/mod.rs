@@ -1,7 +1,12 @@
 //! One loaded model with its vector space in the store and its HNSW index:
-//! what both ingestion and queries work on. Building it loads the index
-//! checkpoint and replays only the vectors committed after it, or rebuilds
-//! the index from the store when there is no usable checkpoint.
+//! what both ingestion and queries work on, below both. Building it loads the
+//! index checkpoint and replays only the vectors committed after it, or
+//! rebuilds the index from the store when there is no usable checkpoint.
+//! [`search`] is the one search routine; [`Engine::search`] runs it over this
+//! engine's index and store.
+
+pub mod search;
+mod source;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +16,31 @@ use crate::encoder::Encoder;
 use crate::index::{IndexParams, VectorIndex};
 use crate::store::{Space, Store};
 
-use super::{DaemonError, Result};
+/// Why an engine could not be opened, checkpointed or searched.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
+    #[error(transparent)]
+    Search(#[from] search::SearchError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Result alias for this module.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Whether `path` lies under `prefix`, comparing whole components: the
+/// semantics the proto documents for `path_prefix` (`/photos/2020` matches
+/// `/photos/2020/a.jpg` but not `/photos/2020-old/a.jpg`).
+pub fn path_has_prefix(path: &Path, prefix: &Path) -> bool {
+    path.starts_with(prefix)
+}
 
 pub struct Engine {
     pub encoder: Arc<Encoder>,
@@ -34,7 +63,7 @@ impl Engine {
         let dim = encoder.dim();
         let space = store.space(&fp, dim)?;
         let index_dir = index_dir(data_dir, &fp);
-        std::fs::create_dir_all(&index_dir).map_err(|source| DaemonError::Io {
+        std::fs::create_dir_all(&index_dir).map_err(|source| EngineError::Io {
             path: index_dir.clone(),
             source,
         })?;
@@ -79,6 +108,26 @@ impl Engine {
         self.index
             .checkpoint(&self.index_dir, self.space.fingerprint(), last)?;
         Ok(())
+    }
+
+    /// The best `limit` paths for the query vector `q` with their exact
+    /// cosines: every path holding a matching vector is its own hit, only
+    /// paths under `prefix` count, and hits below `min_score` are dropped.
+    pub fn search(
+        &self,
+        q: &[f32],
+        limit: usize,
+        prefix: Option<&Path>,
+        min_score: Option<f32>,
+    ) -> Result<Vec<(PathBuf, f32)>> {
+        let under = |p: &PathBuf| prefix.is_none_or(|pre| path_has_prefix(p, pre));
+        let query = search::Query {
+            vector: q,
+            limit,
+            min_score,
+            accept: prefix.map(|_| &under as &(dyn Fn(&PathBuf) -> bool + Sync)),
+        };
+        Ok(search::search(self.index.as_ref(), &self.space, &query)?)
     }
 }
 
@@ -128,6 +177,19 @@ fn insert(index: &VectorIndex, batch: &[(u64, Vec<f32>)]) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_compares_whole_components() {
+        let p = Path::new("/photos/2020/a.jpg");
+        assert!(path_has_prefix(p, Path::new("/photos/2020")));
+        assert!(path_has_prefix(p, Path::new("/photos/2020/")));
+        assert!(path_has_prefix(p, Path::new("/")));
+        assert!(!path_has_prefix(
+            Path::new("/photos/2020-old/a.jpg"),
+            Path::new("/photos/2020")
+        ));
+    }
+
     use crate::store::{Commit, ContentHash, Embedding, FileRecord};
 
     fn commit(store: &Store, space: &Space, n: u8) {

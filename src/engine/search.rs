@@ -1,0 +1,399 @@
+//! The one search routine: candidates → rescoring → filters → widening.
+//!
+//! An approximate index answers *candidates* (ids, best first, from its 8-bit
+//! copies); a [`VectorSource`] gives each candidate's exact f32 vector and the
+//! items (paths) that hold it. Hits get the exact cosine, filters apply to
+//! items, and the fetch widens 4× until `limit` items pass or the candidates
+//! run out. The daemon, the benchmark and any other backend call this, so
+//! what is measured is what is served (qdrant's shard owns the same steps
+//! over its segments).
+
+use std::borrow::Cow;
+
+/// Why a search failed. Messages name what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("rescoring: {0}")]
+    Rescoring(String),
+}
+
+/// Result alias for this module.
+pub type Result<T, E = SearchError> = std::result::Result<T, E>;
+
+/// Where candidates come from: an approximate nearest-neighbour index.
+pub trait Candidates: Sync {
+    /// Live vectors: the most candidates there can be.
+    fn live(&self) -> usize;
+    /// Up to `n` ids nearest to `query`, best first.
+    fn candidates(&self, query: &[f32], n: usize) -> Result<Vec<u64>>;
+}
+
+impl Candidates for crate::index::VectorIndex {
+    fn live(&self) -> usize {
+        self.len()
+    }
+    fn candidates(&self, query: &[f32], n: usize) -> Result<Vec<u64>> {
+        Ok(self
+            .search(query, n)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+}
+
+/// Where candidates' exact vectors, and the items holding them, come from.
+pub trait VectorSource: Sync {
+    /// What ties a vector to its items (the store's content hash).
+    type Key: Send;
+    /// One hit: every item holding a vector is a hit of its own.
+    type Item: Ord + Send;
+    /// The f32 vector of `id` and its key; `None` if it was deleted since
+    /// the index answered.
+    fn vector(&self, id: u64) -> Result<Option<(Self::Key, Cow<'_, [f32]>)>>;
+    /// The items that hold `key`'s vector.
+    fn items(&self, key: &Self::Key) -> Result<Vec<Self::Item>>;
+}
+
+/// One search: a query vector, how many items, and the filters.
+pub struct Query<'a, I> {
+    pub vector: &'a [f32],
+    pub limit: usize,
+    /// Hits scoring below this are dropped (and end the search: scores only fall).
+    pub min_score: Option<f32>,
+    /// Only items this accepts are hits (e.g. a path prefix).
+    pub accept: Option<&'a (dyn Fn(&I) -> bool + Sync)>,
+}
+
+/// Approximate hits to fetch so that `limit` of them, rescored with exact
+/// f32 cosines, match exact search: 8-bit scores swap near-ties across the
+/// `limit`-th place, and a walk's extra candidates are nearly free. Large
+/// limits fetch twice as many, since each candidate is a store read
+/// (BENCHMARKS.md, "Search").
+pub fn candidates_for(limit: usize) -> usize {
+    limit.saturating_mul(2).max(limit.saturating_add(90))
+}
+
+/// The best `limit` items for `query` with their exact cosine scores, best
+/// first, ties by item.
+pub fn search<C, S>(
+    index: &C,
+    source: &S,
+    query: &Query<'_, S::Item>,
+) -> Result<Vec<(S::Item, f32)>>
+where
+    C: Candidates + ?Sized,
+    S: VectorSource,
+{
+    let limit = query.limit;
+    let live = index.live();
+    if limit == 0 || live == 0 {
+        return Ok(Vec::new());
+    }
+    let mut fetch = candidates_for(limit).min(live);
+    loop {
+        let found = index.candidates(query.vector, fetch)?;
+        let exhausted = found.len() < fetch || fetch >= live;
+        let mut hits: Vec<(S::Item, f32)> = Vec::new();
+        let mut below_min = false;
+        for (key, score) in rescored(source, query.vector, &found)? {
+            if query.min_score.is_some_and(|m| score < m) {
+                below_min = true;
+                break;
+            }
+            // Candidates come best first: once `limit` hits are in, one
+            // scoring below the limit-th cannot enter (a tie still can, by
+            // item order), so the rest need no item lookups.
+            if hits.len() >= limit && score < hits[limit - 1].1 {
+                break;
+            }
+            for item in source.items(&key)? {
+                if query.accept.is_none_or(|accept| accept(&item)) {
+                    hits.push((item, score));
+                }
+            }
+        }
+        if hits.len() >= limit || exhausted || below_min {
+            hits.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            hits.truncate(limit);
+            return Ok(hits);
+        }
+        fetch = fetch.saturating_mul(4).min(live);
+    }
+}
+
+/// Exact cosines of the candidates, best first (ties by id); deleted ones
+/// are dropped. Each candidate is a source read (a store read once the store
+/// outgrows its cache), so two threads share them when there are many: a
+/// query is otherwise one thread.
+fn rescored<S: VectorSource>(source: &S, q: &[f32], found: &[u64]) -> Result<Vec<(S::Key, f32)>> {
+    let qn = norm(q);
+    let score = |ids: &[u64]| -> Result<Vec<(u64, S::Key, f32)>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if let Some((key, v)) = source.vector(id)? {
+                let dot: f64 = q
+                    .iter()
+                    .zip(v.iter())
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum();
+                out.push((id, key, (dot / (qn * norm(&v))).min(1.0) as f32));
+            }
+        }
+        Ok(out)
+    };
+    let mut out = if found.len() >= PARALLEL_RESCORING_MIN {
+        let (a, b) = found.split_at(found.len() / 2);
+        std::thread::scope(|s| {
+            let other = s.spawn(|| score(b));
+            let mut out = score(a)?;
+            let rest = other
+                .join()
+                .map_err(|_| SearchError::Rescoring("thread panicked".into()))??;
+            out.extend(rest);
+            Ok::<_, SearchError>(out)
+        })?
+    } else {
+        score(found)?
+    };
+    out.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
+    Ok(out
+        .into_iter()
+        .map(|(_, key, score)| (key, score))
+        .collect())
+}
+
+/// Fewer candidates are rescored on the calling thread alone.
+const PARALLEL_RESCORING_MIN: usize = 16;
+
+fn norm(v: &[f32]) -> f64 {
+    v.iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Rows of one flat f32 table, row `i` under id `i + 1`, each its own item:
+/// the benchmark's stored vectors, and a source for tests.
+pub struct Rows<'a> {
+    pub data: &'a [f32],
+    pub dim: usize,
+}
+
+impl VectorSource for Rows<'_> {
+    type Key = u64;
+    type Item = u64;
+    fn vector(&self, id: u64) -> Result<Option<(u64, Cow<'_, [f32]>)>> {
+        let row = (id as usize)
+            .checked_sub(1)
+            .and_then(|r| self.data.get(r * self.dim..(r + 1) * self.dim));
+        Ok(row.map(|v| (id, Cow::Borrowed(v))))
+    }
+    fn items(&self, key: &u64) -> Result<Vec<u64>> {
+        Ok(vec![*key])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{IndexParams, VectorIndex};
+
+    #[test]
+    fn candidates_leave_room_beyond_the_limit() {
+        for k in [0, 1, 10, 89, 90, 91, 1000, usize::MAX / 2, usize::MAX] {
+            let c = candidates_for(k);
+            assert!(c >= k, "{k}");
+            assert!(
+                c >= k.saturating_add(90) && c >= k.saturating_mul(2),
+                "{k}: {c}"
+            );
+        }
+    }
+
+    /// Deterministic unit vectors around a few directions.
+    fn rows(n: usize, dim: usize) -> Vec<f32> {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+        };
+        let mut out = Vec::with_capacity(n * dim);
+        for i in 0..n {
+            let mut v: Vec<f32> = (0..dim)
+                .map(|d| next() + if d == i % 7 { 2.0 } else { 0.0 })
+                .collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|x| *x /= norm);
+            out.extend(v);
+        }
+        out
+    }
+
+    fn index_of(data: &[f32], dim: usize) -> VectorIndex {
+        let idx = VectorIndex::new(dim, IndexParams::default(), data.len() / dim).unwrap();
+        let items: Vec<(u64, &[f32])> = data
+            .chunks_exact(dim)
+            .enumerate()
+            .map(|(i, v)| (i as u64 + 1, v))
+            .collect();
+        idx.insert_batch(&items).unwrap();
+        idx
+    }
+
+    /// Exact cosine order over the rows that `accept` lets through.
+    fn exact(data: &[f32], dim: usize, q: &[f32], accept: impl Fn(u64) -> bool) -> Vec<(u64, f32)> {
+        let source = Rows { data, dim };
+        let mut all: Vec<(u64, f32)> = (1..=(data.len() / dim) as u64)
+            .filter(|id| accept(*id))
+            .map(|id| {
+                let (_, v) = source.vector(id).unwrap().unwrap();
+                let dot: f64 = q
+                    .iter()
+                    .zip(v.iter())
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum();
+                (id, (dot / (norm(q) * norm(&v))).min(1.0) as f32)
+            })
+            .collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all
+    }
+
+    #[test]
+    fn hits_carry_exact_scores_in_exact_order() {
+        let dim = 16;
+        let data = rows(500, dim);
+        let idx = index_of(&data, dim);
+        let source = Rows { data: &data, dim };
+        let q = &data[3 * dim..4 * dim];
+        let hits = search(
+            &idx,
+            &source,
+            &Query {
+                vector: q,
+                limit: 10,
+                min_score: None,
+                accept: None,
+            },
+        )
+        .unwrap();
+        let want = exact(&data, dim, q, |_| true);
+        assert_eq!(hits.len(), 10);
+        assert_eq!(hits[0].0, 4, "a stored vector finds itself first");
+        for (h, w) in hits.iter().zip(&want) {
+            assert!((h.1 - w.1).abs() < 1e-6, "{h:?} vs {w:?}");
+        }
+        assert!(hits.windows(2).all(|w| w[0].1 >= w[1].1));
+    }
+
+    #[test]
+    fn a_selective_filter_widens_until_it_has_its_hits() {
+        let dim = 16;
+        let data = rows(2000, dim);
+        let idx = index_of(&data, dim);
+        let source = Rows { data: &data, dim };
+        let q = &data[..dim];
+        // One row in 250 passes: far beyond the first fetch of 100.
+        let accept = |id: &u64| id % 250 == 0;
+        let hits = search(
+            &idx,
+            &source,
+            &Query {
+                vector: q,
+                limit: 5,
+                min_score: None,
+                accept: Some(&accept),
+            },
+        )
+        .unwrap();
+        let want: Vec<u64> = exact(&data, dim, q, |id| id % 250 == 0)
+            .into_iter()
+            .take(5)
+            .map(|h| h.0)
+            .collect();
+        let got: Vec<u64> = hits.iter().map(|h| h.0).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn min_score_stops_the_search_and_drops_what_is_below() {
+        let dim = 16;
+        let data = rows(300, dim);
+        let idx = index_of(&data, dim);
+        let source = Rows { data: &data, dim };
+        let q = &data[..dim];
+        let all = exact(&data, dim, q, |_| true);
+        let min = all[20].1;
+        let hits = search(
+            &idx,
+            &source,
+            &Query {
+                vector: q,
+                limit: 100,
+                min_score: Some(min),
+                accept: None,
+            },
+        )
+        .unwrap();
+        assert!(hits.iter().all(|h| h.1 >= min));
+        assert!(hits.len() >= 18 && hits.len() <= 21, "{}", hits.len());
+        let none = search(
+            &idx,
+            &source,
+            &Query {
+                vector: q,
+                limit: 0,
+                min_score: None,
+                accept: None,
+            },
+        )
+        .unwrap();
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn every_item_of_a_vector_is_a_hit_and_deleted_vectors_are_dropped() {
+        /// Two items per vector; vector 2 was deleted after the index answered.
+        struct Twice<'a>(Rows<'a>);
+        impl VectorSource for Twice<'_> {
+            type Key = u64;
+            type Item = (u64, u8);
+            fn vector(&self, id: u64) -> Result<Option<(u64, Cow<'_, [f32]>)>> {
+                if id == 2 {
+                    return Ok(None);
+                }
+                self.0.vector(id)
+            }
+            fn items(&self, key: &u64) -> Result<Vec<(u64, u8)>> {
+                Ok(vec![(*key, 0), (*key, 1)])
+            }
+        }
+        let dim = 16;
+        let data = rows(200, dim);
+        let idx = index_of(&data, dim);
+        let source = Twice(Rows { data: &data, dim });
+        let hits = search(
+            &idx,
+            &source,
+            &Query {
+                vector: &data[dim..2 * dim],
+                limit: 6,
+                min_score: None,
+                accept: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(hits.len(), 6);
+        assert!(hits.iter().all(|((id, _), _)| *id != 2));
+        // Both items of a vector share its score, in item order.
+        assert_eq!(hits[0].0.0, hits[1].0.0);
+        assert_eq!((hits[0].0.1, hits[1].0.1), (0, 1));
+        assert_eq!(hits[0].1, hits[1].1);
+    }
+}
