@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""The reference side of `dualsight bench --reference`: the same measurements
+"""The reference side of `dualsight-bench --reference`: the same measurements
 with transformers + PyTorch (f32) + PIL, on the same checkpoint directory, the
 same JPEG files, the same query texts and the same number of threads.
 
     python scripts/bench_reference.py --params PARAMS.json --out OUT.json
 
-`dualsight bench --reference` writes PARAMS.json (model dir, threads, batch
+`dualsight-bench --reference` writes PARAMS.json (model dir, threads, batch
 sizes, repeat policy, JPEG paths, texts, index sizes, HNSW parameters) and
 reads OUT.json: {"figures": [{"key", "value", "label", "unit", "better",
 "section", "note", "versus"}], "info": {...}}. Keys are dualsight's, so each
@@ -242,7 +242,7 @@ def exact_topk(X, q, k):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", required=True, help="JSON written by dualsight bench")
+    ap.add_argument("--params", required=True, help="JSON written by dualsight-bench")
     ap.add_argument("--out", required=True, help="where to write the figures (JSON)")
     args = ap.parse_args()
     with open(args.params) as f:

@@ -2,6 +2,10 @@
 
 use std::sync::OnceLock;
 
+// Links mimalloc's C library, whose `mi_collect` the trimmer below calls,
+// into every binary of this crate, whichever allocator it picks.
+extern crate mimalloc as _;
+
 static TRIMMER: OnceLock<fn()> = OnceLock::new();
 
 /// For a binary with its own global allocator (`dualsight` uses mimalloc):
@@ -9,6 +13,18 @@ static TRIMMER: OnceLock<fn()> = OnceLock::new();
 pub fn set_trimmer(f: fn()) {
     // A second registration would be a programming error; the first stands.
     let _ = TRIMMER.set(f);
+}
+
+/// mimalloc's `mi_collect`, the trimmer of a binary whose global allocator is
+/// mimalloc (`dualsight`, `dualsight-bench`): glibc's `malloc_trim` does
+/// nothing for memory that mimalloc holds.
+pub fn mimalloc_collect() {
+    unsafe extern "C" {
+        fn mi_collect(force: bool);
+    }
+    // SAFETY: part of mimalloc's C API, linked in by the mimalloc crate; it
+    // only frees what is already free.
+    unsafe { mi_collect(true) }
 }
 
 /// Hands freed heap memory back to the OS after a one-off burst of frees

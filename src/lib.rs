@@ -15,7 +15,6 @@
 //! - [`cli`]: the subcommands; `main.rs` only dispatches; [`heap`]: handing
 //!   freed memory back to the OS.
 
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;

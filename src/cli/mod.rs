@@ -1,7 +1,6 @@
 //! The command line: clap definitions and dispatch. Each subcommand lives in
 //! its own file; `main.rs` only calls [`run`].
 
-pub mod bench;
 pub mod client;
 pub mod model_cmds;
 pub mod serve;
@@ -42,8 +41,6 @@ pub enum Command {
     Ask(client::ClassifyArgs),
     /// List files a running daemon could not index.
     Failures(client::FailuresArgs),
-    /// Measure speed and memory on a full-size checkpoint (--reference: beside transformers).
-    Bench(Box<bench::BenchArgs>),
 }
 
 /// Runs the parsed command; errors are printed by `main` as one line.
@@ -58,7 +55,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(a) => client_runtime()?.block_on(client::status(a))?,
         Command::Ask(a) => client_runtime()?.block_on(client::classify(a))?,
         Command::Failures(a) => client_runtime()?.block_on(client::failures(a))?,
-        Command::Bench(a) => bench::run(a)?,
     }
     Ok(ExitCode::SUCCESS)
 }

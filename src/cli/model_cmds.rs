@@ -226,20 +226,13 @@ pub struct InitArgs {
 
 pub fn init(args: &InitArgs) -> Result<()> {
     check_projection_dim(args.projection_dim)?;
-    let model = DualEncoder::init(
+    let model = DualEncoder::init_dir(
         &args.vision_config,
         &args.text_config,
         args.projection_dim,
-        &candle_core::Device::Cpu,
+        args.tokenizer.as_deref(),
+        &args.out,
     )?;
-    model.save(&args.out)?;
-    write_json(
-        &args.out.join("preprocessor_config.json"),
-        &default_image_processor(model.config()),
-    )?;
-    if let Some(tok) = &args.tokenizer {
-        copy_tokenizer_files(tok, &args.out)?;
-    }
     eprintln!(
         "initialised {} + {} with random weights in {}",
         model.config().vision.model_type(),

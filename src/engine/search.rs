@@ -45,6 +45,12 @@ impl Candidates for crate::index::VectorIndex {
     }
 }
 
+/// A candidate's exact vector, and what ties it to its items.
+pub struct Exact<'a, K> {
+    pub key: K,
+    pub vector: Cow<'a, [f32]>,
+}
+
 /// Where candidates' exact vectors, and the items holding them, come from.
 pub trait VectorSource: Sync {
     /// What ties a vector to its items (the store's content hash).
@@ -53,7 +59,7 @@ pub trait VectorSource: Sync {
     type Item: Ord + Send;
     /// The f32 vector of `id` and its key; `None` if it was deleted since
     /// the index answered.
-    fn vector(&self, id: u64) -> Result<Option<(Self::Key, Cow<'_, [f32]>)>>;
+    fn vector(&self, id: u64) -> Result<Option<Exact<'_, Self::Key>>>;
     /// The items that hold `key`'s vector.
     fn items(&self, key: &Self::Key) -> Result<Vec<Self::Item>>;
 }
@@ -134,7 +140,7 @@ fn rescored<S: VectorSource>(source: &S, q: &[f32], found: &[u64]) -> Result<Vec
     let score = |ids: &[u64]| -> Result<Vec<(u64, S::Key, f32)>> {
         let mut out = Vec::with_capacity(ids.len());
         for &id in ids {
-            if let Some((key, v)) = source.vector(id)? {
+            if let Some(Exact { key, vector: v }) = source.vector(id)? {
                 let dot: f64 = q
                     .iter()
                     .zip(v.iter())
@@ -186,11 +192,14 @@ pub struct Rows<'a> {
 impl VectorSource for Rows<'_> {
     type Key = u64;
     type Item = u64;
-    fn vector(&self, id: u64) -> Result<Option<(u64, Cow<'_, [f32]>)>> {
+    fn vector(&self, id: u64) -> Result<Option<Exact<'_, u64>>> {
         let row = (id as usize)
             .checked_sub(1)
             .and_then(|r| self.data.get(r * self.dim..(r + 1) * self.dim));
-        Ok(row.map(|v| (id, Cow::Borrowed(v))))
+        Ok(row.map(|v| Exact {
+            key: id,
+            vector: Cow::Borrowed(v),
+        }))
     }
     fn items(&self, key: &u64) -> Result<Vec<u64>> {
         Ok(vec![*key])
@@ -252,7 +261,7 @@ mod tests {
         let mut all: Vec<(u64, f32)> = (1..=(data.len() / dim) as u64)
             .filter(|id| accept(*id))
             .map(|id| {
-                let (_, v) = source.vector(id).unwrap().unwrap();
+                let v = source.vector(id).unwrap().unwrap().vector;
                 let dot: f64 = q
                     .iter()
                     .zip(v.iter())
@@ -300,7 +309,7 @@ mod tests {
         let source = Rows { data: &data, dim };
         let q = &data[..dim];
         // One row in 250 passes: far beyond the first fetch of 100.
-        let accept = |id: &u64| id % 250 == 0;
+        let accept = |id: &u64| id.is_multiple_of(250);
         let hits = search(
             &idx,
             &source,
@@ -312,7 +321,7 @@ mod tests {
             },
         )
         .unwrap();
-        let want: Vec<u64> = exact(&data, dim, q, |id| id % 250 == 0)
+        let want: Vec<u64> = exact(&data, dim, q, |id| id.is_multiple_of(250))
             .into_iter()
             .take(5)
             .map(|h| h.0)
@@ -364,7 +373,7 @@ mod tests {
         impl VectorSource for Twice<'_> {
             type Key = u64;
             type Item = (u64, u8);
-            fn vector(&self, id: u64) -> Result<Option<(u64, Cow<'_, [f32]>)>> {
+            fn vector(&self, id: u64) -> Result<Option<Exact<'_, u64>>> {
                 if id == 2 {
                     return Ok(None);
                 }

@@ -5,15 +5,18 @@
 use std::borrow::Cow;
 use std::path::PathBuf;
 
-use super::search::{Result, VectorSource};
+use super::search::{Exact, Result, VectorSource};
 use crate::store::{ContentHash, Space};
 
 impl VectorSource for Space {
     type Key = ContentHash;
     type Item = PathBuf;
 
-    fn vector(&self, id: u64) -> Result<Option<(ContentHash, Cow<'_, [f32]>)>> {
-        Ok(Space::vector(self, id)?.map(|v| (v.hash, Cow::Owned(v.vector))))
+    fn vector(&self, id: u64) -> Result<Option<Exact<'_, ContentHash>>> {
+        Ok(Space::vector(self, id)?.map(|v| Exact {
+            key: v.hash,
+            vector: Cow::Owned(v.vector),
+        }))
     }
 
     fn items(&self, key: &ContentHash) -> Result<Vec<PathBuf>> {

@@ -4,7 +4,7 @@
 //! hnsw_rs's `search` descends the upper layers greedily, one point per layer,
 //! from its single entry point, then widens to `ef` on layer 0 only. That is
 //! right for a query drawn like the data (image-to-image: recall@10 0.9996 at
-//! 1M in `dualsight bench`), but a text query sits off the image cloud (the
+//! 1M in `dualsight-bench`), but a text query sits off the image cloud (the
 //! modality gap): every query is pulled the same way, the greedy descent ends
 //! in whichever region lies that way, and layer 0 (whose long links the
 //! insert's reverse updates prune first) seldom leads back out. At 1M the
@@ -43,7 +43,7 @@ pub const POOL: usize = 1024;
 /// Graphs up to this many points are scanned whole: exact, and as fast.
 pub const EXACT_MAX: usize = 4 * POOL;
 /// Beam width on the layers between the pool and layer 0, and the number of
-/// points that enter layer 0. `examples/descent.rs` at 1M (bench mixture,
+/// points that enter layer 0. `bench/examples/descent.rs` at 1M (bench mixture,
 /// text-like queries, ef 256, recall@10 of 100 candidates): hnsw_rs's own
 /// search 0.745 (56 of 300 queries found none of their neighbours); this
 /// with width 16: 0.880 (18), 64: 0.935 (5), 128: 0.951 (2), at 4.4, 5.6

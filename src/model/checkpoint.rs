@@ -126,6 +126,28 @@ impl DualEncoder {
         Self::build(config, source, device, DType::F32)
     }
 
+    /// What `dualsight init` writes: [`Self::init`] on the CPU, saved into
+    /// `out` with the default image processor for its vision tower and, when
+    /// given, the tokenizer files of `tokenizer`.
+    pub fn init_dir(
+        vision_config: &Path,
+        text_config: &Path,
+        projection_dim: usize,
+        tokenizer: Option<&Path>,
+        out: &Path,
+    ) -> Result<Self> {
+        let model = Self::init(vision_config, text_config, projection_dim, &Device::Cpu)?;
+        model.save(out)?;
+        let path = out.join("preprocessor_config.json");
+        let json = serde_json::to_string_pretty(&default_image_processor(model.config()))
+            .expect("json value serialises");
+        std::fs::write(&path, json + "\n").map_err(|source| ModelError::Io { path, source })?;
+        if let Some(tok) = tokenizer {
+            copy_tokenizer_files(tok, out)?;
+        }
+        Ok(model)
+    }
+
     /// `save_pretrained`: `config.json` and `model.safetensors` (transformers'
     /// key names, exactly the tensors the model uses) into `out` (created).
     pub fn save(&self, out: &Path) -> Result<()> {

@@ -7,8 +7,8 @@
 //! packed input between cores, and each core's caches hold slices of every
 //! image. Two batch-4 forwards side by side, one thread each, ran ViT-B/16 at
 //! 3.2–3.3 images/s on two cores where one batch-8 forward on both threads
-//! ran 2.8–2.9 (measured by hand-made one-thread pools in `examples/towers.rs`
-//! before this module; `dualsight bench --only vision` then gave 3.48
+//! ran 2.8–2.9 (measured by hand-made one-thread pools in `bench/examples/towers.rs`
+//! before this module; `dualsight-bench --only vision` then gave 3.48
 //! against 2.91 at batch 8, alternating builds with and without lanes).
 //! A small batch still gets every thread: splitting it buys no cache and
 //! costs each image its second core.

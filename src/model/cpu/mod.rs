@@ -167,7 +167,7 @@ fn column_tasks(n: usize, width: usize, flops: usize, task: impl Fn(usize) + Sen
 /// its weight once and takes dot products against every row held in cache;
 /// packing both operands for each call, as gemm and the packed kernel do, ran
 /// at half this kernel's rate below ~48 rows on BERT-base's shapes (measured
-/// with `examples/dense.rs`: at 48 rows ~100 GFLOP/s here, 72 packed at 49).
+/// with `bench/examples/dense.rs`: at 48 rows ~100 GFLOP/s here, 72 packed at 49).
 #[cfg(target_arch = "x86_64")]
 const SMALL_M: usize = 48;
 

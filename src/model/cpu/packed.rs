@@ -5,7 +5,7 @@
 //! Dense layers are ~75% of a ViT forward. `gemm` 0.19, which packs both
 //! operands on every call in its own blocking, ran ViT-B/16's layer shapes at
 //! 108–123 GFLOP/s on two Zen 3 cores whose FMA peak is ~185; this runs them
-//! at 120–145 (`examples/dense.rs`, A/B on the same machine), and the vision
+//! at 120–145 (`bench/examples/dense.rs`, A/B on the same machine), and the vision
 //! tower at batch 8 ~11% faster. Here:
 //! - the input is packed once per call, shared by every task, into panels of
 //!   `MR` rows interleaved along `k`, so the micro-kernel reads it as one

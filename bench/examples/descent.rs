@@ -2,9 +2,9 @@
 //! recall@10 (against f32 exact search) of the candidates a daemon search
 //! fetches, queries that found
 //! none of their true neighbours, and time per search, for text-like
-//! (off the data) and image-like queries of `dualsight bench`'s mixture.
+//! (off the data) and image-like queries of `dualsight-bench`'s mixture.
 //!
-//! cargo run --release --example descent -- <vectors> <queries> <ef>...
+//! cargo run --release -p dualsight-bench --example descent -- <vectors> <queries> <ef>...
 //!
 //! At 1M the build takes ~30–55 min on 2 cores.
 
@@ -12,10 +12,10 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use dualsight::bench::search::{build_index, exact_all};
-use dualsight::bench::synth::{DATA, Mixture, QUERIES, TEXT_QUERIES};
 use dualsight::engine::search::candidates_for;
 use dualsight::index::IndexParams;
+use dualsight_bench::search::{build_index, exact_all};
+use dualsight_bench::synth::{DATA, Mixture, QUERIES, TEXT_QUERIES};
 
 const DIM: usize = 512;
 const K: usize = 10;

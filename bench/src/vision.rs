@@ -5,11 +5,11 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
-use super::report::{Better, Figures};
-use super::stats::{measure, median};
-use super::synth::Rng;
-use super::{BenchConfig, say};
-use crate::encoder::Encoder;
+use crate::report::{Better, Figures};
+use crate::stats::{measure, median};
+use crate::suite::{BenchConfig, say};
+use crate::synth::Rng;
+use dualsight::encoder::Encoder;
 
 pub const SECTION: &str = "1. vision tower, pixels ready (embed_images)";
 

@@ -2,7 +2,7 @@
 //! kernel is bound by memory or by the FMA units: `layers` distinct weights
 //! (so they stream from memory, as a text query's 12 layers do), `reps` times.
 //!
-//! cargo run --release --example dense -- <m> <k> <n> <layers> [reps] [iters]
+//! cargo run --release -p dualsight-bench --example dense -- <m> <k> <n> <layers> [reps] [iters]
 //!
 //! `m 768 3072 36` is BERT-base's weight volume; `m 768 36 1` with many reps
 //! keeps the weight in cache and shows the compute rate alone.

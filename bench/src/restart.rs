@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::assets::rss;
-use super::report::{Better, Figures};
-use super::search::add_latency;
-use super::synth::query_texts;
-use super::{BenchConfig, say};
-use crate::encoder::Encoder;
-use crate::index::VectorIndex;
-use crate::store::{Commit, ContentHash, Embedding, FileRecord, Store};
+use crate::assets::rss;
+use crate::report::{Better, Figures};
+use crate::search::add_latency;
+use crate::suite::{BenchConfig, say};
+use crate::synth::query_texts;
+use dualsight::encoder::Encoder;
+use dualsight::index::VectorIndex;
+use dualsight::store::{Commit, ContentHash, Embedding, FileRecord, Store};
 
 pub const SECTION: &str = "4. restart and memory at the largest size";
 
@@ -204,7 +204,7 @@ struct Daemon {
 impl Daemon {
     /// Starts `dualsight serve` on `data_dir` and waits for health SERVING.
     fn start(cfg: &BenchConfig, data_dir: &Path, watch: &Path, log: PathBuf) -> Result<Daemon> {
-        let exe = std::env::current_exe().context("locating this binary")?;
+        let exe = &cfg.dualsight;
         std::fs::create_dir_all(watch)?;
         let addr = format!("127.0.0.1:{}", free_port()?);
         let out = std::fs::File::create(&log)?;
@@ -212,7 +212,7 @@ impl Daemon {
             .enable_all()
             .build()?;
         let t0 = Instant::now();
-        let child = Command::new(&exe)
+        let child = Command::new(exe)
             .arg("serve")
             .arg("--model")
             .arg(&cfg.model)
@@ -506,8 +506,8 @@ async fn wait_ready(addr: &str, guard: &mut ChildGuard, t0: Instant) -> Result<(
 }
 
 async fn live_searches(addr: &str, texts: &[String], k: usize) -> Result<Vec<f64>> {
-    use crate::server::proto::SearchRequest;
-    let mut client = crate::cli::client::connect(addr).await?;
+    use dualsight::server::proto::SearchRequest;
+    let mut client = dualsight::cli::client::connect(addr).await?;
     let req = |t: &str| SearchRequest {
         text: t.to_string(),
         limit: k as u32,
@@ -551,10 +551,10 @@ async fn live_overhead(
     k: usize,
     reps: usize,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
-    use crate::server::proto::SearchRequest;
+    use dualsight::server::proto::SearchRequest;
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
-    let mut client = crate::cli::client::connect(addr).await?;
+    let mut client = dualsight::cli::client::connect(addr).await?;
     let req = || SearchRequest {
         text: text.to_string(),
         limit: k as u32,

@@ -1,15 +1,19 @@
-//! `dualsight bench`: speed and memory on a full-size checkpoint, optionally
-//! beside transformers + PyTorch (`--reference`). See BENCHMARKS.md.
+//! The `dualsight-bench` command line: raw flags, validated into a
+//! [`BenchConfig`], run, rendered. See BENCHMARKS.md.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::Parser;
 
-use crate::bench::{self, BenchConfig, Sections, assets, reference::Reference, stats::parse_list};
-use crate::index::IndexParams;
+use crate::suite::{self, BenchConfig, Sections};
+use crate::{assets, reference::Reference, stats::parse_list};
+use dualsight::index::IndexParams;
 
-#[derive(Debug, Args)]
+/// Speed and memory of dualsight on a full-size checkpoint, optionally beside
+/// transformers + PyTorch on the same machine (`--reference`).
+#[derive(Debug, Parser)]
+#[command(name = "dualsight-bench", version)]
 pub struct BenchArgs {
     /// Checkpoint to benchmark. Default: the full-size random ViT-B/16 +
     /// BERT-base checkpoint (projection 512) in the work dir, made on first use.
@@ -107,6 +111,10 @@ pub struct BenchArgs {
     /// this binary was built from].
     #[arg(long, value_name = "DIR")]
     pub source_dir: Option<PathBuf>,
+    /// The `dualsight` binary the restart section runs as a daemon [default:
+    /// `dualsight` beside this binary, as `cargo build --release --workspace` leaves it].
+    #[arg(long, value_name = "PATH")]
+    pub dualsight: Option<PathBuf>,
 }
 
 /// Name of the default checkpoint in the work dir.
@@ -115,7 +123,7 @@ const DEFAULT_MODEL: &str = "vit-b16-bert-base-p512";
 fn tree(args: &BenchArgs) -> PathBuf {
     args.source_dir
         .clone()
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")))
 }
 
 fn tokenizer_dir(args: &BenchArgs) -> PathBuf {
@@ -136,7 +144,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .clone()
             .unwrap_or_else(|| tree(args).join("scripts/bench_reference.py")),
     });
-    let report = bench::run(&cfg, reference.as_ref())?;
+    let report = suite::run(&cfg, reference.as_ref())?;
     println!("{}", render(&report, reference.is_some()));
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
@@ -147,10 +155,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 }
 
 /// The table, then the machine, versions and notes.
-pub fn render(r: &bench::Report, reference: bool) -> String {
+pub fn render(r: &suite::Report, reference: bool) -> String {
     let m = &r.machine;
     let mut s = format!(
-        "dualsight bench ({} run, {:.0} s)\n\n{}\n",
+        "dualsight-bench ({} run, {:.0} s)\n\n{}\n",
         r.kind,
         r.duration_s,
         r.figures.table(reference)
@@ -228,11 +236,11 @@ fn config(args: &BenchArgs) -> Result<BenchConfig> {
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("creating {}", work_dir.display()))?;
     let model = match &args.model {
-        Some(m) => crate::model::hub::resolve(&m.to_string_lossy())?,
+        Some(m) => dualsight::model::hub::resolve(&m.to_string_lossy())?,
         None => {
             let dir = work_dir.join(DEFAULT_MODEL);
             if !dir.join("config.json").is_file() {
-                bench::say(format!(
+                suite::say(format!(
                     "making the benchmark checkpoint (ViT-B/16 + BERT-base, random) in {}",
                     dir.display()
                 ));
@@ -246,7 +254,7 @@ fn config(args: &BenchArgs) -> Result<BenchConfig> {
         None => Sections::ALL,
     };
     let image_size = parse_size(&args.image_size)?;
-    let daemon = bench::daemon_index_params();
+    let daemon = suite::daemon_index_params();
     let index = IndexParams {
         max_nb_connection: args.m.unwrap_or(daemon.max_nb_connection),
         ef_construction: args.ef_construction.unwrap_or(daemon.ef_construction),
@@ -279,7 +287,7 @@ fn config(args: &BenchArgs) -> Result<BenchConfig> {
         jpeg_quality: args.jpeg_quality.clamp(1, 100),
         ingest_batch: args
             .ingest_batch
-            .unwrap_or(crate::config::Settings::default().ingest.batch_size),
+            .unwrap_or(dualsight::config::Settings::default().ingest.batch_size),
         sizes: pick(&args.sizes, "10k,100k", "1000,3000")?,
         queries: args.queries.unwrap_or(if q { 10 } else { 200 }),
         recall_queries: args.recall_queries.unwrap_or(if q { 50 } else { 500 }),
@@ -287,6 +295,7 @@ fn config(args: &BenchArgs) -> Result<BenchConfig> {
         index,
         ef_sweep,
         daemon: !args.no_daemon,
+        dualsight: dualsight_binary(args)?,
         seed: args.seed,
         keep_scratch: args.keep_scratch,
         quick: q,
@@ -296,6 +305,23 @@ fn config(args: &BenchArgs) -> Result<BenchConfig> {
         bail!("batch sizes and --images must be at least 1");
     }
     Ok(cfg)
+}
+
+/// `--dualsight`, else `dualsight` beside this binary (one target directory).
+fn dualsight_binary(args: &BenchArgs) -> Result<PathBuf> {
+    let path = match &args.dualsight {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .context("locating this binary")?
+            .with_file_name("dualsight"),
+    };
+    if args.no_daemon || path.is_file() {
+        return Ok(path);
+    }
+    bail!(
+        "{}: no dualsight binary for the restart section: run `cargo build --release --workspace`, pass --dualsight PATH, or --no-daemon",
+        path.display()
+    )
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32)> {

@@ -3,7 +3,7 @@
 //!   and resize/normalise), and on all threads (images/s), for the exact
 //!   path (as transformers) and the fast one (JPEG decoded at 1/8 or 1/4);
 //! - end-to-end indexing through the daemon's own pipeline
-//!   ([`crate::ingest::pipeline::Pipeline`]: decode workers → batcher →
+//!   ([`dualsight::ingest::pipeline::Pipeline`]: decode workers → batcher →
 //!   vision tower → sled commit, flushed → HNSW insert → final checkpoint) on
 //!   a fresh store in a scratch directory, preprocessing as the daemon does
 //!   by default.
@@ -15,15 +15,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::report::{Better, Figures};
-use super::stats::{measure, median};
-use super::{BenchConfig, daemon_index_params, say};
-use crate::encoder::Encoder;
-use crate::engine::Engine;
-use crate::ingest::Change;
-use crate::ingest::pipeline::{Counters, Pipeline, PipelineConfig};
-use crate::preprocess::{DecodeLimits, ImageProcessor, Preprocessing, decode_path};
-use crate::store::Store;
+use crate::report::{Better, Figures};
+use crate::stats::{measure, median};
+use crate::suite::{BenchConfig, daemon_index_params, say};
+use dualsight::encoder::Encoder;
+use dualsight::engine::Engine;
+use dualsight::ingest::Change;
+use dualsight::ingest::pipeline::{Counters, Pipeline, PipelineConfig};
+use dualsight::preprocess::{DecodeLimits, ImageProcessor, Preprocessing, decode_path};
+use dualsight::store::Store;
 
 pub const SECTION: &str = "2. indexing 4000×3000 JPEGs";
 
@@ -255,7 +255,7 @@ fn index_files(
     // As the daemon does for a fresh store: this model's space is the one served.
     engine.store.set_active(engine.space.fingerprint())?;
     let counters = Arc::new(Counters::default());
-    let defaults = crate::config::Settings::default();
+    let defaults = dualsight::config::Settings::default();
     let pcfg = PipelineConfig {
         batch_size: cfg.ingest_batch,
         batch_timeout: Duration::from_millis(defaults.ingest.batch_timeout_ms),

@@ -10,9 +10,9 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::report::RefFigure;
-use super::synth::query_texts;
-use super::{BenchConfig, say};
+use crate::report::RefFigure;
+use crate::suite::{BenchConfig, say};
+use crate::synth::query_texts;
 
 pub struct Reference {
     pub python: String,

@@ -1,7 +1,7 @@
 //! Profiling driver: runs one tower in a loop so `perf record` sees only the
-//! forward pass (`dualsight bench` also measures load, decode and search).
+//! forward pass (`dualsight-bench` also measures load, decode and search).
 //!
-//! cargo run --release --example towers -- <model-dir> vision|text <batch> <iters>
+//! cargo run --release -p dualsight-bench --example towers -- <model-dir> vision|text <batch> <iters>
 
 use std::time::Instant;
 

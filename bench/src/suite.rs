@@ -1,6 +1,4 @@
-//! `dualsight bench`: the speed and memory figures of dualsight on a
-//! full-size checkpoint, optionally side by side with transformers + PyTorch
-//! (`scripts/bench_reference.py`) on the same checkpoint, files and machine.
+//! One benchmark run: the sections in order, the scratch space, the report.
 //!
 //! Figures (see BENCHMARKS.md for what each one means):
 //! 1. [`vision`]: vision tower throughput from ready pixel tensors, per batch size.
@@ -15,16 +13,6 @@
 //!
 //! Speed is measured here and only here: tests never assert timings.
 
-pub mod assets;
-pub mod ingest;
-pub mod reference;
-pub mod report;
-pub mod restart;
-pub mod search;
-pub mod stats;
-pub mod synth;
-pub mod vision;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,12 +20,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::device::DeviceSpec;
-use crate::encoder::Encoder;
-use crate::index::IndexParams;
-use assets::Machine;
-use report::Figures;
-use stats::Repeat;
+use crate::assets::{self, Machine};
+use crate::report::{self, Figures};
+use crate::stats::Repeat;
+use crate::{ingest, reference, search, synth, vision};
+use dualsight::device::DeviceSpec;
+use dualsight::encoder::Encoder;
+use dualsight::index::IndexParams;
 
 /// Which parts to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -117,6 +106,8 @@ pub struct BenchConfig {
     /// daemon's configured one is always measured).
     pub ef_sweep: Vec<usize>,
     pub daemon: bool,
+    /// The `dualsight` binary run as the daemon (restart section).
+    pub dualsight: PathBuf,
     pub seed: u64,
     pub keep_scratch: bool,
     pub quick: bool,
@@ -213,7 +204,7 @@ pub fn run(cfg: &BenchConfig, reference: Option<&reference::Reference>) -> Resul
         Encoder::load(&cfg.model, &device, candle_core::DType::F32)
             .with_context(|| format!("loading {}", cfg.model.display()))?
             // As the daemon runs it: end-to-end indexing measures its default.
-            .with_preprocessing(crate::config::Settings::default().preprocessing()),
+            .with_preprocessing(dualsight::config::Settings::default().preprocessing()),
     );
     figs.add(
         "model.load_s",
@@ -224,7 +215,7 @@ pub fn run(cfg: &BenchConfig, reference: Option<&reference::Reference>) -> Resul
         t.elapsed().as_secs_f64(),
     );
     let t = Instant::now();
-    crate::encoder::fingerprint(&cfg.model)?;
+    dualsight::encoder::fingerprint(&cfg.model)?;
     figs.add(
         "model.fingerprint_s",
         "model",
@@ -297,7 +288,7 @@ pub fn run(cfg: &BenchConfig, reference: Option<&reference::Reference>) -> Resul
 
 /// The index parameters the daemon runs with by default (config/dualsight.toml).
 pub fn daemon_index_params() -> IndexParams {
-    let s = crate::config::Settings::default();
+    let s = dualsight::config::Settings::default();
     IndexParams {
         max_nb_connection: s.index.m,
         ef_construction: s.index.ef_construction,
@@ -311,11 +302,11 @@ mod tests {
     use super::*;
 
     /// Every part end to end on the tiny fixture checkpoint with tiny sizes
-    /// (no daemon child: the test binary is not `dualsight`). Checks that each
+    /// (no daemon child: a test build need not have built `dualsight`). Checks that each
     /// figure is produced and sane, never how fast anything is.
     #[test]
     fn smoke_on_tiny_model() {
-        let tree = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let tree = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
         let work = tempfile::tempdir().unwrap();
         let images = tree.join("tests/fixtures/images");
         let cfg = BenchConfig {
@@ -339,6 +330,7 @@ mod tests {
             index: daemon_index_params(),
             ef_sweep: vec![32],
             daemon: false,
+            dualsight: PathBuf::from("dualsight"),
             seed: 1,
             keep_scratch: false,
             quick: true,

@@ -11,8 +11,8 @@ use image::codecs::jpeg::JpegEncoder;
 use image::imageops::{self, FilterType};
 use serde::Serialize;
 
-use super::synth::Rng;
-use crate::cli::model_cmds::{InitArgs, init};
+use crate::synth::Rng;
+use dualsight::model::DualEncoder;
 
 /// transformers 5.24 `ViTConfig().to_dict()`: ViT-B/16 at 224 px.
 pub const VIT_BASE_CONFIG: &str = r#"{
@@ -67,17 +67,11 @@ pub fn make_model(out: &Path, tokenizer_dir: &Path) -> Result<()> {
     let text = configs.join("bert-base.json");
     std::fs::write(&vision, VIT_BASE_CONFIG)?;
     std::fs::write(&text, BERT_BASE_CONFIG)?;
-    let result = init(&InitArgs {
-        vision_config: vision,
-        text_config: text,
-        projection_dim: PROJECTION_DIM,
-        tokenizer: Some(tokenizer_dir.to_path_buf()),
-        out: tmp.clone(),
-    });
+    let result = DualEncoder::init_dir(&vision, &text, PROJECTION_DIM, Some(tokenizer_dir), &tmp);
     let _ = std::fs::remove_dir_all(&configs);
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
+        return Err(e.into());
     }
     if out.exists() {
         // An empty directory given as the target.
@@ -279,7 +273,7 @@ pub fn rss(pid: Option<u32>) -> Option<(u64, u64)> {
 /// Versions of the crates that decide the figures, from the Cargo.lock this
 /// binary was built with.
 pub fn crate_versions() -> BTreeMap<String, String> {
-    const LOCK: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock"));
+    const LOCK: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock"));
     const WANTED: &[&str] = &[
         "candle-core",
         "candle-nn",
