@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod device;
+pub mod durable;
 pub mod encoder;
 pub mod engine;
 pub mod heap;

@@ -330,10 +330,8 @@ impl ModelDirs {
     }
     fn save(&self, data_dir: &std::path::Path) {
         let path = data_dir.join("models.json");
-        let tmp = path.with_extension("json.tmp");
-        let ok = std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serialisable"))
-            .and_then(|_| std::fs::rename(&tmp, &path));
-        if let Err(e) = ok {
+        let json = serde_json::to_vec_pretty(self).expect("serialisable");
+        if let Err(e) = crate::durable::replace(&path, &json) {
             tracing::warn!(path = %path.display(), error = %e, "cannot record the model directory");
         }
     }

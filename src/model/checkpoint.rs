@@ -141,7 +141,8 @@ impl DualEncoder {
         let path = out.join("preprocessor_config.json");
         let json = serde_json::to_string_pretty(&default_image_processor(model.config()))
             .expect("json value serialises");
-        std::fs::write(&path, json + "\n").map_err(|source| ModelError::Io { path, source })?;
+        crate::durable::replace(&path, (json + "\n").as_bytes())
+            .map_err(|source| ModelError::Io { path, source })?;
         if let Some(tok) = tokenizer {
             copy_tokenizer_files(tok, out)?;
         }
@@ -158,7 +159,8 @@ impl DualEncoder {
         let config =
             serde_json::to_string_pretty(&self.config().to_json()).expect("json value serialises");
         let path = out.join("config.json");
-        std::fs::write(&path, config + "\n").map_err(|source| ModelError::Io { path, source })?;
+        crate::durable::replace(&path, (config + "\n").as_bytes())
+            .map_err(|source| ModelError::Io { path, source })?;
         write_safetensors(&self.weights(), &out.join("model.safetensors"))
     }
 }

@@ -1,0 +1,678 @@
+//! The index's unit tests (one file: they share their data helpers).
+
+use super::checkpoint::*;
+use super::*;
+use std::fs::File;
+use std::sync::Arc;
+
+/// splitmix64: deterministic test data without a rand dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn uniform(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+    }
+
+    fn gaussian(&mut self) -> f32 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f32::consts::PI * v).cos()
+    }
+
+    fn unit(&mut self, dim: usize) -> Vec<f32> {
+        unit((0..dim).map(|_| self.gaussian()).collect())
+    }
+}
+
+fn unit(v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
+fn random_set(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut r = Rng(seed);
+    (0..n).map(|_| r.unit(dim)).collect()
+}
+
+/// Like image embeddings: points around a few hundred centres.
+fn clustered_set(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut r = Rng(seed);
+    let centres: Vec<Vec<f32>> = (0..200).map(|_| r.unit(dim)).collect();
+    (0..n)
+        .map(|_| {
+            let c = &centres[(r.next() % centres.len() as u64) as usize];
+            unit(
+                c.iter()
+                    .map(|x| x + 0.6 * r.gaussian() / (dim as f32).sqrt())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// Low intrinsic dimension, like real embeddings: a 24-d latent per
+/// cluster mapped into 512-d, plus a little isotropic noise.
+fn low_rank_set(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut r = Rng(seed ^ 0xA5A5);
+    let latent = 24;
+    let basis: Vec<Vec<f32>> = (0..latent).map(|_| r.unit(dim)).collect();
+    let centres: Vec<Vec<f32>> = (0..50).map(|_| r.unit(dim)).collect();
+    let mut r = Rng(seed);
+    (0..n)
+        .map(|_| {
+            let c = &centres[(r.next() % centres.len() as u64) as usize];
+            let mut v: Vec<f32> = c
+                .iter()
+                .map(|x| x + 0.05 * r.gaussian() / (dim as f32).sqrt())
+                .collect();
+            for b in &basis {
+                let z = 0.5 * r.gaussian() / (latent as f32).sqrt();
+                for (x, y) in v.iter_mut().zip(b) {
+                    *x += z * y;
+                }
+            }
+            unit(v)
+        })
+        .collect()
+}
+
+/// Recall@10 and search time over a grid of parameters
+/// (`--ignored --nocapture`).
+#[test]
+#[ignore]
+fn parameter_sweep() {
+    type Make = fn(usize, usize, u64) -> Vec<Vec<f32>>;
+    let sets: [(&str, Make); 3] = [
+        ("clustered", clustered_set),
+        ("low-rank", low_rank_set),
+        ("random", random_set),
+    ];
+    for (name, make) in sets {
+        let data = make(5000, 512, 20);
+        let queries = make(200, 512, 21);
+        for m in [16, 24, 32] {
+            let t = std::time::Instant::now();
+            let idx = build(
+                &data,
+                IndexParams {
+                    max_nb_connection: m,
+                    ..IndexParams::default()
+                },
+            );
+            let build_s = t.elapsed().as_secs_f64();
+            for ef in [64, 100, 128, 200] {
+                idx.set_ef_search(ef).unwrap();
+                let t = std::time::Instant::now();
+                for q in &queries {
+                    idx.search(q, 10).unwrap();
+                }
+                let us = t.elapsed().as_micros() as f64 / queries.len() as f64;
+                let r = recall_at_10(&idx, &queries);
+                println!(
+                    "{name:9} M={m:2} ef_s={ef:3}: recall@10 {r:.3}, {us:.0} us/query (build {build_s:.1}s)"
+                );
+            }
+        }
+    }
+}
+
+fn build(data: &[Vec<f32>], params: IndexParams) -> VectorIndex {
+    let idx = VectorIndex::new(data[0].len(), params, data.len()).unwrap();
+    let items: Vec<(u64, &[f32])> = data
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as u64 + 1, v.as_slice()))
+        .collect();
+    assert_eq!(idx.insert_batch(&items).unwrap(), data.len());
+    idx
+}
+
+/// Ids of the exact top 10 for `q`.
+fn exact_ids(idx: &VectorIndex, q: &[f32]) -> HashSet<u64> {
+    let hits = idx.exact_search(q, 10).unwrap();
+    hits.into_iter().map(|h| h.0).collect()
+}
+
+fn recall_at_10(idx: &VectorIndex, queries: &[Vec<f32>]) -> f64 {
+    let mut found = 0usize;
+    for q in queries {
+        let exact = exact_ids(idx, q);
+        found += idx
+            .search(q, 10)
+            .unwrap()
+            .iter()
+            .filter(|h| exact.contains(&h.0))
+            .count();
+    }
+    found as f64 / (10 * queries.len()) as f64
+}
+
+#[test]
+fn params_are_validated_before_hnsw_rs_sees_them() {
+    for m in [0, 1, 257, 10_000] {
+        let p = IndexParams {
+            max_nb_connection: m,
+            ..IndexParams::default()
+        };
+        assert!(
+            matches!(
+                VectorIndex::new(8, p, 10),
+                Err(IndexError::InvalidParams(_))
+            ),
+            "M={m}"
+        );
+    }
+    let p = IndexParams {
+        max_layer: 17,
+        ..IndexParams::default()
+    };
+    assert!(VectorIndex::new(8, p, 10).is_err());
+    assert!(VectorIndex::new(0, IndexParams::default(), 10).is_err());
+    assert!(
+        IndexParams {
+            max_nb_connection: 256,
+            ..IndexParams::default()
+        }
+        .validate()
+        .is_ok()
+    );
+}
+
+#[test]
+fn bad_vectors_are_rejected() {
+    let idx = VectorIndex::new(4, IndexParams::default(), 10).unwrap();
+    assert!(matches!(
+        idx.insert(1, &[1.0; 3]),
+        Err(IndexError::Dimension {
+            expected: 4,
+            got: 3
+        })
+    ));
+    assert!(matches!(
+        idx.insert(1, &[f32::NAN, 0.0, 0.0, 1.0]),
+        Err(IndexError::InvalidVector(_))
+    ));
+    assert!(matches!(
+        idx.insert(1, &[f32::INFINITY, 0.0, 0.0, 1.0]),
+        Err(IndexError::InvalidVector(_))
+    ));
+    assert!(matches!(
+        idx.insert(1, &[0.0; 4]),
+        Err(IndexError::InvalidVector(_))
+    ));
+    assert!(idx.search(&[0.0; 4], 3).is_err());
+    assert!(idx.search(&[1.0; 5], 3).is_err());
+    // One bad vector keeps the whole batch out.
+    let good = [1.0, 0.0, 0.0, 0.0];
+    assert!(idx.insert_batch(&[(1, &good), (2, &[0.0; 4])]).is_err());
+    assert!(idx.is_empty());
+}
+
+#[test]
+fn search_returns_nearest_first_as_cosines() {
+    let data = random_set(500, 32, 1);
+    let idx = build(&data, IndexParams::default());
+    assert_eq!(idx.len(), 500);
+    assert!(
+        !idx.insert(3, &data[0]).unwrap(),
+        "a known id is not inserted twice"
+    );
+    let scaled: Vec<f32> = data[41].iter().map(|x| x * 3.0).collect();
+    let hits = idx.search(&scaled, 5).unwrap();
+    assert_eq!(hits.len(), 5);
+    assert_eq!(hits[0].0, 42);
+    // 8-bit vectors: scores are the f32 cosines within ~1e-2 at 8-d
+    // (one step is 1/127 of the largest component).
+    assert!((hits[0].1 - 1.0).abs() < 1e-2, "{hits:?}");
+    for (id, score) in &hits {
+        let v = &data[*id as usize - 1];
+        let cos: f32 = v.iter().zip(&data[41]).map(|(a, b)| a * b).sum();
+        assert!((score - cos).abs() < 1e-2, "{id}: {score} vs {cos}");
+    }
+    assert!(hits.windows(2).all(|w| w[0].1 >= w[1].1));
+    let exact = idx.exact_search(&scaled, 5).unwrap();
+    assert_eq!(exact[0].0, 42);
+    for (h, e) in hits.iter().zip(&exact) {
+        assert!((h.1 - e.1).abs() < 1e-5 || h.0 != e.0);
+    }
+    assert!(idx.search(&scaled, 0).unwrap().is_empty());
+    assert_eq!(idx.search(&scaled, 10_000).unwrap().len(), 500);
+}
+
+#[test]
+fn recall_random_64d() {
+    let data = random_set(5000, 64, 2);
+    let idx = build(&data, IndexParams::default());
+    let r = recall_at_10(&idx, &random_set(200, 64, 3));
+    println!("recall@10 random 64-d, 5k, defaults: {r:.3}");
+    assert!(r >= 0.95, "recall@10 {r}");
+}
+
+#[test]
+fn recall_clustered_512d() {
+    let data = clustered_set(5000, 512, 4);
+    let idx = build(&data, IndexParams::default());
+    let queries = clustered_set(200, 512, 5);
+    let r = recall_at_10(&idx, &queries);
+    println!("recall@10 clustered 512-d, 5k, defaults: {r:.3}");
+    assert!(r >= 0.95, "recall@10 {r}");
+}
+
+/// With one layer (`max_layer` 1) there are no upper layers to seed
+/// from: the descent samples layer 0 instead of copying it whole.
+#[test]
+fn single_layer_graphs_are_searched_from_a_sample() {
+    let data = clustered_set(6000, 64, 31);
+    let params = IndexParams {
+        max_layer: 1,
+        ..IndexParams::default()
+    };
+    let idx = build(&data, params);
+    let queries = clustered_set(100, 64, 32);
+    let r = recall_at_10(&idx, &queries);
+    println!("recall@10, one layer, 6k: {r:.3}");
+    assert!(r >= 0.95, "recall@10 {r}");
+}
+
+#[test]
+fn tombstoned_ids_are_never_returned() {
+    let data = clustered_set(3000, 64, 8);
+    let idx = build(&data, IndexParams::default());
+    let queries = clustered_set(30, 64, 9);
+    let mut removed = HashSet::new();
+    for q in &queries {
+        for (id, _) in idx.search(q, 5).unwrap() {
+            if idx.remove(id) {
+                removed.insert(id);
+            }
+        }
+    }
+    assert!(
+        !idx.remove(removed.iter().next().copied().unwrap()),
+        "already tombstoned"
+    );
+    assert!(!idx.remove(999_999), "unknown id");
+    assert_eq!(idx.tombstone_count(), removed.len());
+    assert_eq!(idx.len(), 3000 - removed.len());
+    assert!(!idx.contains(*removed.iter().next().unwrap()));
+    for q in &queries {
+        let hits = idx.search(q, 10).unwrap();
+        assert_eq!(hits.len(), 10);
+        assert!(hits.iter().all(|(id, _)| !removed.contains(id)));
+        let exact = idx.exact_search(q, 10).unwrap();
+        assert!(exact.iter().all(|(id, _)| !removed.contains(id)));
+    }
+    assert!(!idx.needs_compaction());
+    for id in 1..=700 {
+        idx.remove(id);
+    }
+    assert!(idx.needs_compaction());
+    assert!(
+        idx.live_ids()
+            .iter()
+            .all(|id| !removed.contains(id) && *id > 700)
+    );
+}
+
+#[test]
+fn checkpoint_then_load_gives_identical_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = clustered_set(3000, 64, 12);
+    let idx = build(
+        &data,
+        IndexParams {
+            ef_search: 80,
+            ..IndexParams::default()
+        },
+    );
+    for id in [5, 50, 500] {
+        idx.remove(id);
+    }
+    idx.checkpoint(dir.path(), "fp", idx.max_id()).unwrap();
+    let (loaded, last) = VectorIndex::load(dir.path(), "fp", 64)
+        .unwrap()
+        .expect("checkpoint present");
+    assert_eq!(last, 3000);
+    assert_eq!(
+        (loaded.len(), loaded.tombstone_count(), loaded.max_id()),
+        (2997, 3, 3000)
+    );
+    assert_eq!(loaded.params(), idx.params());
+    assert_eq!(loaded.live_ids(), idx.live_ids());
+    for q in clustered_set(50, 64, 13) {
+        assert_eq!(loaded.search(&q, 10).unwrap(), idx.search(&q, 10).unwrap());
+        assert_eq!(loaded.search(&q, 3).unwrap(), idx.search(&q, 3).unwrap());
+    }
+    // A loaded index keeps growing and checkpoints again, replacing the old one.
+    let extra = clustered_set(10, 64, 14);
+    for (i, v) in extra.iter().enumerate() {
+        assert!(loaded.insert(3001 + i as u64, v).unwrap());
+    }
+    assert_eq!(loaded.search(&extra[3], 1).unwrap()[0].0, 3004);
+    loaded
+        .checkpoint(dir.path(), "fp", loaded.max_id())
+        .unwrap();
+    let gens: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != CURRENT)
+        .collect();
+    assert_eq!(gens, vec!["gen-2"]);
+    let (again, last) = VectorIndex::load(dir.path(), "fp", 64).unwrap().unwrap();
+    assert_eq!((again.len(), last), (3007, 3010));
+}
+
+#[test]
+fn missing_or_foreign_checkpoint_is_none() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        VectorIndex::load(&dir.path().join("nope"), "fp", 8)
+            .unwrap()
+            .is_none()
+    );
+    assert!(VectorIndex::load(dir.path(), "fp", 8).unwrap().is_none());
+    let idx = build(&random_set(50, 8, 15), IndexParams::default());
+    idx.checkpoint(dir.path(), "fp", 50).unwrap();
+    assert!(
+        VectorIndex::load(dir.path(), "other-model", 8)
+            .unwrap()
+            .is_none()
+    );
+    assert!(VectorIndex::load(dir.path(), "fp", 16).unwrap().is_none());
+    assert!(VectorIndex::load(dir.path(), "fp", 8).unwrap().is_some());
+}
+
+/// A checkpoint in an older format (1: f32, 2: f16 vectors) is
+/// not an error: the caller rebuilds from the store, as for a foreign
+/// one. A format from a newer dualsight is refused as corrupt.
+#[test]
+fn older_format_checkpoint_is_none() {
+    let dir = tempfile::tempdir().unwrap();
+    build(&random_set(100, 8, 19), IndexParams::default())
+        .checkpoint(dir.path(), "fp", 100)
+        .unwrap();
+    let manifest = dir.path().join("gen-1").join(MANIFEST);
+    let with_format = |f: u32| {
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
+        m["format"] = f.into();
+        fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    };
+    for older in 1..CHECKPOINT_FORMAT {
+        with_format(older);
+        assert!(VectorIndex::load(dir.path(), "fp", 8).unwrap().is_none());
+    }
+    with_format(CHECKPOINT_FORMAT + 1);
+    let err = VectorIndex::load(dir.path(), "fp", 8).unwrap_err();
+    assert!(matches!(err, IndexError::Corrupt { .. }), "{err:?}");
+    with_format(CHECKPOINT_FORMAT);
+    assert!(VectorIndex::load(dir.path(), "fp", 8).unwrap().is_some());
+}
+
+#[test]
+fn corrupt_checkpoint_is_an_error() {
+    let fresh = || {
+        let dir = tempfile::tempdir().unwrap();
+        build(&random_set(200, 16, 16), IndexParams::default())
+            .checkpoint(dir.path(), "fp", 200)
+            .unwrap();
+        let gen_dir = dir.path().join("gen-1");
+        (dir, gen_dir)
+    };
+    let expect_corrupt = |dir: &Path| {
+        let err = VectorIndex::load(dir, "fp", 16).unwrap_err();
+        assert!(matches!(err, IndexError::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("checkpoint is corrupt"), "{err}");
+    };
+    // A flipped byte in the data file.
+    let (dir, g) = fresh();
+    let data = g.join("hnsw.hnsw.data");
+    let mut bytes = fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    fs::write(&data, bytes).unwrap();
+    expect_corrupt(dir.path());
+    // A truncated graph file.
+    let (dir, g) = fresh();
+    let graph = g.join("hnsw.hnsw.graph");
+    let len = fs::metadata(&graph).unwrap().len();
+    File::options()
+        .write(true)
+        .open(&graph)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    expect_corrupt(dir.path());
+    // A missing dump file.
+    let (dir, g) = fresh();
+    fs::remove_file(g.join("hnsw.hnsw.graph")).unwrap();
+    expect_corrupt(dir.path());
+    // A flipped byte in the flat vector table.
+    let (dir, g) = fresh();
+    let table = g.join(FLAT_FILE);
+    let mut bytes = fs::read(&table).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    fs::write(&table, bytes).unwrap();
+    expect_corrupt(dir.path());
+    // A garbled manifest.
+    let (dir, g) = fresh();
+    fs::write(g.join(MANIFEST), b"{ not json").unwrap();
+    expect_corrupt(dir.path());
+    // CURRENT naming a generation that is gone.
+    let (dir, g) = fresh();
+    fs::remove_dir_all(g).unwrap();
+    expect_corrupt(dir.path());
+    let (dir, _) = fresh();
+    fs::write(dir.path().join(CURRENT), b"../../etc\n").unwrap();
+    expect_corrupt(dir.path());
+}
+
+/// Loads a checkpoint with the background part held back until the test
+/// runs it.
+fn load_held(dir: &Path, dim: usize) -> (VectorIndex, Job) {
+    let mut held = None;
+    let (idx, _) = VectorIndex::load_with(dir, "fp", dim, |job| held = Some(job))
+        .unwrap()
+        .unwrap();
+    (
+        idx,
+        held.expect("a checkpoint with points loads its graph in the background"),
+    )
+}
+
+#[test]
+fn a_loaded_checkpoint_answers_exactly_before_its_graph_is_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_set(3000, 16, 31);
+    let idx = build(&data, IndexParams::default());
+    assert!(idx.remove(8));
+    idx.checkpoint(dir.path(), "fp", 3000).unwrap();
+    let queries = random_set(20, 16, 32);
+
+    let (loaded, job) = load_held(dir.path(), 16);
+    assert!(loaded.is_warming());
+    assert_eq!((loaded.len(), loaded.tombstone_count()), (2999, 1));
+    for q in &queries {
+        let want = idx.exact_search(q, 10).unwrap();
+        assert_eq!(loaded.search(q, 10).unwrap(), want, "warm search is exact");
+        assert_eq!(loaded.exact_search(q, 10).unwrap(), want);
+        assert_eq!(
+            loaded.search(q, 5).unwrap(),
+            idx.exact_search(q, 5).unwrap()
+        );
+    }
+    assert!(!loaded.search(&data[7], 3).unwrap().iter().any(|h| h.0 == 8));
+
+    job();
+    assert!(!loaded.is_warming());
+    let recall: usize = queries
+        .iter()
+        .map(|q| {
+            let want = idx.exact_search(q, 10).unwrap();
+            let got = loaded.search(q, 10).unwrap();
+            got.iter().filter(|h| want.contains(h)).count()
+        })
+        .sum();
+    assert!(recall >= 190, "graph search after the load: {recall}/200");
+    // Inserts go into the loaded graph: a copy of vector 1 is found.
+    assert!(loaded.insert(5000, &data[0]).unwrap());
+    let ids: HashSet<u64> = loaded
+        .search(&data[0], 2)
+        .unwrap()
+        .iter()
+        .map(|h| h.0)
+        .collect();
+    assert_eq!(ids, HashSet::from([1, 5000]));
+}
+
+/// A graph file hnsw_rs cannot parse, even with checksums that agree (a
+/// bug of the writer, say): the graph is rebuilt from the vector table.
+#[test]
+fn a_graph_hnsw_rs_cannot_read_is_rebuilt_from_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_set(500, 8, 33);
+    build(&data, IndexParams::default())
+        .checkpoint(dir.path(), "fp", 500)
+        .unwrap();
+    let g = dir.path().join("gen-1");
+    let graph = g.join("hnsw.hnsw.graph");
+    let mut bytes = fs::read(&graph).unwrap();
+    let n = bytes.len();
+    bytes[n / 3..n / 3 + 64].fill(0xAB);
+    fs::write(&graph, bytes).unwrap();
+    let manifest = g.join(MANIFEST);
+    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
+    let sum = sum_file(&graph).unwrap();
+    m["dump"]["graph"] = serde_json::to_value(&sum).unwrap();
+    fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+
+    let (loaded, job) = load_held(dir.path(), 8);
+    job();
+    assert!(!loaded.is_warming());
+    assert_eq!(loaded.graph().get_nb_point(), 500);
+    for (i, v) in data.iter().enumerate().take(50) {
+        assert_eq!(loaded.search(v, 1).unwrap()[0].0, i as u64 + 1);
+    }
+}
+
+/// Always room to rescore beyond the limit, never an overflow.
+#[test]
+fn empty_index_checkpoints_and_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = VectorIndex::new(8, IndexParams::default(), 0).unwrap();
+    assert!(idx.search(&[1.0; 8], 5).unwrap().is_empty());
+    assert!(idx.exact_search(&[1.0; 8], 5).unwrap().is_empty());
+    idx.checkpoint(dir.path(), "fp", 0).unwrap();
+    let (loaded, last) = VectorIndex::load(dir.path(), "fp", 8).unwrap().unwrap();
+    assert_eq!((loaded.len(), last), (0, 0));
+    assert!(loaded.search(&[1.0; 8], 5).unwrap().is_empty());
+    loaded.insert(1, &[1.0; 8]).unwrap();
+    assert_eq!(loaded.search(&[1.0; 8], 5).unwrap().len(), 1);
+    // Everything tombstoned is not empty for hnsw_rs: a real dump.
+    loaded.remove(1);
+    loaded.checkpoint(dir.path(), "fp", 1).unwrap();
+    let (reloaded, _) = VectorIndex::load(dir.path(), "fp", 8).unwrap().unwrap();
+    assert_eq!((reloaded.len(), reloaded.tombstone_count()), (0, 1));
+    assert!(reloaded.search(&[1.0; 8], 5).unwrap().is_empty());
+}
+
+/// Pins down the hnsw_rs behaviour `checkpoint` works around: dumping a
+/// graph with no point and reloading it.
+#[test]
+fn hnsw_rs_empty_dump_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let h: Hnsw<Q8, DualsightDot> = Hnsw::new(16, 10, 16, 100, DualsightDot);
+    let dumped = catch_unwind(AssertUnwindSafe(|| h.file_dump(dir.path(), "e")));
+    let reloaded = catch_unwind(|| {
+        let mut io = HnswIo::new(dir.path(), "e");
+        io.load_hnsw::<Q8, DualsightDot>().map(|h| h.get_nb_point())
+    });
+    let dumped = dumped.map(|r| r.map_err(|e| format!("{e:#}")));
+    let reloaded = reloaded.map(|r| r.map_err(|e| format!("{e:#}")));
+    println!("hnsw_rs empty dump: {dumped:?}, reload: {reloaded:?}");
+    // If this starts to hold, the special case in `checkpoint` can go.
+    let round_trips = matches!((&dumped, &reloaded), (Ok(Ok(_)), Ok(Ok(0))));
+    assert!(!round_trips, "hnsw_rs now round-trips an empty graph");
+}
+
+#[test]
+fn searches_run_while_inserting() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<VectorIndex>();
+    let data = Arc::new(clustered_set(4000, 32, 17));
+    let idx = Arc::new(build(&data[..1000], IndexParams::default()));
+    let writer = {
+        let (idx, data) = (idx.clone(), data.clone());
+        std::thread::spawn(move || {
+            for chunk in (1000..4000).collect::<Vec<_>>().chunks(100) {
+                let items: Vec<(u64, &[f32])> = chunk
+                    .iter()
+                    .map(|&i| (i as u64 + 1, data[i].as_slice()))
+                    .collect();
+                idx.insert_batch(&items).unwrap();
+                idx.remove(chunk[0] as u64);
+            }
+        })
+    };
+    let readers: Vec<_> = (0..3)
+        .map(|t| {
+            let (idx, data) = (idx.clone(), data.clone());
+            std::thread::spawn(move || {
+                for i in 0..300 {
+                    let hits = idx.search(&data[(i * 7 + t) % 1000], 10).unwrap();
+                    assert!(!hits.is_empty());
+                }
+            })
+        })
+        .collect();
+    writer.join().unwrap();
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert_eq!(idx.len(), 4000 - 30);
+}
+
+/// Resident memory per vector, 512-d, defaults (`--ignored --nocapture`,
+/// run alone: it reads the process's RSS).
+#[test]
+#[ignore]
+fn memory_per_vector() {
+    fn rss_kb() -> u64 {
+        let s = fs::read_to_string("/proc/self/status").unwrap();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+    let n = 20_000;
+    let mut r = Rng(18);
+    let before = rss_kb();
+    let idx = VectorIndex::new(512, IndexParams::default(), n).unwrap();
+    for start in (0..n).step_by(1000) {
+        let chunk: Vec<Vec<f32>> = (0..1000).map(|_| r.unit(512)).collect();
+        let items: Vec<(u64, &[f32])> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, v)| ((start + i) as u64 + 1, v.as_slice()))
+            .collect();
+        idx.insert_batch(&items).unwrap();
+    }
+    let after = rss_kb();
+    println!(
+        "{n} x 512-d: {} bytes per vector",
+        (after - before) * 1024 / n as u64
+    );
+    assert_eq!(idx.len(), n);
+}
