@@ -1,13 +1,15 @@
 //! Ingest: turning photo folders into work for the encoder.
 //!
-//! This part owns the change feed. [`Watcher`] walks every root (walkdir), watches it (notify),
-//! reconciles it periodically and polls it for going offline, and reports what it finds as
-//! [`Change`]s on a bounded channel. It knows nothing of models or the store: the daemon consumes
-//! the changes, and the decode pool, batcher and commit that do so live beside it.
+//! The change feed: [`Watcher`] walks every root (walkdir), watches it (notify), reconciles it
+//! periodically and polls it for going offline, and reports what it finds as [`Change`]s on a
+//! bounded channel. The feed knows nothing of models or the store; [`pipeline`] consumes it (read
+//! and hash, decode pool, batcher, vision tower, commit to the store through the
+//! [`crate::engine::Engine`], index insert).
 //!
 //! - `scan`: path filter (exclusion globs, image extensions), the blocking walk, root probes.
-//! - `watch`: the coordinator task: notify events, debounce, the stability check, scan
-//!   scheduling, root online/offline, bounded queues.
+//! - `watch`: the coordinator task (notify events, bounded queues); `watch/roots.rs` (online and
+//!   offline, per-root watchers), `watch/pending.rs` (debounce, the stability check),
+//!   `watch/scans.rs` (scan scheduling and results).
 //!
 //! What a consumer can rely on, and must allow for:
 //! - `Upsert` is idempotent and repeats: every full scan (initial, reconcile, rescan, root back
@@ -17,7 +19,7 @@
 //!   folder renamed away); it may name a folder: remove everything at or under it.
 //! - `Scanned` comes after the `Upsert`s of the files it lists that were already stable; a file
 //!   still being written is in `seen` and its `Upsert` follows later. Files that changed while
-//!   the walk ran are accounted for (see `watch.rs`); a walk that lost its root, could not read the
+//!   the walk ran are accounted for (see `watch/scans.rs`); a walk that lost its root, could not read the
 //!   root itself or saw too many concurrent changes sends no `Scanned` at all.
 //! - Nothing is emitted for a root while it is offline, and going offline is never a `Remove`.
 

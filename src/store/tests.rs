@@ -1,0 +1,645 @@
+//! The store's unit tests.
+
+use super::*;
+use tempfile::TempDir;
+
+const FP: &str = "model-a";
+
+fn open() -> (TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("db")).unwrap();
+    (dir, store)
+}
+
+fn hash(n: u8) -> ContentHash {
+    ContentHash::of(&[n])
+}
+
+fn rec(n: u8) -> FileRecord {
+    FileRecord {
+        size: 100 + u64::from(n),
+        mtime_ns: 7 * i64::from(n),
+        hash: hash(n),
+        indexed_at_ms: 1_000,
+    }
+}
+
+fn vector(dim: usize, n: u8) -> Vec<f32> {
+    (0..dim)
+        .map(|i| ((i + 1) as f32) * (f32::from(n) + 1.0))
+        .collect()
+}
+
+fn new(path: &str, n: u8, dim: usize) -> Commit {
+    Commit {
+        path: path.into(),
+        record: rec(n),
+        embedding: Embedding::New(vector(dim, n)),
+    }
+}
+
+fn existing(path: &str, n: u8) -> Commit {
+    Commit {
+        path: path.into(),
+        record: rec(n),
+        embedding: Embedding::Existing,
+    }
+}
+
+#[test]
+fn commit_flush_reopen_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let (id1, id2);
+    {
+        let store = Store::open(&path).unwrap();
+        let space = store.space(FP, 4).unwrap();
+        store.set_active(FP).unwrap();
+        let out = store
+            .commit(
+                &space,
+                &[
+                    new("/p/a.jpg", 1, 4),
+                    new("/p/b.jpg", 2, 4),
+                    existing("/p/c.jpg", 2),
+                ],
+            )
+            .unwrap();
+        assert_eq!(out.inserted.len(), 2);
+        assert!(out.orphaned.is_empty());
+        (id1, id2) = (out.vector_ids[0], out.vector_ids[1]);
+        assert_eq!(out.vector_ids, vec![id1, id2, id2]);
+        assert_eq!(out.inserted, vec![(id1, vector(4, 1)), (id2, vector(4, 2))]);
+        store
+            .record_failure("/p/bad.jpg", "truncated jpeg", 5, 6)
+            .unwrap();
+        store.set_root_offline("/mnt/usb", true).unwrap();
+        store.verify().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    store.verify().unwrap();
+    let space = store
+        .active_space()
+        .unwrap()
+        .expect("active space survives");
+    assert_eq!((space.fingerprint(), space.dim()), (FP, 4));
+    assert_eq!(store.file("/p/a.jpg").unwrap(), Some(rec(1)));
+    assert_eq!(store.file("/p/c.jpg").unwrap(), Some(rec(2)));
+    assert_eq!(store.file("/p/nope.jpg").unwrap(), None);
+    assert_eq!(space.vector_id_for_hash(&hash(1)).unwrap(), Some(id1));
+    let sv = space.vector(id2).unwrap().unwrap();
+    assert_eq!((sv.hash, sv.vector), (hash(2), vector(4, 2)));
+    assert_eq!(
+        space.paths_for_vector(id2).unwrap(),
+        vec!["/p/b.jpg", "/p/c.jpg"]
+    );
+    assert_eq!(space.last_vector_id().unwrap(), id2);
+    assert_eq!(store.file_count().unwrap(), 3);
+    assert_eq!(store.indexed_file_count().unwrap(), 3);
+    assert_eq!(store.vector_count(&space).unwrap(), 2);
+    assert_eq!(store.failure_count().unwrap(), 1);
+    assert_eq!(
+        store.failure("/p/bad.jpg").unwrap().unwrap().error,
+        "truncated jpeg"
+    );
+    assert!(store.root_offline("/mnt/usb/").unwrap());
+    assert_eq!(store.offline_roots().unwrap(), vec!["/mnt/usb"]);
+    let files: Vec<_> = store.iter_files().map(|r| r.unwrap().0).collect();
+    assert_eq!(files, vec!["/p/a.jpg", "/p/b.jpg", "/p/c.jpg"]);
+    // Ids keep growing after a reopen.
+    let out = store.commit(&space, &[new("/p/d.jpg", 3, 4)]).unwrap();
+    assert!(out.vector_ids[0] > id2);
+}
+
+#[test]
+fn second_open_is_refused_clearly() {
+    let (dir, _store) = open();
+    let err = Store::open(dir.path().join("db")).unwrap_err();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("another dualsight may be running") && msg.contains("db"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn newer_schema_is_refused_naming_the_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let store = Store::open(&path).unwrap();
+        store
+            .inner
+            .meta
+            .insert(META_SCHEMA, &(SCHEMA_VERSION + 1).to_be_bytes())
+            .unwrap();
+        store.flush().unwrap();
+    }
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::NewerSchema { .. }), "{err:?}");
+    assert!(
+        err.to_string().starts_with(&path.display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn rename_keeps_the_vector() {
+    let (_d, store) = open();
+    let space = store.space(FP, 4).unwrap();
+    let id = store
+        .commit(&space, &[new("/p/a.jpg", 1, 4)])
+        .unwrap()
+        .vector_ids[0];
+    store.record_failure("/p/f.jpg", "bad", 1, 2).unwrap();
+    let r = store.rename("/p/a.jpg", "/q/a.jpg").unwrap();
+    assert_eq!(
+        r,
+        Removal {
+            paths: 1,
+            orphaned: vec![]
+        }
+    );
+    assert_eq!(store.file("/p/a.jpg").unwrap(), None);
+    assert_eq!(store.file("/q/a.jpg").unwrap(), Some(rec(1)));
+    assert_eq!(space.vector_id_for_hash(&hash(1)).unwrap(), Some(id));
+    assert_eq!(space.paths_for_vector(id).unwrap(), vec!["/q/a.jpg"]);
+    assert_eq!(
+        (
+            space.vector_count().unwrap(),
+            space.last_vector_id().unwrap()
+        ),
+        (1, id)
+    );
+    // An unknown path renames nothing; a failure record moves with its file.
+    assert_eq!(store.rename("/p/none.jpg", "/q/none.jpg").unwrap().paths, 0);
+    store.rename("/p/f.jpg", "/q/f.jpg").unwrap();
+    assert!(store.failure("/p/f.jpg").unwrap().is_none());
+    assert_eq!(store.failure("/q/f.jpg").unwrap().unwrap().error, "bad");
+    assert_eq!(store.failure_count().unwrap(), 1);
+    // Renaming over another file replaces it; its content loses its last path.
+    let other = store
+        .commit(&space, &[new("/q/b.jpg", 2, 4)])
+        .unwrap()
+        .vector_ids[0];
+    let r = store.rename("/q/a.jpg", "/q/b.jpg").unwrap();
+    assert_eq!(
+        r.orphaned,
+        vec![Orphan {
+            fingerprint: FP.into(),
+            id: other
+        }]
+    );
+    assert_eq!(store.file("/q/b.jpg").unwrap(), Some(rec(1)));
+    assert_eq!(store.file_count().unwrap(), 1);
+    store.verify().unwrap();
+}
+
+#[test]
+fn duplicates_share_one_vector() {
+    let (_d, store) = open();
+    let space = store.space(FP, 4).unwrap();
+    store.set_active(FP).unwrap();
+    // Two new files with the same content in one batch: one vector.
+    let out = store
+        .commit(&space, &[new("/a.jpg", 1, 4), new("/b.jpg", 1, 4)])
+        .unwrap();
+    assert_eq!(out.inserted.len(), 1);
+    assert_eq!(out.vector_ids[0], out.vector_ids[1]);
+    let out2 = store.commit(&space, &[existing("/c.jpg", 1)]).unwrap();
+    assert!(out2.inserted.is_empty());
+    assert_eq!(out2.vector_ids, vec![out.vector_ids[0]]);
+    assert_eq!(
+        space.paths_for_vector(out.vector_ids[0]).unwrap(),
+        vec!["/a.jpg", "/b.jpg", "/c.jpg"]
+    );
+    assert_eq!(
+        (
+            store.indexed_file_count().unwrap(),
+            space.vector_count().unwrap()
+        ),
+        (3, 1)
+    );
+    store.verify().unwrap();
+}
+
+#[test]
+fn removing_the_last_path_orphans_the_vector() {
+    let (_d, store) = open();
+    let space = store.space(FP, 4).unwrap();
+    let id = store
+        .commit(&space, &[new("/a.jpg", 1, 4), existing("/b.jpg", 1)])
+        .unwrap()
+        .vector_ids[0];
+    assert_eq!(
+        store.remove_path("/a.jpg").unwrap(),
+        Removal {
+            paths: 1,
+            orphaned: vec![]
+        }
+    );
+    assert_eq!(store.remove_path("/a.jpg").unwrap(), Removal::default());
+    let r = store.remove_path("/b.jpg").unwrap();
+    assert_eq!(r.paths, 1);
+    assert_eq!(r.orphaned_in(FP).collect::<Vec<_>>(), vec![id]);
+    assert_eq!(space.vector(id).unwrap(), None);
+    assert_eq!(space.vector_id_for_hash(&hash(1)).unwrap(), None);
+    assert_eq!(
+        (space.vector_count().unwrap(), store.file_count().unwrap()),
+        (0, 0)
+    );
+    // Ids are never reused.
+    let again = store
+        .commit(&space, &[new("/a.jpg", 1, 4)])
+        .unwrap()
+        .vector_ids[0];
+    assert!(again > id);
+    store.verify().unwrap();
+}
+
+#[test]
+fn changed_content_orphans_the_old_vector() {
+    let (_d, store) = open();
+    let space = store.space(FP, 4).unwrap();
+    let old = store
+        .commit(&space, &[new("/a.jpg", 1, 4)])
+        .unwrap()
+        .vector_ids[0];
+    let out = store.commit(&space, &[new("/a.jpg", 2, 4)]).unwrap();
+    assert_eq!(
+        out.orphaned,
+        vec![Orphan {
+            fingerprint: FP.into(),
+            id: old
+        }]
+    );
+    assert_eq!(out.inserted.len(), 1);
+    // A swap inside one batch orphans nothing: both contents keep a path.
+    let b = store
+        .commit(&space, &[new("/b.jpg", 3, 4)])
+        .unwrap()
+        .vector_ids[0];
+    let a = out.vector_ids[0];
+    let swap = store
+        .commit(&space, &[existing("/a.jpg", 3), existing("/b.jpg", 2)])
+        .unwrap();
+    assert!(swap.orphaned.is_empty());
+    assert_eq!(swap.vector_ids, vec![b, a]);
+    // Same content again (touch): the record updates, nothing else.
+    let mut touched = rec(3);
+    touched.mtime_ns = 99;
+    let t = store
+        .commit(
+            &space,
+            &[Commit {
+                path: "/a.jpg".into(),
+                record: touched,
+                embedding: Embedding::Existing,
+            }],
+        )
+        .unwrap();
+    assert!(t.orphaned.is_empty() && t.inserted.is_empty());
+    assert_eq!(store.file("/a.jpg").unwrap().unwrap().mtime_ns, 99);
+    store.verify().unwrap();
+}
+
+#[test]
+fn prefix_removal_is_by_component() {
+    let (_d, store) = open();
+    let space = store.space(FP, 4).unwrap();
+    store
+        .commit(
+            &space,
+            &[
+                new("/a/b", 1, 4),
+                new("/a/b/x.jpg", 2, 4),
+                new("/a/b/y/z.jpg", 3, 4),
+                new("/a/bc/x.jpg", 4, 4),
+            ],
+        )
+        .unwrap();
+    store.record_failure("/a/b/bad.jpg", "e", 1, 1).unwrap();
+    store.record_failure("/a/bcd.jpg", "e", 1, 1).unwrap();
+    let r = store.remove_prefix("/a/b/").unwrap();
+    assert_eq!(r.paths, 3);
+    assert_eq!(r.orphaned.len(), 3);
+    let left: Vec<_> = store.iter_files().map(|r| r.unwrap().0).collect();
+    assert_eq!(left, vec!["/a/bc/x.jpg"]);
+    assert!(store.failure("/a/b/bad.jpg").unwrap().is_none());
+    assert!(store.failure("/a/bcd.jpg").unwrap().is_some());
+    assert_eq!(store.failure_count().unwrap(), 1);
+    let under: Vec<_> = store
+        .iter_files_under("/a/bc/x.jpg")
+        .chain(store.iter_files_under("/a/bc"))
+        .map(|r| r.unwrap().0)
+        .collect();
+    assert_eq!(under, vec!["/a/bc/x.jpg", "/a/bc/x.jpg"]);
+    assert_eq!(store.iter_files_under("/a/b").count(), 0);
+    store.verify().unwrap();
+}
+
+#[test]
+fn folder_rename_moves_records_by_component() {
+    let (_d, store) = open();
+    let space = store.space(FP, 4).unwrap();
+    let ids = store
+        .commit(
+            &space,
+            &[
+                new("/a/b/x.jpg", 1, 4),
+                new("/a/b/y/z.jpg", 2, 4),
+                new("/a/bc/x.jpg", 3, 4),
+            ],
+        )
+        .unwrap()
+        .vector_ids;
+    let r = store.rename_prefix("/a/b", "/c").unwrap();
+    assert_eq!(
+        r,
+        Removal {
+            paths: 2,
+            orphaned: vec![]
+        }
+    );
+    let all: Vec<_> = store.iter_files().map(|r| r.unwrap().0).collect();
+    assert_eq!(all, vec!["/a/bc/x.jpg", "/c/x.jpg", "/c/y/z.jpg"]);
+    assert_eq!(space.paths_for_vector(ids[1]).unwrap(), vec!["/c/y/z.jpg"]);
+    assert!(matches!(
+        store.rename_prefix("/c", "/c/d"),
+        Err(StoreError::InvalidPath(..))
+    ));
+    store.verify().unwrap();
+}
+
+#[test]
+fn failures_are_recorded_and_cleared() {
+    let (_d, store) = open();
+    let space = store.space(FP, 4).unwrap();
+    store
+        .record_failure("/x.jpg", "decode: bad huffman", 10, 20)
+        .unwrap();
+    store
+        .record_failure("/x.jpg", "decode: bad huffman", 10, 20)
+        .unwrap();
+    store.record_failure("/y.jpg", "too large", 1, 2).unwrap();
+    let f = store.failure("/x.jpg").unwrap().unwrap();
+    assert_eq!((f.size, f.mtime_ns, f.attempts), (10, 20, 2));
+    assert_eq!(store.failure_count().unwrap(), 2);
+    assert_eq!(store.iter_failures().count(), 2);
+    assert!(store.clear_failure("/y.jpg").unwrap());
+    assert!(!store.clear_failure("/y.jpg").unwrap());
+    // Indexing the file at last clears its failure.
+    store.commit(&space, &[new("/x.jpg", 1, 4)]).unwrap();
+    assert_eq!(store.failure("/x.jpg").unwrap(), None);
+    assert_eq!(store.failure_count().unwrap(), 0);
+    store.verify().unwrap();
+}
+
+#[test]
+fn bad_vectors_are_refused_and_nothing_is_written() {
+    let (_d, store) = open();
+    let space = store.space(FP, 4).unwrap();
+    let bad = |v: Vec<f32>| {
+        store.commit(
+            &space,
+            &[
+                new("/ok.jpg", 1, 4),
+                Commit {
+                    embedding: Embedding::New(v),
+                    ..new("/x.jpg", 2, 4)
+                },
+            ],
+        )
+    };
+    assert!(matches!(
+        bad(vec![1.0; 3]),
+        Err(StoreError::Dimension {
+            expected: 4,
+            got: 3,
+            ..
+        })
+    ));
+    assert!(matches!(
+        bad(vec![1.0, f32::NAN, 0.0, 0.0]),
+        Err(StoreError::InvalidVector { .. })
+    ));
+    assert!(matches!(
+        bad(vec![1.0, f32::INFINITY, 0.0, 0.0]),
+        Err(StoreError::InvalidVector { .. })
+    ));
+    assert!(matches!(
+        bad(vec![0.0; 4]),
+        Err(StoreError::InvalidVector { .. })
+    ));
+    // `Existing` without a vector aborts the whole transaction.
+    let err = store
+        .commit(&space, &[new("/ok.jpg", 1, 4), existing("/x.jpg", 9)])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::MissingVector { .. }), "{err:?}");
+    assert_eq!(
+        (store.file_count().unwrap(), space.vector_count().unwrap()),
+        (0, 0)
+    );
+    assert_eq!(store.file("/ok.jpg").unwrap(), None);
+    store.verify().unwrap();
+}
+
+#[test]
+fn two_spaces_never_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let store = Store::open(&path).unwrap();
+    let a = store.space("a", 4).unwrap();
+    let b = store.space("b", 8).unwrap();
+    store.set_active("a").unwrap();
+    assert!(matches!(
+        store.space("a", 8),
+        Err(StoreError::SpaceDimension { .. })
+    ));
+    assert!(matches!(
+        store.commit(&b, &[new("/x.jpg", 1, 4)]),
+        Err(StoreError::Dimension { .. })
+    ));
+    let ia = store.commit(&a, &[new("/x.jpg", 1, 4)]).unwrap().vector_ids[0];
+    // Until b has its own vector for this content, /x.jpg is not in b.
+    assert!(matches!(
+        store.commit(&b, &[existing("/x.jpg", 1)]),
+        Err(StoreError::MissingVector { .. })
+    ));
+    assert_eq!(
+        (
+            a.indexed_path_count().unwrap(),
+            b.indexed_path_count().unwrap()
+        ),
+        (1, 0)
+    );
+    let ib = store.commit(&b, &[new("/x.jpg", 1, 8)]).unwrap().vector_ids[0];
+    assert_eq!(a.vector(ia).unwrap().unwrap().vector.len(), 4);
+    assert_eq!(b.vector(ib).unwrap().unwrap().vector.len(), 8);
+    assert_eq!(
+        (
+            a.indexed_path_count().unwrap(),
+            b.indexed_path_count().unwrap()
+        ),
+        (1, 1)
+    );
+    assert_eq!(store.file_count().unwrap(), 1);
+    let infos = store.spaces().unwrap();
+    assert_eq!(
+        infos
+            .iter()
+            .map(|s| (s.fingerprint.as_str(), s.dim, s.vectors, s.active))
+            .collect::<Vec<_>>(),
+        vec![("a", 4, 1, true), ("b", 8, 1, false)]
+    );
+    // The last path going orphans the content in every space.
+    let mut r = store.remove_path("/x.jpg").unwrap().orphaned;
+    r.sort();
+    assert_eq!(
+        r,
+        vec![
+            Orphan {
+                fingerprint: "a".into(),
+                id: ia
+            },
+            Orphan {
+                fingerprint: "b".into(),
+                id: ib
+            }
+        ]
+    );
+    store.commit(&b, &[new("/y.jpg", 2, 8)]).unwrap();
+    assert!(matches!(
+        store.drop_space("a"),
+        Err(StoreError::DropActive(_))
+    ));
+    assert!(store.drop_space("b").unwrap());
+    assert!(!store.drop_space("b").unwrap());
+    assert!(matches!(
+        store.commit(&b, &[new("/z.jpg", 2, 8)]),
+        Err(StoreError::StaleSpace(_))
+    ));
+    assert!(matches!(
+        store.set_active("b"),
+        Err(StoreError::UnknownSpace(_))
+    ));
+    store.verify().unwrap();
+    drop((a, b, store));
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.spaces().unwrap().len(), 1);
+    assert!(
+        store
+            .inner
+            .db
+            .tree_names()
+            .iter()
+            .all(|n| !n.starts_with(b"space/2/"))
+    );
+    // A new space never reuses a dropped space's number.
+    let c = store.space("b", 8).unwrap();
+    assert_eq!(c.no, 3);
+    assert_eq!(c.vector_count().unwrap(), 0);
+    store.verify().unwrap();
+}
+
+#[test]
+fn vectors_replay_in_id_order() {
+    let (_d, store) = open();
+    let space = store.space(FP, 4).unwrap();
+    let items: Vec<Commit> = (0..20u8)
+        .map(|n| new(&format!("/f{n:02}.jpg"), n, 4))
+        .collect();
+    let ids = store.commit(&space, &items).unwrap().vector_ids;
+    assert_eq!(ids, (1..=20).collect::<Vec<u64>>());
+    store.remove_path("/f03.jpg").unwrap(); // id 4
+    let from: Vec<u64> = space.iter_vectors_from(3).map(|r| r.unwrap().id).collect();
+    let want: Vec<u64> = [3].into_iter().chain(5..=20).collect();
+    assert_eq!(from, want);
+    assert!(!space.has_vector(4).unwrap());
+    assert_eq!(space.last_vector_id().unwrap(), 20);
+    assert_eq!(space.iter_vectors_from(21).count(), 0);
+}
+
+#[test]
+fn indexed_count_follows_the_active_space() {
+    let (_d, store) = open();
+    assert_eq!(store.indexed_file_count().unwrap(), 0);
+    let a = store.space("a", 4).unwrap();
+    store
+        .commit(
+            &a,
+            &[
+                new("/1.jpg", 1, 4),
+                existing("/2.jpg", 1),
+                new("/3.jpg", 3, 4),
+            ],
+        )
+        .unwrap();
+    store.set_active("a").unwrap();
+    assert_eq!(store.indexed_file_count().unwrap(), 3);
+    let b = store.space("b", 4).unwrap();
+    store.commit(&b, &[new("/1.jpg", 1, 4)]).unwrap();
+    store.set_active("b").unwrap();
+    // /2.jpg shares /1.jpg's content, so it is indexed in b too.
+    assert_eq!(store.indexed_file_count().unwrap(), 2);
+    store.verify().unwrap();
+}
+
+#[test]
+fn non_utf8_paths_are_refused_clearly() {
+    use std::os::unix::ffi::OsStrExt;
+    let p = Path::new(std::ffi::OsStr::from_bytes(b"/photos/caf\xe9.jpg"));
+    let err = path_str(p).unwrap_err();
+    assert!(err.to_string().contains("not valid UTF-8"), "{err}");
+    assert_eq!(
+        path_str(Path::new("/photos/café.jpg")).unwrap(),
+        "/photos/café.jpg"
+    );
+}
+
+#[test]
+fn content_hash_hex_round_trips() {
+    let h = ContentHash::of(b"hello");
+    assert_eq!(h.to_hex(), blake3::hash(b"hello").to_hex().as_str());
+    assert_eq!(ContentHash::from_hex(&h.to_hex()), Some(h));
+    assert_eq!(ContentHash::from_hex("zz"), None);
+}
+
+/// Prints bytes on disk per file for a 512-d library (run with
+/// `--ignored --nocapture`); sled's space amplification shows here.
+#[test]
+#[ignore]
+fn space_amplification() {
+    let (_d, store) = open();
+    let space = store.space(FP, 512).unwrap();
+    let n = 5000u32;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let items: Vec<Commit> = chunk
+            .iter()
+            .map(|&i| Commit {
+                path: format!("/photos/2024/album-{:03}/IMG_{i:05}.jpg", i / 100),
+                record: FileRecord {
+                    size: 1,
+                    mtime_ns: 1,
+                    hash: ContentHash::of(&i.to_le_bytes()),
+                    indexed_at_ms: 1,
+                },
+                embedding: Embedding::New(
+                    (0..512)
+                        .map(|j| ((i * 512 + j) % 97) as f32 + 1.0)
+                        .collect(),
+                ),
+            })
+            .collect();
+        store.commit(&space, &items).unwrap();
+    }
+    let size = store.size_on_disk().unwrap();
+    let logical = u64::from(n) * (56 + 2 * (32 + 40) + 8 + 32 + 8 + 32 + 2048);
+    println!(
+        "{n} files, 512-d: {size} bytes on disk, {} per file, logical ≈ {} per file ({:.1}x)",
+        size / u64::from(n),
+        logical / u64::from(n),
+        size as f64 / logical as f64
+    );
+}
