@@ -9,7 +9,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::model::{DualEncoder, ModelError, TokenInput};
 use crate::preprocess::{
-    DecodeLimits, ImageProcessor, Preprocessing, ProcessorError, TextTokenizer, TokenizerError,
+    DecodeLimits, ImageProcessor, Preprocessing, ProcessorError, Source, TextTokenizer,
+    TokenizerError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -151,19 +152,11 @@ impl Encoder {
             .map_err(ModelError::from)?)
     }
 
-    /// Decodes and preprocesses one file to CHW floats, the way
+    /// Decodes and preprocesses one image (a file, or bytes in memory) to
+    /// CHW floats within this encoder's limits, the way
     /// [`Self::preprocessing`] says (CPU only; safe to call from many threads).
-    pub fn preprocess_path(&self, path: &Path) -> Result<Vec<f32>> {
-        Ok(self
-            .images
-            .preprocess_path_with(path, &self.limits, self.preprocessing)?)
-    }
-
-    /// Same, for bytes already in memory (`name` appears in errors).
-    pub fn preprocess_bytes(&self, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
-        Ok(self
-            .images
-            .preprocess_bytes_with(bytes, name, &self.limits, self.preprocessing)?)
+    pub fn preprocess(&self, source: Source<'_>) -> Result<Vec<f32>> {
+        Ok(self.images.run(source, &self.limits, self.preprocessing)?)
     }
 
     /// Normalised image embeddings for preprocessed images, one batch.
@@ -193,7 +186,7 @@ impl Encoder {
     pub fn embed_image_files(&self, paths: &[PathBuf]) -> Result<Vec<Vec<f32>>> {
         let pixels = paths
             .iter()
-            .map(|p| self.preprocess_path(p))
+            .map(|p| self.preprocess(Source::Path(p)))
             .collect::<Result<Vec<_>>>()?;
         self.embed_pixels(&pixels)
     }

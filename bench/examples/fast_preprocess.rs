@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use dualsight::encoder::Encoder;
-use dualsight::preprocess::Preprocessing;
+use dualsight::preprocess::{Preprocessing, Source};
 
 /// CPU time this thread has run, in seconds (Linux's schedstat: nanoseconds
 /// on CPU, not counting time other processes on a busy machine took).
@@ -42,7 +42,10 @@ fn main() -> Result<()> {
         let mut worst = (f32::INFINITY, String::new());
         for path in &files {
             let name = path.display().to_string();
-            let (a, b) = match (exact.preprocess_path(path), fast.preprocess_path(path)) {
+            let (a, b) = match (
+                exact.preprocess(Source::Path(path)),
+                fast.preprocess(Source::Path(path)),
+            ) {
                 (Ok(a), Ok(b)) => (a, b),
                 (a, b) => {
                     let say = |r: Result<_, dualsight::encoder::EncoderError>| match r {
@@ -55,7 +58,7 @@ fn main() -> Result<()> {
             };
             let scale = fast
                 .image_processor()
-                .decode_path_fast(path, fast.limits())?
+                .decode_reduced(Source::Path(path), fast.limits())?
                 .scale;
             let std = exact.image_processor().config().image_std[0] as f32;
             let levels = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32
@@ -72,14 +75,14 @@ fn main() -> Result<()> {
     }
 
     // Files neither path decodes are not timed.
-    files.retain(|p| exact.preprocess_path(p).is_ok());
+    files.retain(|p| exact.preprocess(Source::Path(p)).is_ok());
     // Alternating passes, so load from elsewhere hits both paths alike.
     let (mut ex, mut fa) = (Vec::new(), Vec::new());
     for _ in 0..5 {
         for (encoder, out) in [(&exact, &mut ex), (&fast, &mut fa)] {
             let start = cpu_seconds();
             for path in &files {
-                std::hint::black_box(encoder.preprocess_path(path)?);
+                std::hint::black_box(encoder.preprocess(Source::Path(path))?);
             }
             out.push((cpu_seconds() - start) * 1e3 / files.len() as f64);
         }

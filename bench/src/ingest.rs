@@ -22,7 +22,7 @@ use dualsight::encoder::Encoder;
 use dualsight::engine::Engine;
 use dualsight::ingest::Change;
 use dualsight::ingest::pipeline::{Counters, Pipeline, PipelineConfig};
-use dualsight::preprocess::{DecodeLimits, ImageProcessor, Preprocessing, decode_path};
+use dualsight::preprocess::{DecodeLimits, ImageProcessor, Preprocessing, Source, decode_path};
 use dualsight::store::Store;
 
 pub const SECTION: &str = "2. indexing 4000×3000 JPEGs";
@@ -109,7 +109,7 @@ pub fn run(
         scales.clear();
         for f in files {
             let t0 = Instant::now();
-            let reduced = processor.decode_path_fast(f, &limits)?;
+            let reduced = processor.decode_reduced(Source::Path(f), &limits)?;
             let t1 = Instant::now();
             let px = processor.preprocess_reduced(&reduced, &f.display().to_string())?;
             let t2 = Instant::now();
@@ -223,7 +223,7 @@ fn parallel_preprocess(
             .map(|_| {
                 s.spawn(|| -> Result<()> {
                     while let Some(f) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        std::hint::black_box(processor.preprocess_path_with(f, limits, mode)?);
+                        std::hint::black_box(processor.run(Source::Path(f), limits, mode)?);
                     }
                     Ok(())
                 })

@@ -13,7 +13,7 @@ use crate::model::checkpoint::{
     copy_image_processor, copy_tokenizer_files, default_image_processor,
 };
 use crate::model::{DualEncoder, hub};
-use crate::preprocess::Preprocessing;
+use crate::preprocess::{Preprocessing, Source};
 use crate::server::core::{LabelScore, rank_labels};
 
 /// Where and how the model runs (shared by every command that runs it).
@@ -74,7 +74,7 @@ pub fn embed(args: &EmbedArgs) -> Result<()> {
     let pixels = args
         .images
         .iter()
-        .map(|p| enc.preprocess_path(p))
+        .map(|p| enc.preprocess(Source::Path(p)))
         .collect::<Result<Vec<_>, _>>()?;
     let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
     let text_embeds = enc.embed_texts(&texts)?;
@@ -132,7 +132,11 @@ pub struct ClassifyArgs {
 /// Zero-shot classification: softmax over `logits_per_image` for the labels.
 pub fn classify(args: &ClassifyArgs) -> Result<()> {
     let enc = args.run.load()?;
-    let ranked = zero_shot(&enc, &enc.preprocess_path(&args.image)?, &args.labels)?;
+    let ranked = zero_shot(
+        &enc,
+        &enc.preprocess(Source::Path(&args.image))?,
+        &args.labels,
+    )?;
     if args.json {
         let rows: Vec<_> = ranked
             .iter()

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use super::text_cache::{self, TextCache};
 use crate::engine::Engine;
 use crate::ingest::pipeline::Counters;
+use crate::preprocess::Source;
 use crate::server::core::{
     ClassifyQuery, Core, CoreError, FailureList, FailureRecord, Hit, ImageQuery, ImageRef,
     LabelScore, ProgressSnapshot, Result, RootStatus, StatusSnapshot, TextQuery, rank_hits,
@@ -120,7 +121,10 @@ impl DaemonCore {
                 Self::blocking(move || {
                     let px = engine
                         .encoder
-                        .preprocess_bytes(&bytes, "image")
+                        .preprocess(Source::Bytes {
+                            bytes: &bytes,
+                            name: "image",
+                        })
                         .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
                     let mut v = engine
                         .encoder

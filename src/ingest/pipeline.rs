@@ -24,6 +24,7 @@ use tokio::sync::mpsc as tmpsc;
 
 use super::Change;
 use crate::engine::Engine;
+use crate::preprocess::Source;
 use crate::store::{Commit, ContentHash, Embedding, FileRecord, path_str};
 
 /// Tunables of the pipeline (from the daemon settings).
@@ -310,7 +311,10 @@ fn read_job(engine: &Engine, job: &Job) -> Result<Option<Op>, String> {
         Some(
             engine
                 .encoder
-                .preprocess_bytes(&bytes, &job.path.to_string_lossy())
+                .preprocess(Source::Bytes {
+                    bytes: &bytes,
+                    name: &job.path.to_string_lossy(),
+                })
                 .map_err(|e| e.to_string())?,
         )
     };

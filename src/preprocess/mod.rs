@@ -21,7 +21,7 @@ pub use decode::{
 };
 pub use image::RgbImage;
 pub use processor::{
-    FAST_MARGIN, ImageProcessor, ImageProcessorConfig, Preprocessing, ProcessorError, Size,
+    FAST_MARGIN, ImageProcessor, ImageProcessorConfig, Preprocessing, ProcessorError, Size, Source,
 };
 pub use resize::{Filter, ResizeError, center_crop, resize, resize_center_crop};
 pub use tokenizer::{TextTokenizer, TokenBatch, TokenizerError, Truncation};

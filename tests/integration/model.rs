@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use dualsight::model::{DualEncoder, TokenInput};
+use dualsight::preprocess::Source;
 
 use crate::util::*;
 
@@ -351,7 +352,10 @@ fn fast_preprocessing_stays_close_to_exact() {
     let mut worst = (1.0f32, String::new());
     for path in &files {
         let name = path.display().to_string();
-        let (want, got) = match (exact.preprocess_path(path), fast.preprocess_path(path)) {
+        let (want, got) = match (
+            exact.preprocess(Source::Path(path)),
+            fast.preprocess(Source::Path(path)),
+        ) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(a), Err(b)) => {
                 assert_eq!(b.to_string(), a.to_string());
@@ -361,7 +365,7 @@ fn fast_preprocessing_stays_close_to_exact() {
         };
         let scale = fast
             .image_processor()
-            .decode_path_fast(path, fast.limits())
+            .decode_reduced(Source::Path(path), fast.limits())
             .unwrap()
             .scale;
         if scale > 1 {
