@@ -122,30 +122,32 @@ impl Default for Settings {
 
 impl Default for WatchSettings {
     fn default() -> Self {
+        // The watcher's own defaults, not a second copy.
+        let w = crate::ingest::WatchConfig::default();
         Self {
-            roots: Vec::new(),
-            exclude: [".*", "@eaDir", ".thumbnails"].map(String::from).to_vec(),
-            extensions: ["jpg", "jpeg", "png", "webp", "gif", "tif", "tiff", "bmp"]
-                .map(String::from)
-                .to_vec(),
-            debounce_ms: 500,
-            stable_ms: 1000,
-            reconcile_interval_s: 3600,
-            root_poll_s: 5,
+            roots: w.roots,
+            exclude: w.exclude,
+            extensions: w.extensions,
+            debounce_ms: w.debounce.as_millis() as u64,
+            stable_ms: w.stable_for.as_millis() as u64,
+            reconcile_interval_s: w.reconcile_every.map_or(0, |d| d.as_secs()),
+            root_poll_s: w.poll_roots_every.as_secs(),
         }
     }
 }
 
 impl Default for IngestSettings {
     fn default() -> Self {
+        // The decoder's own limits, not a second copy.
+        let limits = crate::preprocess::DecodeLimits::default();
         Self {
             batch_size: 16,
             batch_timeout_ms: 200,
             decode_threads: 0,
             queue: 64,
             remove_grace_ms: 3000,
-            max_image_bytes: 64 << 20,
-            max_image_pixels: 100_000_000,
+            max_image_bytes: limits.max_bytes,
+            max_image_pixels: limits.max_pixels,
         }
     }
 }
@@ -165,12 +167,14 @@ impl Default for IndexSettings {
 
 impl Default for ServerSettings {
     fn default() -> Self {
+        // The gRPC surface's own bounds, not a second copy.
+        let c = crate::server::ServerConfig::default();
         Self {
-            default_limit: 10,
-            max_limit: 1000,
-            max_text_chars: 32_768,
-            max_message_bytes: 32 << 20,
-            max_labels: 256,
+            default_limit: c.default_limit as u32,
+            max_limit: c.max_limit as u32,
+            max_text_chars: c.max_text_chars,
+            max_message_bytes: c.max_message_bytes,
+            max_labels: c.max_labels,
         }
     }
 }

@@ -1,9 +1,10 @@
 //! Hugging Face `config.json` for dual encoders: `vision-text-dual-encoder`
 //! (nested `vision_config` / `text_config`, each with its own `model_type`) and
-//! plain `clip` checkpoints. Each tower config is a serde struct mirroring its
-//! transformers class, with that class's defaults, because transformers writes
-//! only the values that differ from them. The raw JSON is kept so that a save
-//! writes back every field we do not interpret.
+//! plain `clip` checkpoints, and the dispatch to each tower's config. Those
+//! live beside their towers (`vision/vit.rs`, `text/bert.rs`, ...), each a
+//! serde struct mirroring its transformers class with that class's defaults,
+//! because transformers writes only the values that differ from them. The raw
+//! JSON is kept so that a save writes back every field we do not interpret.
 
 use std::path::Path;
 
@@ -11,6 +12,11 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+pub use super::text::bert::BertConfig;
+pub use super::text::clip::ClipTextConfig;
+pub use super::vision::beit::BeitConfig;
+pub use super::vision::clip::ClipVisionConfig;
+pub use super::vision::vit::VitConfig;
 use super::{ModelError, Result};
 
 /// Which top-level architecture a checkpoint is.
@@ -49,34 +55,6 @@ pub enum TextConfig {
     Clip(ClipTextConfig),
 }
 
-fn d_true() -> bool {
-    true
-}
-fn d_gelu() -> String {
-    "gelu".into()
-}
-fn d_quick_gelu() -> String {
-    "quick_gelu".into()
-}
-fn d_tanh() -> String {
-    "tanh".into()
-}
-fn d_init_range() -> f64 {
-    0.02
-}
-fn d_eps12() -> f64 {
-    1e-12
-}
-fn d_eps5() -> f64 {
-    1e-5
-}
-fn d_3() -> usize {
-    3
-}
-fn d_absolute() -> String {
-    "absolute".into()
-}
-
 /// `image_size` / `patch_size` may be an int or a pair in HF configs.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(untagged)]
@@ -92,166 +70,6 @@ impl Size2 {
             Size2::Two([h, w]) => (h, w),
         }
     }
-}
-
-/// `ViTConfig` / `DeiTConfig` (identical fields and defaults).
-#[derive(Debug, Clone, Deserialize)]
-pub struct VitConfig {
-    #[serde(default = "d_768")]
-    pub hidden_size: usize,
-    #[serde(default = "d_12")]
-    pub num_hidden_layers: usize,
-    #[serde(default = "d_12")]
-    pub num_attention_heads: usize,
-    #[serde(default = "d_3072")]
-    pub intermediate_size: usize,
-    #[serde(default = "d_gelu")]
-    pub hidden_act: String,
-    #[serde(default = "d_init_range")]
-    pub initializer_range: f64,
-    #[serde(default = "d_eps12")]
-    pub layer_norm_eps: f64,
-    #[serde(default = "d_224")]
-    pub image_size: Size2,
-    #[serde(default = "d_16")]
-    pub patch_size: Size2,
-    #[serde(default = "d_3")]
-    pub num_channels: usize,
-    #[serde(default = "d_true")]
-    pub qkv_bias: bool,
-    #[serde(default)]
-    pub pooler_output_size: Option<usize>,
-    #[serde(default = "d_tanh")]
-    pub pooler_act: String,
-}
-
-/// `BeitConfig` (the fields that shape `BeitModel`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct BeitConfig {
-    #[serde(default = "d_768")]
-    pub hidden_size: usize,
-    #[serde(default = "d_12")]
-    pub num_hidden_layers: usize,
-    #[serde(default = "d_12")]
-    pub num_attention_heads: usize,
-    #[serde(default = "d_3072")]
-    pub intermediate_size: usize,
-    #[serde(default = "d_gelu")]
-    pub hidden_act: String,
-    #[serde(default = "d_init_range")]
-    pub initializer_range: f64,
-    #[serde(default = "d_eps12")]
-    pub layer_norm_eps: f64,
-    #[serde(default = "d_224")]
-    pub image_size: Size2,
-    #[serde(default = "d_16")]
-    pub patch_size: Size2,
-    #[serde(default = "d_3")]
-    pub num_channels: usize,
-    #[serde(default)]
-    pub use_mask_token: bool,
-    #[serde(default)]
-    pub use_absolute_position_embeddings: bool,
-    #[serde(default)]
-    pub use_relative_position_bias: bool,
-    #[serde(default)]
-    pub use_shared_relative_position_bias: bool,
-    #[serde(default = "d_layer_scale")]
-    pub layer_scale_init_value: f64,
-    #[serde(default = "d_true")]
-    pub use_mean_pooling: bool,
-}
-
-/// `CLIPVisionConfig`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ClipVisionConfig {
-    #[serde(default = "d_768")]
-    pub hidden_size: usize,
-    #[serde(default = "d_3072")]
-    pub intermediate_size: usize,
-    #[serde(default = "d_12")]
-    pub num_hidden_layers: usize,
-    #[serde(default = "d_12")]
-    pub num_attention_heads: usize,
-    #[serde(default = "d_3")]
-    pub num_channels: usize,
-    #[serde(default = "d_224")]
-    pub image_size: Size2,
-    #[serde(default = "d_32")]
-    pub patch_size: Size2,
-    #[serde(default = "d_quick_gelu")]
-    pub hidden_act: String,
-    #[serde(default = "d_eps5")]
-    pub layer_norm_eps: f64,
-    #[serde(default = "d_init_range")]
-    pub initializer_range: f64,
-}
-
-/// `BertConfig`; RoBERTa and XLM-R reuse it with their own defaults filled in first.
-#[derive(Debug, Clone, Deserialize)]
-pub struct BertConfig {
-    #[serde(default = "d_30522")]
-    pub vocab_size: usize,
-    #[serde(default = "d_768")]
-    pub hidden_size: usize,
-    #[serde(default = "d_12")]
-    pub num_hidden_layers: usize,
-    #[serde(default = "d_12")]
-    pub num_attention_heads: usize,
-    #[serde(default = "d_3072")]
-    pub intermediate_size: usize,
-    #[serde(default = "d_gelu")]
-    pub hidden_act: String,
-    #[serde(default = "d_512")]
-    pub max_position_embeddings: usize,
-    #[serde(default = "d_2")]
-    pub type_vocab_size: usize,
-    #[serde(default = "d_init_range")]
-    pub initializer_range: f64,
-    #[serde(default = "d_eps12")]
-    pub layer_norm_eps: f64,
-    #[serde(default)]
-    pub pad_token_id: Option<u32>,
-    #[serde(default = "d_absolute")]
-    pub position_embedding_type: String,
-}
-
-/// `CLIPTextConfig`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ClipTextConfig {
-    #[serde(default = "d_49408")]
-    pub vocab_size: usize,
-    #[serde(default = "d_512")]
-    pub hidden_size: usize,
-    #[serde(default = "d_2048")]
-    pub intermediate_size: usize,
-    #[serde(default = "d_12")]
-    pub num_hidden_layers: usize,
-    #[serde(default = "d_8")]
-    pub num_attention_heads: usize,
-    #[serde(default = "d_77")]
-    pub max_position_embeddings: usize,
-    #[serde(default = "d_quick_gelu")]
-    pub hidden_act: String,
-    #[serde(default = "d_eps5")]
-    pub layer_norm_eps: f64,
-    #[serde(default = "d_init_range")]
-    pub initializer_range: f64,
-    #[serde(default = "d_1opt")]
-    pub pad_token_id: Option<u32>,
-    #[serde(default = "d_49407")]
-    pub eos_token_id: u32,
-}
-
-macro_rules! default_fns {
-    ($($name:ident: $ty:ty = $v:expr;)*) => { $(fn $name() -> $ty { $v })* };
-}
-default_fns! {
-    d_2: usize = 2; d_8: usize = 8; d_12: usize = 12; d_77: usize = 77; d_512: usize = 512;
-    d_768: usize = 768; d_2048: usize = 2048; d_3072: usize = 3072; d_30522: usize = 30522;
-    d_49408: usize = 49408; d_49407: u32 = 49407; d_1opt: Option<u32> = Some(1);
-    d_224: Size2 = Size2::One(224); d_16: Size2 = Size2::One(16); d_32: Size2 = Size2::One(32);
-    d_layer_scale: f64 = 0.1;
 }
 
 impl VisionConfig {

@@ -5,11 +5,51 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use serde::Deserialize;
 
-use crate::model::config::BertConfig;
 use crate::model::layers::{
     Dense, FeedForward, SelfAttention, layer_norm, linear, padding_bias, param,
 };
+
+/// `BertConfig`, with the class defaults; RoBERTa and XLM-R reuse it with
+/// their own defaults filled in first.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: String,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+    pub initializer_range: f64,
+    pub layer_norm_eps: f64,
+    pub pad_token_id: Option<u32>,
+    pub position_embedding_type: String,
+}
+
+impl Default for BertConfig {
+    /// `BertConfig()`: BERT-base. `pad_token_id` is left unset, as the
+    /// positions of RoBERTa-style towers depend on whether it was given.
+    fn default() -> Self {
+        Self {
+            vocab_size: 30522,
+            hidden_size: 768,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            intermediate_size: 3072,
+            hidden_act: "gelu".into(),
+            max_position_embeddings: 512,
+            type_vocab_size: 2,
+            initializer_range: 0.02,
+            layer_norm_eps: 1e-12,
+            pad_token_id: None,
+            position_embedding_type: "absolute".into(),
+        }
+    }
+}
 
 /// How position ids are made from input ids.
 #[derive(Debug, Clone, Copy)]

@@ -7,10 +7,46 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use serde::Deserialize;
 
-use crate::model::config::ClipTextConfig;
 use crate::model::layers::{layer_norm, min_value, param};
 use crate::model::vision::clip::{ClipEncoder, ClipEncoderShape};
+
+/// `CLIPTextConfig`, with the class defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ClipTextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    pub hidden_act: String,
+    pub layer_norm_eps: f64,
+    pub initializer_range: f64,
+    pub pad_token_id: Option<u32>,
+    pub eos_token_id: u32,
+}
+
+impl Default for ClipTextConfig {
+    /// `CLIPTextConfig()`.
+    fn default() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+            initializer_range: 0.02,
+            pad_token_id: Some(1),
+            eos_token_id: 49407,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ClipText {

@@ -8,8 +8,56 @@ use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Init, LayerNorm, VarBuilder};
 
 use super::vit::PatchEmbedding;
-use crate::model::config::BeitConfig;
+use serde::Deserialize;
+
+use crate::model::config::Size2;
 use crate::model::layers::{FeedForward, SelfAttention, layer_norm, linear, param};
+
+/// `BeitConfig` (the fields that shape `BeitModel`), with the class defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct BeitConfig {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: String,
+    pub initializer_range: f64,
+    pub layer_norm_eps: f64,
+    pub image_size: Size2,
+    pub patch_size: Size2,
+    pub num_channels: usize,
+    pub use_mask_token: bool,
+    pub use_absolute_position_embeddings: bool,
+    pub use_relative_position_bias: bool,
+    pub use_shared_relative_position_bias: bool,
+    pub layer_scale_init_value: f64,
+    pub use_mean_pooling: bool,
+}
+
+impl Default for BeitConfig {
+    /// `BeitConfig()`.
+    fn default() -> Self {
+        Self {
+            hidden_size: 768,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            intermediate_size: 3072,
+            hidden_act: "gelu".into(),
+            initializer_range: 0.02,
+            layer_norm_eps: 1e-12,
+            image_size: Size2::One(224),
+            patch_size: Size2::One(16),
+            num_channels: 3,
+            use_mask_token: false,
+            use_absolute_position_embeddings: false,
+            use_relative_position_bias: false,
+            use_shared_relative_position_bias: false,
+            layer_scale_init_value: 0.1,
+            use_mean_pooling: true,
+        }
+    }
+}
 
 /// transformers' `generate_relative_position_index`: for every (query, key)
 /// pair of `[CLS] + patches`, the row of the bias table to use.

@@ -9,8 +9,44 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
 use super::vit::PatchEmbedding;
-use crate::model::config::ClipVisionConfig;
+use serde::Deserialize;
+
+use crate::model::config::Size2;
 use crate::model::layers::{Activation, Dense, SelfAttention, layer_norm, linear, param};
+
+/// `CLIPVisionConfig`, with the class defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ClipVisionConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_channels: usize,
+    pub image_size: Size2,
+    pub patch_size: Size2,
+    pub hidden_act: String,
+    pub layer_norm_eps: f64,
+    pub initializer_range: f64,
+}
+
+impl Default for ClipVisionConfig {
+    /// `CLIPVisionConfig()`: ViT-B/32 at 224 pixels.
+    fn default() -> Self {
+        Self {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            num_channels: 3,
+            image_size: Size2::One(224),
+            patch_size: Size2::One(32),
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+            initializer_range: 0.02,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 struct ClipLayer {

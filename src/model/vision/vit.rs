@@ -5,11 +5,54 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
+use serde::Deserialize;
 
-use crate::model::config::VitConfig;
+use crate::model::config::Size2;
 use crate::model::layers::{
     Activation, Dense, FeedForward, SelfAttention, layer_norm, linear, param,
 };
+
+/// `ViTConfig` / `DeiTConfig` (identical fields and defaults). Missing
+/// fields take the transformers class defaults, as transformers saves only
+/// what differs from them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct VitConfig {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: String,
+    pub initializer_range: f64,
+    pub layer_norm_eps: f64,
+    pub image_size: Size2,
+    pub patch_size: Size2,
+    pub num_channels: usize,
+    pub qkv_bias: bool,
+    pub pooler_output_size: Option<usize>,
+    pub pooler_act: String,
+}
+
+impl Default for VitConfig {
+    /// `ViTConfig()`: ViT-B/16 at 224 pixels.
+    fn default() -> Self {
+        Self {
+            hidden_size: 768,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            intermediate_size: 3072,
+            hidden_act: "gelu".into(),
+            initializer_range: 0.02,
+            layer_norm_eps: 1e-12,
+            image_size: Size2::One(224),
+            patch_size: Size2::One(16),
+            num_channels: 3,
+            qkv_bias: true,
+            pooler_output_size: None,
+            pooler_act: "tanh".into(),
+        }
+    }
+}
 
 /// Splits `[B, C, H, W]` into non-overlapping patches and projects them: the
 /// same arithmetic as the `Conv2d(kernel = stride = patch)` in transformers,
