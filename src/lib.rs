@@ -28,4 +28,5 @@ pub mod ingest;
 pub mod model;
 pub mod preprocess;
 pub mod server;
+pub mod shutdown;
 pub mod store;

@@ -135,7 +135,7 @@ pub async fn run(
         progress_rx,
     ));
     let (ready_tx, ready_rx) = watch::channel(false);
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = crate::shutdown::channel();
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(crate::server::serve(
         core.clone(),
@@ -144,16 +144,15 @@ pub async fn run(
         settings.unix_socket.clone(),
         ready_rx,
         async move {
-            let _ = server_stop.wait_for(|s| *s).await;
+            server_stop.recv().await;
         },
     ));
-    let shutdown_task = {
-        let stop_tx = stop_tx.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        })
-    };
+    let shutdown_task = tokio::spawn(async move {
+        shutdown.await;
+        stop_tx.fire();
+        // Held until the daemon ends, so the signal stays up.
+        std::future::pending::<()>().await;
+    });
 
     // Model and index: heavy, off the async threads. A shutdown during loading ends the daemon.
     let data_dir = settings.data_dir.clone();
@@ -168,7 +167,7 @@ pub async fn run(
     let mut stop_wait = stop_rx.clone();
     let (engine, previous) = tokio::select! {
         r = loading => r.map_err(|e| DaemonError::Task(e.to_string()))??,
-        _ = stop_wait.wait_for(|s| *s) => {
+        () = stop_wait.recv() => {
             tracing::info!("shutdown during start-up");
             let _ = server.await;
             return Ok(());
@@ -218,7 +217,7 @@ pub async fn run(
     ));
 
     let mut stop_wait = stop_rx.clone();
-    let _ = stop_wait.wait_for(|s| *s).await;
+    stop_wait.recv().await;
     tracing::info!("shutting down: stopping intake");
     notifier.stopping();
     watcher.join().await;
@@ -380,7 +379,7 @@ async fn report_progress(
     counters: Arc<Counters>,
     tx: watch::Sender<ProgressSnapshot>,
     notifier: Arc<Notifier>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: crate::shutdown::Shutdown,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let watchdog = Notifier::watchdog_interval();
@@ -395,7 +394,7 @@ async fn report_progress(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
+            () = stop.recv() => return,
         }
         finish_model_switch(&engine, &core, &data_dir);
         let committed = counters.committed.load(Ordering::Relaxed);

@@ -110,9 +110,9 @@ pub async fn serve<C: Core>(
         .build_v1alpha()
         .map_err(ServerError::Reflection)?;
 
-    let (stopping_tx, stopping_rx) = watch::channel(false);
+    let (stopping_tx, mut stopping) = crate::shutdown::channel();
     let dualsight = proto::dual_sight_server::DualSightServer::new(
-        DualSightService::with_stopping(core, cfg.clone(), stopping_rx.clone()),
+        DualSightService::with_stopping(core, cfg.clone(), stopping.clone()),
     )
     .max_decoding_message_size(cfg.max_message_bytes);
 
@@ -143,7 +143,7 @@ pub async fn serve<C: Core>(
         // Stop following `ready` first, so it cannot flip health back.
         follow.0.abort();
         let _ = (&mut follow.0).await;
-        let _ = stopping_tx.send(true);
+        stopping_tx.fire();
         for name in HEALTH_NAMES {
             health
                 .set_service_status(name, ServingStatus::NotServing)
@@ -165,11 +165,10 @@ pub async fn serve<C: Core>(
         .add_service(oversized::OversizedIsInvalid(dualsight))
         .serve_with_incoming_shutdown(incoming, signal);
 
-    let mut stopping = stopping_rx;
     tokio::select! {
         result = server => result.map_err(ServerError::Transport)?,
         () = async {
-            service::stopped(&mut stopping).await;
+            stopping.recv().await;
             tokio::time::sleep(cfg.shutdown_grace).await;
         } => {
             tracing::warn!(

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::sync::{Semaphore, SemaphorePermit, mpsc, watch};
+
+use crate::shutdown::Shutdown;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -108,22 +110,17 @@ pub struct DualSightService<C> {
     limiter: Semaphore,
     /// Turns true when the server is shutting down, so that progress streams
     /// end and the graceful drain is not held up by them.
-    stopping: watch::Receiver<bool>,
+    stopping: Shutdown,
 }
 
 impl<C: Core> DualSightService<C> {
     /// A service whose progress streams end only when their client goes away
     /// or the core drops its progress sender (for use outside [`super::serve`]).
     pub fn new(core: Arc<C>, cfg: ServerConfig) -> Self {
-        let (_never, stopping) = watch::channel(false);
-        Self::with_stopping(core, cfg, stopping)
+        Self::with_stopping(core, cfg, Shutdown::never())
     }
 
-    pub(crate) fn with_stopping(
-        core: Arc<C>,
-        cfg: ServerConfig,
-        stopping: watch::Receiver<bool>,
-    ) -> Self {
+    pub(crate) fn with_stopping(core: Arc<C>, cfg: ServerConfig, stopping: Shutdown) -> Self {
         let limiter = Semaphore::new(cfg.max_concurrent_requests);
         Self {
             core,
@@ -214,7 +211,7 @@ impl<C: Core> DualSight for DualSightService<C> {
 async fn forward_progress(
     mut progress: watch::Receiver<ProgressSnapshot>,
     tx: mpsc::Sender<std::result::Result<proto::Progress, Status>>,
-    mut stopping: watch::Receiver<bool>,
+    mut stopping: Shutdown,
     interval: Duration,
 ) {
     loop {
@@ -223,26 +220,18 @@ async fn forward_progress(
         let snapshot = progress_to_proto(progress.borrow_and_update().clone());
         tokio::select! {
             sent = tx.send(Ok(snapshot)) => if sent.is_err() { return },
-            () = stopped(&mut stopping) => return,
+            () = stopping.recv() => return,
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             () = tx.closed() => return,
-            () = stopped(&mut stopping) => return,
+            () = stopping.recv() => return,
         }
         tokio::select! {
             changed = progress.changed() => if changed.is_err() { return },
             () = tx.closed() => return,
-            () = stopped(&mut stopping) => return,
+            () = stopping.recv() => return,
         }
-    }
-}
-
-/// Resolves when `stopping` turns true; never, if its sender is gone without
-/// having said so (a service built with [`DualSightService::new`]).
-pub(super) async fn stopped(stopping: &mut watch::Receiver<bool>) {
-    if stopping.wait_for(|&stop| stop).await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
 

@@ -38,7 +38,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _, WatcherKind};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval_at, sleep_until};
 use tracing::{debug, info, warn};
@@ -49,6 +49,7 @@ mod scans;
 
 use super::scan::{self, FileItem, Filter, Identity, Probe};
 use super::{Change, IngestError, Result, WatchConfig};
+use crate::shutdown::Shutdown;
 use pending::{Appear, Pending};
 use roots::{RootSlot, RootState};
 use scans::{Job, Scan, ScanKind, ScanMsg};
@@ -102,7 +103,7 @@ impl Watcher {
     pub fn spawn(
         cfg: WatchConfig,
         tx: mpsc::Sender<Change>,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) -> Result<Watcher> {
         Self::spawn_with(cfg, tx, shutdown, Limits::default())
     }
@@ -110,7 +111,7 @@ impl Watcher {
     pub(crate) fn spawn_with(
         cfg: WatchConfig,
         tx: mpsc::Sender<Change>,
-        mut shutdown: watch::Receiver<bool>,
+        mut shutdown: Shutdown,
         limits: Limits,
     ) -> Result<Watcher> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| IngestError::NoRuntime)?;
@@ -120,7 +121,7 @@ impl Watcher {
                 () = engine.run(raw_rx, scan_rx, tx) => {}
                 // Dropping the engine wherever it waits (even on a stat of a hung mount) drops
                 // the notify watchers and cancels the scan threads.
-                () = stopped(&mut shutdown) => {}
+                () = shutdown.recv() => {}
             }
         });
         Ok(Watcher { task: Some(task) })
@@ -144,11 +145,6 @@ impl Drop for Watcher {
             task.abort();
         }
     }
-}
-
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    // A dropped sender can never say "stop" later: treat it as stop rather than run unowned.
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// A notify callback's message, tagged with the watcher it came from so that events of a

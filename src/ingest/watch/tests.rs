@@ -2,6 +2,7 @@
 
 use super::scans::ScanThread;
 use super::*;
+use crate::shutdown::Trigger;
 use std::fs::File;
 use std::io::Write as _;
 use tokio::time::timeout;
@@ -24,7 +25,7 @@ struct Feed {
     rx: mpsc::Receiver<Change>,
     /// Everything received so far, for assertions about what did *not* happen.
     log: Vec<Change>,
-    stop: watch::Sender<bool>,
+    stop: Trigger,
     watcher: Watcher,
 }
 
@@ -35,7 +36,7 @@ fn start(cfg: WatchConfig, limits: Limits) -> Feed {
         .with_test_writer()
         .try_init();
     let (tx, rx) = mpsc::channel(64);
-    let (stop, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = crate::shutdown::channel();
     let watcher = Watcher::spawn_with(cfg, tx, stop_rx, limits).unwrap();
     Feed {
         rx,
@@ -453,7 +454,7 @@ async fn shutdown_is_prompt_and_closes_the_feed() {
     let root = tmp.path().to_path_buf();
     let mut feed = start(config(&root), Limits::default());
     feed.scanned(&root).await;
-    feed.stop.send(true).unwrap();
+    feed.stop.fire();
     timeout(Duration::from_secs(2), feed.watcher.join())
         .await
         .expect("stops promptly");
@@ -468,7 +469,7 @@ async fn shutdown_is_prompt_and_closes_the_feed() {
 #[test]
 fn spawn_rejects_bad_config_and_no_runtime() {
     let (tx, _rx) = mpsc::channel(1);
-    let (_stop, stop_rx) = watch::channel(false);
+    let (_stop, stop_rx) = crate::shutdown::channel();
     let cfg = config(Path::new("/tmp/x"));
     let err = Watcher::spawn(cfg.clone(), tx.clone(), stop_rx.clone()).unwrap_err();
     assert!(matches!(err, IngestError::NoRuntime));
