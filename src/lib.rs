@@ -1,19 +1,30 @@
 //! dualsight: Hugging Face's VisionTextDualEncoder in Rust, and a daemon that
 //! indexes photo folders with it and answers text-to-image queries over gRPC.
 //!
-//! Module map (data flows top to bottom):
-//! - [`model`]: the dual encoder (HF configs, one file per tower, projections,
-//!   logit scale, contrastive loss, checkpoint load / compose / init / save).
-//! - [`preprocess`]: image decoding with limits and EXIF orientation, the image
-//!   processors driven by `preprocessor_config.json`, the tokenizer.
-//! - [`store`]: sled, the durable truth (files, vectors, hashes, failures).
-//! - [`index`]: the HNSW (hnsw_rs), a rebuildable cache over the store.
-//! - [`ingest`]: watcher, reconcile scan, decode pool, batcher, commit.
-//! - [`server`]: the tonic gRPC service: validate, convert, call core, map errors.
+//! Module map (data flows top to bottom; each layer uses only those above it):
+//! - [`model`]: the dual encoder (one file per tower with its HF config,
+//!   projections, logit scale, contrastive loss, checkpoint load / compose /
+//!   init / save); `model::cpu` and `model::lanes`: the CPU fast paths.
+//! - [`preprocess`]: image decoding with limits and EXIF orientation, the
+//!   image processors driven by `preprocessor_config.json`, the tokenizer.
 //! - [`encoder`]: a loaded checkpoint (model + processors) that turns files
 //!   and strings into vectors; [`device`]: where it runs.
-//! - [`cli`]: the subcommands; `main.rs` only dispatches; [`heap`]: handing
-//!   freed memory back to the OS.
+//! - [`store`]: sled, the durable truth (files, vectors, hashes, failures).
+//! - [`index`]: the HNSW (hnsw_rs), a rebuildable cache over the store.
+//! - [`engine`]: one model's store space and index, and the one search
+//!   routine (candidates, exact rescoring, filters, widening).
+//! - [`ingest`]: the change feed (walk, watch, reconcile) and the pipeline
+//!   (decode pool, batcher, vision tower, commit through the engine).
+//! - [`server`]: the tonic gRPC service over the [`server::Core`] port:
+//!   validate, convert, call the core, map errors.
+//! - [`daemon`]: `dualsight serve`: wiring, model switching, progress, and
+//!   the core over the engine.
+//! - [`config`]: layered settings; [`cli`]: the subcommands (`main.rs` only
+//!   dispatches).
+//! - Shared pieces: [`durable`] (crash-safe file writes), [`shutdown`] (the
+//!   stop signal), [`heap`] (handing freed memory back to the OS).
+//!
+//! The benchmark harness is the `dualsight-bench` crate in `bench/`.
 
 pub mod cli;
 pub mod config;

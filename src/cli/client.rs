@@ -116,7 +116,8 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// `classify`: zero-shot classification of one image against labels.
+/// `ask`: zero-shot classification of one image against labels by a running
+/// daemon (its `Classify` rpc); `classify` does the same with a local model.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClassifyArgs {
     /// Candidate labels, e.g. cat dog "a red car".

@@ -14,7 +14,7 @@ use crate::model::checkpoint::{
 };
 use crate::model::{DualEncoder, hub};
 use crate::preprocess::{Preprocessing, Source};
-use crate::server::core::{LabelScore, rank_labels};
+use crate::server::port::{LabelScore, rank_labels};
 
 /// Where and how the model runs (shared by every command that runs it).
 #[derive(Debug, Clone, Args)]

@@ -15,7 +15,7 @@ use super::text_cache::{self, TextCache};
 use crate::engine::Engine;
 use crate::ingest::pipeline::Counters;
 use crate::preprocess::Source;
-use crate::server::core::{
+use crate::server::port::{
     ClassifyQuery, Core, CoreError, FailureList, FailureRecord, Hit, ImageQuery, ImageRef,
     LabelScore, ProgressSnapshot, Result, RootStatus, StatusSnapshot, TextQuery, rank_hits,
     rank_labels,

@@ -8,8 +8,8 @@
 //! - [`core`]: the [`Core`] trait, its types, and the one error → status table.
 //! - `service`: the handlers (validate → convert → call core → convert back).
 
-pub mod core;
 mod oversized;
+pub mod port;
 mod service;
 
 use std::io;
@@ -28,8 +28,8 @@ use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-pub use self::core::{Core, CoreError};
 pub use self::service::{DualSightService, ServerConfig};
+pub use port::{Core, CoreError};
 
 /// Types and client/server stubs generated from the proto (package
 /// `dualsight.v1`), and the encoded descriptor set reflection serves.
@@ -345,7 +345,7 @@ mod tests {
     //! message limit, streaming, shutdown) over a stub core. Behaviour with
     //! the real daemon is covered by the integration tests.
 
-    use super::core::*;
+    use super::port::*;
     use super::*;
     use crate::cli::client;
     use proto::search_by_image_request::Query;

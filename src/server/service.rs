@@ -15,7 +15,7 @@ use crate::shutdown::Shutdown;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::core::{
+use super::port::{
     ClassifyQuery, Core, CoreError, FailureList, Hit, ImageQuery, ImageRef, LabelScore,
     ProgressSnapshot, Result, StatusSnapshot, TextQuery,
 };
@@ -498,7 +498,7 @@ pub(crate) fn failures_response(list: FailureList) -> proto::ListFailuresRespons
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::core::{FailureRecord, RootStatus};
+    use crate::server::port::{FailureRecord, RootStatus};
 
     fn cfg() -> ServerConfig {
         ServerConfig::default()

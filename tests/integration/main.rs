@@ -5,5 +5,5 @@
 mod cli;
 mod daemon;
 mod model;
-mod service;
+mod unit;
 mod util;
