@@ -2,8 +2,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// See Cargo.toml: the index's per-edge allocations are 32 bytes, which
-/// glibc pads by half again.
+/// mimalloc: the index allocates one 32-byte `Arc` per graph edge, which
+/// glibc's malloc would pad to 48 (see Cargo.toml).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

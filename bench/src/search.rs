@@ -448,7 +448,7 @@ mod tests {
     /// greedy descent sends some of them to a region where they find none
     /// of their true neighbours. The index's wide descent must find every
     /// query's region and keep recall, against hnsw_rs's own search on the
-    /// same graph (BENCHMARKS.md, "Search": the gap at 1M). The bench's data
+    /// same graph (BENCHMARKS.md history: the gap at 1M). The bench's data
     /// and queries, 512-d; 30k points, so the pool is not the whole graph
     /// and the descent really walks.
     #[test]

@@ -61,8 +61,8 @@ impl VectorIndex {
     /// atomically. `last_id`: every store id ≤ it is in the graph or was
     /// removed (normally [`VectorIndex::max_id`]).
     ///
-    /// Layout: `dir/gen-N/{hnsw.hnsw.graph, hnsw.hnsw.data, manifest.json}`
-    /// plus `dir/CURRENT` naming the live generation. A directory cannot be
+    /// Layout: `dir/gen-N/{hnsw.hnsw.graph, hnsw.hnsw.data, vectors.q8,
+    /// manifest.json}` plus `dir/CURRENT` naming the live generation. A directory cannot be
     /// renamed over a non-empty one, so the generation is built as
     /// `dir/.tmp-gen-N`, fsynced, renamed to `gen-N`, and then `CURRENT` is
     /// replaced (temp file, fsync, rename, fsync dir): a crash at any point

@@ -3,12 +3,12 @@
 //!
 //! hnsw_rs's `search` descends the upper layers greedily, one point per layer,
 //! from its single entry point, then widens to `ef` on layer 0 only. That is
-//! right for a query drawn like the data (image-to-image: recall@10 0.9996 at
-//! 1M in `dualsight-bench`), but a text query sits off the image cloud (the
-//! modality gap): every query is pulled the same way, the greedy descent ends
-//! in whichever region lies that way, and layer 0 (whose long links the
-//! insert's reverse updates prune first) seldom leads back out. At 1M the
-//! bench's text-like queries got recall@10 0.70 at ef 256 and 0.93 at ef 1024.
+//! right for a query drawn like the data (image-to-image), but a text query
+//! sits off the image cloud (the modality gap): every query is pulled the same
+//! way, the greedy descent ends in whichever region lies that way, and layer 0
+//! (whose long links the insert's reverse updates prune first) seldom leads
+//! back out, so recall at 1M falls well below 0.95 (BENCHMARKS.md history, the
+//! evening run of 2026-11-27).
 //!
 //! So the descent starts wide instead: every point of the top layers (at
 //! least [`POOL`] of them, a sample of the whole collection spread by the
@@ -36,18 +36,16 @@ use super::read;
 
 /// Top-layer points scored exactly to seed the descent (whole layers above
 /// layer 0, from the top down, until at least this many; fewer when the
-/// upper layers hold fewer, as below ~25k points at M = 24): ~0.1 ms of
-/// 8-bit dots at 512-d. With no upper layers at all (`max_layer` 1), a
-/// strided sample of layer 0 instead.
+/// upper layers hold fewer, as in small graphs): a fraction of a millisecond
+/// of 8-bit dots. With no upper layers at all (`max_layer` 1), a strided
+/// sample of layer 0 instead.
 pub const POOL: usize = 1024;
 /// Graphs up to this many points are scanned whole: exact, and as fast.
 pub const EXACT_MAX: usize = 4 * POOL;
 /// Beam width on the layers between the pool and layer 0, and the number of
-/// points that enter layer 0. `bench/examples/descent.rs` at 1M (bench mixture,
-/// text-like queries, ef 256, recall@10 of 100 candidates): hnsw_rs's own
-/// search 0.745 (56 of 300 queries found none of their neighbours); this
-/// with width 16: 0.880 (18), 64: 0.935 (5), 128: 0.951 (2), at 4.4, 5.6
-/// and 7.6 ms a search against hnsw_rs's 5.5.
+/// points that enter layer 0: the narrowest width that keeps text-like
+/// queries from losing their region at 1M (`bench/examples/descent.rs`;
+/// BENCHMARKS.md history, the evening run of 2026-11-27).
 pub const UPPER_EF: usize = 128;
 
 type Node = Arc<Point<'static, Q8>>;

@@ -18,17 +18,16 @@
 //! - hnsw_rs builds, holds and persists the graph; searches walk it with our
 //!   own descent ([`descent`]), which starts from the best of the top
 //!   layers' points rather than hnsw_rs's single entry point, so text
-//!   queries (off the image data) reach their region (recall@10 at 1M
-//!   0.95 against hnsw_rs's 0.75 at ef 256).
+//!   queries (off the image data) reach their region.
 //!
 //! Memory: vectors are stored as bytes with one scale ([`dist::Q8`], 516
 //! bytes at 512-d; hits are rescored from the store's f32 vectors by the
-//! caller). The rest is the graph, where hnsw_rs allocates one `Arc` per edge
-//! (48 bytes with glibc's chunk header, plus an 8-byte slot), layer 0 keeps
-//! up to 2·M = 48, and every point carries 16 layer `Vec`s (384 bytes)
-//! whatever its level; the descent adds one 8-byte handle per point and a
-//! copy of the top layers' vectors (~1–2k points). BENCHMARKS.md has the
-//! measured bytes per vector.
+//! caller). The rest is the graph, where hnsw_rs allocates one 32-byte `Arc`
+//! per edge (the binaries' mimalloc adds no header to it), layer 0 keeps up
+//! to 2·M edges, and every point carries one layer `Vec` per possible level
+//! whatever its own; the descent adds one handle per point and a copy of the
+//! top layers' vectors. BENCHMARKS.md ("Today's figures") has the measured
+//! bytes per vector.
 
 mod checkpoint;
 mod descent;

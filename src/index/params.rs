@@ -20,17 +20,11 @@ pub struct IndexParams {
 }
 
 impl Default for IndexParams {
-    /// Measured by `tests::parameter_sweep` (5k unit vectors, 200 queries,
-    /// recall@10 against exact search): with these defaults, 512-d
-    /// low-rank clusters (like real embeddings) 0.999, 512-d isotropic
-    /// clusters 0.976, uniform random 512-d (no structure at all: the worst
-    /// case) 0.93; random 64-d 0.99+. ef_search 64 gave only 0.91 on the
-    /// isotropic clusters (0.75 on uniform random). M=32 buys little except
-    /// on uniform random data (0.965) for more memory. ef_search 384: at 1M
-    /// vectors, `dualsight-bench`'s text-like queries got recall@10 0.9475,
-    /// 0.951 and 0.958 at ef 256 over three builds, 0.962 at 384 and
-    /// 0.965–0.966 at 512; 384 costs ~2.5 ms more a search there than 256.
-    /// At 100k, 256 already gave 0.992.
+    /// The smallest settings that keep recall@10 at or above 0.95 for
+    /// text-like queries at a million vectors, with a margin (BENCHMARKS.md,
+    /// "Today's figures"; `dualsight-bench --m .. --ef-construction ..
+    /// --ef-sweep ..` measures others). Larger M buys little recall for its
+    /// memory.
     fn default() -> Self {
         IndexParams {
             max_nb_connection: 24,

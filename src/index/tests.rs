@@ -57,72 +57,6 @@ fn clustered_set(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// Low intrinsic dimension, like real embeddings: a 24-d latent per
-/// cluster mapped into 512-d, plus a little isotropic noise.
-fn low_rank_set(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
-    let mut r = Rng(seed ^ 0xA5A5);
-    let latent = 24;
-    let basis: Vec<Vec<f32>> = (0..latent).map(|_| r.unit(dim)).collect();
-    let centres: Vec<Vec<f32>> = (0..50).map(|_| r.unit(dim)).collect();
-    let mut r = Rng(seed);
-    (0..n)
-        .map(|_| {
-            let c = &centres[(r.next() % centres.len() as u64) as usize];
-            let mut v: Vec<f32> = c
-                .iter()
-                .map(|x| x + 0.05 * r.gaussian() / (dim as f32).sqrt())
-                .collect();
-            for b in &basis {
-                let z = 0.5 * r.gaussian() / (latent as f32).sqrt();
-                for (x, y) in v.iter_mut().zip(b) {
-                    *x += z * y;
-                }
-            }
-            unit(v)
-        })
-        .collect()
-}
-
-/// Recall@10 and search time over a grid of parameters
-/// (`--ignored --nocapture`).
-#[test]
-#[ignore]
-fn parameter_sweep() {
-    type Make = fn(usize, usize, u64) -> Vec<Vec<f32>>;
-    let sets: [(&str, Make); 3] = [
-        ("clustered", clustered_set),
-        ("low-rank", low_rank_set),
-        ("random", random_set),
-    ];
-    for (name, make) in sets {
-        let data = make(5000, 512, 20);
-        let queries = make(200, 512, 21);
-        for m in [16, 24, 32] {
-            let t = std::time::Instant::now();
-            let idx = build(
-                &data,
-                IndexParams {
-                    max_nb_connection: m,
-                    ..IndexParams::default()
-                },
-            );
-            let build_s = t.elapsed().as_secs_f64();
-            for ef in [64, 100, 128, 200] {
-                idx.set_ef_search(ef).unwrap();
-                let t = std::time::Instant::now();
-                for q in &queries {
-                    idx.search(q, 10).unwrap();
-                }
-                let us = t.elapsed().as_micros() as f64 / queries.len() as f64;
-                let r = recall_at_10(&idx, &queries);
-                println!(
-                    "{name:9} M={m:2} ef_s={ef:3}: recall@10 {r:.3}, {us:.0} us/query (build {build_s:.1}s)"
-                );
-            }
-        }
-    }
-}
-
 fn build(data: &[Vec<f32>], params: IndexParams) -> VectorIndex {
     let idx = VectorIndex::new(data[0].len(), params, data.len()).unwrap();
     let items: Vec<(u64, &[f32])> = data
@@ -638,41 +572,4 @@ fn searches_run_while_inserting() {
         r.join().unwrap();
     }
     assert_eq!(idx.len(), 4000 - 30);
-}
-
-/// Resident memory per vector, 512-d, defaults (`--ignored --nocapture`,
-/// run alone: it reads the process's RSS).
-#[test]
-#[ignore]
-fn memory_per_vector() {
-    fn rss_kb() -> u64 {
-        let s = fs::read_to_string("/proc/self/status").unwrap();
-        s.lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .unwrap()
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-    let n = 20_000;
-    let mut r = Rng(18);
-    let before = rss_kb();
-    let idx = VectorIndex::new(512, IndexParams::default(), n).unwrap();
-    for start in (0..n).step_by(1000) {
-        let chunk: Vec<Vec<f32>> = (0..1000).map(|_| r.unit(512)).collect();
-        let items: Vec<(u64, &[f32])> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, v)| ((start + i) as u64 + 1, v.as_slice()))
-            .collect();
-        idx.insert_batch(&items).unwrap();
-    }
-    let after = rss_kb();
-    println!(
-        "{n} x 512-d: {} bytes per vector",
-        (after - before) * 1024 / n as u64
-    );
-    assert_eq!(idx.len(), n);
 }

@@ -53,11 +53,10 @@ pub struct DualOutput {
     pub loss: Option<Tensor>,
 }
 
-/// Images per vision forward pass on the CPU (within a lane, see `lanes`).
-/// Measured on ViT-B/16, 2 cores: a batch of 16 in two lanes ran a median
-/// 4.0 images/s in forwards of 4, against 3.7 in forwards of 8 (6 alternating
-/// pairs, 4 favouring 4). Before lanes, batch 8 gave 1.47 images/s and batch
-/// 32 whole 1.32.
+/// Images per vision forward pass on the CPU (within a lane, see `lanes`):
+/// small forwards keep each image's activations in cache, and forwards of 4
+/// beat forwards of 8 on ViT-B/16 (BENCHMARKS.md history, the night run of
+/// 2026-11-27).
 pub const CPU_VISION_CHUNK: usize = 4;
 
 pub struct DualEncoder {

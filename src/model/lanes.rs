@@ -5,13 +5,10 @@
 //! Why: a CPU forward on every thread synchronises all of them at each
 //! matrix product (a few hundred barriers per ViT-B/16 pass), shares one
 //! packed input between cores, and each core's caches hold slices of every
-//! image. Two batch-4 forwards side by side, one thread each, ran ViT-B/16 at
-//! 3.2–3.3 images/s on two cores where one batch-8 forward on both threads
-//! ran 2.8–2.9 (measured by hand-made one-thread pools in `bench/examples/towers.rs`
-//! before this module; `dualsight-bench --only vision` then gave 3.48
-//! against 2.91 at batch 8, alternating builds with and without lanes).
-//! A small batch still gets every thread: splitting it buys no cache and
-//! costs each image its second core.
+//! image; forwards side by side, one pool each, avoid all three (BENCHMARKS.md
+//! history, the night run of 2026-11-27, has the A/B figures). A small batch
+//! still gets every thread: splitting it buys no cache and costs each image
+//! its second core.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,10 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
-/// Fewest items a lane takes. ViT-B/16 on two cores: below it the split
-/// measured no gain (batches of 2 and 6 split in two ran within noise, ±5%,
-/// of the same batch on both threads: 2.9–3.5 images/s), while batch 8
-/// split 4 + 4 ran 3.5–3.9 against 2.9 whole.
+/// Fewest items a lane takes: below it, splitting measured no gain on
+/// ViT-B/16 (BENCHMARKS.md history).
 pub const MIN_ITEMS: usize = 4;
 
 /// How many lanes `items` items on `threads` threads go into: the largest

@@ -22,8 +22,8 @@ use super::port::{
 use super::proto;
 use super::proto::dual_sight_server::DualSight;
 
-/// Bounds and defaults of the gRPC surface (DESIGN.md invariant 6: bounded
-/// everything). The defaults are the documented ones in the proto.
+/// Bounds and defaults of the gRPC surface: every request's work is bounded
+/// (sizes, counts, concurrency, time). The defaults are the documented ones in the proto.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// Largest `limit` a request may ask for; larger is INVALID_ARGUMENT.

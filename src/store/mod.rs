@@ -38,10 +38,10 @@
 //! on update; issues #1484, #1374): a library's store can take several times
 //! its logical size, more after heavy churn. Per file the logical data is about
 //! 56 B record + 2×(32 B + path) links, plus per content one vector (4·dim +
-//! 32 B, ~2.1 KB at 512-d). [`Store::size_on_disk`] reports the real figure.
-//! Measured (`tests::space_amplification`, 5,000 fresh 512-d files, no churn):
-//! 5.1 KB on disk per file against ≈2.3 KB logical, 2.2×; expect more after
-//! heavy churn, until sled's segment cleaner catches up.
+//! 32 B, ~2.1 KB at 512-d). [`Store::size_on_disk`] reports the real figure,
+//! and `dualsight-bench`'s store fill measures it (BENCHMARKS.md, "4. Restart
+//! and memory"); expect more after heavy churn, until sled's segment cleaner
+//! catches up.
 
 mod codec;
 mod paths;
