@@ -1,7 +1,7 @@
 //! The fast preprocessing path against the exact one, on real files: for each
 //! file the JPEG scale the fast path chose, the mean pixel difference, and the
 //! cosine of the two embeddings; then the CPU time per image of each path on
-//! one thread. BENCHMARKS.md ("Decode and preprocess") was measured with it:
+//! one thread. benches/results/HISTORY.md ("Decode and preprocess") was measured with it:
 //!
 //! ```sh
 //! cargo run --release -p dualsight-bench --example fast_preprocess -- MODEL_DIR FILE...

@@ -156,9 +156,8 @@ pub async fn run(
     ));
     let shutdown_task = tokio::spawn(async move {
         shutdown.await;
+        // Dropping the trigger afterwards keeps it fired.
         stop_tx.fire();
-        // Held until the daemon ends, so the signal stays up.
-        std::future::pending::<()>().await;
     });
 
     // Model and index: heavy, off the async threads. A shutdown during loading ends the daemon.

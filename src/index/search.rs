@@ -23,9 +23,7 @@ impl VectorIndex {
     /// Tombstones are skipped on an over-fetched plain graph walk
     /// (`k / live fraction`), widened 4× while too few come back, and
     /// replaced by an exact scan once the walk would cost more than scanning
-    /// (about `ef·2M` distance evaluations against the graph size). hnsw_rs's
-    /// `search_filter` is not used: with a filter it never stops early
-    /// (BENCHMARKS.md, "3. Text queries").
+    /// (about `ef·2M` distance evaluations against the graph size).
     pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<(u64, f32)>> {
         let q = self.normalised(query)?;
         if k == 0 {

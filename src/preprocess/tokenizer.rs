@@ -178,14 +178,28 @@ impl TextTokenizer {
             }
             None => None,
         };
-        let side = |key: &str| {
-            config
-                .as_ref()
-                .and_then(|(_, v)| v.get(key))
-                .and_then(Value::as_str)
-                == Some("left")
+        // As transformers' fast tokenizers: a side the config does not name
+        // comes from tokenizer.json's own padding / truncation block.
+        let side = |key: &str, saved: Option<bool>| match config
+            .as_ref()
+            .and_then(|(_, v)| v.get(key))
+            .and_then(Value::as_str)
+        {
+            Some(s) => s == "left",
+            None => saved.unwrap_or(false),
         };
-        let (pad_left, truncate_left) = (side("padding_side"), side("truncation_side"));
+        let pad_left = side(
+            "padding_side",
+            tokenizer
+                .get_padding()
+                .map(|p| matches!(p.direction, PaddingDirection::Left)),
+        );
+        let truncate_left = side(
+            "truncation_side",
+            tokenizer
+                .get_truncation()
+                .map(|t| matches!(t.direction, TruncationDirection::Left)),
+        );
 
         // The tokenizer's own truncation subtracts the special tokens from
         // max_length in unsigned arithmetic: check first.
@@ -331,12 +345,17 @@ fn model_max_length(config: &Option<(PathBuf, Value)>) -> Result<Option<usize>> 
     let Some((path, value)) = config else {
         return Ok(None);
     };
+    // transformers: `pop("model_max_length", pop("max_len", None))`, so a
+    // `model_max_length` key, even `null`, hides `max_len`.
     let Some((key, v)) = ["model_max_length", "max_len"]
         .into_iter()
-        .find_map(|k| value.get(k).filter(|v| !v.is_null()).map(|v| (k, v)))
+        .find_map(|k| value.get(k).map(|v| (k, v)))
     else {
         return Ok(None);
     };
+    if v.is_null() {
+        return Ok(None);
+    }
     let bad = || TokenizerError::Setting {
         path: path.clone(),
         key,
@@ -536,6 +555,44 @@ mod tests {
         assert_eq!(&b.row(0)[23 - tail.len()..23], tail.get_ids());
     }
 
+    /// A side the config does not name comes from tokenizer.json's own
+    /// truncation and padding blocks, as transformers' fast tokenizers do.
+    #[test]
+    fn sides_fall_back_to_the_tokenizer_json_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_bert(dir.path());
+        let path = dir.path().join("tokenizer.json");
+        let mut json: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        json["truncation"] = serde_json::json!({
+            "direction": "Left", "max_length": 512, "strategy": "LongestFirst", "stride": 0
+        });
+        json["padding"] = serde_json::json!({
+            "strategy": "BatchLongest", "direction": "Left", "pad_to_multiple_of": null,
+            "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"
+        });
+        std::fs::write(&path, json.to_string()).unwrap();
+        let tok = with_config(dir.path(), r#"{"model_max_length": 8}"#).unwrap();
+        let text = format!("{} rocket", "a cat ".repeat(20));
+        let b = tok.encode_batch(&[&text, "a"]).unwrap();
+        let tail = tok.inner().encode("rocket", false).unwrap();
+        assert_eq!(
+            &b.row(0)[7 - tail.len()..7],
+            tail.get_ids(),
+            "cut on the left"
+        );
+        assert_eq!(b.row(1)[0], 0, "padded on the left");
+        // The config, where it names a side, wins.
+        let tok = with_config(
+            dir.path(),
+            r#"{"model_max_length": 8, "truncation_side": "right", "padding_side": "right"}"#,
+        )
+        .unwrap();
+        let b = tok.encode_batch(&[&text, "a"]).unwrap();
+        assert_eq!(b.row(0)[1], tok.inner().token_to_id("a").unwrap());
+        assert_eq!(b.row(1)[7], 0);
+    }
+
     #[test]
     fn without_model_max_length_a_long_text_is_cut_at_the_positions() {
         let dir = tempfile::tempdir().unwrap();
@@ -574,9 +631,11 @@ mod tests {
         // Equal to the table is transformers' own cut, not a cap.
         let tok = with_config(dir.path(), r#"{"model_max_length": 64}"#).unwrap();
         assert_eq!(tok.truncation(), Truncation::ModelMaxLength);
-        // The legacy key is read too.
+        // The legacy key is read too, unless model_max_length is there, even null.
         let tok = with_config(dir.path(), r#"{"max_len": 10}"#).unwrap();
         assert_eq!(tok.max_length(), 10);
+        let tok = with_config(dir.path(), r#"{"model_max_length": null, "max_len": 10}"#).unwrap();
+        assert_eq!(tok.truncation(), Truncation::PositionTable);
     }
 
     #[test]

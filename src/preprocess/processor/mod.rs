@@ -86,7 +86,8 @@ pub enum Preprocessing {
 /// source pixel per output pixel. At 1.0, a 451×300 photo for a 32-pixel
 /// model differed by 4.4 grey levels on average (the 8×8 block means then
 /// dominate the filter); at 1.5, by 0.7. A 12 MP photo for a 224-pixel model
-/// is still decoded at 1/8 (375 rows ≥ 336). Measured in BENCHMARKS.md.
+/// is still decoded at 1/8 (375 rows ≥ 336). Measured in
+/// `benches/results/HISTORY.md`, "Decode and preprocess".
 pub const FAST_MARGIN: f64 = 1.5;
 
 /// Where an image to preprocess comes from.
