@@ -769,8 +769,9 @@ async fn a_two_thousand_word_query_is_answered_without_model_max_length() {
     for p in PHOTOS {
         copy_photo(p, &d.photos);
     }
+    // Pending reaches 0 only once the batch is in the HNSW too.
     wait_for(&d, &mut c, "all photos indexed", |s| {
-        s.indexed_files == PHOTOS.len() as u64
+        s.indexed_files == PHOTOS.len() as u64 && s.pending_files == 0
     })
     .await;
     let long = "a photo of a cat on a table ".repeat(286); // 2,002 words
