@@ -179,6 +179,14 @@ fn csv_rows(path: &Path, text: &str, columns: &Columns, base: &Path) -> Result<V
             cell(caption_col, &columns.caption)?,
         ));
     }
+    // CSV cells are all text, so a numeric column (a class id, a score) named
+    // as the caption would pass silently: refuse a column of numbers only.
+    if !pairs.is_empty() && pairs.iter().all(|p| p.caption.parse::<f64>().is_ok()) {
+        return Err(header_err(format!(
+            "`{}` holds only numbers, expected caption text (is it the caption column?)",
+            columns.caption
+        )));
+    }
     Ok(pairs)
 }
 
@@ -328,6 +336,11 @@ mod tests {
                 "e.csv",
                 "image,caption\na.jpg,\n",
                 "e.csv:2: `caption` is empty",
+            ),
+            (
+                "n.csv",
+                "image,caption\na.jpg,3\nb.jpg,4.5\n",
+                "n.csv:1: `caption` holds only numbers",
             ),
             ("f.jsonl", "", "f.jsonl: no image-caption pairs"),
             ("g.csv", "image,caption\n", "g.csv: no image-caption pairs"),
