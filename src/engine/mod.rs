@@ -120,12 +120,14 @@ impl Engine {
         prefix: Option<&Path>,
         min_score: Option<f32>,
     ) -> Result<Vec<(PathBuf, f32)>> {
-        let under = |p: &PathBuf| prefix.is_none_or(|pre| path_has_prefix(p, pre));
+        let under = prefix.map(|pre| move |p: &PathBuf| path_has_prefix(p, pre));
         let query = search::Query {
             vector: q,
             limit,
             min_score,
-            accept: prefix.map(|_| &under as &(dyn Fn(&PathBuf) -> bool + Sync)),
+            accept: under
+                .as_ref()
+                .map(|f| f as &(dyn Fn(&PathBuf) -> bool + Sync)),
         };
         Ok(search::search(self.index.as_ref(), &self.space, &query)?)
     }

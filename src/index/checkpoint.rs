@@ -147,7 +147,8 @@ impl VectorIndex {
             dump,
         };
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-        durable::write_synced(&tmp.join(MANIFEST), &json).map_err(io_err(&tmp.join(MANIFEST)))?;
+        let manifest_path = tmp.join(MANIFEST);
+        durable::write_synced(&manifest_path, &json).map_err(io_err(&manifest_path))?;
         durable::sync_dir(&tmp).map_err(io_err(&tmp))?;
         let gen_dir = dir.join(&gen_name);
         fs::rename(&tmp, &gen_dir).map_err(io_err(&gen_dir))?;

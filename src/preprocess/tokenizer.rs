@@ -46,7 +46,7 @@ pub enum TokenizerError {
         got: String,
     },
     #[error(
-        "{dir}: max_length {max_length} leaves no room for text, the tokenizer adds {special} special tokens"
+        "{dir}: max_length {max_length} leaves no room for text, the tokenizer adds {special} special tokens: set model_max_length in tokenizer_config.json above {special}"
     )]
     MaxLength {
         dir: PathBuf,
@@ -713,6 +713,11 @@ mod tests {
         let err = TextTokenizer::from_model_dir(dir.path(), 1).unwrap_err();
         assert!(
             err.to_string().contains("max_length 1 leaves no room"),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("set model_max_length in tokenizer_config.json above 2"),
             "{err}"
         );
         assert!(TextTokenizer::from_model_dir(dir.path(), 2).is_ok());

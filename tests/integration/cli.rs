@@ -52,6 +52,14 @@ fn matrix(v: &serde_json::Value) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// Largest absolute difference between two rows.
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
 #[test]
 fn embed_from_files_matches_the_transformers_pipeline() {
     for name in MODELS {
@@ -65,11 +73,7 @@ fn embed_from_files_matches_the_transformers_pipeline() {
         let text = matrix(&out["text_embeds"]);
         let want_text = rows(&r.get("text_embeds"));
         for (got, want) in text.iter().zip(&want_text) {
-            let d = got
-                .iter()
-                .zip(want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
+            let d = max_abs(got, want);
             assert!(d < 1e-4, "{name}: text embedding differs by {d}");
         }
         // Whole pipeline from files: cosine ≥ 0.999 for every photo and format.
@@ -109,11 +113,7 @@ fn long_captions_are_cut_at_the_tokenizers_model_max_length() {
         let want = rows(&r.get("text_embeds"));
         assert_eq!(got.len(), want.len(), "{name}");
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            let d = g
-                .iter()
-                .zip(w)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
+            let d = max_abs(g, w);
             assert!(d < 1e-4, "{name} text {i}: embedding differs by {d}");
         }
     }
