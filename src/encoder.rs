@@ -56,7 +56,12 @@ pub struct Encoder {
 impl Encoder {
     /// Loads `dir` (config.json, weights, processor files).
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let model = DualEncoder::load(dir, device, dtype)?;
+        Self::with_model(dir, DualEncoder::load(dir, device, dtype)?)
+    }
+
+    /// An encoder over `model` (already built, e.g. for training) with the
+    /// processor files of `dir`.
+    pub fn with_model(dir: &Path, model: DualEncoder) -> Result<Self> {
         let images = ImageProcessor::from_model_dir(dir)?;
         let (_, want_h, want_w) = model.image_shape();
         let (got_h, got_w) = images.output_size();

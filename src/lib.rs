@@ -19,7 +19,7 @@
 //!   validate, convert, call the core, map errors.
 //! - [`daemon`]: `dualsight serve`: wiring, model switching, progress, and
 //!   the core over the engine.
-//! - [`train`]: contrastive fine-tuning, being built (so far its data).
+//! - [`train`]: contrastive fine-tuning (`dualsight train`).
 //! - [`config`]: layered settings; [`cli`]: the subcommands (`main.rs` only
 //!   dispatches).
 //! - Shared pieces: [`durable`] (crash-safe file writes), [`shutdown`] (the

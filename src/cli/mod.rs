@@ -4,6 +4,7 @@
 pub mod client;
 pub mod model_cmds;
 pub mod serve;
+pub mod train;
 
 use std::process::ExitCode;
 
@@ -31,6 +32,8 @@ pub enum Command {
     Compose(model_cmds::ComposeArgs),
     /// Build a dual encoder with random weights from two tower configs.
     Init(model_cmds::InitArgs),
+    /// Fine-tune a dual encoder on image-caption pairs (contrastive loss, as run_clip.py).
+    Train(train::TrainArgs),
     /// Run the daemon: watch folders, index photos, answer queries over gRPC.
     Serve(serve::ServeArgs),
     /// Search a running daemon by text (or by image with --image / --indexed-path).
@@ -50,6 +53,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Classify(a) => model_cmds::classify(a)?,
         Command::Compose(a) => model_cmds::compose(a)?,
         Command::Init(a) => model_cmds::init(a)?,
+        Command::Train(a) => train::run(a)?,
         Command::Serve(a) => serve::serve(a)?,
         Command::Search(a) => client_runtime()?.block_on(client::search(a))?,
         Command::Status(a) => client_runtime()?.block_on(client::status(a))?,
@@ -64,6 +68,7 @@ impl Command {
     pub fn default_log_filter(&self) -> &'static str {
         match self {
             Command::Serve(_) => "info,hnsw_rs=warn,sled=warn",
+            Command::Train(_) => "warn",
             _ => "warn",
         }
     }

@@ -7,13 +7,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use serde_json::Value;
 
 use super::config::{DualEncoderConfig, read_json};
 use super::dual::DualEncoder;
 use super::weights::{
-    FreshPolicy, WeightSource, canonical_key, read_dir_tensors, write_safetensors,
+    FreshPolicy, Trainable, Vars, WeightSource, canonical_key, read_dir_tensors, write_safetensors,
 };
 use super::{ModelError, Result};
 
@@ -43,14 +43,43 @@ impl DualEncoder {
     /// Every weight must be present, except `logit_scale`, which falls back to
     /// the config's `logit_scale_init_value` as transformers does.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_with(dir, device, dtype, None)
+    }
+
+    /// [`Self::load`] for training: every tensor not under a `frozen` prefix
+    /// (`vision_model`, `text_model`) becomes a gradient leaf, returned with
+    /// its checkpoint name. f32 on `device`.
+    pub fn load_trainable(
+        dir: &Path,
+        device: &Device,
+        frozen: &[&str],
+    ) -> Result<(Self, Vec<(String, Var)>)> {
+        let trainable = Trainable {
+            frozen: frozen.iter().map(|s| s.to_string()).collect(),
+            vars: Vars::default(),
+        };
+        let model = Self::load_with(dir, device, DType::F32, Some(trainable.clone()))?;
+        let vars = std::mem::take(&mut *trainable.vars.lock().expect("weights lock"));
+        Ok((model, vars))
+    }
+
+    fn load_with(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        trainable: Option<Trainable>,
+    ) -> Result<Self> {
         let config = DualEncoderConfig::from_file(&dir.join("config.json"))?;
         let (raw, origin) = read_dir_tensors(dir)?;
         let tensors = canonical(raw);
-        let source = WeightSource::new(
+        let mut source = WeightSource::new(
             tensors.clone(),
             FreshPolicy::Only(vec!["logit_scale".into()]),
             origin,
         );
+        if let Some(trainable) = trainable {
+            source = source.with_trainable(trainable);
+        }
         let used = source.recorded();
         let model = Self::build(config, source, device, dtype)?;
         let unused = WeightSource::unused(&tensors, &used);

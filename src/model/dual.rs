@@ -10,7 +10,7 @@ use candle_nn::{Init, VarBuilder};
 
 use super::config::DualEncoderConfig;
 use super::lanes;
-use super::layers::{Dense, l2_normalize, linear};
+use super::layers::{Dense, TrainingMode, l2_normalize, linear};
 use super::text::TextTower;
 use super::vision::VisionTower;
 use super::weights::{Recorded, WeightSource};
@@ -67,6 +67,8 @@ pub struct DualEncoder {
     text_projection: Dense,
     /// `logit_scale` as stored (a log); `exp` of it multiplies cosine similarities.
     logit_scale: f32,
+    /// The same as a tensor: a gradient leaf in a model built for training.
+    logit_scale_param: Tensor,
     /// Every tensor the model was built from, under its checkpoint name: what `save` writes.
     weights: Recorded,
     device: Device,
@@ -118,7 +120,7 @@ impl DualEncoder {
             Init::Const(config.logit_scale_init_value),
             DType::F32,
         )?;
-        let logit_scale = scale.to_scalar::<f32>()?;
+        let logit_scale = scale.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         if !logit_scale.is_finite() {
             return Err(ModelError::Invalid(format!(
                 "logit_scale is {logit_scale}, expected a finite number"
@@ -131,6 +133,7 @@ impl DualEncoder {
             visual_projection,
             text_projection,
             logit_scale,
+            logit_scale_param: scale,
             weights,
             device: device.clone(),
             dtype,
@@ -271,6 +274,61 @@ impl DualEncoder {
             logits_per_image,
             loss,
         })
+    }
+}
+
+/// What the vision side of a training step starts from.
+#[derive(Debug, Clone, Copy)]
+pub enum ImageInput<'a> {
+    /// `[B, C, H, W]` pixels, through the vision tower.
+    Pixels(&'a Tensor),
+    /// `[B, hidden]` pooled outputs of a frozen vision tower, computed once
+    /// (LiT): only the projection sees them.
+    Pooled(&'a Tensor),
+}
+
+impl DualEncoder {
+    /// The training forward: `VisionTextDualEncoderModel(..., return_loss=True).loss`
+    /// through recorded ops only, so that `loss.backward()` reaches every
+    /// trainable `Var`, `logit_scale` included. Runs in [`TrainingMode`]
+    /// (dropout as the config says) on the calling thread.
+    pub fn contrastive_loss(&self, input: &TokenInput, images: ImageInput<'_>) -> Result<Tensor> {
+        let _mode = TrainingMode::enter();
+        let text = self
+            .text
+            .pooled(&input.ids, &input.mask, input.type_ids.as_ref())?;
+        let text = l2_normalize(&self.text_projection.forward(&text)?.to_dtype(DType::F32)?)?;
+        let pooled = match images {
+            ImageInput::Pixels(px) => self
+                .vision
+                .pooled(&px.to_device(&self.device)?.to_dtype(self.dtype)?)?,
+            ImageInput::Pooled(p) => p.to_device(&self.device)?.to_dtype(self.dtype)?,
+        };
+        let image = l2_normalize(
+            &self
+                .visual_projection
+                .forward(&pooled)?
+                .to_dtype(DType::F32)?,
+        )?;
+        let scale = self.logit_scale_param.to_dtype(DType::F32)?.exp()?;
+        let logits = text.matmul(&image.t()?)?.broadcast_mul(&scale)?;
+        clip_loss(&logits)
+    }
+
+    /// A copy of this model with plain tensors (no gradient leaves), on the
+    /// inference fast paths: what evaluation during training runs.
+    pub fn snapshot(&self) -> Result<Self> {
+        let tensors = self
+            .weights()
+            .into_iter()
+            .map(|(name, t)| Ok((name, t.detach().copy()?)))
+            .collect::<Result<std::collections::HashMap<_, _>>>()?;
+        let source = WeightSource::new(
+            tensors,
+            super::weights::FreshPolicy::Only(Vec::new()),
+            "(training snapshot)".into(),
+        );
+        Self::build(self.config.clone(), source, &self.device, self.dtype)
     }
 }
 

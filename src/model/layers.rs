@@ -4,10 +4,63 @@
 //! self-attention with an additive bias (padding mask, causal mask or BEiT's
 //! relative position bias).
 
+use std::cell::Cell;
+
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::{Init, LayerNorm, Linear, VarBuilder};
 
 use super::cpu;
+
+thread_local! {
+    /// Whether forwards on this thread are training forwards (dropout on).
+    static TRAINING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// transformers' `model.train()` for the forwards this thread runs while the
+/// guard lives: dropout applies, and every layer takes candle's recorded
+/// ops. Scoped to a thread so that a daemon serving on other threads is
+/// never affected; `DualEncoder` keeps a training forward on one thread.
+#[derive(Debug)]
+pub struct TrainingMode {
+    previous: bool,
+}
+
+impl TrainingMode {
+    pub fn enter() -> Self {
+        Self {
+            previous: TRAINING.replace(true),
+        }
+    }
+}
+
+impl Drop for TrainingMode {
+    fn drop(&mut self) {
+        TRAINING.set(self.previous);
+    }
+}
+
+/// True inside a [`TrainingMode`] on this thread.
+pub fn training() -> bool {
+    TRAINING.get()
+}
+
+/// `nn.Dropout(p)`: identity outside training mode.
+pub fn dropout(xs: &Tensor, p: f32) -> Result<Tensor> {
+    if p > 0.0 && training() {
+        candle_nn::ops::dropout(xs, p)
+    } else {
+        Ok(xs.clone())
+    }
+}
+
+/// True when a tensor can take a CPU f32 fast path: on the CPU, f32, and
+/// outside any gradient graph. The fast paths build their outputs with
+/// `Tensor::from_vec`, which records no backward op, so a tensor that is a
+/// trainable `Var` (or computed from one) must take candle's ops, or its
+/// gradient would silently vanish.
+pub fn plain_f32(t: &Tensor) -> bool {
+    cpu::is_cpu_f32(t) && !t.track_op()
+}
 
 /// The activations the supported towers use, spelled as `hidden_act` in HF.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,13 +131,28 @@ impl Module for Activation {
 #[derive(Debug, Clone)]
 pub struct Dense {
     linear: Linear,
+    /// Dropout on the output in training mode (`hidden_dropout_prob` on the
+    /// layers that have it in transformers, 0 elsewhere).
+    dropout: f32,
 }
 
 impl Dense {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self {
             linear: Linear::new(weight, bias),
+            dropout: 0.0,
         }
+    }
+
+    /// The same layer with dropout `p` on its output while training.
+    pub fn with_dropout(mut self, p: f32) -> Self {
+        self.dropout = p;
+        self
+    }
+
+    /// candle's path: `dropout(x wᵀ + b)`.
+    fn forward_slow(&self, xs: &Tensor) -> Result<Tensor> {
+        dropout(&self.linear.forward(xs)?, self.dropout)
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -97,9 +165,10 @@ impl Dense {
 
     /// True when this layer and `xs` can take the CPU f32 path.
     fn fast(&self, xs: &Tensor) -> bool {
-        cpu::is_cpu_f32(xs)
-            && cpu::is_cpu_f32(self.weight())
-            && self.linear.bias().is_none_or(cpu::is_cpu_f32)
+        !training()
+            && plain_f32(xs)
+            && plain_f32(self.weight())
+            && self.linear.bias().is_none_or(plain_f32)
     }
 
     /// This layer's bias as a plain row (fast path only).
@@ -161,15 +230,15 @@ impl Dense {
         if self.fast(xs) {
             return self.forward_fast(xs, Some(act), None);
         }
-        act.forward(&self.linear.forward(xs)?)
+        act.forward(&self.forward_slow(xs)?)
     }
 
     /// `self(xs) + residual`.
     pub fn forward_residual(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        if self.fast(xs) && cpu::is_cpu_f32(residual) {
+        if self.fast(xs) && plain_f32(residual) {
             return self.forward_fast(xs, None, Some(residual));
         }
-        self.linear.forward(xs)? + residual
+        self.forward_slow(xs)? + residual
     }
 }
 
@@ -178,7 +247,7 @@ impl Module for Dense {
         if self.fast(xs) {
             return self.forward_fast(xs, None, None);
         }
-        self.linear.forward(xs)
+        self.forward_slow(xs)
     }
 }
 
@@ -207,10 +276,43 @@ pub fn linear(
 }
 
 /// `nn.LayerNorm(size, eps)` under `vb` (weight 1, bias 0 when fresh).
-pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
+pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<Norm> {
     let w = vb.get_with_hints(size, "weight", Init::Const(1.))?;
     let b = vb.get_with_hints(size, "bias", Init::Const(0.))?;
-    Ok(LayerNorm::new(w, b, eps))
+    Ok(Norm {
+        fused: LayerNorm::new(w.clone(), b.clone(), eps),
+        weight: w,
+        bias: b,
+        eps,
+    })
+}
+
+/// `nn.LayerNorm`: candle's fused kernel for inference, and the same
+/// arithmetic in recorded ops when a gradient must flow (the fused op has
+/// no backward pass, so through it the weights would silently not move).
+#[derive(Debug, Clone)]
+pub struct Norm {
+    fused: LayerNorm,
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl Module for Norm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if !(xs.track_op() || self.weight.track_op() || self.bias.track_op()) {
+            return self.fused.forward(xs);
+        }
+        let dtype = xs.dtype();
+        let x = xs.to_dtype(DType::F32)?;
+        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed
+            .to_dtype(dtype)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
+    }
 }
 
 /// A parameter tensor of any shape, N(0, std) when fresh.
@@ -238,6 +340,8 @@ pub struct SelfAttention {
     pub v: Dense,
     pub o: Dense,
     pub heads: usize,
+    /// Dropout on the attention probabilities while training.
+    pub dropout: f32,
 }
 
 impl SelfAttention {
@@ -288,7 +392,7 @@ impl SelfAttention {
     /// first `keep` tokens, `[B, L, H]` → `[B, keep, H]`.
     pub fn pre_norm_first(
         &self,
-        norm: &LayerNorm,
+        norm: &Norm,
         xs: &Tensor,
         keep: usize,
         bias: Option<&Tensor>,
@@ -300,8 +404,8 @@ impl SelfAttention {
     /// buffer, then one attention task per (item, head). `None` when any input
     /// is elsewhere (device, dtype), for candle's path to handle.
     fn context_fast(&self, xs: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
-        let fast = [&self.q, &self.k, &self.v].iter().all(|d| d.fast(xs))
-            && bias.is_none_or(cpu::is_cpu_f32);
+        let fast =
+            [&self.q, &self.k, &self.v].iter().all(|d| d.fast(xs)) && bias.is_none_or(plain_f32);
         if !fast {
             return Ok(None);
         }
@@ -353,10 +457,16 @@ impl SelfAttention {
         if let Some(bias) = bias {
             scores = scores.broadcast_add(bias)?;
         }
-        // Softmax in f32 whatever the model dtype, as transformers does (`dtype=torch.float32`).
+        // Softmax in f32 whatever the model dtype, as transformers does
+        // (`dtype=torch.float32`); the fused kernel has no backward pass.
         let dtype = scores.dtype();
-        let probs =
-            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
+        let scores = scores.to_dtype(DType::F32)?;
+        let probs = if scores.track_op() {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        let probs = dropout(&probs.to_dtype(dtype)?, self.dropout)?;
         probs.matmul(&v)?.transpose(1, 2)?.reshape((b, keep, h))
     }
 }
@@ -380,6 +490,22 @@ pub fn min_value(dtype: DType) -> f64 {
         DType::F64 => f64::MIN,
         _ => f32::MIN as f64,
     }
+}
+
+/// Stochastic depth (timm's `drop_path`, BEiT's `drop_path_rate`): while
+/// training, each item of the batch keeps `xs` with probability `1 - p`
+/// (scaled by `1 / (1 - p)`) or drops the whole branch.
+pub fn drop_path(xs: &Tensor, p: f32) -> Result<Tensor> {
+    if p <= 0.0 || !training() {
+        return Ok(xs.clone());
+    }
+    let keep = 1.0 - f64::from(p);
+    let mut shape = vec![1; xs.rank()];
+    shape[0] = xs.dim(0)?;
+    let mask = Tensor::rand(0f32, 1f32, shape, xs.device())?
+        .lt(keep)?
+        .to_dtype(xs.dtype())?;
+    xs.broadcast_mul(&(mask / keep)?)
 }
 
 /// L2 normalisation over the last dimension (transformers: `x / x.norm(dim=-1, keepdim=True)`).
@@ -409,6 +535,13 @@ impl FeedForward {
 }
 
 impl FeedForward {
+    /// The same block with dropout `p` on its output while training
+    /// (`hidden_dropout_prob`).
+    pub fn with_dropout(mut self, p: f32) -> Self {
+        self.output = self.output.with_dropout(p);
+        self
+    }
+
     /// `self(xs) + residual`.
     pub fn forward_residual(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
         self.output
@@ -447,6 +580,7 @@ mod tests {
             v: dense(h, h, &dev)?,
             o: dense(h, h, &dev)?,
             heads: 4,
+            dropout: 0.0,
         };
         let xs = Tensor::randn(0f32, 1., (b, l, h), &dev)?;
         let residual = Tensor::randn(0f32, 1., (b, l, h), &dev)?;

@@ -19,7 +19,7 @@ pub mod weights;
 use std::path::PathBuf;
 
 pub use config::{CheckpointKind, DualEncoderConfig, TextConfig, VisionConfig};
-pub use dual::{DualEncoder, DualOutput, TokenInput, clip_loss, softmax};
+pub use dual::{DualEncoder, DualOutput, ImageInput, TokenInput, clip_loss, softmax};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

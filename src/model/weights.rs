@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Shape, Tensor};
+use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 
 use super::{ModelError, Result};
@@ -39,12 +39,34 @@ impl FreshPolicy {
 /// Tensors used by a built model, shared between the backend and its owner.
 pub type Recorded = Arc<Mutex<BTreeMap<String, Tensor>>>;
 
+/// The trainable parameters of a model built for training, by checkpoint name.
+pub type Vars = Arc<Mutex<Vec<(String, Var)>>>;
+
+/// Which tensors a training build makes gradient leaves (`Var`s): every
+/// one not under a frozen prefix. Frozen ones stay plain tensors, which
+/// also keeps them out of the backward graph.
+#[derive(Debug, Clone, Default)]
+pub struct Trainable {
+    pub frozen: Vec<String>,
+    pub vars: Vars,
+}
+
+impl Trainable {
+    fn trains(&self, name: &str) -> bool {
+        !self
+            .frozen
+            .iter()
+            .any(|p| name == p || name.starts_with(&format!("{p}.")))
+    }
+}
+
 pub struct WeightSource {
     tensors: HashMap<String, Tensor>,
     policy: FreshPolicy,
     origin: PathBuf,
     used: Recorded,
     fresh: Arc<Mutex<Vec<String>>>,
+    trainable: Option<Trainable>,
 }
 
 impl WeightSource {
@@ -55,7 +77,13 @@ impl WeightSource {
             origin,
             used: Arc::default(),
             fresh: Arc::default(),
+            trainable: None,
         }
+    }
+    /// The same source, handing out a `Var` for every tensor `trainable` trains.
+    pub fn with_trainable(mut self, trainable: Trainable) -> Self {
+        self.trainable = Some(trainable);
+        self
     }
     pub fn recorded(&self) -> Recorded {
         self.used.clone()
@@ -98,10 +126,27 @@ impl SimpleBackend for WeightSource {
                     .lock()
                     .expect("weights lock")
                     .push(name.to_string());
-                h.var(s, DType::F32, &Device::Cpu)?.as_tensor().clone()
+                // Detached: `Init::var` makes a `Var`, and a model for
+                // inference must hold plain tensors (see `layers::plain_f32`).
+                h.var(s, DType::F32, &Device::Cpu)?.as_tensor().detach()
             }
             None => candle_core::bail!("{}: missing tensor `{name}`", self.origin.display()),
         };
+        if let Some(trainable) = self.trainable.as_ref().filter(|t| t.trains(name)) {
+            // A copy the optimizer updates in place; `save` writes its current values.
+            let var = Var::from_tensor(&t.to_dtype(dtype)?.to_device(dev)?.detach())?;
+            let t = var.as_tensor().clone();
+            self.used
+                .lock()
+                .expect("weights lock")
+                .insert(name.to_string(), t.clone());
+            trainable
+                .vars
+                .lock()
+                .expect("weights lock")
+                .push((name.to_string(), var));
+            return Ok(t);
+        }
         self.used
             .lock()
             .expect("weights lock")
@@ -179,7 +224,7 @@ pub fn read_dir_tensors(dir: &Path) -> Result<(HashMap<String, Tensor>, PathBuf)
 /// Maps the file and copies each tensor out of the page cache once, on every
 /// core: reading the whole file into a buffer first (candle's `load`) would
 /// hold the weights twice at peak and copy them twice.
-fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+pub(crate) fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     use rayon::prelude::*;
     let err = |e: candle_core::Error| ModelError::Weights {
         path: path.to_path_buf(),

@@ -5,5 +5,6 @@
 mod cli;
 mod daemon;
 mod model;
+mod train;
 mod unit;
 mod util;

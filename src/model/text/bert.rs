@@ -4,11 +4,11 @@
 //! in how position ids are derived (see `roberta.rs`).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
 use crate::model::layers::{
-    Dense, FeedForward, SelfAttention, layer_norm, linear, padding_bias, param,
+    Dense, FeedForward, Norm, SelfAttention, dropout, layer_norm, linear, padding_bias, param,
 };
 
 /// `BertConfig`, with the class defaults; RoBERTa and XLM-R reuse it with
@@ -28,6 +28,8 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
     pub pad_token_id: Option<u32>,
     pub position_embedding_type: String,
+    pub hidden_dropout_prob: f32,
+    pub attention_probs_dropout_prob: f32,
 }
 
 impl Default for BertConfig {
@@ -47,6 +49,8 @@ impl Default for BertConfig {
             layer_norm_eps: 1e-12,
             pad_token_id: None,
             position_embedding_type: "absolute".into(),
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
         }
     }
 }
@@ -63,9 +67,9 @@ pub enum Positions {
 #[derive(Debug, Clone)]
 struct BertLayer {
     attention: SelfAttention,
-    attention_norm: LayerNorm,
+    attention_norm: Norm,
     ffn: FeedForward,
-    output_norm: LayerNorm,
+    output_norm: Norm,
 }
 
 impl BertLayer {
@@ -77,11 +81,14 @@ impl BertLayer {
                 q: linear(h, h, true, std, att.pp("self").pp("query"))?,
                 k: linear(h, h, true, std, att.pp("self").pp("key"))?,
                 v: linear(h, h, true, std, att.pp("self").pp("value"))?,
-                o: linear(h, h, true, std, att.pp("output").pp("dense"))?,
+                o: linear(h, h, true, std, att.pp("output").pp("dense"))?
+                    .with_dropout(c.hidden_dropout_prob),
                 heads: c.num_attention_heads,
+                dropout: c.attention_probs_dropout_prob,
             },
             attention_norm: layer_norm(h, c.layer_norm_eps, att.pp("output").pp("LayerNorm"))?,
-            ffn: FeedForward::new(h, c.intermediate_size, &c.hidden_act, std, &vb)?,
+            ffn: FeedForward::new(h, c.intermediate_size, &c.hidden_act, std, &vb)?
+                .with_dropout(c.hidden_dropout_prob),
             output_norm: layer_norm(h, c.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
         })
     }
@@ -110,7 +117,8 @@ pub struct Bert {
     words: Embedding,
     positions: Embedding,
     token_types: Embedding,
-    norm: LayerNorm,
+    norm: Norm,
+    dropout: f32,
     layers: Vec<BertLayer>,
     pooler: Dense,
     position_rule: Positions,
@@ -135,6 +143,7 @@ impl Bert {
             positions: table(c.max_position_embeddings, "position_embeddings")?,
             token_types: table(c.type_vocab_size, "token_type_embeddings")?,
             norm: layer_norm(h, c.layer_norm_eps, emb.pp("LayerNorm"))?,
+            dropout: c.hidden_dropout_prob,
             layers,
             pooler: linear(h, h, true, std, vb.pp("pooler").pp("dense"))?,
             position_rule,
@@ -190,7 +199,7 @@ impl Bert {
         };
         let xs = (self.words.forward(ids)? + self.positions.forward(&positions)?)?;
         let xs = (xs + self.token_types.forward(type_ids)?)?;
-        let mut xs = self.norm.forward(&xs)?;
+        let mut xs = dropout(&self.norm.forward(&xs)?, self.dropout)?;
         let bias = padding_bias(mask, dtype)?;
         // Only token 0 reaches the pooler: the last layer computes keys and
         // values for every token and the rest for token 0 alone.

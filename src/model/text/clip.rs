@@ -6,10 +6,10 @@
 //! keeps doing for those checkpoints.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
-use crate::model::layers::{layer_norm, min_value, param};
+use crate::model::layers::{Norm, layer_norm, min_value, param};
 use crate::model::vision::clip::{ClipEncoder, ClipEncoderShape};
 
 /// `CLIPTextConfig`, with the class defaults.
@@ -27,6 +27,7 @@ pub struct ClipTextConfig {
     pub initializer_range: f64,
     pub pad_token_id: Option<u32>,
     pub eos_token_id: u32,
+    pub attention_dropout: f32,
 }
 
 impl Default for ClipTextConfig {
@@ -44,6 +45,7 @@ impl Default for ClipTextConfig {
             initializer_range: 0.02,
             pad_token_id: Some(1),
             eos_token_id: 49407,
+            attention_dropout: 0.0,
         }
     }
 }
@@ -53,7 +55,7 @@ pub struct ClipText {
     tokens: Embedding,
     positions: Tensor,
     encoder: ClipEncoder,
-    final_norm: LayerNorm,
+    final_norm: Norm,
     eos_token_id: u32,
 }
 
@@ -69,6 +71,7 @@ impl ClipText {
             eps: c.layer_norm_eps,
             act: &c.hidden_act,
             std,
+            attention_dropout: c.attention_dropout,
         };
         Ok(Self {
             tokens: Embedding::new(

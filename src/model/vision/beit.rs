@@ -5,13 +5,15 @@
 //! `pooler.layernorm(mean(h[:, 1:]))` (the final `layernorm` is then Identity).
 
 use candle_core::{Device, Module, Result, Tensor};
-use candle_nn::{Init, LayerNorm, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 
 use super::vit::PatchEmbedding;
 use serde::Deserialize;
 
 use crate::model::config::Size2;
-use crate::model::layers::{FeedForward, SelfAttention, layer_norm, linear, param};
+use crate::model::layers::{
+    FeedForward, Norm, SelfAttention, drop_path, dropout, layer_norm, linear, param,
+};
 
 /// `BeitConfig` (the fields that shape `BeitModel`), with the class defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -33,6 +35,9 @@ pub struct BeitConfig {
     pub use_shared_relative_position_bias: bool,
     pub layer_scale_init_value: f64,
     pub use_mean_pooling: bool,
+    pub hidden_dropout_prob: f32,
+    pub attention_probs_dropout_prob: f32,
+    pub drop_path_rate: f32,
 }
 
 impl Default for BeitConfig {
@@ -55,6 +60,9 @@ impl Default for BeitConfig {
             use_shared_relative_position_bias: false,
             layer_scale_init_value: 0.1,
             use_mean_pooling: true,
+            hidden_dropout_prob: 0.0,
+            attention_probs_dropout_prob: 0.0,
+            drop_path_rate: 0.1,
         }
     }
 }
@@ -84,53 +92,89 @@ fn relative_position_index(window: (usize, usize)) -> Vec<u32> {
     index
 }
 
-/// A relative position bias table, expanded once to `[1, heads, L, L]`.
-fn relative_bias(
-    c: &BeitConfig,
-    window: (usize, usize),
-    vb: VarBuilder,
-    device: &Device,
-) -> Result<Tensor> {
-    let num_relative = (2 * window.0 - 1) * (2 * window.1 - 1) + 3;
-    let table = vb.get_with_hints(
-        (num_relative, c.num_attention_heads),
-        "relative_position_bias_table",
-        Init::Const(0.),
-    )?;
-    let n = window.0 * window.1 + 1;
-    let index = Tensor::from_vec(relative_position_index(window), n * n, device)?;
-    table
-        .index_select(&index, 0)?
-        .reshape((n, n, c.num_attention_heads))?
-        .permute((2, 0, 1))?
-        .contiguous()?
-        .unsqueeze(0)
+/// A relative position bias table and its expansion to `[1, heads, L, L]`.
+/// The expansion is made once for inference; a trainable table is expanded
+/// again at every forward, so the bias follows the table as it learns.
+#[derive(Debug, Clone)]
+struct RelativeBias {
+    table: Tensor,
+    index: Tensor,
+    heads: usize,
+    expanded: Tensor,
+}
+
+impl RelativeBias {
+    fn new(
+        c: &BeitConfig,
+        window: (usize, usize),
+        vb: VarBuilder,
+        device: &Device,
+    ) -> Result<Self> {
+        let num_relative = (2 * window.0 - 1) * (2 * window.1 - 1) + 3;
+        let heads = c.num_attention_heads;
+        let table = vb.get_with_hints(
+            (num_relative, heads),
+            "relative_position_bias_table",
+            Init::Const(0.),
+        )?;
+        let n = window.0 * window.1 + 1;
+        let index = Tensor::from_vec(relative_position_index(window), n * n, device)?;
+        let expanded = Self::expand(&table, &index, heads)?;
+        Ok(Self {
+            table,
+            index,
+            heads,
+            expanded,
+        })
+    }
+
+    fn expand(table: &Tensor, index: &Tensor, heads: usize) -> Result<Tensor> {
+        let n = (index.dim(0)? as f64).sqrt() as usize;
+        table
+            .index_select(index, 0)?
+            .reshape((n, n, heads))?
+            .permute((2, 0, 1))?
+            .contiguous()?
+            .unsqueeze(0)
+    }
+
+    fn get(&self) -> Result<Tensor> {
+        if self.table.track_op() {
+            Self::expand(&self.table, &self.index, self.heads)
+        } else {
+            Ok(self.expanded.clone())
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 struct BeitLayer {
     attention: SelfAttention,
-    bias: Option<Tensor>,
+    bias: Option<RelativeBias>,
     ffn: FeedForward,
-    before: LayerNorm,
-    after: LayerNorm,
+    before: Norm,
+    after: Norm,
+    drop_path: f32,
     lambda_1: Option<Tensor>,
     lambda_2: Option<Tensor>,
 }
 
 impl BeitLayer {
-    fn new(c: &BeitConfig, window: (usize, usize), vb: VarBuilder) -> Result<Self> {
+    /// `drop_path`: this layer's stochastic depth rate.
+    fn new(c: &BeitConfig, window: (usize, usize), drop_path: f32, vb: VarBuilder) -> Result<Self> {
         let (h, std) = (c.hidden_size, c.initializer_range);
         let att = vb.pp("attention").pp("attention");
         let attention = SelfAttention {
             q: linear(h, h, true, std, att.pp("query"))?,
             k: linear(h, h, false, std, att.pp("key"))?,
             v: linear(h, h, true, std, att.pp("value"))?,
-            o: linear(h, h, true, std, vb.pp("attention").pp("output").pp("dense"))?,
+            o: linear(h, h, true, std, vb.pp("attention").pp("output").pp("dense"))?
+                .with_dropout(c.hidden_dropout_prob),
             heads: c.num_attention_heads,
+            dropout: c.attention_probs_dropout_prob,
         };
         let bias = if c.use_relative_position_bias {
-            Some(relative_bias(
+            Some(RelativeBias::new(
                 c,
                 window,
                 att.pp("relative_position_bias"),
@@ -151,7 +195,9 @@ impl BeitLayer {
         Ok(Self {
             attention,
             bias,
-            ffn: FeedForward::new(h, c.intermediate_size, &c.hidden_act, std, &vb)?,
+            ffn: FeedForward::new(h, c.intermediate_size, &c.hidden_act, std, &vb)?
+                .with_dropout(c.hidden_dropout_prob),
+            drop_path,
             before: layer_norm(h, c.layer_norm_eps, vb.pp("layernorm_before"))?,
             after: layer_norm(h, c.layer_norm_eps, vb.pp("layernorm_after"))?,
             lambda_1,
@@ -161,8 +207,8 @@ impl BeitLayer {
 
     fn forward(&self, xs: &Tensor, shared_bias: Option<&Tensor>) -> Result<Tensor> {
         let bias = match (&self.bias, shared_bias) {
-            (Some(own), Some(shared)) => Some(own.broadcast_add(shared)?),
-            (Some(own), None) => Some(own.clone()),
+            (Some(own), Some(shared)) => Some(own.get()?.broadcast_add(shared)?),
+            (Some(own), None) => Some(own.get()?),
             (None, shared) => shared.cloned(),
         };
         let mut att = self
@@ -171,12 +217,12 @@ impl BeitLayer {
         if let Some(l) = &self.lambda_1 {
             att = att.broadcast_mul(l)?;
         }
-        let xs = (att + xs)?;
+        let xs = (drop_path(&att, self.drop_path)? + xs)?;
         let mut mlp = self.ffn.forward(&self.after.forward(&xs)?)?;
         if let Some(l) = &self.lambda_2 {
             mlp = mlp.broadcast_mul(l)?;
         }
-        mlp + xs
+        drop_path(&mlp, self.drop_path)? + xs
     }
 }
 
@@ -185,10 +231,11 @@ pub struct Beit {
     patch: PatchEmbedding,
     cls_token: Tensor,
     positions: Option<Tensor>,
-    shared_bias: Option<Tensor>,
+    shared_bias: Option<RelativeBias>,
     layers: Vec<BeitLayer>,
+    dropout: f32,
     /// The final `layernorm` (only without mean pooling) or `pooler.layernorm` (with).
-    norm: LayerNorm,
+    norm: Norm,
     mean_pooling: bool,
 }
 
@@ -224,7 +271,7 @@ impl Beit {
             None
         };
         let shared_bias = if c.use_shared_relative_position_bias {
-            Some(relative_bias(
+            Some(RelativeBias::new(
                 c,
                 window,
                 vb.pp("encoder").pp("relative_position_bias"),
@@ -234,7 +281,12 @@ impl Beit {
             None
         };
         let layers = (0..c.num_hidden_layers)
-            .map(|i| BeitLayer::new(c, window, vb.pp("encoder").pp("layer").pp(i)))
+            .map(|i| {
+                // torch.linspace(0, drop_path_rate, num_hidden_layers)[i]
+                let steps = c.num_hidden_layers.saturating_sub(1).max(1) as f32;
+                let rate = c.drop_path_rate * i as f32 / steps;
+                BeitLayer::new(c, window, rate, vb.pp("encoder").pp("layer").pp(i))
+            })
             .collect::<Result<Vec<_>>>()?;
         let norm_vb = if c.use_mean_pooling {
             vb.pp("pooler").pp("layernorm")
@@ -247,6 +299,7 @@ impl Beit {
             positions,
             shared_bias,
             layers,
+            dropout: c.hidden_dropout_prob,
             norm: layer_norm(c.hidden_size, c.layer_norm_eps, norm_vb)?,
             mean_pooling: c.use_mean_pooling,
         })
@@ -260,8 +313,14 @@ impl Beit {
         if let Some(p) = &self.positions {
             xs = xs.broadcast_add(p)?;
         }
+        let mut xs = dropout(&xs, self.dropout)?;
+        let shared_bias = self
+            .shared_bias
+            .as_ref()
+            .map(RelativeBias::get)
+            .transpose()?;
         for layer in &self.layers {
-            xs = layer.forward(&xs, self.shared_bias.as_ref())?;
+            xs = layer.forward(&xs, shared_bias.as_ref())?;
         }
         if self.mean_pooling {
             let mean = xs.narrow(1, 1, n)?.mean(1)?;

@@ -6,13 +6,13 @@
 //! with the CLIP text tower.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{LayerNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::vit::PatchEmbedding;
 use serde::Deserialize;
 
 use crate::model::config::Size2;
-use crate::model::layers::{Activation, Dense, SelfAttention, layer_norm, linear, param};
+use crate::model::layers::{Activation, Dense, Norm, SelfAttention, layer_norm, linear, param};
 
 /// `CLIPVisionConfig`, with the class defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -28,6 +28,7 @@ pub struct ClipVisionConfig {
     pub hidden_act: String,
     pub layer_norm_eps: f64,
     pub initializer_range: f64,
+    pub attention_dropout: f32,
 }
 
 impl Default for ClipVisionConfig {
@@ -44,6 +45,7 @@ impl Default for ClipVisionConfig {
             hidden_act: "quick_gelu".into(),
             layer_norm_eps: 1e-5,
             initializer_range: 0.02,
+            attention_dropout: 0.0,
         }
     }
 }
@@ -51,8 +53,8 @@ impl Default for ClipVisionConfig {
 #[derive(Debug, Clone)]
 struct ClipLayer {
     attention: SelfAttention,
-    norm1: LayerNorm,
-    norm2: LayerNorm,
+    norm1: Norm,
+    norm2: Norm,
     fc1: Dense,
     fc2: Dense,
     act: Activation,
@@ -83,6 +85,8 @@ pub struct ClipEncoderShape<'a> {
     pub eps: f64,
     pub act: &'a str,
     pub std: f64,
+    /// `attention_dropout`, on the attention probabilities while training.
+    pub attention_dropout: f32,
 }
 
 impl ClipEncoder {
@@ -100,6 +104,7 @@ impl ClipEncoder {
                         v: linear(h, h, true, std, att.pp("v_proj"))?,
                         o: linear(h, h, true, std, att.pp("out_proj"))?,
                         heads: s.heads,
+                        dropout: s.attention_dropout,
                     },
                     norm1: layer_norm(h, s.eps, vb.pp("layer_norm1"))?,
                     norm2: layer_norm(h, s.eps, vb.pp("layer_norm2"))?,
@@ -144,9 +149,9 @@ pub struct ClipVision {
     patch: PatchEmbedding,
     class_embedding: Tensor,
     positions: Tensor,
-    pre_norm: LayerNorm,
+    pre_norm: Norm,
     encoder: ClipEncoder,
-    post_norm: LayerNorm,
+    post_norm: Norm,
 }
 
 impl ClipVision {
@@ -171,6 +176,7 @@ impl ClipVision {
             eps: c.layer_norm_eps,
             act: &c.hidden_act,
             std,
+            attention_dropout: c.attention_dropout,
         };
         Ok(Self {
             class_embedding: param(c.hidden_size, "class_embedding", std, &emb)?,

@@ -4,12 +4,12 @@
 //! with DeiT, which has the same weights plus a distillation token.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{LayerNorm, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::model::config::Size2;
 use crate::model::layers::{
-    Activation, Dense, FeedForward, SelfAttention, layer_norm, linear, param,
+    Activation, Dense, FeedForward, Norm, SelfAttention, dropout, layer_norm, linear, param,
 };
 
 /// `ViTConfig` / `DeiTConfig` (identical fields and defaults). Missing
@@ -31,6 +31,8 @@ pub struct VitConfig {
     pub qkv_bias: bool,
     pub pooler_output_size: Option<usize>,
     pub pooler_act: String,
+    pub hidden_dropout_prob: f32,
+    pub attention_probs_dropout_prob: f32,
 }
 
 impl Default for VitConfig {
@@ -50,6 +52,8 @@ impl Default for VitConfig {
             qkv_bias: true,
             pooler_output_size: None,
             pooler_act: "tanh".into(),
+            hidden_dropout_prob: 0.0,
+            attention_probs_dropout_prob: 0.0,
         }
     }
 }
@@ -130,8 +134,8 @@ impl PatchEmbedding {
 pub struct VitLayer {
     attention: SelfAttention,
     ffn: FeedForward,
-    before: LayerNorm,
-    after: LayerNorm,
+    before: Norm,
+    after: Norm,
 }
 
 impl VitLayer {
@@ -143,12 +147,15 @@ impl VitLayer {
             q: linear(h, h, c.qkv_bias, std, att.pp("attention").pp("query"))?,
             k: linear(h, h, c.qkv_bias, std, att.pp("attention").pp("key"))?,
             v: linear(h, h, c.qkv_bias, std, att.pp("attention").pp("value"))?,
-            o: linear(h, h, true, std, att.pp("output").pp("dense"))?,
+            o: linear(h, h, true, std, att.pp("output").pp("dense"))?
+                .with_dropout(c.hidden_dropout_prob),
             heads: c.num_attention_heads,
+            dropout: c.attention_probs_dropout_prob,
         };
         Ok(Self {
             attention,
-            ffn: FeedForward::new(h, c.intermediate_size, &c.hidden_act, std, &vb)?,
+            ffn: FeedForward::new(h, c.intermediate_size, &c.hidden_act, std, &vb)?
+                .with_dropout(c.hidden_dropout_prob),
             before: layer_norm(h, c.layer_norm_eps, vb.pp("layernorm_before"))?,
             after: layer_norm(h, c.layer_norm_eps, vb.pp("layernorm_after"))?,
         })
@@ -172,7 +179,7 @@ impl VitLayer {
 #[derive(Debug, Clone)]
 pub struct VitTrunk {
     layers: Vec<VitLayer>,
-    layernorm: LayerNorm,
+    layernorm: Norm,
     pooler: Dense,
     pooler_act: Activation,
 }
@@ -224,6 +231,7 @@ pub struct Vit {
     tokens: Vec<Tensor>,
     positions: Tensor,
     trunk: VitTrunk,
+    dropout: f32,
 }
 
 impl Vit {
@@ -254,6 +262,7 @@ impl Vit {
             positions: param((1, n, c.hidden_size), "position_embeddings", std, &emb)?,
             patch,
             trunk: VitTrunk::new(c, &vb)?,
+            dropout: c.hidden_dropout_prob,
         })
     }
 
@@ -267,6 +276,6 @@ impl Vit {
             .collect::<Result<Vec<_>>>()?;
         parts.push(patches);
         let xs = Tensor::cat(&parts, 1)?.broadcast_add(&self.positions)?;
-        self.trunk.pooled(xs)
+        self.trunk.pooled(dropout(&xs, self.dropout)?)
     }
 }

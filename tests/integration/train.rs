@@ -1,0 +1,280 @@
+//! Training, step for step with PyTorch + transformers (fixtures from
+//! `scripts/make_train_fixtures.py`): the first batch's loss and every
+//! parameter's gradient, then the weights after three AdamW steps through
+//! the CLI (decay groups, warmup, clipping, file order), with and without a
+//! frozen vision tower.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use dualsight::encoder::Encoder;
+use dualsight::model::weights::canonical_key;
+use dualsight::model::{DualEncoder, ImageInput};
+use dualsight::preprocess::Source;
+use dualsight::train::data::{self, Columns};
+
+use crate::cli::dualsight;
+use crate::util::fixtures;
+
+const CHECKPOINTS: &[&str] = &[
+    "vit-bert",
+    "deit-roberta",
+    "beit-xlmr",
+    "clip",
+    "vit-cliptext",
+];
+
+fn train_dir() -> PathBuf {
+    fixtures().join("train")
+}
+
+fn reference(name: &str) -> serde_json::Value {
+    let path = train_dir().join(name).join("reference.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A safetensors file's tensors under dualsight's canonical names.
+fn tensors(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
+        .filter_map(|(k, t)| canonical_key(&k).map(|k| (k, t)))
+        .collect()
+}
+
+fn norm(t: &Tensor) -> f32 {
+    t.sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .sqrt()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+fn diff_norm(a: &Tensor, b: &Tensor) -> f32 {
+    norm(&(a - b).unwrap())
+}
+
+/// Tensors whose true gradient is zero (attention key biases: softmax does
+/// not see a shift shared by every key) carry only rounding noise, in both
+/// frameworks: under this fraction of the global norm, a gradient is noise.
+const NOISE: f32 = 1e-6;
+
+#[test]
+fn first_step_loss_and_gradients_match_pytorch() {
+    let pairs = data::load(&train_dir().join("data.jsonl"), &Columns::default(), None).unwrap();
+    for name in CHECKPOINTS {
+        let dir = train_dir().join(name).join("model");
+        let (model, vars) = DualEncoder::load_trainable(&dir, &Device::Cpu, &[]).unwrap();
+        let encoder = Encoder::with_model(&dir, model).unwrap();
+        let batch = &pairs[..2];
+        let pixels: Vec<f32> = batch
+            .iter()
+            .flat_map(|p| encoder.preprocess(Source::Path(&p.image)).unwrap())
+            .collect();
+        let (c, h, w) = encoder.model().image_shape();
+        let px = Tensor::from_vec(pixels, (2, c, h, w), &Device::Cpu).unwrap();
+        let captions: Vec<&str> = batch.iter().map(|p| p.caption.as_str()).collect();
+        let input = encoder.tokenize(&captions).unwrap();
+        let loss = encoder
+            .model()
+            .contrastive_loss(&input, ImageInput::Pixels(&px))
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let want_loss = reference(name)["loss_1"].as_f64().unwrap();
+        let got_loss = f64::from(loss.to_scalar::<f32>().unwrap());
+        assert!(
+            (got_loss - want_loss).abs() < 1e-5,
+            "{name}: loss {got_loss}, transformers {want_loss}"
+        );
+
+        let want = tensors(&train_dir().join(name).join("grads-1.safetensors"));
+        let global = want.values().map(|g| norm(g).powi(2)).sum::<f32>().sqrt();
+        let mut seen = 0;
+        for (var_name, var) in &vars {
+            let Some(want) = want.get(var_name) else {
+                // transformers gives no gradient to a tensor the forward never
+                // reads (BEiT's mask_token): neither must we.
+                assert!(
+                    grads.get(var.as_tensor()).is_none(),
+                    "{name}: {var_name} has a gradient here but not in transformers"
+                );
+                continue;
+            };
+            seen += 1;
+            let got = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient reached {var_name}"));
+            let scale = norm(want);
+            if scale < NOISE * global {
+                assert!(
+                    norm(got) < 10.0 * NOISE * global,
+                    "{name}: {var_name} should have a (near) zero gradient, has norm {}",
+                    norm(got)
+                );
+                continue;
+            }
+            let rel = diff_norm(got, want) / scale;
+            assert!(
+                rel < 1e-4,
+                "{name}: gradient of {var_name} differs by {rel:.2e} relative L2"
+            );
+        }
+        assert_eq!(
+            seen,
+            want.len(),
+            "{name}: transformers has gradients for tensors we do not train"
+        );
+    }
+}
+
+fn train_three_steps(name: &str, freeze_vision: bool, out: &Path) -> serde_json::Value {
+    let r = reference(name);
+    let h = &r["hyper"];
+    let mut cmd = dualsight();
+    cmd.arg("train")
+        .arg("--model")
+        .arg(train_dir().join(name).join("model"))
+        .arg("--data")
+        .arg(train_dir().join("data.jsonl"))
+        .arg("--out")
+        .arg(out)
+        .arg("--no-shuffle")
+        .arg("--logging-steps")
+        .arg("1");
+    for flag in [
+        "batch_size",
+        "learning_rate",
+        "weight_decay",
+        "warmup_steps",
+        "max_grad_norm",
+        "max_steps",
+    ] {
+        cmd.arg(format!("--{}", flag.replace('_', "-")))
+            .arg(h[flag].to_string());
+    }
+    if freeze_vision {
+        cmd.arg("--freeze-vision-model");
+    }
+    let output = cmd.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{name}: train failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let state = std::fs::read_to_string(out.join("trainer_state.json")).unwrap();
+    serde_json::from_str(&state).unwrap()
+}
+
+/// After three steps, the weights must be PyTorch's. Adam divides each
+/// gradient by its own running magnitude, so a well-determined gradient
+/// gives the same step to ~1e-4; where the true gradient is zero (key
+/// biases), both frameworks step by about `lr` in a direction set by
+/// rounding noise, so there we only bound the step by what Adam can take:
+/// the sum of the learning rates (each step moves an element by at most
+/// about `lr`, as `|m̂| / sqrt(v̂) <= 1` for a gradient of steady sign).
+fn compare_after_steps(name: &str, got: &Path, want: &Path, start: &Path, frozen: &[&str]) {
+    let r = reference(name);
+    let got = tensors(got);
+    let want = tensors(want);
+    let start = tensors(start);
+    let grads1 = tensors(&train_dir().join(name).join("grads-1.safetensors"));
+    let global = grads1.values().map(|g| norm(g).powi(2)).sum::<f32>().sqrt();
+    let lr_sum: f64 = r["full"]["learning_rates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    assert_eq!(
+        got.keys().collect::<std::collections::BTreeSet<_>>(),
+        want.keys().collect(),
+        "{name}: saved tensors differ from transformers' save_pretrained"
+    );
+    for (k, w) in &want {
+        let g = &got[k];
+        let s = &start[k];
+        if frozen.iter().any(|p| k.starts_with(&format!("{p}."))) {
+            assert_eq!(
+                g.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                s.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "{name}: frozen {k} changed"
+            );
+            continue;
+        }
+        let step = diff_norm(w, s);
+        let noise = grads1.get(k).is_some_and(|g| norm(g) < NOISE * global);
+        if noise {
+            let max = (g - w).unwrap().abs().unwrap().flatten_all().unwrap();
+            let max: f32 = max.max(0).unwrap().to_scalar().unwrap();
+            assert!(
+                f64::from(max) <= 2.0 * lr_sum,
+                "{name}: {k} (zero true gradient) moved {max} from transformers, more than Adam's 2 x {lr_sum}"
+            );
+            continue;
+        }
+        let off = diff_norm(g, w);
+        assert!(
+            off <= 1e-3 * step.max(1e-6) + 1e-6,
+            "{name}: {k} after 3 steps is {off:.3e} from transformers (its step was {step:.3e})"
+        );
+    }
+}
+
+#[test]
+fn three_adamw_steps_through_the_cli_match_pytorch() {
+    for name in CHECKPOINTS {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = train_three_steps(name, false, tmp.path());
+        let r = reference(name);
+        let losses: Vec<f64> = state["log_history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["loss"].as_f64())
+            .collect();
+        let want: Vec<f64> = r["full"]["losses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(losses.len(), 3, "{name}: one loss per logging step");
+        for (i, (g, w)) in losses.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() < 1e-5,
+                "{name}: step {} loss {g}, transformers {w}",
+                i + 1
+            );
+        }
+        let model = train_dir().join(name).join("model");
+        compare_after_steps(
+            name,
+            &tmp.path().join("model.safetensors"),
+            &train_dir().join(name).join("params-3.safetensors"),
+            &model.join("model.safetensors"),
+            &[],
+        );
+    }
+}
+
+#[test]
+fn a_frozen_vision_tower_stays_bit_identical_while_the_rest_matches_pytorch() {
+    for name in CHECKPOINTS {
+        let tmp = tempfile::tempdir().unwrap();
+        train_three_steps(name, true, tmp.path());
+        let model = train_dir().join(name).join("model");
+        compare_after_steps(
+            name,
+            &tmp.path().join("model.safetensors"),
+            &train_dir()
+                .join(name)
+                .join("params-3-frozen-vision.safetensors"),
+            &model.join("model.safetensors"),
+            &["vision_model"],
+        );
+    }
+}
