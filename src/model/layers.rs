@@ -9,7 +9,7 @@ use std::cell::Cell;
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::{Init, LayerNorm, Linear, VarBuilder};
 
-use super::cpu;
+use super::{autograd, cpu};
 
 thread_local! {
     /// Whether forwards on this thread are training forwards (dropout on).
@@ -150,9 +150,18 @@ impl Dense {
         self
     }
 
-    /// candle's path: `dropout(x wᵀ + b)`.
+    /// candle's path: `dropout(x wᵀ + b)`, as one 2-D product (a batched
+    /// product against a broadcast weight would differentiate into a
+    /// strided sum over the batch) and [`autograd::bias_add`].
     fn forward_slow(&self, xs: &Tensor) -> Result<Tensor> {
-        dropout(&self.linear.forward(xs)?, self.dropout)
+        let mut shape = xs.dims().to_vec();
+        let k = shape.pop().unwrap_or(1);
+        shape.push(self.out_dim());
+        let mut out = xs.reshape(((), k))?.matmul(&self.weight().t()?)?;
+        if let Some(b) = self.linear.bias() {
+            out = autograd::bias_add(&out, b)?;
+        }
+        dropout(&out.reshape(shape)?, self.dropout)
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -308,10 +317,7 @@ impl Module for Norm {
         let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed
-            .to_dtype(dtype)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        autograd::affine(&normed.to_dtype(dtype)?, &self.weight, &self.bias)
     }
 }
 

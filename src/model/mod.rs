@@ -5,6 +5,7 @@
 //! `hub` where `--model` points, `cpu` the CPU fast paths and `lanes` the
 //! data-parallel split of a large CPU batch.
 
+pub mod autograd;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;

@@ -893,3 +893,41 @@ async fn a_root_that_disappears_is_offline_and_keeps_its_files() {
     .await;
     assert_eq!((s.indexed_files, s.embedded_images), (3, 3), "{s:?}");
 }
+
+/// The bundled Fashion-MNIST model (trained by `dualsight train`, see
+/// tests/fixtures/fashion/README.md) served over held-out test photos: a
+/// search for a class finds mostly that class, where chance is one in ten.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trained_model_finds_what_it_is_asked_for() {
+    let d = Daemon::start_with(fixtures().join("fashion/model"));
+    let mut c = d.client().await;
+    let photos = fixtures().join("fashion/test");
+    let mut count = 0;
+    for class in std::fs::read_dir(&photos).unwrap() {
+        let class = class.unwrap().path();
+        let to = d.photos.join(class.file_name().unwrap());
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(&class).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+            count += 1;
+        }
+    }
+    wait_for(&d, &mut c, "indexed", |s| {
+        s.indexed_files == count && s.pending_files == 0
+    })
+    .await;
+    for class in ["sneaker", "trouser", "bag"] {
+        let hits = search(&mut c, &format!("a photo of a {class}"), 10).await;
+        assert_eq!(hits.len(), 10);
+        let right = hits
+            .iter()
+            .filter(|h| Path::new(&h.path).parent().unwrap().ends_with(class))
+            .count();
+        assert!(
+            right >= 7,
+            "{class}: {right} of the top 10 are {class}s: {:?}",
+            hits.iter().map(|h| &h.path).collect::<Vec<_>>()
+        );
+    }
+}

@@ -278,3 +278,237 @@ fn a_frozen_vision_tower_stays_bit_identical_while_the_rest_matches_pytorch() {
         );
     }
 }
+
+fn run_train(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let out = dualsight().arg("train").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "train failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A run stopped at a checkpoint and resumed gives the weights of a run
+/// that never stopped, bit for bit: same optimizer moments, schedule and
+/// place in the (shuffled) data, across an epoch boundary.
+#[test]
+fn resuming_gives_the_same_weights_as_never_stopping() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (whole, resumed) = (tmp.path().join("whole"), tmp.path().join("resumed"));
+    let model = train_dir().join("vit-bert").join("model");
+    let data = train_dir().join("data.jsonl");
+    let common = |out: &Path| -> Vec<std::ffi::OsString> {
+        [
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--batch-size".as_ref(),
+            "2".as_ref(),
+            "--max-steps".as_ref(),
+            "5".as_ref(),
+            "--learning-rate".as_ref(),
+            "1e-3".as_ref(),
+            "--warmup-steps".as_ref(),
+            "2".as_ref(),
+            "--weight-decay".as_ref(),
+            "0.01".as_ref(),
+            "--save-steps".as_ref(),
+            "2".as_ref(),
+        ]
+        .iter()
+        .map(|s| s.to_os_string())
+        .collect()
+    };
+    let args = common(&whole);
+    run_train(&args.iter().map(|s| s.as_os_str()).collect::<Vec<_>>());
+    let checkpoint = whole.join("checkpoint-2");
+    assert!(checkpoint.join("optimizer.safetensors").is_file());
+    assert!(checkpoint.join("tokenizer.json").is_file());
+    let mut args = common(&resumed);
+    args.push("--resume".into());
+    args.push(checkpoint.into_os_string());
+    run_train(&args.iter().map(|s| s.as_os_str()).collect::<Vec<_>>());
+    let a = tensors(&whole.join("model.safetensors"));
+    let b = tensors(&resumed.join("model.safetensors"));
+    let start = tensors(&model.join("model.safetensors"));
+    assert_eq!(a.len(), b.len());
+    for (k, t) in &a {
+        let (x, y) = (
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert_eq!(x, y, "{k} differs after resuming");
+    }
+    assert!(
+        diff_norm(
+            &a["text_projection.weight"],
+            &start["text_projection.weight"]
+        ) > 0.0,
+        "the run did not train"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(resumed.join("trainer_state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["global_step"], 5);
+}
+
+/// A row whose image is missing or broken is reported once, by path, and
+/// skipped; the run goes on and counts the skips.
+#[test]
+fn unreadable_images_are_reported_once_and_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data.jsonl");
+    let images = train_dir().join("images");
+    let broken = fixtures().join("images/bad/truncated.jpg");
+    let rows = [
+        (images.join("chelsea.png"), "a cat"),
+        (tmp.path().join("missing.png"), "nothing"),
+        (images.join("coffee.png"), "coffee"),
+        (broken.clone(), "half a photo"),
+        (images.join("rocket.png"), "a rocket"),
+    ];
+    let mut text = String::new();
+    for (image, caption) in &rows {
+        text += &serde_json::json!({"image": image, "caption": caption, "id": 7}).to_string();
+        text.push('\n');
+    }
+    std::fs::write(&data, text).unwrap();
+    let out = run_train(&[
+        "--model".as_ref(),
+        train_dir().join("vit-bert/model").as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--out".as_ref(),
+        tmp.path().join("out").as_os_str(),
+        "--batch-size".as_ref(),
+        "2".as_ref(),
+        "--epochs".as_ref(),
+        "2".as_ref(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for bad in ["missing.png", "truncated.jpg"] {
+        assert_eq!(
+            stderr
+                .lines()
+                .filter(|l| l.starts_with("skipped") && l.contains(bad))
+                .count(),
+            1,
+            "{bad} should be reported once: {stderr}"
+        );
+    }
+    assert!(stderr.contains("2 rows skipped"), "{stderr}");
+    assert!(tmp.path().join("out/model.safetensors").is_file());
+}
+
+#[test]
+fn frozen_towers_hold_no_gradient_leaves() {
+    let dir = train_dir().join("vit-bert").join("model");
+    let (_, vars) = DualEncoder::load_trainable(&dir, &Device::Cpu, &["vision_model"]).unwrap();
+    let names: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.iter().all(|n| !n.starts_with("vision_model.")));
+    for trained in [
+        "visual_projection.weight",
+        "text_projection.weight",
+        "logit_scale",
+    ] {
+        assert!(names.contains(&trained), "{trained} must train: {names:?}");
+    }
+    assert!(names.iter().any(|n| n.starts_with("text_model.")));
+}
+
+/// A small version of the Fashion-MNIST demo: a tiny model from `init`,
+/// trained from scratch on 500 photos for 300 steps, beats the chance level
+/// of 1 in 10 on 200 held-out photos by a wide margin (it reached 0.42 to
+/// 0.64 over repeated runs from different random weights).
+#[test]
+fn a_model_trained_from_scratch_beats_chance_on_fashion_mnist() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fashion = fixtures().join("fashion");
+    let init = tmp.path().join("init");
+    let out = dualsight()
+        .arg("init")
+        .arg("--vision-config")
+        .arg(fashion.join("vision_config.json"))
+        .arg("--text-config")
+        .arg(fashion.join("text_config.json"))
+        .args(["--projection-dim", "64"])
+        .arg("--tokenizer")
+        .arg(fashion.join("model"))
+        .arg("--out")
+        .arg(&init)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trained = tmp.path().join("trained");
+    run_train(&[
+        "--model".as_ref(),
+        init.as_os_str(),
+        "--data".as_ref(),
+        fashion.join("train").as_os_str(),
+        "--caption-template".as_ref(),
+        "a photo of a {}".as_ref(),
+        "--eval-data".as_ref(),
+        fashion.join("test").as_os_str(),
+        "--out".as_ref(),
+        trained.as_os_str(),
+        "--epochs".as_ref(),
+        "30".as_ref(),
+        "--batch-size".as_ref(),
+        "50".as_ref(),
+        "--learning-rate".as_ref(),
+        "1e-3".as_ref(),
+        "--warmup-steps".as_ref(),
+        "20".as_ref(),
+    ]);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(trained.join("trainer_state.json")).unwrap())
+            .unwrap();
+    let accuracy = state["log_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find_map(|e| e["eval_zero_shot_accuracy"].as_f64())
+        .expect("an evaluation at the end");
+    assert!(
+        accuracy >= 0.25,
+        "zero-shot accuracy {accuracy} on 10 classes is not well above chance (0.1)"
+    );
+    // The trained checkpoint serves: it loads as a model for embedding.
+    let out = dualsight()
+        .arg("classify")
+        .arg("--model")
+        .arg(&trained)
+        .arg("--image")
+        .arg(
+            fashion
+                .join("test/sneaker")
+                .read_dir()
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path(),
+        )
+        .args([
+            "--label",
+            "a photo of a sneaker",
+            "--label",
+            "a photo of a bag",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -7,6 +7,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use crate::model::autograd;
 use crate::model::config::Size2;
 use crate::model::layers::{
     Activation, Dense, FeedForward, Norm, SelfAttention, dropout, layer_norm, linear, param,
@@ -123,7 +124,7 @@ impl PatchEmbedding {
             .reshape((b * gh * gw, c * ph * pw))?;
         let mut out = patches.matmul(&self.weight.t()?)?;
         if let Some(bias) = &self.bias {
-            out = out.broadcast_add(bias)?;
+            out = autograd::bias_add(&out, bias)?;
         }
         out.reshape((b, gh * gw, ()))
     }
@@ -275,7 +276,12 @@ impl Vit {
             .map(|t| t.broadcast_as((b, 1, h)))
             .collect::<Result<Vec<_>>>()?;
         parts.push(patches);
-        let xs = Tensor::cat(&parts, 1)?.broadcast_add(&self.positions)?;
+        // The positions as a bias over each item's flattened tokens: one
+        // pass to differentiate, not a strided sum over the batch.
+        let xs = Tensor::cat(&parts, 1)?;
+        let (n, h) = (xs.dim(1)?, xs.dim(2)?);
+        let xs = autograd::bias_add(&xs.reshape((b, n * h))?, &self.positions.reshape(n * h)?)?
+            .reshape((b, n, h))?;
         self.trunk.pooled(dropout(&xs, self.dropout)?)
     }
 }
