@@ -50,7 +50,7 @@ from transformers.image_utils import load_image  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "tests/fixtures/models"
 OUT = ROOT / "tests/fixtures/train"
-CHECKPOINTS = ["vit-bert", "deit-roberta", "beit-xlmr", "clip", "vit-cliptext"]
+CHECKPOINTS = ["vit-bert", "deit-roberta", "beit-xlmr", "clipvision-bert", "clip", "vit-cliptext"]
 
 PAIRS = [
     ("chelsea.png", "a tabby cat looking at the camera"),

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 use crate::device::DeviceSpec;
@@ -73,7 +73,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 10)]
     pub logging_steps: usize,
     /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
 }
 
@@ -107,7 +107,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let mut progress = Progress::new(stderr.lock(), tty, args.logging_steps);
     let summary = train(&opts, &mut |e| progress.event(&e));
     progress.finish();
-    let summary = summary.with_context(|| format!("training {}", args.out.display()))?;
+    // The errors name their file (data, image, checkpoint) or flag already.
+    let summary = summary?;
     eprintln!(
         "trained {} steps at {:.1} images/s; final loss {}; {} rows skipped; model in {}",
         summary.steps,

@@ -133,6 +133,15 @@ fn json_lines(path: &Path, text: &str, columns: &Columns, base: &Path) -> Result
 }
 
 fn csv_rows(path: &Path, text: &str, columns: &Columns, base: &Path) -> Result<Vec<Pair>> {
+    if text.trim().is_empty() {
+        return Err(DataError::Empty {
+            path: path.to_path_buf(),
+            expected: format!(
+                "a header row naming `{}` and `{}`, then one row per pair",
+                columns.image, columns.caption
+            ),
+        });
+    }
     let mut reader = csv::ReaderBuilder::new().from_reader(text.as_bytes());
     let header_err = |message: String| DataError::Row {
         path: path.to_path_buf(),

@@ -21,6 +21,7 @@ const CHECKPOINTS: &[&str] = &[
     "vit-bert",
     "deit-roberta",
     "beit-xlmr",
+    "clipvision-bert",
     "clip",
     "vit-cliptext",
 ];
@@ -510,5 +511,78 @@ fn a_model_trained_from_scratch_beats_chance_on_fashion_mnist() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Bad data sets fail before training with one line that names the file
+/// and says what was expected.
+#[test]
+fn bad_data_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: [(&str, &str, &str); 4] = [
+        (
+            "wrong.jsonl",
+            "{\"img\": \"a.png\", \"caption\": \"a cat\"}\n",
+            "no `image` field",
+        ),
+        ("empty.csv", "", "no image-caption pairs"),
+        (
+            "numbers.csv",
+            "image,caption\na.png,1\nb.png,2.5\n",
+            "`caption` holds only numbers",
+        ),
+        ("notes.txt", "a.png a cat\n", "unknown data format"),
+    ];
+    for (name, text, want) in cases {
+        let data = tmp.path().join(name);
+        std::fs::write(&data, text).unwrap();
+        let out = dualsight()
+            .arg("train")
+            .arg("--model")
+            .arg(train_dir().join("vit-bert/model"))
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(tmp.path().join("out"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: trained on bad data");
+        assert!(
+            stderr.contains(name) && stderr.contains(want),
+            "{name}: expected an error naming the file and `{want}`, got: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// Dropout follows the config in a training forward and never touches
+/// inference: vit-bert's text tower has dropout 0.1.
+#[test]
+fn dropout_applies_to_training_forwards_only() {
+    let dir = fixtures().join("models/vit-bert");
+    let (model, _) = DualEncoder::load_trainable(&dir, &Device::Cpu, &[]).unwrap();
+    let encoder = Encoder::with_model(&dir, model).unwrap();
+    let input = encoder.tokenize(&["a cat", "a rocket on the pad"]).unwrap();
+    let (c, h, w) = encoder.model().image_shape();
+    let px = Tensor::randn(0f32, 1., (2, c, h, w), &Device::Cpu).unwrap();
+    let loss = || -> f32 {
+        encoder
+            .model()
+            .contrastive_loss(&input, ImageInput::Pixels(&px))
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    let losses: Vec<f32> = (0..4).map(|_| loss()).collect();
+    assert!(
+        losses.windows(2).any(|p| p[0] != p[1]),
+        "dropout 0.1 gave the same loss four times: {losses:?}"
+    );
+    let a = encoder.model().embed_texts(&input).unwrap();
+    let b = encoder.model().embed_texts(&input).unwrap();
+    assert_eq!(
+        a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     );
 }
