@@ -39,6 +39,7 @@ pub mod index;
 pub mod ingest;
 pub mod model;
 pub mod preprocess;
+pub mod rng;
 pub mod server;
 pub mod shutdown;
 pub mod store;

@@ -109,6 +109,20 @@ impl VisionConfig {
             Self::Clip(c) => c.initializer_range,
         }
     }
+    /// The largest dropout (or drop-path) rate a training forward applies:
+    /// 0 means the tower is deterministic, in training mode as in inference.
+    pub fn max_dropout(&self) -> f32 {
+        match self {
+            Self::Vit(c) | Self::Deit(c) => {
+                c.hidden_dropout_prob.max(c.attention_probs_dropout_prob)
+            }
+            Self::Beit(c) => c
+                .hidden_dropout_prob
+                .max(c.attention_probs_dropout_prob)
+                .max(c.drop_path_rate),
+            Self::Clip(c) => c.attention_dropout,
+        }
+    }
 }
 
 impl TextConfig {

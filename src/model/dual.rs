@@ -152,13 +152,20 @@ impl DualEncoder {
     pub fn projection_dim(&self) -> usize {
         self.config.projection_dim
     }
-    /// The stored (log) logit scale.
+    /// The stored (log) logit scale (for a model in training, its current value).
     pub fn logit_scale(&self) -> f32 {
+        if self.logit_scale_param.track_op() {
+            return self
+                .logit_scale_param
+                .to_dtype(DType::F32)
+                .and_then(|t| t.to_scalar::<f32>())
+                .unwrap_or(self.logit_scale);
+        }
         self.logit_scale
     }
     /// `exp(logit_scale)`: what cosine similarities are multiplied by.
     pub fn logit_scale_exp(&self) -> f32 {
-        self.logit_scale.exp()
+        self.logit_scale().exp()
     }
     /// `(channels, height, width)` the vision tower takes.
     pub fn image_shape(&self) -> (usize, usize, usize) {
@@ -291,9 +298,15 @@ impl DualEncoder {
     /// The training forward: `VisionTextDualEncoderModel(..., return_loss=True).loss`
     /// through recorded ops only, so that `loss.backward()` reaches every
     /// trainable `Var`, `logit_scale` included. Runs in [`TrainingMode`]
-    /// (dropout as the config says) on the calling thread.
-    pub fn contrastive_loss(&self, input: &TokenInput, images: ImageInput<'_>) -> Result<Tensor> {
-        let _mode = TrainingMode::enter();
+    /// (dropout as the config says, masks drawn from `dropout_seed`) on the
+    /// calling thread.
+    pub fn contrastive_loss(
+        &self,
+        input: &TokenInput,
+        images: ImageInput<'_>,
+        dropout_seed: u64,
+    ) -> Result<Tensor> {
+        let _mode = TrainingMode::enter(dropout_seed);
         let text = self
             .text
             .pooled(&input.ids, &input.mask, input.type_ids.as_ref())?;

@@ -10,25 +10,28 @@ use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::{Init, LayerNorm, Linear, VarBuilder};
 
 use super::{autograd, cpu};
+use crate::rng::SplitMix64;
 
 thread_local! {
-    /// Whether forwards on this thread are training forwards (dropout on).
-    static TRAINING: Cell<bool> = const { Cell::new(false) };
+    /// Inside a training forward on this thread: the generator its dropout
+    /// masks come from (`None`: inference, dropout off).
+    static TRAINING: Cell<Option<SplitMix64>> = const { Cell::new(None) };
 }
 
 /// transformers' `model.train()` for the forwards this thread runs while the
-/// guard lives: dropout applies, and every layer takes candle's recorded
-/// ops. Scoped to a thread so that a daemon serving on other threads is
-/// never affected; `DualEncoder` keeps a training forward on one thread.
+/// guard lives: dropout applies, with masks drawn from a generator seeded by
+/// `seed` (so a step is reproducible and a resumed run equals an unbroken
+/// one), and every layer takes candle's recorded ops. Scoped to a thread so
+/// that a daemon serving on other threads is never affected.
 #[derive(Debug)]
 pub struct TrainingMode {
-    previous: bool,
+    previous: Option<SplitMix64>,
 }
 
 impl TrainingMode {
-    pub fn enter() -> Self {
+    pub fn enter(seed: u64) -> Self {
         Self {
-            previous: TRAINING.replace(true),
+            previous: TRAINING.replace(Some(SplitMix64::new(seed))),
         }
     }
 }
@@ -41,15 +44,32 @@ impl Drop for TrainingMode {
 
 /// True inside a [`TrainingMode`] on this thread.
 pub fn training() -> bool {
-    TRAINING.get()
+    TRAINING.get().is_some()
+}
+
+/// A keep-mask of `n` values: `1 / (1 - p)` with probability `1 - p`, else
+/// 0 (PyTorch's dropout scaling); `None` outside training mode.
+fn keep_mask(n: usize, p: f32) -> Option<Vec<f32>> {
+    let mut g = TRAINING.get()?;
+    let scale = 1.0 / (1.0 - p);
+    let mask = (0..n)
+        .map(|_| if g.next_f32() < p { 0.0 } else { scale })
+        .collect();
+    TRAINING.set(Some(g));
+    Some(mask)
 }
 
 /// `nn.Dropout(p)`: identity outside training mode.
 pub fn dropout(xs: &Tensor, p: f32) -> Result<Tensor> {
-    if p > 0.0 && training() {
-        candle_nn::ops::dropout(xs, p)
-    } else {
-        Ok(xs.clone())
+    if p <= 0.0 {
+        return Ok(xs.clone());
+    }
+    match keep_mask(xs.elem_count(), p) {
+        Some(mask) => {
+            let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
+            xs.mul(&mask)
+        }
+        None => Ok(xs.clone()),
     }
 }
 
@@ -314,10 +334,7 @@ impl Module for Norm {
         }
         let dtype = xs.dtype();
         let x = xs.to_dtype(DType::F32)?;
-        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        autograd::affine(&normed.to_dtype(dtype)?, &self.weight, &self.bias)
+        autograd::layer_norm(&x, &self.weight, &self.bias, self.eps)?.to_dtype(dtype)
     }
 }
 
@@ -468,7 +485,7 @@ impl SelfAttention {
         let dtype = scores.dtype();
         let scores = scores.to_dtype(DType::F32)?;
         let probs = if scores.track_op() {
-            candle_nn::ops::softmax(&scores, D::Minus1)?
+            autograd::softmax(&scores)?
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
@@ -502,16 +519,19 @@ pub fn min_value(dtype: DType) -> f64 {
 /// training, each item of the batch keeps `xs` with probability `1 - p`
 /// (scaled by `1 / (1 - p)`) or drops the whole branch.
 pub fn drop_path(xs: &Tensor, p: f32) -> Result<Tensor> {
-    if p <= 0.0 || !training() {
+    if p <= 0.0 {
         return Ok(xs.clone());
     }
-    let keep = 1.0 - f64::from(p);
-    let mut shape = vec![1; xs.rank()];
-    shape[0] = xs.dim(0)?;
-    let mask = Tensor::rand(0f32, 1f32, shape, xs.device())?
-        .lt(keep)?
-        .to_dtype(xs.dtype())?;
-    xs.broadcast_mul(&(mask / keep)?)
+    let b = xs.dim(0)?;
+    match keep_mask(b, p) {
+        Some(mask) => {
+            let mut shape = vec![1; xs.rank()];
+            shape[0] = b;
+            let mask = Tensor::from_vec(mask, shape, xs.device())?.to_dtype(xs.dtype())?;
+            xs.broadcast_mul(&mask)
+        }
+        None => Ok(xs.clone()),
+    }
 }
 
 /// L2 normalisation over the last dimension (transformers: `x / x.norm(dim=-1, keepdim=True)`).

@@ -1,11 +1,13 @@
-//! What each training step sees: the order of the rows in an epoch (file
-//! order, or a seeded shuffle), and a batch's images, decoded through the
-//! checkpoint's own image processor. A row whose image does not decode is
-//! reported once and left out of every batch after. With the vision tower
-//! frozen (LiT), each image's pooled output is computed once, on the
-//! inference path, and reused in every later epoch.
+//! What each training step sees. Before training, every image is decoded
+//! once through the checkpoint's own image processor and the rows whose
+//! image fails are reported and dropped, as `run_clip.py` filters corrupt
+//! images before it batches (so the step count is that of the rows kept).
+//! Then each epoch has an order (file order, or a seeded shuffle) and each
+//! batch its images: decoded again as it comes, or, with the vision tower
+//! frozen and free of dropout (LiT), the pooled output computed in that
+//! first pass, once per distinct image, and reused in every epoch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
@@ -14,6 +16,7 @@ use rayon::prelude::*;
 use super::data::Pair;
 use crate::encoder::Encoder;
 use crate::preprocess::Source;
+use crate::rng::SplitMix64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -27,141 +30,150 @@ pub enum BatchError {
 
 pub type Result<T, E = BatchError> = std::result::Result<T, E>;
 
-/// splitmix64: a tiny, fixed generator, so that an order depends on the seed
-/// alone, in every build and version (a resumed run must see the same batches).
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// The rows of epoch `epoch` in the order they are batched: `0..n`, or a
 /// Fisher-Yates shuffle seeded by `(seed, epoch)`.
 pub fn epoch_order(n: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     if shuffle {
-        let mut state = seed ^ (epoch as u64).wrapping_mul(0xa076_1d64_78bd_642f);
+        let mut g = SplitMix64::keyed(seed, 1, epoch as u64);
         for i in (1..n).rev() {
-            let j = (splitmix64(&mut state) % (i as u64 + 1)) as usize;
+            let j = g.below(i as u64 + 1) as usize;
             order.swap(i, j);
         }
     }
     order
 }
 
-/// A batch ready for the model: the rows kept, and their images as pixels
-/// or (vision tower frozen) pooled outputs.
+/// Images decoded per chunk of the first pass (bounds its memory).
+const CHUNK: usize = 256;
+
+/// Pooled vision outputs, one row per distinct image, in one buffer.
+struct PooledCache {
+    width: usize,
+    rows: Vec<f32>,
+    slot: HashMap<PathBuf, usize>,
+}
+
+/// A data set checked and ready to batch.
+pub struct Images {
+    pairs: Vec<Pair>,
+    skipped: Vec<(PathBuf, String)>,
+    cache: Option<PooledCache>,
+}
+
+/// A batch ready for the model: its images as pixels or pooled outputs.
 pub struct Batch {
-    pub rows: Vec<usize>,
+    pub captions: Vec<String>,
     pub images: Tensor,
     pub pooled: bool,
 }
 
-/// Decodes a data set's images batch by batch, remembering the rows that fail.
-pub struct Images<'a> {
-    pairs: &'a [Pair],
-    /// Rows whose image could not be used, with the reason (reported once).
-    bad: BTreeMap<usize, String>,
-    /// Pooled vision outputs by row, when the vision tower is frozen.
-    cache: Option<HashMap<usize, Vec<f32>>>,
-}
-
-impl<'a> Images<'a> {
-    pub fn new(pairs: &'a [Pair], cache_pooled: bool) -> Self {
-        Self {
-            pairs,
-            bad: BTreeMap::new(),
-            cache: cache_pooled.then(HashMap::new),
-        }
-    }
-
-    /// Rows skipped so far: image path and reason.
-    pub fn skipped(&self) -> Vec<(PathBuf, String)> {
-        self.bad
-            .iter()
-            .map(|(&r, why)| (self.pairs[r].image.clone(), why.clone()))
-            .collect()
-    }
-
-    /// The batch of `rows`, minus rows that fail; `report` hears of each new
-    /// failure once.
-    pub fn batch(
-        &mut self,
+impl Images {
+    /// Decodes every distinct image of `pairs` once; `report` hears of each
+    /// that fails. With `cache_pooled`, keeps each image's pooled vision
+    /// output (the frozen tower on its inference path).
+    pub fn prepare(
         encoder: &Encoder,
-        rows: &[usize],
+        pairs: Vec<Pair>,
+        cache_pooled: bool,
         report: &mut dyn FnMut(&PathBuf, &str),
-    ) -> Result<Batch> {
-        let cached = |r: &usize| self.cache.as_ref().is_some_and(|c| c.contains_key(r));
-        let todo: Vec<usize> = rows
-            .iter()
-            .copied()
-            .filter(|r| !self.bad.contains_key(r) && !cached(r))
-            .collect();
-        let decoded: Vec<(usize, std::result::Result<Vec<f32>, String>)> = todo
-            .par_iter()
-            .map(|&r| {
-                let px = encoder
-                    .preprocess(Source::Path(&self.pairs[r].image))
-                    .map_err(|e| e.to_string());
-                (r, px)
-            })
-            .collect();
-        let mut pixels = HashMap::new();
-        for (r, px) in decoded {
-            match px {
-                Ok(px) => {
-                    pixels.insert(r, px);
-                }
-                Err(why) => {
-                    report(&self.pairs[r].image, &why);
-                    self.bad.insert(r, why);
-                }
+    ) -> Result<Self> {
+        let mut verdict: HashMap<PathBuf, bool> = HashMap::new();
+        let mut cache = cache_pooled.then(|| PooledCache {
+            width: 0,
+            rows: Vec::new(),
+            slot: HashMap::new(),
+        });
+        let mut skipped = Vec::new();
+        let mut distinct: Vec<&PathBuf> = Vec::new();
+        for p in &pairs {
+            if !verdict.contains_key(&p.image) {
+                verdict.insert(p.image.clone(), false);
+                distinct.push(&p.image);
             }
         }
-        let kept: Vec<usize> = rows
-            .iter()
-            .copied()
-            .filter(|r| !self.bad.contains_key(r))
-            .collect();
         let (c, h, w) = encoder.model().image_shape();
-        let stack = |rows: &[usize], get: &dyn Fn(usize) -> Vec<f32>, width: usize| {
-            let flat: Vec<f32> = rows.iter().flat_map(|&r| get(r)).collect();
-            Tensor::from_vec(flat, (rows.len(), width), &Device::Cpu)
-        };
-        let Some(cache) = self.cache.as_mut() else {
-            let images =
-                stack(&kept, &|r| pixels[&r].clone(), c * h * w)?.reshape((kept.len(), c, h, w))?;
-            return Ok(Batch {
-                rows: kept,
-                images,
-                pooled: false,
-            });
-        };
-        let fresh: Vec<usize> = kept
-            .iter()
-            .copied()
-            .filter(|r| pixels.contains_key(r))
-            .collect();
-        if !fresh.is_empty() {
-            let px = stack(&fresh, &|r| pixels[&r].clone(), c * h * w)?.reshape((
-                fresh.len(),
-                c,
-                h,
-                w,
-            ))?;
-            // Outside training mode: the frozen tower runs on the inference
-            // path, once per image (LiT).
-            let pooled = encoder.model().vision_pooled(&px)?.to_vec2::<f32>()?;
-            cache.extend(fresh.into_iter().zip(pooled));
+        for chunk in distinct.chunks(CHUNK) {
+            let decoded: Vec<_> = chunk
+                .par_iter()
+                .map(|path| (*path, encoder.preprocess(Source::Path(path))))
+                .collect();
+            let mut good = Vec::new();
+            let mut flat = Vec::new();
+            for (path, px) in decoded {
+                match px {
+                    Ok(px) => {
+                        verdict.insert(path.clone(), true);
+                        if cache.is_some() {
+                            flat.extend(px);
+                            good.push(path.clone());
+                        }
+                    }
+                    Err(e) => {
+                        let why = e.to_string();
+                        report(path, &why);
+                        skipped.push((path.clone(), why));
+                    }
+                }
+            }
+            if let Some(cache) = cache.as_mut()
+                && !good.is_empty()
+            {
+                let px = Tensor::from_vec(flat, (good.len(), c, h, w), &Device::Cpu)?;
+                let pooled = encoder.model().vision_pooled(&px)?;
+                cache.width = pooled.dim(1)?;
+                for path in good {
+                    cache.slot.insert(path, cache.slot.len());
+                }
+                cache.rows.extend(pooled.flatten_all()?.to_vec1::<f32>()?);
+            }
         }
-        let width = cache.values().next().map_or(0, Vec::len);
-        let images = stack(&kept, &|r| cache[&r].clone(), width)?;
+        let pairs = pairs.into_iter().filter(|p| verdict[&p.image]).collect();
+        Ok(Self {
+            pairs,
+            skipped,
+            cache,
+        })
+    }
+
+    /// The rows kept.
+    pub fn pairs(&self) -> &[Pair] {
+        &self.pairs
+    }
+
+    /// The images left out, with the reason.
+    pub fn skipped(&self) -> &[(PathBuf, String)] {
+        &self.skipped
+    }
+
+    /// The batch of `rows` (indices into [`Self::pairs`]).
+    pub fn batch(&self, encoder: &Encoder, rows: &[usize]) -> Result<Batch> {
+        let captions = rows
+            .iter()
+            .map(|&r| self.pairs[r].caption.clone())
+            .collect();
+        if let Some(cache) = &self.cache {
+            let mut flat = Vec::with_capacity(rows.len() * cache.width);
+            for &r in rows {
+                let at = cache.slot[&self.pairs[r].image] * cache.width;
+                flat.extend_from_slice(&cache.rows[at..at + cache.width]);
+            }
+            return Ok(Batch {
+                captions,
+                images: Tensor::from_vec(flat, (rows.len(), cache.width), &Device::Cpu)?,
+                pooled: true,
+            });
+        }
+        let (c, h, w) = encoder.model().image_shape();
+        let pixels = rows
+            .par_iter()
+            .map(|&r| encoder.preprocess(Source::Path(&self.pairs[r].image)))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let flat: Vec<f32> = pixels.into_iter().flatten().collect();
         Ok(Batch {
-            rows: kept,
-            images,
-            pooled: true,
+            captions,
+            images: Tensor::from_vec(flat, (rows.len(), c, h, w), &Device::Cpu)?,
+            pooled: false,
         })
     }
 }

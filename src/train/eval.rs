@@ -1,10 +1,17 @@
 //! Evaluation on held-out image-caption pairs, on the inference path of a
-//! snapshot of the model being trained:
-//! - zero-shot accuracy: an image is right when, of the eval set's distinct
-//!   captions (its classes), its own scores highest;
-//! - image→text recall@k: its own caption is among the k best captions;
-//! - text→image recall@k: among the k best images for a pair's caption is
-//!   one with that caption (its own image, when captions are unique).
+//! snapshot of the model being trained. Pairs are grouped by image (an
+//! image may have several captions, as in COCO) and by distinct caption
+//! (a class, when captions come from class folders):
+//! - zero-shot accuracy: an image is right when, of all distinct captions,
+//!   one of its own scores highest;
+//! - image→text recall@k: one of its captions is among its k best;
+//! - text→image recall@k: among a caption's k best images is one it belongs to.
+//!
+//! Ties count against the model and a non-finite score is a miss, so a
+//! collapsed or diverged model scores 0, not 1.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -23,8 +30,8 @@ pub enum EvalError {
     Model(#[from] crate::model::ModelError),
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
-    #[error("no eval image could be decoded")]
-    NoImages,
+    #[error("{}: no eval image could be decoded (first: {first})", path.display())]
+    NoImages { path: PathBuf, first: String },
 }
 
 pub type Result<T, E = EvalError> = std::result::Result<T, E>;
@@ -44,98 +51,153 @@ pub struct EvalReport {
 /// Rows per forward pass.
 const CHUNK: usize = 64;
 
-/// Evaluates `model` (the tokenizer and image processor come from `encoder`).
-pub fn evaluate(encoder: &Encoder, model: &DualEncoder, pairs: &[Pair]) -> Result<EvalReport> {
-    let mut captions: Vec<&str> = Vec::new();
-    let mut index = std::collections::HashMap::new();
-    let mut labels = Vec::with_capacity(pairs.len());
-    for p in pairs {
-        let id = *index.entry(p.caption.as_str()).or_insert_with(|| {
-            captions.push(&p.caption);
-            captions.len() - 1
-        });
-        labels.push(id);
-    }
-    let mut texts = Vec::with_capacity(captions.len());
-    for chunk in captions.chunks(CHUNK) {
-        let input = encoder.tokenize(chunk)?;
-        texts.extend(model.embed_texts(&input)?.to_vec2::<f32>()?);
-    }
-    let (c, h, w) = model.image_shape();
-    let mut images = Vec::new();
-    let mut kept_labels = Vec::new();
-    let mut skipped = 0;
-    for (chunk, chunk_labels) in pairs.chunks(CHUNK).zip(labels.chunks(CHUNK)) {
-        let decoded: Vec<_> = chunk
-            .par_iter()
-            .map(|p| encoder.preprocess(Source::Path(&p.image)).ok())
-            .collect();
-        let mut flat = Vec::new();
-        for (px, &label) in decoded.into_iter().zip(chunk_labels) {
-            match px {
-                Some(px) => {
-                    flat.extend(px);
-                    kept_labels.push(label);
-                }
-                None => skipped += 1,
+/// An eval set, checked once: its distinct images (those that decode) and
+/// captions, and which captions each image has.
+pub struct EvalSet {
+    images: Vec<PathBuf>,
+    captions: Vec<String>,
+    /// For each image, the indices of its captions.
+    labels: Vec<Vec<usize>>,
+    skipped: usize,
+}
+
+impl EvalSet {
+    /// Decodes each distinct image once; `report` hears of each that fails.
+    /// `source` names the eval data in the error when none decodes.
+    pub fn prepare(
+        encoder: &Encoder,
+        pairs: &[Pair],
+        source: &std::path::Path,
+        report: &mut dyn FnMut(&PathBuf, &str),
+    ) -> Result<Self> {
+        let mut captions = Vec::new();
+        let mut caption_ids = HashMap::new();
+        let mut images: Vec<PathBuf> = Vec::new();
+        let mut image_ids: HashMap<&PathBuf, usize> = HashMap::new();
+        let mut labels: Vec<Vec<usize>> = Vec::new();
+        for p in pairs {
+            let c = *caption_ids.entry(p.caption.as_str()).or_insert_with(|| {
+                captions.push(p.caption.clone());
+                captions.len() - 1
+            });
+            let i = *image_ids.entry(&p.image).or_insert_with(|| {
+                images.push(p.image.clone());
+                labels.push(Vec::new());
+                images.len() - 1
+            });
+            if !labels[i].contains(&c) {
+                labels[i].push(c);
             }
         }
-        let n = flat.len() / (c * h * w);
-        if n > 0 {
-            let px = Tensor::from_vec(flat, (n, c, h, w), &Device::Cpu)?;
+        let verdicts: Vec<std::result::Result<(), String>> = images
+            .par_iter()
+            .map(|p| {
+                encoder
+                    .preprocess(Source::Path(p))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .collect();
+        let mut kept = (Vec::new(), Vec::new());
+        let mut first = None;
+        let mut skipped = 0;
+        for ((image, label), verdict) in images.into_iter().zip(labels).zip(verdicts) {
+            match verdict {
+                Ok(()) => {
+                    kept.0.push(image);
+                    kept.1.push(label);
+                }
+                Err(why) => {
+                    skipped += 1;
+                    report(&image, &why);
+                    first.get_or_insert_with(|| format!("{}: {why}", image.display()));
+                }
+            }
+        }
+        if kept.0.is_empty() {
+            return Err(EvalError::NoImages {
+                path: source.to_path_buf(),
+                first: first.unwrap_or_else(|| "no rows".into()),
+            });
+        }
+        Ok(Self {
+            images: kept.0,
+            captions,
+            labels: kept.1,
+            skipped,
+        })
+    }
+
+    /// Evaluates `model` (the tokenizer and image processor come from `encoder`).
+    pub fn evaluate(&self, encoder: &Encoder, model: &DualEncoder) -> Result<EvalReport> {
+        let mut texts = Vec::with_capacity(self.captions.len());
+        for chunk in self.captions.chunks(CHUNK) {
+            let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            let input = encoder.tokenize(&chunk)?;
+            texts.extend(model.embed_texts(&input)?.to_vec2::<f32>()?);
+        }
+        let (c, h, w) = model.image_shape();
+        let mut images = Vec::with_capacity(self.images.len());
+        for chunk in self.images.chunks(CHUNK) {
+            let pixels = chunk
+                .par_iter()
+                .map(|p| encoder.preprocess(Source::Path(p)))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let flat: Vec<f32> = pixels.into_iter().flatten().collect();
+            let px = Tensor::from_vec(flat, (chunk.len(), c, h, w), &Device::Cpu)?;
             images.extend(model.embed_images(&px)?.to_vec2::<f32>()?);
         }
+        Ok(metrics(&images, &self.labels, &texts, self.skipped))
     }
-    if images.is_empty() {
-        return Err(EvalError::NoImages);
-    }
-    Ok(metrics(&images, &kept_labels, &texts, skipped))
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// How many of `scores` beat `scores[own]` (ties count for `own`), i.e. its rank from 0.
-fn rank_of(scores: &[f32], own: usize) -> usize {
-    scores.iter().filter(|&&s| s > scores[own]).count()
+/// Whether one of the entries `own` marks ranks within the first `k` of
+/// `scores`: its best finite score is beaten or tied by fewer than `k`
+/// others (ties count against the model).
+fn within(scores: &[f32], own: impl Fn(usize) -> bool, k: usize) -> bool {
+    let best = scores
+        .iter()
+        .enumerate()
+        .filter(|&(j, x)| own(j) && x.is_finite())
+        .map(|(_, &x)| x)
+        .fold(f32::NEG_INFINITY, f32::max);
+    if best == f32::NEG_INFINITY {
+        return false;
+    }
+    scores
+        .iter()
+        .enumerate()
+        .filter(|&(j, &x)| !own(j) && x >= best)
+        .count()
+        < k
 }
 
-/// The metrics from normalised embeddings: `labels[i]` is image `i`'s caption.
+/// The metrics from normalised embeddings: `labels[i]` are image `i`'s captions.
 pub fn metrics(
     images: &[Vec<f32>],
-    labels: &[usize],
+    labels: &[Vec<usize>],
     texts: &[Vec<f32>],
     skipped: usize,
 ) -> EvalReport {
     let n = images.len() as f64;
     let (mut r1, mut r5) = (0usize, 0usize);
-    for (img, &label) in images.iter().zip(labels) {
+    for (img, own) in images.iter().zip(labels) {
         let scores: Vec<f32> = texts.iter().map(|t| dot(img, t)).collect();
-        let rank = rank_of(&scores, label);
-        r1 += usize::from(rank < 1);
-        r5 += usize::from(rank < 5);
-    }
-    // Text→image depends only on the caption: score it once per caption,
-    // then count it for each pair that has it.
-    let mut per_caption = vec![(false, false); texts.len()];
-    for (caption, (t, hit)) in texts.iter().zip(per_caption.iter_mut()).enumerate() {
-        let scores: Vec<f32> = images.iter().map(|img| dot(img, t)).collect();
-        let mut top: Vec<usize> = (0..scores.len()).collect();
-        let k = 5.min(top.len());
-        top.select_nth_unstable_by(k - 1, |&a, &b| scores[b].total_cmp(&scores[a]));
-        top.truncate(k);
-        top.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-        *hit = (
-            labels[top[0]] == caption,
-            top.iter().any(|&i| labels[i] == caption),
-        );
+        r1 += usize::from(within(&scores, |j| own.contains(&j), 1));
+        r5 += usize::from(within(&scores, |j| own.contains(&j), 5));
     }
     let (mut t1, mut t5) = (0usize, 0usize);
-    for &label in labels {
-        t1 += usize::from(per_caption[label].0);
-        t5 += usize::from(per_caption[label].1);
+    for (caption, t) in texts.iter().enumerate() {
+        let scores: Vec<f32> = images.iter().map(|img| dot(img, t)).collect();
+        let own = |i: usize| labels[i].contains(&caption);
+        t1 += usize::from(within(&scores, own, 1));
+        t5 += usize::from(within(&scores, own, 5));
     }
+    let m = texts.len().max(1) as f64;
     EvalReport {
         images: images.len(),
         captions: texts.len(),
@@ -143,8 +205,8 @@ pub fn metrics(
         zero_shot_accuracy: r1 as f64 / n,
         image_to_text_recall_at_1: r1 as f64 / n,
         image_to_text_recall_at_5: r5 as f64 / n,
-        text_to_image_recall_at_1: t1 as f64 / n,
-        text_to_image_recall_at_5: t5 as f64 / n,
+        text_to_image_recall_at_1: t1 as f64 / m,
+        text_to_image_recall_at_5: t5 as f64 / m,
     }
 }
 
@@ -155,19 +217,44 @@ mod tests {
     #[test]
     fn metrics_count_what_they_say() {
         let texts = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
-        // Three images of caption 0, one of caption 1; the last image of 0 looks like 1.
+        // Three images of caption 0, one of caption 1; the third looks like 1.
         let images = vec![
             vec![1.0, 0.0],
             vec![0.9, 0.1],
             vec![0.2, 0.8],
             vec![0.0, 1.0],
         ];
-        let labels = vec![0, 0, 0, 1];
+        let labels = vec![vec![0], vec![0], vec![0], vec![1]];
         let r = metrics(&images, &labels, &texts, 0);
         assert_eq!(r.zero_shot_accuracy, 0.75);
         assert_eq!(r.image_to_text_recall_at_5, 1.0);
         // Caption 0's best image is of caption 0; caption 1's best is image 3.
         assert_eq!(r.text_to_image_recall_at_1, 1.0);
         assert_eq!(r.captions, 2);
+    }
+
+    #[test]
+    fn an_image_with_two_captions_is_right_with_either() {
+        let texts = vec![vec![1.0, 0.0], vec![0.8, 0.6], vec![0.0, 1.0]];
+        let images = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
+        // Image 0 has captions 0 and 1; caption 1's best image is image 0.
+        let labels = vec![vec![0, 1], vec![2]];
+        let r = metrics(&images, &labels, &texts, 0);
+        assert_eq!(r.zero_shot_accuracy, 1.0);
+        assert_eq!(r.text_to_image_recall_at_1, 1.0);
+    }
+
+    #[test]
+    fn a_collapsed_or_diverged_model_scores_nothing() {
+        let texts = vec![vec![1.0, 0.0]; 3];
+        let images = vec![vec![1.0, 0.0]; 3];
+        let labels = vec![vec![0], vec![1], vec![2]];
+        let r = metrics(&images, &labels, &texts, 0);
+        assert_eq!(r.zero_shot_accuracy, 0.0, "ties must not count");
+        assert_eq!(r.text_to_image_recall_at_1, 0.0);
+        let nan = vec![vec![f32::NAN, 0.0]; 3];
+        let r = metrics(&nan, &labels, &texts, 0);
+        assert_eq!(r.zero_shot_accuracy, 0.0);
+        assert_eq!(r.text_to_image_recall_at_5, 0.0);
     }
 }

@@ -22,10 +22,11 @@ use serde_json::json;
 
 use crate::encoder::Encoder;
 use crate::model::{DualEncoder, ImageInput};
+use crate::rng::SplitMix64;
 use batches::{Images, epoch_order};
-use eval::EvalReport;
+use eval::{EvalReport, EvalSet};
 use optim::{AdamW, AdamWConfig, clip_grad_norm};
-use state::{Position, TrainerState};
+use state::{Position, Settings, TrainerState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -112,6 +113,8 @@ impl TrainOptions {
 #[derive(Debug, Clone)]
 pub struct StepReport {
     pub step: usize,
+    /// The step this run (or resumed run) started from.
+    pub start_step: usize,
     pub total: usize,
     pub epoch: f64,
     pub loss: f32,
@@ -138,6 +141,7 @@ pub struct TrainSummary {
     pub last_loss: Option<f32>,
     pub skipped: Vec<(PathBuf, String)>,
     pub eval: Option<EvalReport>,
+    /// Over the training steps (not the checks before, nor the last eval and save).
     pub images_per_second: f64,
 }
 
@@ -206,11 +210,39 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     };
     let mut optimizer = AdamW::new(vars, config);
 
-    let n = pairs.len();
+    let mut skip = |image: &PathBuf, reason: &str| {
+        on_event(Event::Skipped {
+            image: image.clone(),
+            reason: reason.to_string(),
+        })
+    };
+    // LiT: a frozen tower without dropout gives each image one pooled
+    // output, so it is computed once. With dropout it stays in the step, as
+    // in the Trainer (a frozen tower still runs in training mode).
+    let lit = opts.freeze_vision && encoder.model().config().vision.max_dropout() == 0.0;
+    let images = Images::prepare(&encoder, pairs, lit, &mut skip)?;
+    let eval_set = match (&eval_pairs, &opts.eval_data) {
+        (Some(p), Some(path)) => Some(EvalSet::prepare(&encoder, p, path, &mut skip)?),
+        _ => None,
+    };
+    let n = images.pairs().len();
+    if n == 0 {
+        return Err(TrainError::Invalid(format!(
+            "{}: no image of the data set could be decoded ({} skipped)",
+            opts.data.display(),
+            images.skipped().len()
+        )));
+    }
     let steps_per_epoch = n.div_ceil(opts.batch_size);
-    let total = opts.max_steps.unwrap_or(opts.epochs * steps_per_epoch);
+    let total = match opts.max_steps {
+        Some(m) => m,
+        None => opts.epochs.checked_mul(steps_per_epoch).ok_or_else(|| {
+            TrainError::Invalid(format!("--epochs {}: too many steps", opts.epochs))
+        })?,
+    };
+    let settings = Settings::of(opts);
     let mut state = match &opts.resume {
-        Some(dir) => resume_state(dir, opts, total, &mut optimizer)?,
+        Some(dir) => resume_state(dir, opts, &settings, total, &mut optimizer)?,
         None => TrainerState {
             global_step: 0,
             epoch: 0.0,
@@ -222,30 +254,25 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             eval_steps: opts.eval_steps.unwrap_or(0),
             log_history: Vec::new(),
             position: Position::default(),
-            seed: opts.seed,
-            shuffle: opts.shuffle,
+            settings,
         },
     };
 
-    let mut images = Images::new(&pairs, opts.freeze_vision);
     let started = Instant::now();
+    let start_step = state.global_step;
     let mut seen = 0usize;
     let mut window = Vec::new();
     let mut last_loss = None;
     let mut last_eval = None;
     let evaluate = |encoder: &Encoder| -> Result<Option<EvalReport>> {
-        match &eval_pairs {
-            Some(p) => Ok(Some(eval::evaluate(
-                encoder,
-                &encoder.model().snapshot()?,
-                p,
-            )?)),
+        match &eval_set {
+            Some(set) => Ok(Some(set.evaluate(encoder, &encoder.model().snapshot()?)?)),
             None => Ok(None),
         }
     };
+    let mut order = (usize::MAX, Vec::new());
     while state.global_step < total {
         let Position { epoch, batch } = state.position;
-        let order = epoch_order(n, opts.seed, epoch, opts.shuffle);
         if batch >= steps_per_epoch {
             state.position = Position {
                 epoch: epoch + 1,
@@ -253,25 +280,23 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             };
             continue;
         }
-        let rows = &order[batch * opts.batch_size..((batch + 1) * opts.batch_size).min(n)];
-        let b = images.batch(&encoder, rows, &mut |image, reason| {
-            on_event(Event::Skipped {
-                image: image.clone(),
-                reason: reason.to_string(),
-            })
-        })?;
-        state.position.batch += 1;
-        if b.rows.is_empty() {
-            continue;
+        if order.0 != epoch {
+            order = (epoch, epoch_order(n, opts.seed, epoch, opts.shuffle));
         }
-        let captions: Vec<&str> = b.rows.iter().map(|&r| pairs[r].caption.as_str()).collect();
+        let rows = &order.1[batch * opts.batch_size..((batch + 1) * opts.batch_size).min(n)];
+        let b = images.batch(&encoder, rows)?;
+        let captions: Vec<&str> = b.captions.iter().map(String::as_str).collect();
         let input = encoder.tokenize(&captions)?;
         let image_input = if b.pooled {
             ImageInput::Pooled(&b.images)
         } else {
             ImageInput::Pixels(&b.images)
         };
-        let loss = encoder.model().contrastive_loss(&input, image_input)?;
+        // Dropout masks for this step, from the seed and the step alone.
+        let dropout_seed = SplitMix64::keyed(opts.seed, 2, state.global_step as u64).next_u64();
+        let loss = encoder
+            .model()
+            .contrastive_loss(&input, image_input, dropout_seed)?;
         let grads = loss.backward()?;
         let loss = loss.to_scalar::<f32>()?;
         let mut grads = optimizer.gradients(&grads)?;
@@ -279,7 +304,8 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         let factor = schedule::linear_with_warmup(state.global_step, opts.warmup_steps, total);
         optimizer.step(&grads, opts.learning_rate * factor)?;
         state.global_step += 1;
-        seen += b.rows.len();
+        state.position.batch += 1;
+        seen += rows.len();
         let step = state.global_step;
         state.epoch = epoch as f64 + state.position.batch as f64 / steps_per_epoch as f64;
         let next_lr =
@@ -299,6 +325,7 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         }
         on_event(Event::Step(StepReport {
             step,
+            start_step,
             total,
             epoch: state.epoch,
             loss,
@@ -320,6 +347,7 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             on_event(Event::Saved(dir));
         }
     }
+    let train_secs = started.elapsed().as_secs_f64();
     if let Some(report) = evaluate(&encoder)? {
         state
             .log_history
@@ -332,11 +360,11 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     }
     state::save_checkpoint(encoder.model(), source, &optimizer, &state, &opts.out)?;
     on_event(Event::Saved(opts.out.clone()));
-    let secs = started.elapsed().as_secs_f64();
+    let secs = train_secs;
     Ok(TrainSummary {
         steps: state.global_step,
         last_loss,
-        skipped: images.skipped(),
+        skipped: images.skipped().to_vec(),
         eval: last_eval,
         images_per_second: if secs > 0.0 { seen as f64 / secs } else { 0.0 },
     })
@@ -355,41 +383,29 @@ fn eval_log(report: &EvalReport, step: usize, epoch: f64) -> serde_json::Value {
 }
 
 /// The state a resumed run continues from; the optimizer's moments are
-/// loaded into `optimizer`. The order of the data must be the one the run
-/// started with, or the resumed run would not equal an unbroken one.
+/// loaded into `optimizer`. Every setting that shapes the run must be the
+/// one it started with, or the resumed run would not equal an unbroken one.
 fn resume_state(
     dir: &Path,
     opts: &TrainOptions,
+    settings: &Settings,
     total: usize,
     optimizer: &mut AdamW,
 ) -> Result<TrainerState> {
     let mut state = TrainerState::read(dir)?;
-    let differs = |what: &str, was: String, now: String| {
-        TrainError::Invalid(format!(
-            "--resume {}: the run used {what} {was}, this one {now}; resume with the same settings",
+    if let Some(what) = state.settings.differs(settings) {
+        return Err(TrainError::Invalid(format!(
+            "--resume {}: {what}; resume with the settings the run started with",
             dir.display()
-        ))
-    };
-    if state.train_batch_size != opts.batch_size {
-        return Err(differs(
-            "--batch-size",
-            state.train_batch_size.to_string(),
-            opts.batch_size.to_string(),
-        ));
-    }
-    if state.seed != opts.seed || state.shuffle != opts.shuffle {
-        return Err(differs(
-            "seed/shuffle",
-            format!("{}/{}", state.seed, state.shuffle),
-            format!("{}/{}", opts.seed, opts.shuffle),
-        ));
+        )));
     }
     if state.max_steps != total {
-        return Err(differs(
-            "a schedule of",
-            format!("{} steps", state.max_steps),
-            format!("{total} steps"),
-        ));
+        return Err(TrainError::Invalid(format!(
+            "--resume {}: the run had a schedule of {} steps, this one {total} \
+             (same --epochs / --max-steps and data)",
+            dir.display(),
+            state.max_steps
+        )));
     }
     optimizer.load(&dir.join(state::OPTIMIZER_FILE))?;
     state.logging_steps = opts.logging_steps;

@@ -31,7 +31,8 @@ pub fn status(s: &StepReport) -> String {
     } else {
         0.0
     };
-    let eta = s.elapsed_s / s.step.max(1) as f64 * s.total.saturating_sub(s.step) as f64;
+    let done = s.step.saturating_sub(s.start_step).max(1);
+    let eta = s.elapsed_s / done as f64 * s.total.saturating_sub(s.step) as f64;
     format!(
         "step {}/{} epoch {:.2} loss {:.4} lr {:.3e} {:.1} img/s ETA {}",
         s.step,
@@ -121,6 +122,7 @@ mod tests {
         for step in 1..=3 {
             p.event(&Event::Step(StepReport {
                 step,
+                start_step: 0,
                 total: 3,
                 epoch: step as f64 / 3.0,
                 loss: 1.5,

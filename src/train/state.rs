@@ -47,10 +47,58 @@ pub struct TrainerState {
     pub save_steps: usize,
     pub eval_steps: usize,
     pub log_history: Vec<Value>,
-    /// The next batch, and what decided the order (a resume must match).
+    /// The next batch.
     pub position: Position,
+    /// What decided the run (a resume must match).
+    pub settings: Settings,
+}
+
+/// The settings a resumed run must share with the run it continues.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub data: PathBuf,
+    pub batch_size: usize,
     pub seed: u64,
     pub shuffle: bool,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub warmup_steps: usize,
+    pub max_grad_norm: f64,
+    pub freeze_vision_model: bool,
+    pub freeze_text_model: bool,
+}
+
+impl Settings {
+    pub fn of(o: &super::TrainOptions) -> Self {
+        Self {
+            data: std::path::absolute(&o.data).unwrap_or_else(|_| o.data.clone()),
+            batch_size: o.batch_size,
+            seed: o.seed,
+            shuffle: o.shuffle,
+            learning_rate: o.learning_rate,
+            weight_decay: o.weight_decay,
+            warmup_steps: o.warmup_steps,
+            max_grad_norm: o.max_grad_norm,
+            freeze_vision_model: o.freeze_vision,
+            freeze_text_model: o.freeze_text,
+        }
+    }
+
+    /// The first setting `now` changes, said as `the run used X, this one Y`.
+    pub fn differs(&self, now: &Settings) -> Option<String> {
+        let was = serde_json::to_value(self).expect("settings serialise");
+        let now = serde_json::to_value(now).expect("settings serialise");
+        let (was, now) = (was.as_object()?, now.as_object()?);
+        was.iter().find_map(|(k, v)| {
+            (now.get(k) != Some(v)).then(|| {
+                format!(
+                    "the run used --{} {v}, this one {}",
+                    k.replace('_', "-"),
+                    now.get(k).unwrap_or(&Value::Null)
+                )
+            })
+        })
+    }
 }
 
 impl TrainerState {

@@ -82,7 +82,7 @@ fn first_step_loss_and_gradients_match_pytorch() {
         let input = encoder.tokenize(&captions).unwrap();
         let loss = encoder
             .model()
-            .contrastive_loss(&input, ImageInput::Pixels(&px))
+            .contrastive_loss(&input, ImageInput::Pixels(&px), 0)
             .unwrap();
         let grads = loss.backward().unwrap();
         let want_loss = reference(name)["loss_1"].as_f64().unwrap();
@@ -119,8 +119,11 @@ fn first_step_loss_and_gradients_match_pytorch() {
                 continue;
             }
             let rel = diff_norm(got, want) / scale;
+            if std::env::var_os("DUALSIGHT_SHOW_GRADS").is_some() {
+                eprintln!("{name} {var_name} {rel:.2e}");
+            }
             assert!(
-                rel < 1e-4,
+                rel < 1e-4 || std::env::var_os("DUALSIGHT_SHOW_GRADS").is_some(),
                 "{name}: gradient of {var_name} differs by {rel:.2e} relative L2"
             );
         }
@@ -291,13 +294,14 @@ fn run_train(args: &[&std::ffi::OsStr]) -> std::process::Output {
 }
 
 /// A run stopped at a checkpoint and resumed gives the weights of a run
-/// that never stopped, bit for bit: same optimizer moments, schedule and
-/// place in the (shuffled) data, across an epoch boundary.
+/// that never stopped, bit for bit: same optimizer moments, schedule, place
+/// in the (shuffled) data across an epoch boundary, and dropout masks (the
+/// checkpoint's text tower has dropout 0.1).
 #[test]
 fn resuming_gives_the_same_weights_as_never_stopping() {
     let tmp = tempfile::tempdir().unwrap();
     let (whole, resumed) = (tmp.path().join("whole"), tmp.path().join("resumed"));
-    let model = train_dir().join("vit-bert").join("model");
+    let model = fixtures().join("models/vit-bert");
     let data = train_dir().join("data.jsonl");
     let common = |out: &Path| -> Vec<std::ffi::OsString> {
         [
@@ -355,6 +359,16 @@ fn resuming_gives_the_same_weights_as_never_stopping() {
         serde_json::from_str(&std::fs::read_to_string(resumed.join("trainer_state.json")).unwrap())
             .unwrap();
     assert_eq!(state["global_step"], 5);
+
+    // A resume with another setting would not continue the same run: refused.
+    let mut args = common(&tmp.path().join("changed"));
+    args[11] = "2e-3".into();
+    args.push("--resume".into());
+    args.push(whole.join("checkpoint-4").into_os_string());
+    let out = dualsight().arg("train").args(&args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--learning-rate"), "{stderr}");
 }
 
 /// A row whose image is missing or broken is reported once, by path, and
@@ -468,6 +482,8 @@ fn a_model_trained_from_scratch_beats_chance_on_fashion_mnist() {
         "1e-3".as_ref(),
         "--warmup-steps".as_ref(),
         "20".as_ref(),
+        "--eval-steps".as_ref(),
+        "100".as_ref(),
     ]);
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(trained.join("trainer_state.json")).unwrap())
@@ -479,6 +495,14 @@ fn a_model_trained_from_scratch_beats_chance_on_fashion_mnist() {
         .rev()
         .find_map(|e| e["eval_zero_shot_accuracy"].as_f64())
         .expect("an evaluation at the end");
+    let eval_steps: Vec<u64> = state["log_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e.get("eval_zero_shot_accuracy").is_some())
+        .map(|e| e["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(eval_steps, vec![100, 200, 300], "--eval-steps 100 and the end");
     assert!(
         accuracy >= 0.25,
         "zero-shot accuracy {accuracy} on 10 classes is not well above chance (0.1)"
@@ -519,7 +543,7 @@ fn a_model_trained_from_scratch_beats_chance_on_fashion_mnist() {
 #[test]
 fn bad_data_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: [(&str, &str, &str); 4] = [
+    let cases: [(&str, &str, &str); 5] = [
         (
             "wrong.jsonl",
             "{\"img\": \"a.png\", \"caption\": \"a cat\"}\n",
@@ -532,6 +556,11 @@ fn bad_data_is_a_clear_error() {
             "`caption` holds only numbers",
         ),
         ("notes.txt", "a.png a cat\n", "unknown data format"),
+        (
+            "gone.jsonl",
+            "{\"image\": \"gone.png\", \"caption\": \"nothing\"}\n",
+            "no image of the data set could be decoded",
+        ),
     ];
     for (name, text, want) in cases {
         let data = tmp.path().join(name);
@@ -556,8 +585,9 @@ fn bad_data_is_a_clear_error() {
     }
 }
 
-/// Dropout follows the config in a training forward and never touches
-/// inference: vit-bert's text tower has dropout 0.1.
+/// Dropout follows the config in a training forward, with masks fixed by
+/// the step's seed, and never touches inference: vit-bert's text tower has
+/// dropout 0.1.
 #[test]
 fn dropout_applies_to_training_forwards_only() {
     let dir = fixtures().join("models/vit-bert");
@@ -566,23 +596,77 @@ fn dropout_applies_to_training_forwards_only() {
     let input = encoder.tokenize(&["a cat", "a rocket on the pad"]).unwrap();
     let (c, h, w) = encoder.model().image_shape();
     let px = Tensor::randn(0f32, 1., (2, c, h, w), &Device::Cpu).unwrap();
-    let loss = || -> f32 {
+    let loss = |seed: u64| -> f32 {
         encoder
             .model()
-            .contrastive_loss(&input, ImageInput::Pixels(&px))
+            .contrastive_loss(&input, ImageInput::Pixels(&px), seed)
             .unwrap()
             .to_scalar()
             .unwrap()
     };
-    let losses: Vec<f32> = (0..4).map(|_| loss()).collect();
+    let losses: Vec<f32> = (0..4).map(loss).collect();
     assert!(
         losses.windows(2).any(|p| p[0] != p[1]),
-        "dropout 0.1 gave the same loss four times: {losses:?}"
+        "dropout 0.1 gave the same loss for four seeds: {losses:?}"
     );
+    // Masks come from the seed alone: a step can be replayed (resume).
+    assert_eq!(loss(7), loss(7));
     let a = encoder.model().embed_texts(&input).unwrap();
     let b = encoder.model().embed_texts(&input).unwrap();
     assert_eq!(
         a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     );
+}
+
+/// CSV with its own column names, in file order: five rows in batches of
+/// two are three steps an epoch, the last one partial.
+#[test]
+fn csv_columns_and_a_partial_last_batch_in_file_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = train_dir().join("images");
+    let mut csv = String::from("id,file,text\n");
+    for (i, (name, caption)) in [
+        ("chelsea", "a cat"),
+        ("coffee", "a cup"),
+        ("rocket", "a rocket"),
+        ("camera", "a camera man"),
+        ("rocket_progressive", "a rocket again"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        csv += &format!(
+            "{i},{},{caption}\n",
+            images.join(format!("{name}.png")).display()
+        );
+    }
+    let data = tmp.path().join("pairs.csv");
+    std::fs::write(&data, csv).unwrap();
+    let out = tmp.path().join("out");
+    run_train(&[
+        "--model".as_ref(),
+        train_dir().join("vit-bert/model").as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--image-column".as_ref(),
+        "file".as_ref(),
+        "--caption-column".as_ref(),
+        "text".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--batch-size".as_ref(),
+        "2".as_ref(),
+        "--epochs".as_ref(),
+        "1".as_ref(),
+        "--no-shuffle".as_ref(),
+        "--logging-steps".as_ref(),
+        "1".as_ref(),
+    ]);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("trainer_state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["global_step"], 3);
+    assert_eq!(state["log_history"].as_array().unwrap().len(), 3);
+    assert_eq!(state["epoch"], 1.0);
 }
