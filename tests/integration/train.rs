@@ -502,7 +502,11 @@ fn a_model_trained_from_scratch_beats_chance_on_fashion_mnist() {
         .filter(|e| e.get("eval_zero_shot_accuracy").is_some())
         .map(|e| e["step"].as_u64().unwrap())
         .collect();
-    assert_eq!(eval_steps, vec![100, 200, 300], "--eval-steps 100 and the end");
+    assert_eq!(
+        eval_steps,
+        vec![100, 200, 300],
+        "--eval-steps 100 and the end"
+    );
     assert!(
         accuracy >= 0.25,
         "zero-shot accuracy {accuracy} on 10 classes is not well above chance (0.1)"
