@@ -12,6 +12,7 @@ of tests/fixtures/train/data.jsonl, it writes tests/fixtures/train/<ckpt>/:
                             (parameter names as in model.named_parameters())
   params-3.safetensors      all weights after 3 optimizer steps (save_pretrained's layout)
   params-3-frozen-vision.safetensors   the same with the vision tower frozen
+  params-3-frozen-text.safetensors     ... and with the text tower frozen
   reference.json            losses, gradient norms, the hyper-parameters, decay names
 
 The loop is the Trainer's (transformers 5, run_clip.py), written out because the Trainer
@@ -140,11 +141,12 @@ def first_gradients(model_dir: Path, batch) -> tuple[float, dict]:
     return float(loss), grads
 
 
-def three_steps(model_dir: Path, data, freeze_vision: bool, out_file: Path) -> dict:
+def three_steps(model_dir: Path, data, freeze: str | None, out_file: Path) -> dict:
     torch.manual_seed(0)
     model = load(model_dir)
-    if freeze_vision:
-        for p in model.vision_model.parameters():
+    if freeze is not None:
+        # run_clip.py's _freeze_params: the tower only, not its projection.
+        for p in getattr(model, freeze).parameters():
             p.requires_grad = False
     decay = set(Trainer.get_decay_parameter_names(None, model))
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -204,8 +206,13 @@ def main() -> None:
         data = batches(model_dir)
         loss1, grads = first_gradients(model_dir, data[0])
         save_file(grads, str(d / "grads-1.safetensors"), metadata={"format": "pt"})
-        full = three_steps(model_dir, data, False, d / "params-3.safetensors")
-        frozen = three_steps(model_dir, data, True, d / "params-3-frozen-vision.safetensors")
+        full = three_steps(model_dir, data, None, d / "params-3.safetensors")
+        frozen = three_steps(
+            model_dir, data, "vision_model", d / "params-3-frozen-vision.safetensors"
+        )
+        frozen_text = three_steps(
+            model_dir, data, "text_model", d / "params-3-frozen-text.safetensors"
+        )
         reference = {
             "transformers": transformers.__version__,
             "torch": torch.__version__,
@@ -213,6 +220,7 @@ def main() -> None:
             "loss_1": loss1,
             "full": full,
             "frozen_vision": frozen,
+            "frozen_text": frozen_text,
         }
         (d / "reference.json").write_text(json.dumps(reference, indent=2) + "\n")
         print(f"{name}: loss {loss1:.6f}, steps {full['losses']}, norms {full['grad_norms']}")

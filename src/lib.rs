@@ -23,9 +23,11 @@
 //! - [`config`]: layered settings; [`cli`]: the subcommands (`main.rs` only
 //!   dispatches).
 //! - Shared pieces: [`durable`] (crash-safe file writes), [`shutdown`] (the
-//!   stop signal), [`heap`] (handing freed memory back to the OS).
+//!   stop signal), [`heap`] (handing freed memory back to the OS), [`rng`]
+//!   (the seeded generator of training's shuffles and dropout).
 //!
-//! The benchmark harness is the `dualsight-bench` crate in `bench/`.
+//! The benchmark harness is the `dualsight-bench` crate in `bench/`; the
+//! kill -9 fault harness is `dualsight-harness` in `harness/`.
 
 pub mod cli;
 pub mod config;

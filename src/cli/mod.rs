@@ -2,6 +2,7 @@
 //! its own file; `main.rs` only calls [`run`].
 
 pub mod client;
+pub mod fsck;
 pub mod model_cmds;
 pub mod serve;
 pub mod train;
@@ -42,6 +43,8 @@ pub enum Command {
     Status(client::StatusArgs),
     /// Zero-shot classify an image with a running daemon's model.
     Ask(client::ClassifyArgs),
+    /// Check a stopped daemon's store (--data-dir): every record and link.
+    Fsck(fsck::FsckArgs),
     /// List files a running daemon could not index.
     Failures(client::FailuresArgs),
 }
@@ -54,6 +57,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Compose(a) => model_cmds::compose(a)?,
         Command::Init(a) => model_cmds::init(a)?,
         Command::Train(a) => train::run(a)?,
+        Command::Fsck(a) => fsck::run(a)?,
         Command::Serve(a) => serve::serve(a)?,
         Command::Search(a) => client_runtime()?.block_on(client::search(a))?,
         Command::Status(a) => client_runtime()?.block_on(client::status(a))?,

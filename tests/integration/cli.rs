@@ -265,3 +265,35 @@ fn init_makes_a_loadable_model() {
     assert_eq!(matrix(&v["text_embeds"])[0].len(), 8);
     assert_eq!(matrix(&v["image_embeds"])[0].len(), 8);
 }
+
+/// `fsck` checks a stopped daemon's store: a fresh one passes, a data dir
+/// without a store is a clear error.
+#[test]
+fn fsck_checks_a_store_and_names_what_is_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = dualsight::store::Store::open(tmp.path().join("store")).unwrap();
+    drop(store);
+    let out = run_ok(
+        dualsight()
+            .arg("fsck")
+            .arg("--data-dir")
+            .arg(tmp.path())
+            .arg("--json"),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["files"], 0);
+    let missing = tmp.path().join("nothing-here");
+    let out = dualsight()
+        .arg("fsck")
+        .arg("--data-dir")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("nothing-here") && stderr.contains("no store"),
+        "{stderr}"
+    );
+}

@@ -135,7 +135,7 @@ fn first_step_loss_and_gradients_match_pytorch() {
     }
 }
 
-fn train_three_steps(name: &str, freeze_vision: bool, out: &Path) -> serde_json::Value {
+fn train_three_steps(name: &str, freeze: Option<&str>, out: &Path) -> serde_json::Value {
     let r = reference(name);
     let h = &r["hyper"];
     let mut cmd = dualsight();
@@ -160,8 +160,8 @@ fn train_three_steps(name: &str, freeze_vision: bool, out: &Path) -> serde_json:
         cmd.arg(format!("--{}", flag.replace('_', "-")))
             .arg(h[flag].to_string());
     }
-    if freeze_vision {
-        cmd.arg("--freeze-vision-model");
+    if let Some(flag) = freeze {
+        cmd.arg(flag);
     }
     let output = cmd.output().unwrap();
     assert!(
@@ -232,7 +232,7 @@ fn compare_after_steps(name: &str, got: &Path, want: &Path, start: &Path, frozen
 fn three_adamw_steps_through_the_cli_match_pytorch() {
     for name in CHECKPOINTS {
         let tmp = tempfile::tempdir().unwrap();
-        let state = train_three_steps(name, false, tmp.path());
+        let state = train_three_steps(name, None, tmp.path());
         let r = reference(name);
         let losses: Vec<f64> = state["log_history"]
             .as_array()
@@ -266,20 +266,31 @@ fn three_adamw_steps_through_the_cli_match_pytorch() {
 }
 
 #[test]
-fn a_frozen_vision_tower_stays_bit_identical_while_the_rest_matches_pytorch() {
+fn a_frozen_tower_stays_bit_identical_while_the_rest_matches_pytorch() {
     for name in CHECKPOINTS {
-        let tmp = tempfile::tempdir().unwrap();
-        train_three_steps(name, true, tmp.path());
-        let model = train_dir().join(name).join("model");
-        compare_after_steps(
-            name,
-            &tmp.path().join("model.safetensors"),
-            &train_dir()
-                .join(name)
-                .join("params-3-frozen-vision.safetensors"),
-            &model.join("model.safetensors"),
-            &["vision_model"],
-        );
+        for (flag, tower, file) in [
+            (
+                "--freeze-vision-model",
+                "vision_model",
+                "params-3-frozen-vision.safetensors",
+            ),
+            (
+                "--freeze-text-model",
+                "text_model",
+                "params-3-frozen-text.safetensors",
+            ),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            train_three_steps(name, Some(flag), tmp.path());
+            let model = train_dir().join(name).join("model");
+            compare_after_steps(
+                name,
+                &tmp.path().join("model.safetensors"),
+                &train_dir().join(name).join(file),
+                &model.join("model.safetensors"),
+                &[tower],
+            );
+        }
     }
 }
 
