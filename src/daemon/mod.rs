@@ -199,6 +199,7 @@ pub async fn run(
     // which lets the pipeline drain and stop.
     let (change_tx, change_rx) = mpsc::channel(settings.ingest.queue.max(16) * 4);
     let watcher = Watcher::spawn(watch_config(&settings), change_tx, stop_rx.clone())?;
+    counters.watch(watcher.busy());
     let pipeline = Pipeline::spawn(
         engine.clone(),
         counters.clone(),

@@ -51,11 +51,26 @@ pub struct Counters {
     pub failed: AtomicU64,
     /// Paths seen but not committed, failed or dropped yet.
     pending: Mutex<HashSet<PathBuf>>,
+    /// Removals and reconciles waiting out the removal grace.
+    held: AtomicU64,
+    /// The watcher's own work ([`crate::ingest::watch::Watcher::busy`]).
+    watching: std::sync::OnceLock<Arc<AtomicU64>>,
 }
 
 impl Counters {
+    /// Work not yet done: files in the pipeline, removals waiting out their
+    /// grace, and what the watcher still holds (debounce, stability checks,
+    /// scans). 0 means the store has caught up with the folders.
     pub fn pending(&self) -> u64 {
+        let watching = self.watching.get().map_or(0, |w| w.load(Ordering::Relaxed));
         self.pending.lock().expect("pending lock").len() as u64
+            + self.held.load(Ordering::Relaxed)
+            + watching
+    }
+
+    /// Counts the watcher's work (see [`Self::pending`]); set once.
+    pub fn watch(&self, busy: Arc<AtomicU64>) {
+        let _ = self.watching.set(busy);
     }
     fn start(&self, p: &Path) -> bool {
         self.pending
@@ -185,6 +200,9 @@ async fn planner(
         let now = Instant::now();
         let (due, later): (Vec<_>, Vec<_>) = removals.into_iter().partition(|(at, _)| *at <= now);
         removals = later;
+        counters
+            .held
+            .store(removals.len() as u64, Ordering::Relaxed);
         for (_, op) in due {
             if send_op(&ops, op).await.is_err() {
                 return;

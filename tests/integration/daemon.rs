@@ -931,3 +931,46 @@ async fn a_trained_model_finds_what_it_is_asked_for() {
         );
     }
 }
+
+/// Status says idle (pending 0) only once the index has caught up: never
+/// while a new file waits out its stability check or a deleted one its
+/// removal grace (the crash harness found that it used to).
+#[tokio::test(flavor = "multi_thread")]
+async fn status_is_idle_only_when_caught_up() {
+    let d = Daemon::start();
+    let mut c = d.client().await;
+    wait_for(&d, &mut c, "ready", |s| s.ready && s.pending_files == 0).await;
+    let check = |s: &proto::StatusResponse, want: u64, what: &str| {
+        assert!(
+            s.indexed_files == want || s.pending_files > 0,
+            "{what}: Status idle with {} indexed, {want} on disk: {s:?}",
+            s.indexed_files
+        );
+    };
+    // Once the change's event has arrived (a few milliseconds; 100 ms
+    // here), the daemon must not read idle until it is done.
+    let photo = copy_photo("chelsea.png", &d.photos);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(&mut c).await;
+        check(&s, 1, "after an add");
+        if s.indexed_files == 1 && s.pending_files == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never indexed: {s:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::fs::remove_file(&photo).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(&mut c).await;
+        check(&s, 0, "after a delete");
+        if s.indexed_files == 0 && s.pending_files == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never removed: {s:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -32,7 +32,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fs::{self, Metadata};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -94,6 +94,7 @@ impl Default for Limits {
 #[derive(Debug)]
 pub struct Watcher {
     task: Option<JoinHandle<()>>,
+    busy: Arc<AtomicU64>,
 }
 
 impl Watcher {
@@ -116,6 +117,7 @@ impl Watcher {
     ) -> Result<Watcher> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| IngestError::NoRuntime)?;
         let (engine, raw_rx, scan_rx) = Coordinator::new(cfg, limits)?;
+        let busy = engine.busy.clone();
         let task = runtime.spawn(async move {
             tokio::select! {
                 () = engine.run(raw_rx, scan_rx, tx) => {}
@@ -124,7 +126,17 @@ impl Watcher {
                 () = shutdown.recv() => {}
             }
         });
-        Ok(Watcher { task: Some(task) })
+        Ok(Watcher {
+            task: Some(task),
+            busy,
+        })
+    }
+
+    /// Work the watcher holds: paths waiting out the debounce and stability
+    /// checks, changes not yet handed on, scans queued or running. Status
+    /// adds it to the pipeline's pending files, so that 0 means caught up.
+    pub fn busy(&self) -> Arc<AtomicU64> {
+        self.busy.clone()
     }
 
     /// Waits until the background task has ended (after shutdown).
@@ -184,6 +196,8 @@ struct Coordinator {
     raw_tx: mpsc::Sender<Raw>,
     scan_tx: mpsc::Sender<ScanMsg>,
     overflow: Arc<Overflow>,
+    /// See [`Watcher::busy`]; updated at every turn of the loop.
+    busy: Arc<AtomicU64>,
 }
 
 impl Coordinator {
@@ -254,6 +268,7 @@ impl Coordinator {
             raw_tx,
             scan_tx,
             overflow,
+            busy: Arc::default(),
         };
         Ok((engine, raw_rx, scan_rx))
     }
@@ -269,6 +284,8 @@ impl Coordinator {
         let mut reconcile = self.reconcile_every.map(ticker);
         loop {
             self.start_jobs();
+            let held = self.pending.len() + self.out.len() + self.jobs.len() + self.scans.len();
+            self.busy.store(held as u64, Ordering::Relaxed);
             let wake = self.next_wake();
             tokio::select! {
                 permit = tx.reserve(), if !self.out.is_empty() => match permit {
