@@ -44,6 +44,12 @@ fn tensors(path: &Path) -> HashMap<String, Tensor> {
         .collect()
 }
 
+/// A run's `trainer_state.json`.
+fn trainer_state(out: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(out.join("trainer_state.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
 fn norm(t: &Tensor) -> f32 {
     t.sqr()
         .unwrap()
@@ -169,8 +175,7 @@ fn train_three_steps(name: &str, freeze: Option<&str>, out: &Path) -> serde_json
         "{name}: train failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let state = std::fs::read_to_string(out.join("trainer_state.json")).unwrap();
-    serde_json::from_str(&state).unwrap()
+    trainer_state(out)
 }
 
 /// After three steps, the weights must be PyTorch's. Adam divides each
@@ -366,9 +371,7 @@ fn resuming_gives_the_same_weights_as_never_stopping() {
         ) > 0.0,
         "the run did not train"
     );
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(resumed.join("trainer_state.json")).unwrap())
-            .unwrap();
+    let state = trainer_state(&resumed);
     assert_eq!(state["global_step"], 5);
 
     // A resume with another setting would not continue the same run: refused.
@@ -496,9 +499,7 @@ fn a_model_trained_from_scratch_beats_chance_on_fashion_mnist() {
         "--eval-steps".as_ref(),
         "100".as_ref(),
     ]);
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(trained.join("trainer_state.json")).unwrap())
-            .unwrap();
+    let state = trainer_state(&trained);
     let accuracy = state["log_history"]
         .as_array()
         .unwrap()
@@ -678,9 +679,7 @@ fn csv_columns_and_a_partial_last_batch_in_file_order() {
         "--logging-steps".as_ref(),
         "1".as_ref(),
     ]);
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("trainer_state.json")).unwrap())
-            .unwrap();
+    let state = trainer_state(&out);
     assert_eq!(state["global_step"], 3);
     assert_eq!(state["log_history"].as_array().unwrap().len(), 3);
     assert_eq!(state["epoch"], 1.0);
