@@ -4,6 +4,7 @@
 
 mod cli;
 mod daemon;
+mod fuzz;
 mod model;
 mod train;
 mod unit;
