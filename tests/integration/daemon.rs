@@ -974,3 +974,51 @@ async fn status_is_idle_only_when_caught_up() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A damaged index checkpoint (a dump file with flipped bytes, or cut
+/// short) is caught by its checksum: the daemon warns, rebuilds the index
+/// from the store without embedding anything again, and answers exactly as
+/// before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_checkpoint_is_rebuilt_from_the_store() {
+    for damage in ["flip", "truncate"] {
+        let (mut d, mut c) = indexed_daemon().await;
+        let before = search(&mut c, "a photo of a cat", 10).await;
+        assert!(d.signal("TERM").success(), "log:\n{}", d.log());
+        let mut dumps: Vec<PathBuf> = walkdir::WalkDir::new(d.data.join("index"))
+            .into_iter()
+            .map(|e| e.unwrap().into_path())
+            .filter(|p| p.is_file() && !p.ends_with("manifest.json") && !p.ends_with("CURRENT"))
+            .collect();
+        dumps.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
+        let victim = dumps.first().unwrap_or_else(|| panic!("no dump files"));
+        let mut bytes = std::fs::read(victim).unwrap();
+        match damage {
+            "flip" => {
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0xff;
+            }
+            _ => bytes.truncate(bytes.len() / 2),
+        }
+        std::fs::write(victim, bytes).unwrap();
+
+        d.spawn();
+        let mut c = d.client().await;
+        wait_for(&d, &mut c, "ready again", |s| {
+            s.ready && s.indexed_files == 5 && s.pending_files == 0
+        })
+        .await;
+        let after = search(&mut c, "a photo of a cat", 10).await;
+        let key = |h: &[proto::Hit]| -> Vec<(String, f32)> {
+            h.iter().map(|h| (h.path.clone(), h.score)).collect()
+        };
+        assert_eq!(key(&before), key(&after), "{damage}");
+        let log = d.log();
+        assert!(log.contains("from_checkpoint=false"), "{damage}: {log}");
+        assert!(
+            log.lines().any(|l| l.contains("WARN") && l.contains("rebuilding")),
+            "{damage}: no warning that the index is rebuilt: {log}"
+        );
+        assert_eq!(status_of(&mut c).await.embedded_images, 0, "embedded again");
+    }
+}
