@@ -1016,7 +1016,8 @@ async fn a_damaged_checkpoint_is_rebuilt_from_the_store() {
         let log = d.log();
         assert!(log.contains("from_checkpoint=false"), "{damage}: {log}");
         assert!(
-            log.lines().any(|l| l.contains("WARN") && l.contains("rebuilding")),
+            log.lines()
+                .any(|l| l.contains("WARN") && l.contains("rebuilding")),
             "{damage}: no warning that the index is rebuilt: {log}"
         );
         assert_eq!(status_of(&mut c).await.embedded_images, 0, "embedded again");

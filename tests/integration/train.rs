@@ -101,6 +101,7 @@ fn first_step_loss_and_gradients_match_pytorch() {
         let want = tensors(&train_dir().join(name).join("grads-1.safetensors"));
         let global = want.values().map(|g| norm(g).powi(2)).sum::<f32>().sqrt();
         let mut seen = 0;
+        let mut off = Vec::new();
         for (var_name, var) in &vars {
             let Some(want) = want.get(var_name) else {
                 // transformers gives no gradient to a tensor the forward never
@@ -124,15 +125,15 @@ fn first_step_loss_and_gradients_match_pytorch() {
                 );
                 continue;
             }
-            let rel = diff_norm(got, want) / scale;
-            if std::env::var_os("DUALSIGHT_SHOW_GRADS").is_some() {
-                eprintln!("{name} {var_name} {rel:.2e}");
-            }
-            assert!(
-                rel < 1e-4 || std::env::var_os("DUALSIGHT_SHOW_GRADS").is_some(),
-                "{name}: gradient of {var_name} differs by {rel:.2e} relative L2"
-            );
+            off.push((diff_norm(got, want) / scale, var_name.clone()));
         }
+        // Every tensor within 1e-4; a failure lists the worst five.
+        off.sort_by(|a, b| b.0.total_cmp(&a.0));
+        assert!(
+            off.first().is_none_or(|(rel, _)| *rel < 1e-4),
+            "{name}: gradients differ from transformers' by more than 1e-4 relative L2: {:?}",
+            &off[..off.len().min(5)]
+        );
         assert_eq!(
             seen,
             want.len(),
