@@ -1023,3 +1023,57 @@ async fn a_damaged_checkpoint_is_rebuilt_from_the_store() {
         assert_eq!(status_of(&mut c).await.embedded_images, 0, "embedded again");
     }
 }
+
+/// A storm: 50,000 files created in one burst (hard links to the fashion
+/// photos, so the test spends its time on events, scans and commits rather
+/// than on the model), then whole folders moved out, some moved back, and
+/// folders deleted. The daemon converges to the exact count each time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_storm_of_changes_converges_to_the_exact_count() {
+    let d = Daemon::start_with(fixtures().join("fashion/model"));
+    let mut c = d.client().await;
+    let sources: Vec<PathBuf> = walkdir::WalkDir::new(fixtures().join("fashion"))
+        .into_iter()
+        .map(|e| e.unwrap().into_path())
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    assert!(sources.len() >= 500);
+    let (dirs, per_dir) = (50, 1000);
+    for dir in 0..dirs {
+        let to = d.photos.join(format!("d{dir}"));
+        std::fs::create_dir(&to).unwrap();
+        for i in 0..per_dir {
+            let src = &sources[(dir * per_dir + i) % sources.len()];
+            std::fs::hard_link(src, to.join(format!("f{i}.png"))).unwrap();
+        }
+    }
+    let total = (dirs * per_dir) as u64;
+    wait_for(&d, &mut c, "the burst indexed", |s| {
+        s.indexed_files == total && s.pending_files == 0
+    })
+    .await;
+    let away = d.photos.parent().unwrap().join("away");
+    std::fs::create_dir(&away).unwrap();
+    for dir in 0..5 {
+        std::fs::rename(
+            d.photos.join(format!("d{dir}")),
+            away.join(format!("d{dir}")),
+        )
+        .unwrap();
+    }
+    for dir in 0..3 {
+        std::fs::rename(
+            away.join(format!("d{dir}")),
+            d.photos.join(format!("d{dir}")),
+        )
+        .unwrap();
+    }
+    for dir in 10..12 {
+        std::fs::remove_dir_all(d.photos.join(format!("d{dir}"))).unwrap();
+    }
+    let left = total - 4 * per_dir as u64;
+    wait_for(&d, &mut c, "moves and deletes applied", |s| {
+        s.indexed_files == left && s.pending_files == 0 && s.failed_files == 0
+    })
+    .await;
+}
