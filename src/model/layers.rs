@@ -308,33 +308,24 @@ pub fn linear(
 pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<Norm> {
     let w = vb.get_with_hints(size, "weight", Init::Const(1.))?;
     let b = vb.get_with_hints(size, "bias", Init::Const(0.))?;
-    Ok(Norm {
-        fused: LayerNorm::new(w.clone(), b.clone(), eps),
-        weight: w,
-        bias: b,
-        eps,
-    })
+    Ok(Norm(LayerNorm::new(w, b, eps)))
 }
 
 /// `nn.LayerNorm`: candle's fused kernel for inference, and the same
 /// arithmetic in recorded ops when a gradient must flow (the fused op has
 /// no backward pass, so through it the weights would silently not move).
 #[derive(Debug, Clone)]
-pub struct Norm {
-    fused: LayerNorm,
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
+pub struct Norm(LayerNorm);
 
 impl Module for Norm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if !(xs.track_op() || self.weight.track_op() || self.bias.track_op()) {
-            return self.fused.forward(xs);
+        let (w, b) = (self.0.weight(), self.0.bias().expect("built with a bias"));
+        if !(xs.track_op() || w.track_op() || b.track_op()) {
+            return self.0.forward(xs);
         }
         let dtype = xs.dtype();
         let x = xs.to_dtype(DType::F32)?;
-        autograd::layer_norm(&x, &self.weight, &self.bias, self.eps)?.to_dtype(dtype)
+        autograd::layer_norm(&x, w, b, self.0.eps())?.to_dtype(dtype)
     }
 }
 
