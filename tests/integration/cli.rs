@@ -11,7 +11,7 @@ pub fn dualsight() -> Command {
     Command::new(env!("CARGO_BIN_EXE_dualsight"))
 }
 
-fn run_ok(cmd: &mut Command) -> Output {
+pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("run dualsight");
     assert!(
         out.status.success(),

@@ -940,37 +940,30 @@ async fn status_is_idle_only_when_caught_up() {
     let d = Daemon::start();
     let mut c = d.client().await;
     wait_for(&d, &mut c, "ready", |s| s.ready && s.pending_files == 0).await;
-    let check = |s: &proto::StatusResponse, want: u64, what: &str| {
+    // Once the change's event has arrived (a few milliseconds; 100 ms
+    // here), the daemon must not read idle until it is done.
+    let photo = copy_photo("chelsea.png", &d.photos);
+    never_idle_until(&mut c, 1, "after an add").await;
+    std::fs::remove_file(&photo).unwrap();
+    never_idle_until(&mut c, 0, "after a delete").await;
+}
+
+/// Polls Status after a change until `want` files are indexed and nothing
+/// is pending, failing if it ever reads idle with another count.
+async fn never_idle_until(c: &mut DualSightClient<Channel>, want: u64, what: &str) {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(c).await;
         assert!(
             s.indexed_files == want || s.pending_files > 0,
             "{what}: Status idle with {} indexed, {want} on disk: {s:?}",
             s.indexed_files
         );
-    };
-    // Once the change's event has arrived (a few milliseconds; 100 ms
-    // here), the daemon must not read idle until it is done.
-    let photo = copy_photo("chelsea.png", &d.photos);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = status(&mut c).await;
-        check(&s, 1, "after an add");
-        if s.indexed_files == 1 && s.pending_files == 0 {
-            break;
+        if s.indexed_files == want && s.pending_files == 0 {
+            return;
         }
-        assert!(Instant::now() < deadline, "never indexed: {s:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    std::fs::remove_file(&photo).unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = status(&mut c).await;
-        check(&s, 0, "after a delete");
-        if s.indexed_files == 0 && s.pending_files == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never removed: {s:?}");
+        assert!(Instant::now() < deadline, "{what}: never caught up: {s:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

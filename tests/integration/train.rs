@@ -14,7 +14,7 @@ use dualsight::model::{DualEncoder, ImageInput};
 use dualsight::preprocess::Source;
 use dualsight::train::data::{self, Columns};
 
-use crate::cli::dualsight;
+use crate::cli::{dualsight, run_ok};
 use crate::util::fixtures;
 
 const CHECKPOINTS: &[&str] = &[
@@ -301,13 +301,7 @@ fn a_frozen_tower_stays_bit_identical_while_the_rest_matches_pytorch() {
 }
 
 fn run_train(args: &[&std::ffi::OsStr]) -> std::process::Output {
-    let out = dualsight().arg("train").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "train failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    run_ok(dualsight().arg("train").args(args))
 }
 
 /// A run stopped at a checkpoint and resumed gives the weights of a run
@@ -459,23 +453,18 @@ fn a_model_trained_from_scratch_beats_chance_on_fashion_mnist() {
     let tmp = tempfile::tempdir().unwrap();
     let fashion = fixtures().join("fashion");
     let init = tmp.path().join("init");
-    let out = dualsight()
-        .arg("init")
-        .arg("--vision-config")
-        .arg(fashion.join("vision_config.json"))
-        .arg("--text-config")
-        .arg(fashion.join("text_config.json"))
-        .args(["--projection-dim", "64"])
-        .arg("--tokenizer")
-        .arg(fashion.join("model"))
-        .arg("--out")
-        .arg(&init)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        dualsight()
+            .arg("init")
+            .arg("--vision-config")
+            .arg(fashion.join("vision_config.json"))
+            .arg("--text-config")
+            .arg(fashion.join("text_config.json"))
+            .args(["--projection-dim", "64"])
+            .arg("--tokenizer")
+            .arg(fashion.join("model"))
+            .arg("--out")
+            .arg(&init),
     );
     let trained = tmp.path().join("trained");
     run_train(&[
@@ -525,33 +514,28 @@ fn a_model_trained_from_scratch_beats_chance_on_fashion_mnist() {
         "zero-shot accuracy {accuracy} on 10 classes is not well above chance (0.1)"
     );
     // The trained checkpoint serves: it loads as a model for embedding.
-    let out = dualsight()
-        .arg("classify")
-        .arg("--model")
-        .arg(&trained)
-        .arg("--image")
-        .arg(
-            fashion
-                .join("test/sneaker")
-                .read_dir()
-                .unwrap()
-                .next()
-                .unwrap()
-                .unwrap()
-                .path(),
-        )
-        .args([
-            "--label",
-            "a photo of a sneaker",
-            "--label",
-            "a photo of a bag",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        dualsight()
+            .arg("classify")
+            .arg("--model")
+            .arg(&trained)
+            .arg("--image")
+            .arg(
+                fashion
+                    .join("test/sneaker")
+                    .read_dir()
+                    .unwrap()
+                    .next()
+                    .unwrap()
+                    .unwrap()
+                    .path(),
+            )
+            .args([
+                "--label",
+                "a photo of a sneaker",
+                "--label",
+                "a photo of a bag",
+            ]),
     );
 }
 
