@@ -227,8 +227,15 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     };
     let n = images.pairs().len();
     if n == 0 {
+        let first = images
+            .skipped()
+            .first()
+            .map_or_else(String::new, |(p, why)| {
+                format!("; the first, {}: {why}", p.display())
+            });
         return Err(TrainError::Invalid(format!(
-            "{}: no image of the data set could be decoded ({} skipped)",
+            "{}: no image of the data set could be decoded ({} skipped{first}); check the \
+             --image-column paths (relative ones resolve against the data file's folder)",
             opts.data.display(),
             images.skipped().len()
         )));
