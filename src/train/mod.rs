@@ -230,9 +230,7 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         let first = images
             .skipped()
             .first()
-            .map_or_else(String::new, |(p, why)| {
-                format!("; the first, {}: {why}", p.display())
-            });
+            .map_or_else(String::new, |(_, why)| format!("; the first: {why}"));
         return Err(TrainError::Invalid(format!(
             "{}: no image of the data set could be decoded ({} skipped{first}); check the \
              --image-column paths (relative ones resolve against the data file's folder)",
