@@ -75,6 +75,9 @@ pub struct IngestSettings {
     /// A removed path is forgotten this long after the event, so a rename's new path
     /// (reported after its stability check) can claim the vector first.
     pub remove_grace_ms: u64,
+    /// Indexing pauses while the data dir's file system has less than this
+    /// free (MiB), so the store never meets a full disk mid-write.
+    pub min_free_mb: u64,
     pub max_image_bytes: u64,
     pub max_image_pixels: u64,
 }
@@ -146,6 +149,7 @@ impl Default for IngestSettings {
             decode_threads: 0,
             queue: 64,
             remove_grace_ms: 3000,
+            min_free_mb: 256,
             max_image_bytes: limits.max_bytes,
             max_image_pixels: limits.max_pixels,
         }

@@ -263,6 +263,7 @@ fn index_files(
         queue: defaults.ingest.queue,
         remove_grace: Duration::from_millis(defaults.ingest.remove_grace_ms),
         checkpoint_every: Duration::from_secs(3600),
+        min_free_bytes: defaults.ingest.min_free_mb << 20,
     };
     let changes: Vec<Change> = files
         .iter()

@@ -496,8 +496,13 @@ mod tests {
         );
         assert_eq!(lost, 0, "queries that found none of their neighbours");
         assert!(recall(ours) >= 0.95, "recall@10 {}", recall(ours));
-        // Allow a near-tie swap or two: both are approximate.
-        assert!(ours + 10 >= theirs, "worse than hnsw_rs's own search");
+        // Both are approximate, and the graph is built by parallel inserts,
+        // so it differs run to run: allow 1% of the neighbours (seen: up to
+        // 0.4% either way in repeated runs of the same code).
+        assert!(
+            ours + exact.len() * 10 / 100 >= theirs,
+            "worse than hnsw_rs's own search"
+        );
     }
 
     #[test]

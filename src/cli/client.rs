@@ -576,6 +576,9 @@ pub fn status_text(s: &proto::StatusResponse) -> String {
         "embedded:        {} images since start ({} files reused a vector)",
         s.embedded_images, s.reused_vectors
     );
+    if !s.ingest_error.is_empty() {
+        let _ = writeln!(out, "ingest error:    {}", s.ingest_error);
+    }
     if s.roots.is_empty() {
         let _ = writeln!(out, "roots:           none");
     } else {
@@ -609,6 +612,7 @@ pub fn status_json(s: &proto::StatusResponse) -> String {
         "index_building": s.index_building,
         "embedded_images": s.embedded_images,
         "reused_vectors": s.reused_vectors,
+        "ingest_error": s.ingest_error,
     });
     format!("{value}\n")
 }
@@ -947,6 +951,7 @@ mod tests {
             index_building: false,
             embedded_images: 7,
             reused_vectors: 2,
+            ingest_error: "indexing paused: /data has 3 MiB free".into(),
         };
         let text = status_text(&s);
         for expected in [
@@ -956,6 +961,7 @@ mod tests {
             "logit scale:     4.6052 (x100.00)\n",
             "  online   /photos\n",
             "  offline  /mnt/nas\n",
+            "ingest error:    indexing paused: /data has 3 MiB free\n",
         ] {
             assert!(text.contains(expected), "{expected:?} in\n{text}");
         }

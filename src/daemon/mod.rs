@@ -210,6 +210,7 @@ pub async fn run(
             queue: settings.ingest.queue,
             remove_grace: Duration::from_millis(settings.ingest.remove_grace_ms),
             checkpoint_every: Duration::from_secs(settings.index.checkpoint_interval_s.max(1)),
+            min_free_bytes: settings.ingest.min_free_mb.saturating_mul(1 << 20),
         },
         change_rx,
     );

@@ -244,6 +244,7 @@ impl Core for DaemonCore {
             index_building: self.building.load(Ordering::SeqCst),
             embedded_images: self.counters.embedded.load(Ordering::Relaxed),
             reused_vectors: self.counters.reused.load(Ordering::Relaxed),
+            ingest_error: self.counters.ingest_error().unwrap_or_default(),
         })
     }
 

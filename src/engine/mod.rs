@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use crate::encoder::Encoder;
 use crate::index::{IndexParams, VectorIndex};
-use crate::store::{Space, Store};
+use crate::store::{ContentHash, SegmentError, Space, Store, StoreError};
 
 /// Why an engine could not be opened, checkpointed or searched.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +82,7 @@ impl Engine {
                 )
             }
         };
-        let (replayed, stale) = catch_up(&index, &space, from)?;
+        let (replayed, stale) = catch_up(&index, &store, &space, from)?;
         tracing::info!(
             vectors = index.len(),
             replayed,
@@ -99,6 +99,26 @@ impl Engine {
             index: Arc::new(index),
             index_dir,
         })
+    }
+
+    /// Whether `hash` has a vector in this space that reads back intact. A
+    /// damaged one (its segment record fails its checksum) is forgotten by
+    /// the store and the index, so the caller embeds the file again: the
+    /// startup scan, which asks this of every indexed file, is the repair.
+    pub fn has_intact_vector(&self, hash: &ContentHash) -> Result<bool> {
+        let Some(id) = self.space.vector_id_for_hash(hash)? else {
+            return Ok(false);
+        };
+        match self.space.vector(id) {
+            Ok(v) => Ok(v.is_some()),
+            Err(StoreError::Segment(e @ SegmentError::Damaged { .. })) => {
+                tracing::warn!(error = %e, "damaged vector: forgetting it to embed its files again");
+                self.store.forget_vectors(&self.space, &[id])?;
+                self.index.remove(id);
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Writes the index checkpoint covering every vector committed so far.
@@ -142,11 +162,25 @@ pub fn index_dir(data_dir: &Path, fingerprint: &str) -> PathBuf {
 /// fresh index) up to the store: vectors added since are inserted, those
 /// deleted since (files removed before a crash) tombstoned. Returns
 /// (inserted, tombstoned).
-fn catch_up(index: &VectorIndex, space: &Space, from: u64) -> Result<(usize, usize)> {
+fn catch_up(
+    index: &VectorIndex,
+    store: &Store,
+    space: &Space,
+    from: u64,
+) -> Result<(usize, usize)> {
     let mut batch: Vec<(u64, Vec<f32>)> = Vec::new();
     let mut replayed = 0usize;
+    let mut damaged = Vec::new();
     for v in space.iter_vectors_from(from) {
-        let v = v?;
+        let v = match v {
+            Ok(v) => v,
+            Err(StoreError::Segment(e @ SegmentError::Damaged { id, .. })) => {
+                tracing::warn!(error = %e, "damaged vector: its files will be embedded again");
+                damaged.push(id);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         batch.push((v.id, v.vector));
         if batch.len() == 4096 {
             replayed += insert(index, &batch)?;
@@ -154,6 +188,14 @@ fn catch_up(index: &VectorIndex, space: &Space, from: u64) -> Result<(usize, usi
         }
     }
     replayed += insert(index, &batch)?;
+    if !damaged.is_empty() {
+        let n = store.forget_vectors(space, &damaged)?;
+        tracing::warn!(
+            forgotten = n,
+            segment = %space.segment_path().display(),
+            "forgot damaged vectors: the startup scan embeds their files again"
+        );
+    }
     // Ids only grow and the checkpoint held every stored id below `from`, so
     // the store's ids are a subset of the index's live ones: equal counts
     // mean nothing was deleted since, and the per-id check (a store lookup
@@ -227,11 +269,11 @@ mod tests {
             commit(&store, &space, n);
         }
         let index = VectorIndex::new(8, IndexParams::default(), 64).unwrap();
-        assert_eq!(catch_up(&index, &space, 0).unwrap(), (20, 0));
+        assert_eq!(catch_up(&index, &store, &space, 0).unwrap(), (20, 0));
         let from = space.last_vector_id().unwrap() + 1;
 
         // Nothing changed: nothing to do.
-        assert_eq!(catch_up(&index, &space, from).unwrap(), (0, 0));
+        assert_eq!(catch_up(&index, &store, &space, from).unwrap(), (0, 0));
 
         for n in 20..25 {
             commit(&store, &space, n);
@@ -243,7 +285,7 @@ mod tests {
         store.remove_path("/photos/3.jpg").unwrap();
         store.remove_path("/photos/22.jpg").unwrap();
         assert!(!space.has_vector(gone).unwrap());
-        let (replayed, stale) = catch_up(&index, &space, from).unwrap();
+        let (replayed, stale) = catch_up(&index, &store, &space, from).unwrap();
         assert_eq!((replayed, stale), (4, 1), "22 was never indexed, 3 was");
         assert_eq!(index.len() as u64, space.vector_count().unwrap());
         assert!(!index.live_ids().contains(&gone));

@@ -36,6 +36,8 @@ pub struct PipelineConfig {
     pub queue: usize,
     pub remove_grace: Duration,
     pub checkpoint_every: Duration,
+    /// Indexing pauses while the data dir's file system has less free.
+    pub min_free_bytes: u64,
 }
 
 /// Counters for status and progress; shared with the query side.
@@ -55,6 +57,11 @@ pub struct Counters {
     held: AtomicU64,
     /// The watcher's own work ([`crate::ingest::watch::Watcher::busy`]).
     watching: std::sync::OnceLock<Arc<AtomicU64>>,
+    /// Why indexing is paused (a full disk); `None` while it runs.
+    paused: Mutex<Option<String>>,
+    /// Set when the change feed closed (shutdown): a paused committer gives
+    /// up its batch instead of waiting for room forever.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl Counters {
@@ -66,6 +73,15 @@ impl Counters {
         self.pending.lock().expect("pending lock").len() as u64
             + self.held.load(Ordering::Relaxed)
             + watching
+    }
+
+    /// Why indexing is paused, for Status; `None` while it runs.
+    pub fn ingest_error(&self) -> Option<String> {
+        self.paused.lock().expect("paused lock").clone()
+    }
+
+    fn set_paused(&self, why: Option<String>) {
+        *self.paused.lock().expect("paused lock") = why;
     }
 
     /// Counts the watcher's work (see [`Self::pending`]); set once.
@@ -211,6 +227,7 @@ async fn planner(
     }
     // The feed closed (shutdown): removals still waiting are applied by the next
     // start's full scan, so nothing is lost by dropping them here.
+    counters.closing.store(true, Ordering::SeqCst);
 }
 
 /// `SyncSender::send` blocks when the committer is behind: do it off the async threads.
@@ -231,7 +248,7 @@ fn set_offline(engine: &Engine, root: &Path, offline: bool) {
 }
 
 /// False when the store already has this exact file (same size and mtime)
-/// with a vector in our space, or it failed before and has not changed.
+/// with an intact vector in our space, or it failed before and has not changed.
 fn needs_work(engine: &Engine, path: &Path, size: u64, mtime_ns: i64) -> bool {
     let Ok(p) = path_str(path) else {
         tracing::warn!(path = %path.display(), "skipping a path that is not UTF-8");
@@ -240,7 +257,7 @@ fn needs_work(engine: &Engine, path: &Path, size: u64, mtime_ns: i64) -> bool {
     if let Ok(Some(rec)) = engine.store.file(p)
         && rec.size == size
         && rec.mtime_ns == mtime_ns
-        && matches!(engine.space.vector_id_for_hash(&rec.hash), Ok(Some(_)))
+        && matches!(engine.has_intact_vector(&rec.hash), Ok(true))
     {
         return false;
     }
@@ -364,6 +381,16 @@ fn committer(engine: &Engine, counters: &Counters, cfg: &PipelineConfig, ops: mp
     let mut last_checkpoint = Instant::now();
     let mut dirty = false;
     loop {
+        if !wait_for_room(engine, counters, cfg) {
+            // Shutting down on a full disk: what is not committed is found
+            // again by the next start's scan; dropping the receiver frees the
+            // workers blocked on it.
+            tracing::warn!(
+                files = batch.len(),
+                "stopping with indexing paused: uncommitted files wait for the next start"
+            );
+            return;
+        }
         let new_images = batch.iter().filter(|b| b.2.is_some()).count();
         let op = if batch.is_empty() {
             match ops.recv_timeout(Duration::from_secs(1)) {
@@ -396,18 +423,70 @@ fn committer(engine: &Engine, counters: &Counters, cfg: &PipelineConfig, ops: mp
             }
             None => dirty |= flush_batch(engine, counters, &mut batch),
         }
-        if dirty && last_checkpoint.elapsed() >= cfg.checkpoint_every && batch.is_empty() {
+        if dirty
+            && last_checkpoint.elapsed() >= cfg.checkpoint_every
+            && batch.is_empty()
+            && counters.ingest_error().is_none()
+        {
             checkpoint(engine);
             last_checkpoint = Instant::now();
             dirty = false;
         }
     }
     // Shutdown: commit what was already decoded, then leave a checkpoint so the
-    // next start loads instead of rebuilding.
+    // next start loads instead of rebuilding (not on a full disk).
+    if !has_room(engine, cfg) {
+        return;
+    }
     flush_batch(engine, counters, &mut batch);
     checkpoint(engine);
     if let Err(e) = engine.store.flush() {
         tracing::error!(error = %e, "final store flush failed");
+    }
+}
+
+/// Whether the data dir has the configured room (or its free space cannot
+/// be read, which must not stop indexing).
+fn has_room(engine: &Engine, cfg: &PipelineConfig) -> bool {
+    match engine.store.free_bytes() {
+        Ok(free) => free >= cfg.min_free_bytes,
+        Err(e) => {
+            tracing::debug!(error = %e, "free space unknown");
+            true
+        }
+    }
+}
+
+/// Blocks while the data dir is short of room, with the reason in Status
+/// and the log: the store never meets a full disk mid-write, and queries
+/// keep being answered from what is committed. Returns false if the daemon
+/// begins to stop meanwhile.
+fn wait_for_room(engine: &Engine, counters: &Counters, cfg: &PipelineConfig) -> bool {
+    let mut announced = false;
+    loop {
+        if has_room(engine, cfg) {
+            if counters.ingest_error().is_some() {
+                counters.set_paused(None);
+                tracing::info!("disk space is back: indexing resumes");
+            }
+            return true;
+        }
+        if !announced {
+            let free = engine.store.free_bytes().unwrap_or(0);
+            let why = format!(
+                "indexing paused: {} has {} MiB free, below the {} MiB reserve (ingest.min_free_mb); it resumes once space is freed",
+                engine.store.dir().display(),
+                free >> 20,
+                cfg.min_free_bytes >> 20
+            );
+            tracing::error!("{why}");
+            counters.set_paused(Some(why));
+            announced = true;
+        }
+        if counters.closing.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -504,6 +583,16 @@ fn flush_batch(
                 "batch committed"
             );
             true
+        }
+        Err(e) if e.is_disk_full() => {
+            // Another writer took the room between the check and the write:
+            // keep the batch and wait for room (the store is unchanged).
+            let why = format!("indexing paused: the disk is full: {e}");
+            tracing::error!("{why}");
+            counters.set_paused(Some(why));
+            *batch = items;
+            std::thread::sleep(Duration::from_secs(1));
+            return false;
         }
         Err(e) => {
             tracing::error!(error = %e, files = commits.len(), "commit failed");

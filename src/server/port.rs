@@ -215,6 +215,8 @@ pub struct StatusSnapshot {
     pub embedded_images: u64,
     /// Files indexed since start by reusing an existing vector (no model run).
     pub reused_vectors: u64,
+    /// Why indexing is paused (empty while it runs).
+    pub ingest_error: String,
 }
 
 /// A watched folder.

@@ -456,6 +456,7 @@ pub(crate) fn status_response(s: StatusSnapshot) -> proto::StatusResponse {
         index_building: s.index_building,
         embedded_images: s.embedded_images,
         reused_vectors: s.reused_vectors,
+        ingest_error: s.ingest_error,
     }
 }
 
@@ -764,6 +765,7 @@ mod tests {
             index_building: true,
             embedded_images: 5,
             reused_vectors: 6,
+            ingest_error: "indexing paused: disk full".into(),
         });
         assert_eq!(
             status,
@@ -784,6 +786,7 @@ mod tests {
                 index_building: true,
                 embedded_images: 5,
                 reused_vectors: 6,
+                ingest_error: "indexing paused: disk full".into(),
             }
         );
 

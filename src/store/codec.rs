@@ -83,28 +83,6 @@ pub(super) fn hash_path_key(hash: &ContentHash, path: &str) -> Vec<u8> {
     k
 }
 
-/// Vector value: `hash ++ f32 LE * dim`.
-pub(super) fn encode_vector(hash: &ContentHash, v: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32 + 4 * v.len());
-    out.extend_from_slice(&hash.0);
-    for x in v {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out
-}
-
-pub(super) fn decode_vector(b: &[u8], dim: usize) -> Option<(ContentHash, Vec<f32>)> {
-    if b.len() != 32 + 4 * dim {
-        return None;
-    }
-    let hash = ContentHash(b[..32].try_into().ok()?);
-    let v = b[32..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Some((hash, v))
-}
-
 pub(super) fn decode_hash(b: &[u8]) -> Option<ContentHash> {
     Some(ContentHash(b.try_into().ok()?))
 }
@@ -123,15 +101,6 @@ mod tests {
         };
         assert_eq!(decode_file(&encode_file(&r)), Some(r));
         assert_eq!(decode_file(&[0; 10]), None);
-    }
-
-    #[test]
-    fn vector_round_trips_and_checks_length() {
-        let h = ContentHash([1; 32]);
-        let v = vec![0.5f32, -1.25, f32::MIN_POSITIVE];
-        let b = encode_vector(&h, &v);
-        assert_eq!(decode_vector(&b, 3), Some((h, v)));
-        assert_eq!(decode_vector(&b, 4), None);
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! The durable truth: file records, content hashes, embedding vectors, failures,
-//! model spaces and root status, in one sled database. This is the only module
-//! that touches sled, so the engine can change without touching the rest.
+//! model spaces and root status: records in one sled database, vectors in one
+//! segment file per space (`segment.rs`). This is the only module that touches
+//! sled or the segments, so the engine can change without touching the rest.
 //!
 //! A file counts as indexed only when its record and vector are committed
-//! *and flushed*: every method that writes returns only after `Db::flush`
-//! (fsync). All methods block (transaction + fsync): from async code, call
-//! them through `tokio::task::spawn_blocking` (a [`Store`] is a cheap `Clone`).
+//! *and flushed*: a batch's new vectors are written and fsynced to the segment
+//! first, then the sled transaction that names them commits, and every method
+//! that writes returns only after `Db::flush` (fsync). All methods block: from
+//! async code, call them through `tokio::task::spawn_blocking` (a [`Store`] is
+//! a cheap `Clone`).
 //!
 //! # Layout (see `codec.rs` for the bytes)
 //! - `files`: path (UTF-8 bytes) → [`FileRecord`] (56 bytes).
@@ -14,9 +17,13 @@
 //!   see that the last path of a content is gone).
 //! - `failures`: path → [`FailureRecord`] (JSON); `roots`: root → offline flag.
 //! - `spaces`: fingerprint → `{no, dim}`; each space owns `space/{no}/hash_id`,
-//!   `space/{no}/vectors`, `space/{no}/meta` (see [`Space`]). Models never share a
-//!   tree, so two models' vectors cannot mix.
+//!   `space/{no}/vectors`, `space/{no}/meta` (see [`Space`]) and the file
+//!   `segments/{no}.vec`. Models never share a tree or a file, so two models'
+//!   vectors cannot mix.
 //! - `meta`: schema version, active space, counters.
+//!
+//! Schema 1 kept the vectors inside sled; [`Store::open`] moves them out
+//! (`migrate.rs`), resumably, before anything else reads the store.
 //!
 //! # Transactions and counters
 //! Every write is one sled transaction over *all* the trees above (including
@@ -44,8 +51,10 @@
 //! catches up.
 
 mod codec;
+mod migrate;
 mod paths;
 mod records;
+mod segment;
 mod space;
 mod transaction;
 mod verify;
@@ -53,7 +62,7 @@ mod verify;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sled::Tree;
@@ -66,12 +75,14 @@ use codec::*;
 pub use paths::path_str;
 use paths::*;
 pub use records::*;
+use segment::Segment;
+pub use segment::SegmentError;
 pub use space::{MIN_NORM, Space, StoredVector};
 use transaction::*;
 
 /// On-disk layout version, in `meta`. A store written by a newer dualsight is
-/// refused rather than misread.
-pub const SCHEMA_VERSION: u32 = 1;
+/// refused rather than misread; version 1 (vectors in sled) is migrated.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Paths per transaction in folder-wide operations: bounds the transaction's
 /// in-memory write set. Each chunk is atomic and leaves the store consistent.
@@ -137,6 +148,14 @@ pub enum StoreError {
     InvalidPath(String, &'static str),
     #[error("store is corrupt: {0}")]
     Corrupt(String),
+    #[error("store: {0}")]
+    Segment(#[from] SegmentError),
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -161,6 +180,10 @@ struct Inner {
     /// for its whole run, because it spans every space's trees (the set must
     /// not change under it); creating or dropping a space takes the write side.
     spaces: RwLock<BTreeMap<String, Space>>,
+    /// Held by every write from before it assigns vector ids until its
+    /// transaction is flushed: ids are dense in the segment only if no two
+    /// batches assign them at once.
+    writer: Mutex<()>,
 }
 
 impl fmt::Debug for Store {
@@ -185,6 +208,7 @@ impl Store {
             .map_err(|e| open_error(&dir, e))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(&dir, e));
         let meta = tree(TREE_META)?;
+        let mut migrating = false;
         match meta.get(META_SCHEMA)? {
             None => {
                 meta.insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
@@ -202,7 +226,8 @@ impl Store {
                         supported: SCHEMA_VERSION,
                     });
                 }
-                if found < SCHEMA_VERSION {
+                migrating = found == 1;
+                if found < SCHEMA_VERSION && !migrating {
                     return Err(StoreError::UnsupportedSchema {
                         dir,
                         found,
@@ -220,9 +245,16 @@ impl Store {
             spaces_tree: tree(TREE_SPACES)?,
             meta,
             spaces: RwLock::new(BTreeMap::new()),
+            writer: Mutex::new(()),
             db,
             dir,
         };
+        let seg_dir = inner.segment_dir();
+        std::fs::create_dir_all(&seg_dir).map_err(|source| StoreError::Io {
+            path: seg_dir.clone(),
+            what: "creating the segment folder",
+            source,
+        })?;
         let mut spaces = BTreeMap::new();
         for kv in inner.spaces_tree.iter() {
             let (k, v) = kv?;
@@ -230,7 +262,7 @@ impl Store {
                 .map_err(|_| StoreError::Corrupt("spaces: fingerprint is not UTF-8".into()))?;
             let rec: SpaceRecord = serde_json::from_slice(&v)
                 .map_err(|e| StoreError::Corrupt(format!("spaces {fp}: {e}")))?;
-            let space = inner.open_space(&fp, rec.no, rec.dim)?;
+            let space = inner.open_space(&fp, rec.no, rec.dim, !migrating)?;
             spaces.insert(fp, space);
         }
         // Trees of a space whose creation or drop was cut short by a crash:
@@ -244,6 +276,10 @@ impl Store {
                 inner.db.drop_tree(&name)?;
             }
         }
+        inner.remove_leftover_segments(&known)?;
+        if migrating {
+            migrate::vectors_out_of_sled(&inner, spaces.values())?;
+        }
         inner.spaces = RwLock::new(spaces);
         inner.db.flush()?;
         Ok(Store {
@@ -256,9 +292,33 @@ impl Store {
     }
 
     /// Bytes the database's files take on disk (see the module docs on space
-    /// amplification).
+    /// amplification), segments included.
     pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.sled_size_on_disk()? + self.segment_bytes())
+    }
+
+    /// Bytes sled's own files take on disk: the records without the vectors.
+    pub fn sled_size_on_disk(&self) -> Result<u64> {
         Ok(self.inner.db.size_on_disk()?)
+    }
+
+    /// Bytes the vector segments take on disk (punched holes excluded).
+    pub fn segment_bytes(&self) -> u64 {
+        let spaces = self
+            .inner
+            .spaces
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        spaces.values().map(|s| s.segment.allocated_bytes()).sum()
+    }
+
+    /// Bytes free for us on the store's file system (statvfs `f_bavail`).
+    pub fn free_bytes(&self) -> Result<u64> {
+        free_bytes(&self.inner.dir).map_err(|source| StoreError::Io {
+            path: self.inner.dir.clone(),
+            what: "checking free space",
+            source,
+        })
     }
 
     pub fn flush(&self) -> Result<()> {
@@ -302,7 +362,19 @@ impl Store {
             Some(v) => read_u64_be(&v)
                 .ok_or_else(|| StoreError::Corrupt("meta: bad next_space_no".into()))?,
         };
-        let space = inner.open_space(fingerprint, no, dim)?;
+        // The number is not committed yet: a file under it is a leftover of
+        // a creation that failed in this run, owned by nobody.
+        let seg = inner.segment_path(no);
+        if let Err(source) = std::fs::remove_file(&seg)
+            && source.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(StoreError::Io {
+                path: seg,
+                what: "removing a leftover segment",
+                source,
+            });
+        }
+        let space = inner.open_space(fingerprint, no, dim, true)?;
         let rec = serde_json::to_vec(&SpaceRecord {
             no,
             dim,
@@ -393,6 +465,10 @@ impl Store {
             inner.db.drop_tree(space_tree_name(space.no, kind))?;
         }
         inner.db.flush()?;
+        // Readers holding the space keep the file open; unlinking is safe.
+        if let Err(e) = std::fs::remove_file(space.segment.path()) {
+            tracing::warn!(path = %space.segment.path().display(), error = %e, "cannot remove a dropped space's segment");
+        }
         tracing::info!(fingerprint, "dropped vector space");
         Ok(true)
     }
@@ -423,8 +499,29 @@ impl Store {
         if items.is_empty() {
             return Ok(CommitOutcome::default());
         }
-        let mut out = self.write(|tx| {
+        let writer = self.lock_writer(space)?;
+        // New contents get the next ids, and their vectors reach the disk
+        // before the transaction that names them (module docs).
+        let first = space.last_vector_id()? + 1;
+        let mut fresh: Vec<(ContentHash, &[f32])> = Vec::new();
+        let mut assigned: BTreeMap<ContentHash, u64> = BTreeMap::new();
+        for it in items {
+            let hash = it.record.hash;
+            if let Embedding::New(v) = &it.embedding
+                && !assigned.contains_key(&hash)
+                && space.vector_id_for_hash(&hash)?.is_none()
+            {
+                assigned.insert(hash, first + fresh.len() as u64);
+                fresh.push((hash, v));
+            }
+        }
+        space.segment.append(first, &fresh)?;
+        let last = first + fresh.len() as u64 - 1;
+        let mut out = self.write_locked(&writer, |tx| {
             let target = tx.space_index(space)?;
+            if !fresh.is_empty() {
+                tx.set_last_id(target, last)?;
+            }
             let mut pending = BTreeSet::new();
             let mut out = CommitOutcome::default();
             for it in items {
@@ -440,7 +537,7 @@ impl Store {
                 tx.clear_failure(&it.path)?;
                 let id = match &it.embedding {
                     Embedding::New(v) => {
-                        let (id, created) = tx.add_vector(target, &hash, v)?;
+                        let (id, created) = tx.add_vector(target, &hash, assigned.get(&hash))?;
                         if created {
                             out.inserted.push((id, v.clone()));
                         }
@@ -474,9 +571,43 @@ impl Store {
             .map(|o| o.id)
             .collect();
         out.inserted.retain(|(id, _)| !born_dead.contains(id));
+        self.release(&out.orphaned);
         out.orphaned
             .retain(|o| !(o.fingerprint == fp && born_dead.contains(&o.id)));
+        drop(writer);
         Ok(out)
+    }
+
+    /// Forgets vectors whose segment records are damaged. Their files keep
+    /// their records but have no vector in the space any more, so the next
+    /// scan embeds them again. Returns how many were forgotten.
+    pub fn forget_vectors(&self, space: &Space, ids: &[u64]) -> Result<u64> {
+        let writer = self.lock_writer(space)?;
+        self.write_locked(&writer, |tx| {
+            let i = tx.space_index(space)?;
+            let mut n = 0;
+            for &id in ids {
+                if let Some(hash) = tx.vector_hash(i, id)? {
+                    tx.remove_vector(i, id, &hash)?;
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+    }
+
+    /// Reads every vector of `space` and returns the ids whose records are
+    /// damaged (checksum, id or hash wrong, or cut off): O(space).
+    pub fn damaged_vectors(&self, space: &Space) -> Result<Vec<u64>> {
+        let mut damaged = Vec::new();
+        for v in space.iter_vectors_from(0) {
+            match v {
+                Ok(_) => {}
+                Err(StoreError::Segment(SegmentError::Damaged { id, .. })) => damaged.push(id),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(damaged)
     }
 
     /// Forgets a file (deleted or moved out of the roots) and any failure
@@ -519,6 +650,7 @@ impl Store {
                 Ok(r)
             })?);
         }
+        self.release(&total.orphaned);
         Ok(total)
     }
 
@@ -537,6 +669,7 @@ impl Store {
             tx.finalize_orphans(&pending, &mut r.orphaned)?;
             Ok(r)
         })
+        .inspect(|r| self.release(&r.orphaned))
     }
 
     /// [`Store::rename`] for every path under a folder that moved. Atomic per
@@ -574,6 +707,7 @@ impl Store {
                 Ok(r)
             })?);
         }
+        self.release(&total.orphaned);
         Ok(total)
     }
 
@@ -710,9 +844,56 @@ impl Store {
         Ok(out)
     }
 
-    // ---- consistency --------------------------------------------------------
-
     // ---- internals ----------------------------------------------------------
+
+    /// The writer lock, for a write to `space`, which must still be open.
+    fn lock_writer(&self, space: &Space) -> Result<std::sync::MutexGuard<'_, ()>> {
+        let writer = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !self.is_open(space) {
+            return Err(StoreError::StaleSpace(space.fingerprint().into()));
+        }
+        Ok(writer)
+    }
+
+    /// Whether `space` is still one of the store's (not dropped since).
+    fn is_open(&self, space: &Space) -> bool {
+        let spaces = self
+            .inner
+            .spaces
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        spaces
+            .get(space.fingerprint())
+            .is_some_and(|s| s.no == space.no)
+    }
+
+    /// Gives the disk blocks of deleted vectors back (best effort; the
+    /// records are dead whether or not this succeeds).
+    fn release(&self, orphans: &[Orphan]) {
+        if orphans.is_empty() {
+            return;
+        }
+        let spaces = self
+            .inner
+            .spaces
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        for s in spaces.values() {
+            let ids: Vec<u64> = orphans_in(orphans, s.fingerprint()).collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let Ok(last) = s.last_vector_id() else {
+                continue;
+            };
+            s.segment
+                .release(&ids, last, |id| s.has_vector(id).unwrap_or(true));
+        }
+    }
 
     /// Paths with a file or failure record under `dir`, in byte order.
     fn paths_under(&self, dir: &str) -> Result<Vec<String>> {
@@ -733,21 +914,123 @@ impl Store {
 }
 
 impl Inner {
-    fn open_space(&self, fingerprint: &str, no: u64, dim: usize) -> Result<Space> {
+    /// Opens a space's trees and its segment, cutting the segment to the
+    /// last id sled committed. `report` is false while migrating, when the
+    /// segment is still being filled.
+    fn open_space(&self, fingerprint: &str, no: u64, dim: usize, report: bool) -> Result<Space> {
         let tree = |kind| self.db.open_tree(space_tree_name(no, kind));
+        let meta = tree("meta")?;
+        let last_id = match meta.get(SPACE_LAST_ID)? {
+            None => 0,
+            Some(v) => read_u64_be(&v)
+                .ok_or_else(|| StoreError::Corrupt(format!("space {fingerprint}: bad last_id")))?,
+        };
+        let (segment, rep) = Segment::open(&self.segment_path(no), no, dim, last_id)?;
+        if report && rep.torn_bytes > 0 {
+            tracing::warn!(
+                path = %self.segment_path(no).display(),
+                bytes = rep.torn_bytes,
+                "cut vectors written after the last commit (an interrupted batch)"
+            );
+        }
+        if report && rep.missing > 0 {
+            tracing::error!(
+                path = %self.segment_path(no).display(),
+                vectors = rep.missing,
+                "the segment is shorter than the store: these vectors read as damaged"
+            );
+        }
         Ok(Space {
             fingerprint: fingerprint.into(),
             dim,
             no,
             hash_id: tree("hash_id")?,
             vectors: tree("vectors")?,
-            meta: tree("meta")?,
+            meta,
             hash_paths: self.hash_paths.clone(),
+            segment: Arc::new(segment),
         })
+    }
+
+    fn segment_dir(&self) -> PathBuf {
+        self.dir.join("segments")
+    }
+
+    fn segment_path(&self, no: u64) -> PathBuf {
+        self.segment_dir().join(format!("{no}.vec"))
+    }
+
+    /// Removes segment files of spaces that do not exist (a creation or a
+    /// drop cut short), like the trees above.
+    fn remove_leftover_segments(&self, known: &BTreeSet<u64>) -> Result<()> {
+        let dir = self.segment_dir();
+        let io = |what| {
+            let path = dir.clone();
+            move |source| StoreError::Io { path, what, source }
+        };
+        for entry in std::fs::read_dir(&dir).map_err(io("listing"))? {
+            let path = entry.map_err(io("listing"))?.path();
+            let no = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".vec").or_else(|| n.strip_suffix(".tmp")))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(no) = no
+                && !known.contains(&no)
+            {
+                tracing::warn!(path = %path.display(), "removing leftover segment");
+                std::fs::remove_file(&path).map_err(io("removing a leftover segment"))?;
+            }
+        }
+        Ok(())
     }
 }
 
 // ---- helpers --------------------------------------------------------------------
+
+#[cfg(unix)]
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // Safety: `c` is a NUL-terminated path and `st` is a buffer of the right type.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // Safety: statvfs succeeded, so it filled the buffer.
+    let st = unsafe { st.assume_init() };
+    // fsblkcnt_t and c_ulong are u32 on some targets.
+    #[allow(clippy::useless_conversion)]
+    let (avail, frsize) = (u64::from(st.f_bavail), u64::from(st.f_frsize));
+    Ok(avail.saturating_mul(frsize))
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_: &Path) -> std::io::Result<u64> {
+    Ok(u64::MAX)
+}
+
+impl StoreError {
+    /// Whether the file system ran out of space (ENOSPC or EDQUOT) under this
+    /// error: the caller should wait for room and retry, not give up.
+    pub fn is_disk_full(&self) -> bool {
+        let io = match self {
+            StoreError::Segment(SegmentError::Io { source, .. })
+            | StoreError::Io { source, .. } => source,
+            StoreError::Db(sled::Error::Io(e))
+            | StoreError::Open {
+                source: sled::Error::Io(e),
+                ..
+            } => e,
+            _ => return false,
+        };
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
+    }
+}
 
 /// sled reports a held lock as an `Other` I/O error with this text (fs2's
 /// `try_lock_exclusive` underneath); it has no dedicated variant.

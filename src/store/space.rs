@@ -8,16 +8,19 @@ use std::sync::Arc;
 use sled::Tree;
 
 use super::codec::{self, SPACE_LAST_ID, SPACE_PATHS, SPACE_VECTORS};
+use super::segment::Segment;
 use super::{ContentHash, Result, StoreError};
 
 /// Vectors whose norm is below this are refused: they carry no direction, and
 /// normalising them would amplify noise (and hnsw_rs panics on NaN distances).
 pub const MIN_NORM: f32 = 1e-6;
 
-/// Handle on one space's trees. Cheap to clone (sled trees are `Arc`s).
+/// Handle on one space's trees and vector segment. Cheap to clone (sled
+/// trees are `Arc`s).
 ///
-/// Trees: `hash_id` (content hash → id, u64 BE), `vectors` (id BE → hash ++
-/// f32 LE), `meta` (`last_id`, `vectors`, `paths` counters, u64 BE).
+/// Trees: `hash_id` (content hash → id, u64 BE), `vectors` (id BE → hash:
+/// which ids are live), `meta` (`last_id`, `vectors`, `paths` counters, u64
+/// BE). The f32 payloads are in the segment file (`segment.rs`).
 #[derive(Clone)]
 pub struct Space {
     pub(super) fingerprint: Arc<str>,
@@ -29,6 +32,7 @@ pub struct Space {
     pub(super) meta: Tree,
     /// The store's `hash_paths` tree, for [`Space::paths_for_vector`].
     pub(super) hash_paths: Tree,
+    pub(super) segment: Arc<Segment>,
 }
 
 /// One stored embedding.
@@ -96,6 +100,9 @@ impl Space {
         }
     }
 
+    /// The vector `id`, `None` when it is not (or no longer) in the space.
+    /// A record whose checksum fails is [`StoreError::Segment`], never a
+    /// wrong vector.
     pub fn vector(&self, id: u64) -> Result<Option<StoredVector>> {
         match self.vectors.get(codec::u64_be(id))? {
             None => Ok(None),
@@ -145,9 +152,7 @@ impl Space {
         let Some(sv) = self.vectors.get(codec::u64_be(id))? else {
             return Ok(Vec::new());
         };
-        let hash = codec::decode_hash(&sv[..32.min(sv.len())])
-            .ok_or_else(|| self.corrupt(format!("vector {id}: bad value")))?;
-        self.paths_for_hash(&hash)
+        self.paths_for_hash(&self.live_hash(id, &sv)?)
     }
 
     /// Every path whose content is `hash` (none once the last is gone).
@@ -175,10 +180,23 @@ impl Space {
         }
     }
 
+    /// Where the f32 payloads are (for messages and operators).
+    pub fn segment_path(&self) -> &std::path::Path {
+        self.segment.path()
+    }
+
+    fn live_hash(&self, id: u64, b: &[u8]) -> Result<ContentHash> {
+        codec::decode_hash(b).ok_or_else(|| {
+            self.corrupt(format!(
+                "vectors {id}: {} bytes, expected a 32-byte hash",
+                b.len()
+            ))
+        })
+    }
+
     fn decode(&self, id: u64, b: &[u8]) -> Result<StoredVector> {
-        let (hash, vector) = codec::decode_vector(b, self.dim).ok_or_else(|| {
-            self.corrupt(format!("vector {id}: {} bytes, dim {}", b.len(), self.dim))
-        })?;
+        let hash = self.live_hash(id, b)?;
+        let vector = self.segment.read(id, &hash)?;
         Ok(StoredVector { id, hash, vector })
     }
 

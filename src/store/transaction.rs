@@ -9,6 +9,20 @@ impl Store {
     /// flushes. `f` may run more than once (sled retries on conflict): it must
     /// only touch the transaction and its own locals.
     pub(super) fn write<A>(&self, f: impl Fn(&Tx<'_>) -> TxResult<A>) -> Result<A> {
+        let writer = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.write_locked(&writer, f)
+    }
+
+    /// [`Store::write`] for a caller that already holds the writer lock.
+    pub(super) fn write_locked<A>(
+        &self,
+        _writer: &std::sync::MutexGuard<'_, ()>,
+        f: impl Fn(&Tx<'_>) -> TxResult<A>,
+    ) -> Result<A> {
         let inner = &self.inner;
         let guard = inner.spaces.read().unwrap_or_else(PoisonError::into_inner);
         let spaces: Vec<Space> = guard.values().cloned().collect();
@@ -175,20 +189,31 @@ impl Tx<'_> {
         Ok(Some(rec))
     }
 
-    /// The vector for `hash` in space `i`, created when absent: (id, created).
+    /// Records the highest id a batch wrote to space `i`'s segment.
+    pub(super) fn set_last_id(&self, i: usize, last: u64) -> TxResult<()> {
+        self.sp(i, S_META)
+            .insert(SPACE_LAST_ID, &u64_be(last)[..])?;
+        Ok(())
+    }
+
+    /// The vector for `hash` in space `i`: the existing one, or the one the
+    /// batch wrote to the segment under `written`: (id, created).
     pub(super) fn add_vector(
         &self,
         i: usize,
         hash: &ContentHash,
-        v: &[f32],
+        written: Option<&u64>,
     ) -> TxResult<(u64, bool)> {
         if let Some(id) = self.vector_id(i, hash)? {
             return Ok((id, false));
         }
-        let id = Self::add_u64(self.sp(i, S_META), SPACE_LAST_ID, 1)?;
+        let Some(&id) = written else {
+            return corrupt(format!(
+                "content {hash}: no vector written for it (a write outside the writer lock?)"
+            ));
+        };
         self.sp(i, S_HASH_ID).insert(&hash.0[..], &u64_be(id)[..])?;
-        self.sp(i, S_VECTORS)
-            .insert(&u64_be(id)[..], encode_vector(hash, v))?;
+        self.sp(i, S_VECTORS).insert(&u64_be(id)[..], &hash.0[..])?;
         Self::add_u64(self.sp(i, S_META), SPACE_VECTORS, 1)?;
         // Every path already holding this content is now indexed in the space.
         let refs = Self::get_u64(&self.t[T_HASH_REFS], &hash.0)?;
@@ -209,9 +234,7 @@ impl Tx<'_> {
             }
             for (i, s) in self.spaces.iter().enumerate() {
                 if let Some(id) = self.vector_id(i, hash)? {
-                    self.sp(i, S_HASH_ID).remove(&hash.0[..])?;
-                    self.sp(i, S_VECTORS).remove(&u64_be(id)[..])?;
-                    Self::add_u64(self.sp(i, S_META), SPACE_VECTORS, -1)?;
+                    self.remove_vector(i, id, hash)?;
                     out.push(Orphan {
                         fingerprint: s.fingerprint().to_owned(),
                         id,
@@ -220,6 +243,28 @@ impl Tx<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Deletes vector `id` (of content `hash`) from space `i`; the paths
+    /// holding that content stop counting as indexed there.
+    pub(super) fn remove_vector(&self, i: usize, id: u64, hash: &ContentHash) -> TxResult<()> {
+        self.sp(i, S_HASH_ID).remove(&hash.0[..])?;
+        self.sp(i, S_VECTORS).remove(&u64_be(id)[..])?;
+        Self::add_u64(self.sp(i, S_META), SPACE_VECTORS, -1)?;
+        let refs = Self::get_u64(&self.t[T_HASH_REFS], &hash.0)?;
+        Self::add_u64(self.sp(i, S_META), SPACE_PATHS, -(refs as i64))?;
+        Ok(())
+    }
+
+    /// The content hash of live vector `id` in space `i`.
+    pub(super) fn vector_hash(&self, i: usize, id: u64) -> TxResult<Option<ContentHash>> {
+        match self.sp(i, S_VECTORS).get(u64_be(id))? {
+            None => Ok(None),
+            Some(v) => match decode_hash(&v) {
+                Some(h) => Ok(Some(h)),
+                None => corrupt(format!("vectors {id}: bad value")),
+            },
+        }
     }
 
     pub(super) fn rename(

@@ -9,7 +9,7 @@ use dualsight::server::proto::dual_sight_client::DualSightClient;
 use dualsight::server::proto::{self, search_by_image_request};
 use tonic::transport::Channel;
 
-use crate::cli::dualsight;
+use crate::cli::{dualsight, run_ok};
 use crate::util::*;
 
 /// A daemon child process with its own folders; killed on drop.
@@ -19,6 +19,8 @@ struct Daemon {
     pub data: PathBuf,
     pub addr: String,
     pub model: PathBuf,
+    /// Lines added to the config's `[ingest]` section.
+    pub ingest: String,
     log: PathBuf,
     _tmp: tempfile::TempDir,
 }
@@ -38,20 +40,28 @@ impl Daemon {
 
     /// A daemon on the checkpoint in `model`.
     fn start_with(model: PathBuf) -> Self {
+        let mut d = Self::prepare(model);
+        d.spawn();
+        d
+    }
+
+    /// Its folders, not started yet.
+    fn prepare(model: PathBuf) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let photos = tmp.path().join("photos");
         let data = tmp.path().join("data");
         std::fs::create_dir_all(&photos).unwrap();
-        let mut d = Daemon {
+        let d = Daemon {
             child: None,
             photos,
             data,
             model,
             addr: String::new(),
+            ingest: String::new(),
             log: tmp.path().join("daemon.log"),
             _tmp: tmp,
         };
-        d.spawn();
+        std::fs::create_dir_all(&d.data).unwrap();
         d
     }
 
@@ -63,7 +73,7 @@ impl Daemon {
         let config = self.data.with_extension("toml");
         std::fs::write(
             &config,
-            "[watch]\ndebounce_ms = 100\nstable_ms = 400\nroot_poll_s = 1\n[ingest]\nbatch_size = 4\nbatch_timeout_ms = 50\nremove_grace_ms = 1500\n[index]\ncheckpoint_interval_s = 1\n",
+            format!("[watch]\ndebounce_ms = 100\nstable_ms = 400\nroot_poll_s = 1\n[ingest]\nbatch_size = 4\nbatch_timeout_ms = 50\nremove_grace_ms = 1500\n{}\n[index]\ncheckpoint_interval_s = 1\n", self.ingest),
         )
         .unwrap();
         let log = std::fs::OpenOptions::new()
@@ -197,6 +207,25 @@ const PHOTOS: &[&str] = &[
     "camera.png",
     "astronaut_cmyk.jpg",
 ];
+
+/// SearchByImage on an indexed path.
+async fn search_by_path(
+    c: &mut DualSightClient<Channel>,
+    path: &Path,
+    limit: u32,
+) -> Vec<proto::Hit> {
+    c.search_by_image(proto::SearchByImageRequest {
+        query: Some(search_by_image_request::Query::Path(
+            path.to_string_lossy().into(),
+        )),
+        limit,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .hits
+}
 
 /// A daemon with the five photos indexed, and a client to it.
 async fn indexed_daemon() -> (Daemon, DualSightClient<Channel>) {
@@ -351,18 +380,7 @@ async fn photos_become_searchable_in_exact_cosine_order() {
     let one = search(&mut c, "a photo of a cat", 1).await;
     assert_eq!(PathBuf::from(&one[0].path), *first_path);
     // Image → images: an indexed path finds itself first.
-    let by_path = c
-        .search_by_image(proto::SearchByImageRequest {
-            query: Some(search_by_image_request::Query::Path(
-                paths[0].to_string_lossy().into(),
-            )),
-            limit: 3,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .hits;
+    let by_path = search_by_path(&mut c, &paths[0], 3).await;
     assert_eq!(PathBuf::from(&by_path[0].path), paths[0]);
     assert!((by_path[0].score - 1.0).abs() < 1e-4);
     let by_bytes = c
@@ -1017,6 +1035,43 @@ async fn a_damaged_checkpoint_is_rebuilt_from_the_store() {
     }
 }
 
+/// A damaged vector record (a flipped bit in the segment) with the index
+/// checkpoint intact: the startup scan reads every indexed file's vector
+/// back, forgets the damaged one and embeds its file again; answers are
+/// those from before the damage, and fsck finds the store consistent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_vector_is_found_at_startup_and_embedded_again() {
+    let (mut d, mut c) = indexed_daemon().await;
+    let before = search(&mut c, "a photo of a cat", 10).await;
+    assert!(d.signal("TERM").success(), "log:\n{}", d.log());
+    let seg = d.data.join("store/segments/1.vec");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let record = (bytes.len() - 64) / 5;
+    bytes[64 + 2 * record + record / 2] ^= 0x20;
+    std::fs::write(&seg, bytes).unwrap();
+
+    d.spawn();
+    let mut c = d.client().await;
+    wait_for(&d, &mut c, "the damaged vector embedded again", |s| {
+        s.ready && s.indexed_files == 5 && s.pending_files == 0 && s.embedded_images == 1
+    })
+    .await;
+    let after = search(&mut c, "a photo of a cat", 10).await;
+    // Same order; scores to float noise (the image was embedded in another batch).
+    assert_eq!(before.len(), after.len());
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b.path, a.path);
+        assert!((b.score - a.score).abs() < 1e-5, "{b:?} vs {a:?}");
+    }
+    let log = d.log();
+    assert!(
+        log.contains("vector 3 is damaged (checksum mismatch)"),
+        "{log}"
+    );
+    assert!(d.signal("TERM").success());
+    run_ok(dualsight().arg("fsck").arg("--data-dir").arg(&d.data));
+}
+
 /// A storm: 50,000 files created in one burst (hard links to the fashion
 /// photos, so the test spends its time on events, scans and commits rather
 /// than on the model), then whole folders moved out, some moved back, and
@@ -1069,4 +1124,119 @@ async fn a_storm_of_changes_converges_to_the_exact_count() {
         s.indexed_files == left && s.pending_files == 0 && s.failed_files == 0
     })
     .await;
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped (declare it before
+/// the daemon, so the daemon stops first).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `mib` MiB on `dir`. Needs root, which `.ci/run`
+    /// has; elsewhere the test fails loudly unless DUALSIGHT_SKIP_ROOT is set
+    /// (then it returns None and the test says it did not run).
+    fn mount(dir: &Path, mib: u64) -> Option<Tmpfs> {
+        let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+        if !root {
+            assert!(
+                std::env::var_os("DUALSIGHT_SKIP_ROOT").is_some(),
+                "this test mounts a tmpfs: run it as root (as .ci/run does) or set DUALSIGHT_SKIP_ROOT=1"
+            );
+            eprintln!("not root: the full-disk test did not run");
+            return None;
+        }
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs on {}", dir.display());
+        Some(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full disk (issue 17): the data dir on a 48 MiB tmpfs, filled by another
+/// file while photos arrive. Indexing pauses with the reason in Status,
+/// queries keep being answered, nothing is lost or corrupted, and indexing
+/// resumes by itself when the space is freed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_pauses_indexing_and_it_resumes_when_space_frees() {
+    let mut d = Daemon::prepare(fixtures().join("fashion/model"));
+    let Some(_mount) = Tmpfs::mount(&d.data, 48) else {
+        return;
+    };
+    d.ingest = "min_free_mb = 16".into();
+    d.spawn();
+    let mut c = d.client().await;
+    let mut sources: Vec<PathBuf> = walkdir::WalkDir::new(fixtures().join("fashion/train"))
+        .into_iter()
+        .map(|e| e.unwrap().into_path())
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    sources.sort();
+    let add = |range: std::ops::Range<usize>| {
+        for i in range {
+            std::fs::copy(&sources[i], d.photos.join(format!("p{i:03}.png"))).unwrap();
+        }
+    };
+    add(0..60);
+    wait_for(&d, &mut c, "the first photos", |s| {
+        s.indexed_files == 60 && s.pending_files == 0
+    })
+    .await;
+    let before = search(&mut c, "a photo of a bag", 5).await;
+    assert_eq!(before.len(), 5);
+
+    // Another program fills the disk to 8 MiB free, under the 16 MiB reserve.
+    let free = {
+        let out = Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(&d.data)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let filler = d.data.join("filler");
+    std::fs::write(&filler, vec![0u8; (free - (8 << 20)) as usize]).unwrap();
+    add(60..120);
+    let paused = wait_for(&d, &mut c, "indexing paused", |s| {
+        s.ingest_error.contains("below the 16 MiB reserve") && s.pending_files > 0
+    })
+    .await;
+    assert!(
+        paused
+            .ingest_error
+            .contains(&d.data.join("store").display().to_string()),
+        "{}",
+        paused.ingest_error
+    );
+    assert!(paused.indexed_files < 120);
+    // Queries are answered meanwhile, from what was committed.
+    let during = search(&mut c, "a photo of a bag", 5).await;
+    assert_eq!(during.len(), 5);
+    let by_path = search_by_path(&mut c, &d.photos.join("p007.png"), 1).await;
+    assert!(by_path[0].path.ends_with("p007.png") && by_path[0].score > 0.9999);
+    assert!(d.log().contains("indexing paused"), "{}", d.log());
+
+    std::fs::remove_file(&filler).unwrap();
+    let s = wait_for(&d, &mut c, "indexing resumed", |s| {
+        s.indexed_files == 120 && s.pending_files == 0 && s.ingest_error.is_empty()
+    })
+    .await;
+    assert_eq!(s.failed_files, 0);
+    assert!(d.log().contains("indexing resumes"));
+    assert!(d.signal("TERM").success(), "log:\n{}", d.log());
+    run_ok(dualsight().arg("fsck").arg("--data-dir").arg(&d.data));
 }
