@@ -21,6 +21,9 @@ struct Daemon {
     pub model: PathBuf,
     /// Lines added to the config's `[ingest]` section.
     pub ingest: String,
+    /// Run the daemon as `nobody` (setpriv): for tests of what a root daemon
+    /// could read anyway.
+    pub as_nobody: bool,
     log: PathBuf,
     _tmp: tempfile::TempDir,
 }
@@ -58,6 +61,7 @@ impl Daemon {
             model,
             addr: String::new(),
             ingest: String::new(),
+            as_nobody: false,
             log: tmp.path().join("daemon.log"),
             _tmp: tmp,
         };
@@ -81,7 +85,15 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = dualsight()
+        let mut cmd = if self.as_nobody {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(env!("CARGO_BIN_EXE_dualsight"));
+            c
+        } else {
+            dualsight()
+        };
+        let child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&config)
@@ -1126,6 +1138,32 @@ async fn a_storm_of_changes_converges_to_the_exact_count() {
     .await;
 }
 
+/// Whether the tests run as root, which some fault tests need (`.ci/run`
+/// runs as root). Elsewhere such a test fails loudly unless
+/// DUALSIGHT_SKIP_ROOT is set; then it says it did not run.
+fn is_root(what: &str) -> bool {
+    if Command::new("id").arg("-u").output().unwrap().stdout == b"0\n" {
+        return true;
+    }
+    assert!(
+        std::env::var_os("DUALSIGHT_SKIP_ROOT").is_some(),
+        "this test {what}: run it as root (as .ci/run does) or set DUALSIGHT_SKIP_ROOT=1"
+    );
+    eprintln!("not root: this test ({what}) did not run");
+    false
+}
+
+/// The fashion training photos, in name order (distinct contents).
+fn fashion_photos() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = walkdir::WalkDir::new(fixtures().join("fashion/train"))
+        .into_iter()
+        .map(|e| e.unwrap().into_path())
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    v.sort();
+    v
+}
+
 /// A tmpfs mounted for one test, unmounted when dropped (declare it before
 /// the daemon, so the daemon stops first).
 struct Tmpfs(PathBuf);
@@ -1135,13 +1173,7 @@ impl Tmpfs {
     /// has; elsewhere the test fails loudly unless DUALSIGHT_SKIP_ROOT is set
     /// (then it returns None and the test says it did not run).
     fn mount(dir: &Path, mib: u64) -> Option<Tmpfs> {
-        let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
-        if !root {
-            assert!(
-                std::env::var_os("DUALSIGHT_SKIP_ROOT").is_some(),
-                "this test mounts a tmpfs: run it as root (as .ci/run does) or set DUALSIGHT_SKIP_ROOT=1"
-            );
-            eprintln!("not root: the full-disk test did not run");
+        if !is_root("mounts a tmpfs") {
             return None;
         }
         let ok = Command::new("mount")
@@ -1174,12 +1206,7 @@ async fn a_full_disk_pauses_indexing_and_it_resumes_when_space_frees() {
     d.ingest = "min_free_mb = 16".into();
     d.spawn();
     let mut c = d.client().await;
-    let mut sources: Vec<PathBuf> = walkdir::WalkDir::new(fixtures().join("fashion/train"))
-        .into_iter()
-        .map(|e| e.unwrap().into_path())
-        .filter(|p| p.extension().is_some_and(|x| x == "png"))
-        .collect();
-    sources.sort();
+    let sources = fashion_photos();
     let add = |range: std::ops::Range<usize>| {
         for i in range {
             std::fs::copy(&sources[i], d.photos.join(format!("p{i:03}.png"))).unwrap();
@@ -1238,5 +1265,130 @@ async fn a_full_disk_pauses_indexing_and_it_resumes_when_space_frees() {
     assert_eq!(s.failed_files, 0);
     assert!(d.log().contains("indexing resumes"));
     assert!(d.signal("TERM").success(), "log:\n{}", d.log());
+    run_ok(dualsight().arg("fsck").arg("--data-dir").arg(&d.data));
+}
+
+/// An unreadable subfolder (issue 17): a subtree the daemon can no longer
+/// read keeps its files in the index (a rescan must not read "cannot list"
+/// as "deleted"), the scan names it in the log, and its files stay
+/// searchable. The daemon runs as `nobody`, since root reads everything: the
+/// test needs root to drop to it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_subfolder_keeps_its_files_and_is_reported() {
+    if !is_root("runs the daemon as nobody") {
+        return;
+    }
+    let mut d = Daemon::prepare(fixtures().join("fashion/model"));
+    d.as_nobody = true;
+    let top = d.photos.parent().unwrap().to_path_buf();
+    let chown = |p: &Path| {
+        let ok = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    std::fs::set_permissions(&top, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let sources = fashion_photos();
+    for (sub, range) in [("open", 0..8), ("locked", 8..20)] {
+        let dir = d.photos.join(sub);
+        std::fs::create_dir(&dir).unwrap();
+        for i in range {
+            std::fs::copy(&sources[i], dir.join(format!("p{i:02}.png"))).unwrap();
+        }
+    }
+    chown(&d.photos);
+    chown(&d.data);
+    d.spawn();
+    let mut c = d.client().await;
+    wait_for(&d, &mut c, "all indexed", |s| {
+        s.indexed_files == 20 && s.pending_files == 0
+    })
+    .await;
+    assert!(d.signal("TERM").success(), "log:\n{}", d.log());
+
+    let locked = d.photos.join("locked");
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    d.spawn();
+    let mut c = d.client().await;
+    // The startup scan ran and its reconcile waited out the removal grace.
+    wait_for(&d, &mut c, "the startup scan", |s| {
+        s.ready && s.pending_files == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let s = wait_for(&d, &mut c, "idle", |s| s.pending_files == 0).await;
+    assert_eq!(s.indexed_files, 20, "log:\n{}", d.log());
+    let log = d.log();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("unreadable")
+            && l.contains(&locked.display().to_string())),
+        "the unreadable folder is not named in the log:\n{log}"
+    );
+    let hits = search_by_path(&mut c, &locked.join("p09.png"), 1).await;
+    assert!(hits[0].path.ends_with("locked/p09.png") && hits[0].score > 0.9999);
+
+    // Readable again: still exactly the 20 files, and a consistent store.
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    assert!(d.signal("TERM").success());
+    d.spawn();
+    let mut c = d.client().await;
+    wait_for(&d, &mut c, "back", |s| {
+        s.ready && s.pending_files == 0 && s.indexed_files == 20
+    })
+    .await;
+    assert!(d.signal("TERM").success());
+    run_ok(dualsight().arg("fsck").arg("--data-dir").arg(&d.data));
+}
+
+/// The kernel's inotify queue overflowing (issue 17): with the queue cut to
+/// 64 events for this daemon's watcher, a burst of 3,000 new files cannot
+/// all be reported; the overflow triggers a rescan that finishes, and the
+/// count is exact. Changing the sysctl needs root; it only affects inotify
+/// instances created while it is set, and is restored at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_inotify_overflow_rescans_to_the_exact_count() {
+    if !is_root("lowers fs.inotify.max_queued_events") {
+        return;
+    }
+    const KNOB: &str = "/proc/sys/fs/inotify/max_queued_events";
+    let saved = std::fs::read_to_string(KNOB).unwrap();
+    let mut d = Daemon::prepare(fixtures().join("fashion/model"));
+    std::fs::write(KNOB, "64").unwrap();
+    d.spawn();
+    let mut c = d.client().await;
+    wait_for(&d, &mut c, "ready", |s| s.ready && s.pending_files == 0).await;
+    // The watcher (its inotify instance) exists once the first scan is done.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d.log().contains("scan finished") {
+        assert!(Instant::now() < deadline, "no first scan:\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(KNOB, saved.trim()).unwrap();
+    let sources = fashion_photos();
+    let total = 3000usize;
+    for dir in 0..6 {
+        let to = d.photos.join(format!("d{dir}"));
+        std::fs::create_dir(&to).unwrap();
+        for i in 0..total / 6 {
+            std::fs::hard_link(
+                &sources[(dir * 500 + i) % sources.len()],
+                to.join(format!("f{i}.png")),
+            )
+            .unwrap();
+        }
+    }
+    wait_for(&d, &mut c, "the burst indexed", |s| {
+        s.indexed_files == total as u64 && s.pending_files == 0
+    })
+    .await;
+    let log = d.log();
+    assert!(
+        log.contains("kernel event queue overflowed: rescanning root"),
+        "{log}"
+    );
+    assert!(d.signal("TERM").success());
     run_ok(dualsight().arg("fsck").arg("--data-dir").arg(&d.data));
 }
