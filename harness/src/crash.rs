@@ -9,16 +9,17 @@
 //! - the counters equal a recount of the folder.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use dualsight::rng::SplitMix64;
 use dualsight::server::proto::dual_sight_client::DualSightClient;
 use dualsight::server::proto::{self, search_by_image_request};
 use tonic::transport::Channel;
+
+use crate::daemon::{Daemon, Launch};
 
 /// What a run needs.
 #[derive(Debug, Clone)]
@@ -65,20 +66,6 @@ const QUIET: Duration = Duration::from_millis(2000);
 /// Subfolders the files live in; whole subfolders are renamed too.
 const DIRS: usize = 4;
 
-struct Daemon {
-    child: Option<Child>,
-    addr: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 pub struct Harness {
     o: Options,
     photos: PathBuf,
@@ -90,12 +77,6 @@ pub struct Harness {
     disk: BTreeMap<PathBuf, usize>,
     next_name: usize,
     changes: usize,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 impl Harness {
@@ -124,47 +105,14 @@ impl Harness {
     }
 
     fn spawn(&self) -> Result<Daemon> {
-        let addr = format!("127.0.0.1:{}", free_port()?);
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = Command::new(&self.o.dualsight)
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--model")
-            .arg(&self.o.model)
-            .arg("--watch")
-            .arg(&self.photos)
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args(["--listen", &addr, "--device", "cpu"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("starting {}", self.o.dualsight.display()))?;
-        Ok(Daemon {
-            child: Some(child),
-            addr,
+        Daemon::spawn(&Launch {
+            dualsight: self.o.dualsight.clone(),
+            model: self.o.model.clone(),
+            config: self.config.clone(),
+            photos: self.photos.clone(),
+            data: self.data.clone(),
+            log: self.log.clone(),
         })
-    }
-
-    async fn client(&self, d: &Daemon) -> Result<DualSightClient<Channel>> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(c) = DualSightClient::connect(format!("http://{}", d.addr)).await {
-                return Ok(c);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the daemon did not listen within 30 s (log: {})",
-                    self.log.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
     }
 
     fn abs(&self, rel: &Path) -> String {
@@ -289,7 +237,7 @@ impl Harness {
             self.mutate()?;
         }
         let mut daemon = self.spawn()?;
-        let mut client = self.client(&daemon).await?;
+        let mut client = daemon.client().await?;
         if let Err(e) = self.settle(&mut client, &mut report.early_idle).await {
             bail!(
                 "the first indexing did not finish: {e} (log: {})",
@@ -314,7 +262,7 @@ impl Harness {
                 broken(e);
             }
             daemon = self.spawn()?;
-            client = self.client(&daemon).await?;
+            client = daemon.client().await?;
             self.wait_ready(&mut client).await;
             // Durability: what was indexed before the round, and untouched by
             // it, is there as soon as the daemon answers (not re-indexed).

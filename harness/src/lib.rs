@@ -1,8 +1,12 @@
 //! dualsight's fault harness (issue 17): the real daemon, killed and
 //! restarted round after round, checked through gRPC and `dualsight fsck`.
-//! [`crash`] is the kill -9 harness; `dualsight-crash` runs it.
+//! [`crash`] is the kill -9 harness (`dualsight-crash`); [`soak`] measures
+//! a first indexing and hours of churn (`dualsight-soak`); both drive the
+//! daemon through [`daemon`].
 
 pub mod crash;
+pub mod daemon;
+pub mod soak;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,81 @@
+//! `dualsight-soak`: the daemon's first indexing of N generated photos, a
+//! restart, then continuous adds and deletes with queries running; one row
+//! of memory, disk and query latency per sample (see
+//! `dualsight_harness::soak`).
+//!
+//! ```text
+//! cargo build --release --workspace
+//! # a million photos, then an hour of churn (BENCHMARKS.md, "Storage"):
+//! target/release/dualsight-soak --files 1000000 --churn-s 3600
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use dualsight_harness::soak::{Options, Soak};
+
+#[derive(Parser)]
+#[command(name = "dualsight-soak")]
+struct Args {
+    /// Photos generated and indexed first.
+    #[arg(long, default_value_t = 100_000)]
+    files: usize,
+    /// Seconds of adds and deletes after the first indexing.
+    #[arg(long, default_value_t = 0)]
+    churn_s: u64,
+    /// Files added (and as many of the oldest deleted) per second of churn.
+    #[arg(long, default_value_t = 20)]
+    churn_per_s: usize,
+    /// Seconds between rows.
+    #[arg(long, default_value_t = 60)]
+    sample_s: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The dualsight binary [default: beside this one].
+    #[arg(long)]
+    dualsight: Option<PathBuf>,
+    /// The checkpoint served.
+    #[arg(long, default_value = "tests/fixtures/fashion/model")]
+    model: PathBuf,
+    /// Scratch folder (photos, data dir, log) [default: a new temporary one].
+    #[arg(long)]
+    work: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    match run(&Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dualsight-soak: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    let dualsight = match &args.dualsight {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("dualsight"),
+    };
+    let work = args.work.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("dualsight-soak-{}", std::process::id()))
+    });
+    let options = Options {
+        dualsight,
+        model: args.model.clone(),
+        work: work.clone(),
+        files: args.files,
+        churn: Duration::from_secs(args.churn_s),
+        churn_per_s: args.churn_per_s,
+        sample_every: Duration::from_secs(args.sample_s.max(1)),
+        seed: args.seed,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async { Soak::new(options)?.run().await })?;
+    eprintln!("work dir: {} (log: daemon.log)", work.display());
+    Ok(())
+}
