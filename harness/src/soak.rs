@@ -159,7 +159,8 @@ impl Soak {
         let _ = std::io::stdout().flush();
     }
 
-    /// Text queries, one after another, for as long as the daemon answers.
+    /// Text queries, one after another, until aborted; a refused one (the
+    /// daemon still loading) is retried, not counted.
     fn spawn_queries(&self, mut c: DualSightClient<Channel>) -> tokio::task::JoinHandle<()> {
         let lat = self.latencies.clone();
         tokio::spawn(async move {
@@ -170,12 +171,11 @@ impl Soak {
                     limit: 10,
                     ..Default::default()
                 };
-                if c.search(req).await.is_err() {
-                    return;
+                if c.search(req).await.is_ok() {
+                    lat.lock()
+                        .expect("latencies")
+                        .push(t.elapsed().as_secs_f64() * 1e3);
                 }
-                lat.lock()
-                    .expect("latencies")
-                    .push(t.elapsed().as_secs_f64() * 1e3);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
