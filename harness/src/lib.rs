@@ -10,6 +10,42 @@ pub mod soak;
 
 use std::path::{Path, PathBuf};
 
+/// The flags both harness binaries take.
+#[derive(Debug, clap::Args)]
+pub struct Common {
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The dualsight binary [default: beside this one].
+    #[arg(long)]
+    pub dualsight: Option<PathBuf>,
+    /// The checkpoint served.
+    #[arg(long, default_value = "tests/fixtures/fashion/model")]
+    pub model: PathBuf,
+    /// Scratch folder [default: a new temporary one].
+    #[arg(long)]
+    pub work: Option<PathBuf>,
+}
+
+impl Common {
+    /// `--dualsight`, or the `dualsight` beside this binary.
+    pub fn dualsight(&self) -> std::io::Result<PathBuf> {
+        match &self.dualsight {
+            Some(p) => Ok(p.clone()),
+            None => Ok(std::env::current_exe()?.with_file_name("dualsight")),
+        }
+    }
+
+    /// `--work`, or a new folder in the temporary directory, created.
+    pub fn work(&self, tool: &str) -> std::io::Result<PathBuf> {
+        let w = self
+            .work
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("{tool}-{}", std::process::id())));
+        std::fs::create_dir_all(&w)?;
+        Ok(w)
+    }
+}
+
 /// The image files directly or indirectly under `dir`, in name order.
 pub fn photos_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use dualsight_harness::Common;
 use dualsight_harness::crash::{Harness, Options};
 
 #[derive(Parser)]
@@ -18,20 +19,11 @@ use dualsight_harness::crash::{Harness, Options};
 struct Args {
     #[arg(long, default_value_t = 100)]
     rounds: usize,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// The dualsight binary [default: beside this one].
-    #[arg(long)]
-    dualsight: Option<PathBuf>,
-    /// The checkpoint served.
-    #[arg(long, default_value = "tests/fixtures/fashion/model")]
-    model: PathBuf,
+    #[command(flatten)]
+    common: Common,
     /// A folder of distinct photos to copy in (at least 8).
     #[arg(long, default_value = "tests/fixtures/fashion/train")]
     photos: PathBuf,
-    /// Scratch folder [default: a new temporary one].
-    #[arg(long)]
-    work: Option<PathBuf>,
     /// Seconds the daemon may take to catch up after a restart.
     #[arg(long, default_value_t = 60)]
     settle_s: u64,
@@ -50,26 +42,14 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> anyhow::Result<bool> {
-    let dualsight = match &args.dualsight {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("dualsight"),
-    };
-    let tmp;
-    let work = match &args.work {
-        Some(w) => w.clone(),
-        None => {
-            tmp = std::env::temp_dir().join(format!("dualsight-crash-{}", std::process::id()));
-            tmp.clone()
-        }
-    };
-    std::fs::create_dir_all(&work)?;
+    let work = args.common.work("dualsight-crash")?;
     let options = Options {
-        dualsight,
-        model: args.model.clone(),
+        dualsight: args.common.dualsight()?,
+        model: args.common.model.clone(),
         sources: dualsight_harness::photos_under(&args.photos)?,
         work: work.clone(),
         rounds: args.rounds,
-        seed: args.seed,
+        seed: args.common.seed,
         settle: Duration::from_secs(args.settle_s),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -9,11 +9,11 @@
 //! target/release/dualsight-soak --files 1000000 --churn-s 3600
 //! ```
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use dualsight_harness::Common;
 use dualsight_harness::soak::{Options, Soak};
 
 #[derive(Parser)]
@@ -31,17 +31,8 @@ struct Args {
     /// Seconds between rows.
     #[arg(long, default_value_t = 60)]
     sample_s: u64,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// The dualsight binary [default: beside this one].
-    #[arg(long)]
-    dualsight: Option<PathBuf>,
-    /// The checkpoint served.
-    #[arg(long, default_value = "tests/fixtures/fashion/model")]
-    model: PathBuf,
-    /// Scratch folder (photos, data dir, log) [default: a new temporary one].
-    #[arg(long)]
-    work: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
 }
 
 fn main() -> ExitCode {
@@ -55,22 +46,16 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
-    let dualsight = match &args.dualsight {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("dualsight"),
-    };
-    let work = args.work.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("dualsight-soak-{}", std::process::id()))
-    });
+    let work = args.common.work("dualsight-soak")?;
     let options = Options {
-        dualsight,
-        model: args.model.clone(),
+        dualsight: args.common.dualsight()?,
+        model: args.common.model.clone(),
         work: work.clone(),
         files: args.files,
         churn: Duration::from_secs(args.churn_s),
         churn_per_s: args.churn_per_s,
         sample_every: Duration::from_secs(args.sample_s.max(1)),
-        seed: args.seed,
+        seed: args.common.seed,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
