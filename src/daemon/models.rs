@@ -16,12 +16,24 @@ pub(super) fn load_engines(s: &Settings) -> Result<(Engine, Option<Engine>)> {
         max_bytes: s.ingest.max_image_bytes,
         max_pixels: s.ingest.max_image_pixels,
     };
-    let encoder = Encoder::load(&dir, &device, dtype)?
+    // The store opens (and, once, migrates) while the model loads: both
+    // read their files from disk, and SERVING waits for the slower one only.
+    let (encoder, store) = std::thread::scope(|scope| {
+        let store = std::thread::Builder::new()
+            .name("store-open".into())
+            .spawn_scoped(scope, || Store::open(s.data_dir.join("store")))
+            .map_err(|e| DaemonError::Task(format!("cannot start the store-open thread: {e}")))?;
+        let encoder = Encoder::load(&dir, &device, dtype);
+        let store = store
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Ok::<_, DaemonError>((encoder?, store?))
+    })?;
+    let encoder = encoder
         .with_limits(limits.clone())
         .with_preprocessing(s.preprocessing());
     let fp = encoder.fingerprint().to_string();
     tracing::info!(model = %dir.display(), fingerprint = %fp, dim = encoder.dim(), preprocessing = ?encoder.preprocessing(), "model loaded");
-    let store = Store::open(s.data_dir.join("store"))?;
     let params = IndexParams {
         max_nb_connection: s.index.m,
         ef_construction: s.index.ef_construction,
