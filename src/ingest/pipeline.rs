@@ -59,6 +59,9 @@ pub struct Counters {
     watching: std::sync::OnceLock<Arc<AtomicU64>>,
     /// Why indexing is paused (a full disk); `None` while it runs.
     paused: Mutex<Option<String>>,
+    /// The last commit failed for want of space: only a commit that goes
+    /// through ends this pause (free space alone does not tell).
+    disk_full: std::sync::atomic::AtomicBool,
     /// Set when the change feed closed (shutdown): a paused committer gives
     /// up its batch instead of waiting for room forever.
     closing: std::sync::atomic::AtomicBool,
@@ -465,7 +468,7 @@ fn wait_for_room(engine: &Engine, counters: &Counters, cfg: &PipelineConfig) -> 
     let mut announced = false;
     loop {
         if has_room(engine, cfg) {
-            if counters.ingest_error().is_some() {
+            if !counters.disk_full.load(Ordering::SeqCst) && counters.ingest_error().is_some() {
                 counters.set_paused(None);
                 tracing::info!("disk space is back: indexing resumes");
             }
@@ -571,6 +574,10 @@ fn flush_batch(
             for id in outcome.orphaned_in(engine.space.fingerprint()) {
                 engine.index.remove(id);
             }
+            if counters.disk_full.swap(false, Ordering::SeqCst) {
+                counters.set_paused(None);
+                tracing::info!("the disk has room again: indexing resumes");
+            }
             counters.embedded.fetch_add(new, Ordering::Relaxed);
             counters.reused.fetch_add(reused, Ordering::Relaxed);
             counters
@@ -586,10 +593,12 @@ fn flush_batch(
         }
         Err(e) if e.is_disk_full() => {
             // Another writer took the room between the check and the write:
-            // keep the batch and wait for room (the store is unchanged).
-            let why = format!("indexing paused: the disk is full: {e}");
-            tracing::error!("{why}");
-            counters.set_paused(Some(why));
+            // keep the batch and retry each second (the store is unchanged).
+            if !counters.disk_full.swap(true, Ordering::SeqCst) {
+                let why = format!("indexing paused: the disk is full: {e}");
+                tracing::error!("{why}");
+                counters.set_paused(Some(why));
+            }
             *batch = items;
             std::thread::sleep(Duration::from_secs(1));
             return false;

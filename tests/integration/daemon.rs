@@ -1207,9 +1207,10 @@ async fn a_full_disk_pauses_indexing_and_it_resumes_when_space_frees() {
     d.spawn();
     let mut c = d.client().await;
     let sources = fashion_photos();
+    let photos = d.photos.clone();
     let add = |range: std::ops::Range<usize>| {
         for i in range {
-            std::fs::copy(&sources[i], d.photos.join(format!("p{i:03}.png"))).unwrap();
+            std::fs::copy(&sources[i], photos.join(format!("p{i:03}.png"))).unwrap();
         }
     };
     add(0..60);
@@ -1264,6 +1265,44 @@ async fn a_full_disk_pauses_indexing_and_it_resumes_when_space_frees() {
     .await;
     assert_eq!(s.failed_files, 0);
     assert!(d.log().contains("indexing resumes"));
+    assert!(d.signal("TERM").success(), "log:\n{}", d.log());
+    run_ok(dualsight().arg("fsck").arg("--data-dir").arg(&d.data));
+
+    // No reserve, and the disk filled to the last byte: the write itself
+    // fails (ENOSPC), before anything is committed; the batch is kept and
+    // retried, and goes through once there is room.
+    d.ingest = "min_free_mb = 0".into();
+    d.spawn();
+    let mut c = d.client().await;
+    wait_for(&d, &mut c, "restarted", |s| s.ready && s.pending_files == 0).await;
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 1 << 16];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.flush();
+    }
+    add(120..150);
+    let paused = wait_for(&d, &mut c, "the disk full", |s| {
+        s.ingest_error.contains("the disk is full") && s.pending_files > 0
+    })
+    .await;
+    assert!(
+        paused.ingest_error.contains("No space left on device"),
+        "{}",
+        paused.ingest_error
+    );
+    assert_eq!(search(&mut c, "a photo of a bag", 5).await.len(), 5);
+    std::fs::remove_file(&filler).unwrap();
+    wait_for(&d, &mut c, "indexing resumed", |s| {
+        s.indexed_files == 150 && s.pending_files == 0 && s.ingest_error.is_empty()
+    })
+    .await;
+    assert_eq!(
+        d.log().matches("indexing paused: the disk is full").count(),
+        1,
+        "logged once"
+    );
     assert!(d.signal("TERM").success(), "log:\n{}", d.log());
     run_ok(dualsight().arg("fsck").arg("--data-dir").arg(&d.data));
 }
