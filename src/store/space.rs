@@ -8,7 +8,7 @@ use std::sync::Arc;
 use sled::Tree;
 
 use super::codec::{self, SPACE_LAST_ID, SPACE_PATHS, SPACE_VECTORS};
-use super::segment::Segment;
+use super::segment::{Segment, SegmentError};
 use super::{ContentHash, Result, StoreError};
 
 /// Vectors whose norm is below this are refused: they carry no direction, and
@@ -106,7 +106,16 @@ impl Space {
     pub fn vector(&self, id: u64) -> Result<Option<StoredVector>> {
         match self.vectors.get(codec::u64_be(id))? {
             None => Ok(None),
-            Some(b) => self.decode(id, &b).map(Some),
+            Some(b) => match self.decode(id, &b) {
+                // Deleted (and its blocks given back) since the lookup above:
+                // gone, not damaged.
+                Err(StoreError::Segment(SegmentError::Damaged { .. }))
+                    if !self.has_vector(id)? =>
+                {
+                    Ok(None)
+                }
+                r => r.map(Some),
+            },
         }
     }
 
