@@ -781,3 +781,32 @@ fn an_interrupted_migration_resumes() {
     let got: Vec<StoredVector> = space.iter_vectors_from(0).map(|v| v.unwrap()).collect();
     assert_eq!(got, want);
 }
+
+/// Running out of space is told apart from other I/O errors, whichever part
+/// of the store met it: the ingest waits and retries only those.
+#[test]
+fn a_full_disk_is_recognised_as_such() {
+    let (_d, store) = open();
+    assert!(store.free_bytes().unwrap() > 0);
+    let io = |kind| StoreError::Io {
+        path: "/x".into(),
+        what: "writing",
+        source: std::io::Error::from(kind),
+    };
+    assert!(io(std::io::ErrorKind::StorageFull).is_disk_full());
+    assert!(io(std::io::ErrorKind::QuotaExceeded).is_disk_full());
+    assert!(!io(std::io::ErrorKind::PermissionDenied).is_disk_full());
+    let seg = StoreError::Segment(SegmentError::Io {
+        path: "/x/1.vec".into(),
+        what: "writing vectors",
+        source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+    });
+    assert!(seg.is_disk_full());
+    assert!(
+        StoreError::Db(sled::Error::Io(std::io::Error::from_raw_os_error(
+            libc::ENOSPC
+        )))
+        .is_disk_full()
+    );
+    assert!(!StoreError::Corrupt("x".into()).is_disk_full());
+}
