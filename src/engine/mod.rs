@@ -9,7 +9,7 @@ pub mod search;
 mod source;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use crate::encoder::Encoder;
@@ -46,7 +46,10 @@ pub struct Engine {
     pub encoder: Arc<Encoder>,
     pub store: Store,
     pub space: Space,
-    pub index: Arc<VectorIndex>,
+    /// Replaced whole by a compaction ([`Engine::swap_in`]); readers take
+    /// the current one with [`Engine::index`].
+    index: RwLock<Arc<VectorIndex>>,
+    params: IndexParams,
     /// Where this space's HNSW checkpoint lives.
     pub index_dir: PathBuf,
 }
@@ -96,7 +99,8 @@ impl Engine {
             encoder,
             store,
             space,
-            index: Arc::new(index),
+            index: RwLock::new(Arc::new(index)),
+            params,
             index_dir,
         })
     }
@@ -114,7 +118,7 @@ impl Engine {
             Err(StoreError::Segment(e @ SegmentError::Damaged { .. })) => {
                 tracing::warn!(error = %e, "damaged vector: forgetting it to embed its files again");
                 self.store.forget_vectors(&self.space, &[id])?;
-                self.index.remove(id);
+                self.index().remove(id);
                 Ok(false)
             }
             Err(e) => Err(e.into()),
@@ -125,8 +129,37 @@ impl Engine {
     /// Call only from the single writer (the committer), so no commit races it.
     pub fn checkpoint(&self) -> Result<()> {
         let last = self.space.last_vector_id()?;
-        self.index
+        self.index()
             .checkpoint(&self.index_dir, self.space.fingerprint(), last)?;
+        Ok(())
+    }
+
+    /// The index searches and commits use now.
+    pub fn index(&self) -> Arc<VectorIndex> {
+        self.index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The slow half of a compaction, off the writer thread: a new index of
+    /// the store's vectors up to the last id committed when it starts, while
+    /// searches and commits go on against the current one. Returns it with
+    /// that id.
+    pub fn build_fresh(&self) -> Result<(VectorIndex, u64)> {
+        let last = self.space.last_vector_id()?;
+        let count = self.space.vector_count()? as usize;
+        let fresh = VectorIndex::new(self.space.dim(), self.params, count)?;
+        replay(&fresh, &self.store, &self.space, 0, last)?;
+        Ok((fresh, last))
+    }
+
+    /// The quick half, on the writer thread (so nothing commits meanwhile):
+    /// brings `fresh` up to date with what changed since `last` and puts it
+    /// in the current index's place.
+    pub fn swap_in(&self, fresh: VectorIndex, last: u64) -> Result<()> {
+        catch_up(&fresh, &self.store, &self.space, last + 1)?;
+        *self.index.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
         Ok(())
     }
 
@@ -149,7 +182,7 @@ impl Engine {
                 .as_ref()
                 .map(|f| f as &(dyn Fn(&PathBuf) -> bool + Sync)),
         };
-        Ok(search::search(self.index.as_ref(), &self.space, &query)?)
+        Ok(search::search(self.index().as_ref(), &self.space, &query)?)
     }
 }
 
@@ -168,12 +201,36 @@ fn catch_up(
     space: &Space,
     from: u64,
 ) -> Result<(usize, usize)> {
+    let replayed = replay(index, store, space, from, u64::MAX)?;
+    // Ids only grow and the checkpoint held every stored id below `from`, so
+    // the store's ids are a subset of the index's live ones: equal counts
+    // mean nothing was deleted since, and the per-id check (a store lookup
+    // per vector: seconds at a million) is skipped, as after every clean
+    // shutdown.
+    let mut stale = 0usize;
+    if from > 0 && space.vector_count()? != index.len() as u64 {
+        for id in index.live_ids() {
+            if !space.has_vector(id)? {
+                index.remove(id);
+                stale += 1;
+            }
+        }
+    }
+    Ok((replayed, stale))
+}
+
+/// Inserts the store's vectors with ids in `from..=to` into `index`; damaged
+/// ones are forgotten (their files get embedded again). Returns how many
+/// were inserted.
+fn replay(index: &VectorIndex, store: &Store, space: &Space, from: u64, to: u64) -> Result<usize> {
     let mut batch: Vec<(u64, Vec<f32>)> = Vec::new();
     let mut replayed = 0usize;
     let mut damaged = Vec::new();
     for v in space.iter_vectors_from(from) {
         let v = match v {
+            Ok(v) if v.id > to => break,
             Ok(v) => v,
+            Err(StoreError::Segment(SegmentError::Damaged { id, .. })) if id > to => break,
             Err(StoreError::Segment(e @ SegmentError::Damaged { id, .. })) => {
                 tracing::warn!(error = %e, "damaged vector: its files will be embedded again");
                 damaged.push(id);
@@ -196,21 +253,7 @@ fn catch_up(
             "forgot damaged vectors: the startup scan embeds their files again"
         );
     }
-    // Ids only grow and the checkpoint held every stored id below `from`, so
-    // the store's ids are a subset of the index's live ones: equal counts
-    // mean nothing was deleted since, and the per-id check (a store lookup
-    // per vector: seconds at a million) is skipped, as after every clean
-    // shutdown.
-    let mut stale = 0usize;
-    if from > 0 && space.vector_count()? != index.len() as u64 {
-        for id in index.live_ids() {
-            if !space.has_vector(id)? {
-                index.remove(id);
-                stale += 1;
-            }
-        }
-    }
-    Ok((replayed, stale))
+    Ok(replayed)
 }
 
 fn insert(index: &VectorIndex, batch: &[(u64, Vec<f32>)]) -> Result<usize> {
@@ -255,6 +298,86 @@ mod tests {
                 }],
             )
             .unwrap();
+    }
+
+    /// A compaction: a fresh index built while vectors keep coming and
+    /// going, then brought up to date and swapped in, holds exactly the
+    /// store's vectors, with tombstones only for what went during the build.
+    #[test]
+    fn a_compaction_swaps_in_an_index_without_tombstones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("db")).unwrap();
+        let encoder = Arc::new(
+            Encoder::load(
+                &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fixtures/fashion/model"),
+                &candle_core::Device::Cpu,
+                candle_core::DType::F32,
+            )
+            .unwrap(),
+        );
+        let engine =
+            Engine::open(encoder, store.clone(), dir.path(), IndexParams::default()).unwrap();
+        let space = engine.space.clone();
+        let vector = |n: u8| -> Vec<f32> {
+            let mut g = crate::rng::SplitMix64::new(u64::from(n));
+            (0..64).map(|_| g.next_f32() - 0.5).collect()
+        };
+        let add = |n: u8| {
+            let out = store
+                .commit(
+                    &space,
+                    &[Commit {
+                        path: format!("/photos/{n}.jpg"),
+                        record: FileRecord {
+                            size: 1,
+                            mtime_ns: 1,
+                            hash: ContentHash::of(&[n]),
+                            indexed_at_ms: 1,
+                        },
+                        embedding: Embedding::New(vector(n)),
+                    }],
+                )
+                .unwrap();
+            let items: Vec<(u64, &[f32])> = out
+                .inserted
+                .iter()
+                .map(|(id, v)| (*id, v.as_slice()))
+                .collect();
+            engine.index().insert_batch(&items).unwrap();
+        };
+        let remove = |n: u8| {
+            for id in store
+                .remove_path(&format!("/photos/{n}.jpg"))
+                .unwrap()
+                .orphaned_in(space.fingerprint())
+            {
+                engine.index().remove(id);
+            }
+        };
+        for n in 0..30 {
+            add(n);
+        }
+        for n in 0..10 {
+            remove(n);
+        }
+        assert!(engine.index().needs_compaction());
+        let (fresh, last) = engine.build_fresh().unwrap();
+        // Changes while it was built: more vectors, and one it holds removed.
+        add(30);
+        add(31);
+        remove(15);
+        engine.swap_in(fresh, last).unwrap();
+        let index = engine.index();
+        // Only what was removed while it was built is a tombstone.
+        assert_eq!(index.tombstone_count(), 1);
+        assert!(!index.needs_compaction());
+        assert_eq!(index.len() as u64, space.vector_count().unwrap());
+        assert_eq!(index.len(), 21);
+        let live: Vec<u64> = space.iter_vectors_from(0).map(|v| v.unwrap().id).collect();
+        assert_eq!(index.live_ids(), live);
+        let hits = engine.search(&vector(31), 1, None, None).unwrap();
+        assert_eq!(hits[0].0, std::path::PathBuf::from("/photos/31.jpg"));
     }
 
     /// A checkpoint, then vectors added and removed behind its back (as

@@ -379,7 +379,14 @@ fn now_ms() -> u64 {
 }
 
 /// The single writer: batches, embeds, commits, indexes, removes, checkpoints.
-fn committer(engine: &Engine, counters: &Counters, cfg: &PipelineConfig, ops: mpsc::Receiver<Op>) {
+fn committer(
+    engine: &Arc<Engine>,
+    counters: &Counters,
+    cfg: &PipelineConfig,
+    ops: mpsc::Receiver<Op>,
+) {
+    let mut compaction = Compaction::default();
+    let mut compacted = false;
     let mut batch: Vec<(PathBuf, FileRecord, Option<Vec<f32>>)> = Vec::new();
     let mut last_checkpoint = Instant::now();
     let mut dirty = false;
@@ -426,14 +433,17 @@ fn committer(engine: &Engine, counters: &Counters, cfg: &PipelineConfig, ops: mp
             }
             None => dirty |= flush_batch(engine, counters, &mut batch),
         }
-        if dirty
-            && last_checkpoint.elapsed() >= cfg.checkpoint_every
+        // A compacted index is checkpointed at the first chance, so a
+        // restart loads it rather than the old graph and its tombstones.
+        compacted |= compaction.step(engine);
+        if (compacted || dirty && last_checkpoint.elapsed() >= cfg.checkpoint_every)
             && batch.is_empty()
             && counters.ingest_error().is_none()
         {
             checkpoint(engine);
             last_checkpoint = Instant::now();
             dirty = false;
+            compacted = false;
         }
     }
     // Shutdown: commit what was already decoded, then leave a checkpoint so the
@@ -493,11 +503,83 @@ fn wait_for_room(engine: &Engine, counters: &Counters, cfg: &PipelineConfig) -> 
     }
 }
 
+/// The index's compaction: hnsw_rs cannot delete, so removed vectors stay in
+/// the graph as tombstones (memory, and a slower walk); past
+/// `VectorIndex::needs_compaction` a new index is built from the store on its
+/// own thread and swapped in by the committer between batches. Both indexes
+/// are in memory meanwhile.
+#[derive(Default)]
+struct Compaction {
+    running:
+        Option<std::thread::JoinHandle<crate::engine::Result<(crate::index::VectorIndex, u64)>>>,
+    /// After a failed rebuild, when to try again.
+    retry_after: Option<Instant>,
+}
+
+impl Compaction {
+    /// Starts or finishes a rebuild; true when a new index was swapped in.
+    fn step(&mut self, engine: &Arc<Engine>) -> bool {
+        let Some(handle) = self.running.take() else {
+            let index = engine.index();
+            if index.needs_compaction() && self.retry_after.is_none_or(|t| Instant::now() >= t) {
+                tracing::info!(
+                    live = index.len(),
+                    tombstones = index.tombstone_count(),
+                    "index compaction: rebuilding from the store"
+                );
+                let e = engine.clone();
+                match std::thread::Builder::new()
+                    .name("compact".into())
+                    .spawn(move || e.build_fresh())
+                {
+                    Ok(h) => self.running = Some(h),
+                    Err(e) => self.failed(&e.to_string()),
+                }
+            }
+            return false;
+        };
+        if !handle.is_finished() {
+            self.running = Some(handle);
+            return false;
+        }
+        let started = Instant::now();
+        let swapped = match handle.join() {
+            Ok(Ok((fresh, last))) => engine.swap_in(fresh, last).map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the rebuild thread panicked".into()),
+        };
+        match swapped {
+            Ok(()) => {
+                let index = engine.index();
+                tracing::info!(
+                    vectors = index.len(),
+                    tombstones = index.tombstone_count(),
+                    swap_ms = started.elapsed().as_millis() as u64,
+                    "index compacted"
+                );
+                true
+            }
+            Err(e) => {
+                self.failed(&e);
+                false
+            }
+        }
+    }
+
+    fn failed(&mut self, why: &str) {
+        tracing::error!(
+            error = why,
+            "index compaction failed: retrying in 10 minutes"
+        );
+        self.retry_after = Some(Instant::now() + Duration::from_secs(600));
+    }
+}
+
 fn checkpoint(engine: &Engine) {
     let started = Instant::now();
     match engine.checkpoint() {
         Ok(()) => tracing::info!(
-            vectors = engine.index.len(),
+            vectors = engine.index().len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "index checkpoint written"
         ),
@@ -568,11 +650,11 @@ fn flush_batch(
                 .iter()
                 .map(|(id, v)| (*id, v.as_slice()))
                 .collect();
-            if let Err(e) = engine.index.insert_batch(&inserted) {
+            if let Err(e) = engine.index().insert_batch(&inserted) {
                 tracing::error!(error = %e, "index insert failed (the store has the vectors; a restart rebuilds)");
             }
             for id in outcome.orphaned_in(engine.space.fingerprint()) {
-                engine.index.remove(id);
+                engine.index().remove(id);
             }
             if counters.disk_full.swap(false, Ordering::SeqCst) {
                 counters.set_paused(None);
@@ -675,7 +757,7 @@ fn apply(engine: &Engine, op: Op) -> bool {
     match removal {
         Ok(r) => {
             for id in r.orphaned_in(engine.space.fingerprint()) {
-                engine.index.remove(id);
+                engine.index().remove(id);
             }
             r.paths > 0
         }

@@ -1431,3 +1431,58 @@ async fn an_inotify_overflow_rescans_to_the_exact_count() {
     assert!(d.signal("TERM").success());
     run_ok(dualsight().arg("fsck").arg("--data-dir").arg(&d.data));
 }
+
+/// Deleted photos leave tombstones in the HNSW (hnsw_rs cannot delete):
+/// past a fifth of the graph the daemon rebuilds the index from the store
+/// and swaps it in, so churn does not grow the index without bound; what is
+/// left is still found, and the compacted index is what a restart loads.
+#[tokio::test(flavor = "multi_thread")]
+async fn deletions_past_a_fifth_of_the_index_compact_it() {
+    let mut d = Daemon::start_with(fixtures().join("fashion/model"));
+    let mut c = d.client().await;
+    let sources = fashion_photos();
+    for (i, src) in sources.iter().take(40).enumerate() {
+        std::fs::copy(src, d.photos.join(format!("p{i:02}.png"))).unwrap();
+    }
+    wait_for(&d, &mut c, "indexed", |s| {
+        s.indexed_files == 40 && s.pending_files == 0
+    })
+    .await;
+    for i in 0..20 {
+        std::fs::remove_file(d.photos.join(format!("p{i:02}.png"))).unwrap();
+    }
+    wait_for(&d, &mut c, "deleted", |s| {
+        s.indexed_files == 20 && s.pending_files == 0
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d.log().contains("index compacted") {
+        assert!(Instant::now() < deadline, "no compaction:\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Deletions arrive over time, so compactions may run midway; after the
+    // last one, tombstones (deletions during its build) are under a fifth.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let log = d.log();
+    let field = |l: &str, k: &str| -> usize {
+        let v = l.split(&format!(" {k}=")).nth(1).unwrap();
+        v.split(' ').next().unwrap().parse().unwrap()
+    };
+    let last = log
+        .lines()
+        .rfind(|l| l.contains("index compacted"))
+        .unwrap();
+    let (live, dead) = (field(last, "vectors"), field(last, "tombstones"));
+    assert!(live < 40 && dead * 5 <= live + dead, "{last}");
+    let hits = search_by_path(&mut c, &d.photos.join("p30.png"), 3).await;
+    assert!(hits[0].path.ends_with("p30.png") && hits[0].score > 0.9999);
+    assert!(hits.iter().all(|h| !h.path.ends_with("p05.png")));
+    assert!(d.signal("TERM").success());
+    d.spawn();
+    let mut c = d.client().await;
+    wait_for(&d, &mut c, "restarted", |s| {
+        s.ready && s.indexed_files == 20
+    })
+    .await;
+    assert!(d.log().contains("from_checkpoint=true"), "{}", d.log());
+}
