@@ -279,25 +279,25 @@ mod tests {
 
     use crate::store::{Commit, ContentHash, Embedding, FileRecord};
 
+    /// `/photos/{n}.jpg`, content `[n]`, embedded as `v`.
+    fn photo(n: u8, v: Vec<f32>) -> Commit {
+        Commit {
+            path: format!("/photos/{n}.jpg"),
+            record: FileRecord {
+                size: 1,
+                mtime_ns: 1,
+                hash: ContentHash::of(&[n]),
+                indexed_at_ms: 1,
+            },
+            embedding: Embedding::New(v),
+        }
+    }
+
     fn commit(store: &Store, space: &Space, n: u8) {
         let v: Vec<f32> = (0..8)
             .map(|i| ((i * 7 + usize::from(n) * 3) % 11) as f32 + 0.5)
             .collect();
-        store
-            .commit(
-                space,
-                &[Commit {
-                    path: format!("/photos/{n}.jpg"),
-                    record: FileRecord {
-                        size: 1,
-                        mtime_ns: 1,
-                        hash: ContentHash::of(&[n]),
-                        indexed_at_ms: 1,
-                    },
-                    embedding: Embedding::New(v),
-                }],
-            )
-            .unwrap();
+        store.commit(space, &[photo(n, v)]).unwrap();
     }
 
     /// A compaction: a fresh index built while vectors keep coming and
@@ -324,21 +324,7 @@ mod tests {
             (0..64).map(|_| g.next_f32() - 0.5).collect()
         };
         let add = |n: u8| {
-            let out = store
-                .commit(
-                    &space,
-                    &[Commit {
-                        path: format!("/photos/{n}.jpg"),
-                        record: FileRecord {
-                            size: 1,
-                            mtime_ns: 1,
-                            hash: ContentHash::of(&[n]),
-                            indexed_at_ms: 1,
-                        },
-                        embedding: Embedding::New(vector(n)),
-                    }],
-                )
-                .unwrap();
+            let out = store.commit(&space, &[photo(n, vector(n))]).unwrap();
             let items: Vec<(u64, &[f32])> = out
                 .inserted
                 .iter()

@@ -304,11 +304,7 @@ impl Store {
 
     /// Bytes the vector segments take on disk (punched holes excluded).
     pub fn segment_bytes(&self) -> u64 {
-        let spaces = self
-            .inner
-            .spaces
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let spaces = self.inner.read_spaces();
         spaces.values().map(|s| s.segment.allocated_bytes()).sum()
     }
 
@@ -397,11 +393,7 @@ impl Store {
     /// All spaces with their counts.
     pub fn spaces(&self) -> Result<Vec<SpaceInfo>> {
         let active = self.active_fingerprint()?;
-        let spaces = self
-            .inner
-            .spaces
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let spaces = self.inner.read_spaces();
         spaces
             .values()
             .map(|s| {
@@ -421,22 +413,14 @@ impl Store {
         let Some(fp) = self.active_fingerprint()? else {
             return Ok(None);
         };
-        let spaces = self
-            .inner
-            .spaces
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let spaces = self.inner.read_spaces();
         Ok(spaces.get(&fp).cloned())
     }
 
     /// Makes an existing space the one searches are served from (after a new
     /// model's space is complete; the old one keeps serving until then).
     pub fn set_active(&self, fingerprint: &str) -> Result<()> {
-        let spaces = self
-            .inner
-            .spaces
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let spaces = self.inner.read_spaces();
         if !spaces.contains_key(fingerprint) {
             return Err(StoreError::UnknownSpace(fingerprint.into()));
         }
@@ -861,11 +845,7 @@ impl Store {
 
     /// Whether `space` is still one of the store's (not dropped since).
     fn is_open(&self, space: &Space) -> bool {
-        let spaces = self
-            .inner
-            .spaces
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let spaces = self.inner.read_spaces();
         spaces
             .get(space.fingerprint())
             .is_some_and(|s| s.no == space.no)
@@ -877,11 +857,7 @@ impl Store {
         if orphans.is_empty() {
             return;
         }
-        let spaces = self
-            .inner
-            .spaces
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let spaces = self.inner.read_spaces();
         for s in spaces.values() {
             let ids: Vec<u64> = orphans_in(orphans, s.fingerprint()).collect();
             if ids.is_empty() {
@@ -914,6 +890,11 @@ impl Store {
 }
 
 impl Inner {
+    /// The open spaces, for reading (see the field's docs on who writes).
+    fn read_spaces(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Space>> {
+        self.spaces.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Opens a space's trees and its segment, cutting the segment to the
     /// last id sled committed. `report` is false while migrating, when the
     /// segment is still being filled.

@@ -24,7 +24,7 @@ impl Store {
         f: impl Fn(&Tx<'_>) -> TxResult<A>,
     ) -> Result<A> {
         let inner = &self.inner;
-        let guard = inner.spaces.read().unwrap_or_else(PoisonError::into_inner);
+        let guard = inner.read_spaces();
         let spaces: Vec<Space> = guard.values().cloned().collect();
         let mut trees: Vec<&Tree> = vec![
             &inner.files,

@@ -63,13 +63,7 @@ impl Store {
                 refs.len()
             ));
         }
-        let spaces: Vec<Space> = inner
-            .spaces
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
+        let spaces: Vec<Space> = inner.read_spaces().values().cloned().collect();
         for s in &spaces {
             let (mut vectors, mut paths) = (0u64, 0u64);
             let last = s.last_vector_id()?;

@@ -1080,8 +1080,7 @@ async fn a_damaged_vector_is_found_at_startup_and_embedded_again() {
         log.contains("vector 3 is damaged (checksum mismatch)"),
         "{log}"
     );
-    assert!(d.signal("TERM").success());
-    run_ok(dualsight().arg("fsck").arg("--data-dir").arg(&d.data));
+    stop_and_fsck(&mut d);
 }
 
 /// A storm: 50,000 files created in one burst (hard links to the fashion
@@ -1136,6 +1135,12 @@ async fn a_storm_of_changes_converges_to_the_exact_count() {
         s.indexed_files == left && s.pending_files == 0 && s.failed_files == 0
     })
     .await;
+}
+
+/// SIGTERM, a clean exit, and a store that passes `dualsight fsck`.
+fn stop_and_fsck(d: &mut Daemon) {
+    assert!(d.signal("TERM").success(), "log:\n{}", d.log());
+    run_ok(dualsight().arg("fsck").arg("--data-dir").arg(&d.data));
 }
 
 /// Whether the tests run as root, which some fault tests need (`.ci/run`
@@ -1265,8 +1270,7 @@ async fn a_full_disk_pauses_indexing_and_it_resumes_when_space_frees() {
     .await;
     assert_eq!(s.failed_files, 0);
     assert!(d.log().contains("indexing resumes"));
-    assert!(d.signal("TERM").success(), "log:\n{}", d.log());
-    run_ok(dualsight().arg("fsck").arg("--data-dir").arg(&d.data));
+    stop_and_fsck(&mut d);
 
     // No reserve, and the disk filled to the last byte: the write itself
     // fails (ENOSPC), before anything is committed; the batch is kept and
@@ -1303,8 +1307,7 @@ async fn a_full_disk_pauses_indexing_and_it_resumes_when_space_frees() {
         1,
         "logged once"
     );
-    assert!(d.signal("TERM").success(), "log:\n{}", d.log());
-    run_ok(dualsight().arg("fsck").arg("--data-dir").arg(&d.data));
+    stop_and_fsck(&mut d);
 }
 
 /// An unreadable subfolder (issue 17): a subtree the daemon can no longer
@@ -1378,8 +1381,7 @@ async fn an_unreadable_subfolder_keeps_its_files_and_is_reported() {
         s.ready && s.pending_files == 0 && s.indexed_files == 20
     })
     .await;
-    assert!(d.signal("TERM").success());
-    run_ok(dualsight().arg("fsck").arg("--data-dir").arg(&d.data));
+    stop_and_fsck(&mut d);
 }
 
 /// The kernel's inotify queue overflowing (issue 17): with the queue cut to
@@ -1428,8 +1430,7 @@ async fn an_inotify_overflow_rescans_to_the_exact_count() {
         log.contains("kernel event queue overflowed: rescanning root"),
         "{log}"
     );
-    assert!(d.signal("TERM").success());
-    run_ok(dualsight().arg("fsck").arg("--data-dir").arg(&d.data));
+    stop_and_fsck(&mut d);
 }
 
 /// Deleted photos leave tombstones in the HNSW (hnsw_rs cannot delete):
