@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -269,10 +269,6 @@ impl Soak {
         queries.abort();
         d.terminate()?;
         Ok(())
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        &self.launch.data
     }
 }
 

@@ -57,11 +57,8 @@ pub struct Counters {
     held: AtomicU64,
     /// The watcher's own work ([`crate::ingest::watch::Watcher::busy`]).
     watching: std::sync::OnceLock<Arc<AtomicU64>>,
-    /// Why indexing is paused (a full disk); `None` while it runs.
-    paused: Mutex<Option<String>>,
-    /// The last commit failed for want of space: only a commit that goes
-    /// through ends this pause (free space alone does not tell).
-    disk_full: std::sync::atomic::AtomicBool,
+    /// Why indexing is paused; `None` while it runs.
+    paused: Mutex<Option<Pause>>,
     /// Set when the change feed closed (shutdown): a paused committer gives
     /// up its batch instead of waiting for room forever.
     closing: std::sync::atomic::AtomicBool,
@@ -80,11 +77,30 @@ impl Counters {
 
     /// Why indexing is paused, for Status; `None` while it runs.
     pub fn ingest_error(&self) -> Option<String> {
-        self.paused.lock().expect("paused lock").clone()
+        self.paused
+            .lock()
+            .expect("paused lock")
+            .as_ref()
+            .map(|p| p.why.clone())
     }
 
-    fn set_paused(&self, why: Option<String>) {
-        *self.paused.lock().expect("paused lock") = why;
+    /// Pauses indexing for this reason, unless a pause of the same kind is
+    /// already on (logged once).
+    fn pause(&self, kind: PauseKind, why: String) {
+        let mut paused = self.paused.lock().expect("paused lock");
+        if paused.as_ref().is_none_or(|p| p.kind != kind) {
+            tracing::error!("{why}");
+            *paused = Some(Pause { kind, why });
+        }
+    }
+
+    /// Ends a pause of this kind, if one is on.
+    fn resume(&self, kind: PauseKind) {
+        let mut paused = self.paused.lock().expect("paused lock");
+        if paused.as_ref().is_some_and(|p| p.kind == kind) {
+            *paused = None;
+            tracing::info!("indexing resumes: the disk has room again");
+        }
     }
 
     /// Counts the watcher's work (see [`Self::pending`]); set once.
@@ -100,6 +116,22 @@ impl Counters {
     fn finish(&self, p: &Path) {
         self.pending.lock().expect("pending lock").remove(p);
     }
+}
+
+/// A pause of indexing and what ends it.
+#[derive(Debug)]
+struct Pause {
+    kind: PauseKind,
+    why: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PauseKind {
+    /// Free space under `ingest.min_free_mb`: ends when the space is back.
+    Reserve,
+    /// A commit met ENOSPC: free space alone does not tell whether the next
+    /// one fits, so only a commit that goes through ends it.
+    DiskFull,
 }
 
 struct Job {
@@ -387,11 +419,12 @@ fn committer(
 ) {
     let mut compaction = Compaction::default();
     let mut compacted = false;
+    let mut room = Room::new(cfg.min_free_bytes);
     let mut batch: Vec<(PathBuf, FileRecord, Option<Vec<f32>>)> = Vec::new();
     let mut last_checkpoint = Instant::now();
     let mut dirty = false;
     loop {
-        if !wait_for_room(engine, counters, cfg) {
+        if !room.wait(engine, counters) {
             // Shutting down on a full disk: what is not committed is found
             // again by the next start's scan; dropping the receiver frees the
             // workers blocked on it.
@@ -448,7 +481,7 @@ fn committer(
     }
     // Shutdown: commit what was already decoded, then leave a checkpoint so the
     // next start loads instead of rebuilding (not on a full disk).
-    if !has_room(engine, cfg) {
+    if !room.has_room(engine) {
         return;
     }
     flush_batch(engine, counters, &mut batch);
@@ -458,48 +491,67 @@ fn committer(
     }
 }
 
-/// Whether the data dir has the configured room (or its free space cannot
-/// be read, which must not stop indexing).
-fn has_room(engine: &Engine, cfg: &PipelineConfig) -> bool {
-    match engine.store.free_bytes() {
-        Ok(free) => free >= cfg.min_free_bytes,
-        Err(e) => {
-            tracing::debug!(error = %e, "free space unknown");
-            true
-        }
-    }
+/// The data dir's free space against the reserve. Asked before every
+/// write, so it is read from the file system at most every
+/// [`Room::RECHECK`]: the reserve is far larger than what a batch writes.
+struct Room {
+    min_free: u64,
+    /// When the space was last read and found sufficient.
+    fine_at: Option<Instant>,
 }
 
-/// Blocks while the data dir is short of room, with the reason in Status
-/// and the log: the store never meets a full disk mid-write, and queries
-/// keep being answered from what is committed. Returns false if the daemon
-/// begins to stop meanwhile.
-fn wait_for_room(engine: &Engine, counters: &Counters, cfg: &PipelineConfig) -> bool {
-    let mut announced = false;
-    loop {
-        if has_room(engine, cfg) {
-            if !counters.disk_full.load(Ordering::SeqCst) && counters.ingest_error().is_some() {
-                counters.set_paused(None);
-                tracing::info!("disk space is back: indexing resumes");
-            }
+impl Room {
+    const RECHECK: Duration = Duration::from_millis(500);
+
+    fn new(min_free: u64) -> Self {
+        Self {
+            min_free,
+            fine_at: None,
+        }
+    }
+
+    /// Whether the data dir has the room (or its free space cannot be
+    /// read, which must not stop indexing).
+    fn has_room(&mut self, engine: &Engine) -> bool {
+        if self.fine_at.is_some_and(|t| t.elapsed() < Self::RECHECK) {
             return true;
         }
-        if !announced {
+        let fine = match engine.store.free_bytes() {
+            Ok(free) => free >= self.min_free,
+            Err(e) => {
+                tracing::debug!(error = %e, "free space unknown");
+                true
+            }
+        };
+        self.fine_at = fine.then(Instant::now);
+        fine
+    }
+
+    /// Blocks while the data dir is short of room, with the reason in
+    /// Status and the log: the store never meets a full disk mid-write, and
+    /// queries keep being answered from what is committed. Returns false if
+    /// the daemon begins to stop meanwhile.
+    fn wait(&mut self, engine: &Engine, counters: &Counters) -> bool {
+        loop {
+            if self.has_room(engine) {
+                counters.resume(PauseKind::Reserve);
+                return true;
+            }
             let free = engine.store.free_bytes().unwrap_or(0);
-            let why = format!(
-                "indexing paused: {} has {} MiB free, below the {} MiB reserve (ingest.min_free_mb); it resumes once space is freed",
-                engine.store.dir().display(),
-                free >> 20,
-                cfg.min_free_bytes >> 20
+            counters.pause(
+                PauseKind::Reserve,
+                format!(
+                    "indexing paused: {} has {} MiB free, below the {} MiB reserve (ingest.min_free_mb): free some space there, and indexing resumes by itself",
+                    engine.store.dir().display(),
+                    free >> 20,
+                    self.min_free >> 20
+                ),
             );
-            tracing::error!("{why}");
-            counters.set_paused(Some(why));
-            announced = true;
+            if counters.closing.load(Ordering::SeqCst) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
-        if counters.closing.load(Ordering::SeqCst) {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -656,10 +708,7 @@ fn flush_batch(
             for id in outcome.orphaned_in(engine.space.fingerprint()) {
                 engine.index().remove(id);
             }
-            if counters.disk_full.swap(false, Ordering::SeqCst) {
-                counters.set_paused(None);
-                tracing::info!("the disk has room again: indexing resumes");
-            }
+            counters.resume(PauseKind::DiskFull);
             counters.embedded.fetch_add(new, Ordering::Relaxed);
             counters.reused.fetch_add(reused, Ordering::Relaxed);
             counters
@@ -676,11 +725,10 @@ fn flush_batch(
         Err(e) if e.is_disk_full() => {
             // Another writer took the room between the check and the write:
             // keep the batch and retry each second (the store is unchanged).
-            if !counters.disk_full.swap(true, Ordering::SeqCst) {
-                let why = format!("indexing paused: the disk is full: {e}");
-                tracing::error!("{why}");
-                counters.set_paused(Some(why));
-            }
+            counters.pause(
+                PauseKind::DiskFull,
+                format!("indexing paused: the disk is full: {e}: free some space there, and indexing resumes by itself"),
+            );
             *batch = items;
             std::thread::sleep(Duration::from_secs(1));
             return false;

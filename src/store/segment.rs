@@ -49,7 +49,10 @@ pub enum SegmentError {
         what: &'static str,
         source: io::Error,
     },
-    #[error("{}: not a vector segment of space {no} with {dim} dimensions: {why}", path.display())]
+    #[error(
+        "{}: not a vector segment of space {no} with {dim} dimensions: {why}; move the file away and start the daemon: it embeds those photos again",
+        path.display()
+    )]
     Header {
         path: PathBuf,
         no: u64,
