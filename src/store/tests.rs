@@ -11,6 +11,22 @@ fn open() -> (TempDir, Store) {
     (dir, store)
 }
 
+/// Opens the store at `path`, which a handle of this process may have just
+/// dropped: sled's flusher thread can hold the directory's lock a moment
+/// longer, so `Locked` is retried for up to 5 s (another process would hold
+/// it for good, and the test would still fail).
+fn reopen(path: &std::path::Path) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Store::open(path) {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r.unwrap(),
+        }
+    }
+}
+
 fn hash(n: u8) -> ContentHash {
     ContentHash::of(&[n])
 }
@@ -52,7 +68,7 @@ fn commit_flush_reopen_keeps_everything() {
     let path = dir.path().join("db");
     let (id1, id2);
     {
-        let store = Store::open(&path).unwrap();
+        let store = reopen(&path);
         let space = store.space(FP, 4).unwrap();
         store.set_active(FP).unwrap();
         let out = store
@@ -76,7 +92,7 @@ fn commit_flush_reopen_keeps_everything() {
         store.set_root_offline("/mnt/usb", true).unwrap();
         store.verify().unwrap();
     }
-    let store = Store::open(&path).unwrap();
+    let store = reopen(&path);
     store.verify().unwrap();
     let space = store
         .active_space()
@@ -128,7 +144,7 @@ fn newer_schema_is_refused_naming_the_dir() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     {
-        let store = Store::open(&path).unwrap();
+        let store = reopen(&path);
         store
             .inner
             .meta
@@ -449,7 +465,7 @@ fn bad_vectors_are_refused_and_nothing_is_written() {
 fn two_spaces_never_mix() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let store = Store::open(&path).unwrap();
+    let store = reopen(&path);
     let a = store.space("a", 4).unwrap();
     let b = store.space("b", 8).unwrap();
     store.set_active("a").unwrap();
@@ -526,7 +542,7 @@ fn two_spaces_never_mix() {
     ));
     store.verify().unwrap();
     drop((a, b, store));
-    let store = Store::open(&path).unwrap();
+    let store = reopen(&path);
     assert_eq!(store.spaces().unwrap().len(), 1);
     assert!(
         store
@@ -618,7 +634,7 @@ fn vectors_written_after_the_last_commit_are_cut_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     {
-        let store = Store::open(&path).unwrap();
+        let store = reopen(&path);
         let space = store.space(FP, 4).unwrap();
         store
             .commit(&space, &[new("/a.jpg", 1, 4), new("/b.jpg", 2, 4)])
@@ -629,7 +645,7 @@ fn vectors_written_after_the_last_commit_are_cut_at_open() {
     let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
     std::io::Write::write_all(&mut f, &[0xAB; 150]).unwrap();
     drop(f);
-    let store = Store::open(&path).unwrap();
+    let store = reopen(&path);
     assert_eq!(std::fs::metadata(&seg).unwrap().len(), committed);
     let space = store.space(FP, 4).unwrap();
     let out = store.commit(&space, &[new("/c.jpg", 3, 4)]).unwrap();
@@ -647,7 +663,7 @@ fn a_damaged_vector_is_detected_and_can_be_forgotten() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     {
-        let store = Store::open(&path).unwrap();
+        let store = reopen(&path);
         let space = store.space(FP, 8).unwrap();
         store.set_active(FP).unwrap();
         store
@@ -666,7 +682,7 @@ fn a_damaged_vector_is_detected_and_can_be_forgotten() {
     // Inside vector 2's f32 payload (64-byte header, 8+32+32+8-byte records).
     bytes[64 + 80 + 50] ^= 0x04;
     std::fs::write(&seg, &bytes).unwrap();
-    let store = Store::open(&path).unwrap();
+    let store = reopen(&path);
     let space = store.active_space().unwrap().unwrap();
     let e = space.vector(2).unwrap_err().to_string();
     assert!(
@@ -718,7 +734,7 @@ fn vectors_live_in_the_segment_not_in_sled() {
 fn a_dropped_space_takes_its_segment_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let store = Store::open(&path).unwrap();
+    let store = reopen(&path);
     let a = store.space("a", 4).unwrap();
     let b = store.space("b", 4).unwrap();
     store.set_active("a").unwrap();
@@ -730,7 +746,7 @@ fn a_dropped_space_takes_its_segment_with_it() {
     drop((a, b, store));
     // A segment of a space sled does not know (a creation cut short).
     std::fs::write(path.join("segments").join("9.vec"), b"junk").unwrap();
-    let store = Store::open(&path).unwrap();
+    let store = reopen(&path);
     assert!(!path.join("segments").join("9.vec").exists());
     let c = store.space("c", 8).unwrap();
     store.commit(&c, &[new("/y.jpg", 2, 8)]).unwrap();
@@ -756,7 +772,7 @@ fn an_interrupted_migration_resumes() {
     copy_v1_fixture(&done);
     copy_v1_fixture(&cut);
     let want: Vec<StoredVector> = {
-        let store = Store::open(&done).unwrap();
+        let store = reopen(&done);
         let space = store.active_space().unwrap().unwrap();
         space.iter_vectors_from(0).map(|v| v.unwrap()).collect()
     };
@@ -775,7 +791,7 @@ fn an_interrupted_migration_resumes() {
         }
         db.flush().unwrap();
     }
-    let store = Store::open(&cut).unwrap();
+    let store = reopen(&cut);
     store.verify().unwrap();
     let space = store.active_space().unwrap().unwrap();
     let got: Vec<StoredVector> = space.iter_vectors_from(0).map(|v| v.unwrap()).collect();
