@@ -7,6 +7,7 @@
 
 pub mod search;
 mod source;
+mod verified;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -52,6 +53,8 @@ pub struct Engine {
     params: IndexParams,
     /// Where this space's HNSW checkpoint lives.
     pub index_dir: PathBuf,
+    /// Ids [`Engine::has_intact_vector`] has read back intact since the start.
+    verified: verified::Verified,
 }
 
 impl Engine {
@@ -102,6 +105,7 @@ impl Engine {
             index: RwLock::new(Arc::new(index)),
             params,
             index_dir,
+            verified: verified::Verified::default(),
         })
     }
 
@@ -109,12 +113,21 @@ impl Engine {
     /// damaged one (its segment record fails its checksum) is forgotten by
     /// the store and the index, so the caller embeds the file again: the
     /// startup scan, which asks this of every indexed file, is the repair.
+    /// Each vector is read once per start; later asks only look it up.
     pub fn has_intact_vector(&self, hash: &ContentHash) -> Result<bool> {
         let Some(id) = self.space.vector_id_for_hash(hash)? else {
             return Ok(false);
         };
+        if self.verified.contains(id) {
+            return Ok(true);
+        }
         match self.space.vector(id) {
-            Ok(v) => Ok(v.is_some()),
+            Ok(v) => {
+                if v.is_some() {
+                    self.verified.insert(id);
+                }
+                Ok(v.is_some())
+            }
             Err(StoreError::Segment(e @ SegmentError::Damaged { .. })) => {
                 tracing::warn!(error = %e, "damaged vector: forgetting it to embed its files again");
                 self.store.forget_vectors(&self.space, &[id])?;

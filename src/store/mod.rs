@@ -55,6 +55,7 @@ mod migrate;
 mod paths;
 mod records;
 mod segment;
+mod sled_config;
 mod space;
 mod transaction;
 mod verify;
@@ -199,11 +200,7 @@ impl Store {
     /// another process holds it or when it was written by a newer schema.
     pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
-        let db = sled::Config::new()
-            .path(&dir)
-            // The HNSW already holds every vector in memory; sled's page cache
-            // mostly serves file records, so its 1 GiB default is too generous.
-            .cache_capacity(256 * 1024 * 1024)
+        let db = sled_config::config(&dir)
             .open()
             .map_err(|e| open_error(&dir, e))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(&dir, e));
