@@ -33,6 +33,13 @@ What is measured (see BENCHMARKS.md):
   parameters, numpy's RNG).
 - With hnswlib importable (optional): build time, memory, recall@k and latency
   at the same M / ef_construction / ef_search, and queries/s at recall >= 0.95.
+- With onnxruntime importable (optional): the same towers (features + L2
+  norm) exported with `torch.onnx`, the export checked against PyTorch
+  (cosine >= 0.9999), run by ONNX Runtime's CPU provider in f32 with the same
+  threads and all graph optimisations: vision.bN.images_per_s.onnxruntime and
+  text.p50_ms.onnxruntime / p99, each `versus` dualsight's figure. ONNX
+  Runtime is what CPU deployments run instead of PyTorch (immich's
+  machine-learning service, clip-as-service).
 """
 
 from __future__ import annotations
@@ -294,6 +301,7 @@ def main() -> None:
     chans = getattr(vc, "num_channels", 3)
     rng = np.random.default_rng(int(p["seed"]))
 
+    ort_version = None
     with torch.inference_mode():
         # 1. vision tower
         if "vision" in sections:
@@ -374,6 +382,11 @@ def main() -> None:
                 lat.append(time.perf_counter() - t0)
             figs.latency("text", lat)
 
+        if "vision" in sections or "search" in sections:
+            ort_version = onnx_runtime_figures(
+                figs, notes, p, model, tok, features, embed_images, embed_text,
+                (chans, size), threads, rng, texts, sections)
+
         try:
             import hnswlib  # optional
         except ImportError:
@@ -435,6 +448,8 @@ def main() -> None:
         "image_processor": type(ip).__name__,
         "notes": notes,
     }
+    if ort_version:
+        info["versions"]["onnxruntime"] = ort_version
     try:
         import hnswlib  # noqa: F811
 
@@ -444,6 +459,104 @@ def main() -> None:
     with open(args.out, "w") as f:
         json.dump({"figures": figs.items, "info": info}, f, indent=2)
     eprint(f"wrote {args.out}")
+
+
+def onnx_runtime_figures(figs, notes, p, model, tok, features, embed_images, embed_text, shape, threads,
+                         rng, texts, sections):
+    """The vision and text towers under ONNX Runtime (f32, CPU provider, same
+    threads); returns its version, or None when it is not importable."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        notes.append("onnxruntime not importable: no ONNX Runtime figures")
+        return None
+    import tempfile
+
+    import torch
+
+    chans, size = shape
+
+    class Vision(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, pixel_values):
+            f = features(self.m.get_image_features(pixel_values=pixel_values))
+            return f / f.norm(dim=-1, keepdim=True)
+
+    enc = tok([texts[0]], return_tensors="pt")
+    text_inputs = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+
+    class Text(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, *args):
+            f = features(self.m.get_text_features(**dict(zip(text_inputs, args))))
+            return f / f.norm(dim=-1, keepdim=True)
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+    def export(module, args, names, dynamic, path):
+        # Traced outside inference mode (the caller's): a text tower traced
+        # inside it came out wrong (cosine 0.88 against PyTorch).
+        with torch.inference_mode(False), torch.no_grad():
+            args = tuple(a.clone() for a in args)
+            torch.onnx.export(module.eval(), args, path, input_names=names, output_names=["embeds"],
+                              dynamic_axes={**dynamic, "embeds": {0: "batch"}}, opset_version=17,
+                              dynamo=False)
+        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+    def check(what, want, got):
+        cos = float(np.min(np.sum(want * got, axis=-1)))
+        if cos < 0.9999:
+            raise SystemExit(f"ONNX export of the {what} tower disagrees with PyTorch: cosine {cos}")
+        notes.append(f"ONNX Runtime {what} tower: min cosine against PyTorch {cos:.6f}")
+
+    with tempfile.TemporaryDirectory() as d:
+        if "vision" in sections:
+            eprint("ONNX Runtime: exporting the vision tower")
+            px = torch.from_numpy(rng.uniform(-1, 1, (2, chans, size, size)).astype(np.float32))
+            sess = export(Vision(model), (px,), ["pixel_values"], {"pixel_values": {0: "batch"}},
+                          os.path.join(d, "vision.onnx"))
+            check("vision", embed_images(px).numpy(), sess.run(None, {"pixel_values": px.numpy()})[0])
+            for b in p["batches"]:
+                x = rng.uniform(-1, 1, (b, chans, size, size)).astype(np.float32)
+                eprint(f"ONNX Runtime vision tower, batch {b}")
+                times = measure(p, lambda: sess.run(None, {"pixel_values": x}))
+                figs.add(f"vision.b{b}.images_per_s.onnxruntime", b / float(np.median(times)),
+                         label=f"batch {b}, against ONNX Runtime {ort.__version__} (f32)",
+                         versus=f"vision.b{b}.images_per_s", note=f"median of {len(times)}")
+            del sess
+        if "search" in sections:
+            eprint("ONNX Runtime: exporting the text tower")
+            args = tuple(enc[k] for k in text_inputs)
+            dyn = {k: {0: "batch", 1: "tokens"} for k in text_inputs}
+            sess = export(Text(model), args, text_inputs, dyn, os.path.join(d, "text.onnx"))
+
+            def run(t):
+                e = tok([t], return_tensors="np")
+                return sess.run(None, {k: e[k].astype(np.int64) for k in text_inputs})[0][0]
+
+            check("text", embed_text(texts[0]).numpy()[None], run(texts[0])[None])
+            run(texts[0])
+            lat = []
+            for t in texts:
+                t0 = time.perf_counter()
+                run(t)
+                lat.append(time.perf_counter() - t0)
+            ms = np.asarray(lat) * 1e3
+            for q in (50, 99):
+                figs.add(f"text.p{q}_ms.onnxruntime", np.percentile(ms, q),
+                         label=f"text tower p{q}, against ONNX Runtime {ort.__version__} (f32)",
+                         unit="ms", better="lower", versus=f"text.p{q}_ms")
+    return ort.__version__
 
 
 def hnsw_figures(hnswlib, figs, p, n, X, text_q, image_q, k, threads):

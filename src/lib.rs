@@ -23,8 +23,9 @@
 //! - [`config`]: layered settings; [`cli`]: the subcommands (`main.rs` only
 //!   dispatches).
 //! - Shared pieces: [`durable`] (crash-safe file writes), [`shutdown`] (the
-//!   stop signal), [`heap`] (handing freed memory back to the OS), [`rng`]
-//!   (the seeded generator of training's shuffles and dropout).
+//!   stop signal), [`simd`] (the CPU vector level our kernels run at),
+//!   [`heap`] (handing freed memory back to the OS), [`rng`] (the seeded
+//!   generator of training's shuffles and dropout).
 //!
 //! The benchmark harness is the `dualsight-bench` crate in `bench/`; the
 //! kill -9 fault harness is `dualsight-harness` in `harness/`.
@@ -44,5 +45,6 @@ pub mod preprocess;
 pub mod rng;
 pub mod server;
 pub mod shutdown;
+pub mod simd;
 pub mod store;
 pub mod train;

@@ -202,6 +202,11 @@ pub struct Machine {
     pub load_end: Option<String>,
     pub threads: usize,
     pub candle_threads: usize,
+    /// The CPU's vector extensions that matter to the kernels (from
+    /// `/proc/cpuinfo`), and the level dualsight's own kernels ran at
+    /// (`DUALSIGHT_CPU` can lower it).
+    pub simd_flags: Vec<String>,
+    pub simd_level: String,
 }
 
 impl Machine {
@@ -222,6 +227,21 @@ impl Machine {
                 cores.insert((phys.clone(), field(l).unwrap_or_default()));
             }
         }
+        let flags: Vec<&str> = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("flags"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.split_whitespace().collect())
+            .unwrap_or_default();
+        let simd_flags = flags
+            .into_iter()
+            .filter(|f| {
+                ["avx", "fma", "f16c", "amx"]
+                    .iter()
+                    .any(|p| f.starts_with(p))
+            })
+            .map(String::from)
+            .collect();
         let memory_gib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
             m.lines()
                 .find(|l| l.starts_with("MemTotal:"))
@@ -242,6 +262,8 @@ impl Machine {
             load_end: None,
             threads,
             candle_threads: candle_core::utils::get_num_threads(),
+            simd_flags,
+            simd_level: dualsight::simd::level().name().to_string(),
         }
     }
 }

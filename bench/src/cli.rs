@@ -176,6 +176,11 @@ pub fn render(r: &suite::Report, reference: bool) -> String {
         m.candle_threads
     ));
     s.push_str(&format!(
+        "vector level of dualsight's kernels: {}; CPU flags: {}\n",
+        m.simd_level,
+        m.simd_flags.join(" ")
+    ));
+    s.push_str(&format!(
         "load average at start / end: {} / {}\n",
         m.load_start.as_deref().unwrap_or("?"),
         m.load_end.as_deref().unwrap_or("?")

@@ -13,13 +13,16 @@
 //! Layout of one stored vector: the scale's f32 bits in the first
 //! [`HEADER`] elements (little-endian), then one byte per component.
 //!
-//! The dot product picks its kernel once per process: AVX2 where the CPU has
-//! it (32 products an instruction, integer, exact), a portable one elsewhere.
+//! The dot product picks its kernel once per process, by [`crate::simd`]'s
+//! level: AVX-512 VNNI (64 products an instruction), AVX2 (32), or a portable
+//! one; all integer, all exact, so they agree bit for bit.
 
 use std::sync::LazyLock;
 
 use hnsw_rs::prelude::Distance;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::simd::{self, Level};
 
 /// One byte of a stored vector, under a name of ours: hnsw_rs needs serde on
 /// its element type and writes the type's path into dumps, checking it at
@@ -105,15 +108,22 @@ impl Distance<Q8> for DualsightDot {
 type Kernel = fn(&[Q8], &[Q8]) -> i32;
 
 /// The integer dot-product kernel this CPU runs, chosen on first use.
-static KERNEL: LazyLock<(Kernel, &'static str)> = LazyLock::new(|| {
+static KERNEL: LazyLock<(Kernel, &'static str)> = LazyLock::new(|| kernel_at(simd::level()));
+
+/// The best kernel at or below `level` that this CPU runs.
+fn kernel_at(level: Level) -> (Kernel, &'static str) {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx2") {
+        if level >= Level::Avx512 && avx512::supported() {
+            return (avx512::dot, "avx512-vnni (8-bit)");
+        }
+        if level >= Level::Avx2 {
             return (avx2::dot, "avx2 (8-bit)");
         }
     }
+    let _ = level;
     (dot_portable, "portable (8-bit)")
-});
+}
 
 /// `a·b` of two stored vectors (of the same length).
 pub fn dot(a: &[Q8], b: &[Q8]) -> f32 {
@@ -177,6 +187,58 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::Q8;
+
+    /// VNNI's `vpdpbusd` on top of the AVX-512 level (Ice Lake, Sapphire
+    /// Rapids, Zen 4 on; not Skylake-SP, which keeps the AVX2 kernel).
+    pub fn supported() -> bool {
+        crate::simd::Level::Avx512.supported() && is_x86_feature_detected!("avx512vnni")
+    }
+
+    pub fn dot(a: &[Q8], b: &[Q8]) -> i32 {
+        // SAFETY: chosen only when `supported()`.
+        unsafe { dot_avx512(a, b) }
+    }
+
+    /// 64 components a step: `dpbusd` multiplies unsigned by signed bytes and
+    /// sums each 4 into an i32 lane (no saturation), so `|a|` meets `b`
+    /// negated where `a` is negative (AVX-512 has no `sign_epi8`; `b` is never
+    /// -128, so negating it is exact). The ragged tail is a masked load of
+    /// zeros, not a scalar loop.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn dot_avx512(a: &[Q8], b: &[Q8]) -> i32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr().cast::<i8>(), b.as_ptr().cast::<i8>());
+        let zero = _mm512_setzero_si512();
+        let mut acc = [zero; 2];
+        let mut at = 0;
+        let mut step = 0;
+        while at < n {
+            let take = (n - at).min(64);
+            let mask: __mmask64 = if take == 64 { !0 } else { (1u64 << take) - 1 };
+            // SAFETY: the mask enables only bytes at..at + take, inside both
+            // slices; masked-off bytes are not read.
+            let (x, y) = unsafe {
+                (
+                    _mm512_maskz_loadu_epi8(mask, pa.add(at)),
+                    _mm512_maskz_loadu_epi8(mask, pb.add(at)),
+                )
+            };
+            let negative = _mm512_movepi8_mask(x);
+            let y = _mm512_mask_sub_epi8(y, negative, zero, y);
+            let slot = &mut acc[step & 1];
+            *slot = _mm512_dpbusd_epi32(*slot, _mm512_abs_epi8(x), y);
+            at += take;
+            step += 1;
+        }
+        _mm512_reduce_add_epi32(_mm512_add_epi32(acc[0], acc[1]))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,8 +264,12 @@ mod tests {
 
     #[test]
     fn kernels_agree_exactly() {
-        println!("dot kernel: {}", kernel_name());
-        for n in [0, 1, 31, 32, 33, 63, 64, 65, 100, 511, 512, 768, 1023] {
+        let kernels: Vec<(Kernel, &str)> = Level::available().into_iter().map(kernel_at).collect();
+        let names: Vec<&str> = kernels.iter().map(|k| k.1).collect();
+        println!("dot kernel: {}; tested: {names:?}", kernel_name());
+        for n in [
+            0, 1, 31, 32, 33, 63, 64, 65, 100, 127, 128, 129, 511, 512, 768, 1023,
+        ] {
             for seed in 0..4 {
                 let (a, b) = (
                     quantise(&random(n, seed * 2 + 1)),
@@ -212,16 +278,17 @@ mod tests {
                 let (_, qa) = split(&a);
                 let (_, qb) = split(&b);
                 let want = dot_portable(qa, qb);
-                #[cfg(target_arch = "x86_64")]
-                if is_x86_feature_detected!("avx2") {
-                    assert_eq!(avx2::dot(qa, qb), want, "n={n}");
+                for (kernel, name) in &kernels {
+                    assert_eq!(kernel(qa, qb), want, "{name} n={n}");
                 }
             }
             // The extremes: every product at ±127².
             let hi: Vec<Q8> = (0..n)
                 .map(|i| Q8(if i % 3 == 0 { -127 } else { 127 }))
                 .collect();
-            assert_eq!(KERNEL.0(&hi, &hi), 127 * 127 * n as i32, "n={n}");
+            for (kernel, name) in &kernels {
+                assert_eq!(kernel(&hi, &hi), 127 * 127 * n as i32, "{name} n={n}");
+            }
         }
     }
 

@@ -20,6 +20,8 @@ use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
+use crate::simd::{self, Level};
+
 /// Runs `f` on the contiguous f32 data of a CPU tensor; `None` for any other
 /// device, dtype or a strided layout (the caller then uses candle's op).
 pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
@@ -102,12 +104,26 @@ pub fn matmul_wt(
     if m == 0 || n == 0 {
         return;
     }
+    matmul_wt_at(simd::level(), x, w, (m, k, n), dst, dst_rs, accumulate)
+}
+
+/// [`matmul_wt`] at a given vector level (which the CPU must run), after
+/// its checks: tests run every level the machine has.
+fn matmul_wt_at(
+    level: Level,
+    x: &[f32],
+    w: &[f32],
+    (m, k, n): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+) {
     #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
+    if level >= Level::Avx2 {
         return if m <= SMALL_M {
             small::matmul_wt(x, w, (m, k, n), dst, dst_rs, accumulate)
         } else {
-            packed::matmul_wt(x, w, (m, k, n), dst, dst_rs, accumulate)
+            packed::matmul_wt(level, x, w, (m, k, n), dst, dst_rs, accumulate)
         };
     }
     gemm_wt(x, w, (m, k, n), dst, dst_rs, accumulate)
@@ -171,8 +187,8 @@ fn column_tasks(n: usize, width: usize, flops: usize, task: impl Fn(usize) + Sen
 #[cfg(target_arch = "x86_64")]
 const SMALL_M: usize = 48;
 
-// Both kernels are AVX2 + FMA, checked at run time (`avx2_fma`); elsewhere
-// gemm does the work.
+// Both kernels need AVX2 + FMA at least (`simd::level`); below that, and
+// off x86-64, gemm does the work.
 #[cfg(target_arch = "x86_64")]
 mod packed;
 #[cfg(target_arch = "x86_64")]
@@ -459,11 +475,11 @@ mod tests {
             dst[i * rs + n..i * rs + 2 * n].copy_from_slice(&bv);
         }
         let want = want.flatten_all()?.to_vec1::<f32>()?;
-        // The kernel matmul_wt picks for m rows, and gemm (the fallback
-        // without AVX2), which this machine would not pick otherwise.
-        for product in [matmul_wt, gemm_wt] {
+        // The kernel each level this CPU runs picks for m rows (gemm at the
+        // portable level, the fallback without AVX2).
+        for level in Level::available() {
             let mut dst = dst.clone();
-            product(&xv, &wv, (m, k, n), &mut dst[n..], rs, true);
+            matmul_wt_at(level, &xv, &wv, (m, k, n), &mut dst[n..], rs, true);
             let got: Vec<f32> = (0..m)
                 .flat_map(|i| dst[i * rs + n..i * rs + 2 * n].to_vec())
                 .collect();
@@ -517,14 +533,17 @@ mod tests {
                 x.flatten_all()?.to_vec1::<f32>()?,
                 w.flatten_all()?.to_vec1::<f32>()?,
             );
-            let mut got = vec![0f32; m * n];
-            matmul_wt(&xv, &wv, (m, k, n), &mut got, n, false);
-            close(&got, &want, 1e-3);
-            // Accumulating adds to what is there.
-            let mut acc = vec![1f32; m * n];
-            matmul_wt(&xv, &wv, (m, k, n), &mut acc, n, true);
-            let plus_one: Vec<f32> = want.iter().map(|v| v + 1.0).collect();
-            close(&acc, &plus_one, 1e-3);
+            // Every level this CPU runs (the portable one is gemm's).
+            for level in Level::available() {
+                let mut got = vec![0f32; m * n];
+                matmul_wt_at(level, &xv, &wv, (m, k, n), &mut got, n, false);
+                close(&got, &want, 1e-3);
+                // Accumulating adds to what is there.
+                let mut acc = vec![1f32; m * n];
+                matmul_wt_at(level, &xv, &wv, (m, k, n), &mut acc, n, true);
+                let plus_one: Vec<f32> = want.iter().map(|v| v + 1.0).collect();
+                close(&acc, &plus_one, 1e-3);
+            }
         }
         Ok(())
     }
