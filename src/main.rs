@@ -8,6 +8,7 @@ use clap::Parser;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    dualsight::heap::mimalloc_keep_freed_pages();
     dualsight::heap::set_trimmer(dualsight::heap::mimalloc_collect);
     let cli = dualsight::cli::Cli::parse();
     dualsight::cli::init_logging(cli.command.default_log_filter());

@@ -9,6 +9,7 @@ use clap::Parser;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    dualsight::heap::mimalloc_keep_freed_pages();
     dualsight::heap::set_trimmer(dualsight::heap::mimalloc_collect);
     let args = dualsight_bench::cli::BenchArgs::parse();
     match dualsight_bench::cli::run(&args) {

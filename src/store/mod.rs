@@ -55,7 +55,6 @@ mod migrate;
 mod paths;
 mod records;
 mod segment;
-mod sled_config;
 mod space;
 mod transaction;
 mod verify;
@@ -200,7 +199,14 @@ impl Store {
     /// another process holds it or when it was written by a newer schema.
     pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
-        let db = sled_config::config(&dir)
+        let db = sled::Config::new()
+            .path(&dir)
+            // The HNSW already holds every vector in memory; sled's page cache
+            // mostly serves file records, so its 1 GiB default is too generous.
+            // Not compressed: zstd pages halve the store on disk, but sled's
+            // recovery then decompresses its whole log at every open (24 s
+            // instead of 0.7 s at 300k files; BENCHMARKS.md, "sled on disk").
+            .cache_capacity(256 * 1024 * 1024)
             .open()
             .map_err(|e| open_error(&dir, e))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(&dir, e));
