@@ -127,11 +127,14 @@ fn first_step_loss_and_gradients_match_pytorch() {
             }
             off.push((diff_norm(got, want) / scale, var_name.clone()));
         }
-        // Every tensor within 1e-4; a failure lists the worst five.
+        // Every tensor within 2e-4; a failure lists the worst five. f32 sums
+        // in another order give ~1e-4 on their own: with gemm's AVX-512
+        // kernels, clipvision-bert's logit_scale gradient is 1.2e-4 off (its
+        // AVX2 kernels stay under 1e-4).
         off.sort_by(|a, b| b.0.total_cmp(&a.0));
         assert!(
-            off.first().is_none_or(|(rel, _)| *rel < 1e-4),
-            "{name}: gradients differ from transformers' by more than 1e-4 relative L2: {:?}",
+            off.first().is_none_or(|(rel, _)| *rel < 2e-4),
+            "{name}: gradients differ from transformers' by more than 2e-4 relative L2: {:?}",
             &off[..off.len().min(5)]
         );
         assert_eq!(
