@@ -150,6 +150,17 @@ def measure(p, fn):
     return out
 
 
+def time_each(fn, items):
+    """Seconds of `fn(item)` for each item, after one warm-up call."""
+    fn(items[0])
+    out = []
+    for item in items:
+        t = time.perf_counter()
+        fn(item)
+        out.append(time.perf_counter() - t)
+    return out
+
+
 # ---- decode workers (module level: picklable for multiprocessing) ------------
 
 _WORKER_IP = None
@@ -374,13 +385,7 @@ def main() -> None:
         texts = p["texts"]
         if "search" in sections:
             eprint(f"text tower latency, {len(texts)} queries")
-            embed_text(texts[0])
-            lat = []
-            for t in texts:
-                t0 = time.perf_counter()
-                embed_text(t)
-                lat.append(time.perf_counter() - t0)
-            figs.latency("text", lat)
+            figs.latency("text", time_each(embed_text, texts))
 
         if "vision" in sections or "search" in sections:
             ort_version = onnx_runtime_figures(
@@ -545,13 +550,7 @@ def onnx_runtime_figures(figs, notes, p, model, tok, features, embed_images, emb
                 return sess.run(None, {k: e[k].astype(np.int64) for k in text_inputs})[0][0]
 
             check("text", embed_text(texts[0]).numpy()[None], run(texts[0])[None])
-            run(texts[0])
-            lat = []
-            for t in texts:
-                t0 = time.perf_counter()
-                run(t)
-                lat.append(time.perf_counter() - t0)
-            ms = np.asarray(lat) * 1e3
+            ms = np.asarray(time_each(run, texts)) * 1e3
             for q in (50, 99):
                 figs.add(f"text.p{q}_ms.onnxruntime", np.percentile(ms, q),
                          label=f"text tower p{q}, against ONNX Runtime {ort.__version__} (f32)",
