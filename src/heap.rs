@@ -36,8 +36,13 @@ pub fn mimalloc_collect() {
 const MIMALLOC_PURGE_DELAY_MS: std::ffi::c_long = 10_000;
 
 /// Sets [`MIMALLOC_PURGE_DELAY_MS`] in a binary whose global allocator is
-/// mimalloc; call first thing in `main`.
+/// mimalloc; call first thing in `main`. An operator's own
+/// `MIMALLOC_PURGE_DELAY` (which mimalloc has already read) wins, which is
+/// also how the two are compared (BENCHMARKS.md).
 pub fn mimalloc_keep_freed_pages() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     unsafe extern "C" {
         fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
     }
