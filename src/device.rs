@@ -74,7 +74,9 @@ impl DeviceSpec {
                 }
             }
         };
-        tracing::info!(requested = %self, device = if device.is_cuda() { "cuda" } else { "cpu" }, "model device");
+        // The CPU's vector level matters on the CPU, and for the index's
+        // distance either way: operators see what DUALSIGHT_CPU left.
+        tracing::info!(requested = %self, device = if device.is_cuda() { "cuda" } else { "cpu" }, cpu_level = crate::simd::level().name(), "model device");
         Ok(device)
     }
 }
