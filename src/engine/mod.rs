@@ -169,8 +169,14 @@ impl Engine {
 
     /// The quick half, on the writer thread (so nothing commits meanwhile):
     /// brings `fresh` up to date with what changed since `last` and puts it
-    /// in the current index's place.
+    /// in the current index's place. What was removed while it was built is
+    /// a tombstone in the current index, so the same ids leave `fresh`
+    /// without a store lookup per vector; `catch_up` then finds the counts
+    /// equal and adds only what came after `last`.
     pub fn swap_in(&self, fresh: VectorIndex, last: u64) -> Result<()> {
+        for id in self.index().tombstoned_ids() {
+            fresh.remove(id);
+        }
         catch_up(&fresh, &self.store, &self.space, last + 1)?;
         *self.index.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
         Ok(())

@@ -255,6 +255,14 @@ impl VectorIndex {
         v
     }
 
+    /// Ids removed but still in the graph, ascending.
+    pub fn tombstoned_ids(&self) -> Vec<u64> {
+        let ids = read(&self.ids);
+        let mut v: Vec<u64> = ids.tombstones.iter().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
     pub fn contains(&self, id: u64) -> bool {
         let ids = read(&self.ids);
         ids.present.contains(&id) && !ids.tombstones.contains(&id)
