@@ -96,19 +96,12 @@ pub fn matmul_wt(
     dst_rs: usize,
     accumulate: bool,
 ) {
-    assert!(x.len() >= m * k && w.len() >= n * k, "matmul_wt operands");
-    assert!(
-        m == 0 || dst.len() >= (m - 1) * dst_rs + n,
-        "matmul_wt destination"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
     matmul_wt_at(simd::level(), x, w, (m, k, n), dst, dst_rs, accumulate)
 }
 
-/// [`matmul_wt`] at a given vector level (which the CPU must run), after
-/// its checks: tests run every level the machine has.
+/// [`matmul_wt`] at a given vector level: tests run every level the
+/// machine has. The checks are here, so no caller reaches the unsafe
+/// kernels without them.
 fn matmul_wt_at(
     level: Level,
     x: &[f32],
@@ -118,6 +111,18 @@ fn matmul_wt_at(
     dst_rs: usize,
     accumulate: bool,
 ) {
+    assert!(x.len() >= m * k && w.len() >= n * k, "matmul_wt operands");
+    assert!(
+        m == 0 || dst.len() >= (m - 1) * dst_rs + n,
+        "matmul_wt destination"
+    );
+    assert!(
+        level.supported(),
+        "matmul_wt: this CPU cannot run {level:?}"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if level >= Level::Avx2 {
         return if m <= SMALL_M {

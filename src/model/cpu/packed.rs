@@ -310,6 +310,23 @@ struct Tile {
     load: bool,
 }
 
+/// Pulls the destination tile's rows (`nr` floats each) towards L1 while
+/// the kernel computes, for the add or the store at its end. A prefetch
+/// never faults, and `wrapping_add` keeps the address arithmetic defined
+/// where a ragged tile's `nr` columns run past the buffer.
+#[cfg(target_arch = "x86_64")]
+fn prefetch_tile(c: *mut f32, t: Tile, nr: usize) {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    for r in 0..t.rows {
+        // SAFETY: SSE is part of the x86-64 baseline; a prefetch reads and
+        // writes nothing.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(r * t.rs).cast());
+            _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(r * t.rs + nr - 1).cast());
+        }
+    }
+}
+
 /// One AVX2 `6 × 16` tile over depth `kc`.
 ///
 /// # Safety
@@ -329,10 +346,7 @@ unsafe fn kernel_avx2(kc: usize, xp: &[f32], wp: &[f32], out: SendPtr, t: Tile) 
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         let (a, b) = (xp.as_ptr(), wp.as_ptr());
         let c = out.get().add(t.at);
-        for r in 0..t.rows {
-            _mm_prefetch::<_MM_HINT_T0>(c.add(r * t.rs).cast());
-            _mm_prefetch::<_MM_HINT_T0>(c.add(r * t.rs + NR - 1).cast());
-        }
+        prefetch_tile(c, t, NR);
         for p in 0..kc {
             let b0 = _mm256_loadu_ps(b.add(p * NR));
             let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
@@ -390,10 +404,7 @@ unsafe fn kernel_avx512(kc: usize, xp: &[f32], wp: &[f32], out: SendPtr, t: Tile
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         let (a, b) = (xp.as_ptr(), wp.as_ptr());
         let c = out.get().add(t.at);
-        for r in 0..t.rows {
-            _mm_prefetch::<_MM_HINT_T0>(c.add(r * t.rs).cast());
-            _mm_prefetch::<_MM_HINT_T0>(c.add(r * t.rs + NR - 1).cast());
-        }
+        prefetch_tile(c, t, NR);
         for p in 0..kc {
             let b0 = _mm512_loadu_ps(b.add(p * NR));
             let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
