@@ -46,6 +46,10 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub index: IndexSettings,
     pub server: ServerSettings,
+    pub metrics: MetricsSettings,
+    pub log: LogSettings,
+    /// Same as `server.allow_insecure` (accepted at the top level too).
+    pub allow_insecure: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -100,6 +104,36 @@ pub struct ServerSettings {
     pub max_text_chars: usize,
     pub max_message_bytes: usize,
     pub max_labels: usize,
+    /// A file holding the bearer token every dualsight.v1 request must carry.
+    pub token_file: Option<PathBuf>,
+    /// TLS on the TCP listener: certificate chain and private key (PEM).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    pub tls_client_ca: Option<PathBuf>,
+    /// Listen on a non-loopback address with neither a token nor TLS.
+    pub allow_insecure: bool,
+    /// Permission bits of the Unix socket, octal (connecting needs write).
+    pub socket_mode: String,
+    /// Group of the Unix socket (name or number); its members may connect.
+    pub socket_group: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// `GET /metrics` (Prometheus text format) on this IP:PORT; off when unset.
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// A tracing filter (`info`, `warn,dualsight=debug`); unset: `RUST_LOG`,
+    /// else `info`. Changes on reload.
+    pub level: Option<String>,
+    /// `text` or `json` (one object per line).
+    pub format: crate::logging::LogFormat,
 }
 
 impl Default for Settings {
@@ -119,6 +153,9 @@ impl Default for Settings {
             ingest: IngestSettings::default(),
             index: IndexSettings::default(),
             server: ServerSettings::default(),
+            metrics: MetricsSettings::default(),
+            log: LogSettings::default(),
+            allow_insecure: false,
         }
     }
 }
@@ -179,6 +216,13 @@ impl Default for ServerSettings {
             max_text_chars: c.max_text_chars,
             max_message_bytes: c.max_message_bytes,
             max_labels: c.max_labels,
+            token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            allow_insecure: false,
+            socket_mode: "0660".into(),
+            socket_group: None,
         }
     }
 }
@@ -203,6 +247,42 @@ impl Settings {
         })
     }
 
+    /// The metrics address, when metrics are on.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>> {
+        self.metrics
+            .listen
+            .as_deref()
+            .map(|l| {
+                l.parse().map_err(|e| ConfigError::Invalid {
+                    key: "metrics.listen",
+                    msg: format!("`{l}`: {e} (expected IP:PORT)"),
+                })
+            })
+            .transpose()
+    }
+
+    /// The Unix socket's permission bits.
+    pub fn socket_mode(&self) -> Result<u32> {
+        let m = self.server.socket_mode.trim();
+        u32::from_str_radix(m.strip_prefix("0o").unwrap_or(m), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "server.socket_mode",
+                msg: format!("`{m}`: expected octal permission bits such as \"0660\""),
+            })
+    }
+
+    /// TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::server::TlsFiles> {
+        let s = &self.server;
+        Some(crate::server::TlsFiles {
+            cert: s.tls_cert.clone()?,
+            key: s.tls_key.clone()?,
+            client_ca: s.tls_client_ca.clone(),
+        })
+    }
+
     pub fn decode_threads(&self) -> usize {
         match self.ingest.decode_threads {
             0 => std::thread::available_parallelism()
@@ -221,7 +301,44 @@ impl Settings {
                 "no model: pass --model DIR or set `model` in the config file".into(),
             );
         }
-        self.listen_addr()?;
+        let listen = self.listen_addr()?;
+        self.metrics_addr()?;
+        self.socket_mode()?;
+        if let Some(level) = &self.log.level {
+            crate::logging::parse_filter(level).map_err(|e| ConfigError::Invalid {
+                key: "log.level",
+                msg: e.to_string(),
+            })?;
+        }
+        let sv = &self.server;
+        if sv.tls_cert.is_some() != sv.tls_key.is_some() {
+            return bad(
+                "server.tls_cert",
+                "TLS needs both a certificate and its key: pass --tls-cert FILE and --tls-key FILE"
+                    .into(),
+            );
+        }
+        if sv.tls_client_ca.is_some() && sv.tls_cert.is_none() {
+            return bad(
+                "server.tls_client_ca",
+                "client certificates need TLS: pass --tls-cert and --tls-key as well".into(),
+            );
+        }
+        if !listen.ip().is_loopback()
+            && sv.token_file.is_none()
+            && sv.tls_cert.is_none()
+            && !(sv.allow_insecure || self.allow_insecure)
+        {
+            return bad(
+                "listen",
+                format!(
+                    "refusing to listen on {listen}, which is not a loopback address, with neither a token \
+                     (--token-file / server.token_file) nor TLS (--tls-cert and --tls-key): anyone who can \
+                     reach it could search the photos; configure one, or set `allow_insecure = true` under \
+                     [server] in the config to accept that"
+                ),
+            );
+        }
         if self.watch.roots.is_empty() {
             return bad(
                 "watch.roots",

@@ -46,7 +46,8 @@ pub struct Encoder {
     model: DualEncoder,
     images: ImageProcessor,
     tokenizer: Option<TextTokenizer>,
-    limits: DecodeLimits,
+    /// Changes while the daemon runs (a reload with new `[ingest]` limits).
+    limits: std::sync::RwLock<DecodeLimits>,
     /// Exact unless the caller opts in to the fast path (the daemon does).
     preprocessing: Preprocessing,
     dir: PathBuf,
@@ -84,16 +85,23 @@ impl Encoder {
             model,
             images,
             tokenizer,
-            limits: DecodeLimits::default(),
+            limits: std::sync::RwLock::new(DecodeLimits::default()),
             preprocessing: Preprocessing::Exact,
             dir: dir.to_path_buf(),
             fingerprint,
         })
     }
 
-    pub fn with_limits(mut self, limits: DecodeLimits) -> Self {
-        self.limits = limits;
+    pub fn with_limits(self, limits: DecodeLimits) -> Self {
+        self.set_limits(limits);
         self
+    }
+    /// New decode limits for the images preprocessed from now on.
+    pub fn set_limits(&self, limits: DecodeLimits) {
+        *self
+            .limits
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
     }
     /// How files become pixels: [`Preprocessing::Exact`] (the default, what
     /// the transformers parity holds to) or [`Preprocessing::Fast`].
@@ -113,8 +121,11 @@ impl Encoder {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-    pub fn limits(&self) -> &DecodeLimits {
-        &self.limits
+    pub fn limits(&self) -> DecodeLimits {
+        self.limits
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
     /// Identifies the weights and processors: vectors from two fingerprints never mix.
     pub fn fingerprint(&self) -> &str {
@@ -161,7 +172,9 @@ impl Encoder {
     /// CHW floats within this encoder's limits, the way
     /// [`Self::preprocessing`] says (CPU only; safe to call from many threads).
     pub fn preprocess(&self, source: Source<'_>) -> Result<Vec<f32>> {
-        Ok(self.images.run(source, &self.limits, self.preprocessing)?)
+        Ok(self
+            .images
+            .run(source, &self.limits(), self.preprocessing)?)
     }
 
     /// Normalised image embeddings for preprocessed images, one batch.

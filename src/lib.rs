@@ -40,6 +40,8 @@ pub mod engine;
 pub mod heap;
 pub mod index;
 pub mod ingest;
+pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod preprocess;
 pub mod rng;

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     dualsight::heap::mimalloc_keep_freed_pages();
     dualsight::heap::set_trimmer(dualsight::heap::mimalloc_collect);
     let cli = dualsight::cli::Cli::parse();
-    dualsight::cli::init_logging(cli.command.default_log_filter());
+    dualsight::cli::init_logging(&cli.command);
     match dualsight::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {

@@ -58,7 +58,7 @@ fn main() -> Result<()> {
             };
             let scale = fast
                 .image_processor()
-                .decode_reduced(Source::Path(path), fast.limits())?
+                .decode_reduced(Source::Path(path), &fast.limits())?
                 .scale;
             let std = exact.image_processor().config().image_std[0] as f32;
             let levels = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32

@@ -51,7 +51,7 @@ pub fn run(
         bytes as f64 / files.len() as f64 / 1e6
     ));
     let processor = ImageProcessor::from_model_dir(enc.dir())?;
-    let limits = enc.limits().clone();
+    let limits = enc.limits();
 
     // One thread: decode and preprocess timed apart, per file, over passes.
     say("decode + preprocess, one thread");

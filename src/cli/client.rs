@@ -10,7 +10,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::server::proto::dual_sight_client::DualSightClient;
 use crate::server::proto::{
@@ -30,7 +33,7 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 pub enum ClientError {
     /// `--addr` is not something we can connect to.
     #[error(
-        "{addr}: invalid address: {reason} (expected http://HOST:PORT, HOST:PORT or unix:/path/to.sock)"
+        "{addr}: invalid address: {reason} (expected http://HOST:PORT, https://HOST:PORT, HOST:PORT or unix:/path/to.sock)"
     )]
     InvalidAddress { addr: String, reason: String },
     /// Nobody answered at the address.
@@ -92,9 +95,8 @@ pub struct SearchArgs {
     /// Only results with a cosine score at least this (-1 to 1).
     #[arg(long, value_name = "SCORE", allow_negative_numbers = true)]
     pub min_score: Option<f32>,
-    /// Server address: http://HOST:PORT, HOST:PORT or unix:/path/to.sock.
-    #[arg(long, value_name = "ADDR", env = "DUALSIGHT_ADDR", default_value = DEFAULT_ADDR)]
-    pub addr: String,
+    #[command(flatten)]
+    pub remote: Remote,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -108,9 +110,8 @@ pub struct StatusArgs {
     /// On a terminal, plain `status` does this by itself while files are pending.
     #[arg(long)]
     pub watch: bool,
-    /// Server address: http://HOST:PORT, HOST:PORT or unix:/path/to.sock.
-    #[arg(long, value_name = "ADDR", env = "DUALSIGHT_ADDR", default_value = DEFAULT_ADDR)]
-    pub addr: String,
+    #[command(flatten)]
+    pub remote: Remote,
     /// Print JSON (with --watch: one JSON object per line).
     #[arg(long)]
     pub json: bool,
@@ -138,9 +139,8 @@ pub struct ClassifyArgs {
     /// do better with e.g. "a photo of a {}".
     #[arg(long, default_value = "{}")]
     pub template: String,
-    /// Server address: http://HOST:PORT, HOST:PORT or unix:/path/to.sock.
-    #[arg(long, value_name = "ADDR", env = "DUALSIGHT_ADDR", default_value = DEFAULT_ADDR)]
-    pub addr: String,
+    #[command(flatten)]
+    pub remote: Remote,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -152,12 +152,113 @@ pub struct FailuresArgs {
     /// How many to show (default: the server's, 10).
     #[arg(short = 'n', long, value_name = "N")]
     pub limit: Option<u32>,
-    /// Server address: http://HOST:PORT, HOST:PORT or unix:/path/to.sock.
-    #[arg(long, value_name = "ADDR", env = "DUALSIGHT_ADDR", default_value = DEFAULT_ADDR)]
-    pub addr: String,
+    #[command(flatten)]
+    pub remote: Remote,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Where the daemon is and how to get in: the client flags every command shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Remote {
+    /// Server address: http://HOST:PORT, https://HOST:PORT, HOST:PORT or unix:/path/to.sock.
+    #[arg(long, value_name = "ADDR", env = "DUALSIGHT_ADDR", default_value = DEFAULT_ADDR)]
+    pub addr: String,
+    /// File holding the daemon's bearer token (sent as `authorization: Bearer`).
+    #[arg(long, value_name = "FILE", env = "DUALSIGHT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed an https:// daemon's certificate;
+    /// without it, the public web roots are trusted.
+    #[arg(long, value_name = "FILE", env = "DUALSIGHT_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a daemon that requires one (mutual TLS).
+    #[arg(long, value_name = "FILE", requires = "tls_client_key")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// The private key of --tls-client-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_client_cert")]
+    pub tls_client_key: Option<PathBuf>,
+}
+
+impl Remote {
+    /// A plain connection to `addr`, no token.
+    pub fn plain(addr: &str) -> Self {
+        Self {
+            addr: addr.to_owned(),
+            token_file: None,
+            tls_ca: None,
+            tls_client_cert: None,
+            tls_client_key: None,
+        }
+    }
+}
+
+/// Adds the bearer token (when there is one) to every request.
+#[derive(Debug, Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A client of the daemon, with the token (if any) on every request.
+pub type Client = DualSightClient<InterceptedService<Channel, Bearer>>;
+
+/// Connects as `remote` says: TLS for `https://` addresses (verified with
+/// `--tls-ca`, else the public web roots), the token from `--token-file`.
+pub async fn connect_remote(remote: &Remote) -> Result<Client> {
+    let addr = remote.addr.as_str();
+    let bearer = match &remote.token_file {
+        Some(path) => {
+            let token = crate::server::auth::read_token(path)
+                .map_err(|e| ClientError::Usage(e.to_string()))?;
+            let value = format!("Bearer {token}")
+                .parse::<MetadataValue<Ascii>>()
+                .map_err(|e| ClientError::Usage(format!("{}: {e}", path.display())))?;
+            Some(value)
+        }
+        None => None,
+    };
+    let mut endpoint = endpoint(addr)?;
+    let https = addr.trim().starts_with("https://");
+    if https {
+        endpoint = endpoint
+            .tls_config(client_tls(remote).await?)
+            .map_err(|e| ClientError::InvalidAddress {
+                addr: addr.to_owned(),
+                reason: root_cause(&e),
+            })?;
+    } else if remote.tls_ca.is_some() || remote.tls_client_cert.is_some() {
+        return Err(ClientError::Usage(format!(
+            "--tls-ca and --tls-client-cert need an https:// address (got {addr})"
+        )));
+    }
+    let channel = endpoint.connect().await.map_err(|e| ClientError::Connect {
+        addr: addr.to_owned(),
+        cause: root_cause(&e),
+    })?;
+    Ok(DualSightClient::with_interceptor(channel, Bearer(bearer))
+        .max_decoding_message_size(MAX_RESPONSE_BYTES))
+}
+
+async fn client_tls(remote: &Remote) -> Result<ClientTlsConfig> {
+    let mut tls = ClientTlsConfig::new();
+    tls = match &remote.tls_ca {
+        Some(ca) => tls.ca_certificate(Certificate::from_pem(read_file(ca).await?)),
+        None => tls.with_webpki_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&remote.tls_client_cert, &remote.tls_client_key) {
+        tls = tls.identity(Identity::from_pem(
+            read_file(cert).await?,
+            read_file(key).await?,
+        ));
+    }
+    Ok(tls)
 }
 
 /// Connects to a server at `addr`: `http://HOST:PORT`, `HOST:PORT`, or
@@ -202,12 +303,7 @@ fn normalize_addr(addr: &str) -> Result<String> {
         }
         return Ok(format!("unix:{path}"));
     }
-    if addr.starts_with("https://") {
-        return Err(invalid(
-            "https is not supported: the daemon serves plaintext gRPC (use a Unix socket or an SSH tunnel for remote access)",
-        ));
-    }
-    if addr.starts_with("http://") {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
         return Ok(addr.to_owned());
     }
     if addr.contains("://") {
@@ -265,7 +361,7 @@ pub async fn search(args: &SearchArgs) -> Result<()> {
             ));
         }
     };
-    let mut client = connect(&args.addr).await?;
+    let mut client = connect_remote(&args.remote).await?;
     let response = match image_query {
         None => {
             let request = SearchRequest {
@@ -297,7 +393,7 @@ pub async fn search(args: &SearchArgs) -> Result<()> {
 
 /// Runs `status`.
 pub async fn status(args: &StatusArgs) -> Result<()> {
-    let mut client = connect(&args.addr).await?;
+    let mut client = connect_remote(&args.remote).await?;
     if args.watch {
         return watch_progress(&mut client, args.json).await;
     }
@@ -319,7 +415,7 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
 /// Follows WatchProgress until the daemon is ready with nothing pending.
 /// "Ready" alone would end at once on a daemon that answers queries while it
 /// is still indexing a large library, which is when a bar is most wanted.
-async fn watch_progress(client: &mut DualSightClient<Channel>, json: bool) -> Result<()> {
+async fn watch_progress(client: &mut Client, json: bool) -> Result<()> {
     let mut stream = client
         .watch_progress(ProgressRequest {})
         .await?
@@ -391,7 +487,7 @@ pub async fn classify(args: &ClassifyArgs) -> Result<()> {
             ));
         }
     };
-    let mut client = connect(&args.addr).await?;
+    let mut client = connect_remote(&args.remote).await?;
     let request = ClassifyRequest {
         query: Some(query),
         labels: prompts.clone(),
@@ -413,7 +509,7 @@ pub async fn classify(args: &ClassifyArgs) -> Result<()> {
 
 /// Runs `failures`.
 pub async fn failures(args: &FailuresArgs) -> Result<()> {
-    let mut client = connect(&args.addr).await?;
+    let mut client = connect_remote(&args.remote).await?;
     let request = ListFailuresRequest {
         limit: args.limit.unwrap_or(0),
     };
@@ -832,7 +928,8 @@ mod tests {
             normalize_addr("unix:///run/d.sock").unwrap(),
             "unix:/run/d.sock"
         );
-        for bad in ["", "unix:", "https://h:1", "grpc://h:1"] {
+        assert_eq!(normalize_addr("https://h:1").unwrap(), "https://h:1");
+        for bad in ["", "unix:", "grpc://h:1"] {
             let e = normalize_addr(bad).unwrap_err().to_string();
             assert!(e.contains("invalid address"), "{bad:?}: {e}");
         }

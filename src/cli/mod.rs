@@ -67,17 +67,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-impl Command {
-    /// Long-running commands log progress; one-shot commands keep stderr for errors.
-    pub fn default_log_filter(&self) -> &'static str {
-        match self {
-            Command::Serve(_) => "info,hnsw_rs=warn,sled=warn",
-            Command::Train(_) => "warn",
-            _ => "warn",
-        }
-    }
-}
-
 /// A small runtime for the gRPC client commands.
 fn client_runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
@@ -85,15 +74,15 @@ fn client_runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Logs to stderr (journald keeps it under systemd); `RUST_LOG` overrides `default_filter`.
-pub fn init_logging(default_filter: &str) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
+/// Logging of every command but `serve` (which sets it up from its config):
+/// warnings and errors only, so one-shot commands keep stderr for errors;
+/// `RUST_LOG` overrides.
+pub fn init_logging(command: &Command) {
+    if matches!(command, Command::Serve(_)) {
+        return;
+    }
+    let filter = crate::logging::effective_filter(None, "warn");
+    if crate::logging::init(crate::logging::LogFormat::Text, &filter).is_err() {
+        let _ = crate::logging::init(crate::logging::LogFormat::Text, "warn");
+    }
 }

@@ -8,7 +8,10 @@ use clap::Args;
 
 use crate::config::Settings;
 
-#[derive(Debug, Args)]
+/// What the daemon logs unless `[log] level` or `RUST_LOG` says otherwise.
+pub const DEFAULT_LOG_FILTER: &str = "info,hnsw_rs=warn,sled=warn";
+
+#[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// TOML config file (see config/dualsight.toml); flags override it.
     #[arg(long)]
@@ -34,6 +37,28 @@ pub struct ServeArgs {
     /// f32, f16, bf16.
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Serve GET /metrics (Prometheus text format) on this IP:PORT.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Require `authorization: Bearer <token>` on every dualsight.v1 request;
+    /// the token is this file's one line.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Serve TLS on the TCP listener with this certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Allow a non-loopback --listen with neither a token nor TLS.
+    #[arg(long)]
+    pub allow_insecure: bool,
+    /// Log lines as text or as JSON objects (for log shippers).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<crate::logging::LogFormat>,
 }
 
 impl ServeArgs {
@@ -63,6 +88,27 @@ impl ServeArgs {
         if let Some(d) = &self.dtype {
             s.dtype = d.clone();
         }
+        if let Some(m) = &self.metrics_listen {
+            s.metrics.listen = Some(m.clone());
+        }
+        if let Some(t) = &self.token_file {
+            s.server.token_file = Some(t.clone());
+        }
+        if let Some(c) = &self.tls_cert {
+            s.server.tls_cert = Some(c.clone());
+        }
+        if let Some(k) = &self.tls_key {
+            s.server.tls_key = Some(k.clone());
+        }
+        if let Some(ca) = &self.tls_client_ca {
+            s.server.tls_client_ca = Some(ca.clone());
+        }
+        if self.allow_insecure {
+            s.server.allow_insecure = true;
+        }
+        if let Some(f) = self.log_format {
+            s.log.format = f;
+        }
         s.validate()?;
         Ok(s)
     }
@@ -70,12 +116,46 @@ impl ServeArgs {
 
 pub fn serve(args: &ServeArgs) -> Result<()> {
     let settings = args.settings()?;
+    crate::logging::init(
+        settings.log.format,
+        &crate::logging::effective_filter(settings.log.level.as_deref(), DEFAULT_LOG_FILTER),
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(crate::daemon::run(settings, shutdown_signal(), None))?;
+    runtime.block_on(async {
+        let reloads = reload_on_sighup(args.clone())?;
+        crate::daemon::run(settings, shutdown_signal(), None, reloads).await?;
+        anyhow::Ok(())
+    })?;
     Ok(())
+}
+
+/// On each SIGHUP (`systemctl reload`), the settings read again (the config
+/// file, then the same flags); a file that no longer parses or validates is
+/// logged and the running settings stay.
+fn reload_on_sighup(args: ServeArgs) -> Result<tokio::sync::mpsc::Receiver<Settings>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Installed before the daemon starts: SIGHUP's default action ends the process.
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reading the configuration again");
+            match args.settings() {
+                Ok(s) => {
+                    if tx.send(s).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("reload refused: {e:#}; keeping the running configuration")
+                }
+            }
+        }
+    });
+    Ok(rx)
 }
 
 /// Resolves on SIGTERM (systemd stop) or SIGINT (Ctrl-C).

@@ -6,9 +6,11 @@
 //! model serves while another's index is built; `progress.rs` reports;
 //! `query.rs` answers queries through the engine.
 
+mod listeners;
 mod models;
 mod progress;
 pub mod query;
+mod reload;
 pub mod systemd;
 pub mod text_cache;
 
@@ -28,8 +30,8 @@ use crate::device::{DeviceSpec, parse_dtype};
 use crate::encoder::Encoder;
 use crate::engine::Engine;
 use crate::index::IndexParams;
+use crate::ingest::WatchConfig;
 use crate::ingest::pipeline::{Counters, Pipeline, PipelineConfig};
-use crate::ingest::{WatchConfig, Watcher};
 use crate::preprocess::DecodeLimits;
 use crate::server::ServerConfig;
 use crate::server::port::ProgressSnapshot;
@@ -57,6 +59,12 @@ pub enum DaemonError {
     Watch(#[from] crate::ingest::IngestError),
     #[error(transparent)]
     Server(#[from] crate::server::ServerError),
+    #[error(transparent)]
+    Auth(#[from] crate::server::auth::AuthError),
+    #[error(transparent)]
+    Tls(#[from] crate::server::tls::TlsError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -99,22 +107,27 @@ fn watch_config(s: &Settings) -> WatchConfig {
 
 /// Runs the daemon until `shutdown` resolves; returns once everything is
 /// flushed and checkpointed. `bound` (if given) receives the TCP address
-/// actually listened on (tests use port 0).
+/// actually listened on (tests use port 0). Each settings value from
+/// `reloads` is applied as far as it can be while running (`reload.rs`).
 pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
     bound: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+    mut reloads: mpsc::Receiver<Settings>,
 ) -> Result<()> {
     settings.validate()?;
     let notifier = Arc::new(Notifier::from_env());
     let model_spec = settings.model.clone().unwrap_or_default();
-    let listen = settings.listen_addr()?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| DaemonError::Bind {
-            addr: settings.listen.clone(),
-            source,
-        })?;
+    let listener = listeners::bind_grpc(&settings).await?;
+    let counters = Arc::new(Counters::default());
+    let metrics = match &settings.metrics.listen {
+        Some(addr) => Some((
+            crate::metrics::Metrics::new(&counters.embed_batch)?,
+            crate::metrics::bind(addr).await?,
+        )),
+        None => None,
+    };
+    let access = listeners::access(&settings, metrics.as_ref().map(|(m, _)| m.clone()))?;
     let local = listener.local_addr().map_err(|source| DaemonError::Bind {
         addr: settings.listen.clone(),
         source,
@@ -124,13 +137,7 @@ pub async fn run(
         let _ = tx.send(local);
     }
 
-    let roots: Vec<PathBuf> = settings
-        .watch
-        .roots
-        .iter()
-        .map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone()))
-        .collect();
-    let counters = Arc::new(Counters::default());
+    let roots = reload::absolute_roots(&settings);
     let (progress_tx, progress_rx) = watch::channel(ProgressSnapshot {
         phase: "loading".into(),
         ..Default::default()
@@ -147,6 +154,7 @@ pub async fn run(
     let server = tokio::spawn(crate::server::serve(
         core.clone(),
         server_config(&settings),
+        access,
         listener,
         settings.unix_socket.clone(),
         ready_rx,
@@ -154,6 +162,15 @@ pub async fn run(
             server_stop.recv().await;
         },
     ));
+    let metrics_server = metrics.map(|(m, listener)| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            m,
+            core.clone(),
+            async move { stop.recv().await },
+        ))
+    });
     let shutdown_task = tokio::spawn(async move {
         shutdown.await;
         // Dropping the trigger afterwards keeps it fired.
@@ -176,6 +193,9 @@ pub async fn run(
         () = stop_wait.recv() => {
             tracing::info!("shutdown during start-up");
             let _ = server.await;
+            if let Some(m) = metrics_server {
+                let _ = m.await;
+            }
             return Ok(());
         }
     };
@@ -198,8 +218,7 @@ pub async fn run(
     // Intake: watcher → pipeline. The watcher stops on `stop`, closing the feed,
     // which lets the pipeline drain and stop.
     let (change_tx, change_rx) = mpsc::channel(settings.ingest.queue.max(16) * 4);
-    let watcher = Watcher::spawn(watch_config(&settings), change_tx, stop_rx.clone())?;
-    counters.watch(watcher.busy());
+    let mut intake = reload::Intake::start(&settings, change_tx, counters.clone())?;
     let pipeline = Pipeline::spawn(
         engine.clone(),
         counters.clone(),
@@ -225,16 +244,33 @@ pub async fn run(
     ));
 
     let mut stop_wait = stop_rx.clone();
-    stop_wait.recv().await;
+    let mut running = settings;
+    loop {
+        tokio::select! {
+            () = stop_wait.recv() => break,
+            Some(new) = reloads.recv() => {
+                notifier.reloading();
+                tracing::info!("reloading the configuration");
+                reload::apply(&mut running, new, &mut intake, &core, &engine).await;
+                notifier.ready();
+            }
+        }
+    }
     tracing::info!("shutting down: stopping intake");
     notifier.stopping();
-    watcher.join().await;
+    // The last sender of the change feed goes with the intake: the pipeline drains and stops.
+    intake.stop().await;
     pipeline.join().await;
     let _ = reporter.await;
     shutdown_task.abort();
     match server.await {
         Ok(r) => r?,
         Err(e) => return Err(DaemonError::Task(e.to_string())),
+    }
+    if let Some(m) = metrics_server
+        && let Ok(Err(e)) = m.await
+    {
+        tracing::error!(error = %e, "metrics server");
     }
     tracing::info!("stopped");
     Ok(())

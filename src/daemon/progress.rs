@@ -75,3 +75,24 @@ pub(super) async fn report_progress(
         }
     }
 }
+
+/// What a metrics scrape reads: the same figures as Status, from where they live.
+impl crate::metrics::Sampler for DaemonCore {
+    fn sample(&self) -> crate::metrics::Sample {
+        let counters = &self.counters;
+        let mut s = crate::metrics::Sample {
+            pending_files: counters.pending(),
+            embedded_images: counters.embedded.load(Ordering::Relaxed),
+            reused_vectors: counters.reused.load(Ordering::Relaxed),
+            queue_depth: counters.in_pipeline(),
+            ..Default::default()
+        };
+        if let Some(engine) = self.serving() {
+            s.indexed_files = engine.store.indexed_file_count().unwrap_or(0);
+            s.failed_files = engine.store.failure_count().unwrap_or(0);
+            s.index_vectors = engine.index().len() as u64;
+            s.store_bytes = engine.store.size_on_disk().unwrap_or(0);
+        }
+        s
+    }
+}

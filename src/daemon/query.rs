@@ -31,7 +31,8 @@ pub struct DaemonCore {
     /// True while a new model's index is built beside the serving one.
     pub building: AtomicBool,
     pub counters: Arc<Counters>,
-    pub roots: Vec<PathBuf>,
+    /// The watched roots (a reload changes them).
+    roots: RwLock<Vec<PathBuf>>,
     pub model_name: String,
     progress: watch::Receiver<ProgressSnapshot>,
     texts: Arc<TextCache>,
@@ -48,7 +49,7 @@ impl DaemonCore {
             engine: RwLock::new(None),
             building: AtomicBool::new(false),
             counters,
-            roots,
+            roots: RwLock::new(roots),
             model_name,
             progress,
             texts: Arc::new(TextCache::new(text_cache::DEFAULT_CAPACITY)),
@@ -94,6 +95,25 @@ impl DaemonCore {
             .engine
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(engine);
+    }
+
+    pub fn roots(&self) -> Vec<PathBuf> {
+        self.roots
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set_roots(&self, roots: Vec<PathBuf>) {
+        *self
+            .roots
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = roots;
+    }
+
+    /// The engine answering queries, if one is loaded.
+    pub fn serving(&self) -> Option<Arc<Engine>> {
+        self.engine().ok()
     }
 
     fn engine(&self) -> Result<Arc<Engine>> {
@@ -232,7 +252,7 @@ impl Core for DaemonCore {
             embedding_dim: engine.encoder.dim() as u32,
             logit_scale: engine.encoder.model().logit_scale(),
             roots: self
-                .roots
+                .roots()
                 .iter()
                 .map(|r| RootStatus {
                     path: r.clone(),

@@ -38,6 +38,10 @@ impl Notifier {
     pub fn ready(&self) {
         self.send("READY=1");
     }
+    /// A reload began; `ready` ends it (systemd's reload protocol).
+    pub fn reloading(&self) {
+        self.send("RELOADING=1");
+    }
     pub fn stopping(&self) {
         self.send("STOPPING=1");
     }

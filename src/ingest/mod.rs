@@ -91,6 +91,11 @@ pub enum Change {
     RootOffline { root: PathBuf },
     /// The root is readable (at start, or back): a full scan of it follows.
     RootOnline { root: PathBuf },
+    /// The root was taken out of the configuration (a reload): after the
+    /// removal grace, forget everything under it unless it is watched again
+    /// (a `RootOnline` for it) by then, keeping what lies under `keep` (roots
+    /// still watched inside it). Sent by the daemon, not the watcher.
+    Unwatched { root: PathBuf, keep: Vec<PathBuf> },
 }
 
 /// Why a [`Watcher`] could not start. Everything that goes wrong later is logged and retried.

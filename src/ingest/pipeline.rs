@@ -51,12 +51,14 @@ pub struct Counters {
     pub committed: AtomicU64,
     /// Files that failed to decode since start.
     pub failed: AtomicU64,
+    /// How long each embedding batch took (exported as a metric).
+    pub embed_batch: crate::metrics::BatchTimes,
     /// Paths seen but not committed, failed or dropped yet.
     pending: Mutex<HashSet<PathBuf>>,
     /// Removals and reconciles waiting out the removal grace.
     held: AtomicU64,
     /// The watcher's own work ([`crate::ingest::watch::Watcher::busy`]).
-    watching: std::sync::OnceLock<Arc<AtomicU64>>,
+    watching: Mutex<Option<Arc<AtomicU64>>>,
     /// Why indexing is paused; `None` while it runs.
     paused: Mutex<Option<Pause>>,
     /// Set when the change feed closed (shutdown): a paused committer gives
@@ -69,10 +71,18 @@ impl Counters {
     /// grace, and what the watcher still holds (debounce, stability checks,
     /// scans). 0 means the store has caught up with the folders.
     pub fn pending(&self) -> u64 {
-        let watching = self.watching.get().map_or(0, |w| w.load(Ordering::Relaxed));
+        let watching = self
+            .watching
+            .lock()
+            .expect("watching lock")
+            .as_ref()
+            .map_or(0, |w| w.load(Ordering::Relaxed));
+        self.in_pipeline() + self.held.load(Ordering::Relaxed) + watching
+    }
+
+    /// Files inside the pipeline (reading, decoding, embedding, committing).
+    pub fn in_pipeline(&self) -> u64 {
         self.pending.lock().expect("pending lock").len() as u64
-            + self.held.load(Ordering::Relaxed)
-            + watching
     }
 
     /// Why indexing is paused, for Status; `None` while it runs.
@@ -104,8 +114,9 @@ impl Counters {
     }
 
     /// Counts the watcher's work (see [`Self::pending`]); set once.
+    /// Counts `busy` (a watcher's work) as pending; a reload's new watcher replaces the old.
     pub fn watch(&self, busy: Arc<AtomicU64>) {
-        let _ = self.watching.set(busy);
+        *self.watching.lock().expect("watching lock") = Some(busy);
     }
     fn start(&self, p: &Path) -> bool {
         self.pending
@@ -152,6 +163,9 @@ enum Op {
     Remove(PathBuf),
     /// Forget files under `root` that the last full scan did not see.
     Reconcile { root: PathBuf, seen: Vec<PathBuf> },
+    /// Forget everything under a root that is no longer watched, but what
+    /// lies under the roots in `keep`.
+    Forget { root: PathBuf, keep: Vec<PathBuf> },
 }
 
 pub struct Pipeline {
@@ -243,7 +257,12 @@ async fn planner(
                     Change::Remove { path } => removals.push((Instant::now() + cfg.remove_grace, Op::Remove(path))),
                     Change::Scanned { root, seen } => removals.push((Instant::now() + cfg.remove_grace, Op::Reconcile { root, seen })),
                     Change::RootOffline { root } => set_offline(&engine, &root, true),
-                    Change::RootOnline { root } => set_offline(&engine, &root, false),
+                    Change::RootOnline { root } => {
+                        // Watched again before its grace ran out: keep its files.
+                        removals.retain(|(_, op)| !matches!(op, Op::Forget { root: r, .. } if *r == root));
+                        set_offline(&engine, &root, false);
+                    }
+                    Change::Unwatched { root, keep } => removals.push((Instant::now() + cfg.remove_grace, Op::Forget { root, keep })),
                 }
             }
             _ = tick.tick() => {}
@@ -650,8 +669,14 @@ fn flush_batch(
     }
     let items = std::mem::take(batch);
     let pixels: Vec<Vec<f32>> = items.iter().filter_map(|(_, _, p)| p.clone()).collect();
+    let started = Instant::now();
     let vectors = match engine.encoder.embed_pixels(&pixels) {
-        Ok(v) => v,
+        Ok(v) => {
+            if !pixels.is_empty() {
+                counters.embed_batch.observe(started.elapsed());
+            }
+            v
+        }
         Err(e) => {
             // A model failure is not the files' fault: leave them pending for the next scan.
             tracing::error!(error = %e, files = items.len(), "embedding failed");
@@ -797,6 +822,26 @@ fn apply(engine: &Engine, op: Op) -> bool {
             let removal = engine.store.remove_paths(&gone);
             if !gone.is_empty() && removal.is_ok() {
                 tracing::info!(root = %root.display(), files = gone.len(), "reconcile removed files no longer on disk");
+            }
+            removal
+        }
+        Op::Forget { root, keep } => {
+            let Ok(r) = path_str(&root) else { return false };
+            let forget = |p: &str| !keep.iter().any(|k| Path::new(p).starts_with(k));
+            let failures: Vec<String> = engine
+                .store
+                .iter_failures()
+                .filter_map(|f| f.ok())
+                .map(|(p, _)| p)
+                .filter(|p| Path::new(p).starts_with(&root) && forget(p))
+                .collect();
+            for p in &failures {
+                let _ = engine.store.clear_failure(p);
+            }
+            let _ = engine.store.set_root_offline(r, false);
+            let removal = engine.store.remove_prefix_if(r, forget);
+            if let Ok(rm) = &removal {
+                tracing::info!(root = %root.display(), files = rm.paths, "forgot the files of a root no longer watched");
             }
             removal
         }

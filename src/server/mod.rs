@@ -8,28 +8,32 @@
 //! - [`core`]: the [`Core`] trait, its types, and the one error → status table.
 //! - `service`: the handlers (validate → convert → call core → convert back).
 
+pub mod auth;
+mod guard;
 mod oversized;
 pub mod port;
 mod service;
+pub mod tls;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
-use tokio_stream::{Stream, StreamExt};
-use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
+use tonic::transport::ServerTlsConfig;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 pub use self::service::{DualSightService, ServerConfig};
+use crate::metrics::Metrics;
+pub use auth::Token;
+use guard::Guard;
 pub use port::{Core, CoreError};
+pub use tls::TlsFiles;
 
 /// Types and client/server stubs generated from the proto (package
 /// `dualsight.v1`), and the encoded descriptor set reflection serves.
@@ -67,18 +71,48 @@ pub enum ServerError {
     /// The embedded descriptor sets could not be decoded (a build problem).
     #[error("server reflection: cannot load the descriptor set")]
     Reflection(#[source] tonic_reflection::server::Error),
+    /// The TLS settings were refused by the server.
+    #[error("tls: {0}")]
+    Tls(String),
     /// The gRPC server failed.
     #[error("grpc server failed")]
     Transport(#[source] tonic::transport::Error),
 }
 
+/// Who may connect and how: the bearer token, TLS on TCP, the Unix
+/// socket's permissions, and where request metrics go.
+#[derive(Clone)]
+pub struct Access {
+    /// Every `dualsight.v1` request must carry `authorization: Bearer <token>`.
+    pub token: Option<Token>,
+    /// TLS on the TCP listener (the Unix socket is guarded by its file mode).
+    pub tls: Option<ServerTlsConfig>,
+    /// Permission bits of the Unix socket (connecting needs write permission).
+    pub socket_mode: u32,
+    /// Group owning the Unix socket (its members may connect with mode 0660).
+    pub socket_group: Option<u32>,
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Self {
+            token: None,
+            tls: None,
+            socket_mode: 0o660,
+            socket_group: None,
+            metrics: None,
+        }
+    }
+}
+
 /// Serves DualSight, health and reflection until `shutdown` resolves.
 ///
-/// - `tcp`: bound by the caller (tests bind `127.0.0.1:0`).
+/// - `tcp`: bound by the caller (tests bind `127.0.0.1:0`); TLS if `access` has it.
 /// - `unix`: if given, a socket created at this path (a stale socket file left
-///   by a dead server is replaced; a live one or a non-socket is an error) and
-///   removed when the server stops. Its permissions follow the umask: with the
-///   usual 022 only the owner can connect.
+///   by a dead server is replaced; a live one or a non-socket is an error),
+///   given `access`'s mode and group, and removed when the server stops. It
+///   is served by a second server on the same routes, without TLS.
 /// - `ready`: health says NOT_SERVING until it is true, SERVING while it is.
 /// - `shutdown`: on completion, stop accepting, set health NOT_SERVING, end
 ///   progress and health-watch streams, and give running requests
@@ -87,6 +121,7 @@ pub enum ServerError {
 pub async fn serve<C: Core>(
     core: Arc<C>,
     cfg: ServerConfig,
+    access: Access,
     tcp: TcpListener,
     unix: Option<PathBuf>,
     ready: watch::Receiver<bool>,
@@ -115,29 +150,44 @@ pub async fn serve<C: Core>(
         DualSightService::with_stopping(core, cfg.clone(), stopping.clone()),
     )
     .max_decoding_message_size(cfg.max_message_bytes);
+    // The guard is outermost, so it counts the status the client gets.
+    let dualsight = Guard::new(
+        oversized::OversizedIsInvalid(dualsight),
+        access.token.clone(),
+        access.metrics.clone(),
+    );
+    let routes = tonic::service::Routes::new(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(dualsight);
 
     if let Ok(addr) = tcp.local_addr() {
-        tracing::info!(%addr, "grpc listening on tcp");
+        tracing::info!(%addr, tls = access.tls.is_some(), token = access.token.is_some(), "grpc listening on tcp");
     }
-    let tcp = TcpIncoming::from(tcp)
-        // Small unary replies must not wait for Nagle.
-        .with_nodelay(Some(true))
-        .map(|conn| conn.map(Conn::Tcp));
-    type Incoming = Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>>;
+    // Small unary replies must not wait for Nagle.
+    let tcp = TcpIncoming::from(tcp).with_nodelay(Some(true));
     // `_socket_file` removes the socket file when serve returns, however it returns.
-    let (incoming, _socket_file): (Incoming, Option<SocketFile>) = match unix {
-        None => (Box::pin(tcp), None),
+    let (unix, _socket_file) = match unix {
+        None => (None, None),
         Some(path) => {
             let listener = bind_unix(&path).await?;
-            tracing::info!(path = %path.display(), "grpc listening on unix socket");
-            let unix = UnixListenerStream::new(listener).map(|conn| conn.map(Conn::Unix));
-            (Box::pin(tcp.merge(unix)), Some(SocketFile(path)))
+            let socket_file = SocketFile(path.clone());
+            restrict_socket(&path, access.socket_mode, access.socket_group)?;
+            tracing::info!(path = %path.display(), mode = format!("{:04o}", access.socket_mode), "grpc listening on unix socket");
+            (Some(UnixListenerStream::new(listener)), Some(socket_file))
         }
     };
 
-    // Owned by the signal future, so the task also ends if serve fails.
+    // Both servers stop when the signal task flips `stop`.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
     let mut follow = AbortOnDrop(tokio::spawn(follow_ready(ready, health.clone())));
-    let signal = async move {
+    let _signal = AbortOnDrop(tokio::spawn(async move {
         shutdown.await;
         tracing::info!("grpc shutting down");
         // Stop following `ready` first, so it cannot flip health back.
@@ -152,21 +202,41 @@ pub async fn serve<C: Core>(
             // otherwise hold the graceful drain open forever.
             health.clear_service_status(name).await;
         }
+        let _ = stop_tx.send(true);
+    }));
+
+    let builder = || {
+        tonic::transport::Server::builder()
+            // Notice clients that vanished without closing (a laptop put to
+            // sleep), so their progress streams do not live on.
+            .http2_keepalive_interval(Some(Duration::from_secs(60)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+    };
+    let mut tcp_builder = builder();
+    if let Some(tls) = access.tls {
+        tcp_builder = tcp_builder
+            .tls_config(tls)
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+    }
+    let tcp_server = tcp_builder
+        .add_routes(routes.clone())
+        .serve_with_incoming_shutdown(tcp, stopped());
+    let unix_server = async {
+        match unix {
+            Some(incoming) => {
+                builder()
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(incoming, stopped())
+                    .await
+            }
+            None => Ok(()),
+        }
     };
 
-    let server = tonic::transport::Server::builder()
-        // Notice clients that vanished without closing (a laptop put to
-        // sleep), so their progress streams do not live on.
-        .http2_keepalive_interval(Some(Duration::from_secs(60)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(oversized::OversizedIsInvalid(dualsight))
-        .serve_with_incoming_shutdown(incoming, signal);
-
     tokio::select! {
-        result = server => result.map_err(ServerError::Transport)?,
+        result = async { tokio::try_join!(tcp_server, unix_server) } => {
+            result.map_err(ServerError::Transport)?;
+        }
         () = async {
             stopping.recv().await;
             tokio::time::sleep(cfg.shutdown_grace).await;
@@ -245,6 +315,25 @@ async fn bind_unix(path: &Path) -> Result<UnixListener, ServerError> {
     UnixListener::bind(path).map_err(io_error("cannot listen on the unix socket"))
 }
 
+/// Gives the socket `mode` (and `group`): the socket is created under the
+/// process umask, which may leave it open to every local user.
+fn restrict_socket(path: &Path, mode: u32, group: Option<u32>) -> Result<(), ServerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io_error = |what| {
+        move |source| ServerError::Io {
+            path: path.to_path_buf(),
+            what,
+            source,
+        }
+    };
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(io_error("cannot give the socket to its group"))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_error("cannot set the socket's mode"))
+}
+
 /// The socket file of a running server; removed on drop.
 struct SocketFile(PathBuf);
 
@@ -254,87 +343,6 @@ impl Drop for SocketFile {
             && e.kind() != io::ErrorKind::NotFound
         {
             tracing::warn!(path = %self.0.display(), error = %e, "cannot remove socket");
-        }
-    }
-}
-
-/// A connection from either listener, so both are served by one router and
-/// one graceful shutdown.
-enum Conn {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Connected for Conn {
-    /// tonic's `Request::remote_addr` looks for `TcpConnectInfo`, so TCP
-    /// clients keep their address; Unix clients have none.
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        match self {
-            Conn::Tcp(s) => s.connect_info(),
-            Conn::Unix(_) => TcpConnectInfo {
-                local_addr: None,
-                remote_addr: None,
-            },
-        }
-    }
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Conn::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Conn::Tcp(s) => s.is_write_vectored(),
-            Conn::Unix(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Conn::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -447,9 +455,17 @@ mod tests {
         };
         let (ready_tx, ready) = watch::channel(false);
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve(core, cfg, tcp, Some(socket.clone()), ready, async {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(serve(
+            core,
+            cfg,
+            Access::default(),
+            tcp,
+            Some(socket.clone()),
+            ready,
+            async {
+                let _ = stopped.await;
+            },
+        ));
 
         let mut c = client::connect(&tcp_addr).await.unwrap();
         let hits = c
@@ -541,7 +557,12 @@ mod tests {
             assert!(services.iter().any(|s| s == name), "{name} in {services:?}");
         }
 
-        // The Unix socket serves the same router.
+        // The Unix socket serves the same router, to its owner and group only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o660, "socket mode {mode:o}");
+        }
         let mut u = client::connect(&format!("unix:{}", socket.display()))
             .await
             .unwrap();

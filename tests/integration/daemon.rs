@@ -13,7 +13,7 @@ use crate::cli::{dualsight, run_ok};
 use crate::util::*;
 
 /// A daemon child process with its own folders; killed on drop.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Option<Child>,
     pub photos: PathBuf,
     pub data: PathBuf,
@@ -24,11 +24,21 @@ struct Daemon {
     /// Run the daemon as `nobody` (setpriv): for tests of what a root daemon
     /// could read anyway.
     pub as_nobody: bool,
+    /// Config lines before the `[watch]` section (top-level keys, or whole
+    /// sections such as `[server]` or `[metrics]`).
+    pub config_head: String,
+    /// More `serve` flags.
+    pub args: Vec<String>,
+    /// Watch these roots through the config file instead of `--watch`
+    /// `photos` (a reload re-reads them).
+    pub roots: Option<Vec<PathBuf>>,
+    /// The config file the daemon was started with.
+    pub config: PathBuf,
     log: PathBuf,
     _tmp: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -49,7 +59,7 @@ impl Daemon {
     }
 
     /// Its folders, not started yet.
-    fn prepare(model: PathBuf) -> Self {
+    pub(crate) fn prepare(model: PathBuf) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let photos = tmp.path().join("photos");
         let data = tmp.path().join("data");
@@ -62,6 +72,10 @@ impl Daemon {
             addr: String::new(),
             ingest: String::new(),
             as_nobody: false,
+            config_head: String::new(),
+            args: Vec::new(),
+            roots: None,
+            config: tmp.path().join("dualsight.toml"),
             log: tmp.path().join("daemon.log"),
             _tmp: tmp,
         };
@@ -70,16 +84,11 @@ impl Daemon {
     }
 
     /// (Re)starts the process on the same folders.
-    fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         let port = free_port();
         self.addr = format!("127.0.0.1:{port}");
-        // Short timings so tests run fast; the defaults are for real folders.
-        let config = self.data.with_extension("toml");
-        std::fs::write(
-            &config,
-            format!("[watch]\ndebounce_ms = 100\nstable_ms = 400\nroot_poll_s = 1\n[ingest]\nbatch_size = 4\nbatch_timeout_ms = 50\nremove_grace_ms = 1500\n{}\n[index]\ncheckpoint_interval_s = 1\n", self.ingest),
-        )
-        .unwrap();
+        self.write_config();
+        let config = self.config.clone();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -99,8 +108,14 @@ impl Daemon {
             .arg(&config)
             .arg("--model")
             .arg(&self.model)
-            .arg("--watch")
-            .arg(&self.photos)
+            .args(
+                self.roots
+                    .is_none()
+                    .then(|| ["--watch".as_ref(), self.photos.as_os_str()])
+                    .into_iter()
+                    .flatten(),
+            )
+            .args(&self.args)
             .arg("--data-dir")
             .arg(&self.data)
             .args(["--listen", &self.addr, "--device", "cpu"])
@@ -112,11 +127,36 @@ impl Daemon {
         self.child = Some(child);
     }
 
-    fn log(&self) -> String {
+    /// Writes the config file from the fields (a test may change them and
+    /// write again before a reload).
+    pub fn write_config(&self) {
+        let roots = match &self.roots {
+            Some(r) => format!(
+                "roots = [{}]\n",
+                r.iter()
+                    .map(|p| format!("{:?}", p.display().to_string()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => String::new(),
+        };
+        // Short timings so tests run fast; the defaults are for real folders.
+        std::fs::write(
+            &self.config,
+            format!("{}\n[watch]\n{roots}debounce_ms = 100\nstable_ms = 400\nroot_poll_s = 1\n[ingest]\nbatch_size = 4\nbatch_timeout_ms = 50\nremove_grace_ms = 1500\n{}\n[index]\ncheckpoint_interval_s = 1\n", self.config_head, self.ingest),
+        )
+        .unwrap();
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    async fn client(&self) -> DualSightClient<Channel> {
+    pub(crate) async fn client(&self) -> DualSightClient<Channel> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(c) = DualSightClient::connect(format!("http://{}", self.addr)).await {
@@ -131,7 +171,7 @@ impl Daemon {
         }
     }
 
-    fn signal(&mut self, sig: &str) -> std::process::ExitStatus {
+    pub(crate) fn signal(&mut self, sig: &str) -> std::process::ExitStatus {
         let child = self.child.as_mut().unwrap();
         Command::new("kill")
             .arg(format!("-{sig}"))
@@ -163,7 +203,7 @@ impl Drop for Daemon {
     }
 }
 
-async fn status(c: &mut DualSightClient<Channel>) -> proto::StatusResponse {
+pub(crate) async fn status(c: &mut DualSightClient<Channel>) -> proto::StatusResponse {
     c.status(proto::StatusRequest {})
         .await
         .unwrap()
@@ -171,7 +211,7 @@ async fn status(c: &mut DualSightClient<Channel>) -> proto::StatusResponse {
 }
 
 /// Polls status until `pred` holds (or fails after 60 s with the last status and the log).
-async fn wait_for(
+pub(crate) async fn wait_for(
     d: &Daemon,
     c: &mut DualSightClient<Channel>,
     what: &str,
@@ -194,7 +234,11 @@ async fn wait_for(
     }
 }
 
-async fn search(c: &mut DualSightClient<Channel>, text: &str, limit: u32) -> Vec<proto::Hit> {
+pub(crate) async fn search(
+    c: &mut DualSightClient<Channel>,
+    text: &str,
+    limit: u32,
+) -> Vec<proto::Hit> {
     c.search(proto::SearchRequest {
         text: text.into(),
         limit,
@@ -206,7 +250,7 @@ async fn search(c: &mut DualSightClient<Channel>, text: &str, limit: u32) -> Vec
     .hits
 }
 
-fn copy_photo(name: &str, to: &Path) -> PathBuf {
+pub(crate) fn copy_photo(name: &str, to: &Path) -> PathBuf {
     let dest = to.join(name);
     std::fs::copy(image(name), &dest).unwrap();
     dest
@@ -221,7 +265,7 @@ const PHOTOS: &[&str] = &[
 ];
 
 /// SearchByImage on an indexed path.
-async fn search_by_path(
+pub(crate) async fn search_by_path(
     c: &mut DualSightClient<Channel>,
     path: &Path,
     limit: u32,

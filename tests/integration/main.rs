@@ -6,6 +6,7 @@ mod cli;
 mod daemon;
 mod fuzz;
 mod model;
+mod ops;
 mod store;
 mod train;
 mod unit;

@@ -365,7 +365,7 @@ fn fast_preprocessing_stays_close_to_exact() {
         };
         let scale = fast
             .image_processor()
-            .decode_reduced(Source::Path(path), fast.limits())
+            .decode_reduced(Source::Path(path), &fast.limits())
             .unwrap()
             .scale;
         if scale > 1 {

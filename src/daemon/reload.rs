@@ -1,0 +1,187 @@
+//! Changing a running daemon (SIGHUP, `systemctl reload`): the re-read
+//! settings are compared with the running ones and what can change live is
+//! applied. The watch section (roots, excludes, extensions, timings) starts a
+//! new watcher beside the old before the old one stops, so a bad glob keeps
+//! the old watcher; a root taken out has its files forgotten after the
+//! removal grace. The log level and the image decode limits change in place.
+//! Anything else (model, listen address, TLS, ...) is logged as needing a
+//! restart and keeps its running value.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::watch_config;
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::ingest::pipeline::Counters;
+use crate::ingest::{Change, IngestError, Watcher};
+use crate::preprocess::DecodeLimits;
+use crate::shutdown::Trigger;
+
+use super::query::DaemonCore;
+
+/// The watcher feeding the pipeline, replaceable while the daemon runs.
+pub(super) struct Intake {
+    watcher: Watcher,
+    stop: Trigger,
+    changes: mpsc::Sender<Change>,
+    counters: Arc<Counters>,
+}
+
+impl Intake {
+    pub(super) fn start(
+        settings: &Settings,
+        changes: mpsc::Sender<Change>,
+        counters: Arc<Counters>,
+    ) -> Result<Self, IngestError> {
+        let (stop, shutdown) = crate::shutdown::channel();
+        let watcher = Watcher::spawn(watch_config(settings), changes.clone(), shutdown)?;
+        counters.watch(watcher.busy());
+        Ok(Self {
+            watcher,
+            stop,
+            changes,
+            counters,
+        })
+    }
+
+    /// Starts a watcher on `settings`, then stops the old one.
+    async fn replace(&mut self, settings: &Settings) -> Result<(), IngestError> {
+        let new = Self::start(settings, self.changes.clone(), self.counters.clone())?;
+        let old = std::mem::replace(self, new);
+        old.stop().await;
+        Ok(())
+    }
+
+    /// Stops the watcher; dropping this closes its side of the change feed.
+    pub(super) async fn stop(self) {
+        self.stop.fire();
+        self.watcher.join().await;
+    }
+}
+
+/// The roots as the watcher sees them (absolute, as given).
+pub(super) fn absolute_roots(settings: &Settings) -> Vec<PathBuf> {
+    settings
+        .watch
+        .roots
+        .iter()
+        .map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone()))
+        .collect()
+}
+
+fn decode_limits(s: &Settings) -> DecodeLimits {
+    DecodeLimits {
+        max_bytes: s.ingest.max_image_bytes,
+        max_pixels: s.ingest.max_image_pixels,
+    }
+}
+
+/// Applies `new` over `running` as far as it can change live; `running`
+/// becomes what now runs.
+pub(super) async fn apply(
+    running: &mut Settings,
+    new: Settings,
+    intake: &mut Intake,
+    core: &DaemonCore,
+    engine: &Engine,
+) {
+    let mut changed = Vec::new();
+    if new.watch != running.watch {
+        let (old_roots, new_roots) = (absolute_roots(running), absolute_roots(&new));
+        match intake.replace(&new).await {
+            Ok(()) => {
+                for root in old_roots.iter().filter(|r| !new_roots.contains(r)) {
+                    // A root now inside a watched one stays through that one.
+                    if new_roots.iter().any(|n| root.starts_with(n)) {
+                        continue;
+                    }
+                    let keep = new_roots
+                        .iter()
+                        .filter(|n| n.starts_with(root))
+                        .cloned()
+                        .collect();
+                    tracing::info!(root = %root.display(), "reload: root no longer watched: its files are forgotten after the removal grace");
+                    let change = Change::Unwatched {
+                        root: root.clone(),
+                        keep,
+                    };
+                    if intake.changes.send(change).await.is_err() {
+                        tracing::warn!("reload: the pipeline has stopped");
+                    }
+                }
+                core.set_roots(new_roots);
+                running.watch = new.watch.clone();
+                changed.push("watch");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload: [watch] not applied: keeping the running watch settings")
+            }
+        }
+    }
+    if new.log.level != running.log.level {
+        let filter = crate::logging::effective_filter(
+            new.log.level.as_deref(),
+            crate::cli::serve::DEFAULT_LOG_FILTER,
+        );
+        match crate::logging::set_filter(&filter) {
+            Ok(()) => {
+                running.log.level = new.log.level.clone();
+                changed.push("log.level");
+            }
+            Err(e) => tracing::error!(error = %e, "reload: log level not applied"),
+        }
+    }
+    if decode_limits(&new) != decode_limits(running) {
+        let limits = decode_limits(&new);
+        engine.encoder.set_limits(limits.clone());
+        if let Some(serving) = core.serving() {
+            serving.encoder.set_limits(limits);
+        }
+        running.ingest.max_image_bytes = new.ingest.max_image_bytes;
+        running.ingest.max_image_pixels = new.ingest.max_image_pixels;
+        changed.push("ingest.max_image_bytes/max_image_pixels");
+    }
+    let needs_restart = restart_only_changes(running, &new);
+    if !needs_restart.is_empty() {
+        tracing::warn!(
+            keys = needs_restart.join(", "),
+            "reload: these settings cannot change while running: restart dualsight to apply them; keeping the running values"
+        );
+    }
+    tracing::info!(applied = changed.join(", "), "reload done");
+}
+
+/// The sections and keys that differ between what runs and `new` after the
+/// live changes were applied: they need a restart.
+fn restart_only_changes(running: &Settings, new: &Settings) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut check = |key: &'static str, differs: bool| {
+        if differs {
+            out.push(key);
+        }
+    };
+    check("model", running.model != new.model);
+    check("device", running.device != new.device);
+    check("dtype", running.dtype != new.dtype);
+    check(
+        "exact_preprocessing",
+        running.exact_preprocessing != new.exact_preprocessing,
+    );
+    check("data_dir", running.data_dir != new.data_dir);
+    check("listen", running.listen != new.listen);
+    check("unix_socket", running.unix_socket != new.unix_socket);
+    check("watch", running.watch != new.watch);
+    check("ingest", running.ingest != new.ingest);
+    check("index", running.index != new.index);
+    check("server", running.server != new.server);
+    check("metrics", running.metrics != new.metrics);
+    check("log.format", running.log.format != new.log.format);
+    check(
+        "allow_insecure",
+        running.allow_insecure != new.allow_insecure,
+    );
+    out
+}
