@@ -86,7 +86,7 @@ pub(super) async fn apply(
     new: Settings,
     intake: &mut Intake,
     core: &DaemonCore,
-    engine: &Engine,
+    engine: &Arc<Engine>,
 ) {
     let mut changed = Vec::new();
     if new.watch != running.watch {
@@ -105,12 +105,17 @@ pub(super) async fn apply(
                         .collect();
                     tracing::info!(root = %root.display(), "reload: root no longer watched: its files are forgotten after the removal grace");
                     let change = Change::Unwatched {
-                        root: root.clone(),
+                        path: root.clone(),
                         keep,
                     };
                     if intake.changes.send(change).await.is_err() {
                         tracing::warn!("reload: the pipeline has stopped");
                     }
+                }
+                if new.watch.exclude != running.watch.exclude
+                    || new.watch.extensions != running.watch.extensions
+                {
+                    forget_left_out(&new, &new_roots, engine, &intake.changes).await;
                 }
                 core.set_roots(new_roots);
                 running.watch = new.watch.clone();
@@ -152,6 +157,52 @@ pub(super) async fn apply(
         );
     }
     tracing::info!(applied = changed.join(", "), "reload done");
+}
+
+/// Files indexed under `roots` that the new excludes or extensions leave
+/// out: forgotten like a removed root's (the watcher's scans only add).
+async fn forget_left_out(
+    new: &Settings,
+    roots: &[PathBuf],
+    engine: &Arc<Engine>,
+    changes: &mpsc::Sender<Change>,
+) {
+    let Ok(filter) = watch_config(new).filter() else {
+        return;
+    };
+    let (engine, roots) = (engine.clone(), roots.to_vec());
+    let left_out = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for root in &roots {
+            let Ok(r) = crate::store::path_str(root) else {
+                continue;
+            };
+            for (path, _) in engine.store.iter_files_under(r).filter_map(|f| f.ok()) {
+                let path = PathBuf::from(path);
+                if !filter.takes(root, &path) {
+                    out.push(path);
+                }
+            }
+        }
+        out
+    })
+    .await
+    .unwrap_or_default();
+    if !left_out.is_empty() {
+        tracing::info!(
+            files = left_out.len(),
+            "reload: files the new excludes or extensions leave out are forgotten after the removal grace"
+        );
+    }
+    for path in left_out {
+        let change = Change::Unwatched {
+            path,
+            keep: Vec::new(),
+        };
+        if changes.send(change).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The sections and keys that differ between what runs and `new` after the

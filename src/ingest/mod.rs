@@ -91,11 +91,34 @@ pub enum Change {
     RootOffline { root: PathBuf },
     /// The root is readable (at start, or back): a full scan of it follows.
     RootOnline { root: PathBuf },
-    /// The root was taken out of the configuration (a reload): after the
-    /// removal grace, forget everything under it unless it is watched again
+    /// A root, or a file or folder, that is no longer watched: a reload took
+    /// the root out of the configuration, or its new excludes or extensions
+    /// leave the path out. After the removal grace, forget everything at or
+    /// under `path` (files still on disk included) unless it is watched again
     /// (a `RootOnline` for it) by then, keeping what lies under `keep` (roots
     /// still watched inside it). Sent by the daemon, not the watcher.
-    Unwatched { root: PathBuf, keep: Vec<PathBuf> },
+    Unwatched { path: PathBuf, keep: Vec<PathBuf> },
+}
+
+/// Which files under a root a [`WatchConfig`] takes (its excludes and
+/// extensions), for a caller that must tell without walking.
+#[derive(Debug)]
+pub struct PathFilter(scan::Filter);
+
+impl WatchConfig {
+    pub fn filter(&self) -> Result<PathFilter> {
+        scan::Filter::new(&self.exclude, &self.extensions).map(PathFilter)
+    }
+}
+
+impl PathFilter {
+    /// Whether the watcher would report `path`, a file under `root`.
+    pub fn takes(&self, root: &std::path::Path, path: &std::path::Path) -> bool {
+        let Ok(rel) = path.strip_prefix(root) else {
+            return false;
+        };
+        self.0.is_image(path) && !self.0.is_excluded(rel)
+    }
 }
 
 /// Why a [`Watcher`] could not start. Everything that goes wrong later is logged and retried.

@@ -163,9 +163,9 @@ enum Op {
     Remove(PathBuf),
     /// Forget files under `root` that the last full scan did not see.
     Reconcile { root: PathBuf, seen: Vec<PathBuf> },
-    /// Forget everything under a root that is no longer watched, but what
-    /// lies under the roots in `keep`.
-    Forget { root: PathBuf, keep: Vec<PathBuf> },
+    /// Forget everything at or under a path that is no longer watched, but
+    /// what lies under the roots in `keep`.
+    Forget { path: PathBuf, keep: Vec<PathBuf> },
 }
 
 pub struct Pipeline {
@@ -259,10 +259,10 @@ async fn planner(
                     Change::RootOffline { root } => set_offline(&engine, &root, true),
                     Change::RootOnline { root } => {
                         // Watched again before its grace ran out: keep its files.
-                        removals.retain(|(_, op)| !matches!(op, Op::Forget { root: r, .. } if *r == root));
+                        removals.retain(|(_, op)| !matches!(op, Op::Forget { path, .. } if *path == root));
                         set_offline(&engine, &root, false);
                     }
-                    Change::Unwatched { root, keep } => removals.push((Instant::now() + cfg.remove_grace, Op::Forget { root, keep })),
+                    Change::Unwatched { path, keep } => removals.push((Instant::now() + cfg.remove_grace, Op::Forget { path, keep })),
                 }
             }
             _ = tick.tick() => {}
@@ -825,7 +825,7 @@ fn apply(engine: &Engine, op: Op) -> bool {
             }
             removal
         }
-        Op::Forget { root, keep } => {
+        Op::Forget { path: root, keep } => {
             let Ok(r) = path_str(&root) else { return false };
             let forget = |p: &str| !keep.iter().any(|k| Path::new(p).starts_with(k));
             let failures: Vec<String> = engine
@@ -838,10 +838,11 @@ fn apply(engine: &Engine, op: Op) -> bool {
             for p in &failures {
                 let _ = engine.store.clear_failure(p);
             }
-            let _ = engine.store.set_root_offline(r, false);
             let removal = engine.store.remove_prefix_if(r, forget);
-            if let Ok(rm) = &removal {
-                tracing::info!(root = %root.display(), files = rm.paths, "forgot the files of a root no longer watched");
+            if let Ok(rm) = &removal
+                && rm.paths > 0
+            {
+                tracing::info!(path = %root.display(), files = rm.paths, "forgot files no longer watched");
             }
             removal
         }

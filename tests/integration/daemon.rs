@@ -29,6 +29,8 @@ pub(crate) struct Daemon {
     pub config_head: String,
     /// More `serve` flags.
     pub args: Vec<String>,
+    /// Lines added to the config's `[watch]` section.
+    pub watch: String,
     /// Watch these roots through the config file instead of `--watch`
     /// `photos` (a reload re-reads them).
     pub roots: Option<Vec<PathBuf>>,
@@ -74,6 +76,7 @@ impl Daemon {
             as_nobody: false,
             config_head: String::new(),
             args: Vec::new(),
+            watch: String::new(),
             roots: None,
             config: tmp.path().join("dualsight.toml"),
             log: tmp.path().join("daemon.log"),
@@ -143,7 +146,7 @@ impl Daemon {
         // Short timings so tests run fast; the defaults are for real folders.
         std::fs::write(
             &self.config,
-            format!("{}\n[watch]\n{roots}debounce_ms = 100\nstable_ms = 400\nroot_poll_s = 1\n[ingest]\nbatch_size = 4\nbatch_timeout_ms = 50\nremove_grace_ms = 1500\n{}\n[index]\ncheckpoint_interval_s = 1\n", self.config_head, self.ingest),
+            format!("{}\n[watch]\n{roots}debounce_ms = 100\nstable_ms = 400\nroot_poll_s = 1\n{}\n[ingest]\nbatch_size = 4\nbatch_timeout_ms = 50\nremove_grace_ms = 1500\n{}\n[index]\ncheckpoint_interval_s = 1\n", self.config_head, self.watch, self.ingest),
         )
         .unwrap();
     }
