@@ -177,6 +177,18 @@ impl Encoder {
             .run(source, &self.limits(), self.preprocessing)?)
     }
 
+    /// [`Self::preprocess`], handing `keep` the decoded image (see
+    /// [`ImageProcessor::run_keeping`]).
+    pub fn preprocess_keeping(
+        &self,
+        source: Source<'_>,
+        keep: &mut dyn FnMut(&image::RgbImage),
+    ) -> Result<Vec<f32>> {
+        Ok(self
+            .images
+            .run_keeping(source, &self.limits(), self.preprocessing, keep)?)
+    }
+
     /// Normalised image embeddings for preprocessed images, one batch.
     pub fn embed_pixels(&self, pixels: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
         if pixels.is_empty() {

@@ -30,6 +30,7 @@
 //! The benchmark harness is the `dualsight-bench` crate in `bench/`; the
 //! kill -9 fault harness is `dualsight-harness` in `harness/`.
 
+pub mod civil;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -49,4 +50,5 @@ pub mod server;
 pub mod shutdown;
 pub mod simd;
 pub mod store;
+pub mod thumbs;
 pub mod train;

@@ -264,6 +264,8 @@ fn index_files(
         remove_grace: Duration::from_millis(defaults.ingest.remove_grace_ms),
         checkpoint_every: Duration::from_secs(3600),
         min_free_bytes: defaults.ingest.min_free_mb << 20,
+        // As the daemon: each new photo's thumbnail is written at indexing.
+        thumbs: Some(dualsight::thumbs::Thumbs::new(data_dir)),
     };
     let changes: Vec<Change> = files
         .iter()

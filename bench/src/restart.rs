@@ -160,6 +160,7 @@ fn synthetic_commit(i: usize, v: &[f32]) -> Commit {
             mtime_ns: 1_700_000_000_000_000_000 + i as i64,
             hash: ContentHash::of(&(i as u64).to_le_bytes()),
             indexed_at_ms: 1_700_000_000_000,
+            meta: Default::default(),
         },
         embedding: Embedding::New(v.to_vec()),
     }
@@ -511,8 +512,7 @@ async fn live_searches(addr: &str, texts: &[String], k: usize) -> Result<Vec<f64
     let req = |t: &str| SearchRequest {
         text: t.to_string(),
         limit: k as u32,
-        path_prefix: None,
-        min_score: None,
+        ..Default::default()
     };
     let first = client.search(req(&texts[0])).await?.into_inner();
     if first.hits.is_empty() {
@@ -558,8 +558,7 @@ async fn live_overhead(
     let req = || SearchRequest {
         text: text.to_string(),
         limit: k as u32,
-        path_prefix: None,
-        min_score: None,
+        ..Default::default()
     };
     client.search(req()).await?;
     let cached = timed(0..reps, async |_| {

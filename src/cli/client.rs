@@ -95,6 +95,16 @@ pub struct SearchArgs {
     /// Only results with a cosine score at least this (-1 to 1).
     #[arg(long, value_name = "SCORE", allow_negative_numbers = true)]
     pub min_score: Option<f32>,
+    /// Only photos taken on or after this date (2024-07-01, 2024-07-01T18:00
+    /// in UTC, or Unix seconds).
+    #[arg(long, value_name = "DATE", value_parser = parse_date)]
+    pub after: Option<i64>,
+    /// Only photos taken on or before this date (a bare date includes the whole day).
+    #[arg(long, value_name = "DATE", value_parser = parse_date_end)]
+    pub before: Option<i64>,
+    /// Which page of results (1, 2, ...; each of --limit hits).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub page: u32,
     #[command(flatten)]
     pub remote: Remote,
     /// Print JSON instead of a table.
@@ -261,6 +271,23 @@ async fn client_tls(remote: &Remote) -> Result<ClientTlsConfig> {
     Ok(tls)
 }
 
+/// Hits a page when `--page` is given without `--limit` (the server's own default).
+const DEFAULT_LIMIT: u32 = 10;
+
+/// `--after`: a date or time (UTC), or Unix seconds.
+fn parse_date(text: &str) -> std::result::Result<i64, String> {
+    crate::civil::parse_utc(text).ok_or_else(|| {
+        format!("`{text}`: expected a date like 2024-07-01, 2024-07-01T18:30, or Unix seconds")
+    })
+}
+
+/// `--before`: as `--after`, but a bare date means the end of that day.
+fn parse_date_end(text: &str) -> std::result::Result<i64, String> {
+    let t = parse_date(text)?;
+    let bare_date = text.trim().len() == 10 && text.trim().as_bytes()[4] == b'-';
+    Ok(if bare_date { t + 86_399 } else { t })
+}
+
 /// Connects to a server at `addr`: `http://HOST:PORT`, `HOST:PORT`, or
 /// `unix:/path/to.sock` (also `unix:///path`). Connects eagerly so that a
 /// daemon that is not running is reported here, naming the address.
@@ -361,6 +388,20 @@ pub async fn search(args: &SearchArgs) -> Result<()> {
             ));
         }
     };
+    // Later pages need the page size: sent explicitly, so a server whose
+    // default differs still pages in steps of what it returns.
+    let limit = if limit == 0 && args.page > 1 {
+        DEFAULT_LIMIT
+    } else {
+        limit
+    };
+    let per_page = if limit == 0 { DEFAULT_LIMIT } else { limit };
+    let offset = (args.page - 1).checked_mul(per_page).ok_or_else(|| {
+        ClientError::Usage(format!(
+            "--page {}: too deep for {per_page} hits a page",
+            args.page
+        ))
+    })?;
     let mut client = connect_remote(&args.remote).await?;
     let response = match image_query {
         None => {
@@ -369,6 +410,9 @@ pub async fn search(args: &SearchArgs) -> Result<()> {
                 limit,
                 path_prefix,
                 min_score: args.min_score,
+                taken_after: args.after,
+                taken_before: args.before,
+                offset,
             };
             client.search(request).await?
         }
@@ -378,15 +422,19 @@ pub async fn search(args: &SearchArgs) -> Result<()> {
                 limit,
                 path_prefix,
                 min_score: args.min_score,
+                taken_after: args.after,
+                taken_before: args.before,
+                offset,
             };
             client.search_by_image(request).await?
         }
     };
     let hits = response.into_inner().hits;
+    let first = offset as usize + 1;
     let text = if args.json {
-        hits_json(&hits)
+        hits_json(&hits, first)
     } else {
-        hits_table(&hits)
+        hits_table(&hits, first)
     };
     print(&text)
 }
@@ -573,37 +621,48 @@ fn ignore_broken_pipe(e: io::Error) -> Result<()> {
 // ---------------------------------------------------------------------------
 // Formatting: pure functions.
 
-/// `rank  score  prob  path`, one hit per line.
-pub fn hits_table(hits: &[proto::Hit]) -> String {
+/// `rank  score  prob  taken  path`, one hit per line; ranks start at `first`.
+pub fn hits_table(hits: &[proto::Hit], first: usize) -> String {
     if hits.is_empty() {
         return "no results\n".into();
     }
-    let mut s = format!("{:>4}  {:>7}  {:>6}  path\n", "rank", "score", "prob");
+    let mut s = format!(
+        "{:>4}  {:>7}  {:>6}  {:<10}  path\n",
+        "rank", "score", "prob", "taken"
+    );
     for (i, h) in hits.iter().enumerate() {
+        let taken = crate::civil::format_utc(h.taken_at_unix);
         let _ = writeln!(
             s,
-            "{:>4}  {:>7.4}  {:>5.1}%  {}",
-            i + 1,
+            "{:>4}  {:>7.4}  {:>5.1}%  {:<10}  {}",
+            first + i,
             h.score,
             h.probability * 100.0,
+            &taken[..10],
             h.path
         );
     }
     s
 }
 
-/// `{"hits":[{"rank":1,"path":..,"score":..,"logit":..,"probability":..}]}`.
-pub fn hits_json(hits: &[proto::Hit]) -> String {
+/// `{"hits":[{"rank":1,"path":..,"score":..,"logit":..,"probability":..,
+/// "taken_at_unix":..,...}]}`; ranks start at `first`.
+pub fn hits_json(hits: &[proto::Hit], first: usize) -> String {
     let hits: Vec<_> = hits
         .iter()
         .enumerate()
         .map(|(i, h)| {
             json!({
-                "rank": i + 1,
+                "rank": first + i,
                 "path": h.path,
                 "score": h.score,
                 "logit": h.logit,
                 "probability": h.probability,
+                "taken_at_unix": h.taken_at_unix,
+                "taken_from": h.taken_from,
+                "width": h.width,
+                "height": h.height,
+                "size_bytes": h.size_bytes,
             })
         })
         .collect();
@@ -974,6 +1033,9 @@ mod tests {
             score,
             logit: score * 100.0,
             probability,
+            taken_at_unix: 1_719_792_000,
+            taken_from: "exif".into(),
+            ..Default::default()
         }
     }
 
@@ -984,12 +1046,14 @@ mod tests {
             hit("/p/b c.jpg", 0.3025, 0.2689),
         ];
         assert_eq!(
-            hits_table(&hits),
-            "rank    score    prob  path\n   1   0.3125   73.1%  /p/a.jpg\n   2   0.3025   26.9%  /p/b c.jpg\n"
+            hits_table(&hits, 11),
+            "rank    score    prob  taken       path\n  11   0.3125   73.1%  2024-07-01  /p/a.jpg\n  12   0.3025   26.9%  2024-07-01  /p/b c.jpg\n"
         );
-        assert_eq!(hits_table(&[]), "no results\n");
-        let v: serde_json::Value = serde_json::from_str(&hits_json(&hits)).unwrap();
+        assert_eq!(hits_table(&[], 1), "no results\n");
+        let v: serde_json::Value = serde_json::from_str(&hits_json(&hits, 1)).unwrap();
         assert_eq!(v["hits"][1]["rank"], 2);
+        assert_eq!(v["hits"][1]["taken_at_unix"], 1_719_792_000);
+        assert_eq!(v["hits"][1]["taken_from"], "exif");
         assert_eq!(v["hits"][1]["path"], "/p/b c.jpg");
         assert!((v["hits"][0]["score"].as_f64().unwrap() - 0.3125).abs() < 1e-6);
         assert!(v["hits"][0]["logit"].is_number());

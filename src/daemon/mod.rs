@@ -147,6 +147,7 @@ pub async fn run(
         roots.clone(),
         model_spec.clone(),
         progress_rx,
+        crate::thumbs::Thumbs::new(&settings.data_dir),
     ));
     let (ready_tx, ready_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = crate::shutdown::channel();
@@ -230,6 +231,7 @@ pub async fn run(
             remove_grace: Duration::from_millis(settings.ingest.remove_grace_ms),
             checkpoint_every: Duration::from_secs(settings.index.checkpoint_interval_s.max(1)),
             min_free_bytes: settings.ingest.min_free_mb.saturating_mul(1 << 20),
+            thumbs: Some(crate::thumbs::Thumbs::new(&settings.data_dir)),
         },
         change_rx,
     );

@@ -12,15 +12,17 @@ use std::time::{Duration, UNIX_EPOCH};
 use tokio::sync::watch;
 
 use super::text_cache::{self, TextCache};
-use crate::engine::Engine;
+use crate::engine::{Engine, Filters};
 use crate::ingest::pipeline::Counters;
 use crate::preprocess::Source;
+use crate::preprocess::meta::TakenFrom;
 use crate::server::port::{
-    ClassifyQuery, Core, CoreError, FailureList, FailureRecord, Hit, ImageQuery, ImageRef,
-    LabelScore, ProgressSnapshot, Result, RootStatus, StatusSnapshot, TextQuery, rank_hits,
-    rank_labels,
+    ClassifyQuery, Core, CoreError, FailureList, FailureRecord, Hit, HitInfo, ImageQuery, ImageRef,
+    LabelScore, ProgressSnapshot, Result, RootStatus, StatusSnapshot, TextQuery, ThumbnailImage,
+    rank_hits, rank_labels,
 };
 use crate::store::path_str;
+use crate::thumbs::Thumbs;
 
 /// What `Status` reports about the daemon beyond the engine.
 pub struct DaemonCore {
@@ -36,6 +38,7 @@ pub struct DaemonCore {
     pub model_name: String,
     progress: watch::Receiver<ProgressSnapshot>,
     texts: Arc<TextCache>,
+    thumbs: Thumbs,
 }
 
 impl DaemonCore {
@@ -44,6 +47,7 @@ impl DaemonCore {
         roots: Vec<PathBuf>,
         model_name: String,
         progress: watch::Receiver<ProgressSnapshot>,
+        thumbs: Thumbs,
     ) -> Self {
         Self {
             engine: RwLock::new(None),
@@ -53,6 +57,7 @@ impl DaemonCore {
             model_name,
             progress,
             texts: Arc::new(TextCache::new(text_cache::DEFAULT_CAPACITY)),
+            thumbs,
         }
     }
 
@@ -181,20 +186,70 @@ impl DaemonCore {
     async fn search(
         &self,
         q: Vec<f32>,
+        filters: Filters,
+        offset: usize,
         limit: usize,
-        prefix: Option<PathBuf>,
-        min_score: Option<f32>,
     ) -> Result<Vec<Hit>> {
         let engine = self.engine()?;
         let scale = engine.encoder.model().logit_scale();
-        let scored = Self::blocking(move || {
-            engine
-                .search(&q, limit, prefix.as_deref(), min_score)
-                .map_err(internal)
+        Self::blocking(move || {
+            let scored = engine
+                .search(&q, &filters, offset, limit)
+                .map_err(internal)?;
+            let mut hits = rank_hits(scored, scale);
+            for hit in &mut hits {
+                if let Ok(p) = path_str(&hit.path)
+                    && let Ok(Some(r)) = engine.store.file(p)
+                {
+                    hit.info = HitInfo {
+                        taken_at_unix: r.taken_at(),
+                        taken_from: match r.meta.taken_from {
+                            TakenFrom::Unknown => TakenFrom::Mtime.name(),
+                            other => other.name(),
+                        },
+                        width: r.meta.width,
+                        height: r.meta.height,
+                        size_bytes: r.size,
+                    };
+                }
+            }
+            Ok(hits)
         })
-        .await?;
-        Ok(rank_hits(scored, scale))
+        .await
     }
+}
+
+/// The thumbnail of an indexed path: the stored one, else made from the
+/// indexed file (a store from before thumbnails, a lost cache file).
+fn thumbnail_of(
+    thumbs: &Thumbs,
+    engine: &Engine,
+    path: &Path,
+    size: u32,
+) -> Result<ThumbnailImage> {
+    let not_indexed = || CoreError::NotFound(format!("path: {} is not indexed", path.display()));
+    let p = path_str(path).map_err(|_| not_indexed())?;
+    let record = engine
+        .store
+        .file(p)
+        .map_err(internal)?
+        .ok_or_else(not_indexed)?;
+    let stored = match thumbs.get(&record.hash) {
+        Some(jpeg) => jpeg,
+        None => {
+            let image = crate::preprocess::decode::decode_path(path, &engine.encoder.limits())
+                .map_err(|e| {
+                    CoreError::NotFound(format!("path: {} cannot be read now: {e}", path.display()))
+                })?;
+            thumbs.put(&record.hash, &image).map_err(internal)?.bytes
+        }
+    };
+    let t = crate::thumbs::resized(stored, size).map_err(internal)?;
+    Ok(ThumbnailImage {
+        jpeg: t.bytes,
+        width: t.width,
+        height: t.height,
+    })
 }
 
 fn internal(e: impl std::fmt::Display) -> CoreError {
@@ -208,15 +263,31 @@ impl Core for DaemonCore {
             .text_vectors(engine, vec![query.text.clone()])
             .await?
             .remove(0);
-        self.search(q, query.limit, query.path_prefix, query.min_score)
-            .await
+        let filters = Filters {
+            path_prefix: query.path_prefix,
+            min_score: query.min_score,
+            taken_after: query.taken_after,
+            taken_before: query.taken_before,
+        };
+        self.search(q, filters, query.offset, query.limit).await
     }
 
     async fn search_image(&self, query: ImageQuery) -> Result<Vec<Hit>> {
         let engine = self.engine()?;
         let q = self.image_vector(&engine, query.image).await?;
-        self.search(q, query.limit, query.path_prefix, query.min_score)
-            .await
+        let filters = Filters {
+            path_prefix: query.path_prefix,
+            min_score: query.min_score,
+            taken_after: query.taken_after,
+            taken_before: query.taken_before,
+        };
+        self.search(q, filters, query.offset, query.limit).await
+    }
+
+    async fn thumbnail(&self, path: PathBuf, size: u32) -> Result<ThumbnailImage> {
+        let engine = self.engine()?;
+        let thumbs = self.thumbs.clone();
+        Self::blocking(move || thumbnail_of(&thumbs, &engine, &path, size)).await
     }
 
     async fn classify(&self, query: ClassifyQuery) -> Result<Vec<LabelScore>> {

@@ -182,27 +182,64 @@ impl Engine {
         Ok(())
     }
 
-    /// The best `limit` paths for the query vector `q` with their exact
-    /// cosines: every path holding a matching vector is its own hit, only
-    /// paths under `prefix` count, and hits below `min_score` are dropped.
+    /// Hits `offset .. offset + limit` for the query vector `q` with their
+    /// exact cosines, best first: every path holding a matching vector is its
+    /// own hit, and only paths that pass `filters` count (before the limit).
+    /// Pages of one query neither repeat nor skip ([`search::search_page`]).
     pub fn search(
         &self,
         q: &[f32],
+        filters: &Filters,
+        offset: usize,
         limit: usize,
-        prefix: Option<&Path>,
-        min_score: Option<f32>,
     ) -> Result<Vec<(PathBuf, f32)>> {
-        let under = prefix.map(|pre| move |p: &PathBuf| path_has_prefix(p, pre));
+        let dated = filters.taken_after.is_some() || filters.taken_before.is_some();
+        let accept = |p: &PathBuf| {
+            if let Some(pre) = &filters.path_prefix
+                && !path_has_prefix(p, pre)
+            {
+                return false;
+            }
+            if !dated {
+                return true;
+            }
+            let Some(taken) = crate::store::path_str(p)
+                .ok()
+                .and_then(|p| self.store.file(p).ok().flatten())
+                .map(|r| r.taken_at())
+            else {
+                return false;
+            };
+            filters.taken_after.is_none_or(|a| taken >= a)
+                && filters.taken_before.is_none_or(|b| taken <= b)
+        };
+        let filtered = filters.path_prefix.is_some() || dated;
         let query = search::Query {
             vector: q,
             limit,
-            min_score,
-            accept: under
-                .as_ref()
-                .map(|f| f as &(dyn Fn(&PathBuf) -> bool + Sync)),
+            min_score: filters.min_score,
+            accept: filtered.then_some(&accept as &(dyn Fn(&PathBuf) -> bool + Sync)),
         };
-        Ok(search::search(self.index().as_ref(), &self.space, &query)?)
+        Ok(search::search_page(
+            self.index().as_ref(),
+            &self.space,
+            &query,
+            offset,
+            limit,
+        )?)
     }
+}
+
+/// What a search keeps besides the best scores.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filters {
+    /// Only paths under this directory (whole components).
+    pub path_prefix: Option<PathBuf>,
+    /// Only hits scoring at least this.
+    pub min_score: Option<f32>,
+    /// Only photos taken at or after / at or before (Unix seconds).
+    pub taken_after: Option<i64>,
+    pub taken_before: Option<i64>,
 }
 
 /// Where a model's index checkpoint lives.
@@ -307,6 +344,7 @@ mod tests {
                 mtime_ns: 1,
                 hash: ContentHash::of(&[n]),
                 indexed_at_ms: 1,
+                meta: Default::default(),
             },
             embedding: Embedding::New(v),
         }
@@ -381,7 +419,9 @@ mod tests {
         assert_eq!(index.len(), 21);
         let live: Vec<u64> = space.iter_vectors_from(0).map(|v| v.unwrap().id).collect();
         assert_eq!(index.live_ids(), live);
-        let hits = engine.search(&vector(31), 1, None, None).unwrap();
+        let hits = engine
+            .search(&vector(31), &Filters::default(), 0, 1)
+            .unwrap();
         assert_eq!(hits[0].0, std::path::PathBuf::from("/photos/31.jpg"));
     }
 

@@ -56,7 +56,7 @@ pub trait VectorSource: Sync {
     /// What ties a vector to its items (the store's content hash).
     type Key: Send;
     /// One hit: every item holding a vector is a hit of its own.
-    type Item: Ord + Send;
+    type Item: Ord + Clone + Send;
     /// The f32 vector of `id` and its key; `None` if it was deleted since
     /// the index answered.
     fn vector(&self, id: u64) -> Result<Option<Exact<'_, Self::Key>>>;
@@ -129,6 +129,61 @@ where
         }
         fetch = fetch.saturating_mul(4).min(live);
     }
+}
+
+/// The smallest search pages are cut from (see [`search_page`]).
+pub const PAGE_BLOCK: usize = 100;
+
+/// Hits `offset .. offset + limit` of `query` (its own `limit` is ignored).
+///
+/// With an approximate index, a search for more hits may rank an item a
+/// smaller search missed ahead of ones it returned, so cutting page 2 from a
+/// search of 20 and page 1 from a search of 10 could repeat or skip an item.
+/// Pages are therefore cut from searches of fixed sizes, [`PAGE_BLOCK`] then
+/// four times larger each: every page of a query reads the same leading
+/// blocks, and each block only adds the items the ones before did not have.
+/// A first page of 10 costs a search of 100, which rescores ~100 more
+/// candidates than a search of 10 (the index walk is the same at the default
+/// `ef_search`).
+pub fn search_page<C, S>(
+    index: &C,
+    source: &S,
+    query: &Query<'_, S::Item>,
+    offset: usize,
+    limit: usize,
+) -> Result<Vec<(S::Item, f32)>>
+where
+    C: Candidates + ?Sized,
+    S: VectorSource,
+{
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let want = offset.saturating_add(limit);
+    let mut shown: Vec<(S::Item, f32)> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut block = PAGE_BLOCK;
+    loop {
+        let hits = search(
+            index,
+            source,
+            &Query {
+                limit: block,
+                ..*query
+            },
+        )?;
+        let exhausted = hits.len() < block;
+        for (item, score) in hits {
+            if seen.insert(item.clone()) {
+                shown.push((item, score));
+            }
+        }
+        if shown.len() >= want || exhausted {
+            break;
+        }
+        block = block.saturating_mul(4);
+    }
+    Ok(shown.into_iter().skip(offset).take(limit).collect())
 }
 
 /// Exact cosines of the candidates, best first (ties by id); deleted ones
@@ -272,6 +327,50 @@ mod tests {
             .collect();
         all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         all
+    }
+
+    /// Pages of an approximate index, concatenated, are one long page: no
+    /// item twice, none skipped, across the block boundary at 100 too.
+    #[test]
+    fn pages_of_an_approximate_index_neither_repeat_nor_skip() {
+        let dim = 16;
+        let data = rows(3000, dim);
+        let idx = index_of(&data, dim);
+        let source = Rows { data: &data, dim };
+        let q = &data[5 * dim..6 * dim];
+        let query = Query {
+            vector: q,
+            limit: 0,
+            min_score: None,
+            accept: None,
+        };
+        let long = search_page(&idx, &source, &query, 0, 230).unwrap();
+        assert_eq!(long.len(), 230);
+        let ids: std::collections::BTreeSet<u64> = long.iter().map(|h| h.0).collect();
+        assert_eq!(ids.len(), long.len(), "an item twice");
+        for per_page in [7, 10, 33] {
+            let mut paged = Vec::new();
+            while paged.len() < 230 {
+                let want = per_page.min(230 - paged.len());
+                let page = search_page(&idx, &source, &query, paged.len(), want).unwrap();
+                assert_eq!(page.len(), want);
+                paged.extend(page);
+            }
+            assert_eq!(paged, long, "pages of {per_page}");
+        }
+        // The first page is the best of the first block, in exact order.
+        let first = search_page(&idx, &source, &query, 0, 10).unwrap();
+        let block = search(
+            &idx,
+            &source,
+            &Query {
+                limit: PAGE_BLOCK,
+                ..query
+            },
+        )
+        .unwrap();
+        assert_eq!(first[..], block[..10]);
+        assert!(search_page(&idx, &source, &query, 5, 0).unwrap().is_empty());
     }
 
     #[test]

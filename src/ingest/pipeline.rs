@@ -38,6 +38,8 @@ pub struct PipelineConfig {
     pub checkpoint_every: Duration,
     /// Indexing pauses while the data dir's file system has less free.
     pub min_free_bytes: u64,
+    /// Where thumbnails of new content go (none: not made).
+    pub thumbs: Option<crate::thumbs::Thumbs>,
 }
 
 /// Counters for status and progress; shared with the query side.
@@ -187,15 +189,18 @@ impl Pipeline {
         let job_rx = Arc::new(tokio::sync::Mutex::new(job_rx));
         let workers = (0..cfg.decode_threads.max(1))
             .map(|i| {
-                let (engine, counters, job_rx, op_tx) = (
+                let (engine, counters, job_rx, op_tx, thumbs) = (
                     engine.clone(),
                     counters.clone(),
                     job_rx.clone(),
                     op_tx.clone(),
+                    cfg.thumbs.clone(),
                 );
                 std::thread::Builder::new()
                     .name(format!("decode-{i}"))
-                    .spawn(move || decode_worker(&engine, &counters, &job_rx, &op_tx))
+                    .spawn(move || {
+                        decode_worker(&engine, &counters, &job_rx, &op_tx, thumbs.as_ref())
+                    })
                     .expect("spawn decode thread")
             })
             .collect();
@@ -308,9 +313,12 @@ fn needs_work(engine: &Engine, path: &Path, size: u64, mtime_ns: i64) -> bool {
         tracing::warn!(path = %path.display(), "skipping a path that is not UTF-8");
         return false;
     };
+    // A record from before capture times were kept is read once more (its
+    // vector is reused): the file's date and size go into the record.
     if let Ok(Some(rec)) = engine.store.file(p)
         && rec.size == size
         && rec.mtime_ns == mtime_ns
+        && rec.meta.taken_from != crate::preprocess::meta::TakenFrom::Unknown
         && matches!(engine.has_intact_vector(&rec.hash), Ok(true))
     {
         return false;
@@ -329,12 +337,13 @@ fn decode_worker(
     counters: &Counters,
     jobs: &tokio::sync::Mutex<tmpsc::Receiver<Job>>,
     ops: &mpsc::SyncSender<Op>,
+    thumbs: Option<&crate::thumbs::Thumbs>,
 ) {
     loop {
         let Some(job) = jobs.blocking_lock().blocking_recv() else {
             return;
         };
-        match read_job(engine, &job) {
+        match read_job(engine, &job, thumbs) {
             Ok(Some(op)) => {
                 if ops.send(op).is_err() {
                     return;
@@ -359,7 +368,11 @@ fn decode_worker(
 
 /// Reads and hashes the file; decodes it only if its content is new to the space.
 /// `Ok(None)`: the file vanished or changed since the event (a later event covers it).
-fn read_job(engine: &Engine, job: &Job) -> Result<Option<Op>, String> {
+fn read_job(
+    engine: &Engine,
+    job: &Job,
+    thumbs: Option<&crate::thumbs::Thumbs>,
+) -> Result<Option<Op>, String> {
     let limits = engine.encoder.limits();
     let meta = match std::fs::metadata(&job.path) {
         Ok(m) => m,
@@ -388,6 +401,7 @@ fn read_job(engine: &Engine, job: &Job) -> Result<Option<Op>, String> {
         mtime_ns: job.mtime_ns,
         hash,
         indexed_at_ms: now_ms(),
+        meta: crate::preprocess::meta::read_meta(&bytes, job.mtime_ns),
     };
     let known = engine
         .space
@@ -397,15 +411,43 @@ fn read_job(engine: &Engine, job: &Job) -> Result<Option<Op>, String> {
     let pixels = if known {
         None
     } else {
-        Some(
-            engine
-                .encoder
-                .preprocess(Source::Bytes {
-                    bytes: &bytes,
-                    name: &job.path.to_string_lossy(),
-                })
-                .map_err(|e| e.to_string())?,
-        )
+        // The thumbnail comes from the decode the embedding needs anyway,
+        // unless that decode (reduced for a small model) is smaller than a
+        // thumbnail; failing to write it costs only a later remake.
+        let thumbs = thumbs.filter(|t| !t.has(&hash));
+        let name = job.path.to_string_lossy();
+        let mut too_small = false;
+        let mut keep = |image: &image::RgbImage| {
+            if let Some(t) = thumbs {
+                if crate::thumbs::too_small(image.dimensions(), &record.meta) {
+                    too_small = true;
+                } else if let Err(e) = t.put(&hash, image) {
+                    tracing::warn!(path = %job.path.display(), error = %e, "cannot write thumbnail");
+                }
+            }
+        };
+        let source = Source::Bytes {
+            bytes: &bytes,
+            name: &name,
+        };
+        let pixels = engine
+            .encoder
+            .preprocess_keeping(source, &mut keep)
+            .map_err(|e| e.to_string())?;
+        if too_small && let Some(t) = thumbs {
+            let made = crate::preprocess::decode::decode_bytes_reduced(
+                &bytes,
+                &name,
+                &limits,
+                crate::thumbs::min_decode,
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|r| t.put(&hash, &r.image).map_err(|e| e.to_string()));
+            if let Err(e) = made {
+                tracing::warn!(path = %job.path.display(), error = %e, "cannot write thumbnail");
+            }
+        }
+        Some(pixels)
     };
     Ok(Some(Op::Ready {
         path: job.path.clone(),

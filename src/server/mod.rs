@@ -395,6 +395,13 @@ mod tests {
             self.progress.subscribe()
         }
 
+        async fn thumbnail(&self, path: PathBuf, _size: u32) -> Result<ThumbnailImage, CoreError> {
+            Err(CoreError::NotFound(format!(
+                "{}: not indexed",
+                path.display()
+            )))
+        }
+
         async fn failures(&self, limit: usize) -> Result<FailureList, CoreError> {
             Ok(FailureList {
                 failures: Vec::new(),

@@ -101,6 +101,15 @@ pub trait Core: Send + Sync + 'static {
     /// The most recent indexing failures, newest first, at most `limit`
     /// (already resolved and bounded by the service), and the total count.
     fn failures(&self, limit: usize) -> impl Future<Output = Result<FailureList>> + Send;
+
+    /// The thumbnail of an indexed image, longest side at most `size` px
+    /// (already validated). [`CoreError::NotFound`] for a path that is not
+    /// indexed: never read another file on a client's behalf.
+    fn thumbnail(
+        &self,
+        path: PathBuf,
+        size: u32,
+    ) -> impl Future<Output = Result<ThumbnailImage>> + Send;
 }
 
 /// A validated text query.
@@ -116,6 +125,11 @@ pub struct TextQuery {
     pub path_prefix: Option<PathBuf>,
     /// Only hits with `score >= min_score`; within [-1, 1].
     pub min_score: Option<f32>,
+    /// Only photos taken in this range (Unix seconds, inclusive).
+    pub taken_after: Option<i64>,
+    pub taken_before: Option<i64>,
+    /// Hits to skip before the first returned (paging).
+    pub offset: usize,
 }
 
 /// The image of an image query.
@@ -148,6 +162,11 @@ pub struct ImageQuery {
     pub path_prefix: Option<PathBuf>,
     /// As [`TextQuery::min_score`].
     pub min_score: Option<f32>,
+    /// As [`TextQuery::taken_after`] / [`TextQuery::taken_before`].
+    pub taken_after: Option<i64>,
+    pub taken_before: Option<i64>,
+    /// As [`TextQuery::offset`].
+    pub offset: usize,
 }
 
 /// A validated classification query.
@@ -171,6 +190,27 @@ pub struct Hit {
     pub logit: f32,
     /// Softmax of the logits over the returned hits.
     pub probability: f32,
+    /// What the store knows of the file (filled by the core; zero if unknown).
+    pub info: HitInfo,
+}
+
+/// A hit's file: when it was taken, its size in pixels and bytes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HitInfo {
+    pub taken_at_unix: i64,
+    /// `exif`, `exif-local`, `mtime`, or empty when unknown.
+    pub taken_from: &'static str,
+    pub width: u32,
+    pub height: u32,
+    pub size_bytes: u64,
+}
+
+/// A thumbnail: JPEG bytes and its size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThumbnailImage {
+    pub jpeg: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
 }
 
 /// One classified label.
@@ -303,6 +343,7 @@ pub fn rank_hits(scored: Vec<(PathBuf, f32)>, logit_scale: f32) -> Vec<Hit> {
             score,
             logit,
             probability,
+            info: HitInfo::default(),
         })
         .collect()
 }

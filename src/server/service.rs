@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Most labels in one Classify request.
     pub max_labels: usize,
+    /// Deepest `offset` a search may ask for (paging): a page costs a
+    /// search of `offset + limit` hits.
+    pub max_offset: usize,
     /// Requests that embed something (Search, SearchByImage, Classify) running
     /// at once across all connections; more wait for a slot (clients bound the
     /// wait with their deadline). Status, health and progress are not counted.
@@ -57,6 +60,7 @@ impl Default for ServerConfig {
             max_text_chars: 32_768,
             max_message_bytes: 32 * 1024 * 1024,
             max_labels: 256,
+            max_offset: 10_000,
             max_concurrent_requests: 64,
             progress_interval: Duration::from_millis(250),
             shutdown_grace: Duration::from_secs(10),
@@ -204,6 +208,38 @@ impl<C: Core> DualSight for DualSightService<C> {
         let failures = self.core.failures(limit).await?;
         Ok(Response::new(failures_response(failures)))
     }
+
+    async fn get_thumbnail(
+        &self,
+        request: Request<proto::ThumbnailRequest>,
+    ) -> std::result::Result<Response<proto::Thumbnail>, Status> {
+        let (path, size) = thumbnail_request(request.into_inner())?;
+        let t = self.core.thumbnail(path, size).await?;
+        Ok(Response::new(proto::Thumbnail {
+            jpeg: t.jpeg,
+            width: t.width,
+            height: t.height,
+        }))
+    }
+}
+
+/// Longest thumbnail side a request may ask for.
+pub const MAX_THUMBNAIL_SIZE: u32 = 4096;
+/// The size a request's 0 means.
+pub const DEFAULT_THUMBNAIL_SIZE: u32 = 256;
+
+pub(crate) fn thumbnail_request(req: proto::ThumbnailRequest) -> Result<(PathBuf, u32)> {
+    let path = validate_absolute_path("path", &req.path)?;
+    let size = match req.size {
+        0 => DEFAULT_THUMBNAIL_SIZE,
+        n if n > MAX_THUMBNAIL_SIZE => {
+            return Err(invalid(format!(
+                "size: {n} exceeds the maximum of {MAX_THUMBNAIL_SIZE}"
+            )));
+        }
+        n => n,
+    };
+    Ok((path, size))
 }
 
 /// Sends the current snapshot, then each change at most once per `interval`,
@@ -275,6 +311,27 @@ fn validate_text<'a>(field: &str, text: &'a str, max_chars: usize) -> Result<&'a
 }
 
 /// A score threshold must be a number within the cosine range.
+/// `taken_after <= taken_before` when both are set.
+fn validate_taken(after: Option<i64>, before: Option<i64>) -> Result<(Option<i64>, Option<i64>)> {
+    match (after, before) {
+        (Some(a), Some(b)) if a > b => Err(invalid(format!(
+            "taken_after: {a} is after taken_before {b}: nothing can match"
+        ))),
+        range => Ok(range),
+    }
+}
+
+fn validate_offset(offset: u32, cfg: &ServerConfig) -> Result<usize> {
+    let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+    if offset > cfg.max_offset {
+        return Err(invalid(format!(
+            "offset: {offset} exceeds the maximum of {}",
+            cfg.max_offset
+        )));
+    }
+    Ok(offset)
+}
+
 fn validate_min_score(min_score: Option<f32>) -> Result<Option<f32>> {
     match min_score {
         Some(s) if s.is_nan() || !(-1.0..=1.0).contains(&s) => Err(invalid(format!(
@@ -358,11 +415,15 @@ fn validate_labels(labels: Vec<String>, cfg: &ServerConfig) -> Result<Vec<String
 
 pub(crate) fn text_query(req: proto::SearchRequest, cfg: &ServerConfig) -> Result<TextQuery> {
     let text = validate_text("text", &req.text, cfg.max_text_chars)?.to_owned();
+    let (taken_after, taken_before) = validate_taken(req.taken_after, req.taken_before)?;
     Ok(TextQuery {
         text,
         limit: resolve_limit(req.limit, cfg)?,
         path_prefix: validate_path_prefix(req.path_prefix)?,
         min_score: validate_min_score(req.min_score)?,
+        taken_after,
+        taken_before,
+        offset: validate_offset(req.offset, cfg)?,
     })
 }
 
@@ -375,6 +436,8 @@ pub(crate) fn image_query(
     let limit = resolve_limit(req.limit, cfg)?;
     let path_prefix = validate_path_prefix(req.path_prefix)?;
     let min_score = validate_min_score(req.min_score)?;
+    let (taken_after, taken_before) = validate_taken(req.taken_after, req.taken_before)?;
+    let offset = validate_offset(req.offset, cfg)?;
     let image = match req.query {
         Some(Query::Image(bytes)) => image_from_bytes(bytes)?,
         Some(Query::Path(path)) => image_from_path(&path)?,
@@ -385,6 +448,9 @@ pub(crate) fn image_query(
         limit,
         path_prefix,
         min_score,
+        taken_after,
+        taken_before,
+        offset,
     })
 }
 
@@ -415,6 +481,11 @@ pub(crate) fn search_response(hits: Vec<Hit>) -> proto::SearchResponse {
                 score: h.score,
                 logit: h.logit,
                 probability: h.probability,
+                taken_at_unix: h.info.taken_at_unix,
+                width: h.info.width,
+                height: h.info.height,
+                size_bytes: h.info.size_bytes,
+                taken_from: h.info.taken_from.to_owned(),
             })
             .collect(),
     }
@@ -499,7 +570,7 @@ pub(crate) fn failures_response(list: FailureList) -> proto::ListFailuresRespons
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::port::{FailureRecord, RootStatus};
+    use crate::server::port::{FailureRecord, HitInfo, RootStatus};
 
     fn cfg() -> ServerConfig {
         ServerConfig::default()
@@ -650,6 +721,9 @@ mod tests {
                 limit: 5,
                 path_prefix: Some("/photos".into()),
                 min_score: Some(0.2),
+                taken_after: Some(10),
+                taken_before: Some(20),
+                offset: 30,
             },
             &cfg(),
         )
@@ -661,7 +735,26 @@ mod tests {
                 limit: 5,
                 path_prefix: Some("/photos".into()),
                 min_score: Some(0.2),
+                taken_after: Some(10),
+                taken_before: Some(20),
+                offset: 30,
             }
+        );
+        let bad = proto::SearchByImageRequest {
+            query: Some(Query::Image(vec![1])),
+            taken_after: Some(21),
+            taken_before: Some(20),
+            ..Default::default()
+        };
+        assert!(message(image_query(bad, &cfg()).unwrap_err()).starts_with("taken_after: 21"));
+        let deep = proto::SearchByImageRequest {
+            query: Some(Query::Image(vec![1])),
+            offset: 10_001,
+            ..Default::default()
+        };
+        assert_eq!(
+            message(image_query(deep, &cfg()).unwrap_err()),
+            "offset: 10001 exceeds the maximum of 10000"
         );
         let q = image_query(req(Some(Query::Path("/photos/a.jpg".into()))), &cfg()).unwrap();
         assert_eq!(q.image, ImageRef::Path("/photos/a.jpg".into()));
@@ -737,6 +830,13 @@ mod tests {
             score: 0.3,
             logit: 30.0,
             probability: 1.0,
+            info: HitInfo {
+                taken_at_unix: 1_719_792_000,
+                taken_from: "exif",
+                width: 640,
+                height: 480,
+                size_bytes: 12_345,
+            },
         }]);
         assert_eq!(
             hits.hits,
@@ -744,7 +844,12 @@ mod tests {
                 path: "/p/a.jpg".into(),
                 score: 0.3,
                 logit: 30.0,
-                probability: 1.0
+                probability: 1.0,
+                taken_at_unix: 1_719_792_000,
+                width: 640,
+                height: 480,
+                size_bytes: 12_345,
+                taken_from: "exif".into(),
             }]
         );
 

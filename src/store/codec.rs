@@ -52,7 +52,11 @@ pub(super) fn read_u64_be(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
 
-pub(super) const FILE_RECORD_LEN: usize = 8 + 8 + 32 + 8;
+/// A file record before capture times were kept (still read: its metadata
+/// is unknown until the file is read again).
+pub(super) const FILE_RECORD_V1_LEN: usize = 8 + 8 + 32 + 8;
+/// Plus capture time (i64), width and height (u32 each), where the time comes from (u8).
+pub(super) const FILE_RECORD_LEN: usize = FILE_RECORD_V1_LEN + 8 + 4 + 4 + 1;
 
 pub(super) fn encode_file(r: &FileRecord) -> [u8; FILE_RECORD_LEN] {
     let mut out = [0u8; FILE_RECORD_LEN];
@@ -60,18 +64,33 @@ pub(super) fn encode_file(r: &FileRecord) -> [u8; FILE_RECORD_LEN] {
     out[8..16].copy_from_slice(&r.mtime_ns.to_le_bytes());
     out[16..48].copy_from_slice(&r.hash.0);
     out[48..56].copy_from_slice(&r.indexed_at_ms.to_le_bytes());
+    out[56..64].copy_from_slice(&r.meta.taken_at.to_le_bytes());
+    out[64..68].copy_from_slice(&r.meta.width.to_le_bytes());
+    out[68..72].copy_from_slice(&r.meta.height.to_le_bytes());
+    out[72] = r.meta.taken_from as u8;
     out
 }
 
 pub(super) fn decode_file(b: &[u8]) -> Option<FileRecord> {
-    if b.len() != FILE_RECORD_LEN {
+    use crate::preprocess::meta::{PhotoMeta, TakenFrom};
+    if b.len() != FILE_RECORD_LEN && b.len() != FILE_RECORD_V1_LEN {
         return None;
     }
+    let meta = match b.get(56..FILE_RECORD_LEN) {
+        Some(m) => PhotoMeta {
+            taken_at: i64::from_le_bytes(m[0..8].try_into().ok()?),
+            width: u32::from_le_bytes(m[8..12].try_into().ok()?),
+            height: u32::from_le_bytes(m[12..16].try_into().ok()?),
+            taken_from: TakenFrom::from_u8(m[16]),
+        },
+        None => PhotoMeta::default(),
+    };
     Some(FileRecord {
         size: u64::from_le_bytes(b[0..8].try_into().ok()?),
         mtime_ns: i64::from_le_bytes(b[8..16].try_into().ok()?),
         hash: ContentHash(b[16..48].try_into().ok()?),
         indexed_at_ms: u64::from_le_bytes(b[48..56].try_into().ok()?),
+        meta,
     })
 }
 
@@ -98,8 +117,18 @@ mod tests {
             mtime_ns: -5,
             hash: ContentHash([7; 32]),
             indexed_at_ms: 1_700_000_000_000,
+            meta: crate::preprocess::meta::PhotoMeta {
+                taken_at: -7,
+                taken_from: crate::preprocess::meta::TakenFrom::Exif,
+                width: 4032,
+                height: 3024,
+            },
         };
         assert_eq!(decode_file(&encode_file(&r)), Some(r));
+        // A record from before capture times: read, metadata unknown.
+        let old = decode_file(&encode_file(&r)[..FILE_RECORD_V1_LEN]).unwrap();
+        assert_eq!(old.meta, Default::default());
+        assert_eq!((old.size, old.hash), (r.size, r.hash));
         assert_eq!(decode_file(&[0; 10]), None);
     }
 

@@ -51,12 +51,26 @@ impl fmt::Debug for ContentHash {
 }
 
 /// What the store knows about one file; independent of any model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FileRecord {
     pub size: u64,
     pub mtime_ns: i64,
     pub hash: ContentHash,
     pub indexed_at_ms: u64,
+    /// Capture time and displayed size; `TakenFrom::Unknown` in records
+    /// written before they were kept (such files are read again once).
+    pub meta: crate::preprocess::meta::PhotoMeta,
+}
+
+impl FileRecord {
+    /// When the photo was taken (Unix seconds): its metadata's time, or the
+    /// file's mtime in a record written before capture times were kept.
+    pub fn taken_at(&self) -> i64 {
+        match self.meta.taken_from {
+            crate::preprocess::meta::TakenFrom::Unknown => self.mtime_ns.div_euclid(1_000_000_000),
+            _ => self.meta.taken_at,
+        }
+    }
 }
 
 /// The vector side of a [`Commit`].

@@ -37,6 +37,7 @@ fn rec(n: u8) -> FileRecord {
         mtime_ns: 7 * i64::from(n),
         hash: hash(n),
         indexed_at_ms: 1_000,
+        meta: Default::default(),
     }
 }
 

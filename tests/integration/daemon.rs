@@ -49,7 +49,7 @@ pub(crate) fn free_port() -> u16 {
 }
 
 impl Daemon {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_with(model_dir("vit-bert"))
     }
 

@@ -179,16 +179,31 @@ impl ImageProcessor {
         limits: &DecodeLimits,
         mode: Preprocessing,
     ) -> Result<Vec<f32>> {
+        self.run_keeping(source, limits, mode, &mut |_| {})
+    }
+
+    /// [`Self::run`], handing `keep` the decoded image (orientation applied;
+    /// at reduced scale on the fast path) before it is resized: the daemon
+    /// makes its thumbnail from it instead of decoding the file twice.
+    pub fn run_keeping(
+        &self,
+        source: Source<'_>,
+        limits: &DecodeLimits,
+        mode: Preprocessing,
+        keep: &mut dyn FnMut(&RgbImage),
+    ) -> Result<Vec<f32>> {
         match mode {
             Preprocessing::Exact => {
                 let image = match source {
                     Source::Path(path) => decode::decode_path(path, limits)?,
                     Source::Bytes { bytes, name } => decode::decode_bytes(bytes, name, limits)?,
                 };
+                keep(&image);
                 self.preprocess_named(&image, &source.name())
             }
             Preprocessing::Fast => {
                 let reduced = self.decode_reduced(source, limits)?;
+                keep(&reduced.image);
                 self.preprocess_reduced(&reduced, &source.name())
             }
         }
