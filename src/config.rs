@@ -47,6 +47,7 @@ pub struct Settings {
     pub index: IndexSettings,
     pub server: ServerSettings,
     pub metrics: MetricsSettings,
+    pub http: HttpSettings,
     pub log: LogSettings,
     /// Same as `server.allow_insecure` (accepted at the top level too).
     pub allow_insecure: bool,
@@ -128,6 +129,13 @@ pub struct MetricsSettings {
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// The search page and its JSON API on this IP:PORT; off when unset.
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
     /// A tracing filter (`info`, `warn,dualsight=debug`); unset: `RUST_LOG`,
     /// else `info`. Changes on reload.
@@ -154,6 +162,7 @@ impl Default for Settings {
             index: IndexSettings::default(),
             server: ServerSettings::default(),
             metrics: MetricsSettings::default(),
+            http: HttpSettings::default(),
             log: LogSettings::default(),
             allow_insecure: false,
         }
@@ -261,6 +270,20 @@ impl Settings {
             .transpose()
     }
 
+    /// The search page's address, when it is on.
+    pub fn http_addr(&self) -> Result<Option<SocketAddr>> {
+        self.http
+            .listen
+            .as_deref()
+            .map(|l| {
+                l.parse().map_err(|e| ConfigError::Invalid {
+                    key: "http.listen",
+                    msg: format!("`{l}`: {e} (expected IP:PORT)"),
+                })
+            })
+            .transpose()
+    }
+
     /// The Unix socket's permission bits.
     pub fn socket_mode(&self) -> Result<u32> {
         let m = self.server.socket_mode.trim();
@@ -303,6 +326,7 @@ impl Settings {
         }
         let listen = self.listen_addr()?;
         self.metrics_addr()?;
+        let http = self.http_addr()?;
         self.socket_mode()?;
         if let Some(level) = &self.log.level {
             crate::logging::parse_filter(level).map_err(|e| ConfigError::Invalid {
@@ -324,10 +348,25 @@ impl Settings {
                 "client certificates need TLS: pass --tls-cert and --tls-key as well".into(),
             );
         }
+        let insecure_ok = sv.allow_insecure || self.allow_insecure;
+        if let Some(http) = http
+            && !http.ip().is_loopback()
+            && sv.token_file.is_none()
+            && !insecure_ok
+        {
+            return bad(
+                "http.listen",
+                format!(
+                    "refusing to serve the search page on {http}, which is not a loopback address, without \
+                     a token (--token-file / server.token_file): anyone who can reach it could see the \
+                     photos; configure one, or set `allow_insecure = true` under [server] to accept that"
+                ),
+            );
+        }
         if !listen.ip().is_loopback()
             && sv.token_file.is_none()
             && sv.tls_cert.is_none()
-            && !(sv.allow_insecure || self.allow_insecure)
+            && !insecure_ok
         {
             return bad(
                 "listen",

@@ -52,3 +52,4 @@ pub mod simd;
 pub mod store;
 pub mod thumbs;
 pub mod train;
+pub mod web;

@@ -37,6 +37,9 @@ pub struct ServeArgs {
     /// f32, f16, bf16.
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Serve the search page (and its JSON API) on this IP:PORT.
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<String>,
     /// Serve GET /metrics (Prometheus text format) on this IP:PORT.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
@@ -87,6 +90,9 @@ impl ServeArgs {
         }
         if let Some(d) = &self.dtype {
             s.dtype = d.clone();
+        }
+        if let Some(h) = &self.http_listen {
+            s.http.listen = Some(h.clone());
         }
         if let Some(m) = &self.metrics_listen {
             s.metrics.listen = Some(m.clone());

@@ -65,6 +65,8 @@ pub enum DaemonError {
     Tls(#[from] crate::server::tls::TlsError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    Web(#[from] crate::web::WebError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -128,6 +130,11 @@ pub async fn run(
         None => None,
     };
     let access = listeners::access(&settings, metrics.as_ref().map(|(m, _)| m.clone()))?;
+    let token = access.token.clone();
+    let page = match &settings.http.listen {
+        Some(addr) => Some(crate::web::bind(addr).await?),
+        None => None,
+    };
     let local = listener.local_addr().map_err(|source| DaemonError::Bind {
         addr: settings.listen.clone(),
         source,
@@ -172,6 +179,16 @@ pub async fn run(
             async move { stop.recv().await },
         ))
     });
+    let page_server = page.map(|listener| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(crate::web::serve(
+            listener,
+            core.clone(),
+            server_config(&settings),
+            token.clone(),
+            async move { stop.recv().await },
+        ))
+    });
     let shutdown_task = tokio::spawn(async move {
         shutdown.await;
         // Dropping the trigger afterwards keeps it fired.
@@ -196,6 +213,9 @@ pub async fn run(
             let _ = server.await;
             if let Some(m) = metrics_server {
                 let _ = m.await;
+            }
+            if let Some(p) = page_server {
+                let _ = p.await;
             }
             return Ok(());
         }
@@ -273,6 +293,11 @@ pub async fn run(
         && let Ok(Err(e)) = m.await
     {
         tracing::error!(error = %e, "metrics server");
+    }
+    if let Some(p) = page_server
+        && let Ok(Err(e)) = p.await
+    {
+        tracing::error!(error = %e, "search page server");
     }
     tracing::info!("stopped");
     Ok(())

@@ -29,6 +29,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 pub use self::service::{DualSightService, ServerConfig};
+pub(crate) use self::service::{image_query, text_query, thumbnail_request};
 use crate::metrics::Metrics;
 pub use auth::Token;
 use guard::Guard;

@@ -8,6 +8,7 @@ mod fuzz;
 mod library;
 mod model;
 mod ops;
+mod page;
 mod store;
 mod train;
 mod unit;
