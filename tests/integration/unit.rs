@@ -375,10 +375,15 @@ impl Sandboxed {
             let children =
                 std::fs::read_to_string(format!("/proc/{strace}/task/{strace}/children"))
                     .unwrap_or_default();
+            // Until strace runs, the shell's `mount` is a child too; and the
+            // tracee is setpriv until it execs the daemon.
             if let Some(pid) = children.split_whitespace().next() {
-                let pid = pid.parse().unwrap();
-                self.daemon = Some(pid);
-                return pid;
+                let pid: u32 = pid.parse().unwrap();
+                let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+                if exe.file_name().is_some_and(|n| n == "dualsight") {
+                    self.daemon = Some(pid);
+                    return pid;
+                }
             }
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("sandbox exited: {status}; log:\n{}", self.log());
