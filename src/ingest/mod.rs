@@ -59,9 +59,12 @@ impl Default for WatchConfig {
         WatchConfig {
             roots: Vec::new(),
             exclude: [".*", "@eaDir", ".thumbnails"].map(String::from).to_vec(),
-            extensions: ["jpg", "jpeg", "png", "webp", "gif", "tif", "tiff", "bmp"]
-                .map(String::from)
-                .to_vec(),
+            extensions: [
+                "jpg", "jpeg", "png", "webp", "gif", "tif", "tiff", "bmp", "heic", "heif", "hif",
+                "avif",
+            ]
+            .map(String::from)
+            .to_vec(),
             debounce: Duration::from_millis(500),
             stable_for: Duration::from_secs(1),
             reconcile_every: Some(Duration::from_secs(3600)),

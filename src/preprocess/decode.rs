@@ -63,12 +63,16 @@ pub enum DecodeError {
     },
     #[error("{path}: file is {size} bytes, over the limit of {max} bytes")]
     TooManyBytes { path: String, size: u64, max: u64 },
-    #[error("{path}: empty file, expected an image (JPEG, PNG, WebP, GIF, TIFF or BMP)")]
+    #[error(
+        "{path}: empty file, expected an image (JPEG, PNG, WebP, GIF, TIFF, BMP, HEIC or AVIF)"
+    )]
     Empty { path: String },
-    #[error("{path}: unrecognised content, expected an image (JPEG, PNG, WebP, GIF, TIFF or BMP)")]
+    #[error(
+        "{path}: unrecognised content, expected an image (JPEG, PNG, WebP, GIF, TIFF, BMP, HEIC or AVIF)"
+    )]
     UnknownFormat { path: String },
     #[error(
-        "{path}: {format} images are not supported, expected JPEG, PNG, WebP, GIF, TIFF or BMP"
+        "{path}: {format} images are not supported, expected JPEG, PNG, WebP, GIF, TIFF, BMP, HEIC or AVIF"
     )]
     UnsupportedFormat { path: String, format: String },
     #[error(
@@ -107,6 +111,8 @@ enum Format {
     Gif,
     Tiff,
     Bmp,
+    /// HEIC/HEIF or AVIF (see `heif.rs`).
+    Heif,
 }
 
 impl Format {
@@ -118,6 +124,7 @@ impl Format {
             Format::Gif => "GIF",
             Format::Tiff => "TIFF",
             Format::Bmp => "BMP",
+            Format::Heif => "HEIF",
         }
     }
 }
@@ -316,12 +323,53 @@ fn decode_format(ctx: &Ctx) -> Result<RgbImage> {
                 .map_err(|e| ctx.image(e))?;
             decode_with(decoder, ctx)
         }
+        Format::Heif => decode_heif(ctx),
     }
+}
+
+/// HEIF and AVIF through libheif, the pixel budget checked on the declared size.
+#[cfg(feature = "heif")]
+fn decode_heif(ctx: &Ctx) -> Result<RgbImage> {
+    let mut refused = None;
+    let decoded = super::heif::decode(ctx.bytes, |w, h| {
+        ctx.check_pixels(w, h).map_err(|e| {
+            let message = e.to_string();
+            refused = Some(e);
+            message
+        })
+    });
+    match (decoded, refused) {
+        (Ok(image), _) => Ok(image),
+        (Err(_), Some(e)) => Err(e),
+        (Err(message), None) => Err(DecodeError::Malformed {
+            path: ctx.name.to_string(),
+            format: super::heif::format_name(ctx.bytes),
+            message,
+        }),
+    }
+}
+
+#[cfg(not(feature = "heif"))]
+fn decode_heif(ctx: &Ctx) -> Result<RgbImage> {
+    Err(ctx.malformed("HEIF support is not built in"))
 }
 
 /// Identifies the format from the first bytes, as Pillow does (it ignores the
 /// extension too).
 fn sniff(bytes: &[u8], name: &str) -> Result<Format> {
+    if super::heif::is_heif(bytes) {
+        if !super::heif::SUPPORTED {
+            return Err(DecodeError::UnsupportedFormat {
+                path: name.to_string(),
+                format: format!(
+                    "{} (this dualsight was built without libheif: build it with `--features heif`, \
+                     which needs cmake, libde265-dev and libdav1d-dev)",
+                    super::heif::format_name(bytes)
+                ),
+            });
+        }
+        return Ok(Format::Heif);
+    }
     let Ok(format) = image::guess_format(bytes) else {
         return Err(DecodeError::UnknownFormat {
             path: name.to_string(),

@@ -7,6 +7,7 @@
 //! transformers versions recorded in `tests/fixtures/preprocess/index.json`.
 
 pub mod decode;
+mod heif;
 pub mod meta;
 pub mod processor;
 mod reduced;

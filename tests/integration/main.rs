@@ -5,6 +5,7 @@
 mod cli;
 mod daemon;
 mod fuzz;
+mod heif;
 mod library;
 mod model;
 mod ops;
