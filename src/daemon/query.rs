@@ -252,6 +252,21 @@ fn thumbnail_of(
     })
 }
 
+/// The engine's filters from a query's (text and image queries share them).
+fn filters(
+    path_prefix: Option<PathBuf>,
+    min_score: Option<f32>,
+    taken_after: Option<i64>,
+    taken_before: Option<i64>,
+) -> Filters {
+    Filters {
+        path_prefix,
+        min_score,
+        taken_after,
+        taken_before,
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> CoreError {
     CoreError::Internal(e.to_string())
 }
@@ -263,24 +278,24 @@ impl Core for DaemonCore {
             .text_vectors(engine, vec![query.text.clone()])
             .await?
             .remove(0);
-        let filters = Filters {
-            path_prefix: query.path_prefix,
-            min_score: query.min_score,
-            taken_after: query.taken_after,
-            taken_before: query.taken_before,
-        };
+        let filters = filters(
+            query.path_prefix,
+            query.min_score,
+            query.taken_after,
+            query.taken_before,
+        );
         self.search(q, filters, query.offset, query.limit).await
     }
 
     async fn search_image(&self, query: ImageQuery) -> Result<Vec<Hit>> {
         let engine = self.engine()?;
         let q = self.image_vector(&engine, query.image).await?;
-        let filters = Filters {
-            path_prefix: query.path_prefix,
-            min_score: query.min_score,
-            taken_after: query.taken_after,
-            taken_before: query.taken_before,
-        };
+        let filters = filters(
+            query.path_prefix,
+            query.min_score,
+            query.taken_after,
+            query.taken_before,
+        );
         self.search(q, filters, query.offset, query.limit).await
     }
 

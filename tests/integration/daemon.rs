@@ -1193,7 +1193,7 @@ fn stop_and_fsck(d: &mut Daemon) {
 /// Whether the tests run as root, which some fault tests need (`.ci/run`
 /// runs as root). Elsewhere such a test fails loudly unless
 /// DUALSIGHT_SKIP_ROOT is set; then it says it did not run.
-fn is_root(what: &str) -> bool {
+pub(crate) fn is_root(what: &str) -> bool {
     if Command::new("id").arg("-u").output().unwrap().stdout == b"0\n" {
         return true;
     }

@@ -487,11 +487,7 @@ async fn sighup_adds_and_removes_watched_roots() {
     d.config_head = "[log]\nlevel = \"debug\"\n".into();
     d.write_config();
     let pid = d.pid();
-    let kill = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    hup(pid);
     let s = wait_until(&d, &mut c, "c in, b out", |s| {
         s.indexed_files == 2
             && s.pending_files == 0
@@ -523,10 +519,7 @@ async fn sighup_adds_and_removes_watched_roots() {
     // scans alone would only add).
     d.watch = "exclude = [\".*\", \"*.webp\"]\n".into();
     d.write_config();
-    std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
+    hup(pid);
     wait_until(&d, &mut c, "the webp left out", |s| {
         s.indexed_files == 1 && s.pending_files == 0
     })
@@ -542,10 +535,7 @@ async fn sighup_adds_and_removes_watched_roots() {
     // New image limits apply to the next files.
     d.ingest = "max_image_bytes = 1000\n".into();
     d.write_config();
-    std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
+    hup(pid);
     let deadline = Instant::now() + Duration::from_secs(20);
     while d.log().matches("reload done").count() < 3 {
         assert!(Instant::now() < deadline, "{}", d.log());
@@ -559,10 +549,7 @@ async fn sighup_adds_and_removes_watched_roots() {
 
     // A config that no longer parses is refused; the daemon keeps running.
     std::fs::write(&d.config, "[watch\n").unwrap();
-    std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
+    hup(pid);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !d.log().contains("reload refused") {
         assert!(Instant::now() < deadline, "{}", d.log());
@@ -573,6 +560,15 @@ async fn sighup_adds_and_removes_watched_roots() {
         "the error names the file"
     );
     wait_until(&d, &mut c, "still serving", |s| s.indexed_files == 1).await;
+}
+
+/// `kill -HUP pid`: what `systemctl reload` sends.
+fn hup(pid: u32) {
+    let kill = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
 }
 
 #[test]

@@ -19,6 +19,7 @@ use dualsight::server::proto::dual_sight_client::DualSightClient;
 use tonic::transport::Channel;
 
 use crate::cli::dualsight;
+use crate::daemon::is_root;
 use crate::util::*;
 
 fn config_file(name: &str) -> String {
@@ -323,20 +324,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// Whether the tests run as root (`.ci/run` does); elsewhere such a test
-/// fails loudly unless DUALSIGHT_SKIP_ROOT is set.
-fn is_root(what: &str) -> bool {
-    if Command::new("id").arg("-u").output().unwrap().stdout == b"0\n" {
-        return true;
-    }
-    assert!(
-        std::env::var_os("DUALSIGHT_SKIP_ROOT").is_some(),
-        "this test {what}: run it as root (as .ci/run does) or set DUALSIGHT_SKIP_ROOT=1"
-    );
-    eprintln!("not root: this test ({what}) did not run");
-    false
 }
 
 fn have_strace() -> bool {
