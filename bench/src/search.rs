@@ -318,7 +318,8 @@ fn search_pass(
 
 /// The daemon's search routine ([`dualsight::engine::search`]) over the
 /// generated vectors (ids being row + 1; the daemon reads them from the
-/// store): candidates from the 8-bit index, rescored with the f32 vectors.
+/// store): candidates from the 8-bit index, rescored with the f32 vectors,
+/// as the daemon's first page (cut from a search of `PAGE_BLOCK` hits).
 fn rescored_search(index: &VectorIndex, data: &[f32], q: &[f32], k: usize) -> Result<Vec<u64>> {
     let source = dualsight::engine::search::Rows { data, dim: q.len() };
     let query = dualsight::engine::search::Query {
@@ -327,10 +328,12 @@ fn rescored_search(index: &VectorIndex, data: &[f32], q: &[f32], k: usize) -> Re
         min_score: None,
         accept: None,
     };
-    Ok(dualsight::engine::search::search(index, &source, &query)?
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect())
+    Ok(
+        dualsight::engine::search::search_page(index, &source, &query, 0, k)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect(),
+    )
 }
 
 fn notes_unreached(figs: &mut Figures, n: usize, sec: &str) {

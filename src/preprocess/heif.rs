@@ -68,10 +68,24 @@ mod decode {
         }
         RgbImage::from_raw(w, h, rgb).ok_or_else(|| "RGB buffer of the wrong size".into())
     }
+
+    /// The primary image's size as displayed (libheif applies the
+    /// container's rotation to the size it reports), without decoding.
+    pub fn dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+        let ctx = HeifContext::read_from_bytes(bytes).ok()?;
+        let handle = ctx.primary_image_handle().ok()?;
+        Some((handle.width(), handle.height()))
+    }
 }
 
 #[cfg(feature = "heif")]
-pub use decode::decode;
+pub use decode::{decode, dimensions};
+
+/// Without libheif a HEIF file's size is unknown.
+#[cfg(not(feature = "heif"))]
+pub fn dimensions(_bytes: &[u8]) -> Option<(u32, u32)> {
+    None
+}
 
 /// Whether this build decodes HEIF and AVIF.
 pub const SUPPORTED: bool = cfg!(feature = "heif");

@@ -59,16 +59,23 @@ pub fn read_meta(bytes: &[u8], mtime_ns: i64) -> PhotoMeta {
     let exif = exif::Reader::new()
         .read_from_container(&mut Cursor::new(bytes))
         .ok();
-    let (mut width, mut height) = image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .ok()
-        .and_then(|r| r.into_dimensions().ok())
-        .unwrap_or((0, 0));
+    // HEIF carries its rotation in the container, which libheif applies
+    // (and pillow-heif ignores the EXIF tag): its size is already upright.
+    let heif = super::heif::is_heif(bytes);
+    let (mut width, mut height) = if heif {
+        super::heif::dimensions(bytes)
+    } else {
+        image::ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .ok()
+            .and_then(|r| r.into_dimensions().ok())
+    }
+    .unwrap_or((0, 0));
     let orientation = exif
         .as_ref()
         .and_then(|e| e.get_field(exif::Tag::Orientation, exif::In::PRIMARY))
         .and_then(|f| f.value.get_uint(0));
-    if matches!(orientation, Some(5..=8)) {
+    if !heif && matches!(orientation, Some(5..=8)) {
         (width, height) = (height, width);
     }
     let (taken_at, taken_from) = match exif.as_ref().and_then(capture_time) {

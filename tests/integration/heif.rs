@@ -73,6 +73,14 @@ fn heic_and_avif_decode_and_embed_as_pillow_heif_and_transformers() {
             "{name}: a cell's mean is {worst:.2} off Pillow's"
         );
 
+        // The size the index records, without decoding.
+        let meta = dualsight::preprocess::meta::read_meta(&std::fs::read(&path).unwrap(), 0);
+        assert_eq!(
+            (meta.width as usize, meta.height as usize),
+            (w, h),
+            "{name}"
+        );
+
         let px = encoder.preprocess(Source::Path(&path)).unwrap();
         let ours = &encoder.embed_pixels(&[px]).unwrap()[0];
         let theirs: Vec<f32> = want["embedding"]
