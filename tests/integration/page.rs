@@ -237,7 +237,11 @@ async fn the_search_page_works_in_a_real_browser() {
         let address = b.eval("location.href");
         assert!(address.as_str().unwrap().contains("?like="), "{address}");
         b.call("Page.navigate", json!({ "url": format!("http://{http}/?q=a%20cat") }));
-        let again = format!("[location.search, document.getElementById('q').value, {HITS}]");
+        // Evaluated while the new document may still be loading: no box yet is `null`.
+        let again = format!(
+            "(() => {{ const q = document.getElementById('q'); \
+             return q ? [location.search, q.value, {HITS}] : null; }})()"
+        );
         b.wait("a search from the address", &again, |v| {
             v[0] == "?q=a+cat"
                 && v[1] == "a cat"
