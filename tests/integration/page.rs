@@ -118,21 +118,31 @@ impl Browser {
         }
     }
 
-    /// The value of a JS expression (awaited if it is a promise).
-    fn eval(&mut self, expression: &str) -> Value {
+    /// The value of a JS expression (awaited if it is a promise), or the
+    /// exception it threw.
+    fn try_eval(&mut self, expression: &str) -> Result<Value, Value> {
         let r = self.call(
             "Runtime.evaluate",
             json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
         );
-        assert!(r.get("exceptionDetails").is_none(), "{expression}: {r}");
-        r["result"]["value"].clone()
+        match r.get("exceptionDetails") {
+            Some(e) => Err(e.clone()),
+            None => Ok(r["result"]["value"].clone()),
+        }
     }
 
-    /// Polls `expression` until `done` holds for its value (20 s).
+    fn eval(&mut self, expression: &str) -> Value {
+        self.try_eval(expression)
+            .unwrap_or_else(|e| panic!("{expression}: {e}"))
+    }
+
+    /// Polls `expression` until `done` holds for its value (20 s); while a
+    /// page loads the expression may throw (its elements are not there yet),
+    /// which counts as not done.
     fn wait(&mut self, what: &str, expression: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let v = self.eval(expression);
+            let v = self.try_eval(expression).unwrap_or(Value::Null);
             if done(&v) {
                 return v;
             }
