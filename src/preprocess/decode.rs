@@ -85,6 +85,11 @@ pub enum DecodeError {
         pixels: u64,
         max: u64,
     },
+    #[error(
+        "{path}: {format} image, but this dualsight was built without libheif: rebuild it with \
+         `cargo build --release --features heif` (needs cmake, libde265-dev and libdav1d-dev)"
+    )]
+    NotBuiltIn { path: String, format: &'static str },
     #[error("{path}: unsupported {format} variant: {what}")]
     Unsupported {
         path: String,
@@ -359,13 +364,9 @@ fn decode_heif(ctx: &Ctx) -> Result<RgbImage> {
 fn sniff(bytes: &[u8], name: &str) -> Result<Format> {
     if super::heif::is_heif(bytes) {
         if !super::heif::SUPPORTED {
-            return Err(DecodeError::UnsupportedFormat {
+            return Err(DecodeError::NotBuiltIn {
                 path: name.to_string(),
-                format: format!(
-                    "{} (this dualsight was built without libheif: build it with `--features heif`, \
-                     which needs cmake, libde265-dev and libdav1d-dev)",
-                    super::heif::format_name(bytes)
-                ),
+                format: super::heif::format_name(bytes),
             });
         }
         return Ok(Format::Heif);
