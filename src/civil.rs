@@ -94,6 +94,14 @@ pub fn parse_utc(text: &str) -> Option<i64> {
     unix_from_civil(y, mo, d, h, mi, s)
 }
 
+/// [`parse_utc`] for the end of a range: a bare date (`2024-07-01`) means
+/// its last second, so "before the 1st" includes the 1st.
+pub fn parse_utc_end(text: &str) -> Option<i64> {
+    let t = parse_utc(text)?;
+    let bare_date = !text.trim().contains([':', 'T', ' ']) && text.trim().contains('-');
+    Some(if bare_date { t + 86_399 } else { t })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +123,8 @@ mod tests {
         assert_eq!(parse_utc("1719792000"), Some(1_719_792_000));
         assert_eq!(parse_utc("2024-07"), None);
         assert_eq!(parse_utc("yesterday"), None);
+        assert_eq!(parse_utc_end("2024-07-01"), Some(1_719_792_000 + 86_399));
+        assert_eq!(parse_utc_end("2024-07-01T01:02"), Some(1_719_795_720));
+        assert_eq!(parse_utc_end("1719792000"), Some(1_719_792_000));
     }
 }

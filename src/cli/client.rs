@@ -20,6 +20,7 @@ use crate::server::proto::{
     self, ClassifyRequest, ListFailuresRequest, ProgressRequest, SearchByImageRequest,
     SearchRequest, StatusRequest,
 };
+use crate::server::root_cause;
 
 /// Where `dualsight serve` listens by default.
 pub const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
@@ -274,18 +275,17 @@ async fn client_tls(remote: &Remote) -> Result<ClientTlsConfig> {
 /// Hits a page when `--page` is given without `--limit` (the server's own default).
 const DEFAULT_LIMIT: u32 = 10;
 
+/// What `--after` and `--before` take.
+const DATE_FORMS: &str = "expected a date like 2024-07-01, 2024-07-01T18:30 (UTC), or Unix seconds";
+
 /// `--after`: a date or time (UTC), or Unix seconds.
 fn parse_date(text: &str) -> std::result::Result<i64, String> {
-    crate::civil::parse_utc(text).ok_or_else(|| {
-        format!("`{text}`: expected a date like 2024-07-01, 2024-07-01T18:30, or Unix seconds")
-    })
+    crate::civil::parse_utc(text).ok_or_else(|| format!("`{text}`: {DATE_FORMS}"))
 }
 
 /// `--before`: as `--after`, but a bare date means the end of that day.
 fn parse_date_end(text: &str) -> std::result::Result<i64, String> {
-    let t = parse_date(text)?;
-    let bare_date = text.trim().len() == 10 && text.trim().as_bytes()[4] == b'-';
-    Ok(if bare_date { t + 86_399 } else { t })
+    crate::civil::parse_utc_end(text).ok_or_else(|| format!("`{text}`: {DATE_FORMS}"))
 }
 
 /// Connects to a server at `addr`: `http://HOST:PORT`, `HOST:PORT`, or
@@ -337,16 +337,6 @@ fn normalize_addr(addr: &str) -> Result<String> {
         return Err(invalid("unknown scheme"));
     }
     Ok(format!("http://{addr}"))
-}
-
-/// The innermost cause of an error chain: tonic's outer errors only say
-/// "transport error"; the useful part ("Connection refused") is at the end.
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 /// A gRPC code as lowercase words ("invalid argument").

@@ -276,6 +276,16 @@ async fn follow_ready(mut ready: watch::Receiver<bool>, health: HealthReporter) 
     }
 }
 
+/// The innermost cause of an error chain: tonic's outer errors only say
+/// "transport error"; the useful part ("Connection refused") is at the end.
+pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
 /// Aborts the task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 

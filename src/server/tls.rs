@@ -54,7 +54,7 @@ impl TlsFiles {
             .map_err(|e| TlsError::Identity {
                 cert: self.cert.clone(),
                 key: self.key.clone(),
-                reason: root_cause(&e),
+                reason: super::root_cause(&e),
             })?;
         Ok(cfg)
     }
@@ -81,12 +81,4 @@ fn read_pem(path: &Path, what: &'static str, block: &'static str) -> Result<Vec<
         });
     }
     Ok(bytes)
-}
-
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }

@@ -151,17 +151,16 @@ fn date(field: &str, text: Option<&str>, end_of_day: bool) -> Result<Option<i64>
     let Some(t) = text.map(str::trim).filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
-    let unix = crate::civil::parse_utc(t).ok_or_else(|| {
+    let parse = if end_of_day {
+        crate::civil::parse_utc_end
+    } else {
+        crate::civil::parse_utc
+    };
+    parse(t).map(Some).ok_or_else(|| {
         CoreError::InvalidArgument(format!(
             "{field}: `{t}`: expected a date like 2024-07-01 or Unix seconds"
         ))
-    })?;
-    let bare = t.len() == 10 && t.as_bytes()[4] == b'-';
-    Ok(Some(if end_of_day && bare {
-        unix + 86_399
-    } else {
-        unix
-    }))
+    })
 }
 
 async fn search<C: Core>(
