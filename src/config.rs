@@ -236,6 +236,14 @@ impl Default for ServerSettings {
     }
 }
 
+/// An `IP:PORT` setting, naming its key when it is not one.
+fn socket_addr(key: &'static str, text: &str) -> Result<SocketAddr> {
+    text.parse().map_err(|e| ConfigError::Invalid {
+        key,
+        msg: format!("`{text}`: {e} (expected IP:PORT)"),
+    })
+}
+
 impl Settings {
     /// Defaults overlaid with a TOML file.
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -250,10 +258,7 @@ impl Settings {
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr> {
-        self.listen.parse().map_err(|e| ConfigError::Invalid {
-            key: "listen",
-            msg: format!("`{}`: {e} (expected IP:PORT)", self.listen),
-        })
+        socket_addr("listen", &self.listen)
     }
 
     /// The metrics address, when metrics are on.
@@ -261,12 +266,7 @@ impl Settings {
         self.metrics
             .listen
             .as_deref()
-            .map(|l| {
-                l.parse().map_err(|e| ConfigError::Invalid {
-                    key: "metrics.listen",
-                    msg: format!("`{l}`: {e} (expected IP:PORT)"),
-                })
-            })
+            .map(|l| socket_addr("metrics.listen", l))
             .transpose()
     }
 
@@ -275,12 +275,7 @@ impl Settings {
         self.http
             .listen
             .as_deref()
-            .map(|l| {
-                l.parse().map_err(|e| ConfigError::Invalid {
-                    key: "http.listen",
-                    msg: format!("`{l}`: {e} (expected IP:PORT)"),
-                })
-            })
+            .map(|l| socket_addr("http.listen", l))
             .transpose()
     }
 

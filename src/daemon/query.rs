@@ -237,10 +237,17 @@ fn thumbnail_of(
     let stored = match thumbs.get(&record.hash) {
         Some(jpeg) => jpeg,
         None => {
-            let image = crate::preprocess::decode::decode_path(path, &engine.encoder.limits())
-                .map_err(|e| {
-                    CoreError::NotFound(format!("path: {} cannot be read now: {e}", path.display()))
-                })?;
+            // Decoded only as large as a thumbnail needs (JPEGs at 1/4 or 1/8
+            // scale), as the pipeline does: a 12 MP photo is not decoded whole.
+            let image = crate::preprocess::decode::decode_path_reduced(
+                path,
+                &engine.encoder.limits(),
+                crate::thumbs::min_decode,
+            )
+            .map(|r| r.image)
+            .map_err(|e| {
+                CoreError::NotFound(format!("path: {} cannot be read now: {e}", path.display()))
+            })?;
             thumbs.put(&record.hash, &image).map_err(internal)?.bytes
         }
     };

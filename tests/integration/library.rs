@@ -12,7 +12,7 @@ use dualsight::server::proto::{self, search_by_image_request::Query};
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::cli::dualsight;
+use crate::cli::{dualsight, run_ok};
 use crate::daemon::{Daemon, wait_for};
 use crate::util::{fixtures, image};
 
@@ -165,15 +165,10 @@ async fn capture_dates_are_read_and_filter_searches() {
     assert!(e.message().starts_with("taken_after"), "{e:?}");
 
     // The CLI's dates: --before a bare date includes that whole day.
-    let out = dualsight()
-        .args(["search", "a photo", "--json", "--addr", &d.addr])
-        .args(["--after", "2020-01-01", "--before", "2023-08-20"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        dualsight()
+            .args(["search", "a photo", "--json", "--addr", &d.addr])
+            .args(["--after", "2020-01-01", "--before", "2023-08-20"]),
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut got: Vec<&str> = v["hits"]
@@ -237,15 +232,10 @@ async fn pages_follow_each_other_with_no_gap_and_no_repeat() {
         assert_eq!(paths(&paged), paths(&all), "pages of {per_page}");
     }
     // The CLI's --page: ranks continue.
-    let out = dualsight()
-        .args(["search", "a cat", "--json", "--limit", "4", "--page", "2"])
-        .args(["--addr", &d.addr])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        dualsight()
+            .args(["search", "a cat", "--json", "--limit", "4", "--page", "2"])
+            .args(["--addr", &d.addr]),
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let hits = v["hits"].as_array().unwrap();
