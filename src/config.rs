@@ -42,6 +42,10 @@ pub struct Settings {
     pub listen: String,
     /// Optional Unix socket for gRPC.
     pub unix_socket: Option<PathBuf>,
+    /// This daemon's name in a shared library (PostgreSQL store): its files
+    /// are kept under it and hits show it. Unset: the host name.
+    pub node: Option<String>,
+    pub store: StoreSettings,
     pub watch: WatchSettings,
     pub ingest: IngestSettings,
     pub index: IndexSettings,
@@ -51,6 +55,30 @@ pub struct Settings {
     pub log: LogSettings,
     /// Same as `server.allow_insecure` (accepted at the top level too).
     pub allow_insecure: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `sled` (embedded, one machine) or `postgres` (many daemons, one library).
+    pub backend: String,
+    /// The PostgreSQL primary (a libpq-style URL or key=value string).
+    pub database_url: Option<String>,
+    /// Hot standbys that serve searches.
+    pub database_read_urls: Vec<String>,
+    /// A standby further behind the primary than this serves no search.
+    pub max_replica_lag_ms: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            backend: "sled".into(),
+            database_url: None,
+            database_read_urls: Vec::new(),
+            max_replica_lag_ms: 5000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -157,6 +185,8 @@ impl Default for Settings {
                 .unwrap_or_else(|| PathBuf::from("dualsight-data")),
             listen: "127.0.0.1:50051".into(),
             unix_socket: None,
+            node: None,
+            store: StoreSettings::default(),
             watch: WatchSettings::default(),
             ingest: IngestSettings::default(),
             index: IndexSettings::default(),
@@ -301,6 +331,25 @@ impl Settings {
         })
     }
 
+    /// This daemon's node name: `node`, else the host name.
+    pub fn node_name(&self) -> String {
+        self.node.clone().unwrap_or_else(host_name)
+    }
+
+    /// Where the PostgreSQL store is, when it is the backend.
+    pub fn postgres(&self) -> Option<crate::store::pg::PgOptions> {
+        if self.store.backend != "postgres" {
+            return None;
+        }
+        Some(crate::store::pg::PgOptions {
+            url: self.store.database_url.clone().unwrap_or_default(),
+            read_urls: self.store.database_read_urls.clone(),
+            node: self.node_name(),
+            max_lag: Duration::from_millis(self.store.max_replica_lag_ms),
+            data_dir: self.data_dir.clone(),
+        })
+    }
+
     pub fn decode_threads(&self) -> usize {
         match self.ingest.decode_threads {
             0 => std::thread::available_parallelism()
@@ -373,6 +422,7 @@ impl Settings {
                 ),
             );
         }
+        self.validate_store()?;
         if self.watch.roots.is_empty() {
             return bad(
                 "watch.roots",
@@ -412,6 +462,39 @@ impl Settings {
         Ok(())
     }
 
+    fn validate_store(&self) -> Result<()> {
+        let bad = |key: &'static str, msg: String| Err(ConfigError::Invalid { key, msg });
+        let st = &self.store;
+        match st.backend.as_str() {
+            "sled" => {
+                if st.database_url.is_some() || !st.database_read_urls.is_empty() {
+                    return bad(
+                        "store.database_url",
+                        "set, but store.backend is \"sled\": add `--store postgres` (or backend = \"postgres\" under [store])".into(),
+                    );
+                }
+            }
+            "postgres" => {
+                if st.database_url.as_deref().unwrap_or("").is_empty() {
+                    return bad(
+                        "store.database_url",
+                        "the postgres store needs its primary: pass --database-url URL (or DUALSIGHT_DATABASE_URL, or database_url under [store])".into(),
+                    );
+                }
+            }
+            other => {
+                return bad(
+                    "store.backend",
+                    format!("`{other}`: expected \"sled\" or \"postgres\""),
+                );
+            }
+        }
+        crate::store::pg::check_node(&self.node_name()).map_err(|e| ConfigError::Invalid {
+            key: "node",
+            msg: e.to_string(),
+        })
+    }
+
     /// How the daemon turns files (and query images) into pixels.
     pub fn preprocessing(&self) -> crate::preprocess::Preprocessing {
         if self.exact_preprocessing {
@@ -423,6 +506,19 @@ impl Settings {
 
     pub fn debounce(&self) -> Duration {
         Duration::from_millis(self.watch.debounce_ms)
+    }
+}
+
+/// The machine's host name (the default node name), "localhost" if unknown.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
+    // within it or truncates.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_owned(),
+        _ => "localhost".into(),
     }
 }
 

@@ -616,15 +616,26 @@ pub fn hits_table(hits: &[proto::Hit], first: usize) -> String {
     if hits.is_empty() {
         return "no results\n".into();
     }
+    // Hits from several daemons (a shared PostgreSQL store) name theirs.
+    let many_nodes = hits.iter().any(|h| h.node != hits[0].node);
     let mut s = format!(
-        "{:>4}  {:>7}  {:>6}  {:<10}  path\n",
-        "rank", "score", "prob", "taken"
+        "{:>4}  {:>7}  {:>6}  {:<10}  {}\n",
+        "rank",
+        "score",
+        "prob",
+        "taken",
+        if many_nodes { "node:path" } else { "path" }
     );
     for (i, h) in hits.iter().enumerate() {
         let taken = crate::civil::format_utc(h.taken_at_unix);
+        let node = if many_nodes {
+            format!("{}:", h.node)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "{:>4}  {:>7.4}  {:>5.1}%  {:<10}  {}",
+            "{:>4}  {:>7.4}  {:>5.1}%  {:<10}  {node}{}",
             first + i,
             h.score,
             h.probability * 100.0,
@@ -644,6 +655,7 @@ pub fn hits_json(hits: &[proto::Hit], first: usize) -> String {
         .map(|(i, h)| {
             json!({
                 "rank": first + i,
+                "node": h.node,
                 "path": h.path,
                 "score": h.score,
                 "logit": h.logit,
@@ -733,6 +745,22 @@ pub fn status_text(s: &proto::StatusResponse) -> String {
             let _ = writeln!(out, "  {state:<8} {}", r.path);
         }
     }
+    if !s.node.is_empty() {
+        let _ = writeln!(out, "node:            {}", s.node);
+    }
+    if !s.database.is_empty() {
+        let _ = writeln!(out, "store:           {} ({})", s.store, s.database);
+    } else if !s.store.is_empty() {
+        let _ = writeln!(out, "store:           {}", s.store);
+    }
+    for r in &s.replicas {
+        let state = if r.serving {
+            format!("serving, lag {} ms", r.lag_ms.max(0))
+        } else {
+            format!("left out: {}", r.error)
+        };
+        let _ = writeln!(out, "  standby {}: {state}", r.database);
+    }
     out
 }
 
@@ -758,6 +786,15 @@ pub fn status_json(s: &proto::StatusResponse) -> String {
         "embedded_images": s.embedded_images,
         "reused_vectors": s.reused_vectors,
         "ingest_error": s.ingest_error,
+        "node": s.node,
+        "store": s.store,
+        "database": s.database,
+        "replicas": s.replicas.iter().map(|r| json!({
+            "database": r.database,
+            "serving": r.serving,
+            "lag_ms": r.lag_ms,
+            "error": r.error,
+        })).collect::<Vec<_>>(),
     });
     format!("{value}\n")
 }

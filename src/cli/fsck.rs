@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::store::Store;
+use crate::store::SledStore;
 
 #[derive(Debug, Args)]
 pub struct FsckArgs {
@@ -29,7 +29,7 @@ pub fn run(args: &FsckArgs) -> Result<()> {
     if !dir.is_dir() {
         bail!("{}: no store (is --data-dir the daemon's?)", dir.display());
     }
-    let store = Store::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+    let store = SledStore::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
     let mut repaired = 0u64;
     for info in store.spaces()? {
         let space = store.space(&info.fingerprint, info.dim)?;

@@ -59,6 +59,25 @@ pub struct ServeArgs {
     /// Allow a non-loopback --listen with neither a token nor TLS.
     #[arg(long)]
     pub allow_insecure: bool,
+    /// Where records and vectors live: sled (embedded) or postgres (a library
+    /// shared by many daemons).
+    #[arg(long, value_name = "BACKEND")]
+    pub store: Option<String>,
+    /// The PostgreSQL primary, e.g. postgres://user@host/db or
+    /// "host=/run/postgresql dbname=photos".
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DUALSIGHT_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// A PostgreSQL hot standby to send searches to (repeatable).
+    #[arg(long = "database-read-url", value_name = "URL")]
+    pub database_read_urls: Vec<String>,
+    /// This daemon's name in a shared library (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
     /// Log lines as text or as JSON objects (for log shippers).
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<crate::logging::LogFormat>,
@@ -111,6 +130,18 @@ impl ServeArgs {
         }
         if self.allow_insecure {
             s.server.allow_insecure = true;
+        }
+        if let Some(b) = &self.store {
+            s.store.backend = b.clone();
+        }
+        if let Some(u) = &self.database_url {
+            s.store.database_url = Some(u.clone());
+        }
+        if !self.database_read_urls.is_empty() {
+            s.store.database_read_urls = self.database_read_urls.clone();
+        }
+        if let Some(n) = &self.node {
+            s.node = Some(n.clone());
         }
         if let Some(f) = self.log_format {
             s.log.format = f;

@@ -153,6 +153,7 @@ pub async fn run(
         counters.clone(),
         roots.clone(),
         model_spec.clone(),
+        settings.node_name(),
         progress_rx,
         crate::thumbs::Thumbs::new(&settings.data_dir),
     ));

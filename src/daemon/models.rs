@@ -4,6 +4,14 @@
 
 use super::*;
 
+/// The configured store: sled in the data dir, or the PostgreSQL library.
+pub(super) fn open_store(s: &Settings) -> crate::store::Result<Store> {
+    match s.postgres() {
+        Some(options) => Store::open_postgres(&options),
+        None => Store::open(s.data_dir.join("store")),
+    }
+}
+
 /// Loads the configured model and its index; if the store's active space
 /// belongs to another model that can still be loaded (its directory is
 /// recorded in `models.json`), loads that one too, to serve while the new
@@ -21,7 +29,7 @@ pub(super) fn load_engines(s: &Settings) -> Result<(Engine, Option<Engine>)> {
     let (encoder, store) = std::thread::scope(|scope| {
         let store = std::thread::Builder::new()
             .name("store-open".into())
-            .spawn_scoped(scope, || Store::open(s.data_dir.join("store")))
+            .spawn_scoped(scope, || open_store(s))
             .map_err(|e| DaemonError::Task(format!("cannot start the store-open thread: {e}")))?;
         let encoder = Encoder::load(&dir, &device, dtype);
         let store = store

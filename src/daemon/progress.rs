@@ -90,7 +90,7 @@ impl crate::metrics::Sampler for DaemonCore {
         if let Some(engine) = self.serving() {
             s.indexed_files = engine.store.indexed_file_count().unwrap_or(0);
             s.failed_files = engine.store.failure_count().unwrap_or(0);
-            s.index_vectors = engine.index().len() as u64;
+            s.index_vectors = engine.searchable();
             s.store_bytes = engine.store.size_on_disk().unwrap_or(0);
         }
         s

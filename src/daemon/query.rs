@@ -18,8 +18,8 @@ use crate::preprocess::Source;
 use crate::preprocess::meta::TakenFrom;
 use crate::server::port::{
     ClassifyQuery, Core, CoreError, FailureList, FailureRecord, Hit, HitInfo, ImageQuery, ImageRef,
-    LabelScore, ProgressSnapshot, Result, RootStatus, StatusSnapshot, TextQuery, ThumbnailImage,
-    rank_hits, rank_labels,
+    LabelScore, ProgressSnapshot, ReplicaStatus, Result, RootStatus, StatusSnapshot, TextQuery,
+    ThumbnailImage, rank_hits_on, rank_labels,
 };
 use crate::store::path_str;
 use crate::thumbs::Thumbs;
@@ -36,6 +36,8 @@ pub struct DaemonCore {
     /// The watched roots (a reload changes them).
     roots: RwLock<Vec<PathBuf>>,
     pub model_name: String,
+    /// This daemon's node name: its own hits show it.
+    pub node: String,
     progress: watch::Receiver<ProgressSnapshot>,
     texts: Arc<TextCache>,
     thumbs: Thumbs,
@@ -46,6 +48,7 @@ impl DaemonCore {
         counters: Arc<Counters>,
         roots: Vec<PathBuf>,
         model_name: String,
+        node: String,
         progress: watch::Receiver<ProgressSnapshot>,
         thumbs: Thumbs,
     ) -> Self {
@@ -55,6 +58,7 @@ impl DaemonCore {
             counters,
             roots: RwLock::new(roots),
             model_name,
+            node,
             progress,
             texts: Arc::new(TextCache::new(text_cache::DEFAULT_CAPACITY)),
             thumbs,
@@ -192,14 +196,22 @@ impl DaemonCore {
     ) -> Result<Vec<Hit>> {
         let engine = self.engine()?;
         let scale = engine.encoder.model().logit_scale();
+        let own = self.node.clone();
         Self::blocking(move || {
             let scored = engine
                 .search(&q, &filters, offset, limit)
                 .map_err(internal)?;
-            let mut hits = rank_hits(scored, scale);
+            let scored = scored
+                .into_iter()
+                .map(|(found, score)| {
+                    let node = found.node.unwrap_or_else(|| own.clone());
+                    (node, found.path, score)
+                })
+                .collect();
+            let mut hits = rank_hits_on(scored, scale);
             for hit in &mut hits {
                 if let Ok(p) = path_str(&hit.path)
-                    && let Ok(Some(r)) = engine.store.file(p)
+                    && let Ok(Some(r)) = engine.store.file_at(Some(&hit.node), p)
                 {
                     hit.info = HitInfo {
                         taken_at_unix: r.taken_at(),
@@ -331,6 +343,7 @@ impl Core for DaemonCore {
             return Ok(StatusSnapshot {
                 pending_files: self.counters.pending(),
                 model_name: self.model_name.clone(),
+                node: self.node.clone(),
                 ..Default::default()
             });
         };
@@ -358,6 +371,26 @@ impl Core for DaemonCore {
             embedded_images: self.counters.embedded.load(Ordering::Relaxed),
             reused_vectors: self.counters.reused.load(Ordering::Relaxed),
             ingest_error: self.counters.ingest_error().unwrap_or_default(),
+            node: self.node.clone(),
+            store: engine.store.backend().into(),
+            database: engine
+                .store
+                .as_postgres()
+                .map(|p| p.target().to_owned())
+                .unwrap_or_default(),
+            replicas: engine
+                .store
+                .as_postgres()
+                .map(|p| p.replicas())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| ReplicaStatus {
+                    target: r.target,
+                    serving: r.serving,
+                    lag_ms: r.lag.map_or(-1, |l| l.as_millis() as i64),
+                    error: r.error,
+                })
+                .collect(),
         })
     }
 

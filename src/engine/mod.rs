@@ -5,6 +5,7 @@
 //! [`search`] is the one search routine; [`Engine::search`] runs it over this
 //! engine's index and store.
 
+mod pg_source;
 pub mod search;
 mod source;
 mod verified;
@@ -31,6 +32,8 @@ pub enum EngineError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("this store indexes its vectors itself: there is no in-memory index to rebuild")]
+    NoLocalIndex,
 }
 
 /// Result alias for this module.
@@ -48,8 +51,9 @@ pub struct Engine {
     pub store: Store,
     pub space: Space,
     /// Replaced whole by a compaction ([`Engine::swap_in`]); readers take
-    /// the current one with [`Engine::index`].
-    index: RwLock<Arc<VectorIndex>>,
+    /// the current one with [`Engine::index`]. `None` on PostgreSQL, whose
+    /// own HNSW index (pgvector) answers candidates.
+    index: Option<RwLock<Arc<VectorIndex>>>,
     params: IndexParams,
     /// Where this space's HNSW checkpoint lives.
     pub index_dir: PathBuf,
@@ -73,6 +77,21 @@ impl Engine {
             path: index_dir.clone(),
             source,
         })?;
+        if matches!(space, Space::Postgres(_)) {
+            tracing::info!(
+                vectors = space.vector_count()?,
+                "searching through pgvector's index"
+            );
+            return Ok(Self {
+                encoder,
+                store,
+                space,
+                index: None,
+                params,
+                index_dir,
+                verified: verified::Verified::default(),
+            });
+        }
         let started = Instant::now();
         let (index, from) = match VectorIndex::load(&index_dir, &fp, dim) {
             Ok(Some((index, last_id))) => (index, last_id + 1),
@@ -102,7 +121,7 @@ impl Engine {
             encoder,
             store,
             space,
-            index: RwLock::new(Arc::new(index)),
+            index: Some(RwLock::new(Arc::new(index))),
             params,
             index_dir,
             verified: verified::Verified::default(),
@@ -118,7 +137,8 @@ impl Engine {
         let Some(id) = self.space.vector_id_for_hash(hash)? else {
             return Ok(false);
         };
-        if self.verified.contains(id) {
+        // PostgreSQL checks its own pages: a vector it has is intact.
+        if self.verified.contains(id) || self.index.is_none() {
             return Ok(true);
         }
         match self.space.vector(id) {
@@ -131,7 +151,7 @@ impl Engine {
             Err(StoreError::Segment(e @ SegmentError::Damaged { .. })) => {
                 tracing::warn!(error = %e, "damaged vector: forgetting it to embed its files again");
                 self.store.forget_vectors(&self.space, &[id])?;
-                self.index().remove(id);
+                self.apply(&[], [id]);
                 Ok(false)
             }
             Err(e) => Err(e.into()),
@@ -141,18 +161,42 @@ impl Engine {
     /// Writes the index checkpoint covering every vector committed so far.
     /// Call only from the single writer (the committer), so no commit races it.
     pub fn checkpoint(&self) -> Result<()> {
+        let Some(index) = self.index() else {
+            return Ok(());
+        };
         let last = self.space.last_vector_id()?;
-        self.index()
-            .checkpoint(&self.index_dir, self.space.fingerprint(), last)?;
+        index.checkpoint(&self.index_dir, self.space.fingerprint(), last)?;
         Ok(())
     }
 
-    /// The index searches and commits use now.
-    pub fn index(&self) -> Arc<VectorIndex> {
+    /// The in-memory index searches and commits use now; `None` when the
+    /// store indexes its vectors itself (PostgreSQL).
+    pub fn index(&self) -> Option<Arc<VectorIndex>> {
         self.index
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .as_ref()
+            .map(|i| i.read().unwrap_or_else(PoisonError::into_inner).clone())
+    }
+
+    /// Brings the in-memory index in line with a commit or removal: its new
+    /// vectors in, its orphans out (nothing to do on PostgreSQL).
+    pub fn apply(&self, inserted: &[(u64, &[f32])], removed: impl IntoIterator<Item = u64>) {
+        let Some(index) = self.index() else {
+            return;
+        };
+        if let Err(e) = index.insert_batch(inserted) {
+            tracing::error!(error = %e, "index insert failed (the store has the vectors; a restart rebuilds)");
+        }
+        for id in removed {
+            index.remove(id);
+        }
+    }
+
+    /// Vectors searches can find.
+    pub fn searchable(&self) -> u64 {
+        match self.index() {
+            Some(index) => index.len() as u64,
+            None => self.space.vector_count().unwrap_or(0),
+        }
     }
 
     /// The slow half of a compaction, off the writer thread: a new index of
@@ -160,6 +204,9 @@ impl Engine {
     /// searches and commits go on against the current one. Returns it with
     /// that id.
     pub fn build_fresh(&self) -> Result<(VectorIndex, u64)> {
+        if self.index.is_none() {
+            return Err(EngineError::NoLocalIndex);
+        }
         let last = self.space.last_vector_id()?;
         let count = self.space.vector_count()? as usize;
         let fresh = VectorIndex::new(self.space.dim(), self.params, count)?;
@@ -174,11 +221,14 @@ impl Engine {
     /// without a store lookup per vector; `catch_up` then finds the counts
     /// equal and adds only what came after `last`.
     pub fn swap_in(&self, fresh: VectorIndex, last: u64) -> Result<()> {
-        for id in self.index().tombstoned_ids() {
+        let (Some(current), Some(slot)) = (self.index(), self.index.as_ref()) else {
+            return Err(EngineError::NoLocalIndex);
+        };
+        for id in current.tombstoned_ids() {
             fresh.remove(id);
         }
         catch_up(&fresh, &self.store, &self.space, last + 1)?;
-        *self.index.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
+        *slot.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
         Ok(())
     }
 
@@ -192,7 +242,24 @@ impl Engine {
         filters: &Filters,
         offset: usize,
         limit: usize,
-    ) -> Result<Vec<(PathBuf, f32)>> {
+    ) -> Result<Vec<(Found, f32)>> {
+        let index = match (&self.space, self.index()) {
+            (Space::Postgres(space), _) => {
+                let source = pg_source::PgSource::new(space, filters);
+                let query = search::Query {
+                    vector: q,
+                    limit,
+                    min_score: filters.min_score,
+                    // The database applies the filters (pg_source.rs).
+                    accept: None,
+                };
+                return Ok(search::search_page(
+                    &source, &source, &query, offset, limit,
+                )?);
+            }
+            (Space::Sled(_), Some(index)) => index,
+            (Space::Sled(_), None) => return Err(EngineError::NoLocalIndex),
+        };
         let dated = filters.taken_after.is_some() || filters.taken_before.is_some();
         let accept = |p: &PathBuf| {
             if let Some(pre) = &filters.path_prefix
@@ -220,14 +287,20 @@ impl Engine {
             min_score: filters.min_score,
             accept: filtered.then_some(&accept as &(dyn Fn(&PathBuf) -> bool + Sync)),
         };
-        Ok(search::search_page(
-            self.index().as_ref(),
-            &self.space,
-            &query,
-            offset,
-            limit,
-        )?)
+        let hits = search::search_page(index.as_ref(), &self.space, &query, offset, limit)?;
+        Ok(hits
+            .into_iter()
+            .map(|(path, score)| (Found { node: None, path }, score))
+            .collect())
     }
+}
+
+/// A hit: a file, and the node holding it when the store is shared
+/// (PostgreSQL); `None` is this daemon's own.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Found {
+    pub node: Option<String>,
+    pub path: PathBuf,
 }
 
 /// What a search keeps besides the best scores.
@@ -305,7 +378,7 @@ fn replay(index: &VectorIndex, store: &Store, space: &Space, from: u64, to: u64)
         let n = store.forget_vectors(space, &damaged)?;
         tracing::warn!(
             forgotten = n,
-            segment = %space.segment_path().display(),
+            segment = %space.segment_path().map(|p| p.display().to_string()).unwrap_or_default(),
             "forgot damaged vectors: the startup scan embeds their files again"
         );
     }
@@ -387,7 +460,7 @@ mod tests {
                 .iter()
                 .map(|(id, v)| (*id, v.as_slice()))
                 .collect();
-            engine.index().insert_batch(&items).unwrap();
+            engine.index().unwrap().insert_batch(&items).unwrap();
         };
         let remove = |n: u8| {
             for id in store
@@ -395,7 +468,7 @@ mod tests {
                 .unwrap()
                 .orphaned_in(space.fingerprint())
             {
-                engine.index().remove(id);
+                engine.index().unwrap().remove(id);
             }
         };
         for n in 0..30 {
@@ -404,14 +477,14 @@ mod tests {
         for n in 0..10 {
             remove(n);
         }
-        assert!(engine.index().needs_compaction());
+        assert!(engine.index().unwrap().needs_compaction());
         let (fresh, last) = engine.build_fresh().unwrap();
         // Changes while it was built: more vectors, and one it holds removed.
         add(30);
         add(31);
         remove(15);
         engine.swap_in(fresh, last).unwrap();
-        let index = engine.index();
+        let index = engine.index().unwrap();
         // Only what was removed while it was built is a tombstone.
         assert_eq!(index.tombstone_count(), 1);
         assert!(!index.needs_compaction());
@@ -422,7 +495,7 @@ mod tests {
         let hits = engine
             .search(&vector(31), &Filters::default(), 0, 1)
             .unwrap();
-        assert_eq!(hits[0].0, std::path::PathBuf::from("/photos/31.jpg"));
+        assert_eq!(hits[0].0.path, std::path::PathBuf::from("/photos/31.jpg"));
     }
 
     /// A checkpoint, then vectors added and removed behind its back (as

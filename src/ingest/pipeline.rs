@@ -633,7 +633,9 @@ impl Compaction {
     /// Starts or finishes a rebuild; true when a new index was swapped in.
     fn step(&mut self, engine: &Arc<Engine>) -> bool {
         let Some(handle) = self.running.take() else {
-            let index = engine.index();
+            let Some(index) = engine.index() else {
+                return false;
+            };
             if index.needs_compaction() && self.retry_after.is_none_or(|t| Instant::now() >= t) {
                 tracing::info!(
                     live = index.len(),
@@ -663,7 +665,9 @@ impl Compaction {
         };
         match swapped {
             Ok(()) => {
-                let index = engine.index();
+                let Some(index) = engine.index() else {
+                    return false;
+                };
                 tracing::info!(
                     vectors = index.len(),
                     tombstones = index.tombstone_count(),
@@ -692,7 +696,7 @@ fn checkpoint(engine: &Engine) {
     let started = Instant::now();
     match engine.checkpoint() {
         Ok(()) => tracing::info!(
-            vectors = engine.index().len(),
+            vectors = engine.searchable(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "index checkpoint written"
         ),
@@ -769,12 +773,7 @@ fn flush_batch(
                 .iter()
                 .map(|(id, v)| (*id, v.as_slice()))
                 .collect();
-            if let Err(e) = engine.index().insert_batch(&inserted) {
-                tracing::error!(error = %e, "index insert failed (the store has the vectors; a restart rebuilds)");
-            }
-            for id in outcome.orphaned_in(engine.space.fingerprint()) {
-                engine.index().remove(id);
-            }
+            engine.apply(&inserted, outcome.orphaned_in(engine.space.fingerprint()));
             counters.resume(PauseKind::DiskFull);
             counters.embedded.fetch_add(new, Ordering::Relaxed);
             counters.reused.fetch_add(reused, Ordering::Relaxed);
@@ -892,9 +891,7 @@ fn apply(engine: &Engine, op: Op) -> bool {
     };
     match removal {
         Ok(r) => {
-            for id in r.orphaned_in(engine.space.fingerprint()) {
-                engine.index().remove(id);
-            }
+            engine.apply(&[], r.orphaned_in(engine.space.fingerprint()));
             r.paths > 0
         }
         Err(e) => {

@@ -182,6 +182,8 @@ pub struct ClassifyQuery {
 /// One search result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hit {
+    /// The daemon whose file it is (its `node` name).
+    pub node: String,
     /// The indexed file (converted lossily to UTF-8 on the wire).
     pub path: PathBuf,
     /// Cosine similarity, in [-1, 1].
@@ -257,6 +259,25 @@ pub struct StatusSnapshot {
     pub reused_vectors: u64,
     /// Why indexing is paused (empty while it runs).
     pub ingest_error: String,
+    /// This daemon's node name.
+    pub node: String,
+    /// `sled` or `postgres`.
+    pub store: String,
+    /// The PostgreSQL store's primary (`user@host:port/db`, no password).
+    pub database: String,
+    /// PostgreSQL hot standbys and whether each serves searches.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// A standby as Status shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaStatus {
+    pub target: String,
+    pub serving: bool,
+    /// Replay lag behind the primary in milliseconds; -1 when unknown.
+    pub lag_ms: i64,
+    /// Why it serves no searches; empty when it does.
+    pub error: String,
 }
 
 /// A watched folder.
@@ -329,16 +350,33 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 /// Truncate and filter (limit, min_score, prefix) before calling it, so the
 /// probabilities are over exactly the hits returned.
 pub fn rank_hits(scored: Vec<(PathBuf, f32)>, logit_scale: f32) -> Vec<Hit> {
+    rank_hits_on(
+        scored
+            .into_iter()
+            .map(|(p, s)| (String::new(), p, s))
+            .collect(),
+        logit_scale,
+    )
+}
+
+/// [`rank_hits`] for hits on named nodes (`(node, path, score)`): equal
+/// scores and paths are ordered by node.
+pub fn rank_hits_on(scored: Vec<(String, PathBuf, f32)>, logit_scale: f32) -> Vec<Hit> {
     let mut scored = scored;
-    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    scored.sort_by(|a, b| {
+        b.2.total_cmp(&a.2)
+            .then_with(|| a.1.cmp(&b.1))
+            .then_with(|| a.0.cmp(&b.0))
+    });
     let scale = logit_scale.exp();
-    let logits: Vec<f32> = scored.iter().map(|(_, s)| s * scale).collect();
+    let logits: Vec<f32> = scored.iter().map(|(_, _, s)| s * scale).collect();
     let probabilities = softmax(&logits);
     scored
         .into_iter()
         .zip(logits)
         .zip(probabilities)
-        .map(|(((path, score), logit), probability)| Hit {
+        .map(|(((node, path, score), logit), probability)| Hit {
+            node,
             path,
             score,
             logit,

@@ -486,6 +486,7 @@ pub(crate) fn search_response(hits: Vec<Hit>) -> proto::SearchResponse {
                 height: h.info.height,
                 size_bytes: h.info.size_bytes,
                 taken_from: h.info.taken_from.to_owned(),
+                node: h.node,
             })
             .collect(),
     }
@@ -528,6 +529,19 @@ pub(crate) fn status_response(s: StatusSnapshot) -> proto::StatusResponse {
         embedded_images: s.embedded_images,
         reused_vectors: s.reused_vectors,
         ingest_error: s.ingest_error,
+        node: s.node,
+        store: s.store,
+        database: s.database,
+        replicas: s
+            .replicas
+            .into_iter()
+            .map(|r| proto::Replica {
+                database: r.target,
+                serving: r.serving,
+                lag_ms: r.lag_ms,
+                error: r.error,
+            })
+            .collect(),
     }
 }
 
@@ -826,6 +840,7 @@ mod tests {
     #[test]
     fn responses_carry_every_field() {
         let hits = search_response(vec![Hit {
+            node: "photos-1".into(),
             path: "/p/a.jpg".into(),
             score: 0.3,
             logit: 30.0,
@@ -850,6 +865,7 @@ mod tests {
                 height: 480,
                 size_bytes: 12_345,
                 taken_from: "exif".into(),
+                node: "photos-1".into(),
             }]
         );
 

@@ -10,7 +10,7 @@ use super::{ContentHash, FileRecord};
 
 /// Tree names. Space trees are named by a small number, not the fingerprint,
 /// so fingerprints may hold any characters and a dropped space's number is
-/// never reused (a stale `Space` handle cannot alias a new space).
+/// never reused (a stale `SledSpace` handle cannot alias a new space).
 pub(super) const TREE_META: &str = "meta";
 pub(super) const TREE_FILES: &str = "files";
 pub(super) const TREE_HASH_PATHS: &str = "hash_paths";

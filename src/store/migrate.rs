@@ -15,7 +15,7 @@ const PROGRESS_EVERY: u64 = 100_000;
 
 pub(super) fn vectors_out_of_sled<'a>(
     inner: &Inner,
-    spaces: impl Iterator<Item = &'a Space>,
+    spaces: impl Iterator<Item = &'a SledSpace>,
 ) -> Result<()> {
     tracing::info!(dir = %inner.dir.display(), "store schema 1: moving vectors out of sled (once)");
     for s in spaces {

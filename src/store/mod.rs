@@ -7,7 +7,7 @@
 //! *and flushed*: a batch's new vectors are written and fsynced to the segment
 //! first, then the sled transaction that names them commits, and every method
 //! that writes returns only after `Db::flush` (fsync). All methods block: from
-//! async code, call them through `tokio::task::spawn_blocking` (a [`Store`] is
+//! async code, call them through `tokio::task::spawn_blocking` (a [`SledStore`] is
 //! a cheap `Clone`).
 //!
 //! # Layout (see `codec.rs` for the bytes)
@@ -17,12 +17,12 @@
 //!   see that the last path of a content is gone).
 //! - `failures`: path → [`FailureRecord`] (JSON); `roots`: root → offline flag.
 //! - `spaces`: fingerprint → `{no, dim}`; each space owns `space/{no}/hash_id`,
-//!   `space/{no}/vectors`, `space/{no}/meta` (see [`Space`]) and the file
+//!   `space/{no}/vectors`, `space/{no}/meta` (see [`SledSpace`]) and the file
 //!   `segments/{no}.vec`. Models never share a tree or a file, so two models'
 //!   vectors cannot mix.
 //! - `meta`: schema version, active space, counters.
 //!
-//! Schema 1 kept the vectors inside sled; [`Store::open`] moves them out
+//! Schema 1 kept the vectors inside sled; [`SledStore::open`] moves them out
 //! (`migrate.rs`), resumably, before anything else reads the store.
 //!
 //! # Transactions and counters
@@ -31,7 +31,7 @@
 //! space. Counters (`file_count`, `failure_count`, per space `vectors` and
 //! `paths`) are persisted and updated inside the same transactions, so they are
 //! O(1) to read, exact after a crash, and opening costs no scan whatever the
-//! library size. [`Store::verify`] recounts everything (an fsck, for tests and
+//! library size. [`SledStore::verify`] recounts everything (an fsck, for tests and
 //! operators). sled serialises transactions behind one global lock, so there is
 //! no lost update; the store expects one writer task anyway.
 //!
@@ -45,14 +45,16 @@
 //! on update; issues #1484, #1374): a library's store can take several times
 //! its logical size, more after heavy churn. Per file the logical data is about
 //! 56 B record + 2×(32 B + path) links, plus per content one vector (4·dim +
-//! 32 B, ~2.1 KB at 512-d). [`Store::size_on_disk`] reports the real figure,
+//! 32 B, ~2.1 KB at 512-d). [`SledStore::size_on_disk`] reports the real figure,
 //! and `dualsight-bench`'s store fill measures it (BENCHMARKS.md, "4. Restart
 //! and memory"); expect more after heavy churn, until sled's segment cleaner
 //! catches up.
 
+mod backend;
 mod codec;
 mod migrate;
 mod paths;
+pub mod pg;
 mod records;
 mod segment;
 mod space;
@@ -71,13 +73,15 @@ use sled::transaction::{
     TransactionalTree,
 };
 
+pub use backend::{Rows, Space, Store};
+use backend::{check_space_args, check_vector};
 use codec::*;
 pub use paths::path_str;
 use paths::*;
 pub use records::*;
 use segment::Segment;
 pub use segment::SegmentError;
-pub use space::{MIN_NORM, Space, StoredVector};
+pub use space::{MIN_NORM, SledSpace, StoredVector};
 use transaction::*;
 
 /// On-disk layout version, in `meta`. A store written by a newer dualsight is
@@ -150,6 +154,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store: {0}")]
     Segment(#[from] SegmentError),
+    #[error(transparent)]
+    Postgres(#[from] pg::PgError),
     #[error("{}: {what}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -162,7 +168,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Handle on the open store. Clones share one database.
 #[derive(Clone)]
-pub struct Store {
+pub struct SledStore {
     inner: Arc<Inner>,
 }
 
@@ -179,25 +185,25 @@ struct Inner {
     /// Open spaces by fingerprint. Every write transaction holds the read side
     /// for its whole run, because it spans every space's trees (the set must
     /// not change under it); creating or dropping a space takes the write side.
-    spaces: RwLock<BTreeMap<String, Space>>,
+    spaces: RwLock<BTreeMap<String, SledSpace>>,
     /// Held by every write from before it assigns vector ids until its
     /// transaction is flushed: ids are dense in the segment only if no two
     /// batches assign them at once.
     writer: Mutex<()>,
 }
 
-impl fmt::Debug for Store {
+impl fmt::Debug for SledStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store")
+        f.debug_struct("SledStore")
             .field("dir", &self.inner.dir)
             .finish()
     }
 }
 
-impl Store {
+impl SledStore {
     /// Opens (creating if needed) the store in `dir`. Fails clearly when
     /// another process holds it or when it was written by a newer schema.
-    pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
+    pub fn open(dir: impl AsRef<Path>) -> Result<SledStore> {
         let dir = dir.as_ref().to_path_buf();
         let db = sled::Config::new()
             .path(&dir)
@@ -285,7 +291,7 @@ impl Store {
         }
         inner.spaces = RwLock::new(spaces);
         inner.db.flush()?;
-        Ok(Store {
+        Ok(SledStore {
             inner: Arc::new(inner),
         })
     }
@@ -330,19 +336,8 @@ impl Store {
     /// Opens the space of a model, creating it (empty, not active) when new.
     /// A space that exists with another dimension is an error: a different
     /// model must have a different fingerprint.
-    pub fn space(&self, fingerprint: &str, dim: usize) -> Result<Space> {
-        if fingerprint.is_empty() || fingerprint.len() > 1024 {
-            return Err(StoreError::InvalidSpace(
-                fingerprint.into(),
-                "fingerprint must be 1..=1024 bytes",
-            ));
-        }
-        if !(1..=65536).contains(&dim) {
-            return Err(StoreError::InvalidSpace(
-                fingerprint.into(),
-                "dimension must be 1..=65536",
-            ));
-        }
+    pub fn space(&self, fingerprint: &str, dim: usize) -> Result<SledSpace> {
+        check_space_args(fingerprint, dim)?;
         let inner = &self.inner;
         let mut spaces = inner.spaces.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(s) = spaces.get(fingerprint) {
@@ -412,7 +407,7 @@ impl Store {
     }
 
     /// The space searches are served from, if one was set.
-    pub fn active_space(&self) -> Result<Option<Space>> {
+    pub fn active_space(&self) -> Result<Option<SledSpace>> {
         let Some(fp) = self.active_fingerprint()? else {
             return Ok(None);
         };
@@ -433,7 +428,7 @@ impl Store {
     }
 
     /// Deletes a space and all its vectors; false when there is none. The
-    /// active space cannot be dropped. `Space` handles on it go stale.
+    /// active space cannot be dropped. `SledSpace` handles on it go stale.
     pub fn drop_space(&self, fingerprint: &str) -> Result<bool> {
         let inner = &self.inner;
         let mut spaces = inner.spaces.write().unwrap_or_else(PoisonError::into_inner);
@@ -476,7 +471,7 @@ impl Store {
     /// applied in order; a path may change content (its old content may be
     /// orphaned), and several paths may share content (one vector: a second
     /// `New` vector for a hash already in the space is ignored).
-    pub fn commit(&self, space: &Space, items: &[Commit]) -> Result<CommitOutcome> {
+    pub fn commit(&self, space: &SledSpace, items: &[Commit]) -> Result<CommitOutcome> {
         for it in items {
             check_path(&it.path)?;
             if let Embedding::New(v) = &it.embedding {
@@ -568,7 +563,7 @@ impl Store {
     /// Forgets vectors whose segment records are damaged. Their files keep
     /// their records but have no vector in the space any more, so the next
     /// scan embeds them again. Returns how many were forgotten.
-    pub fn forget_vectors(&self, space: &Space, ids: &[u64]) -> Result<u64> {
+    pub fn forget_vectors(&self, space: &SledSpace, ids: &[u64]) -> Result<u64> {
         let writer = self.lock_writer(space)?;
         self.write_locked(&writer, |tx| {
             let i = tx.space_index(space)?;
@@ -585,7 +580,7 @@ impl Store {
 
     /// Reads every vector of `space` and returns the ids whose records are
     /// damaged (checksum, id or hash wrong, or cut off): O(space).
-    pub fn damaged_vectors(&self, space: &Space) -> Result<Vec<u64>> {
+    pub fn damaged_vectors(&self, space: &SledSpace) -> Result<Vec<u64>> {
         let mut damaged = Vec::new();
         for v in space.iter_vectors_from(0) {
             match v {
@@ -609,7 +604,7 @@ impl Store {
         self.remove_prefix_if(dir, |_| true)
     }
 
-    /// [`Store::remove_prefix`] for the paths `forget` agrees to.
+    /// [`SledStore::remove_prefix`] for the paths `forget` agrees to.
     pub fn remove_prefix_if(&self, dir: &str, forget: impl Fn(&str) -> bool) -> Result<Removal> {
         let mut paths = self.paths_under(dir)?;
         paths.retain(|p| forget(p));
@@ -659,7 +654,7 @@ impl Store {
         .inspect(|r| self.release(&r.orphaned))
     }
 
-    /// [`Store::rename`] for every path under a folder that moved. Atomic per
+    /// [`SledStore::rename`] for every path under a folder that moved. Atomic per
     /// chunk of [`CHUNK`] paths.
     pub fn rename_prefix(&self, old_dir: &str, new_dir: &str) -> Result<Removal> {
         let old_dir = trim_dir(old_dir);
@@ -787,7 +782,7 @@ impl Store {
         }
     }
 
-    pub fn vector_count(&self, space: &Space) -> Result<u64> {
+    pub fn vector_count(&self, space: &SledSpace) -> Result<u64> {
         space.vector_count()
     }
 
@@ -834,7 +829,7 @@ impl Store {
     // ---- internals ----------------------------------------------------------
 
     /// The writer lock, for a write to `space`, which must still be open.
-    fn lock_writer(&self, space: &Space) -> Result<std::sync::MutexGuard<'_, ()>> {
+    fn lock_writer(&self, space: &SledSpace) -> Result<std::sync::MutexGuard<'_, ()>> {
         let writer = self
             .inner
             .writer
@@ -847,7 +842,7 @@ impl Store {
     }
 
     /// Whether `space` is still one of the store's (not dropped since).
-    fn is_open(&self, space: &Space) -> bool {
+    fn is_open(&self, space: &SledSpace) -> bool {
         let spaces = self.inner.read_spaces();
         spaces
             .get(space.fingerprint())
@@ -894,14 +889,20 @@ impl Store {
 
 impl Inner {
     /// The open spaces, for reading (see the field's docs on who writes).
-    fn read_spaces(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Space>> {
+    fn read_spaces(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, SledSpace>> {
         self.spaces.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Opens a space's trees and its segment, cutting the segment to the
     /// last id sled committed. `report` is false while migrating, when the
     /// segment is still being filled.
-    fn open_space(&self, fingerprint: &str, no: u64, dim: usize, report: bool) -> Result<Space> {
+    fn open_space(
+        &self,
+        fingerprint: &str,
+        no: u64,
+        dim: usize,
+        report: bool,
+    ) -> Result<SledSpace> {
         let tree = |kind| self.db.open_tree(space_tree_name(no, kind));
         let meta = tree("meta")?;
         let last_id = match meta.get(SPACE_LAST_ID)? {
@@ -924,7 +925,7 @@ impl Inner {
                 "the segment is shorter than the store: these vectors read as damaged"
             );
         }
-        Ok(Space {
+        Ok(SledSpace {
             fingerprint: fingerprint.into(),
             dim,
             no,

@@ -1,5 +1,5 @@
 //! A vector space: the embeddings of one model (fingerprint + dimension).
-//! Reads only; every write goes through [`Store`](super::Store) so it can be
+//! Reads only; every write goes through [`SledStore`](super::SledStore) so it can be
 //! one transaction with the file records and counters.
 
 use std::fmt;
@@ -22,7 +22,7 @@ pub const MIN_NORM: f32 = 1e-6;
 /// which ids are live), `meta` (`last_id`, `vectors`, `paths` counters, u64
 /// BE). The f32 payloads are in the segment file (`segment.rs`).
 #[derive(Clone)]
-pub struct Space {
+pub struct SledSpace {
     pub(super) fingerprint: Arc<str>,
     pub(super) dim: usize,
     /// Number in the tree names (`space/{no}/...`); never reused.
@@ -30,7 +30,7 @@ pub struct Space {
     pub(super) hash_id: Tree,
     pub(super) vectors: Tree,
     pub(super) meta: Tree,
-    /// The store's `hash_paths` tree, for [`Space::paths_for_vector`].
+    /// The store's `hash_paths` tree, for [`SledSpace::paths_for_vector`].
     pub(super) hash_paths: Tree,
     pub(super) segment: Arc<Segment>,
 }
@@ -43,9 +43,9 @@ pub struct StoredVector {
     pub vector: Vec<f32>,
 }
 
-impl fmt::Debug for Space {
+impl fmt::Debug for SledSpace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Space")
+        f.debug_struct("SledSpace")
             .field("fingerprint", &self.fingerprint)
             .field("dim", &self.dim)
             .field("no", &self.no)
@@ -53,7 +53,7 @@ impl fmt::Debug for Space {
     }
 }
 
-impl Space {
+impl SledSpace {
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
@@ -64,31 +64,9 @@ impl Space {
 
     /// Refuses what must never enter the space: another model's dimension,
     /// NaN/inf components, a (near-)zero vector. Callers may check early;
-    /// [`Store::commit`](super::Store::commit) checks again.
+    /// [`SledStore::commit`](super::SledStore::commit) checks again.
     pub fn check_vector(&self, v: &[f32]) -> Result<()> {
-        if v.len() != self.dim {
-            return Err(StoreError::Dimension {
-                fingerprint: self.fingerprint.to_string(),
-                expected: self.dim,
-                got: v.len(),
-            });
-        }
-        let invalid = |reason| StoreError::InvalidVector {
-            fingerprint: self.fingerprint.to_string(),
-            reason,
-        };
-        if v.iter().any(|x| !x.is_finite()) {
-            return Err(invalid("NaN or infinite component"));
-        }
-        let norm = v
-            .iter()
-            .map(|&x| f64::from(x) * f64::from(x))
-            .sum::<f64>()
-            .sqrt();
-        if norm < f64::from(MIN_NORM) {
-            return Err(invalid("zero norm"));
-        }
-        Ok(())
+        super::check_vector(&self.fingerprint, self.dim, v)
     }
 
     pub fn vector_id_for_hash(&self, hash: &ContentHash) -> Result<Option<u64>> {

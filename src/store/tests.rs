@@ -5,9 +5,9 @@ use tempfile::TempDir;
 
 const FP: &str = "model-a";
 
-fn open() -> (TempDir, Store) {
+fn open() -> (TempDir, SledStore) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("db")).unwrap();
+    let store = SledStore::open(dir.path().join("db")).unwrap();
     (dir, store)
 }
 
@@ -15,10 +15,10 @@ fn open() -> (TempDir, Store) {
 /// dropped: sled's flusher thread can hold the directory's lock a moment
 /// longer, so `Locked` is retried for up to 5 s (another process would hold
 /// it for good, and the test would still fail).
-fn reopen(path: &std::path::Path) -> Store {
+fn reopen(path: &std::path::Path) -> SledStore {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        match Store::open(path) {
+        match SledStore::open(path) {
             Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
@@ -131,7 +131,7 @@ fn commit_flush_reopen_keeps_everything() {
 #[test]
 fn second_open_is_refused_clearly() {
     let (dir, _store) = open();
-    let err = Store::open(dir.path().join("db")).unwrap_err();
+    let err = SledStore::open(dir.path().join("db")).unwrap_err();
     assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
@@ -153,7 +153,7 @@ fn newer_schema_is_refused_naming_the_dir() {
             .unwrap();
         store.flush().unwrap();
     }
-    let err = Store::open(&path).unwrap_err();
+    let err = SledStore::open(&path).unwrap_err();
     assert!(matches!(err, StoreError::NewerSchema { .. }), "{err:?}");
     assert!(
         err.to_string().starts_with(&path.display().to_string()),

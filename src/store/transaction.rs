@@ -1,10 +1,10 @@
 //! The transaction view: every write is one sled transaction over all the
-//! trees (every space's too), through [`Store::write`]; [`Tx`] holds the
+//! trees (every space's too), through [`SledStore::write`]; [`Tx`] holds the
 //! steps writes are made of, keeping the persisted counters exact.
 
 use super::*;
 
-impl Store {
+impl SledStore {
     /// Runs `f` as one transaction over every tree (all spaces included), then
     /// flushes. `f` may run more than once (sled retries on conflict): it must
     /// only touch the transaction and its own locals.
@@ -17,7 +17,7 @@ impl Store {
         self.write_locked(&writer, f)
     }
 
-    /// [`Store::write`] for a caller that already holds the writer lock.
+    /// [`SledStore::write`] for a caller that already holds the writer lock.
     pub(super) fn write_locked<A>(
         &self,
         _writer: &std::sync::MutexGuard<'_, ()>,
@@ -25,7 +25,7 @@ impl Store {
     ) -> Result<A> {
         let inner = &self.inner;
         let guard = inner.read_spaces();
-        let spaces: Vec<Space> = guard.values().cloned().collect();
+        let spaces: Vec<SledSpace> = guard.values().cloned().collect();
         let mut trees: Vec<&Tree> = vec![
             &inner.files,
             &inner.hash_paths,
@@ -47,7 +47,7 @@ impl Store {
 
 pub(super) type TxResult<T> = ConflictableTransactionResult<T, StoreError>;
 
-/// Positions of the trees in the transaction (see [`Store::write`]).
+/// Positions of the trees in the transaction (see [`SledStore::write`]).
 pub(super) const T_FILES: usize = 0;
 
 pub(super) const T_HASH_PATHS: usize = 1;
@@ -70,7 +70,7 @@ pub(super) const S_META: usize = 2;
 /// counters consistent.
 pub(super) struct Tx<'a> {
     t: &'a [TransactionalTree],
-    spaces: &'a [Space],
+    spaces: &'a [SledSpace],
 }
 
 pub(super) fn corrupt<T>(msg: String) -> TxResult<T> {
@@ -84,7 +84,7 @@ impl Tx<'_> {
         &self.t[T_SPACES + 3 * i + which]
     }
 
-    pub(super) fn space_index(&self, space: &Space) -> TxResult<usize> {
+    pub(super) fn space_index(&self, space: &SledSpace) -> TxResult<usize> {
         match self.spaces.iter().position(|s| s.no == space.no) {
             Some(i) => Ok(i),
             None => Err(ConflictableTransactionError::Abort(StoreError::StaleSpace(

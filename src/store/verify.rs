@@ -1,9 +1,9 @@
-//! [`Store::verify`]: an fsck that recounts everything and checks every
+//! [`SledStore::verify`]: an fsck that recounts everything and checks every
 //! link, for tests and operators.
 
 use super::*;
 
-impl Store {
+impl SledStore {
     /// Recounts everything and checks every cross-tree link and counter: an
     /// fsck, O(library). Run it with no writer active. Err names the first
     /// inconsistency found.
@@ -63,7 +63,7 @@ impl Store {
                 refs.len()
             ));
         }
-        let spaces: Vec<Space> = inner.read_spaces().values().cloned().collect();
+        let spaces: Vec<SledSpace> = inner.read_spaces().values().cloned().collect();
         for s in &spaces {
             let (mut vectors, mut paths) = (0u64, 0u64);
             let last = s.last_vector_id()?;

@@ -1,0 +1,100 @@
+//! PostgreSQL's space as both halves of the search routine: pgvector's HNSW
+//! index gives the candidates, with their exact vectors in the same rows,
+//! and the files of every node holding them are read once per widening, the
+//! filters applied by the database (`store/pg/read.rs`).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+
+use super::search::{Candidates, Exact, Result, VectorSource};
+use super::{Filters, Found};
+use crate::store::ContentHash;
+use crate::store::pg::{Nearest, PgSpace, SearchFilters};
+
+/// One search's view of a PostgreSQL space.
+pub(super) struct PgSource<'a> {
+    space: &'a PgSpace,
+    filters: SearchFilters,
+    /// Candidates the index returned, by id.
+    seen: Mutex<BTreeMap<u64, Nearest>>,
+    /// Files holding each content the search asked about.
+    holders: Mutex<BTreeMap<ContentHash, Vec<Found>>>,
+}
+
+impl<'a> PgSource<'a> {
+    pub(super) fn new(space: &'a PgSpace, filters: &Filters) -> Self {
+        Self {
+            space,
+            filters: SearchFilters {
+                path_prefix: filters
+                    .path_prefix
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned()),
+                taken_after: filters.taken_after,
+                taken_before: filters.taken_before,
+            },
+            seen: Mutex::default(),
+            holders: Mutex::default(),
+        }
+    }
+}
+
+impl Candidates for PgSource<'_> {
+    /// The walk stops by itself when the space (or the filter) runs out, so
+    /// no count is needed to bound it.
+    fn live(&self) -> usize {
+        usize::MAX >> 8
+    }
+
+    fn candidates(&self, query: &[f32], n: usize) -> Result<Vec<u64>> {
+        let found = self.space.nearest(query, n, &self.filters)?;
+        let ids = found.iter().map(|v| v.id).collect();
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        for v in found {
+            seen.insert(v.id, v);
+        }
+        Ok(ids)
+    }
+}
+
+impl VectorSource for PgSource<'_> {
+    type Key = ContentHash;
+    type Item = Found;
+
+    fn vector(&self, id: u64) -> Result<Option<Exact<'_, ContentHash>>> {
+        let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(seen.get(&id).map(|v| Exact {
+            key: v.hash,
+            vector: Cow::Owned(v.vector.clone()),
+        }))
+    }
+
+    /// The first ask after a widening reads the holders of every candidate
+    /// not asked about yet, in one query.
+    fn items(&self, key: &ContentHash) -> Result<Vec<Found>> {
+        let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        if !holders.contains_key(key) {
+            let wanted: BTreeSet<ContentHash> = {
+                let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+                seen.values()
+                    .map(|v| v.hash)
+                    .filter(|h| !holders.contains_key(h))
+                    .chain(std::iter::once(*key))
+                    .collect()
+            };
+            let wanted: Vec<ContentHash> = wanted.into_iter().collect();
+            for h in &wanted {
+                holders.insert(*h, Vec::new());
+            }
+            for f in self.space.holders(&wanted, &self.filters)? {
+                holders.entry(f.hash).or_default().push(Found {
+                    node: Some(f.node),
+                    path: PathBuf::from(f.path),
+                });
+            }
+        }
+        Ok(holders.get(key).cloned().unwrap_or_default())
+    }
+}

@@ -1,0 +1,245 @@
+//! Connections to one PostgreSQL server: a small blocking pool, and the
+//! server's name as logs and Status may show it (never the password).
+
+use std::ops::{Deref, DerefMut};
+use std::str::FromStr;
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use postgres::config::Host;
+use postgres::{Client, Config, NoTls};
+
+use super::PgError;
+
+/// Connections one pool opens at most: searches, the committer and the
+/// scans share them, and a server's default `max_connections` is 100 for
+/// every daemon of the library together.
+const MAX_CONNECTIONS: usize = 8;
+
+pub(super) struct Pool {
+    config: Config,
+    /// `user@host:port/dbname`: what messages name.
+    target: String,
+    state: Mutex<State>,
+    freed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    idle: Vec<Client>,
+    open: usize,
+}
+
+impl Pool {
+    /// Parses a libpq-style URL or key=value string (`host=` may be a Unix
+    /// socket folder). Connects lazily.
+    pub(super) fn new(url: &str) -> Result<Self, PgError> {
+        let mut config = Config::from_str(url).map_err(|e| PgError::Url {
+            url: redact(url),
+            reason: e.to_string(),
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("dualsight");
+        }
+        Ok(Self {
+            target: describe(&config),
+            config,
+            state: Mutex::new(State::default()),
+            freed: Condvar::new(),
+        })
+    }
+
+    pub(super) fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// An idle connection, a new one, or (at [`MAX_CONNECTIONS`]) the next
+    /// one handed back.
+    pub(super) fn get(&self) -> Result<Conn<'_>, PgError> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(client) = state.idle.pop() {
+                if client.is_closed() {
+                    state.open -= 1;
+                    continue;
+                }
+                return Ok(Conn {
+                    pool: self,
+                    client: Some(client),
+                });
+            }
+            if state.open < MAX_CONNECTIONS {
+                state.open += 1;
+                drop(state);
+                return match self.config.connect(NoTls) {
+                    Ok(client) => Ok(Conn {
+                        pool: self,
+                        client: Some(client),
+                    }),
+                    Err(source) => {
+                        self.closed();
+                        Err(PgError::Connect {
+                            target: self.target.clone(),
+                            source,
+                        })
+                    }
+                };
+            }
+            state = self
+                .freed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Drops every idle connection (a server that went away, a reload).
+    pub(super) fn clear(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.open -= state.idle.len();
+        state.idle.clear();
+        self.freed.notify_all();
+    }
+
+    fn closed(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.open -= 1;
+        self.freed.notify_one();
+    }
+}
+
+/// A pooled connection; handed back on drop unless it broke.
+pub(super) struct Conn<'a> {
+    pool: &'a Pool,
+    client: Option<Client>,
+}
+
+impl Conn<'_> {
+    /// The server this connection is to, as messages show it.
+    pub(super) fn target(&self) -> &str {
+        self.pool.target()
+    }
+}
+
+impl Deref for Conn<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client.as_ref().expect("present until drop")
+    }
+}
+
+impl DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        if client.is_closed() {
+            self.pool.closed();
+            return;
+        }
+        let mut state = self
+            .pool
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        state.idle.push(client);
+        self.pool.freed.notify_one();
+    }
+}
+
+/// `user@host:port/dbname` of a parsed configuration: no password.
+fn describe(config: &Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(dir) => dir.display().to_string(),
+        })
+        .collect();
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{}@{}:{}/{}",
+        config.get_user().unwrap_or(""),
+        hosts.join(","),
+        port,
+        config.get_dbname().unwrap_or("")
+    )
+}
+
+/// A URL as messages may show it: the password of `scheme://user:pw@host`
+/// or of `password=...` replaced by `***`. Used before parsing succeeds,
+/// so it works on the raw text.
+pub fn redact(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..auth_end].rfind('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            return format!(
+                "{}{}:***{}",
+                &url[..scheme_end + 3],
+                &rest[..colon],
+                &rest[at..]
+            );
+        }
+        return match url.find("password=") {
+            Some(i) => redact_param(url, i, '&'),
+            None => url.to_owned(),
+        };
+    }
+    match url.find("password=") {
+        Some(i) => redact_param(url, i, ' '),
+        None => url.to_owned(),
+    }
+}
+
+fn redact_param(url: &str, at: usize, sep: char) -> String {
+    let value = at + "password=".len();
+    let end = url[value..].find(sep).map_or(url.len(), |e| value + e);
+    format!("{}***{}", &url[..value], &url[end..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        for (url, shown) in [
+            (
+                "postgres://ds:s3cret@db.example:5433/photos",
+                "postgres://ds:***@db.example:5433/photos",
+            ),
+            (
+                "postgresql://ds@db/photos?password=s3cret&sslmode=disable",
+                "postgresql://ds@db/photos?password=***&sslmode=disable",
+            ),
+            (
+                "host=/run/pg user=ds password=s3cret dbname=photos",
+                "host=/run/pg user=ds password=*** dbname=photos",
+            ),
+            (
+                "postgres:///photos?host=/tmp/pg",
+                "postgres:///photos?host=/tmp/pg",
+            ),
+        ] {
+            assert_eq!(redact(url), shown);
+        }
+        let pool = Pool::new("postgres://ds:s3cret@db.example:5433/photos").unwrap();
+        assert_eq!(pool.target(), "ds@db.example:5433/photos");
+        let bad = Pool::new("postgres://ds:s3cret@db:notaport/x")
+            .err()
+            .unwrap();
+        assert!(!bad.to_string().contains("s3cret"), "{bad}");
+    }
+}

@@ -1,0 +1,206 @@
+//! What searches read: a space's nearest vectors through its pgvector HNSW
+//! index, and the files of every node holding them. Both run on a healthy
+//! standby when one is configured, else on the primary.
+//!
+//! Filters go into the SQL with pgvector's iterative index scans
+//! (`hnsw.iterative_scan`), so a selective filter walks on until enough
+//! vectors pass instead of stopping at `ef_search` rows; when the walk still
+//! ends short (`hnsw.max_scan_tuples`), the same query runs without the
+//! index, exactly. A filter therefore never returns fewer hits than exist.
+
+use pgvector::Vector;
+use postgres::types::ToSql;
+
+use super::super::{ContentHash, Result};
+use super::pool::Conn;
+use super::{PathRange, PgSpace, PgStore, hash_of, q};
+
+pub use super::replicas::ReplicaState;
+
+/// Filters on the files holding a vector (any node's).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SearchFilters {
+    /// Only files under this folder (whole components).
+    pub path_prefix: Option<String>,
+    /// Only photos taken at or after / at or before (Unix seconds).
+    pub taken_after: Option<i64>,
+    pub taken_before: Option<i64>,
+}
+
+impl SearchFilters {
+    fn is_empty(&self) -> bool {
+        self.path_prefix.is_none() && self.taken_after.is_none() && self.taken_before.is_none()
+    }
+}
+
+/// A candidate: its id, content and exact vector.
+#[derive(Debug, Clone)]
+pub struct Nearest {
+    pub id: u64,
+    pub hash: ContentHash,
+    pub vector: Vec<f32>,
+}
+
+/// A file holding a candidate's content.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub hash: ContentHash,
+    pub node: String,
+    pub path: String,
+}
+
+/// The SQL condition on `files f` for a filter, with its parameters
+/// numbered from `first`.
+fn file_condition(filters: &SearchFilters, first: usize) -> (String, Vec<Box<dyn ToSql + Sync>>) {
+    let mut sql = String::from("TRUE");
+    let mut params: Vec<Box<dyn ToSql + Sync>> = Vec::new();
+    let next = |p: Box<dyn ToSql + Sync>, params: &mut Vec<Box<dyn ToSql + Sync>>| {
+        params.push(p);
+        format!("${}", first + params.len() - 1)
+    };
+    if let Some(prefix) = &filters.path_prefix {
+        let r = PathRange::under(prefix);
+        let (a, b, c) = (
+            next(Box::new(r.exact), &mut params),
+            next(Box::new(r.from), &mut params),
+            next(Box::new(r.to), &mut params),
+        );
+        sql.push_str(&format!(
+            " AND (f.path = {a} OR (f.path >= {b} AND f.path < {c}))"
+        ));
+    }
+    if let Some(t) = filters.taken_after {
+        let a = next(Box::new(t), &mut params);
+        sql.push_str(&format!(" AND f.taken_at >= {a}"));
+    }
+    if let Some(t) = filters.taken_before {
+        let a = next(Box::new(t), &mut params);
+        sql.push_str(&format!(" AND f.taken_at <= {a}"));
+    }
+    (sql, params)
+}
+
+impl PgSpace {
+    /// Up to `n` vectors nearest to `query` by cosine distance, roughly best
+    /// first, of contents some file passing `filters` holds.
+    pub fn nearest(
+        &self,
+        query: &[f32],
+        n: usize,
+        filters: &SearchFilters,
+    ) -> Result<Vec<Nearest>> {
+        let found = self.nearest_by(query, n, filters, false)?;
+        if found.len() >= n {
+            return Ok(found);
+        }
+        // Fewer than asked: either that is all there is, or the index walk
+        // gave up (max_scan_tuples) before the filter let enough through.
+        self.nearest_by(query, n, filters, true)
+    }
+
+    fn nearest_by(
+        &self,
+        query: &[f32],
+        n: usize,
+        filters: &SearchFilters,
+        exact: bool,
+    ) -> Result<Vec<Nearest>> {
+        let (cond, extra) = file_condition(filters, 3);
+        let filter = if filters.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE EXISTS (SELECT 1 FROM files f WHERE f.hash = v.hash AND {cond})")
+        };
+        let sql = format!(
+            "SELECT v.id, v.hash, v.embedding FROM {} v {filter}
+             ORDER BY v.embedding <=> $1 LIMIT $2",
+            self.table()
+        );
+        // ef_search bounds what one walk returns: at least the page asked
+        // for, within pgvector's limit.
+        let ef = n.clamp(40, 1000);
+        let settings = if exact {
+            "SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off;".to_owned()
+        } else {
+            format!(
+                "SET LOCAL hnsw.ef_search = {ef}; SET LOCAL hnsw.iterative_scan = relaxed_order;"
+            )
+        };
+        let v = Vector::from(query.to_vec());
+        let limit = n as i64;
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&v, &limit];
+        params.extend(extra.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)));
+        let rows = self.store().read("searching vectors", |c| {
+            let mut tx = c.build_transaction().read_only(true).start()?;
+            tx.batch_execute(&settings)?;
+            let rows = tx.query(&sql, &params)?;
+            tx.commit()?;
+            Ok(rows)
+        })?;
+        rows.iter()
+            .map(|r| {
+                let id = r.get::<_, i64>(0) as u64;
+                Ok(Nearest {
+                    id,
+                    hash: hash_of(r.get(1), &format!("vector {id}"))?,
+                    vector: r.get::<_, Vector>(2).to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    /// The files of any node holding these contents that pass `filters`,
+    /// by node and path.
+    pub fn holders(&self, hashes: &[ContentHash], filters: &SearchFilters) -> Result<Vec<Holder>> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (cond, extra) = file_condition(filters, 2);
+        let sql = format!(
+            "SELECT f.hash, f.node, f.path FROM files f WHERE f.hash = ANY($1) AND {cond}
+             ORDER BY f.node, f.path"
+        );
+        let keys: Vec<&[u8]> = hashes.iter().map(|h| &h.0[..]).collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&keys];
+        params.extend(extra.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)));
+        let rows = self
+            .store()
+            .read("reading the files of hits", |c| c.query(&sql, &params))?;
+        rows.iter()
+            .map(|r| {
+                Ok(Holder {
+                    hash: hash_of(r.get(0), "files")?,
+                    node: r.get(1),
+                    path: r.get(2),
+                })
+            })
+            .collect()
+    }
+}
+
+impl PgStore {
+    /// Runs a read on a healthy standby, else (or when it breaks there) on
+    /// the primary.
+    fn read<T>(
+        &self,
+        what: &'static str,
+        mut f: impl FnMut(&mut Conn<'_>) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
+        let inner = &self.inner;
+        if let Some(mut c) = inner.replicas.pick(&inner.primary) {
+            // Any failure there (gone, or a query cancelled by replay) is the
+            // standby's: the primary answers this one.
+            match f(&mut c) {
+                Ok(v) => return Ok(v),
+                Err(e) => inner.replicas.failed_on(c.target(), &e.to_string()),
+            }
+        }
+        let mut c = inner.primary.get()?;
+        f(&mut c).map_err(q(what))
+    }
+
+    /// The standbys and whether each serves searches now.
+    pub fn replicas(&self) -> Vec<ReplicaState> {
+        self.inner.replicas.states()
+    }
+}
