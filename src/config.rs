@@ -510,7 +510,7 @@ impl Settings {
 }
 
 /// The machine's host name (the default node name), "localhost" if unknown.
-fn host_name() -> String {
+pub fn host_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
     // within it or truncates.

@@ -1140,6 +1140,15 @@ mod tests {
             embedded_images: 7,
             reused_vectors: 2,
             ingest_error: "indexing paused: /data has 3 MiB free".into(),
+            node: "photos-1".into(),
+            store: "postgres".into(),
+            database: "ds@db:5432/photos".into(),
+            replicas: vec![proto::Replica {
+                database: "ds@standby:5432/photos".into(),
+                serving: false,
+                lag_ms: -1,
+                error: "connection refused".into(),
+            }],
         };
         let text = status_text(&s);
         for expected in [
@@ -1150,6 +1159,9 @@ mod tests {
             "  online   /photos\n",
             "  offline  /mnt/nas\n",
             "ingest error:    indexing paused: /data has 3 MiB free\n",
+            "node:            photos-1\n",
+            "store:           postgres (ds@db:5432/photos)\n",
+            "  standby ds@standby:5432/photos: left out: connection refused\n",
         ] {
             assert!(text.contains(expected), "{expected:?} in\n{text}");
         }

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod fsck;
+pub mod migrate;
 pub mod model_cmds;
 pub mod serve;
 pub mod train;
@@ -47,6 +48,8 @@ pub enum Command {
     Fsck(fsck::FsckArgs),
     /// List files a running daemon could not index.
     Failures(client::FailuresArgs),
+    /// Copy a stopped daemon's sled store into PostgreSQL (no re-embedding; resumable).
+    Migrate(migrate::MigrateArgs),
 }
 
 /// Runs the parsed command; errors are printed by `main` as one line.
@@ -58,6 +61,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Init(a) => model_cmds::init(a)?,
         Command::Train(a) => train::run(a)?,
         Command::Fsck(a) => fsck::run(a)?,
+        Command::Migrate(a) => migrate::run(a)?,
         Command::Serve(a) => serve::serve(a)?,
         Command::Search(a) => client_runtime()?.block_on(client::search(a))?,
         Command::Status(a) => client_runtime()?.block_on(client::status(a))?,

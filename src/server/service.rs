@@ -584,7 +584,7 @@ pub(crate) fn failures_response(list: FailureList) -> proto::ListFailuresRespons
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::port::{FailureRecord, HitInfo, RootStatus};
+    use crate::server::port::{FailureRecord, HitInfo, ReplicaStatus, RootStatus};
 
     fn cfg() -> ServerConfig {
         ServerConfig::default()
@@ -887,6 +887,15 @@ mod tests {
             embedded_images: 5,
             reused_vectors: 6,
             ingest_error: "indexing paused: disk full".into(),
+            node: "photos-1".into(),
+            store: "postgres".into(),
+            database: "ds@db:5432/photos".into(),
+            replicas: vec![ReplicaStatus {
+                target: "ds@standby:5432/photos".into(),
+                serving: false,
+                lag_ms: 7000,
+                error: "replay lags".into(),
+            }],
         });
         assert_eq!(
             status,
@@ -908,6 +917,15 @@ mod tests {
                 embedded_images: 5,
                 reused_vectors: 6,
                 ingest_error: "indexing paused: disk full".into(),
+                node: "photos-1".into(),
+                store: "postgres".into(),
+                database: "ds@db:5432/photos".into(),
+                replicas: vec![proto::Replica {
+                    database: "ds@standby:5432/photos".into(),
+                    serving: false,
+                    lag_ms: 7000,
+                    error: "replay lags".into(),
+                }],
             }
         );
 

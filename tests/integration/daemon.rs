@@ -1194,7 +1194,7 @@ fn stop_and_fsck(d: &mut Daemon) {
 /// runs as root). Elsewhere such a test fails loudly unless
 /// DUALSIGHT_SKIP_ROOT is set; then it says it did not run.
 pub(crate) fn is_root(what: &str) -> bool {
-    if Command::new("id").arg("-u").output().unwrap().stdout == b"0\n" {
+    if is_root_quiet() {
         return true;
     }
     assert!(
@@ -1205,8 +1205,13 @@ pub(crate) fn is_root(what: &str) -> bool {
     false
 }
 
+/// Whether the tests run as root.
+pub(crate) fn is_root_quiet() -> bool {
+    Command::new("id").arg("-u").output().unwrap().stdout == b"0\n"
+}
+
 /// The fashion training photos, in name order (distinct contents).
-fn fashion_photos() -> Vec<PathBuf> {
+pub(crate) fn fashion_photos() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = walkdir::WalkDir::new(fixtures().join("fashion/train"))
         .into_iter()
         .map(|e| e.unwrap().into_path())

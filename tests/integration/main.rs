@@ -10,6 +10,8 @@ mod library;
 mod model;
 mod ops;
 mod page;
+mod pg_server;
+mod postgres;
 mod store;
 mod train;
 mod unit;

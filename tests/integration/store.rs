@@ -44,7 +44,7 @@ fn a_schema_1_store_is_migrated_with_every_vector_intact() {
     let dir = tmp.path().join("store");
     copy_dir(&fixtures().join("store-v1/data/store"), &dir);
     let store = Store::open(&dir).unwrap();
-    store.verify().unwrap();
+    store.as_sled().unwrap().verify().unwrap();
     assert_eq!(store.file_count().unwrap(), 7);
     assert_eq!(store.indexed_file_count().unwrap(), 7);
     let space = store.active_space().unwrap().unwrap();
@@ -84,7 +84,7 @@ fn a_schema_1_store_is_migrated_with_every_vector_intact() {
             r => break r.unwrap(),
         }
     };
-    store.verify().unwrap();
+    store.as_sled().unwrap().verify().unwrap();
     let space = store.active_space().unwrap().unwrap();
     assert_eq!(space.iter_vectors_from(0).count(), 6);
     assert!(dir.join("segments/1.vec").is_file());

@@ -11,6 +11,7 @@
 //! nodes meet only on shared contents, which `write.rs` locks in one order.
 //! The schema is in `migrations/`, applied by `schema.rs` at open.
 
+mod import;
 mod pool;
 mod read;
 mod replicas;

@@ -64,6 +64,7 @@ impl Pool {
             if let Some(client) = state.idle.pop() {
                 if client.is_closed() {
                     state.open -= 1;
+                    discard(client);
                     continue;
                 }
                 return Ok(Conn {
@@ -97,10 +98,13 @@ impl Pool {
 
     /// Drops every idle connection (a server that went away, a reload).
     pub(super) fn clear(&self) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.open -= state.idle.len();
-        state.idle.clear();
-        self.freed.notify_all();
+        let idle = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.open -= state.idle.len();
+            self.freed.notify_all();
+            std::mem::take(&mut state.idle)
+        };
+        idle.into_iter().for_each(discard);
     }
 
     fn closed(&self) {
@@ -143,6 +147,7 @@ impl Drop for Conn<'_> {
         };
         if client.is_closed() {
             self.pool.closed();
+            discard(client);
             return;
         }
         let mut state = self
@@ -153,6 +158,21 @@ impl Drop for Conn<'_> {
         state.idle.push(client);
         self.pool.freed.notify_one();
     }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut state.idle)
+            .into_iter()
+            .for_each(discard);
+    }
+}
+
+/// Closes a client where it may block: its drop runs the client's own
+/// runtime to say goodbye to the server (see [`super::off_runtime`]).
+fn discard(client: Client) {
+    super::off_runtime(move || drop(client));
 }
 
 /// `user@host:port/dbname` of a parsed configuration: no password.

@@ -1,0 +1,396 @@
+//! The PostgreSQL store end to end: real daemons against a real PostgreSQL
+//! with pgvector (`pg_server.rs`), over real gRPC.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use dualsight::server::proto;
+
+use crate::cli::{dualsight, run_ok};
+use crate::daemon::*;
+use crate::pg_server::PgServer;
+use crate::util::*;
+
+/// A daemon (vit-bert) on the PostgreSQL store at `url` as `node`.
+fn node_daemon(url: &str, node: &str) -> Daemon {
+    let mut d = Daemon::prepare(model_dir("vit-bert"));
+    d.args = pg_args(url, node);
+    d
+}
+
+fn pg_args(url: &str, node: &str) -> Vec<String> {
+    ["--store", "postgres", "--database-url", url, "--node", node]
+        .map(String::from)
+        .to_vec()
+}
+
+/// `(node, file name)` of each hit.
+fn located(hits: &[proto::Hit]) -> BTreeSet<(String, String)> {
+    hits.iter()
+        .map(|h| {
+            let name = Path::new(&h.path).file_name().unwrap();
+            (h.node.clone(), name.to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+/// The table of the database's only vector space.
+fn vector_table(pg: &PgServer, db: &str) -> String {
+    format!("vectors_{}", pg.psql(db, "SELECT id FROM spaces"))
+}
+
+fn copy_fashion(n: usize, to: &Path) -> Vec<PathBuf> {
+    fashion_photos()
+        .into_iter()
+        .take(n)
+        .enumerate()
+        .map(|(i, src)| {
+            let dest = to.join(format!("f{i:03}.png"));
+            std::fs::copy(&src, &dest).unwrap();
+            dest
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_daemons_on_two_folders_answer_over_both() {
+    let pg = PgServer::start();
+    pg.create_db("library");
+    // trust authentication ignores the password: it is here to be kept out
+    // of logs and Status.
+    let url = format!(
+        "postgres://postgres:hunter2@/library?host={}",
+        pg.socket_dir.display()
+    );
+    let mut north = node_daemon(&url, "north");
+    let mut south = node_daemon(&url, "south");
+    for p in ["chelsea.png", "coffee.webp"] {
+        copy_photo(p, &north.photos);
+    }
+    for p in ["rocket.jpg", "camera.png"] {
+        copy_photo(p, &south.photos);
+    }
+    north.spawn();
+    south.spawn();
+    let mut cn = north.client().await;
+    let mut cs = south.client().await;
+    let done = |s: &proto::StatusResponse| s.indexed_files == 2 && s.pending_files == 0;
+    let sn = wait_for(&north, &mut cn, "north indexed", done).await;
+    wait_for(&south, &mut cs, "south indexed", done).await;
+
+    let all: BTreeSet<(String, String)> = [
+        ("north", "chelsea.png"),
+        ("north", "coffee.webp"),
+        ("south", "rocket.jpg"),
+        ("south", "camera.png"),
+    ]
+    .map(|(n, f)| (n.to_owned(), f.to_owned()))
+    .into();
+    for c in [&mut cn, &mut cs] {
+        let hits = search(c, "a photo", 10).await;
+        assert_eq!(located(&hits), all, "{hits:?}");
+    }
+    // Image search from another node's daemon finds the same photo first.
+    let cat = north.photos.join("chelsea.png");
+    let hits = search_by_path(&mut cn, &cat, 4).await;
+    assert_eq!(hits[0].path, cat.to_string_lossy());
+    assert_eq!(hits[0].node, "north");
+    assert!(hits[0].score > 0.999, "{hits:?}");
+
+    assert_eq!(sn.node, "north");
+    assert_eq!(sn.store, "postgres");
+    assert_eq!(
+        sn.database,
+        format!("postgres@{}:5432/library", pg.socket_dir.display())
+    );
+    for (d, s) in [(&north, &sn)] {
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!d.log().contains("hunter2"), "{}", d.log());
+    }
+
+    // A node that stops leaves its photos searchable from the others.
+    assert!(south.signal("TERM").success(), "{}", south.log());
+    let hits = search(&mut cn, "a photo", 10).await;
+    assert_eq!(located(&hits), all);
+}
+
+/// Two nodes over the same folder, started together: every path is two
+/// files (one per node), every content one vector, and removing a file on
+/// both removes its vector once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_files_on_two_nodes_share_one_vector() {
+    let pg = PgServer::start();
+    pg.create_db("shared");
+    let url = pg.url("shared");
+    let a = node_daemon(&url, "a");
+    let mut b = node_daemon(&url, "b");
+    b.photos = a.photos.clone();
+    let mut a = a;
+    let files = copy_fashion(40, &a.photos);
+    std::fs::copy(&files[0], a.photos.join("copy.png")).unwrap();
+    a.spawn();
+    b.spawn();
+    let mut ca = a.client().await;
+    let mut cb = b.client().await;
+    let done =
+        |n: u64| move |s: &proto::StatusResponse| s.indexed_files == n && s.pending_files == 0;
+    wait_for(&a, &mut ca, "a indexed", done(41)).await;
+    wait_for(&b, &mut cb, "b indexed", done(41)).await;
+
+    let table = vector_table(&pg, "shared");
+    assert_eq!(
+        pg.psql("shared", &format!("SELECT count(*) FROM {table}")),
+        "40"
+    );
+    assert_eq!(
+        pg.psql(
+            "shared",
+            "SELECT count(*), count(DISTINCT hash), count(DISTINCT node) FROM files"
+        ),
+        "82|40|2"
+    );
+    let hits = search(&mut ca, "a shoe", 100).await;
+    assert_eq!(hits.len(), 82);
+    let mut by_path: BTreeMap<&str, Vec<(&str, f32)>> = BTreeMap::new();
+    for h in &hits {
+        by_path.entry(&h.path).or_default().push((&h.node, h.score));
+    }
+    for (path, on) in &by_path {
+        assert_eq!(on.len(), 2, "{path}: {on:?}");
+        assert_eq!(on[0].1, on[1].1, "{path}: {on:?}");
+        let nodes: BTreeSet<&str> = on.iter().map(|(n, _)| *n).collect();
+        assert_eq!(nodes, BTreeSet::from(["a", "b"]));
+    }
+
+    // Gone from the folder: each node forgets its file; the vector goes
+    // with the last one, and the duplicate's vector stays for its copy.
+    std::fs::remove_file(&files[1]).unwrap();
+    std::fs::remove_file(&files[0]).unwrap();
+    wait_for(&a, &mut ca, "a forgot", done(39)).await;
+    wait_for(&b, &mut cb, "b forgot", done(39)).await;
+    assert_eq!(
+        pg.psql("shared", &format!("SELECT count(*) FROM {table}")),
+        "39"
+    );
+    assert_eq!(
+        pg.psql(
+            "shared",
+            &format!("SELECT count(*) FROM {table} v WHERE NOT EXISTS (SELECT 1 FROM files f WHERE f.hash = v.hash)")
+        ),
+        "0",
+        "an orphaned vector"
+    );
+}
+
+/// kill -9 in the middle of ingest: every file committed before the kill is
+/// still there and searchable after the restart, and each file and content
+/// ends up exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_ingest_loses_nothing_acknowledged() {
+    let pg = PgServer::start();
+    pg.create_db("crash");
+    let url = pg.url("crash");
+    let mut d = node_daemon(&url, "solo");
+    let files = copy_fashion(300, &d.photos);
+    d.spawn();
+    let mut c = d.client().await;
+    let seen = wait_for(&d, &mut c, "some progress", |s| s.indexed_files >= 1).await;
+    d.signal("KILL");
+    let acknowledged: Vec<String> = pg
+        .psql(
+            "crash",
+            "SELECT path FROM files WHERE node = 'solo' ORDER BY path",
+        )
+        .lines()
+        .map(String::from)
+        .collect();
+    assert!(
+        acknowledged.len() as u64 >= seen.indexed_files,
+        "reported {} indexed, {} stored",
+        seen.indexed_files,
+        acknowledged.len()
+    );
+
+    d.spawn();
+    let mut c = d.client().await;
+    let s = wait_for(&d, &mut c, "all indexed after kill -9", |s| {
+        s.indexed_files == files.len() as u64 && s.pending_files == 0
+    })
+    .await;
+    assert_eq!(s.failed_files, 0);
+    for path in acknowledged
+        .iter()
+        .step_by(acknowledged.len().div_ceil(12).max(1))
+    {
+        let hits = search_by_path(&mut c, Path::new(path), 1).await;
+        assert_eq!(&hits[0].path, path);
+        assert!(hits[0].score > 0.999, "{hits:?}");
+    }
+    let table = vector_table(&pg, "crash");
+    assert_eq!(
+        pg.psql(
+            "crash",
+            &format!("SELECT count(*), count(DISTINCT hash) FROM {table}")
+        ),
+        "300|300"
+    );
+    assert_eq!(pg.psql("crash", "SELECT count(*) FROM files"), "300");
+}
+
+/// `dualsight migrate` copies a sled store without re-embedding: the daemon
+/// on PostgreSQL then has the same files, failures and answers; a second run
+/// (a resumed copy) changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sled_store_moves_into_postgres_with_equal_counts_and_results() {
+    let mut d = Daemon::prepare(model_dir("vit-bert"));
+    for p in [
+        "chelsea.png",
+        "coffee.webp",
+        "rocket.jpg",
+        "camera.png",
+        "astronaut_cmyk.jpg",
+    ] {
+        copy_photo(p, &d.photos);
+    }
+    std::fs::copy(image("bad/truncated.jpg"), d.photos.join("truncated.jpg")).unwrap();
+    d.spawn();
+    let mut c = d.client().await;
+    let done = |s: &proto::StatusResponse| {
+        s.ready && s.indexed_files == 5 && s.failed_files == 1 && s.pending_files == 0
+    };
+    wait_for(&d, &mut c, "indexed on sled", done).await;
+    let before = search(&mut c, "a photo of a cat", 10).await;
+    assert!(d.signal("TERM").success(), "{}", d.log());
+
+    let pg = PgServer::start();
+    pg.create_db("moved");
+    let url = pg.url("moved");
+    for _ in 0..2 {
+        let out = run_ok(
+            dualsight()
+                .arg("migrate")
+                .arg("--from")
+                .arg(&d.data)
+                .args(["--to", &url, "--node", "home"]),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("files") && err.contains("done"), "{err}");
+    }
+    assert_eq!(
+        pg.psql("moved", "SELECT count(*) FROM files WHERE node = 'home'"),
+        "5"
+    );
+    assert_eq!(
+        pg.psql("moved", "SELECT count(*) FROM failures WHERE node = 'home'"),
+        "1"
+    );
+
+    d.args = pg_args(&url, "home");
+    d.spawn();
+    let mut c = d.client().await;
+    let s = wait_for(&d, &mut c, "indexed on postgres", done).await;
+    assert_eq!(s.store, "postgres");
+    assert_eq!(s.embedded_images, 0, "migrated files were embedded again");
+    let after = search(&mut c, "a photo of a cat", 10).await;
+    assert_eq!(after.len(), before.len());
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(a.path, b.path);
+        assert!((a.score - b.score).abs() < 1e-5, "{b:?} vs {a:?}");
+        assert_eq!(a.node, "home");
+    }
+
+    // A bad target is named, with its password hidden.
+    let out = dualsight()
+        .arg("migrate")
+        .arg("--from")
+        .arg(&d.data)
+        .args(["--to", "postgres://u:pw-secret@127.0.0.1:1/x"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("127.0.0.1") && !err.contains("pw-secret"),
+        "{err}"
+    );
+}
+
+/// Searches on a hot standby; when it stops, on the primary, and Status says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_serves_searches_and_the_primary_takes_over_when_it_stops() {
+    let pg = PgServer::start();
+    pg.create_db("lib");
+    let mut standby = pg.standby();
+    let mut d = node_daemon(&pg.url("lib"), "reader");
+    d.args
+        .extend(["--database-read-url".into(), standby.url("lib")]);
+    for p in ["chelsea.png", "coffee.webp", "rocket.jpg"] {
+        copy_photo(p, &d.photos);
+    }
+    d.spawn();
+    let mut c = d.client().await;
+    wait_for(&d, &mut c, "indexed", |s| {
+        s.indexed_files == 3 && s.pending_files == 0
+    })
+    .await;
+    search(&mut c, "a photo", 5).await;
+    let s = wait_for(&d, &mut c, "the standby serving", |s| {
+        s.replicas.len() == 1 && s.replicas[0].serving
+    })
+    .await;
+    assert!(
+        s.replicas[0]
+            .database
+            .contains(&standby.socket_dir.display().to_string())
+    );
+
+    // The standby's own counters see the searches' transactions.
+    let commits = || -> u64 {
+        standby
+            .psql(
+                "postgres",
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = 'lib'",
+            )
+            .parse()
+            .unwrap()
+    };
+    let before = commits();
+    for _ in 0..40 {
+        let hits = search(&mut c, "a photo", 5).await;
+        assert_eq!(hits.len(), 3);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while commits() < before + 40 {
+        assert!(
+            Instant::now() < deadline,
+            "searches did not reach the standby: {} → {}",
+            before,
+            commits()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A photo added now replicates and is found through the standby.
+    copy_photo("camera.png", &d.photos);
+    wait_for(&d, &mut c, "indexed", |s| {
+        s.indexed_files == 4 && s.pending_files == 0
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while search(&mut c, "a photo", 5).await.len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the standby never showed the new photo"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    standby.stop();
+    let hits = search(&mut c, "a photo", 5).await;
+    assert_eq!(hits.len(), 4, "the primary did not take over");
+    let s = status(&mut c).await;
+    assert!(!s.replicas[0].serving, "{s:?}");
+    assert!(!s.replicas[0].error.is_empty(), "{s:?}");
+    assert!(d.log().contains("standby left out"), "{}", d.log());
+}
