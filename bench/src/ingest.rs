@@ -299,7 +299,7 @@ fn index_files(
     let embedded = counters.embedded.load(Ordering::Relaxed);
     let failed = counters.failed.load(Ordering::Relaxed);
     let indexed = engine.store.indexed_file_count()?;
-    let in_index = engine.index().len();
+    let in_index = engine.searchable() as usize;
     drop(engine);
     let _ = std::fs::remove_dir_all(data_dir);
     if embedded != files.len() as u64 || failed != 0 || indexed != files.len() as u64 {

@@ -5,7 +5,7 @@
 //! [`search`] is the one search routine; [`Engine::search`] runs it over this
 //! engine's index and store.
 
-mod pg_source;
+pub mod pg_source;
 pub mod search;
 mod source;
 mod verified;

@@ -14,7 +14,7 @@ use crate::store::ContentHash;
 use crate::store::pg::{Nearest, PgSpace, SearchFilters};
 
 /// One search's view of a PostgreSQL space.
-pub(super) struct PgSource<'a> {
+pub struct PgSource<'a> {
     space: &'a PgSpace,
     filters: SearchFilters,
     /// Candidates the index returned, by id.
@@ -24,7 +24,7 @@ pub(super) struct PgSource<'a> {
 }
 
 impl<'a> PgSource<'a> {
-    pub(super) fn new(space: &'a PgSpace, filters: &Filters) -> Self {
+    pub fn new(space: &'a PgSpace, filters: &Filters) -> Self {
         Self {
             space,
             filters: SearchFilters {

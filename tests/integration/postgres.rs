@@ -394,3 +394,105 @@ async fn a_standby_serves_searches_and_the_primary_takes_over_when_it_stops() {
     assert!(!s.replicas[0].error.is_empty(), "{s:?}");
     assert!(d.log().contains("standby left out"), "{}", d.log());
 }
+
+/// Through the library: candidates come from an HNSW index walk, filtered
+/// or not (once the table is large enough for the planner to prefer it); a
+/// filter keeping three photos of 3000 returns all three (the walk goes on,
+/// or the exact scan takes over); a database migrated by a newer dualsight
+/// is refused by name.
+#[test]
+fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
+    use dualsight::engine::Filters;
+    use dualsight::engine::pg_source::PgSource;
+    use dualsight::engine::search::{Query, search};
+    use dualsight::store::pg::{PgOptions, SearchFilters};
+    use dualsight::store::{Commit, ContentHash, Embedding, FileRecord, Space, Store};
+
+    let pg = PgServer::start();
+    pg.create_db("plans");
+    let options = PgOptions {
+        url: pg.url("plans"),
+        read_urls: Vec::new(),
+        node: "lib".into(),
+        max_lag: Duration::from_secs(5),
+        data_dir: std::env::temp_dir(),
+    };
+    let store = Store::open_postgres(&options).unwrap();
+    let space = store.space("fp", 16).unwrap();
+    let vector = |i: usize| -> Vec<f32> {
+        (0..16)
+            .map(|j| ((i * 31 + j * 7) % 17) as f32 - 8.0 + (i as f32) * 1e-3)
+            .collect()
+    };
+    let items: Vec<Commit> = (0..3000)
+        .map(|i| Commit {
+            path: if i % 1000 == 0 {
+                format!("/rare/{i}.jpg")
+            } else {
+                format!("/all/{i}.jpg")
+            },
+            record: FileRecord {
+                size: 1,
+                mtime_ns: 1,
+                hash: ContentHash::of(&(i as u64).to_le_bytes()),
+                indexed_at_ms: 1,
+                meta: Default::default(),
+            },
+            embedding: Embedding::New(vector(i)),
+        })
+        .collect();
+    store.commit(&space, &items).unwrap();
+    let Space::Postgres(pg_space) = &space else {
+        unreachable!()
+    };
+    // What autovacuum does after a library's first thousands of files.
+    pg.psql("plans", "ANALYZE");
+
+    let q = vector(3);
+    // A broad filter walks the graph too; a selective one may be planned
+    // from the files side (its few vectors sorted exactly), which the
+    // planner is right to prefer.
+    let broad = SearchFilters {
+        path_prefix: Some("/all".into()),
+        ..Default::default()
+    };
+    for filters in [SearchFilters::default(), broad] {
+        let plan = pg_space.nearest_plan(&q, 10, &filters).unwrap();
+        assert!(plan.contains("Index Scan using vectors_1_hnsw"), "{plan}");
+    }
+    let filters = Filters {
+        path_prefix: Some("/rare".into()),
+        ..Filters::default()
+    };
+    let source = PgSource::new(pg_space, &filters);
+    let query = Query {
+        vector: &q,
+        limit: 10,
+        min_score: None,
+        accept: None,
+    };
+    let hits = search(&source, &source, &query).unwrap();
+    let paths: BTreeSet<String> = hits
+        .iter()
+        .map(|(f, _)| f.path.display().to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        BTreeSet::from(["/rare/0.jpg", "/rare/1000.jpg", "/rare/2000.jpg"].map(String::from))
+    );
+    let unfiltered = PgSource::new(pg_space, &Filters::default());
+    let hits = search(&unfiltered, &unfiltered, &query).unwrap();
+    assert_eq!(hits[0].0.path, PathBuf::from("/all/3.jpg"));
+    assert!(hits[0].1 > 0.9999);
+    drop(store);
+
+    pg.psql(
+        "plans",
+        "INSERT INTO dualsight_schema (version) VALUES (99)",
+    );
+    let e = Store::open_postgres(&options).unwrap_err().to_string();
+    assert!(
+        e.contains("schema version 99 is newer") && e.contains("upgrade dualsight"),
+        "{e}"
+    );
+}

@@ -30,7 +30,7 @@ use super::paths::{check_path, dir_prefix, trim_dir};
 use super::{ContentHash, FailureRecord, FileRecord, Result, SpaceInfo, StoreError, StoredVector};
 use crate::preprocess::meta::{PhotoMeta, TakenFrom};
 pub use pool::redact;
-pub use read::{Nearest, ReplicaState, SearchFilters};
+pub use read::{Nearest, RelationSizes, ReplicaState, SearchFilters};
 pub use schema::SCHEMA_VERSION;
 
 /// Rows per page when iterating files, failures or vectors: bounds what an

@@ -105,6 +105,47 @@ impl PgSpace {
         filters: &SearchFilters,
         exact: bool,
     ) -> Result<Vec<Nearest>> {
+        let rows = self.run_nearest("searching vectors", query, n, filters, exact, "")?;
+        rows.iter()
+            .map(|r| {
+                let id = r.get::<_, i64>(0) as u64;
+                Ok(Nearest {
+                    id,
+                    hash: hash_of(r.get(1), &format!("vector {id}"))?,
+                    vector: r.get::<_, Vector>(2).to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    /// The plan PostgreSQL picks for a search's candidates (EXPLAIN), for
+    /// operators and tests: an `Index Scan using vectors_<id>_hnsw` walks
+    /// the HNSW graph.
+    pub fn nearest_plan(&self, query: &[f32], n: usize, filters: &SearchFilters) -> Result<String> {
+        let rows = self.run_nearest(
+            "explaining a search",
+            query,
+            n,
+            filters,
+            false,
+            "EXPLAIN (COSTS OFF) ",
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
+    fn run_nearest(
+        &self,
+        what: &'static str,
+        query: &[f32],
+        n: usize,
+        filters: &SearchFilters,
+        exact: bool,
+        prefix: &str,
+    ) -> Result<Vec<postgres::Row>> {
         let (cond, extra) = file_condition(filters, 3);
         let filter = if filters.is_empty() {
             String::new()
@@ -112,7 +153,7 @@ impl PgSpace {
             format!("WHERE EXISTS (SELECT 1 FROM files f WHERE f.hash = v.hash AND {cond})")
         };
         let sql = format!(
-            "SELECT v.id, v.hash, v.embedding FROM {} v {filter}
+            "{prefix}SELECT v.id, v.hash, v.embedding FROM {} v {filter}
              ORDER BY v.embedding <=> $1 LIMIT $2",
             self.table()
         );
@@ -130,23 +171,13 @@ impl PgSpace {
         let limit = n as i64;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&v, &limit];
         params.extend(extra.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)));
-        let rows = self.store().read("searching vectors", |c| {
+        self.store().read(what, |c| {
             let mut tx = c.build_transaction().read_only(true).start()?;
             tx.batch_execute(&settings)?;
             let rows = tx.query(&sql, &params)?;
             tx.commit()?;
             Ok(rows)
-        })?;
-        rows.iter()
-            .map(|r| {
-                let id = r.get::<_, i64>(0) as u64;
-                Ok(Nearest {
-                    id,
-                    hash: hash_of(r.get(1), &format!("vector {id}"))?,
-                    vector: r.get::<_, Vector>(2).to_vec(),
-                })
-            })
-            .collect()
+        })
     }
 
     /// The files of any node holding these contents that pass `filters`,
@@ -202,5 +233,37 @@ impl PgStore {
     /// The standbys and whether each serves searches now.
     pub fn replicas(&self) -> Vec<ReplicaState> {
         self.inner.replicas.states()
+    }
+}
+
+/// Bytes a space's tables take on disk.
+#[derive(Debug, Clone, Copy)]
+pub struct RelationSizes {
+    /// The vector table with its TOAST and unique index, without the HNSW.
+    pub vectors: u64,
+    /// The space's HNSW index.
+    pub index: u64,
+    /// Every node's file rows and their indexes.
+    pub files: u64,
+}
+
+impl PgStore {
+    pub fn relation_sizes(&self, space: &PgSpace) -> Result<RelationSizes> {
+        let mut c = self.inner.primary.get()?;
+        let t = space.table();
+        let row = c
+            .query_one(
+                &format!(
+                    "SELECT pg_total_relation_size('{t}') - pg_relation_size('{t}_hnsw'),
+                            pg_relation_size('{t}_hnsw'), pg_total_relation_size('files')"
+                ),
+                &[],
+            )
+            .map_err(q("reading table sizes"))?;
+        Ok(RelationSizes {
+            vectors: row.get::<_, i64>(0) as u64,
+            index: row.get::<_, i64>(1) as u64,
+            files: row.get::<_, i64>(2) as u64,
+        })
     }
 }

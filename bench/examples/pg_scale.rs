@@ -1,0 +1,200 @@
+//! The PostgreSQL store beside the embedded one (sled + hnsw_rs), same
+//! vectors, same machine, same search routine: build (ingest) time and rate,
+//! bytes per vector, text-query p50/p99 and recall@10 against exact search,
+//! unfiltered and with a path filter that keeps 1% of the library.
+//!
+//! Needs an empty database (the store creates its tables):
+//! cargo run --release -p dualsight-bench --example pg_scale -- <database-url> <vectors> <queries>
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use dualsight::engine::Filters;
+use dualsight::engine::pg_source::PgSource;
+use dualsight::engine::search::{Query, Rows, search};
+use dualsight::index::IndexParams;
+use dualsight::store::pg::PgOptions;
+use dualsight::store::{Commit, ContentHash, Embedding, FileRecord, Space, Store};
+use dualsight_bench::search::{build_index, exact_all};
+use dualsight_bench::synth::{DATA, Mixture, TEXT_QUERIES};
+
+const DIM: usize = 512;
+const K: usize = 10;
+/// Files per commit, as a busy daemon's batches grow under load.
+const COMMIT: usize = 1000;
+/// One photo in this many is under the filtered folder.
+const SHARDS: usize = 100;
+
+/// Row `i` (id `i + 1` in the embedded index) as a path: 100 folders.
+fn path_of(i: usize) -> String {
+    format!("/bench/{:02}/{i:07}.jpg", i % SHARDS)
+}
+
+fn row_of(path: &std::path::Path) -> usize {
+    path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+}
+
+fn p(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize] * 1e3
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [url, n, nq] = &args[..] else {
+        bail!("usage: pg_scale <database-url> <vectors> <queries>");
+    };
+    let n: usize = n.parse().context("vectors")?;
+    let nq: usize = nq.parse().context("queries")?;
+    let threads = std::thread::available_parallelism().map_or(2, |t| t.get());
+    let mix = Mixture::for_size(n, DIM, 42);
+    let data = mix.points(DATA, 0, n, threads);
+    let queries = mix.points(TEXT_QUERIES, 0, nq, threads);
+    let truth: Vec<HashSet<u64>> = exact_all(&data, &queries, DIM, K, threads)
+        .into_iter()
+        .map(|ids| ids.into_iter().collect())
+        .collect();
+    // Exact answers among the filtered folder only (ids of its rows).
+    let kept: Vec<usize> = (0..n).filter(|i| i % SHARDS == 7).collect();
+    let kept_data: Vec<f32> = kept
+        .iter()
+        .flat_map(|&i| data[i * DIM..(i + 1) * DIM].iter().copied())
+        .collect();
+    let truth_filtered: Vec<HashSet<u64>> = exact_all(&kept_data, &queries, DIM, K, threads)
+        .into_iter()
+        .map(|ids| {
+            ids.into_iter()
+                .map(|j| kept[j as usize - 1] as u64 + 1)
+                .collect()
+        })
+        .collect();
+
+    // The embedded index.
+    let t = Instant::now();
+    let idx = build_index(&data, DIM, IndexParams::default())?;
+    let sled_build = t.elapsed();
+    let rows = Rows {
+        data: &data,
+        dim: DIM,
+    };
+    let (mut sled_lat, mut sled_found) = (Vec::new(), 0usize);
+    for (q, want) in queries.chunks_exact(DIM).zip(&truth) {
+        let query = Query {
+            vector: q,
+            limit: K,
+            min_score: None,
+            accept: None,
+        };
+        let t = Instant::now();
+        let hits = search(&idx, &rows, &query)?;
+        sled_lat.push(t.elapsed().as_secs_f64());
+        sled_found += hits.iter().filter(|(id, _)| want.contains(id)).count();
+    }
+    drop(idx);
+
+    // PostgreSQL: the daemon's own commits, then the daemon's own search.
+    let store = Store::open_postgres(&PgOptions {
+        url: url.clone(),
+        read_urls: Vec::new(),
+        node: "bench".into(),
+        max_lag: Duration::ZERO,
+        data_dir: std::env::temp_dir(),
+    })?;
+    let space = store.space(&format!("bench-{n}"), DIM)?;
+    let Space::Postgres(pg_space) = &space else {
+        bail!("not a PostgreSQL store");
+    };
+    if space.vector_count()? != 0 {
+        bail!("the database already holds this space: give the benchmark an empty database");
+    }
+    let t = Instant::now();
+    for (c, chunk) in data.chunks(COMMIT * DIM).enumerate() {
+        let items: Vec<Commit> = chunk
+            .chunks_exact(DIM)
+            .enumerate()
+            .map(|(j, v)| {
+                let i = c * COMMIT + j;
+                Commit {
+                    path: path_of(i),
+                    record: FileRecord {
+                        size: 1,
+                        mtime_ns: 1,
+                        hash: ContentHash::of(&(i as u64).to_le_bytes()),
+                        indexed_at_ms: 1,
+                        meta: Default::default(),
+                    },
+                    embedding: Embedding::New(v.to_vec()),
+                }
+            })
+            .collect();
+        store.commit(&space, &items)?;
+    }
+    let pg_build = t.elapsed();
+    let pg = store.as_postgres().context("postgres")?;
+    let sizes = pg.relation_sizes(pg_space)?;
+
+    let run = |filters: &Filters, truth: &[HashSet<u64>]| -> Result<(Vec<f64>, usize)> {
+        let (mut lat, mut found) = (Vec::new(), 0usize);
+        for (q, want) in queries.chunks_exact(DIM).zip(truth) {
+            let query = Query {
+                vector: q,
+                limit: K,
+                min_score: None,
+                accept: None,
+            };
+            let t = Instant::now();
+            let source = PgSource::new(pg_space, filters);
+            let hits = search(&source, &source, &query)?;
+            lat.push(t.elapsed().as_secs_f64());
+            found += hits
+                .iter()
+                .filter(|(f, _)| want.contains(&(row_of(&f.path) as u64 + 1)))
+                .count();
+        }
+        Ok((lat, found))
+    };
+    run(&Filters::default(), &truth)?; // warm the page cache
+    let (mut pg_lat, pg_found) = run(&Filters::default(), &truth)?;
+    let filtered = Filters {
+        path_prefix: Some(PathBuf::from("/bench/07")),
+        ..Filters::default()
+    };
+    let (mut pgf_lat, pgf_found) = run(&filtered, &truth_filtered)?;
+    let total = (K * nq) as f64;
+    println!("{n} vectors of {DIM} dims, {nq} text-like queries, top {K}");
+    println!(
+        "embedded (sled + hnsw_rs): build {:.1} s; query p50 {:.2} ms p99 {:.2} ms; recall@10 {:.3}",
+        sled_build.as_secs_f64(),
+        p(&mut sled_lat, 0.5),
+        p(&mut sled_lat, 0.99),
+        sled_found as f64 / total
+    );
+    println!(
+        "postgres (pgvector hnsw): ingest {:.1} s ({:.0} vectors/s, commits of {COMMIT}); query p50 {:.2} ms p99 {:.2} ms; recall@10 {:.3}",
+        pg_build.as_secs_f64(),
+        n as f64 / pg_build.as_secs_f64(),
+        p(&mut pg_lat, 0.5),
+        p(&mut pg_lat, 0.99),
+        pg_found as f64 / total
+    );
+    println!(
+        "postgres, path filter keeping 1%: query p50 {:.2} ms p99 {:.2} ms; recall@10 {:.3}",
+        p(&mut pgf_lat, 0.5),
+        p(&mut pgf_lat, 0.99),
+        pgf_found as f64 / total
+    );
+    println!(
+        "postgres bytes per vector: table {:.0}, hnsw index {:.0}, file rows {:.0}",
+        sizes.vectors as f64 / n as f64,
+        sizes.index as f64 / n as f64,
+        sizes.files as f64 / n as f64
+    );
+    println!(
+        "ratios postgres/embedded: build {:.2}x, p50 {:.2}x",
+        pg_build.as_secs_f64() / sled_build.as_secs_f64(),
+        p(&mut pg_lat, 0.5) / p(&mut sled_lat, 0.5)
+    );
+    Ok(())
+}
