@@ -347,7 +347,18 @@ impl Settings {
             node: self.node_name(),
             max_lag: Duration::from_millis(self.store.max_replica_lag_ms),
             data_dir: self.data_dir.clone(),
+            hnsw: self.index_params(),
         })
+    }
+
+    /// The HNSW settings of `[index]` (the embedded index's and pgvector's).
+    pub fn index_params(&self) -> crate::index::IndexParams {
+        crate::index::IndexParams {
+            max_nb_connection: self.index.m,
+            ef_construction: self.index.ef_construction,
+            ef_search: self.index.ef_search,
+            ..crate::index::IndexParams::default()
+        }
     }
 
     pub fn decode_threads(&self) -> usize {

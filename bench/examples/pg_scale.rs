@@ -41,6 +41,11 @@ fn p(v: &mut [f64], q: f64) -> f64 {
     v[((v.len() - 1) as f64 * q).round() as usize] * 1e3
 }
 
+/// A number from the environment (the pgvector settings to try), else `default`.
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [url, n, nq] = &args[..] else {
@@ -101,16 +106,25 @@ fn main() -> Result<()> {
         node: "bench".into(),
         max_lag: Duration::ZERO,
         data_dir: std::env::temp_dir(),
+        hnsw: IndexParams {
+            max_nb_connection: env_or("PG_M", IndexParams::default().max_nb_connection),
+            ef_construction: env_or("PG_EF_CONSTRUCTION", IndexParams::default().ef_construction),
+            ef_search: env_or("PG_EF_SEARCH", IndexParams::default().ef_search),
+            ..IndexParams::default()
+        },
     })?;
     let space = store.space(&format!("bench-{n}"), DIM)?;
     let Space::Postgres(pg_space) = &space else {
         bail!("not a PostgreSQL store");
     };
-    if space.vector_count()? != 0 {
-        bail!("the database already holds this space: give the benchmark an empty database");
+    // A database filled by an earlier run is reused (to try search
+    // settings); a partial one is refused.
+    let have = space.vector_count()?;
+    if have != 0 && have != n as u64 {
+        bail!("the database holds {have} vectors of this space: give the benchmark an empty database");
     }
     let t = Instant::now();
-    for (c, chunk) in data.chunks(COMMIT * DIM).enumerate() {
+    for (c, chunk) in data.chunks(COMMIT * DIM).enumerate().filter(|_| have == 0) {
         let items: Vec<Commit> = chunk
             .chunks_exact(DIM)
             .enumerate()

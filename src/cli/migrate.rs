@@ -51,6 +51,7 @@ pub fn run(args: &MigrateArgs) -> Result<()> {
         node: node.clone(),
         max_lag: std::time::Duration::ZERO,
         data_dir: args.from.clone(),
+        hnsw: crate::index::IndexParams::default(),
     })
     .with_context(|| format!("opening {}", redact(&args.to)))?;
     let batch = args.batch as usize;

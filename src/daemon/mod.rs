@@ -29,7 +29,6 @@ use crate::config::Settings;
 use crate::device::{DeviceSpec, parse_dtype};
 use crate::encoder::Encoder;
 use crate::engine::Engine;
-use crate::index::IndexParams;
 use crate::ingest::WatchConfig;
 use crate::ingest::pipeline::{Counters, Pipeline, PipelineConfig};
 use crate::preprocess::DecodeLimits;

@@ -42,12 +42,7 @@ pub(super) fn load_engines(s: &Settings) -> Result<(Engine, Option<Engine>)> {
         .with_preprocessing(s.preprocessing());
     let fp = encoder.fingerprint().to_string();
     tracing::info!(model = %dir.display(), fingerprint = %fp, dim = encoder.dim(), preprocessing = ?encoder.preprocessing(), "model loaded");
-    let params = IndexParams {
-        max_nb_connection: s.index.m,
-        ef_construction: s.index.ef_construction,
-        ef_search: s.index.ef_search,
-        ..IndexParams::default()
-    };
+    let params = s.index_params();
     let mut models = ModelDirs::load(&s.data_dir);
     let previous = match store.active_space()? {
         Some(active) if active.fingerprint() != fp => {

@@ -222,6 +222,8 @@ fn restart_only_changes(running: &Settings, new: &Settings) -> Vec<&'static str>
         running.exact_preprocessing != new.exact_preprocessing,
     );
     check("data_dir", running.data_dir != new.data_dir);
+    check("node", running.node != new.node);
+    check("store", running.store != new.store);
     check("listen", running.listen != new.listen);
     check("unix_socket", running.unix_socket != new.unix_socket);
     check("watch", running.watch != new.watch);

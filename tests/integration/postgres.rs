@@ -416,6 +416,7 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
         node: "lib".into(),
         max_lag: Duration::from_secs(5),
         data_dir: std::env::temp_dir(),
+        hnsw: Default::default(),
     };
     let store = Store::open_postgres(&options).unwrap();
     let space = store.space("fp", 16).unwrap();

@@ -92,6 +92,10 @@ pub struct PgOptions {
     /// Local folder for what stays local (thumbnails); its free space is
     /// what the ingest reserve watches.
     pub data_dir: PathBuf,
+    /// The HNSW settings (`[index]`), for pgvector's indexes: `m` and
+    /// `ef_construction` when a space's index is created, `ef_search` for
+    /// every search.
+    pub hnsw: crate::index::IndexParams,
 }
 
 /// Handle on the database. Clones share the connections.
@@ -105,6 +109,7 @@ struct Inner {
     replicas: replicas::Replicas,
     node: String,
     data_dir: PathBuf,
+    hnsw: crate::index::IndexParams,
     /// Held by every write of this node from start to commit.
     writer: Mutex<()>,
     counts: Mutex<BTreeMap<String, (Instant, u64)>>,
@@ -161,8 +166,14 @@ impl PgStore {
     /// registers the node. Standbys are connected when searches need them.
     pub fn open(options: &PgOptions) -> Result<Self> {
         check_node(&options.node)?;
-        let primary = pool::Pool::new(&options.url)?;
-        let replicas = replicas::Replicas::new(&options.read_urls, options.max_lag)?;
+        // Searches run as single statements: the walk's settings are the
+        // sessions' (a search needing more sets them for its transaction).
+        let init = format!(
+            "SET hnsw.iterative_scan = relaxed_order; SET hnsw.ef_search = {}",
+            read::session_ef_search(&options.hnsw)
+        );
+        let primary = pool::Pool::new(&options.url, &init)?;
+        let replicas = replicas::Replicas::new(&options.read_urls, options.max_lag, &init)?;
         {
             let mut c = primary.get()?;
             let found = schema::migrate(&mut c, primary.target())?;
@@ -186,6 +197,7 @@ impl PgStore {
                 replicas,
                 node: options.node.clone(),
                 data_dir: options.data_dir.clone(),
+                hnsw: options.hnsw,
                 writer: Mutex::new(()),
                 counts: Mutex::new(BTreeMap::new()),
             }),
@@ -251,14 +263,18 @@ impl PgStore {
                     .map_err(q("creating a space"))?
                     .get(0);
                 // Cosine distance, as the search layer scores: the HNSW walk
-                // then ranks candidates as the exact rescoring does.
+                // then ranks candidates as the exact rescoring does. pgvector
+                // takes m in 2..=100 and ef_construction in 2m..=1000.
+                let m = self.inner.hnsw.max_nb_connection.clamp(2, 100);
+                let ef_construction = self.inner.hnsw.ef_construction.clamp(2 * m, 1000);
                 tx.batch_execute(&format!(
                     "CREATE TABLE vectors_{id} (
                          id bigserial PRIMARY KEY,
                          hash bytea NOT NULL UNIQUE,
                          embedding vector({dim}) NOT NULL);
                      CREATE INDEX vectors_{id}_hnsw ON vectors_{id}
-                         USING hnsw (embedding vector_cosine_ops);"
+                         USING hnsw (embedding vector_cosine_ops)
+                         WITH (m = {m}, ef_construction = {ef_construction});"
                 ))
                 .map_err(q("creating a space's vector table"))?;
                 tracing::info!(fingerprint, dim, id, "created vector space");

@@ -18,6 +18,8 @@ const MAX_CONNECTIONS: usize = 8;
 
 pub(super) struct Pool {
     config: Config,
+    /// Run on every new connection (session settings).
+    init: String,
     /// `user@host:port/dbname`: what messages name.
     target: String,
     state: Mutex<State>,
@@ -33,7 +35,7 @@ struct State {
 impl Pool {
     /// Parses a libpq-style URL or key=value string (`host=` may be a Unix
     /// socket folder). Connects lazily.
-    pub(super) fn new(url: &str) -> Result<Self, PgError> {
+    pub(super) fn new(url: &str, init: &str) -> Result<Self, PgError> {
         let mut config = Config::from_str(url).map_err(|e| PgError::Url {
             url: redact(url),
             reason: e.to_string(),
@@ -46,6 +48,7 @@ impl Pool {
         }
         Ok(Self {
             target: describe(&config),
+            init: init.to_owned(),
             config,
             state: Mutex::new(State::default()),
             freed: Condvar::new(),
@@ -75,7 +78,13 @@ impl Pool {
             if state.open < MAX_CONNECTIONS {
                 state.open += 1;
                 drop(state);
-                return match self.config.connect(NoTls) {
+                let connected = self.config.connect(NoTls).and_then(|mut c| {
+                    if !self.init.is_empty() {
+                        c.batch_execute(&self.init)?;
+                    }
+                    Ok(c)
+                });
+                return match connected {
                     Ok(client) => Ok(Conn {
                         pool: self,
                         client: Some(client),
@@ -255,9 +264,9 @@ mod tests {
         ] {
             assert_eq!(redact(url), shown);
         }
-        let pool = Pool::new("postgres://ds:s3cret@db.example:5433/photos").unwrap();
+        let pool = Pool::new("postgres://ds:s3cret@db.example:5433/photos", "").unwrap();
         assert_eq!(pool.target(), "ds@db.example:5433/photos");
-        let bad = Pool::new("postgres://ds:s3cret@db:notaport/x")
+        let bad = Pool::new("postgres://ds:s3cret@db:notaport/x", "")
             .err()
             .unwrap();
         assert!(!bad.to_string().contains("s3cret"), "{bad}");

@@ -33,6 +33,12 @@ impl SearchFilters {
     }
 }
 
+/// The `hnsw.ef_search` sessions start with: the configured one, within
+/// pgvector's 1..=1000.
+pub(super) fn session_ef_search(hnsw: &crate::index::IndexParams) -> usize {
+    hnsw.ef_search.clamp(1, 1000)
+}
+
 /// A candidate: its id, content and exact vector.
 #[derive(Debug, Clone)]
 pub struct Nearest {
@@ -157,20 +163,21 @@ impl PgSpace {
              ORDER BY v.embedding <=> $1 LIMIT $2",
             self.table()
         );
-        // ef_search bounds what one walk returns: at least the page asked
-        // for, within pgvector's limit.
-        let ef = n.clamp(40, 1000);
-        let settings = if exact {
-            "SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off;".to_owned()
-        } else {
-            format!(
-                "SET LOCAL hnsw.ef_search = {ef}; SET LOCAL hnsw.iterative_scan = relaxed_order;"
-            )
-        };
         let v = Vector::from(query.to_vec());
         let limit = n as i64;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&v, &limit];
         params.extend(extra.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)));
+        // ef_search bounds what one walk returns (and its recall): the
+        // session's, set when the connection opened, unless more
+        // candidates are asked for. One statement, one round trip, then.
+        let ef = session_ef_search(&self.inner.hnsw);
+        let settings = if exact {
+            "SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off;".to_owned()
+        } else if n > ef {
+            format!("SET LOCAL hnsw.ef_search = {};", n.min(1000))
+        } else {
+            return self.store().read(what, |c| c.query(&sql, &params));
+        };
         self.store().read(what, |c| {
             let mut tx = c.build_transaction().read_only(true).start()?;
             tx.batch_execute(&settings)?;

@@ -45,13 +45,13 @@ pub struct ReplicaState {
 }
 
 impl Replicas {
-    pub(super) fn new(urls: &[String], max_lag: Duration) -> Result<Self, PgError> {
+    pub(super) fn new(urls: &[String], max_lag: Duration, init: &str) -> Result<Self, PgError> {
         Ok(Self {
             standbys: urls
                 .iter()
                 .map(|u| {
                     Ok(Standby {
-                        pool: Pool::new(u)?,
+                        pool: Pool::new(u, init)?,
                         health: Mutex::new(Health::default()),
                     })
                 })
