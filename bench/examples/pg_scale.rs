@@ -43,7 +43,10 @@ fn p(v: &mut [f64], q: f64) -> f64 {
 
 /// A number from the environment (the pgvector settings to try), else `default`.
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() -> Result<()> {
@@ -121,7 +124,9 @@ fn main() -> Result<()> {
     // settings); a partial one is refused.
     let have = space.vector_count()?;
     if have != 0 && have != n as u64 {
-        bail!("the database holds {have} vectors of this space: give the benchmark an empty database");
+        bail!(
+            "the database holds {have} vectors of this space: give the benchmark an empty database"
+        );
     }
     let t = Instant::now();
     for (c, chunk) in data.chunks(COMMIT * DIM).enumerate().filter(|_| have == 0) {

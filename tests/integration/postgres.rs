@@ -77,7 +77,7 @@ async fn two_daemons_on_two_folders_answer_over_both() {
     let mut cs = south.client().await;
     let done = |s: &proto::StatusResponse| s.indexed_files == 2 && s.pending_files == 0;
     let sn = wait_for(&north, &mut cn, "north indexed", done).await;
-    wait_for(&south, &mut cs, "south indexed", done).await;
+    let ss = wait_for(&south, &mut cs, "south indexed", done).await;
 
     let all: BTreeSet<(String, String)> = [
         ("north", "chelsea.png"),
@@ -104,7 +104,7 @@ async fn two_daemons_on_two_folders_answer_over_both() {
         sn.database,
         format!("postgres@{}:5432/library", pg.socket_dir.display())
     );
-    for (d, s) in [(&north, &sn)] {
+    for (d, s) in [(&north, &sn), (&south, &ss)] {
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(!d.log().contains("hunter2"), "{}", d.log());
     }
