@@ -657,24 +657,7 @@ impl SledStore {
     /// [`SledStore::rename`] for every path under a folder that moved. Atomic per
     /// chunk of [`CHUNK`] paths.
     pub fn rename_prefix(&self, old_dir: &str, new_dir: &str) -> Result<Removal> {
-        let old_dir = trim_dir(old_dir);
-        let new_dir = trim_dir(new_dir);
-        check_path(old_dir)?;
-        check_path(new_dir)?;
-        if is_under(old_dir, new_dir) {
-            return Err(StoreError::InvalidPath(
-                new_dir.into(),
-                "cannot move a folder into itself",
-            ));
-        }
-        let moves: Vec<(String, String)> = self
-            .paths_under(old_dir)?
-            .into_iter()
-            .map(|p| {
-                let n = format!("{new_dir}{}", &p[old_dir.len()..]);
-                (p, n)
-            })
-            .collect();
+        let moves = folder_moves(old_dir, new_dir, |d| self.paths_under(d))?;
         let mut total = Removal::default();
         for chunk in moves.chunks(CHUNK) {
             total.absorb(self.write(|tx| {

@@ -46,3 +46,29 @@ pub(super) fn is_under(dir: &str, path: &str) -> bool {
 pub(super) fn key_path(k: &[u8]) -> Result<String> {
     String::from_utf8(k.to_vec()).map_err(|_| StoreError::Corrupt("key is not UTF-8".into()))
 }
+
+/// The moves of a folder's paths (`paths`, all under `old_dir`) to
+/// `new_dir`; refuses a move into itself. Both folders are trimmed first.
+pub(super) fn folder_moves(
+    old_dir: &str,
+    new_dir: &str,
+    paths_under: impl FnOnce(&str) -> Result<Vec<String>>,
+) -> Result<Vec<(String, String)>> {
+    let old_dir = trim_dir(old_dir);
+    let new_dir = trim_dir(new_dir);
+    check_path(old_dir)?;
+    check_path(new_dir)?;
+    if is_under(old_dir, new_dir) {
+        return Err(StoreError::InvalidPath(
+            new_dir.into(),
+            "cannot move a folder into itself",
+        ));
+    }
+    Ok(paths_under(old_dir)?
+        .into_iter()
+        .map(|p| {
+            let n = format!("{new_dir}{}", &p[old_dir.len()..]);
+            (p, n)
+        })
+        .collect())
+}

@@ -497,6 +497,17 @@ async fn sighup_adds_and_removes_watched_roots() {
     let roots: Vec<&str> = s.roots.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(roots.len(), 2, "{roots:?}");
     assert!(!roots.iter().any(|r| Path::new(r) == b), "{roots:?}");
+    // The counts above can also be the old state's (a + b) for a moment,
+    // before the new root's scan is queued: wait for the swap itself.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while by_path(&mut c, &in_c).await.is_err() || by_path(&mut c, &in_b).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "c never replaced b:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let hits = by_path(&mut c, &in_c).await.unwrap();
     assert_eq!(Path::new(&hits[0].path), in_c);
     assert_eq!(

@@ -416,7 +416,12 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
         node: "lib".into(),
         max_lag: Duration::from_secs(5),
         data_dir: std::env::temp_dir(),
-        hnsw: Default::default(),
+        // pgvector's planner weighs ef_search against the table's size: at
+        // 3000 rows it prefers the index only for a short walk.
+        hnsw: dualsight::index::IndexParams {
+            ef_search: 40,
+            ..Default::default()
+        },
     };
     let store = Store::open_postgres(&options).unwrap();
     let space = store.space("fp", 16).unwrap();

@@ -39,40 +39,9 @@ impl PgStore {
 
     /// Writes file records under this node, replacing any at the same paths.
     pub fn import_files(&self, files: &[(String, FileRecord)]) -> Result<()> {
-        let col = |f: &dyn Fn(&FileRecord) -> i64| -> Vec<i64> {
-            files.iter().map(|(_, r)| f(r)).collect()
-        };
-        let paths: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
-        let hashes: Vec<&[u8]> = files.iter().map(|(_, r)| &r.hash.0[..]).collect();
-        let taken_from: Vec<i16> = files
-            .iter()
-            .map(|(_, r)| r.meta.taken_from as i16)
-            .collect();
-        let width: Vec<i32> = files.iter().map(|(_, r)| r.meta.width as i32).collect();
-        let height: Vec<i32> = files.iter().map(|(_, r)| r.meta.height as i32).collect();
+        let rows: Vec<(&str, &FileRecord)> = files.iter().map(|(p, r)| (p.as_str(), r)).collect();
         let mut c = self.inner.primary.get()?;
-        c.execute(
-            "INSERT INTO files (node, path, hash, size, mtime_ns, indexed_at_ms, taken_at, taken_from, width, height)
-             SELECT $1, * FROM unnest($2::text[], $3::bytea[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
-                                      $8::int2[], $9::int4[], $10::int4[])
-             ON CONFLICT (node, path) DO UPDATE SET hash = EXCLUDED.hash, size = EXCLUDED.size,
-                 mtime_ns = EXCLUDED.mtime_ns, indexed_at_ms = EXCLUDED.indexed_at_ms,
-                 taken_at = EXCLUDED.taken_at, taken_from = EXCLUDED.taken_from,
-                 width = EXCLUDED.width, height = EXCLUDED.height",
-            &[
-                &self.inner.node,
-                &paths,
-                &hashes,
-                &col(&|r| r.size as i64),
-                &col(&|r| r.mtime_ns),
-                &col(&|r| r.indexed_at_ms as i64),
-                &col(&|r| r.meta.taken_at),
-                &taken_from,
-                &width,
-                &height,
-            ],
-        )
-        .map_err(q("importing file records"))?;
+        super::write::upsert_files(&mut *c, &self.inner.node, &rows)?;
         self.counts_changed();
         Ok(())
     }

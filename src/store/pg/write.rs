@@ -12,12 +12,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pgvector::Vector;
-use postgres::Transaction;
 use postgres::error::SqlState;
+use postgres::{GenericClient, Transaction};
 
-use super::super::paths::{check_path, is_under, trim_dir};
+use super::super::paths::{check_path, folder_moves};
 use super::super::{
-    CHUNK, Commit, CommitOutcome, ContentHash, Embedding, Orphan, Removal, Result, StoreError,
+    CHUNK, Commit, CommitOutcome, ContentHash, Embedding, FileRecord, Orphan, Removal, Result,
+    StoreError,
 };
 use super::{PathRange, PgError, PgSpace, PgStore, q};
 
@@ -107,24 +108,7 @@ impl PgStore {
 
     /// [`PgStore::rename`] for every path under a folder that moved.
     pub fn rename_prefix(&self, old_dir: &str, new_dir: &str) -> Result<Removal> {
-        let old_dir = trim_dir(old_dir);
-        let new_dir = trim_dir(new_dir);
-        check_path(old_dir)?;
-        check_path(new_dir)?;
-        if is_under(old_dir, new_dir) {
-            return Err(StoreError::InvalidPath(
-                new_dir.into(),
-                "cannot move a folder into itself",
-            ));
-        }
-        let moves: Vec<(String, String)> = self
-            .paths_under(old_dir)?
-            .into_iter()
-            .map(|p| {
-                let n = format!("{new_dir}{}", &p[old_dir.len()..]);
-                (p, n)
-            })
-            .collect();
+        let moves = folder_moves(old_dir, new_dir, |d| self.paths_under(d))?;
         self.rename_all(&moves)
     }
 
@@ -345,36 +329,11 @@ fn commit_tx(
         });
     }
 
-    let col = |f: &dyn Fn(&Commit) -> i64| -> Vec<i64> { finals.iter().map(|c| f(c)).collect() };
-    let hashes: Vec<&[u8]> = finals.iter().map(|c| &c.record.hash.0[..]).collect();
-    let taken_from: Vec<i16> = finals
+    let rows: Vec<(&str, &FileRecord)> = finals
         .iter()
-        .map(|c| c.record.meta.taken_from as i16)
+        .map(|c| (c.path.as_str(), &c.record))
         .collect();
-    let width: Vec<i32> = finals.iter().map(|c| c.record.meta.width as i32).collect();
-    let height: Vec<i32> = finals.iter().map(|c| c.record.meta.height as i32).collect();
-    tx.execute(
-        "INSERT INTO files (node, path, hash, size, mtime_ns, indexed_at_ms, taken_at, taken_from, width, height)
-         SELECT $1, * FROM unnest($2::text[], $3::bytea[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
-                                  $8::int2[], $9::int4[], $10::int4[])
-         ON CONFLICT (node, path) DO UPDATE SET hash = EXCLUDED.hash, size = EXCLUDED.size,
-             mtime_ns = EXCLUDED.mtime_ns, indexed_at_ms = EXCLUDED.indexed_at_ms,
-             taken_at = EXCLUDED.taken_at, taken_from = EXCLUDED.taken_from,
-             width = EXCLUDED.width, height = EXCLUDED.height",
-        &[
-            &node,
-            &paths,
-            &hashes,
-            &col(&|c| c.record.size as i64),
-            &col(&|c| c.record.mtime_ns),
-            &col(&|c| c.record.indexed_at_ms as i64),
-            &col(&|c| c.record.meta.taken_at),
-            &taken_from,
-            &width,
-            &height,
-        ],
-    )
-    .map_err(q("storing file records"))?;
+    upsert_files(tx, node, &rows)?;
     tx.execute(
         "DELETE FROM failures WHERE node = $1 AND path = ANY($2)",
         &[&node, &paths],
@@ -389,6 +348,48 @@ fn commit_tx(
         inserted,
         orphaned,
     })
+}
+
+/// Writes file records of `node`, replacing any at the same paths: one
+/// statement for the batch.
+pub(super) fn upsert_files(
+    c: &mut impl GenericClient,
+    node: &str,
+    files: &[(&str, &FileRecord)],
+) -> Result<()> {
+    let col =
+        |f: &dyn Fn(&FileRecord) -> i64| -> Vec<i64> { files.iter().map(|(_, r)| f(r)).collect() };
+    let paths: Vec<&str> = files.iter().map(|(p, _)| *p).collect();
+    let hashes: Vec<&[u8]> = files.iter().map(|(_, r)| &r.hash.0[..]).collect();
+    let taken_from: Vec<i16> = files
+        .iter()
+        .map(|(_, r)| r.meta.taken_from as i16)
+        .collect();
+    let width: Vec<i32> = files.iter().map(|(_, r)| r.meta.width as i32).collect();
+    let height: Vec<i32> = files.iter().map(|(_, r)| r.meta.height as i32).collect();
+    c.execute(
+        "INSERT INTO files (node, path, hash, size, mtime_ns, indexed_at_ms, taken_at, taken_from, width, height)
+         SELECT $1, * FROM unnest($2::text[], $3::bytea[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
+                                  $8::int2[], $9::int4[], $10::int4[])
+         ON CONFLICT (node, path) DO UPDATE SET hash = EXCLUDED.hash, size = EXCLUDED.size,
+             mtime_ns = EXCLUDED.mtime_ns, indexed_at_ms = EXCLUDED.indexed_at_ms,
+             taken_at = EXCLUDED.taken_at, taken_from = EXCLUDED.taken_from,
+             width = EXCLUDED.width, height = EXCLUDED.height",
+        &[
+            &node,
+            &paths,
+            &hashes,
+            &col(&|r| r.size as i64),
+            &col(&|r| r.mtime_ns),
+            &col(&|r| r.indexed_at_ms as i64),
+            &col(&|r| r.meta.taken_at),
+            &taken_from,
+            &width,
+            &height,
+        ],
+    )
+    .map_err(q("storing file records"))?;
+    Ok(())
 }
 
 /// Takes the transaction lock of each hash, in key order.
