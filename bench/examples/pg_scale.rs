@@ -5,9 +5,14 @@
 //!
 //! Needs an empty database (the store creates its tables):
 //! cargo run --release -p dualsight-bench --example pg_scale -- <database-url> <vectors> <queries>
+//!
+//! `PG_BULK=1` measures the other way to fill a space: the same commits
+//! into the table without its HNSW index, then one `CREATE INDEX` (pgvector
+//! builds the graph in memory, `PG_BUILD_MEMORY`, default 8GB).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -128,6 +133,19 @@ fn main() -> Result<()> {
             "the database holds {have} vectors of this space: give the benchmark an empty database"
         );
     }
+    let bulk = have == 0 && std::env::var_os("PG_BULK").is_some();
+    let mut sql = postgres::Config::from_str(url)?.connect(postgres::NoTls)?;
+    let table = format!(
+        "vectors_{}",
+        sql.query_one(
+            "SELECT id FROM spaces WHERE fingerprint = $1",
+            &[&format!("bench-{n}")]
+        )?
+        .get::<_, i32>(0)
+    );
+    if bulk {
+        sql.batch_execute(&format!("DROP INDEX {table}_hnsw"))?;
+    }
     let t = Instant::now();
     for (c, chunk) in data.chunks(COMMIT * DIM).enumerate().filter(|_| have == 0) {
         let items: Vec<Commit> = chunk
@@ -149,6 +167,24 @@ fn main() -> Result<()> {
             })
             .collect();
         store.commit(&space, &items)?;
+    }
+    let pg_load = t.elapsed();
+    if bulk {
+        let memory = std::env::var("PG_BUILD_MEMORY").unwrap_or_else(|_| "8GB".into());
+        let p = IndexParams::default();
+        sql.batch_execute(&format!(
+            "SET maintenance_work_mem = '{memory}'; SET max_parallel_maintenance_workers = {};
+             CREATE INDEX {table}_hnsw ON {table} USING hnsw (embedding vector_cosine_ops)
+             WITH (m = {}, ef_construction = {})",
+            threads.saturating_sub(1),
+            env_or("PG_M", p.max_nb_connection),
+            env_or("PG_EF_CONSTRUCTION", p.ef_construction)
+        ))?;
+        println!(
+            "bulk: commits without the index {:.1} s, then CREATE INDEX {:.1} s",
+            pg_load.as_secs_f64(),
+            (t.elapsed() - pg_load).as_secs_f64()
+        );
     }
     let pg_build = t.elapsed();
     let pg = store.as_postgres().context("postgres")?;
