@@ -33,6 +33,35 @@ pub struct MigrateArgs {
     /// Rows per statement.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch: u32,
+    /// Memory for building a space's HNSW index after the copy (a
+    /// PostgreSQL size, e.g. 4GB). Default: what the space's graph needs,
+    /// so that it is built in memory.
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+    pub build_memory: Option<String>,
+    /// Parallel workers for that build (default: the server's
+    /// max_parallel_maintenance_workers).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub build_workers: Option<u16>,
+}
+
+/// A PostgreSQL memory size: digits, then kB, MB, GB or TB.
+fn parse_memory(s: &str) -> Result<String, String> {
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &s[digits.len()..];
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || !["kB", "MB", "GB", "TB"].contains(&unit) {
+        return Err(format!("{s:?}: expected a size such as 512MB or 4GB"));
+    }
+    Ok(s.to_owned())
+}
+
+/// What pgvector's graph of `n` vectors of `dim` takes in memory, with room
+/// to spare: the vector, its neighbour lists (2m at the base layer) and
+/// tuple overhead (about 2.7 KB per 512-d vector, BENCHMARKS.md), clamped
+/// to what a build may reasonably ask for.
+fn graph_memory(n: u64, dim: usize) -> String {
+    let per_vector = dim as u64 * 4 + 2 * 48 * 8 + 256;
+    let mb = (n * per_vector * 11 / 10) >> 20;
+    format!("{}MB", mb.clamp(64, 64 * 1024))
 }
 
 pub fn run(args: &MigrateArgs) -> Result<()> {
@@ -65,6 +94,13 @@ pub fn run(args: &MigrateArgs) -> Result<()> {
     for info in sled.spaces()? {
         let from = sled.space(&info.fingerprint, info.dim)?;
         let to = pg.space(&info.fingerprint, info.dim)?;
+        // Loading an empty space without its index and building the graph
+        // once is many times faster than inserting into it; a space left
+        // without one by an interrupted run goes on the same way.
+        let bulk = to.vector_count()? == 0 || !pg.has_search_index(&to)?;
+        if bulk {
+            pg.drop_search_index(&to)?;
+        }
         let mut bar = Bar::new(format!("vectors of {}", info.fingerprint), info.vectors);
         let mut chunk: Vec<(ContentHash, Vec<f32>)> = Vec::with_capacity(batch);
         for v in from.iter_vectors_from(0) {
@@ -79,6 +115,20 @@ pub fn run(args: &MigrateArgs) -> Result<()> {
         pg.import_vectors(&to, &chunk)?;
         bar.add(chunk.len());
         bar.done();
+        if bulk {
+            let memory = args
+                .build_memory
+                .clone()
+                .unwrap_or_else(|| graph_memory(to.vector_count().unwrap_or(0), info.dim));
+            eprintln!(
+                "building the HNSW index of {} (maintenance_work_mem {memory})",
+                info.fingerprint
+            );
+            let mut bar = Bar::new(format!("index of {} (table pages)", info.fingerprint), 0);
+            pg.build_search_index(&to, &memory, args.build_workers.map(usize::from), &mut |done, total| bar.set(done, total))?;
+            bar.done();
+            eprintln!("built the HNSW index of {}", info.fingerprint);
+        }
     }
 
     let mut bar = Bar::new("files".into(), sled.file_count()?);
@@ -167,11 +217,47 @@ impl Bar {
         }
     }
 
+    /// Progress whose total is learnt on the way (an index build's pages).
+    fn set(&mut self, done: u64, total: u64) {
+        self.total = total;
+        let step = done.saturating_sub(self.done);
+        self.add(step as usize);
+    }
+
     fn done(&mut self) {
+        if self.total == 0 && self.done == 0 {
+            return; // nothing to report (the counts follow at the end)
+        }
         if self.tty {
             eprintln!();
         } else if self.shown_tenth < 10 {
             eprintln!("{}: {}/{}", self.what, self.done, self.total);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes_are_postgres_sizes() {
+        assert_eq!(parse_memory("4GB").unwrap(), "4GB");
+        assert_eq!(parse_memory("512MB").unwrap(), "512MB");
+        for bad in ["", "GB", "4", "4gb", "4 GB", "-1GB", "4GB'; DROP"] {
+            assert!(parse_memory(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn the_build_gets_room_for_the_whole_graph() {
+        // A million 512-d vectors: pgvector's graph measured 2.7 GB.
+        let mb: u64 = graph_memory(1_000_000, 512)
+            .trim_end_matches("MB")
+            .parse()
+            .unwrap();
+        assert!((2800..4000).contains(&mb), "{mb} MB");
+        assert_eq!(graph_memory(10, 512), "64MB");
+        assert_eq!(graph_memory(u32::MAX as u64, 4096), "65536MB");
     }
 }

@@ -266,7 +266,7 @@ async fn a_sled_store_moves_into_postgres_with_equal_counts_and_results() {
     let pg = PgServer::start();
     pg.create_db("moved");
     let url = pg.url("moved");
-    for _ in 0..2 {
+    let migrate = || {
         let out = run_ok(
             dualsight()
                 .arg("migrate")
@@ -274,9 +274,24 @@ async fn a_sled_store_moves_into_postgres_with_equal_counts_and_results() {
                 .arg(&d.data)
                 .args(["--to", &url, "--node", "home"]),
         );
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(err.contains("files") && err.contains("done"), "{err}");
-    }
+        err
+    };
+    let hnsw_indexes = "SELECT count(*) FROM pg_indexes WHERE indexdef LIKE '%USING hnsw%'";
+    // An empty space is loaded bare and its graph built once at the end; a
+    // second run finds the index and inserts through it; a run after one
+    // cut short between the drop and the build builds it.
+    let err = migrate();
+    assert!(err.contains("built the HNSW index"), "{err}");
+    assert_eq!(pg.psql("moved", hnsw_indexes), "1");
+    let err = migrate();
+    assert!(!err.contains("building the HNSW index"), "{err}");
+    assert_eq!(pg.psql("moved", hnsw_indexes), "1");
+    pg.psql("moved", &format!("DROP INDEX {}_hnsw", vector_table(&pg, "moved")));
+    let err = migrate();
+    assert!(err.contains("built the HNSW index"), "{err}");
+    assert_eq!(pg.psql("moved", hnsw_indexes), "1");
     assert_eq!(
         pg.psql("moved", "SELECT count(*) FROM files WHERE node = 'home'"),
         "5"

@@ -1,13 +1,108 @@
 //! Bulk loading for `dualsight migrate`: records and vectors copied from
 //! another store as they are, without re-embedding. Every statement is an
 //! upsert, so a copy cut short is resumed by running it again.
+//!
+//! A space filled from empty is loaded without its HNSW index, which is
+//! then built once: pgvector builds a graph in memory many times faster than
+//! it inserts into one row by row (BENCHMARKS.md, 1M vectors).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use pgvector::Vector;
 
 use super::super::{ContentHash, FailureRecord, FileRecord, Result};
 use super::{PgSpace, PgStore, q};
 
+/// How often a build's progress is read from `pg_stat_progress_create_index`.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
 impl PgStore {
+    /// Whether the space's HNSW index exists (a migrate cut short between
+    /// dropping and building it leaves none).
+    pub fn has_search_index(&self, space: &PgSpace) -> Result<bool> {
+        let mut c = self.inner.primary.get()?;
+        let row = c
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&format!("{}_hnsw", space.table())],
+            )
+            .map_err(q("looking for a space's index"))?;
+        Ok(row.get(0))
+    }
+
+    /// Drops the space's HNSW index before a bulk load. Searches meanwhile
+    /// scan exactly: only for a space no daemon searches yet.
+    pub fn drop_search_index(&self, space: &PgSpace) -> Result<()> {
+        let mut c = self.inner.primary.get()?;
+        c.batch_execute(&format!("DROP INDEX IF EXISTS {}_hnsw", space.table()))
+            .map_err(q("dropping a space's index"))
+    }
+
+    /// Builds the space's HNSW index over what the table holds, with
+    /// `memory` (a PostgreSQL size such as `2GB`) for the graph and
+    /// `workers` parallel helpers (else the server's setting); `progress(done, total)` hears how many of
+    /// the table's pages the build has read. A no-op when it exists.
+    pub fn build_search_index(
+        &self,
+        space: &PgSpace,
+        memory: &str,
+        workers: Option<usize>,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<()> {
+        let mut c = self.inner.primary.get()?;
+        let pid: i32 = c
+            .query_one("SELECT pg_backend_pid()", &[])
+            .map_err(q("building a space's index"))?
+            .get(0);
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| self.watch_build(pid, &done, progress));
+            // SET LOCAL: the pooled connection goes back with its defaults.
+            let built = c
+                .transaction()
+                .and_then(|mut tx| {
+                    let workers = workers.map_or(String::new(), |n| {
+                        format!("SET LOCAL max_parallel_maintenance_workers = {n};")
+                    });
+                    tx.batch_execute(&format!(
+                        "SET LOCAL maintenance_work_mem = '{}'; {workers} {}",
+                        memory.replace('\'', ""),
+                        self.search_index_sql(space.id)
+                    ))?;
+                    tx.commit()
+                })
+                .map_err(q("building a space's index"));
+            done.store(true, Ordering::Release);
+            built
+        })?;
+        self.counts_changed();
+        Ok(())
+    }
+
+    /// Reports a build's progress until `done`; quiet when the server does
+    /// not say (another extension's phase, no permission).
+    fn watch_build(&self, pid: i32, done: &AtomicBool, progress: &mut (dyn FnMut(u64, u64) + Send)) {
+        let Ok(mut c) = self.inner.primary.get() else {
+            return;
+        };
+        while !done.load(Ordering::Acquire) {
+            std::thread::sleep(PROGRESS_EVERY);
+            let Ok(Some(row)) = c.query_opt(
+                // pgvector counts the heap pages it has put in the graph;
+                // it leaves tuples_total unset.
+                "SELECT blocks_done, blocks_total FROM pg_stat_progress_create_index WHERE pid = $1",
+                &[&pid],
+            ) else {
+                continue;
+            };
+            let (n, total): (i64, i64) = (row.get(0), row.get(1));
+            if total > 0 && !done.load(Ordering::Acquire) {
+                progress(n as u64, total as u64);
+            }
+        }
+    }
+
     /// Adds vectors for contents the space lacks; returns how many were new.
     pub fn import_vectors(
         &self,

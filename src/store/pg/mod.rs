@@ -242,6 +242,7 @@ impl PgStore {
                 &[&fingerprint],
             )
             .map_err(q("reading the spaces"))?;
+        let existed = found.is_some();
         let id = match found {
             Some(row) => {
                 let existing = row.get::<_, i32>(1) as usize;
@@ -262,19 +263,13 @@ impl PgStore {
                     )
                     .map_err(q("creating a space"))?
                     .get(0);
-                // Cosine distance, as the search layer scores: the HNSW walk
-                // then ranks candidates as the exact rescoring does. pgvector
-                // takes m in 2..=100 and ef_construction in 2m..=1000.
-                let m = self.inner.hnsw.max_nb_connection.clamp(2, 100);
-                let ef_construction = self.inner.hnsw.ef_construction.clamp(2 * m, 1000);
                 tx.batch_execute(&format!(
                     "CREATE TABLE vectors_{id} (
                          id bigserial PRIMARY KEY,
                          hash bytea NOT NULL UNIQUE,
                          embedding vector({dim}) NOT NULL);
-                     CREATE INDEX vectors_{id}_hnsw ON vectors_{id}
-                         USING hnsw (embedding vector_cosine_ops)
-                         WITH (m = {m}, ef_construction = {ef_construction});"
+                     {}",
+                    self.search_index_sql(id)
                 ))
                 .map_err(q("creating a space's vector table"))?;
                 tracing::info!(fingerprint, dim, id, "created vector space");
@@ -282,7 +277,31 @@ impl PgStore {
             }
         };
         tx.commit().map_err(q("creating a space"))?;
-        Ok(self.space_handle(id, fingerprint, dim))
+        let space = self.space_handle(id, fingerprint, dim);
+        if existed && !self.has_search_index(&space)? {
+            // Left so by a `dualsight migrate` cut short before its build:
+            // searches stay right (exact scans) but slow.
+            tracing::warn!(
+                fingerprint,
+                table = space.table(),
+                "this space has no HNSW index, so searches scan every vector: run `dualsight migrate` again to finish, or build it with CREATE INDEX (docs/scale-out.md)"
+            );
+        }
+        Ok(space)
+    }
+
+    /// The statement that makes a space's HNSW index. Cosine distance, as
+    /// the search layer scores: the walk then ranks candidates as the exact
+    /// rescoring does. pgvector takes m in 2..=100 and ef_construction in
+    /// 2m..=1000.
+    fn search_index_sql(&self, id: i32) -> String {
+        let m = self.inner.hnsw.max_nb_connection.clamp(2, 100);
+        let ef_construction = self.inner.hnsw.ef_construction.clamp(2 * m, 1000);
+        format!(
+            "CREATE INDEX IF NOT EXISTS vectors_{id}_hnsw ON vectors_{id}
+                 USING hnsw (embedding vector_cosine_ops)
+                 WITH (m = {m}, ef_construction = {ef_construction});"
+        )
     }
 
     fn space_handle(&self, id: i32, fingerprint: &str, dim: usize) -> PgSpace {
