@@ -14,7 +14,8 @@ pub const ENV: &str = "DUALSIGHT_CPU";
 pub enum Level {
     /// Plain Rust, whatever the CPU (the compiler's baseline SSE2 on x86-64).
     Portable,
-    /// AVX2 + FMA (Haswell and Zen on).
+    /// AVX2 + FMA, and F16C for half-precision weights (Haswell and Zen
+    /// on: every CPU with AVX2 has F16C).
     Avx2,
     /// AVX-512 F, BW, VL, DQ on top of AVX2 + FMA (Skylake-SP, Ice Lake,
     /// Sapphire Rapids, Zen 4 on).
@@ -43,7 +44,11 @@ impl Level {
         match self {
             Level::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            Level::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            Level::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
             #[cfg(target_arch = "x86_64")]
             Level::Avx512 => {
                 Level::Avx2.supported()

@@ -32,6 +32,10 @@ pub struct BenchArgs {
     /// cpu, cuda, cuda:N (the model only; the reference stays on CPU).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// f32, bf16 or f16 for our model (on the CPU: the dense weights only;
+    /// the reference stays f32).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
     /// Tiny sizes and few iterations: a smoke run of every part in minutes.
     #[arg(long)]
     pub quick: bool,
@@ -281,6 +285,7 @@ fn config(args: &BenchArgs) -> Result<BenchConfig> {
         model,
         work_dir,
         device: args.device.clone(),
+        dtype: args.dtype.clone(),
         threads,
         sections,
         batches: pick(&args.batches, "1,8,32", "1,2")?,

@@ -87,6 +87,8 @@ pub struct BenchConfig {
     pub model: PathBuf,
     pub work_dir: PathBuf,
     pub device: String,
+    /// Our model's `--dtype` (the reference's is f32).
+    pub dtype: String,
     pub threads: usize,
     pub sections: Sections,
     pub batches: Vec<usize>,
@@ -193,15 +195,17 @@ pub fn run(cfg: &BenchConfig, reference: Option<&reference::Reference>) -> Resul
         .parse::<DeviceSpec>()?
         .open()
         .context("opening the device")?;
+    let dtype = dualsight::device::parse_dtype(&cfg.dtype)?;
     say(format!(
-        "loading {} on {} with {} threads",
+        "loading {} on {} in {} with {} threads",
         cfg.model.display(),
         cfg.device,
+        cfg.dtype,
         machine.candle_threads
     ));
     let t = Instant::now();
     let encoder = Arc::new(
-        Encoder::load(&cfg.model, &device, candle_core::DType::F32)
+        Encoder::load(&cfg.model, &device, dtype)
             .with_context(|| format!("loading {}", cfg.model.display()))?
             // As the daemon runs it: end-to-end indexing measures its default.
             .with_preprocessing(dualsight::config::Settings::default().preprocessing()),
@@ -313,6 +317,7 @@ mod tests {
             model: tree.join("tests/fixtures/models/vit-bert"),
             work_dir: work.path().to_path_buf(),
             device: "cpu".into(),
+            dtype: "f32".into(),
             threads: 2,
             sections: Sections::ALL,
             batches: vec![1, 2],

@@ -48,7 +48,10 @@ pub struct MigrateArgs {
 fn parse_memory(s: &str) -> Result<String, String> {
     let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit = &s[digits.len()..];
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || !["kB", "MB", "GB", "TB"].contains(&unit) {
+    if digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || !["kB", "MB", "GB", "TB"].contains(&unit)
+    {
         return Err(format!("{s:?}: expected a size such as 512MB or 4GB"));
     }
     Ok(s.to_owned())
@@ -125,7 +128,12 @@ pub fn run(args: &MigrateArgs) -> Result<()> {
                 info.fingerprint
             );
             let mut bar = Bar::new(format!("index of {} (table pages)", info.fingerprint), 0);
-            pg.build_search_index(&to, &memory, args.build_workers.map(usize::from), &mut |done, total| bar.set(done, total))?;
+            pg.build_search_index(
+                &to,
+                &memory,
+                args.build_workers.map(usize::from),
+                &mut |done, total| bar.set(done, total),
+            )?;
             bar.done();
             eprintln!("built the HNSW index of {}", info.fingerprint);
         }

@@ -25,7 +25,7 @@ pub struct RunArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
-    /// f32 (default), or f16 / bf16 on CUDA.
+    /// f32 (default), f16 or bf16 (on the CPU: the dense weights only).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Decode large JPEGs at reduced scale, as the daemon does by default
@@ -38,7 +38,7 @@ impl RunArgs {
     pub fn load(&self) -> Result<Encoder> {
         let dir = hub::resolve(&self.model)?;
         let device = self.device.open()?;
-        let dtype = parse_dtype(&self.dtype, &device)?;
+        let dtype = parse_dtype(&self.dtype)?;
         let mode = if self.fast_preprocessing {
             Preprocessing::Fast
         } else {

@@ -19,7 +19,7 @@ pub(super) fn open_store(s: &Settings) -> crate::store::Result<Store> {
 pub(super) fn load_engines(s: &Settings) -> Result<(Engine, Option<Engine>)> {
     let dir = crate::model::hub::resolve(s.model.as_deref().unwrap_or_default())?;
     let device = s.device.parse::<DeviceSpec>()?.open()?;
-    let dtype = parse_dtype(&s.dtype, &device)?;
+    let dtype = parse_dtype(&s.dtype)?;
     let limits = DecodeLimits {
         max_bytes: s.ingest.max_image_bytes,
         max_pixels: s.ingest.max_image_pixels,

@@ -10,7 +10,7 @@ use candle_nn::{Init, VarBuilder};
 
 use super::config::DualEncoderConfig;
 use super::lanes;
-use super::layers::{Dense, TrainingMode, l2_normalize, linear};
+use super::layers::{Dense, HalfWeights, TrainingMode, l2_normalize, linear};
 use super::text::TextTower;
 use super::vision::VisionTower;
 use super::weights::{Recorded, WeightSource};
@@ -96,7 +96,11 @@ impl DualEncoder {
         dtype: DType,
     ) -> Result<Self> {
         let weights = source.recorded();
-        let vb = VarBuilder::from_backend(Box::new(source), dtype, device.clone());
+        // On the CPU a half type applies to the dense weights only; the
+        // activations stay f32 (`HalfWeights`).
+        let _half = (device.is_cpu() && dtype != DType::F32).then(|| HalfWeights::enter(dtype));
+        let activations = if device.is_cpu() { DType::F32 } else { dtype };
+        let vb = VarBuilder::from_backend(Box::new(source), activations, device.clone());
         let vision = VisionTower::new(&config.vision, vb.pp("vision_model"))?;
         let text = TextTower::new(&config.text, vb.pp("text_model"))?;
         let p = config.projection_dim;
@@ -146,8 +150,19 @@ impl DualEncoder {
     pub fn device(&self) -> &Device {
         &self.device
     }
+    /// The type asked for: of every tensor on CUDA, of the dense weights
+    /// on the CPU.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The type the towers compute in: f32 on the CPU whatever `dtype` is.
+    fn activations(&self) -> DType {
+        if self.device.is_cpu() {
+            DType::F32
+        } else {
+            self.dtype
+        }
     }
     pub fn projection_dim(&self) -> usize {
         self.config.projection_dim
@@ -182,7 +197,9 @@ impl DualEncoder {
 
     /// The vision tower's `pooler_output` for `[B, C, H, W]` pixels (f32 out).
     pub fn vision_pooled(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let px = pixel_values.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let px = pixel_values
+            .to_device(&self.device)?
+            .to_dtype(self.activations())?;
         Ok(self.vision_forward(&px)?.to_dtype(DType::F32)?)
     }
 
@@ -224,7 +241,9 @@ impl DualEncoder {
 
     /// `get_image_features`: projected, not normalised, `[B, projection_dim]`.
     pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let px = pixel_values.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let px = pixel_values
+            .to_device(&self.device)?
+            .to_dtype(self.activations())?;
         let pooled = self.vision_forward(&px)?;
         Ok(self
             .visual_projection
@@ -314,8 +333,8 @@ impl DualEncoder {
         let pooled = match images {
             ImageInput::Pixels(px) => self
                 .vision
-                .pooled(&px.to_device(&self.device)?.to_dtype(self.dtype)?)?,
-            ImageInput::Pooled(p) => p.to_device(&self.device)?.to_dtype(self.dtype)?,
+                .pooled(&px.to_device(&self.device)?.to_dtype(self.activations())?)?,
+            ImageInput::Pooled(p) => p.to_device(&self.device)?.to_dtype(self.activations())?,
         };
         let image = l2_normalize(
             &self

@@ -47,6 +47,37 @@ pub fn training() -> bool {
     TRAINING.get().is_some()
 }
 
+thread_local! {
+    /// While a model is built for the CPU in half precision on this thread:
+    /// the type its dense weights are stored in.
+    static HALF_WEIGHTS: Cell<Option<DType>> = const { Cell::new(None) };
+}
+
+/// `--dtype bf16|f16` on the CPU, for the models built on this thread while
+/// the guard lives: every dense layer's weight is stored in `dtype` and
+/// everything else stays f32 (activations, norms, embeddings), so the
+/// CPU's f32 kernels run with weights widened as they are read and
+/// accumulate in f32. candle's own half-precision CPU ops would round
+/// every activation and run several times slower.
+#[derive(Debug)]
+pub struct HalfWeights {
+    previous: Option<DType>,
+}
+
+impl HalfWeights {
+    pub fn enter(dtype: DType) -> Self {
+        Self {
+            previous: HALF_WEIGHTS.replace(Some(dtype)),
+        }
+    }
+}
+
+impl Drop for HalfWeights {
+    fn drop(&mut self) {
+        HALF_WEIGHTS.set(self.previous);
+    }
+}
+
 /// A keep-mask of `n` values: `1 / (1 - p)` with probability `1 - p`, else
 /// 0 (PyTorch's dropout scaling); `None` outside training mode.
 fn keep_mask(n: usize, p: f32) -> Option<Vec<f32>> {
@@ -71,6 +102,12 @@ pub fn dropout(xs: &Tensor, p: f32) -> Result<Tensor> {
         }
         None => Ok(xs.clone()),
     }
+}
+
+/// True when a dense weight can take the CPU fast path: f32, bf16 or f16 on
+/// the CPU, outside any gradient graph (see [`plain_f32`]).
+fn plain_weight(t: &Tensor) -> bool {
+    cpu::is_cpu_weight(t) && !t.track_op()
 }
 
 /// True when a tensor can take a CPU f32 fast path: on the CPU, f32, and
@@ -177,7 +214,10 @@ impl Dense {
         let mut shape = xs.dims().to_vec();
         let k = shape.pop().unwrap_or(1);
         shape.push(self.out_dim());
-        let mut out = xs.reshape(((), k))?.matmul(&self.weight().t()?)?;
+        // A half-precision weight beside f32 activations (`HalfWeights`)
+        // meets them in their type here, off the fast path.
+        let w = self.weight().to_dtype(xs.dtype())?;
+        let mut out = xs.reshape(((), k))?.matmul(&w.t()?)?;
         if let Some(b) = self.linear.bias() {
             out = autograd::bias_add(&out, b)?;
         }
@@ -196,7 +236,7 @@ impl Dense {
     fn fast(&self, xs: &Tensor) -> bool {
         !training()
             && plain_f32(xs)
-            && plain_f32(self.weight())
+            && plain_weight(self.weight())
             && self.linear.bias().is_none_or(plain_f32)
     }
 
@@ -211,12 +251,7 @@ impl Dense {
     /// product alone, onto the bias (and residual) the caller placed in
     /// `dst` ([`cpu::start_rows`]). Fast path only.
     fn product(&self, x: &[f32], m: usize, dst: &mut [f32], dst_rs: usize) {
-        let n = self.out_dim();
-        cpu::with_f32(self.weight(), |w| {
-            let k = w.len() / n;
-            cpu::matmul_wt(x, w, (m, k, n), dst, dst_rs, true)
-        })
-        .expect("checked by Dense::fast");
+        cpu::matmul_weight(x, m, self.weight(), dst, dst_rs, true).expect("checked by Dense::fast");
     }
 
     /// The fast path: `act(x wᵀ + b) + residual` in one output buffer.
@@ -288,14 +323,14 @@ pub fn linear(
     std: f64,
     vb: VarBuilder,
 ) -> Result<Dense> {
-    let w = vb.get_with_hints(
-        (out_dim, in_dim),
-        "weight",
-        Init::Randn {
-            mean: 0.,
-            stdev: std,
-        },
-    )?;
+    let init = Init::Randn {
+        mean: 0.,
+        stdev: std,
+    };
+    let w = match HALF_WEIGHTS.get() {
+        Some(dtype) => vb.get_with_hints_dtype((out_dim, in_dim), "weight", init, dtype)?,
+        None => vb.get_with_hints((out_dim, in_dim), "weight", init)?,
+    };
     let b = if bias {
         Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.))?)
     } else {

@@ -473,3 +473,51 @@ fn long_captions_tokenize_as_transformers_truncates_them() {
         assert_close(name, &logits, &r.get("logits_per_text"), TOL);
     }
 }
+
+/// `--dtype bf16|f16` on the CPU: the dense weights are rounded, nothing
+/// else is, so every fixture's image and text embeddings stay within
+/// cosine 0.999 of transformers' f32 ones. Rounded they are: the outputs
+/// are not the f32 ones bit for bit.
+#[test]
+fn half_precision_weights_on_the_cpu_keep_every_embedding_close() {
+    let cosines = |a: &Tensor, b: &Tensor| -> Vec<f32> {
+        let (a, b) = (a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| {
+                let dot: f32 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+                let norm = |v: &[f32]| v.iter().map(|p| p * p).sum::<f32>().sqrt();
+                dot / (norm(x) * norm(y))
+            })
+            .collect()
+    };
+    for name in MODELS {
+        let dir = model_dir(name);
+        let r = Reference::load(&dir);
+        let px = r.get("all_pixel_values");
+        let text = token_input(&r, "");
+        let exact = DualEncoder::load(&dir, &Device::Cpu, DType::F32).unwrap();
+        let f32_images = exact.embed_images(&px).unwrap();
+        for dtype in [DType::BF16, DType::F16] {
+            let model = DualEncoder::load(&dir, &Device::Cpu, dtype)
+                .unwrap_or_else(|e| panic!("{name} {dtype:?}: {e}"));
+            assert_eq!(model.dtype(), dtype);
+            let images = model.embed_images(&px).unwrap();
+            assert_eq!(images.dtype(), DType::F32, "{name}: embeddings stay f32");
+            let out = model.forward(&text, &r.get("pixel_values"), false).unwrap();
+            for (what, got, want) in [
+                ("image", &images, r.get("all_image_embeds")),
+                ("text", &out.text_embeds, r.get("text_embeds")),
+            ] {
+                let worst = cosines(got, &want).into_iter().fold(1f32, f32::min);
+                eprintln!("{name} {dtype:?} {what}: worst cosine {worst:.6}");
+                assert!(worst >= 0.999, "{name} {dtype:?} {what}: cosine {worst}");
+            }
+            assert_ne!(
+                images.to_vec2::<f32>().unwrap(),
+                f32_images.to_vec2::<f32>().unwrap(),
+                "{name} {dtype:?}: the weights were not rounded"
+            );
+        }
+    }
+}

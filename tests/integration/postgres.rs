@@ -288,7 +288,10 @@ async fn a_sled_store_moves_into_postgres_with_equal_counts_and_results() {
     let err = migrate();
     assert!(!err.contains("building the HNSW index"), "{err}");
     assert_eq!(pg.psql("moved", hnsw_indexes), "1");
-    pg.psql("moved", &format!("DROP INDEX {}_hnsw", vector_table(&pg, "moved")));
+    pg.psql(
+        "moved",
+        &format!("DROP INDEX {}_hnsw", vector_table(&pg, "moved")),
+    );
     let err = migrate();
     assert!(err.contains("built the HNSW index"), "{err}");
     assert_eq!(pg.psql("moved", hnsw_indexes), "1");

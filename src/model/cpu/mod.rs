@@ -54,6 +54,48 @@ pub fn is_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
+/// True when `t` can be a dense weight on the fast path: on the CPU in f32,
+/// bf16 or f16.
+pub fn is_cpu_weight(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16)
+}
+
+/// [`matmul_wt`] with the weight a CPU tensor `[n, k]` of f32, bf16 or f16
+/// (`x` is `[m, k]`); `None` when it is elsewhere, of another type, strided
+/// or of another shape (the caller then takes candle's path).
+pub fn matmul_weight(
+    x: &[f32],
+    m: usize,
+    w: &Tensor,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+) -> Option<()> {
+    if !w.device().is_cpu() {
+        return None;
+    }
+    let (n, k) = w.dims2().ok()?;
+    if x.len() < m * k {
+        return None;
+    }
+    let (storage, layout) = w.storage_and_layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    let shape = (m, k, n);
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(d)) => {
+            matmul_wt(x, &d[start..end], shape, dst, dst_rs, accumulate)
+        }
+        Storage::Cpu(CpuStorage::BF16(d)) => {
+            matmul_wt(x, &d[start..end], shape, dst, dst_rs, accumulate)
+        }
+        Storage::Cpu(CpuStorage::F16(d)) => {
+            matmul_wt(x, &d[start..end], shape, dst, dst_rs, accumulate)
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
 fn parallelism(flops: usize) -> Parallelism {
     let threads = rayon::current_num_threads();
     // gemm has its own threshold too; this one keeps a 1-row query from
@@ -88,9 +130,9 @@ impl SendPtr {
 /// # Panics
 /// If a slice is too short for the shapes given (a caller bug, checked before
 /// any unsafe access).
-pub fn matmul_wt(
+pub fn matmul_wt<W: WeightElem>(
     x: &[f32],
-    w: &[f32],
+    w: &[W],
     (m, k, n): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
@@ -102,10 +144,10 @@ pub fn matmul_wt(
 /// [`matmul_wt`] at a given vector level: tests run every level the
 /// machine has. The checks are here, so no caller reaches the unsafe
 /// kernels without them.
-fn matmul_wt_at(
+fn matmul_wt_at<W: WeightElem>(
     level: Level,
     x: &[f32],
-    w: &[f32],
+    w: &[W],
     (m, k, n): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
@@ -131,6 +173,8 @@ fn matmul_wt_at(
             packed::matmul_wt(level, x, w, (m, k, n), dst, dst_rs, accumulate)
         };
     }
+    let mut scratch = Vec::new();
+    let w = weight::widened(&w[..n * k], &mut scratch);
     gemm_wt(x, w, (m, k, n), dst, dst_rs, accumulate)
 }
 
@@ -191,6 +235,9 @@ fn column_tasks(n: usize, width: usize, flops: usize, task: impl Fn(usize) + Sen
 /// with `bench/examples/dense.rs`: at 48 rows ~100 GFLOP/s here, 72 packed at 49).
 #[cfg(target_arch = "x86_64")]
 const SMALL_M: usize = 48;
+
+mod weight;
+pub use weight::WeightElem;
 
 // Both kernels need AVX2 + FMA at least (`simd::level`); below that, and
 // off x86-64, gemm does the work.
@@ -550,6 +597,48 @@ mod tests {
                 close(&acc, &plus_one, 1e-3);
             }
         }
+        Ok(())
+    }
+
+    /// bf16 and f16 weights, read by every kernel at every level, give what
+    /// candle gives for the same rounded weights widened to f32: only the
+    /// weights are rounded, the products accumulate in f32.
+    #[test]
+    fn half_precision_weights_match_their_widened_f32() -> Result<()> {
+        let dev = Device::Cpu;
+        // Few rows, the packed kernel's block edges, and ragged widths.
+        for (m, k, n) in [(1, 768, 512), (10, 70, 45), (97, 70, 45), (200, 771, 130)] {
+            let x = Tensor::randn(0f32, 1., (m, k), &dev)?;
+            let xv = x.flatten_all()?.to_vec1::<f32>()?;
+            for dtype in [DType::BF16, DType::F16] {
+                let w = Tensor::randn(0f32, 1., (n, k), &dev)?.to_dtype(dtype)?;
+                let widened = w.to_dtype(DType::F32)?;
+                let want = x.matmul(&widened.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+                let mut got = vec![0f32; m * n];
+                matmul_weight(&xv, m, &w, &mut got, n, false).expect("a CPU weight");
+                close(&got, &want, 1e-3);
+                for level in Level::available() {
+                    let mut got = vec![0f32; m * n];
+                    let flat = w.flatten_all()?;
+                    if dtype == DType::BF16 {
+                        let wv = flat.to_vec1::<half::bf16>()?;
+                        matmul_wt_at(level, &xv, &wv, (m, k, n), &mut got, n, false);
+                    } else {
+                        let wv = flat.to_vec1::<half::f16>()?;
+                        matmul_wt_at(level, &xv, &wv, (m, k, n), &mut got, n, false);
+                    }
+                    close(&got, &want, 1e-3);
+                }
+            }
+        }
+        // Not a CPU weight of those types, or not `[n, k]`: candle's path.
+        let w = Tensor::randn(0f32, 1., (4, 3), &dev)?;
+        let mut dst = vec![0f32; 8];
+        assert!(
+            matmul_weight(&[0.0; 6], 2, &w.to_dtype(DType::F64)?, &mut dst, 4, false).is_none()
+        );
+        assert!(matmul_weight(&[0.0; 6], 2, &w.t()?, &mut dst, 4, false).is_none());
+        assert!(matmul_weight(&[0.0; 6], 2, &w.reshape((2, 2, 3))?, &mut dst, 4, false).is_none());
         Ok(())
     }
 

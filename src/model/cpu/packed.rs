@@ -20,6 +20,7 @@
 use std::cell::RefCell;
 
 use super::SendPtr;
+use super::weight::WeightElem;
 use crate::simd::Level;
 use rayon::prelude::*;
 
@@ -88,15 +89,17 @@ thread_local! {
     static PACKED_X: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Each worker's packed weight slice (`KC × NC`).
     static PACKED_W: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Half-precision weight rows widened before they are packed (8 × KC).
+    static WIDENED_W: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `dst[i, j] (+)= Σ_k x[i, k] · w[j, k]`, as `super::matmul_wt` documents;
 /// the caller has checked the slice lengths and that the CPU runs `level`
 /// (AVX2 + FMA at least).
-pub fn matmul_wt(
+pub fn matmul_wt<W: WeightElem>(
     level: Level,
     x: &[f32],
-    w: &[f32],
+    w: &[W],
     (m, k, n): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
@@ -183,27 +186,45 @@ fn pack_x(x: &[f32], m: usize, k: usize, mr: usize, px: &mut [f32]) {
 /// Weight rows `j0 .. j0 + cols`, depth `p0 .. p0 + kc`, into panels of `nr`
 /// columns: panel `q` holds, for each `kk`, the `nr` weights of output columns
 /// `j0 + q·nr ..` side by side (zero past column `j0 + cols`).
-fn pack_w(
-    w: &[f32],
+/// Half-precision weights are widened here, once per call, so the
+/// micro-kernels stay f32.
+fn pack_w<W: WeightElem>(
+    w: &[W],
     k: usize,
     (j0, cols): (usize, usize),
     (p0, kc): (usize, usize),
     nr: usize,
     pw: &mut [f32],
 ) {
-    for (q, panel) in pw[..cols.next_multiple_of(nr) * kc]
-        .chunks_exact_mut(nr * kc)
-        .enumerate()
-    {
-        // In groups of 8 columns, one transpose width each.
-        for h in 0..nr / 8 {
-            let first = q * nr + h * 8;
-            let rows: Vec<&[f32]> = (first..cols.min(first + 8))
-                .map(|j| &w[(j0 + j) * k + p0..][..kc])
-                .collect();
-            interleave(&rows, kc, &mut panel[h * 8..], nr, 8);
+    WIDENED_W.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        for (q, panel) in pw[..cols.next_multiple_of(nr) * kc]
+            .chunks_exact_mut(nr * kc)
+            .enumerate()
+        {
+            // In groups of 8 columns, one transpose width each.
+            for h in 0..nr / 8 {
+                let first = q * nr + h * 8;
+                let (j1, j2) = (j0 + first, j0 + cols.min(first + 8));
+                if j1 >= j2 {
+                    interleave(&[], kc, &mut panel[h * 8..], nr, 8);
+                    continue;
+                }
+                // Rows j1..j2 at depth p0..p0 + kc, contiguous once widened.
+                let slices: Vec<&[W]> = (j1..j2).map(|j| &w[j * k + p0..][..kc]).collect();
+                let rows: Vec<&[f32]> = if W::as_f32(&w[..0]).is_some() {
+                    slices.iter().map(|r| W::as_f32(r).expect("f32")).collect()
+                } else {
+                    scratch.resize(slices.len() * kc, 0.0);
+                    for (r, dst) in slices.iter().zip(scratch.chunks_exact_mut(kc)) {
+                        W::widen(r, dst);
+                    }
+                    scratch.chunks_exact(kc).collect()
+                };
+                interleave(&rows, kc, &mut panel[h * 8..], nr, 8);
+            }
         }
-    }
+    });
 }
 
 /// `dst[kk · stride + r] = rows[r][kk]` for `kk < len` and `r < width ≤ 8`,
@@ -581,9 +602,9 @@ mod tests {
     fn zero_depth_is_zero_or_what_was_there() {
         // k == 0 returns before any vector instruction: runs on any CPU.
         let mut dst = vec![2f32; 6];
-        matmul_wt(Level::Avx2, &[], &[], (2, 0, 3), &mut dst, 3, true);
+        matmul_wt::<f32>(Level::Avx2, &[], &[], (2, 0, 3), &mut dst, 3, true);
         assert_eq!(dst, [2.0; 6]);
-        matmul_wt(Level::Avx2, &[], &[], (2, 0, 3), &mut dst, 3, false);
+        matmul_wt::<f32>(Level::Avx2, &[], &[], (2, 0, 3), &mut dst, 3, false);
         assert_eq!(dst, [0.0; 6]);
     }
 }

@@ -2,15 +2,16 @@
 //! the CPU has them before it calls in).
 
 use super::SendPtr;
+use super::weight::WeightElem;
 
 /// Output columns (weight rows) per task: enough work to amortise a task,
 /// small enough that two cores split even a 512-wide projection.
 const COLS_PER_TASK: usize = 64;
 
 /// Same contract as `super::matmul_wt`, whose asserts have run.
-pub fn matmul_wt(
+pub fn matmul_wt<W: WeightElem>(
     x: &[f32],
-    w: &[f32],
+    w: &[W],
     (m, k, n): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
@@ -66,23 +67,23 @@ const TW: usize = 3;
 /// `acc[i][r] = x[i] · w[r]` for `xs ≤ TX` input rows and `ws ≤ TW`
 /// weight rows, each of length `k`.
 /// `next` (possibly empty) is prefetched along the way.
-fn tile(
+fn tile<W: WeightElem>(
     x: &[f32],
-    w: &[f32],
-    next: &[f32],
+    w: &[W],
+    next: &[W],
     k: usize,
     xs: usize,
     ws: usize,
     acc: &mut [[f32; TW]; TX],
 ) {
     assert!(x.len() >= xs * k && w.len() >= ws * k && xs <= TX && ws <= TW);
-    // SAFETY: only reached when `avx2_fma()` found AVX2 and FMA; the
-    // assert above bounds every row the kernel reads.
+    // SAFETY: only reached when `Level::Avx2` found AVX2, FMA and F16C;
+    // the assert above bounds every row the kernel reads.
     unsafe {
         macro_rules! dispatch {
             ($($xs:literal, $ws:literal);*) => {
                 match (xs, ws) {
-                    $(($xs, $ws) => tile_avx2::<$xs, $ws>(x, w, next, k, acc),)*
+                    $(($xs, $ws) => tile_avx2::<W, $xs, $ws>(x, w, next, k, acc),)*
                     _ => unreachable!("tile shape checked above"),
                 }
             };
@@ -91,11 +92,11 @@ fn tile(
     }
 }
 
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2<const X: usize, const R: usize>(
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_avx2<W: WeightElem, const X: usize, const R: usize>(
     x: &[f32],
-    w: &[f32],
-    next: &[f32],
+    w: &[W],
+    next: &[W],
     k: usize,
     acc: &mut [[f32; TW]; TX],
 ) {
@@ -109,7 +110,7 @@ unsafe fn tile_avx2<const X: usize, const R: usize>(
         let (xp, wp) = (x.as_ptr(), w.as_ptr());
         // `next` is spread evenly over the steps: two 64-byte lines from
         // offset `pos >> 16` each step (fixed point, no division in the
-        // loop), which covers up to 32 floats a step. Prefetch is a hint
+        // loop), which covers up to 32 floats (64 halves) a step. Prefetch is a hint
         // that never faults, so a line past the end of `next` costs
         // nothing; `wrapping_add` keeps that address arithmetic defined.
         let pf = if next.is_empty() { wp } else { next.as_ptr() };
@@ -119,11 +120,11 @@ unsafe fn tile_avx2<const X: usize, const R: usize>(
         while kk < body {
             let at = pf.wrapping_add(pos >> 16);
             _mm_prefetch::<_MM_HINT_T0>(at.cast());
-            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(16).cast());
+            _mm_prefetch::<_MM_HINT_T0>(at.cast::<i8>().wrapping_add(64));
             pos += inc;
             let mut wv = [_mm256_setzero_ps(); R];
             for (r, v) in wv.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(wp.add(r * k + kk));
+                *v = W::load8(wp.add(r * k + kk));
             }
             for (i, si) in s.iter_mut().enumerate() {
                 let xv = _mm256_loadu_ps(xp.add(i * k + kk));
@@ -141,7 +142,7 @@ unsafe fn tile_avx2<const X: usize, const R: usize>(
                 let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
                 let mut total = _mm_cvtss_f32(q);
                 for t in body..k {
-                    total += x[i * k + t] * w[r * k + t];
+                    total += x[i * k + t] * w[r * k + t].to_f32();
                 }
                 acc[i][r] = total;
             }

@@ -82,7 +82,12 @@ impl PgStore {
 
     /// Reports a build's progress until `done`; quiet when the server does
     /// not say (another extension's phase, no permission).
-    fn watch_build(&self, pid: i32, done: &AtomicBool, progress: &mut (dyn FnMut(u64, u64) + Send)) {
+    fn watch_build(
+        &self,
+        pid: i32,
+        done: &AtomicBool,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) {
         let Ok(mut c) = self.inner.primary.get() else {
             return;
         };
