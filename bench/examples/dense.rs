@@ -6,11 +6,14 @@
 //!
 //! `m 768 3072 36` is BERT-base's weight volume; `m 768 36 1` with many reps
 //! keeps the weight in cache and shows the compute rate alone.
+//! `DENSE_WEIGHTS=bf16` (or `f16`) stores the weights in that type, as
+//! `--dtype bf16` on the CPU does.
 
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use dualsight::model::cpu::matmul_wt;
+use dualsight::model::cpu::{WeightElem, matmul_wt};
+use half::{bf16, f16};
 
 fn main() -> Result<()> {
     let args: Vec<usize> = std::env::args()
@@ -26,23 +29,61 @@ fn main() -> Result<()> {
     let ws: Vec<Vec<f32>> = (0..layers)
         .map(|l| (0..n * k).map(|i| ((i + l) % 7) as f32 * 0.01).collect())
         .collect();
+    let shape = Shape {
+        m,
+        k,
+        n,
+        reps,
+        iters,
+    };
+    match std::env::var("DENSE_WEIGHTS").as_deref() {
+        Ok("bf16") => run(&shape, &convert(&ws, bf16::from_f32)),
+        Ok("f16") => run(&shape, &convert(&ws, f16::from_f32)),
+        Ok("f32") | Err(_) => run(&shape, &ws),
+        Ok(other) => anyhow::bail!("DENSE_WEIGHTS={other}: expected f32, bf16 or f16"),
+    }
+}
+
+struct Shape {
+    m: usize,
+    k: usize,
+    n: usize,
+    reps: usize,
+    iters: usize,
+}
+
+fn convert<W>(ws: &[Vec<f32>], f: fn(f32) -> W) -> Vec<Vec<W>> {
+    ws.iter()
+        .map(|w| w.iter().map(|&v| f(v)).collect())
+        .collect()
+}
+
+fn run<W: WeightElem>(s: &Shape, ws: &[Vec<W>]) -> Result<()> {
+    let Shape {
+        m,
+        k,
+        n,
+        reps,
+        iters,
+    } = *s;
     let x: Vec<f32> = (0..m * k).map(|i| (i % 5) as f32).collect();
     let mut dst = vec![0f32; m * n];
     let mut best = f64::INFINITY;
     for _ in 0..iters {
         let t = Instant::now();
         for _ in 0..reps {
-            for w in &ws {
+            for w in ws {
                 matmul_wt(&x, w, (m, k, n), &mut dst, n, false);
             }
         }
         best = best.min(t.elapsed().as_secs_f64());
     }
-    let calls = (reps * layers) as f64;
+    let calls = (reps * ws.len()) as f64;
     println!(
-        "m={m} k={k} n={n}: best {:.2} ms, weights at {:.2} GB/s, {:.1} GFLOP/s",
+        "m={m} k={k} n={n} ({} B weights): best {:.2} ms, weights at {:.2} GB/s, {:.1} GFLOP/s",
+        std::mem::size_of::<W>(),
         best * 1e3,
-        calls * (n * k * 4) as f64 / best / 1e9,
+        calls * (n * k * std::mem::size_of::<W>()) as f64 / best / 1e9,
         calls * 2.0 * (m * n * k) as f64 / best / 1e9
     );
     Ok(())

@@ -9,6 +9,10 @@
 //! `PG_BULK=1` measures the other way to fill a space: the same commits
 //! into the table without its HNSW index, then one `CREATE INDEX` (pgvector
 //! builds the graph in memory, `PG_BUILD_MEMORY`, default 8GB).
+//! `PG_ONLY=1` skips the embedded index (search settings on a filled
+//! database). `PG_HALF=1` adds a `halfvec` expression index beside the
+//! `vector` one and compares the two graphs' own top 10 (recall against
+//! exact, p50/p99, index bytes) with the same queries and `ef_search`.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -260,5 +264,93 @@ fn main() -> Result<()> {
         pg_build.as_secs_f64() / sled_build.as_secs_f64(),
         p(&mut pg_lat, 0.5) / p(&mut sled_lat, 0.5)
     );
+    if std::env::var_os("PG_HALF").is_some() {
+        half_against_full(&mut sql, &table, n, &queries, &truth)?;
+    }
+    Ok(())
+}
+
+/// The `vector` graph against a `halfvec` one over the same rows: each
+/// index's own top `K` (no rescoring), recall against exact and latency.
+fn half_against_full(
+    sql: &mut postgres::Client,
+    table: &str,
+    n: usize,
+    queries: &[f32],
+    truth: &[HashSet<u64>],
+) -> Result<()> {
+    let params = IndexParams::default();
+    let t = Instant::now();
+    sql.batch_execute(&format!(
+        "SET maintenance_work_mem = '{}';
+         CREATE INDEX IF NOT EXISTS {table}_hnsw16 ON {table}
+         USING hnsw ((embedding::halfvec({DIM})) halfvec_cosine_ops)
+         WITH (m = {}, ef_construction = {})",
+        std::env::var("PG_BUILD_MEMORY").unwrap_or_else(|_| "8GB".into()),
+        env_or("PG_M", params.max_nb_connection),
+        env_or("PG_EF_CONSTRUCTION", params.ef_construction)
+    ))?;
+    println!(
+        "halfvec index: built (or found) in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    sql.batch_execute(&format!(
+        "SET hnsw.ef_search = {}",
+        env_or("PG_EF_SEARCH", params.ef_search).min(1000)
+    ))?;
+    let row_of_hash: std::collections::HashMap<Vec<u8>, u64> = (0..n)
+        .map(|i| {
+            (
+                ContentHash::of(&(i as u64).to_le_bytes()).0.to_vec(),
+                i as u64 + 1,
+            )
+        })
+        .collect();
+    for (name, order) in [
+        ("vector ", "embedding <=> $1".to_owned()),
+        (
+            "halfvec",
+            format!("embedding::halfvec({DIM}) <=> $1::vector({DIM})::halfvec({DIM})"),
+        ),
+    ] {
+        let stmt = sql.prepare(&format!(
+            "SELECT hash FROM {table} ORDER BY {order} LIMIT {K}"
+        ))?;
+        let (mut lat, mut found) = (Vec::new(), 0usize);
+        for pass in 0..2 {
+            for (q, want) in queries.chunks_exact(DIM).zip(truth) {
+                let v = pgvector::Vector::from(q.to_vec());
+                let t = Instant::now();
+                let rows = sql.query(&stmt, &[&v])?;
+                if pass == 1 {
+                    lat.push(t.elapsed().as_secs_f64());
+                    found += rows
+                        .iter()
+                        .filter(|r| {
+                            row_of_hash
+                                .get(&r.get::<_, Vec<u8>>(0))
+                                .is_some_and(|id| want.contains(id))
+                        })
+                        .count();
+                }
+            }
+        }
+        let size: i64 = sql
+            .query_one(
+                "SELECT pg_relation_size($1::text::regclass)",
+                &[&format!(
+                    "{table}_hnsw{}",
+                    if name == "halfvec" { "16" } else { "" }
+                )],
+            )?
+            .get(0);
+        println!(
+            "{name} graph, its own top {K}: p50 {:.2} ms p99 {:.2} ms; recall@10 {:.3}; index {:.0} bytes per vector",
+            p(&mut lat, 0.5),
+            p(&mut lat, 0.99),
+            found as f64 / (K * truth.len()) as f64,
+            size as f64 / n as f64
+        );
+    }
     Ok(())
 }

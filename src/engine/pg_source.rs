@@ -48,6 +48,13 @@ impl Candidates for PgSource<'_> {
         usize::MAX >> 8
     }
 
+    /// pgvector's HNSW holds the f32 vectors and orders by their exact
+    /// cosine distance: no 8-bit near-ties to rescore past the limit, so
+    /// the rows (each with its 2 KB vector) fetched are ~10, not ~100.
+    fn ranks_exactly(&self) -> bool {
+        true
+    }
+
     fn candidates(&self, query: &[f32], n: usize) -> Result<Vec<u64>> {
         let found = self.space.nearest(query, n, &self.filters)?;
         let ids = found.iter().map(|v| v.id).collect();

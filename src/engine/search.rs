@@ -30,7 +30,17 @@ pub trait Candidates: Sync {
     fn live(&self) -> usize;
     /// Up to `n` ids nearest to `query`, best first.
     fn candidates(&self, query: &[f32], n: usize) -> Result<Vec<u64>>;
+    /// True when candidates come ranked by their exact cosine (an index over
+    /// the f32 vectors, as pgvector's is): rescoring then only confirms the
+    /// order, and `limit` of them, with a few more for float ties, suffice.
+    fn ranks_exactly(&self) -> bool {
+        false
+    }
 }
+
+/// Candidates past `limit` fetched from an exactly ranking index: ties
+/// within float rounding (f32 in the index, f64 here) may straddle the cut.
+const EXACT_MARGIN: usize = 4;
 
 impl Candidates for crate::index::VectorIndex {
     fn live(&self) -> usize {
@@ -99,7 +109,12 @@ where
     if limit == 0 || live == 0 {
         return Ok(Vec::new());
     }
-    let mut fetch = candidates_for(limit).min(live);
+    let mut fetch = if index.ranks_exactly() {
+        limit.saturating_add(EXACT_MARGIN)
+    } else {
+        candidates_for(limit)
+    }
+    .min(live);
     loop {
         let found = index.candidates(query.vector, fetch)?;
         let exhausted = found.len() < fetch || fetch >= live;

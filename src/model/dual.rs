@@ -69,7 +69,7 @@ pub struct DualEncoder {
     logit_scale: f32,
     /// The same as a tensor: a gradient leaf in a model built for training.
     logit_scale_param: Tensor,
-    /// Every tensor the model was built from, under its checkpoint name: what `save` writes.
+    /// Every tensor the model holds, under its checkpoint name: what `save` writes.
     weights: Recorded,
     device: Device,
     dtype: DType,

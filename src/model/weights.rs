@@ -36,7 +36,8 @@ impl FreshPolicy {
     }
 }
 
-/// Tensors used by a built model, shared between the backend and its owner.
+/// Tensors used by a built model, shared between the backend and its owner,
+/// in the type and on the device the model holds them (what `save` writes).
 pub type Recorded = Arc<Mutex<BTreeMap<String, Tensor>>>;
 
 /// The trainable parameters of a model built for training, by checkpoint name.
@@ -147,21 +148,25 @@ impl SimpleBackend for WeightSource {
                 .push((name.to_string(), var));
             return Ok(t);
         }
+        // What the model holds is recorded, so a converted copy (a half
+        // type, another device) does not keep the original alive beside it.
+        let t = t.to_dtype(dtype)?.to_device(dev)?;
         self.used
             .lock()
             .expect("weights lock")
             .insert(name.to_string(), t.clone());
-        t.to_dtype(dtype)?.to_device(dev)
+        Ok(t)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         match self.tensors.get(name) {
             Some(t) => {
+                let t = t.to_dtype(dtype)?.to_device(dev)?;
                 self.used
                     .lock()
                     .expect("weights lock")
                     .insert(name.to_string(), t.clone());
-                t.to_dtype(dtype)?.to_device(dev)
+                Ok(t)
             }
             None => candle_core::bail!("{}: missing tensor `{name}`", self.origin.display()),
         }

@@ -520,4 +520,35 @@ fn half_precision_weights_on_the_cpu_keep_every_embedding_close() {
             );
         }
     }
+    // The model holds its dense weights in the half type alone (no f32 copy
+    // kept for `save`): saved, they are half, everything else f32, and
+    // reloaded in f32 they give the half model's embeddings.
+    let dir = model_dir("vit-bert");
+    let model = DualEncoder::load(&dir, &Device::Cpu, DType::BF16).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    model.save(out.path()).unwrap();
+    let saved =
+        candle_core::safetensors::load(out.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let dtype_of = |k: &str| saved[k].dtype();
+    assert_eq!(dtype_of("text_projection.weight"), DType::BF16);
+    assert_eq!(
+        dtype_of("vision_model.encoder.layer.0.attention.attention.query.weight"),
+        DType::BF16
+    );
+    assert_eq!(
+        dtype_of("vision_model.encoder.layer.0.attention.attention.query.bias"),
+        DType::F32
+    );
+    assert_eq!(
+        dtype_of("text_model.embeddings.word_embeddings.weight"),
+        DType::F32
+    );
+    let again = DualEncoder::load(out.path(), &Device::Cpu, DType::F32).unwrap();
+    let px = Reference::load(&dir).get("all_pixel_values");
+    assert!(
+        max_abs_diff(
+            &again.embed_images(&px).unwrap(),
+            &model.embed_images(&px).unwrap()
+        ) < 1e-6
+    );
 }

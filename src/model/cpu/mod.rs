@@ -168,7 +168,7 @@ fn matmul_wt_at<W: WeightElem>(
     #[cfg(target_arch = "x86_64")]
     if level >= Level::Avx2 {
         return if m <= SMALL_M {
-            small::matmul_wt(x, w, (m, k, n), dst, dst_rs, accumulate)
+            small::matmul_wt(level, x, w, (m, k, n), dst, dst_rs, accumulate)
         } else {
             packed::matmul_wt(level, x, w, (m, k, n), dst, dst_rs, accumulate)
         };

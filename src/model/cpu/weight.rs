@@ -26,6 +26,13 @@ pub trait WeightElem: Copy + Send + Sync + 'static {
     /// The CPU has AVX2 and F16C, and `p .. p + 8` is readable.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+
+    /// Sixteen consecutive weights from `p`, widened.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, and `p .. p + 16` is readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
 }
 
 impl WeightElem for f32 {
@@ -43,6 +50,14 @@ impl WeightElem for f32 {
     unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
         // SAFETY: the caller guarantees 8 readable floats.
         unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        // SAFETY: the caller guarantees 16 readable floats.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
     }
 }
 
@@ -65,6 +80,18 @@ impl WeightElem for bf16 {
         unsafe {
             let h = _mm_loadu_si128(p.cast());
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const bf16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees 16 readable values (32 bytes).
+        unsafe {
+            let h = _mm256_loadu_si256(p.cast());
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
         }
     }
 }
@@ -91,6 +118,15 @@ impl WeightElem for f16 {
         use std::arch::x86_64::*;
         // SAFETY: the caller guarantees F16C and 8 readable values.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const f16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees 16 readable values (32 bytes).
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
     }
 }
 
@@ -128,7 +164,7 @@ mod tests {
 
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn eight_lane_loads_widen_as_the_scalar_does() {
+    fn vector_loads_widen_as_the_scalar_does() {
         if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")) {
             return; // the kernels that call load8 are not reached either
         }
@@ -144,6 +180,23 @@ mod tests {
             _mm256_storeu_ps(out.as_mut_ptr(), bf16::load8(b.as_ptr()));
             assert!(out.iter().zip(&b).all(|(o, x)| *o == x.to_f32()));
             _mm256_storeu_ps(out.as_mut_ptr(), f16::load8(h.as_ptr()));
+            assert!(out.iter().zip(&h).all(|(o, x)| *o == x.to_f32()));
+        }
+        if !crate::simd::Level::Avx512.supported() {
+            return;
+        }
+        let v: Vec<f32> = (0..16).map(|i| (i as f32 - 7.7) * 0.37).collect();
+        let b: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+        let h: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+        let mut out = [0.0f32; 16];
+        // SAFETY: AVX-512 F checked above; 16 values each.
+        unsafe {
+            use std::arch::x86_64::_mm512_storeu_ps;
+            _mm512_storeu_ps(out.as_mut_ptr(), f32::load16(v.as_ptr()));
+            assert_eq!(out.as_slice(), v.as_slice());
+            _mm512_storeu_ps(out.as_mut_ptr(), bf16::load16(b.as_ptr()));
+            assert!(out.iter().zip(&b).all(|(o, x)| *o == x.to_f32()));
+            _mm512_storeu_ps(out.as_mut_ptr(), f16::load16(h.as_ptr()));
             assert!(out.iter().zip(&h).all(|(o, x)| *o == x.to_f32()));
         }
     }
