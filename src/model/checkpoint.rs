@@ -43,7 +43,15 @@ impl DualEncoder {
     /// Every weight must be present, except `logit_scale`, which falls back to
     /// the config's `logit_scale_init_value` as transformers does.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        Self::load_with(dir, device, dtype, None)
+        Self::load_with(dir, device, dtype, !device.is_cpu(), None)
+    }
+
+    /// [`Self::load`] with every tensor in `dtype` whatever the device: what
+    /// CUDA runs in half precision, for checking that path on the CPU (where
+    /// candle's half ops are slow; `load` keeps only the dense weights half
+    /// there).
+    pub fn load_uniform(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_with(dir, device, dtype, true, None)
     }
 
     /// [`Self::load`] for training: every tensor not under a `frozen` prefix
@@ -58,7 +66,7 @@ impl DualEncoder {
             frozen: frozen.iter().map(|s| s.to_string()).collect(),
             vars: Vars::default(),
         };
-        let model = Self::load_with(dir, device, DType::F32, Some(trainable.clone()))?;
+        let model = Self::load_with(dir, device, DType::F32, true, Some(trainable.clone()))?;
         let vars = std::mem::take(&mut *trainable.vars.lock().expect("weights lock"));
         Ok((model, vars))
     }
@@ -67,6 +75,7 @@ impl DualEncoder {
         dir: &Path,
         device: &Device,
         dtype: DType,
+        uniform: bool,
         trainable: Option<Trainable>,
     ) -> Result<Self> {
         let config = DualEncoderConfig::from_file(&dir.join("config.json"))?;
@@ -81,7 +90,7 @@ impl DualEncoder {
             source = source.with_trainable(trainable);
         }
         let used = source.recorded();
-        let model = Self::build(config, source, device, dtype)?;
+        let model = Self::build_as(config, source, device, dtype, uniform)?;
         let unused = WeightSource::unused(&tensors, &used);
         if !unused.is_empty() {
             tracing::warn!(dir = %dir.display(), count = unused.len(), first = %unused[0], "checkpoint has tensors the model does not use");

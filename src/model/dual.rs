@@ -73,6 +73,8 @@ pub struct DualEncoder {
     weights: Recorded,
     device: Device,
     dtype: DType,
+    /// What the towers compute in: `dtype`, or f32 with half weights.
+    activations: DType,
 }
 
 impl std::fmt::Debug for DualEncoder {
@@ -95,11 +97,23 @@ impl DualEncoder {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        let weights = source.recorded();
         // On the CPU a half type applies to the dense weights only; the
         // activations stay f32 (`HalfWeights`).
-        let _half = (device.is_cpu() && dtype != DType::F32).then(|| HalfWeights::enter(dtype));
-        let activations = if device.is_cpu() { DType::F32 } else { dtype };
+        Self::build_as(config, source, device, dtype, !device.is_cpu())
+    }
+
+    /// [`Self::build`], with every tensor in `dtype` when `uniform` (what
+    /// CUDA runs), else the dense weights only.
+    pub(super) fn build_as(
+        config: DualEncoderConfig,
+        source: WeightSource,
+        device: &Device,
+        dtype: DType,
+        uniform: bool,
+    ) -> Result<Self> {
+        let weights = source.recorded();
+        let _half = (!uniform && dtype != DType::F32).then(|| HalfWeights::enter(dtype));
+        let activations = if uniform { dtype } else { DType::F32 };
         let vb = VarBuilder::from_backend(Box::new(source), activations, device.clone());
         let vision = VisionTower::new(&config.vision, vb.pp("vision_model"))?;
         let text = TextTower::new(&config.text, vb.pp("text_model"))?;
@@ -141,6 +155,7 @@ impl DualEncoder {
             weights,
             device: device.clone(),
             dtype,
+            activations,
         })
     }
 
@@ -156,13 +171,9 @@ impl DualEncoder {
         self.dtype
     }
 
-    /// The type the towers compute in: f32 on the CPU whatever `dtype` is.
+    /// The type the towers compute in.
     fn activations(&self) -> DType {
-        if self.device.is_cpu() {
-            DType::F32
-        } else {
-            self.dtype
-        }
+        self.activations
     }
     pub fn projection_dim(&self) -> usize {
         self.config.projection_dim
