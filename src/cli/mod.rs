@@ -5,6 +5,7 @@ pub mod client;
 pub mod fsck;
 pub mod migrate;
 pub mod model_cmds;
+pub mod parity;
 pub mod serve;
 pub mod train;
 
@@ -50,6 +51,8 @@ pub enum Command {
     Failures(client::FailuresArgs),
     /// Copy a stopped daemon's sled store into PostgreSQL (no re-embedding; resumable).
     Migrate(migrate::MigrateArgs),
+    /// Check this build on a device against transformers' recorded numbers (reference.safetensors).
+    Parity(parity::ParityArgs),
 }
 
 /// Runs the parsed command; errors are printed by `main` as one line.
@@ -62,6 +65,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Train(a) => train::run(a)?,
         Command::Fsck(a) => fsck::run(a)?,
         Command::Migrate(a) => migrate::run(a)?,
+        Command::Parity(a) => {
+            if !parity::run(a)? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Serve(a) => serve::serve(a)?,
         Command::Search(a) => client_runtime()?.block_on(client::search(a))?,
         Command::Status(a) => client_runtime()?.block_on(client::status(a))?,

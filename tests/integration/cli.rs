@@ -297,3 +297,59 @@ fn fsck_checks_a_store_and_names_what_is_missing() {
         "{stderr}"
     );
 }
+
+/// `dualsight parity` (what the GPU check runs): every fixture passes on the
+/// CPU in f32 and, by cosine, in bf16; a tolerance nothing meets fails with
+/// exit 1 and says which check; a directory without references is named.
+#[test]
+fn parity_checks_a_checkpoint_against_its_recorded_references() {
+    for name in MODELS {
+        for dtype in ["f32", "bf16"] {
+            let out = run_ok(
+                dualsight()
+                    .arg("parity")
+                    .arg("--model")
+                    .arg(model_dir(name))
+                    .args(["--device", "cpu", "--dtype", dtype]),
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["pass"], true, "{name} {dtype}: {v}");
+            assert_eq!(v["checks"].as_array().unwrap().len(), 2, "{v}");
+        }
+    }
+    let out = dualsight()
+        .arg("parity")
+        .arg("--model")
+        .arg(model_dir("vit-bert"))
+        .args([
+            "--device",
+            "cpu",
+            "--dtype",
+            "bf16",
+            "--min-cosine",
+            "1.0000001",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["pass"], false);
+    assert!(
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["pass"] == false),
+        "{v}"
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let out = dualsight()
+        .arg("parity")
+        .arg("--model")
+        .arg(empty.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("reference.safetensors"), "{err}");
+}
