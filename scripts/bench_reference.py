@@ -288,6 +288,31 @@ def main() -> None:
     t = time.perf_counter()
     model = VisionTextDualEncoderModel.from_pretrained(model_dir).eval()
     figs.add("model.load_s", time.perf_counter() - t, note="from_pretrained, no content hash")
+    # The device and dtype dualsight's model runs in: the same GPU when torch
+    # has one, bf16/f16 through torch.autocast there. On the CPU the
+    # reference stays f32 (dualsight's CPU half keeps only weights half).
+    want_device = str(p.get("device", "cpu"))
+    dev = torch.device("cpu")
+    if want_device.startswith("cuda"):
+        if torch.cuda.is_available():
+            dev = torch.device(want_device)
+        else:
+            notes.append(f"reference on the CPU: torch has no CUDA for {want_device}")
+    half = {"bf16": torch.bfloat16, "f16": torch.float16}.get(str(p.get("dtype", "f32")))
+    if half is not None and dev.type != "cuda":
+        notes.append("reference in f32 (half precision only through autocast on CUDA)")
+        half = None
+    model = model.to(dev)
+    if dev.type == "cuda":
+        notes.append(f"reference on {torch.cuda.get_device_name(dev)}"
+                     + (f", autocast {half}" if half is not None else ", f32"))
+
+    def run_on_device(fn):
+        with torch.autocast(dev.type, dtype=half, enabled=half is not None):
+            out = fn()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return out
     ip = AutoImageProcessor.from_pretrained(model_dir, backend="pil")
     if not type(ip).__name__.endswith("Pil"):
         raise SystemExit(f"image processor is {type(ip).__name__}, not a PIL-backend class")
@@ -298,14 +323,20 @@ def main() -> None:
         return out if isinstance(out, torch.Tensor) else out.pooler_output
 
     def embed_images(px):
-        f = features(model.get_image_features(pixel_values=px))
-        return f / f.norm(dim=-1, keepdim=True)
+        def go():
+            f = features(model.get_image_features(pixel_values=px.to(dev))).float()
+            return f / f.norm(dim=-1, keepdim=True)
+        return run_on_device(go)
 
     def embed_text(text):
         enc = tok([text], return_tensors="pt")
-        kw = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        f = features(model.get_text_features(**kw))
-        return (f / f.norm(dim=-1, keepdim=True))[0]
+        kw = {k: v.to(dev) for k, v in enc.items()
+              if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+        def go():
+            f = features(model.get_text_features(**kw)).float()
+            return (f / f.norm(dim=-1, keepdim=True))[0]
+        return run_on_device(go)
 
     vc = model.config.vision_config
     size = vc.image_size if isinstance(vc.image_size, int) else vc.image_size[0]
@@ -387,7 +418,9 @@ def main() -> None:
             eprint(f"text tower latency, {len(texts)} queries")
             figs.latency("text", time_each(embed_text, texts))
 
-        if "vision" in sections or "search" in sections:
+        if dev.type == "cuda":
+            notes.append("no ONNX Runtime figures beside a GPU run (run with --device cpu for them)")
+        elif "vision" in sections or "search" in sections:
             ort_version = onnx_runtime_figures(
                 figs, notes, p, model, tok, features, embed_images, embed_text,
                 (chans, size), threads, rng, texts, sections)

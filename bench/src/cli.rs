@@ -29,11 +29,13 @@ pub struct BenchArgs {
     /// Threads for the model, decoding and the reference (default: all CPUs).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// cpu, cuda, cuda:N (the model only; the reference stays on CPU).
+    /// cpu, cuda, cuda:N (the reference runs there too when its torch has
+    /// CUDA).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// f32, bf16 or f16 for our model (on the CPU: the dense weights only;
-    /// the reference stays f32).
+    /// f32, bf16 or f16 for our model (on the CPU: the dense weights only).
+    /// The reference follows through torch.autocast on CUDA, and stays f32
+    /// on the CPU.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Tiny sizes and few iterations: a smoke run of every part in minutes.
@@ -200,7 +202,12 @@ pub fn render(r: &suite::Report, reference: bool) -> String {
             .collect();
         s.push_str(&format!("reference: {}\n", v.join(", ")));
     }
-    s.push_str(&format!("model: {}\n", r.config.model.display()));
+    s.push_str(&format!(
+        "model: {} on {} in {}\n",
+        r.config.model.display(),
+        r.config.device,
+        r.config.dtype
+    ));
     for n in &r.notes {
         s.push_str(&format!("note: {n}\n"));
     }

@@ -32,6 +32,8 @@ impl Reference {
     pub fn params(cfg: &BenchConfig, jpegs: &[PathBuf]) -> serde_json::Value {
         json!({
             "model": cfg.model,
+            "device": cfg.device,
+            "dtype": cfg.dtype,
             "threads": cfg.threads,
             "sections": cfg.sections.names(),
             "batches": cfg.batches,
