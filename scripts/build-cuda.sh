@@ -2,7 +2,7 @@
 # Builds dualsight with candle's CUDA backend (`--features cuda`) on a machine
 # with no GPU and no system CUDA, from pinned NVIDIA wheels on PyPI.
 #
-#   scripts/build-cuda.sh [--bundle DIR] [extra cargo args...]
+#   scripts/build-cuda.sh [--bundle DIR] [--with-bench] [extra cargo args...]
 #
 # What it does (see docs/cuda.md for the why):
 #   1. creates/reuses a venv (.venv-cuda/) and pip-installs the CUDA 13.0 wheels
@@ -14,7 +14,9 @@
 #      (H100) and an rpath of $ORIGIN/lib, in its own target dir;
 #   4. prints the binary, what it needs at run time, and with --bundle DIR
 #      copies the binary and those libraries into DIR (DIR/dualsight,
-#      DIR/lib/*.so.*, DIR/stub/libcuda.so.1) for carrying to the GPU machine.
+#      DIR/lib/*.so.*, DIR/stub/libcuda.so.1) for carrying to the GPU machine;
+#      --with-bench builds dualsight-bench with CUDA too (DIR/dualsight-bench),
+#      which scripts/gpu-check.sh runs beside it.
 #
 # Environment (all optional):
 #   CARGO_TARGET_DIR   target dir (default: target/cuda, apart from CPU builds)
@@ -29,11 +31,13 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
 bundle=""
+with_bench=0
 cargo_args=()
 while (($#)); do
     case "$1" in
         --bundle) bundle="${2:?--bundle needs a directory}"; shift 2 ;;
         --bundle=*) bundle="${1#--bundle=}"; shift ;;
+        --with-bench) with_bench=1; shift ;;
         -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 0 ;;
         *) cargo_args+=("$1"); shift ;;
     esac
@@ -125,6 +129,9 @@ log "nvcc: $(nvcc --version | sed -n 4p)"
 log "CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
 start=$(date +%s)
 nice -n "$nice_level" cargo build --release --features cuda --bin dualsight "${cargo_args[@]}"
+if [[ $with_bench == 1 ]]; then
+    nice -n "$nice_level" cargo build --release -p dualsight-bench --features dualsight/cuda --bin dualsight-bench
+fi
 log "cargo build took $(( $(date +%s) - start )) s"
 
 bin="$CARGO_TARGET_DIR/release/dualsight"
@@ -160,6 +167,7 @@ if [[ -n "$bundle" ]]; then
     log "bundling into $bundle"
     mkdir -p "$bundle/lib" "$bundle/stub"
     cp "$bin" "$bundle/dualsight"
+    if [[ $with_bench == 1 ]]; then cp "$CARGO_TARGET_DIR/release/dualsight-bench" "$bundle/"; fi
     for l in "${runtime_libs[@]}"; do cp -L "$home/lib64/$l" "$bundle/lib/"; done
     cp -L "$stubdir/libcuda.so" "$bundle/stub/libcuda.so.1"
     du -sh "$bundle"/*
