@@ -60,9 +60,9 @@ step() {
 }
 
 if [[ $quick == 1 ]]; then
-    batches_gpu="1,2" images=4 size="640x480" timing=(--quick)
+    batches_gpu="1,2" images=4 size="640x480" ingest_batch=2 timing=(--quick)
 else
-    batches_gpu="32,128,256" images=$((cores * 8)) size="4000x3000" timing=(--min-secs 3 --min-iters 3)
+    batches_gpu="32,128,256" images=$((cores * 8)) size="4000x3000" ingest_batch=64 timing=(--min-secs 3 --min-iters 3)
 fi
 
 # 1. The machine.
@@ -124,7 +124,7 @@ done
 
 # 5. End to end: every core decoding large JPEGs into the device's batches.
 step ingest "$bench" --device "$device" --only ingest --threads "$cores" --images "$images" \
-    --image-size "$size" "${timing[@]}" --json "$out/ingest.json"
+    --image-size "$size" --ingest-batch "$ingest_batch" "${timing[@]}" --json "$out/ingest.json"
 
 # 6. The CPU with every core, beside PyTorch and ONNX Runtime.
 step cpu-vision "$bench" --device cpu --threads "$cores" --only vision \

@@ -97,8 +97,8 @@ pub struct WatchSettings {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestSettings {
-    /// Images per model call.
-    pub batch_size: usize,
+    /// Images per model call, or "auto" (the most that fit the GPU).
+    pub batch_size: BatchSize,
     /// A partial batch is embedded after this long.
     pub batch_timeout_ms: u64,
     /// Decode threads; 0 = one per CPU core.
@@ -215,12 +215,46 @@ impl Default for WatchSettings {
     }
 }
 
+/// `[ingest] batch_size`: images per vision-tower call, or `"auto"`: on a
+/// GPU the most that fit its free memory (`ingest::batch`), on the CPU 16
+/// (throughput is flat past ~8 there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSize {
+    Fixed(usize),
+    Auto,
+}
+
+impl BatchSize {
+    /// The largest batch, fixed or chosen.
+    pub const MAX: usize = 4096;
+}
+
+impl<'de> Deserialize<'de> for BatchSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(usize),
+            Word(String),
+        }
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a number of images or \"auto\""))?
+        {
+            Raw::Number(n) => Ok(Self::Fixed(n)),
+            Raw::Word(w) if w.eq_ignore_ascii_case("auto") => Ok(Self::Auto),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "{w:?}: expected a number of images or \"auto\""
+            ))),
+        }
+    }
+}
+
 impl Default for IngestSettings {
     fn default() -> Self {
         // The decoder's own limits, not a second copy.
         let limits = crate::preprocess::DecodeLimits::default();
         Self {
-            batch_size: 16,
+            batch_size: BatchSize::Fixed(16),
             batch_timeout_ms: 200,
             decode_threads: 0,
             queue: 64,
@@ -440,10 +474,12 @@ impl Settings {
                 "no folder to watch: pass --watch DIR or set watch.roots".into(),
             );
         }
-        if !(1..=4096).contains(&self.ingest.batch_size) {
+        if let BatchSize::Fixed(n) = self.ingest.batch_size
+            && !(1..=BatchSize::MAX).contains(&n)
+        {
             return bad(
                 "ingest.batch_size",
-                format!("{} not in 1..=4096", self.ingest.batch_size),
+                format!("{n} not in 1..={} (or \"auto\")", BatchSize::MAX),
             );
         }
         if !(1..=65536).contains(&self.ingest.queue) {
@@ -563,6 +599,33 @@ mod tests {
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "exact_preprocessing = true\n").unwrap();
         assert!(Settings::from_file(&p).unwrap().exact_preprocessing);
+    }
+
+    #[test]
+    fn batch_size_is_a_count_or_auto() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        let parse = |body: &str| {
+            std::fs::write(&p, format!("[ingest]\nbatch_size = {body}\n")).unwrap();
+            Settings::from_file(&p).map(|s| s.ingest.batch_size)
+        };
+        assert_eq!(parse("32").unwrap(), BatchSize::Fixed(32));
+        assert_eq!(parse("\"auto\"").unwrap(), BatchSize::Auto);
+        assert_eq!(parse("\"AUTO\"").unwrap(), BatchSize::Auto);
+        for bad in ["\"big\"", "-1", "1.5"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("batch_size") && e.contains("auto"), "{bad}: {e}");
+        }
+        let mut s = Settings {
+            model: Some("m".into()),
+            ..Default::default()
+        };
+        s.watch.roots = vec![PathBuf::from("/p")];
+        s.ingest.batch_size = BatchSize::Fixed(0);
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("ingest.batch_size") && e.contains("auto"), "{e}");
+        s.ingest.batch_size = BatchSize::Auto;
+        assert!(s.validate().is_ok());
     }
 
     #[test]

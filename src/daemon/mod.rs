@@ -244,7 +244,12 @@ pub async fn run(
         engine.clone(),
         counters.clone(),
         PipelineConfig {
-            batch_size: settings.ingest.batch_size,
+            batch_size: crate::ingest::batch::resolve(
+                settings.ingest.batch_size,
+                &engine.encoder.model().config().vision,
+                engine.encoder.model().device(),
+                engine.encoder.model().dtype(),
+            ),
             batch_timeout: Duration::from_millis(settings.ingest.batch_timeout_ms),
             decode_threads: settings.decode_threads(),
             queue: settings.ingest.queue,

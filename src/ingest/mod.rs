@@ -23,6 +23,7 @@
 //!   root itself or saw too many concurrent changes sends no `Scanned` at all.
 //! - Nothing is emitted for a root while it is offline, and going offline is never a `Remove`.
 
+pub mod batch;
 pub mod pipeline;
 mod scan;
 mod watch;

@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -480,6 +480,9 @@ fn committer(
 ) {
     let mut compaction = Compaction::default();
     let mut compacted = false;
+    // What one model call may take: lowered for good when the device runs
+    // out of memory on a batch.
+    let cap = AtomicUsize::new(cfg.batch_size);
     let mut room = Room::new(cfg.min_free_bytes);
     let mut batch: Vec<(PathBuf, FileRecord, Option<Vec<f32>>)> = Vec::new();
     let mut last_checkpoint = Instant::now();
@@ -522,10 +525,10 @@ fn committer(
             }
             Some(other) => {
                 // Keep order: what was read before a removal is committed before it.
-                dirty |= flush_batch(engine, counters, &mut batch);
+                dirty |= flush_batch(engine, counters, &cap, &mut batch);
                 dirty |= apply(engine, other);
             }
-            None => dirty |= flush_batch(engine, counters, &mut batch),
+            None => dirty |= flush_batch(engine, counters, &cap, &mut batch),
         }
         // A compacted index is checkpointed at the first chance, so a
         // restart loads it rather than the old graph and its tombstones.
@@ -545,7 +548,7 @@ fn committer(
     if !room.has_room(engine) {
         return;
     }
-    flush_batch(engine, counters, &mut batch);
+    flush_batch(engine, counters, &cap, &mut batch);
     checkpoint(engine);
     if let Err(e) = engine.store.flush() {
         tracing::error!(error = %e, "final store flush failed");
@@ -708,6 +711,7 @@ fn checkpoint(engine: &Engine) {
 fn flush_batch(
     engine: &Engine,
     counters: &Counters,
+    cap: &AtomicUsize,
     batch: &mut Vec<(PathBuf, FileRecord, Option<Vec<f32>>)>,
 ) -> bool {
     if batch.is_empty() {
@@ -716,7 +720,9 @@ fn flush_batch(
     let items = std::mem::take(batch);
     let pixels: Vec<Vec<f32>> = items.iter().filter_map(|(_, _, p)| p.clone()).collect();
     let started = Instant::now();
-    let vectors = match engine.encoder.embed_pixels(&pixels) {
+    let vectors = match super::batch::embed_in_halves(&pixels, cap, |chunk| {
+        engine.encoder.embed_pixels(chunk)
+    }) {
         Ok(v) => {
             if !pixels.is_empty() {
                 counters.embed_batch.observe(started.elapsed());

@@ -94,6 +94,30 @@ impl VisionConfig {
             Self::Clip(c) => c.num_channels,
         }
     }
+    /// Tokens per image: the patches and the class token (DeiT adds a
+    /// distillation token, counted as one more).
+    pub fn tokens(&self) -> usize {
+        let ((h, w), (ph, pw)) = match self {
+            Self::Vit(c) | Self::Deit(c) => (c.image_size.hw(), c.patch_size.hw()),
+            Self::Beit(c) => (c.image_size.hw(), c.patch_size.hw()),
+            Self::Clip(c) => (c.image_size.hw(), c.patch_size.hw()),
+        };
+        (h / ph.max(1)) * (w / pw.max(1)) + if matches!(self, Self::Deit(_)) { 2 } else { 1 }
+    }
+    pub fn num_heads(&self) -> usize {
+        match self {
+            Self::Vit(c) | Self::Deit(c) => c.num_attention_heads,
+            Self::Beit(c) => c.num_attention_heads,
+            Self::Clip(c) => c.num_attention_heads,
+        }
+    }
+    pub fn intermediate_size(&self) -> usize {
+        match self {
+            Self::Vit(c) | Self::Deit(c) => c.intermediate_size,
+            Self::Beit(c) => c.intermediate_size,
+            Self::Clip(c) => c.intermediate_size,
+        }
+    }
     pub fn model_type(&self) -> &'static str {
         match self {
             Self::Vit(_) => "vit",
