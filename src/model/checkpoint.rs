@@ -81,8 +81,11 @@ impl DualEncoder {
         let config = DualEncoderConfig::from_file(&dir.join("config.json"))?;
         let (raw, origin) = read_dir_tensors(dir)?;
         let tensors = canonical(raw);
+        // Names only: the source alone holds the tensors, so it can free
+        // each original it converts.
+        let names: Vec<String> = tensors.keys().cloned().collect();
         let mut source = WeightSource::new(
-            tensors.clone(),
+            tensors,
             FreshPolicy::Only(vec!["logit_scale".into()]),
             origin,
         );
@@ -91,7 +94,7 @@ impl DualEncoder {
         }
         let used = source.recorded();
         let model = Self::build_as(config, source, device, dtype, uniform)?;
-        let unused = WeightSource::unused(&tensors, &used);
+        let unused = WeightSource::unused(&names, &used);
         if !unused.is_empty() {
             tracing::warn!(dir = %dir.display(), count = unused.len(), first = %unused[0], "checkpoint has tensors the model does not use");
         }

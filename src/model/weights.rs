@@ -62,7 +62,11 @@ impl Trainable {
 }
 
 pub struct WeightSource {
-    tensors: HashMap<String, Tensor>,
+    /// By checkpoint name; an entry taken in another type or on another
+    /// device is replaced by that copy, so the original is freed during the
+    /// build rather than after it (a half-precision load would otherwise
+    /// hold both).
+    tensors: Mutex<HashMap<String, Tensor>>,
     policy: FreshPolicy,
     origin: PathBuf,
     used: Recorded,
@@ -71,9 +75,27 @@ pub struct WeightSource {
 }
 
 impl WeightSource {
+    /// `t` in `dtype` on `dev`; a copy replaces the stored original.
+    fn converted(
+        &self,
+        name: &str,
+        t: Tensor,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        if t.dtype() == dtype && t.device().same_device(dev) {
+            return Ok(t);
+        }
+        let t = t.to_dtype(dtype)?.to_device(dev)?;
+        if let Some(entry) = self.tensors.lock().expect("weights lock").get_mut(name) {
+            *entry = t.clone();
+        }
+        Ok(t)
+    }
+
     pub fn new(tensors: HashMap<String, Tensor>, policy: FreshPolicy, origin: PathBuf) -> Self {
         Self {
-            tensors,
+            tensors: Mutex::new(tensors),
             policy,
             origin,
             used: Arc::default(),
@@ -93,10 +115,10 @@ impl WeightSource {
         self.fresh.clone()
     }
     /// Names in the checkpoint that the model did not use (transformers' "unexpected keys").
-    pub fn unused(tensors: &HashMap<String, Tensor>, used: &Recorded) -> Vec<String> {
+    pub fn unused(names: &[String], used: &Recorded) -> Vec<String> {
         let used = used.lock().expect("weights lock");
-        let mut names: Vec<String> = tensors
-            .keys()
+        let mut names: Vec<String> = names
+            .iter()
             .filter(|k| !used.contains_key(*k))
             .cloned()
             .collect();
@@ -114,8 +136,14 @@ impl SimpleBackend for WeightSource {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let t = match self.tensors.get(name) {
-            Some(t) if t.shape() == &s => t.clone(),
+        let stored = self
+            .tensors
+            .lock()
+            .expect("weights lock")
+            .get(name)
+            .cloned();
+        let t = match stored {
+            Some(t) if t.shape() == &s => t,
             Some(t) => candle_core::bail!(
                 "{}: tensor `{name}` has shape {:?}, the config implies {:?}",
                 self.origin.display(),
@@ -150,7 +178,7 @@ impl SimpleBackend for WeightSource {
         }
         // What the model holds is recorded, so a converted copy (a half
         // type, another device) does not keep the original alive beside it.
-        let t = t.to_dtype(dtype)?.to_device(dev)?;
+        let t = self.converted(name, t, dtype, dev)?;
         self.used
             .lock()
             .expect("weights lock")
@@ -159,9 +187,15 @@ impl SimpleBackend for WeightSource {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        match self.tensors.get(name) {
+        let stored = self
+            .tensors
+            .lock()
+            .expect("weights lock")
+            .get(name)
+            .cloned();
+        match stored {
             Some(t) => {
-                let t = t.to_dtype(dtype)?.to_device(dev)?;
+                let t = self.converted(name, t, dtype, dev)?;
                 self.used
                     .lock()
                     .expect("weights lock")
@@ -173,7 +207,10 @@ impl SimpleBackend for WeightSource {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.tensors
+            .lock()
+            .expect("weights lock")
+            .contains_key(name)
     }
 }
 
