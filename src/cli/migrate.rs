@@ -30,6 +30,11 @@ pub struct MigrateArgs {
     /// them (default: this host's name, as the daemon's).
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
+    /// The daemon's config file: its `[index]` m and ef_construction shape
+    /// the HNSW index of each space this creates (default: the built-in
+    /// `[index]` values, as a daemon without them uses).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Rows per statement.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch: u32,
@@ -83,7 +88,10 @@ pub fn run(args: &MigrateArgs) -> Result<()> {
         node: node.clone(),
         max_lag: std::time::Duration::ZERO,
         data_dir: args.from.clone(),
-        hnsw: crate::index::IndexParams::default(),
+        hnsw: match &args.config {
+            Some(path) => crate::config::Settings::from_file(path)?.index_params(),
+            None => crate::index::IndexParams::default(),
+        },
     })
     .with_context(|| format!("opening {}", redact(&args.to)))?;
     let batch = args.batch as usize;

@@ -318,6 +318,24 @@ async fn a_sled_store_moves_into_postgres_with_equal_counts_and_results() {
         assert_eq!(a.node, "home");
     }
 
+    // The daemon's config shapes the graph of a space migrate creates.
+    pg.create_db("tuned");
+    let cfg = d.data.join("tuned.toml");
+    std::fs::write(&cfg, "[index]\nm = 12\nef_construction = 50\n").unwrap();
+    run_ok(
+        dualsight()
+            .arg("migrate")
+            .arg("--from")
+            .arg(&d.data)
+            .args(["--to", &pg.url("tuned"), "--node", "home", "--config"])
+            .arg(&cfg),
+    );
+    let options = pg.psql(
+        "tuned",
+        "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname LIKE 'vectors_%_hnsw'",
+    );
+    assert_eq!(options, "m=12,ef_construction=50");
+
     // A bad target is named, with its password hidden.
     let out = dualsight()
         .arg("migrate")
