@@ -75,6 +75,23 @@ pub struct WeightSource {
 }
 
 impl WeightSource {
+    fn stored(&self, name: &str) -> Option<Tensor> {
+        self.tensors
+            .lock()
+            .expect("weights lock")
+            .get(name)
+            .cloned()
+    }
+
+    /// Notes `t` as what the model holds under `name`; returns it.
+    fn record(&self, name: &str, t: Tensor) -> Tensor {
+        self.used
+            .lock()
+            .expect("weights lock")
+            .insert(name.to_string(), t.clone());
+        t
+    }
+
     /// `t` in `dtype` on `dev`; a copy replaces the stored original.
     fn converted(
         &self,
@@ -136,13 +153,7 @@ impl SimpleBackend for WeightSource {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let stored = self
-            .tensors
-            .lock()
-            .expect("weights lock")
-            .get(name)
-            .cloned();
-        let t = match stored {
+        let t = match self.stored(name) {
             Some(t) if t.shape() == &s => t,
             Some(t) => candle_core::bail!(
                 "{}: tensor `{name}` has shape {:?}, the config implies {:?}",
@@ -164,11 +175,7 @@ impl SimpleBackend for WeightSource {
         if let Some(trainable) = self.trainable.as_ref().filter(|t| t.trains(name)) {
             // A copy the optimizer updates in place; `save` writes its current values.
             let var = Var::from_tensor(&t.to_dtype(dtype)?.to_device(dev)?.detach())?;
-            let t = var.as_tensor().clone();
-            self.used
-                .lock()
-                .expect("weights lock")
-                .insert(name.to_string(), t.clone());
+            let t = self.record(name, var.as_tensor().clone());
             trainable
                 .vars
                 .lock()
@@ -179,29 +186,12 @@ impl SimpleBackend for WeightSource {
         // What the model holds is recorded, so a converted copy (a half
         // type, another device) does not keep the original alive beside it.
         let t = self.converted(name, t, dtype, dev)?;
-        self.used
-            .lock()
-            .expect("weights lock")
-            .insert(name.to_string(), t.clone());
-        Ok(t)
+        Ok(self.record(name, t))
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let stored = self
-            .tensors
-            .lock()
-            .expect("weights lock")
-            .get(name)
-            .cloned();
-        match stored {
-            Some(t) => {
-                let t = self.converted(name, t, dtype, dev)?;
-                self.used
-                    .lock()
-                    .expect("weights lock")
-                    .insert(name.to_string(), t.clone());
-                Ok(t)
-            }
+        match self.stored(name) {
+            Some(t) => Ok(self.record(name, self.converted(name, t, dtype, dev)?)),
             None => candle_core::bail!("{}: missing tensor `{name}`", self.origin.display()),
         }
     }
