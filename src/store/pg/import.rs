@@ -41,8 +41,9 @@ impl PgStore {
 
     /// Builds the space's HNSW index over what the table holds, with
     /// `memory` (a PostgreSQL size such as `2GB`) for the graph and
-    /// `workers` parallel helpers (else the server's setting); `progress(done, total)` hears how many of
-    /// the table's pages the build has read. A no-op when it exists.
+    /// `workers` parallel helpers (else the server's setting);
+    /// `progress(done, total)` hears how many of the table's pages the
+    /// build has read. A no-op when it exists.
     pub fn build_search_index(
         &self,
         space: &PgSpace,
