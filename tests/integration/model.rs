@@ -493,15 +493,26 @@ fn every_tower_in_half_precision_stays_within_cosine_0_999() {
             let out = model
                 .forward(&text, &r.get("pixel_values"), false)
                 .unwrap_or_else(|e| panic!("{name} {dtype:?} forward: {e}"));
-            for (what, got, want) in [
-                ("image", &images, r.get("all_image_embeds")),
-                ("text", &out.text_embeds, r.get("text_embeds")),
-            ] {
-                let worst = worst_cosine(got, &want);
-                eprintln!("{name} {dtype:?} uniform {what}: worst cosine {worst:.6}");
-                assert!(worst >= 0.999, "{name} {dtype:?} {what}: cosine {worst}");
-            }
+            near_transformers(
+                &format!("{name} {dtype:?} uniform"),
+                &r,
+                &images,
+                &out.text_embeds,
+            );
         }
+    }
+}
+
+/// Every photo's and the text's embeddings within cosine 0.999 of
+/// transformers' f32 ones (the worst printed, for the record).
+fn near_transformers(label: &str, r: &Reference, images: &Tensor, texts: &Tensor) {
+    for (what, got, want) in [
+        ("image", images, r.get("all_image_embeds")),
+        ("text", texts, r.get("text_embeds")),
+    ] {
+        let worst = worst_cosine(got, &want);
+        eprintln!("{label} {what}: worst cosine {worst:.6}");
+        assert!(worst >= 0.999, "{label} {what}: cosine {worst}");
     }
 }
 
@@ -542,14 +553,7 @@ fn half_precision_weights_on_the_cpu_keep_every_embedding_close() {
             let images = model.embed_images(&px).unwrap();
             assert_eq!(images.dtype(), DType::F32, "{name}: embeddings stay f32");
             let out = model.forward(&text, &r.get("pixel_values"), false).unwrap();
-            for (what, got, want) in [
-                ("image", &images, r.get("all_image_embeds")),
-                ("text", &out.text_embeds, r.get("text_embeds")),
-            ] {
-                let worst = worst_cosine(got, &want);
-                eprintln!("{name} {dtype:?} {what}: worst cosine {worst:.6}");
-                assert!(worst >= 0.999, "{name} {dtype:?} {what}: cosine {worst}");
-            }
+            near_transformers(&format!("{name} {dtype:?}"), &r, &images, &out.text_embeds);
             assert_ne!(
                 images.to_vec2::<f32>().unwrap(),
                 f32_images.to_vec2::<f32>().unwrap(),
