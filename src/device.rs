@@ -88,9 +88,9 @@ fn driver_error(e: candle_core::Error) -> String {
     }
 }
 
-/// Parses `--dtype`; half precision only where the device supports it.
-/// On the CPU a half type stores the dense weights only
-/// (`model::layers::HalfWeights`); on CUDA, every tensor.
+/// Parses `--dtype`. Every device takes every type: on the CPU a half type
+/// stores the dense weights only (`model::layers::HalfWeights`), on CUDA
+/// every tensor.
 pub fn parse_dtype(s: &str) -> Result<DType, DeviceError> {
     let dtype = match s.trim().to_ascii_lowercase().as_str() {
         "f32" | "float32" => DType::F32,

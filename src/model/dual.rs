@@ -171,10 +171,6 @@ impl DualEncoder {
         self.dtype
     }
 
-    /// The type the towers compute in.
-    fn activations(&self) -> DType {
-        self.activations
-    }
     pub fn projection_dim(&self) -> usize {
         self.config.projection_dim
     }
@@ -210,7 +206,7 @@ impl DualEncoder {
     pub fn vision_pooled(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let px = pixel_values
             .to_device(&self.device)?
-            .to_dtype(self.activations())?;
+            .to_dtype(self.activations)?;
         Ok(self.vision_forward(&px)?.to_dtype(DType::F32)?)
     }
 
@@ -254,7 +250,7 @@ impl DualEncoder {
     pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let px = pixel_values
             .to_device(&self.device)?
-            .to_dtype(self.activations())?;
+            .to_dtype(self.activations)?;
         let pooled = self.vision_forward(&px)?;
         Ok(self
             .visual_projection
@@ -344,8 +340,8 @@ impl DualEncoder {
         let pooled = match images {
             ImageInput::Pixels(px) => self
                 .vision
-                .pooled(&px.to_device(&self.device)?.to_dtype(self.activations())?)?,
-            ImageInput::Pooled(p) => p.to_device(&self.device)?.to_dtype(self.activations())?,
+                .pooled(&px.to_device(&self.device)?.to_dtype(self.activations)?)?,
+            ImageInput::Pooled(p) => p.to_device(&self.device)?.to_dtype(self.activations)?,
         };
         let image = l2_normalize(
             &self

@@ -205,21 +205,20 @@ fn pack_w<W: WeightElem>(
             // In groups of 8 columns, one transpose width each.
             for h in 0..nr / 8 {
                 let first = q * nr + h * 8;
-                let (j1, j2) = (j0 + first, j0 + cols.min(first + 8));
-                if j1 >= j2 {
-                    interleave(&[], kc, &mut panel[h * 8..], nr, 8);
-                    continue;
-                }
-                // Rows j1..j2 at depth p0..p0 + kc, contiguous once widened.
-                let slices: Vec<&[W]> = (j1..j2).map(|j| &w[j * k + p0..][..kc]).collect();
-                let rows: Vec<&[f32]> = if W::as_f32(&w[..0]).is_some() {
-                    slices.iter().map(|r| W::as_f32(r).expect("f32")).collect()
-                } else {
-                    scratch.resize(slices.len() * kc, 0.0);
-                    for (r, dst) in slices.iter().zip(scratch.chunks_exact_mut(kc)) {
-                        W::widen(r, dst);
+                let row = |j: usize| &w[(j0 + j) * k + p0..][..kc];
+                let cols_here = first..cols.min(first + 8);
+                // f32 rows are read in place; half ones are widened first,
+                // into rows of `kc` side by side.
+                let rows: Vec<&[f32]> = match cols_here.clone().map(|j| W::as_f32(row(j))).collect()
+                {
+                    Some(rows) => rows,
+                    None => {
+                        scratch.resize(cols_here.len() * kc, 0.0);
+                        for (j, dst) in cols_here.zip(scratch.chunks_exact_mut(kc)) {
+                            W::widen(row(j), dst);
+                        }
+                        scratch.chunks_exact(kc).collect()
                     }
-                    scratch.chunks_exact(kc).collect()
                 };
                 interleave(&rows, kc, &mut panel[h * 8..], nr, 8);
             }
