@@ -139,20 +139,10 @@ unsafe fn tile_avx2<W: WeightElem, const X: usize, const R: usize>(
     unsafe {
         let mut s = [[_mm256_setzero_ps(); R]; X];
         let (xp, wp) = (x.as_ptr(), w.as_ptr());
-        // `next` is spread evenly over the steps: two 64-byte lines from
-        // offset `pos >> 16` each step (fixed point, no division in the
-        // loop), which covers up to 32 floats (64 halves) a step. Prefetch is a hint
-        // that never faults, so a line past the end of `next` costs
-        // nothing; `wrapping_add` keeps that address arithmetic defined.
-        let pf = if next.is_empty() { wp } else { next.as_ptr() };
-        let inc = ((next.len() << 16) * 8).checked_div(body).unwrap_or(0);
-        let mut pos = 0usize;
+        let mut ahead = Prefetch::new(next, 8, body);
         let mut kk = 0;
         while kk < body {
-            let at = pf.wrapping_add(pos >> 16);
-            _mm_prefetch::<_MM_HINT_T0>(at.cast());
-            _mm_prefetch::<_MM_HINT_T0>(at.cast::<i8>().wrapping_add(64));
-            pos += inc;
+            ahead.step();
             let mut wv = [_mm256_setzero_ps(); R];
             for (r, v) in wv.iter_mut().enumerate() {
                 *v = W::load8(wp.add(r * k + kk));
@@ -171,11 +161,7 @@ unsafe fn tile_avx2<W: WeightElem, const X: usize, const R: usize>(
                 let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
                 let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
                 let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
-                let mut total = _mm_cvtss_f32(q);
-                for t in body..k {
-                    total += x[i * k + t] * w[r * k + t].to_f32();
-                }
-                acc[i][r] = total;
+                acc[i][r] = _mm_cvtss_f32(q) + tail_dot(x, w, k, (i, r), body);
             }
         }
     }
@@ -218,19 +204,14 @@ unsafe fn tile_avx512<W: WeightElem, const X: usize, const R: usize>(
     use std::arch::x86_64::*;
     let body = k / 16 * 16;
     // SAFETY (all loads): kk + 16 <= body <= k, inside rows the caller's
-    // assert bounds; prefetches never fault (see `tile_avx2`).
+    // assert bounds; prefetches never fault (`Prefetch`).
     unsafe {
         let mut s = [[_mm512_setzero_ps(); R]; X];
         let (xp, wp) = (x.as_ptr(), w.as_ptr());
-        let pf = if next.is_empty() { wp } else { next.as_ptr() };
-        let inc = ((next.len() << 16) * 16).checked_div(body).unwrap_or(0);
-        let mut pos = 0usize;
+        let mut ahead = Prefetch::new(next, 16, body);
         let mut kk = 0;
         while kk < body {
-            let at = pf.wrapping_add(pos >> 16);
-            _mm_prefetch::<_MM_HINT_T0>(at.cast());
-            _mm_prefetch::<_MM_HINT_T0>(at.cast::<i8>().wrapping_add(64));
-            pos += inc;
+            ahead.step();
             let mut wv = [_mm512_setzero_ps(); R];
             for (r, v) in wv.iter_mut().enumerate() {
                 *v = W::load16(wp.add(r * k + kk));
@@ -245,12 +226,62 @@ unsafe fn tile_avx512<W: WeightElem, const X: usize, const R: usize>(
         }
         for i in 0..X {
             for r in 0..R {
-                let mut total = _mm512_reduce_add_ps(s[i][r]);
-                for t in body..k {
-                    total += x[i * k + t] * w[r * k + t].to_f32();
-                }
-                acc[i][r] = total;
+                acc[i][r] = _mm512_reduce_add_ps(s[i][r]) + tail_dot(x, w, k, (i, r), body);
             }
         }
     }
+}
+
+/// Spreads prefetches of `next` (the weight block after this one) evenly
+/// over a tile's steps, so memory streams at an even rate while the passes
+/// compute from L1: two 64-byte lines from element `pos >> 16` each step
+/// (fixed point, no division in the loop), up to 32 floats or 64 halves a
+/// step. A prefetch is a hint that never faults, so a line past the end of
+/// `next` costs nothing; `wrapping_add` keeps that address arithmetic
+/// defined.
+struct Prefetch<W> {
+    from: *const W,
+    pos: usize,
+    inc: usize,
+}
+
+impl<W> Prefetch<W> {
+    /// For a loop of `body / lanes` steps of `lanes` elements each.
+    fn new(next: &[W], lanes: usize, body: usize) -> Self {
+        Self {
+            from: next.as_ptr(),
+            pos: 0,
+            inc: ((next.len() << 16) * lanes).checked_div(body).unwrap_or(0),
+        }
+    }
+
+    #[inline(always)]
+    fn step(&mut self) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let at = self.from.wrapping_add(self.pos >> 16).cast::<i8>();
+        // SAFETY: prefetch never faults, whatever the address (SSE, part of
+        // every x86-64).
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(at);
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64));
+        }
+        self.pos += self.inc;
+    }
+}
+
+/// The part of row `i` of `x` · row `r` of `w` past the vector loop's
+/// `body` elements (`k` each).
+#[inline(always)]
+fn tail_dot<W: WeightElem>(
+    x: &[f32],
+    w: &[W],
+    k: usize,
+    (i, r): (usize, usize),
+    body: usize,
+) -> f32 {
+    x[i * k + body..(i + 1) * k]
+        .iter()
+        .zip(&w[r * k + body..(r + 1) * k])
+        .map(|(a, b)| a * b.to_f32())
+        .sum()
 }
