@@ -227,6 +227,17 @@ pub enum BatchSize {
 impl BatchSize {
     /// The largest batch, fixed or chosen.
     pub const MAX: usize = 4096;
+    /// `"auto"` on the CPU: throughput is flat past ~8 images there, and a
+    /// larger batch only delays the first results.
+    pub const CPU_AUTO: usize = 16;
+
+    /// The batch on the CPU, where nothing needs measuring.
+    pub fn on_cpu(self) -> usize {
+        match self {
+            Self::Fixed(n) => n,
+            Self::Auto => Self::CPU_AUTO,
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for BatchSize {

@@ -303,10 +303,10 @@ fn config(args: &BenchArgs) -> Result<BenchConfig> {
         image_size,
         jpeg_quality: args.jpeg_quality.clamp(1, 100),
         ingest_batch: args.ingest_batch.unwrap_or(
-            match dualsight::config::Settings::default().ingest.batch_size {
-                dualsight::config::BatchSize::Fixed(n) => n,
-                dualsight::config::BatchSize::Auto => dualsight::ingest::batch::CPU_AUTO,
-            },
+            dualsight::config::Settings::default()
+                .ingest
+                .batch_size
+                .on_cpu(),
         ),
         sizes: pick(&args.sizes, "10k,100k", "1000,3000")?,
         queries: args.queries.unwrap_or(if q { 10 } else { 200 }),

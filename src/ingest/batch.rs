@@ -10,37 +10,33 @@ use candle_core::{DType, Device};
 use crate::config::BatchSize;
 use crate::model::config::VisionConfig;
 
-/// `"auto"` on the CPU: throughput is flat past ~8 images there, and a
-/// larger batch only delays the first results.
-pub const CPU_AUTO: usize = 16;
-
 /// Share of the free device memory a batch may take: the rest is for the
 /// allocator's fragmentation, cuBLAS workspaces and the text tower's queries.
 const MARGIN: f64 = 0.7;
 
 /// The batch `setting` means for this model on `device`.
 pub fn resolve(setting: BatchSize, vision: &VisionConfig, device: &Device, dtype: DType) -> usize {
-    match setting {
-        BatchSize::Fixed(n) => n,
-        BatchSize::Auto if device.is_cpu() => CPU_AUTO,
-        BatchSize::Auto => match free_memory(device) {
-            Some(free) => {
-                let n = fitting(free, per_image_bytes(vision, dtype.size_in_bytes()));
-                tracing::info!(
-                    free_bytes = free,
-                    batch_size = n,
-                    "batch size chosen from the GPU's free memory"
-                );
-                n
-            }
-            None => {
-                tracing::warn!(
-                    batch_size = CPU_AUTO,
-                    "cannot read the GPU's free memory: batch size {CPU_AUTO}"
-                );
-                CPU_AUTO
-            }
-        },
+    if setting != BatchSize::Auto || device.is_cpu() {
+        return setting.on_cpu();
+    }
+    match free_memory(device) {
+        Some(free) => {
+            let n = fitting(free, per_image_bytes(vision, dtype.size_in_bytes()));
+            tracing::info!(
+                free_bytes = free,
+                batch_size = n,
+                "batch size chosen from the GPU's free memory"
+            );
+            n
+        }
+        None => {
+            let n = BatchSize::CPU_AUTO;
+            tracing::warn!(
+                batch_size = n,
+                "cannot read the GPU's free memory: batch size {n}; set [ingest] batch_size to choose"
+            );
+            n
+        }
     }
 }
 
@@ -162,7 +158,7 @@ mod tests {
         let c = vit_b16();
         assert_eq!(
             resolve(BatchSize::Auto, &c, &Device::Cpu, DType::F32),
-            CPU_AUTO
+            BatchSize::CPU_AUTO
         );
         assert_eq!(
             resolve(BatchSize::Fixed(5), &c, &Device::Cpu, DType::F32),
