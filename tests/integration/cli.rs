@@ -21,6 +21,17 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// Runs a command that must fail; its stderr.
+pub fn run_err(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run dualsight");
+    assert!(
+        !out.status.success(),
+        "dualsight succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn embed_json(model: &Path, texts: &[String], images: &[std::path::PathBuf]) -> serde_json::Value {
     let mut cmd = dualsight();
     cmd.arg("embed")
@@ -284,14 +295,7 @@ fn fsck_checks_a_store_and_names_what_is_missing() {
     assert_eq!(v["ok"], true);
     assert_eq!(v["files"], 0);
     let missing = tmp.path().join("nothing-here");
-    let out = dualsight()
-        .arg("fsck")
-        .arg("--data-dir")
-        .arg(&missing)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = run_err(dualsight().arg("fsck").arg("--data-dir").arg(&missing));
     assert!(
         stderr.contains("nothing-here") && stderr.contains("no store"),
         "{stderr}"
@@ -343,13 +347,6 @@ fn parity_checks_a_checkpoint_against_its_recorded_references() {
         "{v}"
     );
     let empty = tempfile::tempdir().unwrap();
-    let out = dualsight()
-        .arg("parity")
-        .arg("--model")
-        .arg(empty.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_err(dualsight().arg("parity").arg("--model").arg(empty.path()));
     assert!(err.contains("reference.safetensors"), "{err}");
 }

@@ -518,19 +518,9 @@ fn near_transformers(label: &str, r: &Reference, images: &Tensor, texts: &Tensor
 
 /// The lowest cosine between matching rows of two `[n, d]` tensors.
 fn worst_cosine(a: &Tensor, b: &Tensor) -> f32 {
-    let (a, b) = (
-        a.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap(),
-        b.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap(),
-    );
+    let (a, b) = (rows(a), rows(b));
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(&b)
-        .map(|(x, y)| {
-            let dot: f32 = x.iter().zip(y).map(|(p, q)| p * q).sum();
-            let norm = |v: &[f32]| v.iter().map(|p| p * p).sum::<f32>().sqrt();
-            dot / (norm(x) * norm(y))
-        })
-        .fold(1f32, f32::min)
+    cosines(&a, &b).into_iter().fold(1f32, f32::min)
 }
 
 /// `--dtype bf16|f16` on the CPU: the dense weights are rounded, nothing

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use dualsight::server::proto;
 
-use crate::cli::{dualsight, run_ok};
+use crate::cli::{dualsight, run_err, run_ok};
 use crate::daemon::*;
 use crate::pg_server::PgServer;
 use crate::util::*;
@@ -337,15 +337,13 @@ async fn a_sled_store_moves_into_postgres_with_equal_counts_and_results() {
     assert_eq!(options, "m=12,ef_construction=50");
 
     // A bad target is named, with its password hidden.
-    let out = dualsight()
-        .arg("migrate")
-        .arg("--from")
-        .arg(&d.data)
-        .args(["--to", "postgres://u:pw-secret@127.0.0.1:1/x"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = run_err(
+        dualsight()
+            .arg("migrate")
+            .arg("--from")
+            .arg(&d.data)
+            .args(["--to", "postgres://u:pw-secret@127.0.0.1:1/x"]),
+    );
     assert!(
         err.contains("127.0.0.1") && !err.contains("pw-secret"),
         "{err}"

@@ -9,7 +9,7 @@ use candle_core::{DType, Device};
 use dualsight::encoder::Encoder;
 use dualsight::store::{ContentHash, Store};
 
-use crate::cli::{dualsight, run_ok};
+use crate::cli::{dualsight, run_err, run_ok};
 use crate::util::{cosines, fixtures};
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -103,14 +103,7 @@ fn fsck_finds_damaged_vectors_and_repair_forgets_them() {
     let record = 8 + 32 + 4 * 64 + 8;
     bytes[64 + 2 * record + 100] ^= 0x01;
     std::fs::write(&seg, &bytes).unwrap();
-    let out = dualsight()
-        .arg("fsck")
-        .arg("--data-dir")
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_err(dualsight().arg("fsck").arg("--data-dir").arg(tmp.path()));
     assert!(
         err.contains("1.vec")
             && err.contains("1 damaged vectors (ids 3)")

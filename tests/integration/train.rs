@@ -14,7 +14,7 @@ use dualsight::model::{DualEncoder, ImageInput};
 use dualsight::preprocess::Source;
 use dualsight::train::data::{self, Columns};
 
-use crate::cli::{dualsight, run_ok};
+use crate::cli::{dualsight, run_err, run_ok};
 use crate::util::fixtures;
 
 const CHECKPOINTS: &[&str] = &[
@@ -377,9 +377,7 @@ fn resuming_gives_the_same_weights_as_never_stopping() {
     args[11] = "2e-3".into();
     args.push("--resume".into());
     args.push(whole.join("checkpoint-4").into_os_string());
-    let out = dualsight().arg("train").args(&args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = run_err(dualsight().arg("train").args(&args));
     assert!(stderr.contains("--learning-rate"), "{stderr}");
 }
 
