@@ -288,7 +288,7 @@ fn index_files(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let (tx, rx) = tokio::sync::mpsc::channel(pcfg.queue.max(16) * 4);
+        let (tx, rx) = dualsight::ingest::feed::channel(pcfg.queue.max(16) * 4);
         let pipeline = Pipeline::spawn(engine.clone(), counters.clone(), pcfg, rx);
         for c in changes {
             tx.send(c).await.ok();

@@ -238,7 +238,7 @@ pub async fn run(
 
     // Intake: watcher → pipeline. The watcher stops on `stop`, closing the feed,
     // which lets the pipeline drain and stop.
-    let (change_tx, change_rx) = mpsc::channel(settings.ingest.queue.max(16) * 4);
+    let (change_tx, change_rx) = crate::ingest::feed::channel(settings.ingest.queue.max(16) * 4);
     let mut intake = reload::Intake::start(&settings, change_tx, counters.clone())?;
     let pipeline = Pipeline::spawn(
         engine.clone(),

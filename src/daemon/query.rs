@@ -347,10 +347,13 @@ impl Core for DaemonCore {
                 ..Default::default()
             });
         };
+        // Pending first: a change that lands between the two reads then shows
+        // in the count, never as idle beside a stale count.
+        let pending_files = self.counters.pending();
         let offline = engine.store.offline_roots().map_err(internal)?;
         Ok(StatusSnapshot {
             indexed_files: engine.store.indexed_file_count().map_err(internal)?,
-            pending_files: self.counters.pending(),
+            pending_files,
             failed_files: engine.store.failure_count().map_err(internal)?,
             ready: true,
             model_fingerprint: engine.space.fingerprint().to_string(),

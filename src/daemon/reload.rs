@@ -10,11 +10,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-
 use super::watch_config;
 use crate::config::Settings;
 use crate::engine::Engine;
+use crate::ingest::feed::ChangeTx;
 use crate::ingest::pipeline::Counters;
 use crate::ingest::{Change, IngestError, Watcher};
 use crate::preprocess::DecodeLimits;
@@ -26,14 +25,14 @@ use super::query::DaemonCore;
 pub(super) struct Intake {
     watcher: Watcher,
     stop: Trigger,
-    changes: mpsc::Sender<Change>,
+    changes: ChangeTx,
     counters: Arc<Counters>,
 }
 
 impl Intake {
     pub(super) fn start(
         settings: &Settings,
-        changes: mpsc::Sender<Change>,
+        changes: ChangeTx,
         counters: Arc<Counters>,
     ) -> Result<Self, IngestError> {
         let (stop, shutdown) = crate::shutdown::channel();
@@ -165,7 +164,7 @@ async fn forget_left_out(
     new: &Settings,
     roots: &[PathBuf],
     engine: &Arc<Engine>,
-    changes: &mpsc::Sender<Change>,
+    changes: &ChangeTx,
 ) {
     let Ok(filter) = watch_config(new).filter() else {
         return;

@@ -2,7 +2,7 @@
 //!
 //! The change feed: [`Watcher`] walks every root (walkdir), watches it (notify), reconciles it
 //! periodically and polls it for going offline, and reports what it finds as [`Change`]s on a
-//! bounded channel. The feed knows nothing of models or the store; [`pipeline`] consumes it (read
+//! bounded channel ([`feed`], which counts each change until it is taken up). The feed knows nothing of models or the store; [`pipeline`] consumes it (read
 //! and hash, decode pool, batcher, vision tower, commit to the store through the
 //! [`crate::engine::Engine`], index insert).
 //!
@@ -24,6 +24,7 @@
 //! - Nothing is emitted for a root while it is offline, and going offline is never a `Remove`.
 
 pub mod batch;
+pub mod feed;
 pub mod pipeline;
 mod scan;
 mod watch;

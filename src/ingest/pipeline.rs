@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc as tmpsc;
 
 use super::Change;
+use super::feed::ChangeRx;
 use crate::engine::Engine;
 use crate::preprocess::Source;
 use crate::store::{Commit, ContentHash, Embedding, FileRecord, path_str};
@@ -57,8 +58,12 @@ pub struct Counters {
     pub embed_batch: crate::metrics::BatchTimes,
     /// Paths seen but not committed, failed or dropped yet.
     pending: Mutex<HashSet<PathBuf>>,
+    /// Changes sent on the feed and not yet taken up by the planner.
+    in_feed: std::sync::OnceLock<Arc<AtomicU64>>,
     /// Removals and reconciles waiting out the removal grace.
     held: AtomicU64,
+    /// Removals and reconciles past their grace, not yet applied.
+    applying: AtomicU64,
     /// The watcher's own work ([`crate::ingest::watch::Watcher::busy`]).
     watching: Mutex<Option<Arc<AtomicU64>>>,
     /// Why indexing is paused; `None` while it runs.
@@ -71,15 +76,23 @@ pub struct Counters {
 impl Counters {
     /// Work not yet done: files in the pipeline, removals waiting out their
     /// grace, and what the watcher still holds (debounce, stability checks,
-    /// scans). 0 means the store has caught up with the folders.
+    /// scans). 0 means the store has caught up with the folders: a caller
+    /// that compares it with the store's counts reads it first.
+    ///
+    /// Each stage counts a change before the stage it came from lets it go,
+    /// and the stages are read upstream first, so a change moving on while
+    /// this runs is counted at least once, never missed.
     pub fn pending(&self) -> u64 {
         let watching = self
             .watching
             .lock()
             .expect("watching lock")
             .as_ref()
-            .map_or(0, |w| w.load(Ordering::Relaxed));
-        self.in_pipeline() + self.held.load(Ordering::Relaxed) + watching
+            .map_or(0, |w| w.load(Ordering::SeqCst));
+        let in_feed = self.in_feed.get().map_or(0, |f| f.load(Ordering::SeqCst));
+        let held = self.held.load(Ordering::SeqCst);
+        let applying = self.applying.load(Ordering::SeqCst);
+        watching + in_feed + held + applying + self.in_pipeline()
     }
 
     /// Files inside the pipeline (reading, decoding, embedding, committing).
@@ -182,8 +195,10 @@ impl Pipeline {
         engine: Arc<Engine>,
         counters: Arc<Counters>,
         cfg: PipelineConfig,
-        changes: tmpsc::Receiver<Change>,
+        changes: ChangeRx,
     ) -> Self {
+        // One pipeline per Counters; a second one's feed would go uncounted.
+        let _ = counters.in_feed.set(changes.in_flight());
         let (job_tx, job_rx) = tmpsc::channel::<Job>(cfg.queue);
         let (op_tx, op_rx) = mpsc::sync_channel::<Op>(cfg.queue);
         let job_rx = Arc::new(tokio::sync::Mutex::new(job_rx));
@@ -238,16 +253,20 @@ async fn planner(
     engine: Arc<Engine>,
     counters: Arc<Counters>,
     cfg: PipelineConfig,
-    mut changes: tmpsc::Receiver<Change>,
+    mut changes: ChangeRx,
     jobs: tmpsc::Sender<Job>,
     ops: mpsc::SyncSender<Op>,
 ) {
     let mut removals: Vec<(Instant, Op)> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
+        // The change taken this turn stays counted in the feed until it is
+        // counted where it went (pending files, held or applying removals).
+        let mut taken = None;
         tokio::select! {
             change = changes.recv() => {
-                let Some(change) = change else { break };
+                let Some((change, ticket)) = change else { break };
+                taken = Some(ticket);
                 match change {
                     Change::Upsert { path, size, mtime_ns } => {
                         // A path that came back cancels its pending removal.
@@ -276,8 +295,10 @@ async fn planner(
         let (due, later): (Vec<_>, Vec<_>) = removals.into_iter().partition(|(at, _)| *at <= now);
         removals = later;
         counters
-            .held
-            .store(removals.len() as u64, Ordering::Relaxed);
+            .applying
+            .fetch_add(due.len() as u64, Ordering::SeqCst);
+        counters.held.store(removals.len() as u64, Ordering::SeqCst);
+        drop(taken);
         for (_, op) in due {
             if send_op(&ops, op).await.is_err() {
                 return;
@@ -527,6 +548,7 @@ fn committer(
                 // Keep order: what was read before a removal is committed before it.
                 dirty |= flush_batch(engine, counters, &cap, &mut batch);
                 dirty |= apply(engine, other);
+                counters.applying.fetch_sub(1, Ordering::SeqCst);
             }
             None => dirty |= flush_batch(engine, counters, &cap, &mut batch),
         }

@@ -47,6 +47,7 @@ mod pending;
 mod roots;
 mod scans;
 
+use super::feed::ChangeTx;
 use super::scan::{self, FileItem, Filter, Identity, Probe};
 use super::{Change, IngestError, Result, WatchConfig};
 use crate::shutdown::Shutdown;
@@ -101,17 +102,13 @@ impl Watcher {
     /// Validates `cfg` and starts watching: first a `RootOnline`/`RootOffline` per root, then the
     /// initial scan of every online root. Fails on a bad glob, overlapping roots, a zero poll or
     /// reconcile period, no extensions, or outside a tokio runtime; nothing later is fatal.
-    pub fn spawn(
-        cfg: WatchConfig,
-        tx: mpsc::Sender<Change>,
-        shutdown: Shutdown,
-    ) -> Result<Watcher> {
+    pub fn spawn(cfg: WatchConfig, tx: ChangeTx, shutdown: Shutdown) -> Result<Watcher> {
         Self::spawn_with(cfg, tx, shutdown, Limits::default())
     }
 
     pub(crate) fn spawn_with(
         cfg: WatchConfig,
-        tx: mpsc::Sender<Change>,
+        tx: ChangeTx,
         mut shutdown: Shutdown,
         limits: Limits,
     ) -> Result<Watcher> {
@@ -277,7 +274,7 @@ impl Coordinator {
         mut self,
         mut raw_rx: mpsc::Receiver<Raw>,
         mut scan_rx: mpsc::Receiver<ScanMsg>,
-        tx: mpsc::Sender<Change>,
+        tx: ChangeTx,
     ) {
         self.probe_roots().await;
         let mut poll = ticker(self.poll_roots_every);

@@ -2,6 +2,7 @@
 
 use super::scans::ScanThread;
 use super::*;
+use crate::ingest::feed::ChangeRx;
 use crate::shutdown::Trigger;
 use std::fs::File;
 use std::io::Write as _;
@@ -22,7 +23,7 @@ fn config(root: &Path) -> WatchConfig {
 }
 
 struct Feed {
-    rx: mpsc::Receiver<Change>,
+    rx: ChangeRx,
     /// Everything received so far, for assertions about what did *not* happen.
     log: Vec<Change>,
     stop: Trigger,
@@ -35,7 +36,7 @@ fn start(cfg: WatchConfig, limits: Limits) -> Feed {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, rx) = crate::ingest::feed::channel(64);
     let (stop, stop_rx) = crate::shutdown::channel();
     let watcher = Watcher::spawn_with(cfg, tx, stop_rx, limits).unwrap();
     Feed {
@@ -51,7 +52,7 @@ impl Feed {
         let deadline = Instant::now() + PATIENCE;
         loop {
             match timeout(deadline - Instant::now(), self.rx.recv()).await {
-                Ok(Some(change)) => {
+                Ok(Some((change, _))) => {
                     self.log.push(change.clone());
                     if pred(&change) {
                         return change;
@@ -117,7 +118,7 @@ impl Feed {
     /// Receives for `d` more, then counts the upserts of `path` in the whole log.
     async fn upserts_of(&mut self, path: &Path, d: Duration) -> usize {
         let end = Instant::now() + d;
-        while let Ok(Some(change)) = timeout(end - Instant::now(), self.rx.recv()).await {
+        while let Ok(Some((change, _))) = timeout(end - Instant::now(), self.rx.recv()).await {
             self.log.push(change);
         }
         self.log
@@ -461,14 +462,15 @@ async fn shutdown_is_prompt_and_closes_the_feed() {
     assert_eq!(
         timeout(Duration::from_secs(1), feed.rx.recv())
             .await
-            .unwrap(),
+            .unwrap()
+            .map(|(change, _)| change),
         None
     );
 }
 
 #[test]
 fn spawn_rejects_bad_config_and_no_runtime() {
-    let (tx, _rx) = mpsc::channel(1);
+    let (tx, _rx) = crate::ingest::feed::channel(1);
     let (_stop, stop_rx) = crate::shutdown::channel();
     let cfg = config(Path::new("/tmp/x"));
     let err = Watcher::spawn(cfg.clone(), tx.clone(), stop_rx.clone()).unwrap_err();
