@@ -112,6 +112,7 @@ impl Harness {
             photos: self.photos.clone(),
             data: self.data.clone(),
             log: self.log.clone(),
+            extra: Vec::new(),
         })
     }
 

@@ -21,6 +21,8 @@ pub struct Launch {
     pub data: PathBuf,
     /// stderr (the log, at `info`) is appended here.
     pub log: PathBuf,
+    /// More `serve` flags (a node name).
+    pub extra: Vec<String>,
 }
 
 pub struct Daemon {
@@ -59,6 +61,7 @@ impl Daemon {
             .arg("--data-dir")
             .arg(&l.data)
             .args(["--listen", &addr, "--device", "cpu"])
+            .args(&l.extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))

@@ -4,6 +4,10 @@
 //! memory, what the data dir takes on disk (sled, vector segments, index
 //! checkpoint), and text-query latency since the previous row. The figures
 //! go to BENCHMARKS.md; nothing here asserts a timing.
+//!
+//! With a database URL it soaks the scale-out instead: `nodes` daemons, each
+//! on its own folder (`node1`, `node2`, ...), all on one PostgreSQL, each
+//! churned and queried at once; rows are per node, plus the database's size.
 
 use std::collections::VecDeque;
 use std::io::Write as _;
@@ -33,6 +37,10 @@ pub struct Options {
     /// One row this often.
     pub sample_every: Duration,
     pub seed: u64,
+    /// The PostgreSQL store every node shares; `None`: the embedded store.
+    pub database_url: Option<String>,
+    /// Daemons, each on its own folder (more than one needs a database).
+    pub nodes: usize,
 }
 
 const CONFIG: &str = "[watch]\ndebounce_ms = 200\nstable_ms = 500\n\
@@ -54,46 +62,84 @@ const PER_DIR: usize = 1000;
 
 pub struct Soak {
     o: Options,
-    launch: Launch,
+    nodes: Vec<Node>,
     rng: SplitMix64,
+    started: Instant,
+}
+
+/// One daemon of the run, its folder and what it has answered.
+struct Node {
+    /// The node name on a shared database; "-" on the embedded store.
+    name: String,
+    launch: Launch,
     /// Generated files, oldest first (the churn deletes from the front).
     files: VecDeque<PathBuf>,
     next: usize,
-    started: Instant,
     latencies: Arc<Mutex<Vec<f64>>>,
 }
 
 impl Soak {
     pub fn new(o: Options) -> Result<Self> {
-        let photos = o.work.join("photos");
-        std::fs::create_dir_all(&photos)?;
-        let config = o.work.join("dualsight.toml");
-        std::fs::write(&config, CONFIG)?;
-        let launch = Launch {
-            dualsight: o.dualsight.clone(),
-            model: o.model.clone(),
-            config,
-            photos,
-            data: o.work.join("data"),
-            log: o.work.join("daemon.log"),
-        };
+        if o.nodes == 0 || (o.nodes > 1 && o.database_url.is_none()) {
+            bail!(
+                "--nodes {}: one node on the embedded store, or any number on a --database-url",
+                o.nodes
+            );
+        }
+        let mut config = CONFIG.to_owned();
+        if let Some(url) = &o.database_url {
+            config.push_str(&format!(
+                "[store]\nbackend = \"postgres\"\ndatabase_url = {}\n",
+                toml_string(url)
+            ));
+        }
+        let config_path = o.work.join("dualsight.toml");
+        std::fs::write(&config_path, config)?;
+        let mut nodes = Vec::new();
+        for i in 1..=o.nodes {
+            // One node keeps the embedded store's layout of earlier runs.
+            let (dir, name) = match o.database_url {
+                None => (o.work.clone(), "-".to_owned()),
+                Some(_) => (o.work.join(format!("node{i}")), format!("node{i}")),
+            };
+            let photos = dir.join("photos");
+            std::fs::create_dir_all(&photos)?;
+            let extra = match o.database_url {
+                None => Vec::new(),
+                Some(_) => vec!["--node".to_owned(), name.clone()],
+            };
+            nodes.push(Node {
+                name,
+                launch: Launch {
+                    dualsight: o.dualsight.clone(),
+                    model: o.model.clone(),
+                    config: config_path.clone(),
+                    photos,
+                    data: dir.join("data"),
+                    log: dir.join("daemon.log"),
+                    extra,
+                },
+                files: VecDeque::new(),
+                next: 0,
+                latencies: Arc::default(),
+            });
+        }
         Ok(Self {
             rng: SplitMix64::new(o.seed),
             o,
-            launch,
-            files: VecDeque::new(),
-            next: 0,
+            nodes,
             started: Instant::now(),
-            latencies: Arc::default(),
         })
     }
 
-    /// A new photo of random 28×28 gray noise: every file a distinct content
-    /// (its own vector), small enough that a million fit on any disk.
-    fn add_photo(&mut self) -> Result<()> {
-        let n = self.next;
-        self.next += 1;
-        let dir = self.launch.photos.join(format!("d{:05}", n / PER_DIR));
+    /// A new photo of random 28×28 gray noise in node `k`'s folder: every
+    /// file a distinct content (its own vector), small enough that a
+    /// million fit on any disk.
+    fn add_photo(&mut self, k: usize) -> Result<()> {
+        let node = &mut self.nodes[k];
+        let n = node.next;
+        node.next += 1;
+        let dir = node.launch.photos.join(format!("d{:05}", n / PER_DIR));
         if n.is_multiple_of(PER_DIR) {
             std::fs::create_dir_all(&dir)?;
         }
@@ -114,24 +160,35 @@ impl Soak {
             image::ImageFormat::Png,
         )?;
         std::fs::rename(&tmp, &path)?;
-        self.files.push_back(path);
+        node.files.push_back(path);
         Ok(())
     }
 
     fn header(&self) {
         println!(
-            "| t (s) | phase | indexed | pending | RSS (MiB) | peak RSS (MiB) | sled (MiB) | segments (MiB) | index (MiB) | sled B/file | queries | p50 (ms) | p99 (ms) |"
+            "| t (s) | node | phase | indexed | pending | RSS (MiB) | peak RSS (MiB) | sled (MiB) | segments (MiB) | index (MiB) | sled B/file | database (MiB) | queries | p50 (ms) | p99 (ms) |"
         );
-        println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        println!(
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
     }
 
-    fn row(&self, phase: &str, d: &Daemon, s: &proto::StatusResponse) {
+    /// One row for node `k`; `database`: the shared database's bytes, if any.
+    fn row(
+        &self,
+        k: usize,
+        phase: &str,
+        d: &Daemon,
+        s: &proto::StatusResponse,
+        database: Option<u64>,
+    ) {
+        let node = &self.nodes[k];
         let (rss, peak) = d.pid().and_then(memory).unwrap_or((0, 0));
-        let store = self.launch.data.join("store");
+        let store = node.launch.data.join("store");
         let segments = disk_use(&store.join("segments"));
         let sled = disk_use(&store).saturating_sub(segments);
-        let index = disk_use(&self.launch.data.join("index"));
-        let mut lat = std::mem::take(&mut *self.latencies.lock().expect("latencies"));
+        let index = disk_use(&node.launch.data.join("index"));
+        let mut lat = std::mem::take(&mut *node.latencies.lock().expect("latencies"));
         lat.sort_by(f64::total_cmp);
         let pct = |p: f64| {
             if lat.is_empty() {
@@ -141,9 +198,11 @@ impl Soak {
             }
         };
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let database = database.map_or("-".to_owned(), |b| format!("{:.1}", mib(b)));
         println!(
-            "| {:.0} | {phase} | {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {:.1} | {:.1} |",
+            "| {:.0} | {} | {phase} | {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {database} | {} | {:.1} | {:.1} |",
             self.started.elapsed().as_secs_f64(),
+            node.name,
             s.indexed_files,
             s.pending_files,
             mib(rss),
@@ -161,8 +220,12 @@ impl Soak {
 
     /// Text queries, one after another, until aborted; a refused one (the
     /// daemon still loading) is retried, not counted.
-    fn spawn_queries(&self, mut c: DualSightClient<Channel>) -> tokio::task::JoinHandle<()> {
-        let lat = self.latencies.clone();
+    fn spawn_queries(
+        &self,
+        k: usize,
+        mut c: DualSightClient<Channel>,
+    ) -> tokio::task::JoinHandle<()> {
+        let lat = self.nodes[k].latencies.clone();
         tokio::spawn(async move {
             for i in 0.. {
                 let t = Instant::now();
@@ -181,95 +244,186 @@ impl Soak {
         })
     }
 
+    /// Text queries on every node at once.
+    fn spawn_all_queries(
+        &self,
+        clients: &[DualSightClient<Channel>],
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        clients
+            .iter()
+            .enumerate()
+            .map(|(k, c)| self.spawn_queries(k, c.clone()))
+            .collect()
+    }
+
+    /// The shared database's size on disk; `None` on the embedded store (or
+    /// when it cannot be read: the row says "-").
+    async fn database_bytes(&self) -> Option<u64> {
+        let url = self.o.database_url.clone()?;
+        tokio::task::spawn_blocking(move || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).ok()?;
+            let row = c
+                .query_one("SELECT pg_database_size(current_database())", &[])
+                .ok()?;
+            u64::try_from(row.get::<_, i64>(0)).ok()
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Rows for the nodes in `which` (with their Status), one database read for all.
+    async fn rows(
+        &self,
+        phase: &str,
+        which: &[(usize, proto::StatusResponse)],
+        daemons: &[Daemon],
+    ) {
+        if which.is_empty() {
+            return;
+        }
+        let database = self.database_bytes().await;
+        for (k, s) in which {
+            self.row(*k, phase, &daemons[*k], s, database);
+        }
+    }
+
     pub async fn run(&mut self) -> Result<()> {
+        let count = self.nodes.len();
         eprintln!(
-            "generating {} photos in {}",
+            "generating {} photos per node in {}",
             self.o.files,
-            self.launch.photos.display()
+            self.o.work.display()
         );
-        for i in 0..self.o.files {
-            self.add_photo()?;
-            if (i + 1).is_multiple_of(100_000) {
-                eprintln!("  {} generated", i + 1);
+        for k in 0..count {
+            for i in 0..self.o.files {
+                self.add_photo(k)?;
+                if (i + 1).is_multiple_of(100_000) {
+                    eprintln!("  {} generated", i + 1);
+                }
             }
         }
         self.started = Instant::now();
         self.header();
-        let mut d = Daemon::spawn(&self.launch)?;
-        let mut c = d.client().await?;
-        let queries = self.spawn_queries(c.clone());
+        let mut daemons = Vec::new();
+        let mut clients = Vec::new();
+        for node in &self.nodes {
+            let d = Daemon::spawn(&node.launch)?;
+            clients.push(d.client().await?);
+            daemons.push(d);
+        }
+        let queries = self.spawn_all_queries(&clients);
         let want = self.o.files as u64;
         let mut next_row = Instant::now();
+        let mut indexed = vec![false; count];
         loop {
-            let s = status(&mut c).await?;
-            if Instant::now() >= next_row {
-                self.row("first indexing", &d, &s);
+            let sample = Instant::now() >= next_row;
+            let (mut sampled, mut done) = (Vec::new(), Vec::new());
+            for (k, c) in clients.iter_mut().enumerate() {
+                let s = status(c).await?;
+                if !indexed[k] && s.ready && s.indexed_files == want && s.pending_files == 0 {
+                    indexed[k] = true;
+                    done.push((k, s.clone()));
+                }
+                if sample {
+                    sampled.push((k, s));
+                }
+            }
+            if sample {
+                self.rows("first indexing", &sampled, &daemons).await;
                 next_row += self.o.sample_every;
             }
-            if s.ready && s.indexed_files == want && s.pending_files == 0 {
-                self.row("indexed", &d, &s);
+            self.rows("indexed", &done, &daemons).await;
+            if indexed.iter().all(|i| *i) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        queries.abort();
-        let stop = Instant::now();
-        let exit = d.terminate()?;
-        eprintln!(
-            "SIGTERM → exit {exit} in {:.1} s",
-            stop.elapsed().as_secs_f64()
-        );
-        let start = Instant::now();
-        d = Daemon::spawn(&self.launch)?;
-        c = d.client().await?;
-        while !status(&mut c).await?.ready {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        queries.iter().for_each(|q| q.abort());
+        // Each node restarted in turn: the others keep serving meanwhile.
+        for k in 0..count {
+            let stop = Instant::now();
+            let exit = daemons[k].terminate()?;
+            let name = &self.nodes[k].name;
+            eprintln!(
+                "{name}: SIGTERM → exit {exit} in {:.1} s",
+                stop.elapsed().as_secs_f64()
+            );
+            let start = Instant::now();
+            daemons[k] = Daemon::spawn(&self.nodes[k].launch)?;
+            clients[k] = daemons[k].client().await?;
+            while !status(&mut clients[k]).await?.ready {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            eprintln!(
+                "{name}: restart: ready (answering) {:.2} s after the process started",
+                start.elapsed().as_secs_f64()
+            );
         }
-        eprintln!(
-            "restart: ready (answering) {:.2} s after the process started",
-            start.elapsed().as_secs_f64()
-        );
-        let s = status(&mut c).await?;
-        self.row("restarted", &d, &s);
+        let mut restarted = Vec::new();
+        for (k, c) in clients.iter_mut().enumerate() {
+            restarted.push((k, status(c).await?));
+        }
+        self.rows("restarted", &restarted, &daemons).await;
         if self.o.churn.is_zero() {
-            d.terminate()?;
+            for d in &mut daemons {
+                d.terminate()?;
+            }
             return Ok(());
         }
-        let queries = self.spawn_queries(c.clone());
+        let queries = self.spawn_all_queries(&clients);
         let end = Instant::now() + self.o.churn;
         next_row = Instant::now() + self.o.sample_every;
         while Instant::now() < end {
             let tick = Instant::now();
-            for _ in 0..self.o.churn_per_s {
-                self.add_photo()?;
-                if let Some(old) = self.files.pop_front() {
-                    std::fs::remove_file(&old)?;
+            for k in 0..count {
+                for _ in 0..self.o.churn_per_s {
+                    self.add_photo(k)?;
+                    if let Some(old) = self.nodes[k].files.pop_front() {
+                        std::fs::remove_file(&old)?;
+                    }
                 }
             }
             if Instant::now() >= next_row {
-                let s = status(&mut c).await?;
-                self.row("churn", &d, &s);
+                let mut sampled = Vec::new();
+                for (k, c) in clients.iter_mut().enumerate() {
+                    sampled.push((k, status(c).await?));
+                }
+                self.rows("churn", &sampled, &daemons).await;
                 next_row += self.o.sample_every;
             }
             tokio::time::sleep(Duration::from_secs(1).saturating_sub(tick.elapsed())).await;
         }
-        // Let the last changes land, then one more row.
+        // Let the last changes land, then one more row per node.
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            let s = status(&mut c).await?;
-            if s.pending_files == 0 && s.indexed_files == self.files.len() as u64 {
-                self.row("settled", &d, &s);
+            let mut last = Vec::new();
+            for (k, c) in clients.iter_mut().enumerate() {
+                last.push((k, status(c).await?));
+            }
+            let settled = last.iter().all(|(k, s)| {
+                s.pending_files == 0 && s.indexed_files == self.nodes[*k].files.len() as u64
+            });
+            if settled {
+                self.rows("settled", &last, &daemons).await;
                 break;
             }
             if Instant::now() > deadline {
-                bail!("the churn did not settle in 10 min: {s:?}");
+                bail!("the churn did not settle in 10 min: {last:?}");
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        queries.abort();
-        d.terminate()?;
+        queries.iter().for_each(|q| q.abort());
+        for d in &mut daemons {
+            d.terminate()?;
+        }
         Ok(())
     }
+}
+
+/// `s` as a TOML basic string (JSON's escapes are TOML's).
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serialises")
 }
 
 async fn status(c: &mut DualSightClient<Channel>) -> Result<proto::StatusResponse> {

@@ -7,6 +7,9 @@
 //! cargo build --release --workspace
 //! # a million photos, then an hour of churn (BENCHMARKS.md, "Storage"):
 //! target/release/dualsight-soak --files 1000000 --churn-s 3600
+//! # two daemons on one PostgreSQL with pgvector (docs/scale-out.md):
+//! target/release/dualsight-soak --nodes 2 --database-url "host=/run/postgresql dbname=soak" \
+//!     --files 50000 --churn-s 7200 --churn-per-s 5
 //! ```
 
 use std::process::ExitCode;
@@ -31,6 +34,15 @@ struct Args {
     /// Seconds between rows.
     #[arg(long, default_value_t = 60)]
     sample_s: u64,
+    /// Soak the scale-out: every node on this PostgreSQL (with pgvector),
+    /// e.g. "host=/run/postgresql user=postgres dbname=soak" [default: the
+    /// embedded store].
+    #[arg(long, env = "DUALSIGHT_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Daemons, each on its own folder of --files photos; more than one
+    /// needs --database-url.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
     #[command(flatten)]
     common: Common,
 }
@@ -56,6 +68,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
         churn_per_s: args.churn_per_s,
         sample_every: Duration::from_secs(args.sample_s.max(1)),
         seed: args.common.seed,
+        database_url: args.database_url.clone(),
+        nodes: args.nodes,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
