@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use crate::encoder::Encoder;
 use crate::index::{IndexParams, VectorIndex};
+use crate::store::pg::off_runtime;
 use crate::store::{ContentHash, SegmentError, Space, Store, StoreError};
 
 /// Why an engine could not be opened, checkpointed or searched.
@@ -77,7 +78,15 @@ impl Engine {
             path: index_dir.clone(),
             source,
         })?;
-        if matches!(space, Space::Postgres(_)) {
+        if let (Space::Postgres(s), Store::Postgres(pg)) = (&space, &store) {
+            if !off_runtime(|| pg.has_search_index(s))? {
+                // Left so by a `dualsight migrate` cut short before its
+                // build: searches stay right (exact scans) but slow.
+                tracing::warn!(
+                    table = s.table(),
+                    "this space has no HNSW index, so searches scan every vector: run `dualsight migrate` again to finish, or build it with CREATE INDEX (docs/scale-out.md)"
+                );
+            }
             tracing::info!(
                 vectors = space.vector_count()?,
                 "searching through pgvector's index"

@@ -242,7 +242,6 @@ impl PgStore {
                 &[&fingerprint],
             )
             .map_err(q("reading the spaces"))?;
-        let existed = found.is_some();
         let id = match found {
             Some(row) => {
                 let existing = row.get::<_, i32>(1) as usize;
@@ -277,17 +276,7 @@ impl PgStore {
             }
         };
         tx.commit().map_err(q("creating a space"))?;
-        let space = self.space_handle(id, fingerprint, dim);
-        if existed && !self.has_search_index(&space)? {
-            // Left so by a `dualsight migrate` cut short before its build:
-            // searches stay right (exact scans) but slow.
-            tracing::warn!(
-                fingerprint,
-                table = space.table(),
-                "this space has no HNSW index, so searches scan every vector: run `dualsight migrate` again to finish, or build it with CREATE INDEX (docs/scale-out.md)"
-            );
-        }
-        Ok(space)
+        Ok(self.space_handle(id, fingerprint, dim))
     }
 
     /// The statement that makes a space's HNSW index. Cosine distance, as
@@ -630,8 +619,8 @@ impl PgSpace {
         self.dim
     }
 
-    /// The table holding this space's vectors.
-    fn table(&self) -> String {
+    /// The table holding this space's vectors (`vectors_<id>`).
+    pub fn table(&self) -> String {
         format!("vectors_{}", self.id)
     }
 
