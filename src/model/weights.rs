@@ -67,6 +67,10 @@ pub struct WeightSource {
     /// build rather than after it (a half-precision load would otherwise
     /// hold both).
     tensors: Mutex<HashMap<String, Tensor>>,
+    /// The checkpoint's type of each entry replaced by a copy in another
+    /// type: asked for again in a third type, it would be converted from
+    /// that copy, not the checkpoint's values, so it is refused.
+    narrowed: Mutex<HashMap<String, DType>>,
     policy: FreshPolicy,
     origin: PathBuf,
     used: Recorded,
@@ -103,6 +107,21 @@ impl WeightSource {
         if t.dtype() == dtype && t.device().same_device(dev) {
             return Ok(t);
         }
+        let mut narrowed = self.narrowed.lock().expect("weights lock");
+        match narrowed.get(name) {
+            Some(&original) if t.dtype() != dtype => candle_core::bail!(
+                "{}: tensor `{name}` ({original:?} in the checkpoint) was already taken as {:?}; \
+                 taking it again as {dtype:?} would convert that copy, not the checkpoint's values",
+                self.origin.display(),
+                t.dtype()
+            ),
+            Some(_) => {}
+            None if t.dtype() != dtype => {
+                narrowed.insert(name.to_string(), t.dtype());
+            }
+            None => {}
+        }
+        drop(narrowed);
         let t = t.to_dtype(dtype)?.to_device(dev)?;
         if let Some(entry) = self.tensors.lock().expect("weights lock").get_mut(name) {
             *entry = t.clone();
@@ -113,6 +132,7 @@ impl WeightSource {
     pub fn new(tensors: HashMap<String, Tensor>, policy: FreshPolicy, origin: PathBuf) -> Self {
         Self {
             tensors: Mutex::new(tensors),
+            narrowed: Mutex::default(),
             policy,
             origin,
             used: Arc::default(),
@@ -396,6 +416,33 @@ pub fn canonical_key(key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::canonical_key as c;
+    use super::*;
+
+    #[test]
+    fn a_tensor_taken_in_one_type_is_refused_in_another() {
+        let w = Tensor::new(&[1.0f32 + 1.0 / 512.0, 2.0], &Device::Cpu).unwrap();
+        let source = WeightSource::new(
+            HashMap::from([("w".to_string(), w)]),
+            FreshPolicy::Only(Vec::new()),
+            PathBuf::from("model.safetensors"),
+        );
+        let cpu = Device::Cpu;
+        let half = source.get_unchecked("w", DType::BF16, &cpu).unwrap();
+        assert_eq!(half.dtype(), DType::BF16);
+        // The same type again (a tied weight) is the same copy.
+        let again = source.get_unchecked("w", DType::BF16, &cpu).unwrap();
+        assert_eq!(again.dtype(), DType::BF16);
+        let err = source
+            .get_unchecked("w", DType::F32, &cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "model.safetensors: tensor `w` (F32 in the checkpoint) was already taken as BF16"
+            ),
+            "{err}"
+        );
+    }
 
     #[test]
     fn layouts_meet_in_one_naming() {
