@@ -393,6 +393,7 @@ impl Settings {
             max_lag: Duration::from_millis(self.store.max_replica_lag_ms),
             data_dir: self.data_dir.clone(),
             hnsw: self.index_params(),
+            exact_below: crate::store::pg::EXACT_BELOW,
         })
     }
 

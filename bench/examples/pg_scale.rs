@@ -133,6 +133,7 @@ fn main() -> Result<()> {
             ef_search: env_or("PG_EF_SEARCH", IndexParams::default().ef_search),
             ..IndexParams::default()
         },
+        exact_below: dualsight::store::pg::EXACT_BELOW,
     })?;
     let space = store.space(&format!("bench-{n}"), DIM)?;
     let Space::Postgres(pg_space) = &space else {

@@ -92,6 +92,7 @@ pub fn run(args: &MigrateArgs) -> Result<()> {
             Some(path) => crate::config::Settings::from_file(path)?.index_params(),
             None => crate::index::IndexParams::default(),
         },
+        exact_below: crate::store::pg::EXACT_BELOW,
     })
     .with_context(|| format!("opening {}", redact(&args.to)))?;
     let batch = args.batch as usize;

@@ -431,8 +431,8 @@ async fn a_standby_serves_searches_and_the_primary_takes_over_when_it_stops() {
 
 /// Through the library: candidates come from an HNSW index walk, filtered
 /// or not (once the table is large enough for the planner to prefer it); a
-/// filter keeping three photos of 3000 returns all three (the walk goes on,
-/// or the exact scan takes over); a database migrated by a newer dualsight
+/// filter keeping three photos of 3000 returns all three, and one keeping
+/// nearly all of them (still fewer than a walk may visit) ranks exactly; a database migrated by a newer dualsight
 /// is refused by name.
 #[test]
 fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
@@ -456,6 +456,9 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
             ef_search: 40,
             ..Default::default()
         },
+        // /all (2967 files) walks the graph; /some (30) and /rare (3) rank
+        // exactly.
+        exact_below: 1000,
     };
     let store = Store::open_postgres(&options).unwrap();
     let space = store.space("fp", 16).unwrap();
@@ -468,6 +471,8 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
         .map(|i| Commit {
             path: if i % 1000 == 0 {
                 format!("/rare/{i}.jpg")
+            } else if i % 100 == 50 {
+                format!("/some/{i}.jpg")
             } else {
                 format!("/all/{i}.jpg")
             },
@@ -489,9 +494,8 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
     pg.psql("plans", "ANALYZE");
 
     let q = vector(3);
-    // A broad filter walks the graph too; a selective one may be planned
-    // from the files side (its few vectors sorted exactly), which the
-    // planner is right to prefer.
+    // A broad filter walks the graph too; a selective one ranks the few
+    // vectors of the files it passes, exactly, without the graph.
     let broad = SearchFilters {
         path_prefix: Some("/all".into()),
         ..Default::default()
@@ -500,6 +504,12 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
         let plan = pg_space.nearest_plan(&q, 10, &filters).unwrap();
         assert!(plan.contains("Index Scan using vectors_1_hnsw"), "{plan}");
     }
+    let rare = SearchFilters {
+        path_prefix: Some("/rare".into()),
+        ..Default::default()
+    };
+    let plan = pg_space.nearest_plan(&q, 10, &rare).unwrap();
+    assert!(!plan.contains("hnsw") && plan.contains("files"), "{plan}");
     let filters = Filters {
         path_prefix: Some("/rare".into()),
         ..Filters::default()
@@ -524,6 +534,39 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
     let hits = search(&unfiltered, &unfiltered, &query).unwrap();
     assert_eq!(hits[0].0.path, PathBuf::from("/all/3.jpg"));
     assert!(hits[0].1 > 0.9999);
+    // A filter passing fewer files than `exact_below` is ranked exactly:
+    // the top 10 of /some by brute force, in order.
+    let cosine = |a: &[f32], b: &[f32]| {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        dot / (norm(a) * norm(b))
+    };
+    let mut exact: Vec<(f32, usize)> = (0..3000)
+        .filter(|i| i % 100 == 50)
+        .map(|i| (cosine(&q, &vector(i)), i))
+        .collect();
+    exact.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let filters = Filters {
+        path_prefix: Some("/some".into()),
+        ..Filters::default()
+    };
+    let source = PgSource::new(pg_space, &filters);
+    let hits = search(&source, &source, &query).unwrap();
+    let got: Vec<String> = hits
+        .iter()
+        .map(|(f, _)| f.path.display().to_string())
+        .collect();
+    let want: Vec<String> = exact[..10]
+        .iter()
+        .map(|(_, i)| format!("/some/{i}.jpg"))
+        .collect();
+    assert_eq!(
+        got,
+        want,
+        "scores {:?} vs {:?}",
+        hits.iter().map(|h| h.1).collect::<Vec<_>>(),
+        &exact[..10]
+    );
     drop(store);
 
     pg.psql(

@@ -30,7 +30,7 @@ use super::paths::{check_path, dir_prefix, trim_dir};
 use super::{ContentHash, FailureRecord, FileRecord, Result, SpaceInfo, StoreError, StoredVector};
 use crate::preprocess::meta::{PhotoMeta, TakenFrom};
 pub use pool::redact;
-pub use read::{Nearest, RelationSizes, ReplicaState, SearchFilters};
+pub use read::{EXACT_BELOW, Nearest, RelationSizes, ReplicaState, SearchFilters};
 pub use schema::SCHEMA_VERSION;
 
 /// Rows per page when iterating files, failures or vectors: bounds what an
@@ -96,6 +96,9 @@ pub struct PgOptions {
     /// `ef_construction` when a space's index is created, `ef_search` for
     /// every search.
     pub hnsw: crate::index::IndexParams,
+    /// Filters passing fewer files than this rank exactly instead of walking
+    /// the index ([`EXACT_BELOW`] unless a test wants another size).
+    pub exact_below: u64,
 }
 
 /// Handle on the database. Clones share the connections.
@@ -110,6 +113,7 @@ struct Inner {
     node: String,
     data_dir: PathBuf,
     hnsw: crate::index::IndexParams,
+    exact_below: u64,
     /// Held by every write of this node from start to commit.
     writer: Mutex<()>,
     counts: Mutex<BTreeMap<String, (Instant, u64)>>,
@@ -198,6 +202,7 @@ impl PgStore {
                 node: options.node.clone(),
                 data_dir: options.data_dir.clone(),
                 hnsw: options.hnsw,
+                exact_below: options.exact_below,
                 writer: Mutex::new(()),
                 counts: Mutex::new(BTreeMap::new()),
             }),

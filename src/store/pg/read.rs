@@ -3,10 +3,16 @@
 //! standby when one is configured, else on the primary.
 //!
 //! Filters go into the SQL with pgvector's iterative index scans
-//! (`hnsw.iterative_scan`), so a selective filter walks on until enough
-//! vectors pass instead of stopping at `ef_search` rows; when the walk still
-//! ends short (`hnsw.max_scan_tuples`), the same query runs without the
-//! index, exactly. A filter therefore never returns fewer hits than exist.
+//! (`hnsw.iterative_scan`), so a filter walks on until enough vectors pass
+//! instead of stopping at `ef_search` rows; when the walk still ends short
+//! (`hnsw.max_scan_tuples`), the same query runs without the index, exactly.
+//! A filter therefore never returns fewer hits than exist.
+//!
+//! A selective filter (fewer than [`EXACT_BELOW`] files pass) skips the walk
+//! and ranks exactly the vectors of the files that pass: the walk would
+//! spend its tuple budget on vectors the filter rejects and return whichever
+//! passing ones it met first (recall@10 0.74 with a 1% filter at 1M,
+//! BENCHMARKS.md), where reading the few passing vectors is exact and cheap.
 
 use pgvector::Vector;
 use postgres::types::ToSql;
@@ -32,6 +38,11 @@ impl SearchFilters {
         self.path_prefix.is_none() && self.taken_after.is_none() && self.taken_before.is_none()
     }
 }
+
+/// Filters passing fewer files than this are ranked exactly: pgvector's own
+/// default `hnsw.max_scan_tuples`, the most tuples an iterative walk visits,
+/// so below it a walk could not even see every passing vector.
+pub const EXACT_BELOW: u64 = 20_000;
 
 /// The `hnsw.ef_search` sessions start with: the configured one, within
 /// pgvector's 1..=1000.
@@ -95,6 +106,9 @@ impl PgSpace {
         n: usize,
         filters: &SearchFilters,
     ) -> Result<Vec<Nearest>> {
+        if self.ranks_exactly(filters)? {
+            return self.nearest_by(query, n, filters, true);
+        }
         let found = self.nearest_by(query, n, filters, false)?;
         if found.len() >= n {
             return Ok(found);
@@ -124,16 +138,16 @@ impl PgSpace {
             .collect()
     }
 
-    /// The plan PostgreSQL picks for a search's candidates (EXPLAIN), for
-    /// operators and tests: an `Index Scan using vectors_<id>_hnsw` walks
-    /// the HNSW graph.
+    /// The plan PostgreSQL picks for a search's first candidates (EXPLAIN),
+    /// for operators and tests: an `Index Scan using vectors_<id>_hnsw`
+    /// walks the HNSW graph.
     pub fn nearest_plan(&self, query: &[f32], n: usize, filters: &SearchFilters) -> Result<String> {
         let rows = self.run_nearest(
             "explaining a search",
             query,
             n,
             filters,
-            false,
+            self.ranks_exactly(filters)?,
             "EXPLAIN (COSTS OFF) ",
         )?;
         Ok(rows
@@ -141,6 +155,27 @@ impl PgSpace {
             .map(|r| r.get::<_, String>(0))
             .collect::<Vec<_>>()
             .join("\n"))
+    }
+
+    /// Whether `filters` pass so few files that their vectors are ranked
+    /// exactly rather than walked to.
+    fn ranks_exactly(&self, filters: &SearchFilters) -> Result<bool> {
+        let cap = self.inner.exact_below.min(i64::MAX as u64) as i64;
+        Ok(!filters.is_empty() && cap > 0 && self.passing_files(filters, cap)? < cap)
+    }
+
+    /// Files (of any node) passing `filters`, counted up to `cap`.
+    fn passing_files(&self, filters: &SearchFilters, cap: i64) -> Result<i64> {
+        let (cond, extra) = file_condition(filters, 2);
+        let sql = format!("SELECT count(*) FROM (SELECT 1 FROM files f WHERE {cond} LIMIT $1) s");
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&cap];
+        params.extend(extra.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)));
+        let row = self
+            .store()
+            .read("counting the files a filter passes", |c| {
+                c.query_one(&sql, &params)
+            })?;
+        Ok(row.get(0))
     }
 
     fn run_nearest(
@@ -153,14 +188,24 @@ impl PgSpace {
         prefix: &str,
     ) -> Result<Vec<postgres::Row>> {
         let (cond, extra) = file_condition(filters, 3);
-        let filter = if filters.is_empty() {
-            String::new()
+        let filter = match (filters.is_empty(), exact) {
+            (true, _) => String::new(),
+            // From the passing files to their vectors (the hash index).
+            (false, true) => format!("WHERE v.hash IN (SELECT f.hash FROM files f WHERE {cond})"),
+            (false, false) => {
+                format!("WHERE EXISTS (SELECT 1 FROM files f WHERE f.hash = v.hash AND {cond})")
+            }
+        };
+        // `+ 0` is an order the HNSW index cannot give, so an exact search
+        // computes the distance of every row it reads instead of walking.
+        let order = if exact {
+            "(v.embedding <=> $1) + 0"
         } else {
-            format!("WHERE EXISTS (SELECT 1 FROM files f WHERE f.hash = v.hash AND {cond})")
+            "v.embedding <=> $1"
         };
         let sql = format!(
             "{prefix}SELECT v.id, v.hash, v.embedding FROM {} v {filter}
-             ORDER BY v.embedding <=> $1 LIMIT $2",
+             ORDER BY {order} LIMIT $2",
             self.table()
         );
         let v = Vector::from(query.to_vec());
@@ -171,9 +216,7 @@ impl PgSpace {
         // session's, set when the connection opened, unless more
         // candidates are asked for. One statement, one round trip, then.
         let ef = session_ef_search(&self.inner.hnsw);
-        let settings = if exact {
-            "SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off;".to_owned()
-        } else if n > ef {
+        let settings = if !exact && n > ef {
             format!("SET LOCAL hnsw.ef_search = {};", n.min(1000))
         } else {
             return self.store().read(what, |c| c.query(&sql, &params));
