@@ -360,10 +360,7 @@ impl Soak {
                 start.elapsed().as_secs_f64()
             );
         }
-        let mut restarted = Vec::new();
-        for (k, c) in clients.iter_mut().enumerate() {
-            restarted.push((k, status(c).await?));
-        }
+        let restarted = statuses(&mut clients).await?;
         self.rows("restarted", &restarted, &daemons).await;
         if self.o.churn.is_zero() {
             for d in &mut daemons {
@@ -385,10 +382,7 @@ impl Soak {
                 }
             }
             if Instant::now() >= next_row {
-                let mut sampled = Vec::new();
-                for (k, c) in clients.iter_mut().enumerate() {
-                    sampled.push((k, status(c).await?));
-                }
+                let sampled = statuses(&mut clients).await?;
                 self.rows("churn", &sampled, &daemons).await;
                 next_row += self.o.sample_every;
             }
@@ -397,10 +391,7 @@ impl Soak {
         // Let the last changes land, then one more row per node.
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            let mut last = Vec::new();
-            for (k, c) in clients.iter_mut().enumerate() {
-                last.push((k, status(c).await?));
-            }
+            let last = statuses(&mut clients).await?;
             let settled = last.iter().all(|(k, s)| {
                 s.pending_files == 0 && s.indexed_files == self.nodes[*k].files.len() as u64
             });
@@ -424,6 +415,17 @@ impl Soak {
 /// `s` as a TOML basic string (JSON's escapes are TOML's).
 fn toml_string(s: &str) -> String {
     serde_json::to_string(s).expect("a string serialises")
+}
+
+/// Every node's Status, by node index.
+async fn statuses(
+    clients: &mut [DualSightClient<Channel>],
+) -> Result<Vec<(usize, proto::StatusResponse)>> {
+    let mut out = Vec::new();
+    for (k, c) in clients.iter_mut().enumerate() {
+        out.push((k, status(c).await?));
+    }
+    Ok(out)
 }
 
 async fn status(c: &mut DualSightClient<Channel>) -> Result<proto::StatusResponse> {
