@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use super::search::{Candidates, Exact, Result, VectorSource};
 use super::{Filters, Found};
@@ -21,6 +21,9 @@ pub struct PgSource<'a> {
     seen: Mutex<BTreeMap<u64, Nearest>>,
     /// Files holding each content the search asked about.
     holders: Mutex<BTreeMap<ContentHash, Vec<Found>>>,
+    /// Whether the filter ranks its vectors exactly, decided at the first
+    /// ask: widenings keep the route.
+    exact: OnceLock<bool>,
 }
 
 impl<'a> PgSource<'a> {
@@ -37,6 +40,7 @@ impl<'a> PgSource<'a> {
             },
             seen: Mutex::default(),
             holders: Mutex::default(),
+            exact: OnceLock::new(),
         }
     }
 }
@@ -56,7 +60,14 @@ impl Candidates for PgSource<'_> {
     }
 
     fn candidates(&self, query: &[f32], n: usize) -> Result<Vec<u64>> {
-        let found = self.space.nearest(query, n, &self.filters)?;
+        let exact = match self.exact.get() {
+            Some(&exact) => exact,
+            None => {
+                let exact = self.space.ranks_exactly(&self.filters)?;
+                *self.exact.get_or_init(|| exact)
+            }
+        };
+        let found = self.space.nearest_routed(query, n, &self.filters, exact)?;
         let ids = found.iter().map(|v| v.id).collect();
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         for v in found {

@@ -500,14 +500,23 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
         path_prefix: Some("/all".into()),
         ..Default::default()
     };
-    for filters in [SearchFilters::default(), broad] {
-        let plan = pg_space.nearest_plan(&q, 10, &filters).unwrap();
-        assert!(plan.contains("Index Scan using vectors_1_hnsw"), "{plan}");
-    }
+    // The route comes from the planner's estimate (counted only near the
+    // threshold): read, and close to the 2967 and 3 files that pass.
     let rare = SearchFilters {
         path_prefix: Some("/rare".into()),
         ..Default::default()
     };
+    let estimate = |f: &SearchFilters| pg_space.estimated_files(f).unwrap().unwrap();
+    assert!(
+        (2500.0..3500.0).contains(&estimate(&broad)),
+        "{}",
+        estimate(&broad)
+    );
+    assert!(estimate(&rare) < 50.0, "{}", estimate(&rare));
+    for filters in [SearchFilters::default(), broad] {
+        let plan = pg_space.nearest_plan(&q, 10, &filters).unwrap();
+        assert!(plan.contains("Index Scan using vectors_1_hnsw"), "{plan}");
+    }
     let plan = pg_space.nearest_plan(&q, 10, &rare).unwrap();
     assert!(!plan.contains("hnsw") && plan.contains("files"), "{plan}");
     let filters = Filters {

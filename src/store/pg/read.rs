@@ -44,6 +44,44 @@ impl SearchFilters {
 /// so below it a walk could not even see every passing vector.
 pub const EXACT_BELOW: u64 = 20_000;
 
+/// How a filtered search finds its candidates, from the planner's estimate
+/// of the files passing (see [`route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Rank the passing files' vectors exactly.
+    Exact,
+    /// Walk the HNSW graph with the filter.
+    Walk,
+    /// Too close to call from an estimate: count the passing files.
+    Count,
+}
+
+/// How far the planner's estimate must be from the threshold to be trusted
+/// without a count. Its row estimates for path ranges and dates come from
+/// column histograms and are usually within a few percent (10,131 estimated
+/// for 10,000 at 1M files); either route returns correct hits, a wrong one
+/// costs time (an exact ranking of many) or recall (a walk for few).
+const ESTIMATE_MARGIN: f64 = 1.5;
+
+fn route(estimate: f64, cap: u64) -> Route {
+    let cap = cap as f64;
+    if estimate * ESTIMATE_MARGIN < cap {
+        Route::Exact
+    } else if estimate > cap * ESTIMATE_MARGIN {
+        Route::Walk
+    } else {
+        Route::Count
+    }
+}
+
+/// The estimated rows of an `EXPLAIN`'s top node, from its first line:
+/// `Seq Scan on files f  (cost=0.00..34742.00 rows=999800 width=4)`.
+fn plan_rows(top: &str) -> Option<f64> {
+    let (_, rest) = top.split_once(" rows=")?;
+    let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok()
+}
+
 /// The `hnsw.ef_search` sessions start with: the configured one, within
 /// pgvector's 1..=1000.
 pub(super) fn session_ef_search(hnsw: &crate::index::IndexParams) -> usize {
@@ -106,7 +144,21 @@ impl PgSpace {
         n: usize,
         filters: &SearchFilters,
     ) -> Result<Vec<Nearest>> {
-        if self.ranks_exactly(filters)? {
+        let exact = self.ranks_exactly(filters)?;
+        self.nearest_routed(query, n, filters, exact)
+    }
+
+    /// [`PgSpace::nearest`] with the route already chosen by
+    /// [`PgSpace::ranks_exactly`], so that a search widening its candidates
+    /// decides once.
+    pub fn nearest_routed(
+        &self,
+        query: &[f32],
+        n: usize,
+        filters: &SearchFilters,
+        exact: bool,
+    ) -> Result<Vec<Nearest>> {
+        if exact {
             return self.nearest_by(query, n, filters, true);
         }
         let found = self.nearest_by(query, n, filters, false)?;
@@ -158,10 +210,41 @@ impl PgSpace {
     }
 
     /// Whether `filters` pass so few files that their vectors are ranked
-    /// exactly rather than walked to.
-    fn ranks_exactly(&self, filters: &SearchFilters) -> Result<bool> {
-        let cap = self.inner.exact_below.min(i64::MAX as u64) as i64;
-        Ok(!filters.is_empty() && cap > 0 && self.passing_files(filters, cap)? < cap)
+    /// exactly rather than walked to. The planner's estimate decides
+    /// (EXPLAIN reads no rows); only an estimate near the threshold is
+    /// checked by counting, which at 1M files costs tens of milliseconds.
+    pub fn ranks_exactly(&self, filters: &SearchFilters) -> Result<bool> {
+        let cap = self.inner.exact_below;
+        if filters.is_empty() || cap == 0 {
+            return Ok(false);
+        }
+        let estimate = self.estimated_files(filters)?;
+        Ok(match estimate.map_or(Route::Count, |e| route(e, cap)) {
+            Route::Exact => true,
+            Route::Walk => false,
+            Route::Count => {
+                let cap = cap.min(i64::MAX as u64) as i64;
+                self.passing_files(filters, cap)? < cap
+            }
+        })
+    }
+
+    /// The planner's estimate of the files (of any node) passing `filters`;
+    /// `None` if its answer has no row estimate where we look for it.
+    pub fn estimated_files(&self, filters: &SearchFilters) -> Result<Option<f64>> {
+        let (cond, extra) = file_condition(filters, 1);
+        let sql = format!("EXPLAIN SELECT 1 FROM files f WHERE {cond}");
+        let params: Vec<&(dyn ToSql + Sync)> = extra
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        let lines = self
+            .store()
+            .read("estimating the files a filter passes", |c| {
+                c.query(&sql, &params)
+            })?;
+        let top = lines.first().and_then(|r| r.try_get::<_, String>(0).ok());
+        Ok(top.and_then(|top| plan_rows(&top)))
     }
 
     /// Files (of any node) passing `filters`, counted up to `cap`.
@@ -315,5 +398,33 @@ impl PgStore {
             index: row.get::<_, i64>(1) as u64,
             files: row.get::<_, i64>(2) as u64,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn estimates_far_from_the_threshold_decide_and_near_ones_are_counted() {
+        assert_eq!(route(0.0, 20_000), Route::Exact);
+        assert_eq!(route(13_333.0, 20_000), Route::Exact);
+        assert_eq!(route(13_334.0, 20_000), Route::Count);
+        assert_eq!(route(20_000.0, 20_000), Route::Count);
+        assert_eq!(route(30_000.0, 20_000), Route::Count);
+        assert_eq!(route(30_001.0, 20_000), Route::Walk);
+        assert_eq!(route(1e9, 20_000), Route::Walk);
+    }
+
+    #[test]
+    fn plan_rows_come_from_the_top_node() {
+        let top = "Bitmap Heap Scan on files f  (cost=556.08..16224.74 rows=10131 width=4)";
+        assert_eq!(plan_rows(top), Some(10131.0));
+        assert_eq!(
+            plan_rows("Seq Scan on files f  (cost=0.00..1.00 rows=0 width=4)"),
+            Some(0.0)
+        );
+        assert_eq!(plan_rows("Result  (cost=0.00..0.01 width=4)"), None);
+        assert_eq!(plan_rows("rows= width=4"), None);
     }
 }
