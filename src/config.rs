@@ -31,7 +31,8 @@ pub struct Settings {
     pub model: Option<String>,
     /// auto, cpu, cuda, cuda:N.
     pub device: String,
-    /// f32, f16, bf16 (on the CPU a half type stores the dense weights only).
+    /// f32, f16, bf16 (on the CPU a half type stores the dense weights; bf16
+    /// on CPUs with AVX-512 BF16 also rounds a batch's dense-layer inputs).
     pub dtype: String,
     /// Pillow-identical decode and resize (as transformers) instead of the
     /// fast path (large JPEGs decoded at 1/4 or 1/8 scale).

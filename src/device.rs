@@ -89,8 +89,9 @@ fn driver_error(e: candle_core::Error) -> String {
 }
 
 /// Parses `--dtype`. Every device takes every type: on the CPU a half type
-/// stores the dense weights only (`model::layers::HalfWeights`), on CUDA
-/// every tensor.
+/// stores the dense weights (`model::layers::HalfWeights`; with AVX-512
+/// BF16, bf16 also rounds a batch's dense-layer inputs), on CUDA every
+/// tensor.
 pub fn parse_dtype(s: &str) -> Result<DType, DeviceError> {
     let dtype = match s.trim().to_ascii_lowercase().as_str() {
         "f32" | "float32" => DType::F32,

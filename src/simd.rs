@@ -1,7 +1,7 @@
 //! Which x86-64 vector instruction set our own kernels run at: the dense
 //! layers (`model::cpu`) and the HNSW distance (`index::dist`). Chosen once
 //! per process from what the CPU has, and lowered, never raised, by
-//! `DUALSIGHT_CPU` (`portable`, `avx2`, `avx512`), so that one machine can
+//! `DUALSIGHT_CPU` (`portable`, `avx2`, `avx512`, `avx512bf16`), so that one machine can
 //! test and benchmark every path. gemm (attention's products, and dense
 //! layers off x86-64) dispatches on its own.
 
@@ -20,16 +20,27 @@ pub enum Level {
     /// AVX-512 F, BW, VL, DQ on top of AVX2 + FMA (Skylake-SP, Ice Lake,
     /// Sapphire Rapids, Zen 4 on).
     Avx512,
+    /// AVX-512 plus BF16 (`vdpbf16ps`: Cooper Lake, Sapphire Rapids, Zen 4
+    /// on). Changes only what bf16 weights (`--dtype bf16`) do in
+    /// many-row dense layers: their inputs are rounded to bf16 too, and
+    /// each instruction takes two depths.
+    Avx512Bf16,
 }
 
 impl Level {
-    pub const ALL: [Level; 3] = [Level::Portable, Level::Avx2, Level::Avx512];
+    pub const ALL: [Level; 4] = [
+        Level::Portable,
+        Level::Avx2,
+        Level::Avx512,
+        Level::Avx512Bf16,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Level::Portable => "portable",
             Level::Avx2 => "avx2",
             Level::Avx512 => "avx512",
+            Level::Avx512Bf16 => "avx512bf16",
         }
     }
 
@@ -57,17 +68,25 @@ impl Level {
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512dq")
             }
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512Bf16 => {
+                Level::Avx512.supported() && is_x86_feature_detected!("avx512bf16")
+            }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
     }
 
-    /// The highest level this CPU supports.
+    /// The highest level this CPU supports and gains from. `Avx512Bf16`
+    /// is passed over on CPUs with AMX (Sapphire Rapids on), whose cores
+    /// run `vdpbf16ps` at half the FMA rate (121.6 against 244.7 GFLOP/s
+    /// measured there), so it would round the input for no speed; Zen 4
+    /// runs it at the FMA rate (BENCHMARKS.md). Tests still run it there.
     pub fn detected() -> Level {
         Level::ALL
             .into_iter()
             .rev()
-            .find(|l| l.supported())
+            .find(|&l| l.supported() && (l != Level::Avx512Bf16 || !has_amx()))
             .unwrap_or(Level::Portable)
     }
 
@@ -76,6 +95,19 @@ impl Level {
     pub fn available() -> Vec<Level> {
         Level::ALL.into_iter().filter(|l| l.supported()).collect()
     }
+}
+
+/// Whether the CPU has AMX-BF16 (CPUID leaf 7, EDX bit 22): only as a sign
+/// of the cores that have it, not to use it.
+fn has_amx() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Leaf 7 exists on every CPU with AVX-512, the only ones asked.
+        let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+        leaf.edx & (1 << 22) != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// The level in force for this process.
@@ -101,7 +133,7 @@ fn resolve(value: Option<&str>, detected: Level) -> Result<Level, String> {
     };
     let Some(asked) = Level::parse(v) else {
         return Err(format!(
-            "unknown level `{v}` (expected portable, avx2 or avx512)"
+            "unknown level `{v}` (expected portable, avx2, avx512 or avx512bf16)"
         ));
     };
     if asked > detected {
@@ -134,7 +166,12 @@ mod tests {
         let avail = Level::available();
         println!("levels this CPU runs: {avail:?}");
         assert_eq!(avail.first(), Some(&Level::Portable));
-        assert_eq!(avail.last(), Some(&Level::detected()));
+        let best = Level::detected();
+        if has_amx() && avail.contains(&Level::Avx512Bf16) {
+            assert_eq!(best, Level::Avx512);
+        } else {
+            assert_eq!(avail.last(), Some(&best));
+        }
         assert!(level() <= Level::detected());
     }
 }

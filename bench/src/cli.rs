@@ -33,7 +33,7 @@ pub struct BenchArgs {
     /// CUDA).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// f32, bf16 or f16 for our model (on the CPU: the dense weights only).
+    /// f32, bf16 or f16 for our model (on the CPU: the dense weights; with AVX-512 BF16 also a batch's dense-layer inputs).
     /// The reference follows through torch.autocast on CUDA, and stays f32
     /// on the CPU.
     #[arg(long, default_value = "f32")]

@@ -25,7 +25,7 @@ pub struct RunArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
-    /// f32 (default), f16 or bf16 (on the CPU: the dense weights only).
+    /// f32 (default), f16 or bf16 (on the CPU: the dense weights; with AVX-512 BF16 also a batch's dense-layer inputs).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Decode large JPEGs at reduced scale, as the daemon does by default

@@ -98,7 +98,9 @@ impl DualEncoder {
         dtype: DType,
     ) -> Result<Self> {
         // On the CPU a half type applies to the dense weights only; the
-        // activations stay f32 (`HalfWeights`).
+        // activations stay f32 (`HalfWeights`), except that on CPUs with
+        // AVX-512 BF16 a batch's bf16 dense layers round their input too
+        // (`model::cpu::packed`).
         Self::build_as(config, source, device, dtype, !device.is_cpu())
     }
 

@@ -36,6 +36,9 @@ struct Geometry {
     mc: usize,
     /// Output columns per task.
     nc: usize,
+    /// Each packed element is a pair of bf16 (two depths in 32 bits), and
+    /// `kc` counts pairs: both operands are rounded to bf16.
+    pairs: bool,
     kernel: unsafe fn(usize, &[f32], &[f32], SendPtr, Tile),
 }
 
@@ -54,6 +57,7 @@ const AVX2: Geometry = Geometry {
     kc: 768,
     mc: 96,
     nc: 128,
+    pairs: false,
     kernel: kernel_avx2,
 };
 
@@ -68,17 +72,32 @@ const AVX512: Geometry = Geometry {
     kc: 768,
     mc: 84,
     nc: 128,
+    pairs: false,
     kernel: kernel_avx512,
 };
 const AVX512_MR: usize = 14;
+
+/// AVX-512 BF16, for bf16 weights: the same tile, each step two depths
+/// (`vdpbf16ps` multiplies bf16 pairs and adds both products to an f32
+/// lane), so twice the multiply-adds per instruction. The input is rounded
+/// to bf16 as it is packed. `kc` counts pairs: the same 768 depths.
+const AVX512_BF16: Geometry = Geometry {
+    kc: 384,
+    pairs: true,
+    kernel: kernel_avx512_bf16,
+    ..AVX512
+};
 
 // Blocks start on panel boundaries; the kernels' tiles are these shapes.
 const _: () = assert!(AVX2.mc.is_multiple_of(AVX2.mr) && AVX2.nc.is_multiple_of(AVX2.nr));
 const _: () = assert!(AVX512.mc.is_multiple_of(AVX512.mr) && AVX512.nc.is_multiple_of(AVX512.nr));
 
-fn geometry(level: Level) -> &'static Geometry {
+/// The geometry for `level`, and for bf16 weights (`bf16`) where the level
+/// multiplies bf16 pairs.
+fn geometry(level: Level, bf16: bool) -> &'static Geometry {
     match level {
-        Level::Avx512 => &AVX512,
+        Level::Avx512Bf16 if bf16 => &AVX512_BF16,
+        Level::Avx512 | Level::Avx512Bf16 => &AVX512,
         _ => &AVX2,
     }
 }
@@ -89,7 +108,8 @@ thread_local! {
     static PACKED_X: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Each worker's packed weight slice (`KC × NC`).
     static PACKED_W: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// Half-precision weight rows widened before they are packed (8 × KC).
+    /// Half-precision weight rows widened before they are packed (8 × KC),
+    /// or bf16 rows copied as pairs.
     static WIDENED_W: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -113,13 +133,20 @@ pub fn matmul_wt<W: WeightElem>(
         }
         return;
     }
-    let g = geometry(level);
+    let bf16 = W::as_bf16(w);
+    let g = geometry(level, bf16.is_some());
     let (mr, nr) = (g.mr, g.nr);
     let panels = m.div_ceil(mr);
+    // What the kernels step through: depths, or pairs of them.
+    let depth = if g.pairs { k.div_ceil(2) } else { k };
     PACKED_X.with(|px| {
         let mut px = px.borrow_mut();
-        px.resize(panels * mr * k, 0.0);
-        pack_x(x, m, k, mr, &mut px);
+        px.resize(panels * mr * depth, 0.0);
+        if g.pairs {
+            pack_x_pairs(x, m, k, mr, &mut px);
+        } else {
+            pack_x(x, m, k, mr, &mut px);
+        }
         let px = &px[..];
         let out = SendPtr(dst.as_mut_ptr());
         let task = |j0: usize| {
@@ -128,9 +155,12 @@ pub fn matmul_wt<W: WeightElem>(
                 let mut pw = pw.borrow_mut();
                 pw.resize(g.kc * cols.next_multiple_of(nr), 0.0);
                 let mut p0 = 0;
-                while p0 < k {
-                    let kc = (k - p0).min(g.kc);
-                    pack_w(w, k, (j0, cols), (p0, kc), nr, &mut pw);
+                while p0 < depth {
+                    let kc = (depth - p0).min(g.kc);
+                    match bf16.filter(|_| g.pairs) {
+                        Some(w) => pack_w_pairs(w, k, (j0, cols), (p0, kc), nr, &mut pw),
+                        None => pack_w(w, k, (j0, cols), (p0, kc), nr, &mut pw),
+                    }
                     let load = accumulate || p0 > 0;
                     for i0 in (0..m).step_by(g.mc) {
                         let rows = (m - i0).min(g.mc);
@@ -138,7 +168,7 @@ pub fn matmul_wt<W: WeightElem>(
                             let wp = &pw[jr * kc..(jr + nr) * kc];
                             for ir in (0..rows).step_by(mr) {
                                 let panel = (i0 + ir) / mr;
-                                let xp = &px[panel * mr * k + p0 * mr..][..mr * kc];
+                                let xp = &px[panel * mr * depth + p0 * mr..][..mr * kc];
                                 let tile = Tile {
                                     rows: (rows - ir).min(mr),
                                     cols: (cols - jr).min(nr),
@@ -181,6 +211,111 @@ fn pack_x(x: &[f32], m: usize, k: usize, mr: usize, px: &mut [f32]) {
     } else {
         px.chunks_mut(mr * k).enumerate().for_each(pack);
     }
+}
+
+/// [`pack_x`] for the pair kernels: each row rounded to bf16 pairs first
+/// ([`round_pairs`]), then the pairs (32 bits each) interleaved like floats.
+fn pack_x_pairs(x: &[f32], m: usize, k: usize, mr: usize, px: &mut [f32]) {
+    let depth = k.div_ceil(2);
+    let pack = |(p, panel): (usize, &mut [f32])| {
+        let mut rounded = vec![0f32; 8 * depth];
+        for g0 in (0..mr).step_by(8) {
+            let (first, width) = (p * mr + g0, (mr - g0).min(8));
+            let rows = first..m.min(first + width);
+            for (i, dst) in rows.clone().zip(rounded.chunks_exact_mut(depth)) {
+                round_pairs(&x[i * k..(i + 1) * k], dst);
+            }
+            let rows: Vec<&[f32]> = rounded.chunks_exact(depth).take(rows.len()).collect();
+            interleave(&rows, depth, &mut panel[g0..], mr, width);
+        }
+    };
+    if m * k > 1 << 16 {
+        px.par_chunks_mut(mr * depth).enumerate().for_each(pack);
+    } else {
+        px.chunks_mut(mr * depth).enumerate().for_each(pack);
+    }
+}
+
+/// `src` rounded to bf16 (to nearest, ties to even), two by two into the
+/// bits of one f32 slot each: `dst[p]` holds `src[2p]` in its low half and
+/// `src[2p + 1]` (zero past the end) in its high half, the order
+/// `vdpbf16ps` pairs them in.
+fn round_pairs(src: &[f32], dst: &mut [f32]) {
+    assert_eq!(dst.len(), src.len().div_ceil(2));
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if Level::Avx512Bf16.supported() {
+        // SAFETY: the CPU has AVX-512 BF16; the function reads and writes
+        // within the slices' lengths, checked above.
+        done = unsafe { round_pairs_avx512(src, dst) };
+    }
+    for (p, d) in dst.iter_mut().enumerate().skip(done / 2) {
+        let half = |i: usize| {
+            src.get(i)
+                .map_or(0, |&v| u32::from(half::bf16::from_f32(v).to_bits()))
+        };
+        *d = f32::from_bits(half(2 * p) | half(2 * p + 1) << 16);
+    }
+}
+
+/// The 32-aligned part of [`round_pairs`]; returns how many of `src` it did.
+///
+/// # Safety
+/// AVX-512 F and BF16 are present; `dst.len() == src.len().div_ceil(2)`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn round_pairs_avx512(src: &[f32], dst: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let body = src.len() / 32 * 32;
+    // SAFETY: reads src[i..i + 32] with i + 32 <= body <= len; writes
+    // dst[i / 2..i / 2 + 16], inside dst as the caller guarantees.
+    unsafe {
+        for i in (0..body).step_by(32) {
+            let lo = _mm512_loadu_ps(src.as_ptr().add(i));
+            let hi = _mm512_loadu_ps(src.as_ptr().add(i + 16));
+            let pairs: __m512 = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_ps(dst.as_mut_ptr().add(i / 2), pairs);
+        }
+    }
+    body
+}
+
+/// [`pack_w`] for the pair kernels: bf16 weights are already pairs in
+/// memory (depths `2p`, `2p + 1` of a row side by side); `p0` and `kc`
+/// count pairs. The last pair of an odd depth is zero in its high half.
+fn pack_w_pairs(
+    w: &[half::bf16],
+    k: usize,
+    (j0, cols): (usize, usize),
+    (p0, kc): (usize, usize),
+    nr: usize,
+    pw: &mut [f32],
+) {
+    WIDENED_W.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        scratch.resize(8 * kc, 0.0);
+        let from = 2 * p0;
+        let len = (k - from).min(2 * kc);
+        for (q, panel) in pw[..cols.next_multiple_of(nr) * kc]
+            .chunks_exact_mut(nr * kc)
+            .enumerate()
+        {
+            for h in 0..nr / 8 {
+                let first = q * nr + h * 8;
+                let cols_here = first..cols.min(first + 8);
+                let count = cols_here.len();
+                for (j, dst) in cols_here.zip(scratch.chunks_exact_mut(kc)) {
+                    let row = &w[(j0 + j) * k + from..][..len];
+                    for (d, pair) in dst.iter_mut().zip(row.chunks(2)) {
+                        let hi = pair.get(1).map_or(0, |h| u32::from(h.to_bits()));
+                        *d = f32::from_bits(u32::from(pair[0].to_bits()) | hi << 16);
+                    }
+                }
+                let rows: Vec<&[f32]> = scratch.chunks_exact(kc).take(count).collect();
+                interleave(&rows, kc, &mut panel[h * 8..], nr, 8);
+            }
+        }
+    });
 }
 
 /// Weight rows `j0 .. j0 + cols`, depth `p0 .. p0 + kc`, into panels of `nr`
@@ -434,6 +569,59 @@ unsafe fn kernel_avx512(kc: usize, xp: &[f32], wp: &[f32], out: SendPtr, t: Tile
                 row[1] = _mm512_fmadd_ps(av, b1, row[1]);
             }
         }
+        store_avx512(&acc, c, t);
+    }
+}
+
+/// One AVX-512 BF16 `14 × 32` tile over `kc` pairs of depths.
+///
+/// # Safety
+/// AVX-512 F and BF16 are present; `xp` is `14 × kc` and `wp` is `kc × 32`
+/// packed pairs; the tile's `rows × cols` elements, `rs` apart, are inside
+/// `out`'s buffer and written by no other thread meanwhile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
+unsafe fn kernel_avx512_bf16(kc: usize, xp: &[f32], wp: &[f32], out: SendPtr, t: Tile) {
+    use std::arch::x86_64::*;
+    const MR: usize = AVX512_MR;
+    const NR: usize = AVX512.nr;
+    debug_assert!(xp.len() >= MR * kc && wp.len() >= NR * kc);
+    // SAFETY: loads stay within xp (MR per step) and wp (NR per step) over kc
+    // steps; the transmutes reinterpret 512 bits as 32 bf16 (same size);
+    // stores as in `store_avx512`.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        let (a, b) = (xp.as_ptr(), wp.as_ptr());
+        let c = out.get().add(t.at);
+        prefetch_tile(c, t, NR);
+        for p in 0..kc {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_ps(b.add(p * NR)));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_ps(b.add(p * NR + 16)));
+            for (r, row) in acc.iter_mut().enumerate() {
+                // One input pair, broadcast to every lane.
+                let av: __m512bh = std::mem::transmute(_mm512_set1_ps(*a.add(p * MR + r)));
+                row[0] = _mm512_dpbf16_ps(row[0], av, b0);
+                row[1] = _mm512_dpbf16_ps(row[1], av, b1);
+            }
+        }
+        store_avx512(&acc, c, t);
+    }
+}
+
+/// Adds (with `t.load`) or writes an AVX-512 kernel's `rows × cols` tile at
+/// `c`, masking the lanes past `cols`.
+///
+/// # Safety
+/// AVX-512 F is present; the tile's elements, `t.rs` apart from `c`, are
+/// inside the destination and written by no other thread meanwhile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_avx512(acc: &[[std::arch::x86_64::__m512; 2]; AVX512_MR], c: *mut f32, t: Tile) {
+    use std::arch::x86_64::*;
+    const NR: usize = AVX512.nr;
+    // SAFETY: as the caller guarantees; masked lanes are neither read nor
+    // written.
+    unsafe {
         // Lanes of the two vectors that are inside the tile.
         let lanes = |from: usize| -> __mmask16 {
             let n = t.cols.saturating_sub(from).min(16);
@@ -560,6 +748,93 @@ mod tests {
                 assert!(
                     (g - w).abs() <= tol,
                     "{level:?} ({m},{k},{n}) overwrite: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    /// bf16 weights at `Level::Avx512Bf16`: the pair kernel rounds the input
+    /// to bf16 too, so it must give the f64 sum of both rounded operands,
+    /// at the same block edges, odd depths (a half-empty last pair) included.
+    #[test]
+    fn bf16_pairs_match_the_rounded_reference_at_every_block_edge() {
+        if !Level::Avx512Bf16.supported() {
+            println!("bf16 pair kernel not tested: this CPU lacks AVX-512 BF16");
+            return;
+        }
+        println!("bf16 pair kernel tested at {:?}", Level::Avx512Bf16);
+        let round = |v: &[f32]| -> Vec<f32> {
+            v.iter()
+                .map(|&x| half::bf16::from_f32(x).to_f32())
+                .collect()
+        };
+        for (m, k, n) in [
+            (1, 3, 1),
+            (5, 17, 15),
+            (14, 768, 32),
+            (13, 9, 17),
+            (97, 70, 45),
+            (203, 1700, 300),
+            (49, 2, 129),
+            (25, 33, 31),
+            (85, 769, 33),
+        ] {
+            let (x, w) = (values(m * k, 1), values(n * k, 2));
+            let wh: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            let want = reference(&round(&x), &round(&w), (m, k, n));
+            let rs = n + 9;
+            let mut dst = vec![7f32; m * rs];
+            for i in 0..m {
+                dst[i * rs + 4..i * rs + 4 + n].fill(0.5);
+            }
+            matmul_wt(
+                Level::Avx512Bf16,
+                &x,
+                &wh,
+                (m, k, n),
+                &mut dst[4..],
+                rs,
+                true,
+            );
+            let tol = 1e-5 * k as f32 + 1e-6;
+            for i in 0..m {
+                for j in 0..n {
+                    let (got, want) = (dst[i * rs + 4 + j], want[i * n + j] + 0.5);
+                    assert!(
+                        (got - want).abs() <= tol,
+                        "({m},{k},{n}) at ({i},{j}): {got} vs {want}"
+                    );
+                }
+                assert!(dst[i * rs..i * rs + 4].iter().all(|&v| v == 7.0));
+                assert!(dst[i * rs + 4 + n..(i + 1) * rs].iter().all(|&v| v == 7.0));
+            }
+            let mut over = vec![3f32; m * n];
+            matmul_wt(Level::Avx512Bf16, &x, &wh, (m, k, n), &mut over, n, false);
+            for (g, w) in over.iter().zip(&want) {
+                assert!((g - w).abs() <= tol, "({m},{k},{n}) overwrite: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn rounded_pairs_are_round_to_nearest_even_low_half_first() {
+        // Lengths around the 32-wide vector body, odd ones end half empty.
+        for len in [0, 1, 2, 31, 32, 33, 64, 77] {
+            let src: Vec<f32> = values(len, 5).iter().map(|v| v * 3.7).collect();
+            let mut dst = vec![9f32; len.div_ceil(2)];
+            round_pairs(&src, &mut dst);
+            for (p, d) in dst.iter().enumerate() {
+                let bits = d.to_bits();
+                let half = |i: usize| src.get(i).map_or(0, |&v| half::bf16::from_f32(v).to_bits());
+                assert_eq!(
+                    (bits & 0xffff) as u16,
+                    half(2 * p),
+                    "len {len} pair {p} low"
+                );
+                assert_eq!(
+                    (bits >> 16) as u16,
+                    half(2 * p + 1),
+                    "len {len} pair {p} high"
                 );
             }
         }

@@ -2,7 +2,10 @@
 //! f16 (`--dtype bf16|f16` on the CPU). Half-precision weights are widened
 //! to f32 as the kernels read them and every product accumulates in f32, so
 //! only the weights are rounded: a few-rows product (a text query) streams
-//! half the bytes, which is what bounds it.
+//! half the bytes, which is what bounds it. On CPUs with AVX-512 BF16, the
+//! many-rows product (a vision batch) of bf16 weights rounds its input to
+//! bf16 as well and multiplies pairs with `vdpbf16ps`, still summing in f32
+//! (`packed.rs`).
 
 use half::{bf16, f16};
 
@@ -12,6 +15,12 @@ pub trait WeightElem: Copy + Send + Sync + 'static {
 
     /// The weights as they are, when they are f32 (no copy to make).
     fn as_f32(src: &[Self]) -> Option<&[f32]>;
+
+    /// The weights as they are, when they are bf16 (for the kernels that
+    /// multiply bf16 pairs, `packed.rs` at `Level::Avx512Bf16`).
+    fn as_bf16(_: &[Self]) -> Option<&[bf16]> {
+        None
+    }
 
     /// `dst[i] = src[i]` widened, for `i < src.len()`.
     fn widen(src: &[Self], dst: &mut [f32]) {
@@ -69,6 +78,10 @@ impl WeightElem for bf16 {
 
     fn as_f32(_: &[bf16]) -> Option<&[f32]> {
         None
+    }
+
+    fn as_bf16(src: &[bf16]) -> Option<&[bf16]> {
+        Some(src)
     }
 
     #[cfg(target_arch = "x86_64")]
