@@ -279,6 +279,33 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Row `i`'s id (`i + 1`) by its content hash, for answers read from SQL.
+fn rows_by_hash(n: usize) -> std::collections::HashMap<Vec<u8>, u64> {
+    (0..n)
+        .map(|i| {
+            (
+                ContentHash::of(&(i as u64).to_le_bytes()).0.to_vec(),
+                i as u64 + 1,
+            )
+        })
+        .collect()
+}
+
+/// How many of `rows` (each a content hash first) are rows of `want`.
+fn hits_in(
+    rows: &[postgres::Row],
+    row_of_hash: &std::collections::HashMap<Vec<u8>, u64>,
+    want: &HashSet<u64>,
+) -> usize {
+    rows.iter()
+        .filter(|r| {
+            row_of_hash
+                .get(&r.get::<_, Vec<u8>>(0))
+                .is_some_and(|id| want.contains(id))
+        })
+        .count()
+}
+
 fn mean(rows: &[f32]) -> Vec<f32> {
     let mut m = vec![0f64; DIM];
     for r in rows.chunks_exact(DIM) {
@@ -305,14 +332,7 @@ fn shifted_walk(
 ) -> Result<()> {
     let mi = mean(data);
     let mt = mean(calib);
-    let row_of_hash: std::collections::HashMap<Vec<u8>, u64> = (0..n)
-        .map(|i| {
-            (
-                ContentHash::of(&(i as u64).to_le_bytes()).0.to_vec(),
-                i as u64 + 1,
-            )
-        })
-        .collect();
+    let row_of_hash = rows_by_hash(n);
     let ef = env_or("PG_EF_SEARCH", IndexParams::default().ef_search).min(1000);
     sql.batch_execute(&format!("SET hnsw.ef_search = {ef}"))?;
     let stmt = sql.prepare(&format!(
@@ -338,14 +358,7 @@ fn shifted_walk(
                 let rows = sql.query(&stmt, &[&vs, &vq])?;
                 if pass == 1 {
                     lat.push(t.elapsed().as_secs_f64());
-                    found += rows
-                        .iter()
-                        .filter(|r| {
-                            row_of_hash
-                                .get(&r.get::<_, Vec<u8>>(0))
-                                .is_some_and(|id| want.contains(id))
-                        })
-                        .count();
+                    found += hits_in(&rows, &row_of_hash, want);
                 }
             }
         }
@@ -387,14 +400,7 @@ fn half_against_full(
         "SET hnsw.ef_search = {}",
         env_or("PG_EF_SEARCH", params.ef_search).min(1000)
     ))?;
-    let row_of_hash: std::collections::HashMap<Vec<u8>, u64> = (0..n)
-        .map(|i| {
-            (
-                ContentHash::of(&(i as u64).to_le_bytes()).0.to_vec(),
-                i as u64 + 1,
-            )
-        })
-        .collect();
+    let row_of_hash = rows_by_hash(n);
     for (name, order) in [
         ("vector ", "embedding <=> $1".to_owned()),
         (
@@ -413,14 +419,7 @@ fn half_against_full(
                 let rows = sql.query(&stmt, &[&v])?;
                 if pass == 1 {
                     lat.push(t.elapsed().as_secs_f64());
-                    found += rows
-                        .iter()
-                        .filter(|r| {
-                            row_of_hash
-                                .get(&r.get::<_, Vec<u8>>(0))
-                                .is_some_and(|id| want.contains(id))
-                        })
-                        .count();
+                    found += hits_in(&rows, &row_of_hash, want);
                 }
             }
         }
