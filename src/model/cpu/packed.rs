@@ -111,6 +111,9 @@ thread_local! {
     /// Half-precision weight rows widened before they are packed (8 × KC),
     /// or bf16 rows copied as pairs.
     static WIDENED_W: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Up to 8 input rows rounded to bf16 pairs before they are packed: one
+    /// per worker, not one per panel of every layer.
+    static ROUNDED_X: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `dst[i, j] (+)= Σ_k x[i, k] · w[j, k]`, as `super::matmul_wt` documents;
@@ -218,16 +221,19 @@ fn pack_x(x: &[f32], m: usize, k: usize, mr: usize, px: &mut [f32]) {
 fn pack_x_pairs(x: &[f32], m: usize, k: usize, mr: usize, px: &mut [f32]) {
     let depth = k.div_ceil(2);
     let pack = |(p, panel): (usize, &mut [f32])| {
-        let mut rounded = vec![0f32; 8 * depth];
-        for g0 in (0..mr).step_by(8) {
-            let (first, width) = (p * mr + g0, (mr - g0).min(8));
-            let rows = first..m.min(first + width);
-            for (i, dst) in rows.clone().zip(rounded.chunks_exact_mut(depth)) {
-                round_pairs(&x[i * k..(i + 1) * k], dst);
+        ROUNDED_X.with(|rounded| {
+            let mut rounded = rounded.borrow_mut();
+            rounded.resize(8 * depth, 0.0);
+            for g0 in (0..mr).step_by(8) {
+                let (first, width) = (p * mr + g0, (mr - g0).min(8));
+                let rows = first..m.min(first + width);
+                for (i, dst) in rows.clone().zip(rounded.chunks_exact_mut(depth)) {
+                    round_pairs(&x[i * k..(i + 1) * k], dst);
+                }
+                let rows: Vec<&[f32]> = rounded.chunks_exact(depth).take(rows.len()).collect();
+                interleave(&rows, depth, &mut panel[g0..], mr, width);
             }
-            let rows: Vec<&[f32]> = rounded.chunks_exact(depth).take(rows.len()).collect();
-            interleave(&rows, depth, &mut panel[g0..], mr, width);
-        }
+        })
     };
     if m * k > 1 << 16 {
         px.par_chunks_mut(mr * depth).enumerate().for_each(pack);
