@@ -18,16 +18,29 @@
 //! public accessors ([`Mirror`] holds the point handles that its
 //! `get_point` keeps crate-private).
 //!
-//! While a batch is being inserted, its points are in hnsw_rs's graph but
-//! not yet in the mirror: the walk skips them, and the links they took over
-//! from older points, until the batch's refresh. Recall can dip for that
-//! long (a 4096-point batch at 1M: a few seconds), never below what the
-//! older points still reach.
+//! The walk reads the graph from a copy of its links in flat arrays: every
+//! point gets a dense index in the order it arrived, layer 0's links are
+//! one fixed-width row of dense indices per point, the visited set is a
+//! stamp per point, and each vector is read where hnsw_rs stores it through
+//! a pointer kept beside the row. hnsw_rs hands neighbours out only as a
+//! fresh copy of all sixteen layer lists under a lock (~1 µs an
+//! expansion) and each point is three pointer hops from its vector, which
+//! made the walk several times hnswlib's time per visited point.
+//!
+//! The copy is brought up to date after every insert batch
+//! ([`Mirror::refresh`]): the new points' links, and those of their
+//! neighbours (the only lists an insert changes, by its reverse updates).
+//! A neighbour an insert linked and a later insert of the same batch
+//! unlinked again is missed until the next full re-read, which comes each
+//! time the graph has doubled since the last (and at every load), so the
+//! copy never drifts far. While a batch is being inserted its points are in
+//! hnsw_rs's graph but not in the copy: the walk does not see them until
+//! the batch's refresh. Recall can dip for that long (a 4096-point batch at
+//! 1M: a few seconds), never below what the older points still reach.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use hnsw_rs::prelude::{Distance, Hnsw, Point, PointId};
 
@@ -47,23 +60,55 @@ pub const EXACT_MAX: usize = 4 * POOL;
 /// queries from losing their region at 1M (`bench/examples/descent.rs`;
 /// BENCHMARKS.md history, the evening run of 2026-11-27).
 pub const UPPER_EF: usize = 128;
+/// Points whose links one refresh step re-reads before it applies them, so
+/// that a full re-read at 1M holds a small copy at a time.
+const RELINK_CHUNK: usize = 4096;
+/// Points per block of layer-0 link rows: the rows grow a block at a time,
+/// never by copying the whole table into one twice its size.
+const BLOCK: usize = 1024;
 
 type Node = Arc<Point<'static, Q8>>;
 
-/// hnsw_rs's points by layer and rank, as their `PointId`s address them.
-/// Each point lives in the list of its top layer only; lists only grow
-/// (hnsw_rs never deletes), so a refresh appends what is new.
+/// Where a point's stored vector lives: inside its hnsw_rs `Point`, which
+/// the same mirror keeps alive in `nodes` (hnsw_rs never frees or moves a
+/// point's data). Null when the point's vector had another length.
+#[derive(Clone, Copy)]
+struct VecPtr(*const Q8);
+
+// SAFETY: the pointer is only read through, as a shared slice of data that
+// nothing mutates, while the mirror holding its `Arc<Point>` is borrowed.
+unsafe impl Send for VecPtr {}
+// SAFETY: as above; shared reads from many threads are what the data
+// allows.
+unsafe impl Sync for VecPtr {}
+
+/// The copy of hnsw_rs's graph the walk reads (see the module notes).
 #[derive(Default)]
 pub struct Mirror {
-    layers: Vec<Vec<Node>>,
+    /// Dense index of each point, by hnsw_rs layer and rank (each point is
+    /// listed in its top layer only, as `PointId` addresses it).
+    dense: Vec<Vec<u32>>,
+    /// By dense index: the point, and its vector.
+    nodes: Vec<Node>,
+    vecs: Vec<VecPtr>,
     /// Elements of one stored vector (dimension + scale).
     row: usize,
-    /// Which points the pool holds, their handles, and their vectors side by
-    /// side (scoring them through their scattered `Point`s cost ~0.6 µs
-    /// each in cache misses, ten times the dot product).
+    /// Layer 0's links: `stride` u32 per point, the count then the dense
+    /// indices (hnsw_rs keeps at most 2·M there), in blocks of [`BLOCK`]
+    /// points.
+    stride: usize,
+    links: Vec<Box<[u32]>>,
+    /// The links above layer 0 (entry `l - 1` for layer `l`), by dense index.
+    upper: Vec<HashMap<u32, Box<[u32]>>>,
+    /// Points when every point's links were last re-read.
+    relinked: usize,
+    /// Which points the pool holds, their dense indices, and their vectors
+    /// side by side.
     plan: PoolPlan,
-    pool_nodes: Vec<Node>,
+    pool_points: Vec<u32>,
     pool: Vec<Q8>,
+    /// Visited tables, one per search in flight, reused.
+    visited: Mutex<Vec<Visited>>,
 }
 
 /// The pool: whole layers `from` and up, or (`stride` > 1) every
@@ -82,14 +127,23 @@ impl PoolPlan {
     }
 }
 
+/// One point's links as dense indices: entry `l` for layer `l`.
+type Links = Vec<Vec<u32>>;
+
 impl Mirror {
-    /// Brings `mirror` up to the points `h` holds now. The new points are
-    /// gathered under a read lock, so searches go on meanwhile: hnsw_rs's
-    /// layer iterator can only start at a layer's first point, so this walks
-    /// past every known one (~10 ms at 1M), once per insert batch.
+    /// Brings `mirror` up to the graph `h` holds now: appends the new
+    /// points, then re-reads the links that can have changed (every point's
+    /// when the graph has doubled since the last full re-read). The reading
+    /// is done under a read lock, so searches go on meanwhile. Callers
+    /// serialise refreshes (the index's writer lock, or the load before the
+    /// graph is published).
     pub fn refresh(mirror: &RwLock<Mirror>, h: &Hnsw<'static, Q8, DualsightDot>) {
         let pi = h.get_point_indexation();
-        let known: Vec<usize> = read(mirror).layers.iter().map(Vec::len).collect();
+        let (known, old) = {
+            let m = read(mirror);
+            let known: Vec<usize> = m.dense.iter().map(Vec::len).collect();
+            (known, m.nodes.len())
+        };
         let top = usize::from(pi.get_max_level_observed());
         let fresh: Vec<Vec<Node>> = (0..=top)
             .map(|layer| {
@@ -101,48 +155,200 @@ impl Mirror {
                 }
             })
             .collect();
-        if fresh.iter().all(Vec::is_empty) {
+        let added: usize = fresh.iter().map(Vec::len).sum();
+        if added == 0 {
             return;
         }
-        let mut m = mirror.write().unwrap_or_else(PoisonError::into_inner);
-        if m.layers.len() < fresh.len() {
-            m.layers.resize_with(fresh.len(), Vec::new);
+        let stride = 1 + 2 * usize::from(h.get_max_nb_connection());
+        let full = {
+            let mut m = mirror.write().unwrap_or_else(PoisonError::into_inner);
+            m.append(fresh, stride);
+            m.nodes.len() >= 2 * m.relinked
+        };
+        // Whose links to re-read: everyone's, or the new points' and their
+        // neighbours'.
+        let todo: Vec<u32> = if full {
+            (0..(old + added) as u32).collect()
+        } else {
+            let m = read(mirror);
+            let mut todo: Vec<u32> = (old as u32..(old + added) as u32).collect();
+            for d in old..old + added {
+                for layer in m.nodes[d].get_neighborhood_id() {
+                    todo.extend(layer.iter().filter_map(|n| m.dense_of(n.p_id)));
+                }
+            }
+            todo.sort_unstable();
+            todo.dedup();
+            todo
+        };
+        for chunk in todo.chunks(RELINK_CHUNK) {
+            let read_links: Vec<(u32, Links)> = {
+                let m = read(mirror);
+                chunk.iter().map(|&d| (d, m.links_of(d))).collect()
+            };
+            let mut m = mirror.write().unwrap_or_else(PoisonError::into_inner);
+            for (d, links) in read_links {
+                m.set_links(d, links);
+            }
         }
-        for ((layer, new), &have) in m
-            .layers
-            .iter_mut()
-            .zip(fresh)
-            .zip(known.iter().chain(std::iter::repeat(&0)))
-        {
-            // Another refresh may have appended some of these meanwhile.
-            let skip = layer.len() - have.min(layer.len());
-            layer.extend(new.into_iter().skip(skip));
+        if full {
+            let mut m = mirror.write().unwrap_or_else(PoisonError::into_inner);
+            m.relinked = m.nodes.len();
         }
-        if m.row == 0 {
-            m.row = m
-                .layers
+    }
+
+    /// Gives the new points dense indices, their vectors' places and empty
+    /// link rows, and recomputes the pool.
+    fn append(&mut self, fresh: Vec<Vec<Node>>, stride: usize) {
+        if self.stride == 0 {
+            self.stride = stride;
+        }
+        if self.row == 0 {
+            self.row = fresh
                 .iter()
                 .find_map(|l| l.first())
                 .map_or(0, |n| n.get_v().len());
         }
-        let plan = m.plan();
-        if plan != m.plan {
-            let nodes: Vec<Node> = if plan.stride > 1 {
-                m.layers[0].iter().step_by(plan.stride).cloned().collect()
-            } else {
-                m.layers[plan.from..].iter().flatten().cloned().collect()
-            };
-            let mut pool = Vec::with_capacity(nodes.len() * m.row);
-            for n in &nodes {
-                pool.extend_from_slice(n.get_v());
+        if self.dense.len() < fresh.len() {
+            self.dense.resize_with(fresh.len(), Vec::new);
+        }
+        for (layer, new) in fresh.into_iter().enumerate() {
+            for n in new {
+                let d = self.nodes.len() as u32;
+                self.dense[layer].push(d);
+                let v = n.get_v();
+                self.vecs.push(VecPtr(if v.len() == self.row {
+                    v.as_ptr()
+                } else {
+                    std::ptr::null()
+                }));
+                self.nodes.push(n);
             }
-            (m.plan, m.pool_nodes, m.pool) = (plan, nodes, pool);
+        }
+        while self.links.len() * BLOCK < self.nodes.len() {
+            self.links
+                .push(vec![0; BLOCK * self.stride].into_boxed_slice());
+        }
+        let plan = self.plan();
+        if plan != self.plan {
+            let points: Vec<u32> = if plan.stride > 1 {
+                self.dense[0].iter().step_by(plan.stride).copied().collect()
+            } else {
+                self.dense[plan.from..].iter().flatten().copied().collect()
+            };
+            let mut pool = Vec::with_capacity(points.len() * self.row);
+            for &d in &points {
+                // Points of another length are never scored: a zero vector
+                // keeps the pool's rows aligned.
+                match self.vec(d) {
+                    Some(v) => pool.extend_from_slice(v),
+                    None => pool.resize(pool.len() + self.row, Q8::default()),
+                }
+            }
+            (self.plan, self.pool_points, self.pool) = (plan, points, pool);
         }
     }
 
-    /// Points held (each lives in one layer's list).
+    /// The dense index of the point hnsw_rs calls `p`, if the mirror has it.
+    fn dense_of(&self, p: PointId) -> Option<u32> {
+        let rank = usize::try_from(p.1).ok()?;
+        self.dense.get(usize::from(p.0))?.get(rank).copied()
+    }
+
+    /// Point `d`'s links now, as dense indices (neighbours the mirror does
+    /// not hold yet are left out).
+    fn links_of(&self, d: u32) -> Links {
+        let node = &self.nodes[d as usize];
+        // hnsw_rs lists every possible layer, and above a point's own level
+        // keeps the entry points its insert passed: links no walk follows,
+        // since only points of a layer are ever reached on it.
+        let level = usize::from(node.get_point_id().0);
+        node.get_neighborhood_id()
+            .iter()
+            .take(level + 1)
+            .map(|layer| layer.iter().filter_map(|n| self.dense_of(n.p_id)).collect())
+            .collect()
+    }
+
+    fn set_links(&mut self, d: u32, links: Links) {
+        let mut layers = links.into_iter();
+        let zero = layers.next().unwrap_or_default();
+        let (block, at) = (d as usize / BLOCK, d as usize % BLOCK * self.stride);
+        let row = &mut self.links[block][at..at + self.stride];
+        let n = zero.len().min(self.stride - 1);
+        row[0] = n as u32;
+        row[1..=n].copy_from_slice(&zero[..n]);
+        for (i, l) in layers.enumerate() {
+            if l.is_empty() {
+                if let Some(map) = self.upper.get_mut(i) {
+                    map.remove(&d);
+                }
+                continue;
+            }
+            if self.upper.len() <= i {
+                self.upper.resize_with(i + 1, HashMap::new);
+            }
+            self.upper[i].insert(d, l.into_boxed_slice());
+        }
+    }
+
+    /// Point `d`'s links on `layer`.
+    fn links(&self, d: u32, layer: usize) -> &[u32] {
+        if layer == 0 {
+            let (block, at) = (d as usize / BLOCK, d as usize % BLOCK * self.stride);
+            let row = &self.links[block][at..at + self.stride];
+            &row[1..1 + row[0] as usize]
+        } else {
+            self.upper
+                .get(layer - 1)
+                .and_then(|m| m.get(&d))
+                .map_or(&[], |l| l)
+        }
+    }
+
+    /// Point `d`'s stored vector (`None` for one of another length).
+    fn vec(&self, d: u32) -> Option<&[Q8]> {
+        let p = self.vecs.get(d as usize)?.0;
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: `p` points at the `row` elements of `nodes[d]`'s vector
+        // (checked when it was appended), which that `Arc` keeps alive and
+        // unchanged for as long as `self` is borrowed.
+        Some(unsafe { std::slice::from_raw_parts(p, self.row) })
+    }
+
+    /// Heap bytes of the copy (capacities; hash tables by their entries).
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let upper: usize = self
+            .upper
+            .iter()
+            .map(|m| {
+                m.capacity() * (size_of::<u32>() + size_of::<Box<[u32]>>() + 1)
+                    + m.values().map(|l| l.len() * 4).sum::<usize>()
+            })
+            .sum();
+        let visited: usize = self
+            .visited
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|v| v.stamps.capacity() * 2)
+            .sum();
+        self.dense.iter().map(|l| l.capacity() * 4).sum::<usize>()
+            + self.nodes.capacity() * size_of::<Node>()
+            + self.vecs.capacity() * size_of::<VecPtr>()
+            + self.links.len() * BLOCK * self.stride * 4
+            + upper
+            + self.pool.capacity()
+            + self.pool_points.capacity() * 4
+            + visited
+    }
+
+    /// Points held.
     fn len(&self) -> usize {
-        self.layers.iter().map(Vec::len).sum()
+        self.nodes.len()
     }
 
     /// The pool for the points held now (see [`POOL`], [`EXACT_MAX`]).
@@ -155,10 +361,10 @@ impl Mirror {
                 stride: 1,
             };
         }
-        let (mut from, mut points) = (self.layers.len(), 0);
+        let (mut from, mut points) = (self.dense.len(), 0);
         while from > 1 && points < POOL {
             from -= 1;
-            points += self.layers[from].len();
+            points += self.dense[from].len();
         }
         if points > 0 {
             return PoolPlan {
@@ -167,17 +373,12 @@ impl Mirror {
                 stride: 1,
             };
         }
-        let stride = self.layers[0].len().div_ceil(POOL);
+        let stride = self.dense[0].len().div_ceil(POOL);
         PoolPlan {
             from: 0,
-            points: self.layers[0].len().div_ceil(stride),
+            points: self.dense[0].len().div_ceil(stride),
             stride,
         }
-    }
-
-    fn node(&self, p: PointId) -> Option<&Node> {
-        let rank = usize::try_from(p.1).ok()?;
-        self.layers.get(usize::from(p.0))?.get(rank)
     }
 
     /// The `k` points nearest to `q` as (id, distance), nearest first; `ef`
@@ -189,81 +390,108 @@ impl Mirror {
             return Vec::new();
         }
         let plan = self.plan;
-        let mut scored: Vec<(f32, &Node)> = self
+        let mut scored: Vec<Cand> = self
             .pool
             .chunks_exact(self.row)
-            .zip(&self.pool_nodes)
-            .map(|(v, n)| (DualsightDot.eval(q, v), n))
+            .zip(&self.pool_points)
+            .filter(|&(_, &d)| !self.vecs[d as usize].0.is_null())
+            .map(|(v, &d)| Cand {
+                dist: DualsightDot.eval(q, v),
+                d,
+            })
             .collect();
         let keep = if plan.exact() { k } else { UPPER_EF };
         if scored.len() > keep {
-            scored.select_nth_unstable_by(keep, |a, b| a.0.total_cmp(&b.0));
+            scored.select_nth_unstable(keep);
             scored.truncate(keep);
         }
-        let mut pool: Vec<Scored> = scored
-            .into_iter()
-            .map(|(dist, n)| Scored {
-                dist,
-                node: Arc::clone(n),
-            })
-            .collect();
         let mut beam = if plan.exact() {
-            pool
+            scored
         } else {
+            let mut visited = self.visited_table();
+            let mut pool = scored;
             for layer in (1..plan.from).rev() {
-                pool = self.search_layer(q, pool, UPPER_EF, layer);
+                pool = self.search_layer(q, pool, UPPER_EF, layer, &mut visited);
             }
-            self.search_layer(q, pool, ef.max(k), 0)
+            let beam = self.search_layer(q, pool, ef.max(k), 0, &mut visited);
+            self.visited
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(visited);
+            beam
         };
-        best(&mut beam, k);
-        beam.into_iter()
-            .map(|s| (s.node.get_origin_id() as u64, s.dist))
-            .collect()
+        let mut out: Vec<(u64, f32)> = {
+            if beam.len() > k {
+                beam.select_nth_unstable(k);
+                beam.truncate(k);
+            }
+            beam.iter()
+                .map(|c| (self.nodes[c.d as usize].get_origin_id() as u64, c.dist))
+                .collect()
+        };
+        out.sort_unstable_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        out
+    }
+
+    /// A visited table for one search, sized for every point.
+    fn visited_table(&self) -> Visited {
+        let mut v = self
+            .visited
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default();
+        if v.stamps.len() < self.len() {
+            v.stamps.resize(self.len(), 0);
+        }
+        v
     }
 
     /// Best-first search of one layer from `entries`, keeping the `ef`
     /// nearest (HNSW's SEARCH-LAYER); returns them in no particular order.
-    fn search_layer(&self, q: &[Q8], entries: Vec<Scored>, ef: usize, layer: usize) -> Vec<Scored> {
-        // A filtered search can ask for a beam of thousands; the tables grow
-        // as needed, so the first allocation stays small.
-        let mut seen: HashSet<(u8, i32), BuildHasherDefault<IdHasher>> =
-            HashSet::with_capacity_and_hasher((ef * 32).min(1 << 16), Default::default());
+    fn search_layer(
+        &self,
+        q: &[Q8],
+        entries: Vec<Cand>,
+        ef: usize,
+        layer: usize,
+        visited: &mut Visited,
+    ) -> Vec<Cand> {
+        visited.clear();
         let mut todo = BinaryHeap::with_capacity((ef * 4).min(1 << 14));
         let mut kept = BinaryHeap::with_capacity((ef + 1).min(1 << 14));
-        for s in entries {
-            let p = s.node.get_point_id();
-            if seen.insert((p.0, p.1)) {
-                todo.push(Reverse(s.clone()));
-                kept.push(s);
+        for c in entries {
+            if visited.insert(c.d) {
+                todo.push(Reverse(c));
+                kept.push(c);
             }
         }
         while kept.len() > ef {
             kept.pop();
         }
+        let mut fresh: Vec<u32> = Vec::with_capacity(self.stride);
         while let Some(Reverse(c)) = todo.pop() {
-            if kept.len() >= ef && kept.peek().is_some_and(|w: &Scored| c.dist > w.dist) {
+            if kept.len() >= ef && kept.peek().is_some_and(|w: &Cand| c.dist > w.dist) {
                 break;
             }
-            // One allocation per expansion: hnsw_rs hands neighbours out by copy.
-            let around = c.node.get_neighborhood_id();
-            let Some(links) = around.get(layer) else {
-                continue;
-            };
-            for l in links {
-                if !seen.insert((l.p_id.0, l.p_id.1)) {
-                    continue;
+            // Unvisited neighbours first, their vectors fetched ahead, then
+            // scored: the misses overlap instead of queueing.
+            fresh.clear();
+            for &n in self.links(c.d, layer) {
+                if (n as usize) < self.len()
+                    && visited.insert(n)
+                    && let Some(v) = self.vec(n)
+                {
+                    prefetch(v);
+                    fresh.push(n);
                 }
-                // A point inserted since the last refresh: not walked this time.
-                let Some(node) = self.node(l.p_id) else {
-                    continue;
-                };
-                let dist = DualsightDot.eval(q, node.get_v());
+            }
+            for &n in &fresh {
+                let Some(v) = self.vec(n) else { continue };
+                let dist = DualsightDot.eval(q, v);
                 if kept.len() < ef || kept.peek().is_some_and(|w| dist < w.dist) {
-                    let s = Scored {
-                        dist,
-                        node: Arc::clone(node),
-                    };
-                    todo.push(Reverse(s.clone()));
+                    let s = Cand { dist, d: n };
+                    todo.push(Reverse(s));
                     kept.push(s);
                     if kept.len() > ef {
                         kept.pop();
@@ -275,69 +503,99 @@ impl Mirror {
     }
 }
 
-/// Keeps the `k` nearest of `v`, nearest first (ties by id).
-fn best(v: &mut Vec<Scored>, k: usize) {
-    if v.len() > k {
-        v.select_nth_unstable(k);
-        v.truncate(k);
+/// Asks for a stored vector's first cache lines (most of a 512-d one).
+fn prefetch(v: &[Q8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let p = v.as_ptr().cast::<i8>();
+        for line in (0..v.len()).step_by(64).take(8) {
+            // SAFETY: SSE is part of the x86-64 baseline; a prefetch reads
+            // and writes nothing, and the address lies inside `v`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(line)) };
+        }
     }
-    v.sort_unstable();
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
 }
 
-/// A point and its distance to the query; ordered nearest first, then by id.
-#[derive(Clone)]
-struct Scored {
+/// Which points one search has scored: a stamp per point, so starting a
+/// search is one increment, not a clear.
+#[derive(Default)]
+struct Visited {
+    stamps: Vec<u16>,
+    stamp: u16,
+}
+
+impl Visited {
+    fn clear(&mut self) {
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.stamps.fill(0);
+            self.stamp = 1;
+        }
+    }
+
+    /// True the first time `d` is seen since the last clear.
+    fn insert(&mut self, d: u32) -> bool {
+        let s = &mut self.stamps[d as usize];
+        let new = *s != self.stamp;
+        *s = self.stamp;
+        new
+    }
+}
+
+/// A point (dense index) and its distance to the query; ordered nearest
+/// first, then by dense index.
+#[derive(Clone, Copy, PartialEq)]
+struct Cand {
     dist: f32,
-    node: Node,
+    d: u32,
 }
 
-impl PartialEq for Scored {
-    fn eq(&self, o: &Self) -> bool {
-        self.cmp(o) == Ordering::Equal
-    }
-}
+impl Eq for Cand {}
 
-impl Eq for Scored {}
-
-impl PartialOrd for Scored {
+impl PartialOrd for Cand {
     fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
         Some(self.cmp(o))
     }
 }
 
-impl Ord for Scored {
+impl Ord for Cand {
     fn cmp(&self, o: &Self) -> Ordering {
-        self.dist
-            .total_cmp(&o.dist)
-            .then(self.node.get_origin_id().cmp(&o.node.get_origin_id()))
+        self.dist.total_cmp(&o.dist).then(self.d.cmp(&o.d))
     }
 }
 
-/// Point ids are small sequential integers: one multiply spreads them over
-/// the table's high bits (SipHash cost more than a distance here).
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
+#[cfg(test)]
+impl Mirror {
+    /// Every point's copied links, as origin ids by layer, against what
+    /// hnsw_rs holds now; the first point that differs, if any.
+    pub(super) fn differs_from(&self, h: &Hnsw<'static, Q8, DualsightDot>) -> Option<String> {
+        if self.len() != h.get_nb_point() {
+            return Some(format!(
+                "{} points against hnsw_rs's {}",
+                self.len(),
+                h.get_nb_point()
+            ));
         }
-    }
-
-    fn write_u8(&mut self, v: u8) {
-        self.write_u64(u64::from(v));
-    }
-
-    fn write_i32(&mut self, v: i32) {
-        self.write_u64(v as u32 as u64);
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(26) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let id = |d: &u32| self.nodes[*d as usize].get_origin_id();
+        for (d, node) in self.nodes.iter().enumerate() {
+            let theirs = node.get_neighborhood_id();
+            let level = usize::from(node.get_point_id().0);
+            for (layer, links) in theirs.iter().enumerate().take(level + 1) {
+                let mut want: Vec<usize> = links.iter().map(|n| n.d_id).collect();
+                let mut got: Vec<usize> = self.links(d as u32, layer).iter().map(id).collect();
+                want.sort_unstable();
+                got.sort_unstable();
+                if want != got {
+                    return Some(format!(
+                        "point {} layer {layer}: copied {got:?}, hnsw_rs {want:?}",
+                        node.get_origin_id()
+                    ));
+                }
+            }
+        }
+        None
     }
 }

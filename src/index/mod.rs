@@ -221,6 +221,12 @@ impl VectorIndex {
         Ok(())
     }
 
+    /// Heap bytes of the walk's copy of the graph (its links and pointers,
+    /// beside hnsw_rs's own graph): for memory figures.
+    pub fn walk_bytes(&self) -> usize {
+        read(&self.mirror).heap_bytes()
+    }
+
     /// Live (not tombstoned) vectors.
     pub fn len(&self) -> usize {
         read(&self.ids).live()

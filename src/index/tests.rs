@@ -573,3 +573,35 @@ fn searches_run_while_inserting() {
     }
     assert_eq!(idx.len(), 4000 - 30);
 }
+
+#[test]
+fn the_walks_copy_of_the_links_follows_every_insert() {
+    // One point per insert: each refresh re-reads exactly the lists that
+    // insert changed, so the copy must equal hnsw_rs's graph at every step
+    // (full re-reads happen at 1, 2, 4, ... points; the rest are partial).
+    let data = clustered_set(1500, 32, 11);
+    let idx = VectorIndex::new(32, IndexParams::default(), data.len()).unwrap();
+    for (i, v) in data.iter().enumerate() {
+        idx.insert(i as u64 + 1, v).unwrap();
+        if i % 97 == 0 || i + 1 == data.len() {
+            let m = read(&idx.mirror);
+            if let Some(diff) = m.differs_from(idx.graph()) {
+                panic!("after {} inserts: {diff}", i + 1);
+            }
+        }
+    }
+    // A batch (parallel insert) then a full re-read: equal again.
+    let more = clustered_set(3000, 32, 12);
+    let items: Vec<(u64, &[f32])> = more
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (10_000 + i as u64, v.as_slice()))
+        .collect();
+    idx.insert_batch(&items).unwrap();
+    let m = read(&idx.mirror);
+    assert_eq!(
+        m.differs_from(idx.graph()),
+        None,
+        "after a batch that doubled the graph"
+    );
+}
