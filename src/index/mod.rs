@@ -18,16 +18,18 @@
 //! - hnsw_rs builds, holds and persists the graph; searches walk it with our
 //!   own descent ([`descent`]), which starts from the best of the top
 //!   layers' points rather than hnsw_rs's single entry point, so text
-//!   queries (off the image data) reach their region.
+//!   queries (off the image data) reach their region, and reads the links
+//!   from a flat copy kept up to date after every insert batch.
 //!
 //! Memory: vectors are stored as bytes with one scale ([`dist::Q8`], 516
 //! bytes at 512-d; hits are rescored from the store's f32 vectors by the
 //! caller). The rest is the graph, where hnsw_rs allocates one 32-byte `Arc`
 //! per edge (the binaries' mimalloc adds no header to it), layer 0 keeps up
 //! to 2·M edges, and every point carries one layer `Vec` per possible level
-//! whatever its own; the descent adds one handle per point and a copy of the
-//! top layers' vectors. BENCHMARKS.md ("Today's figures") has the measured
-//! bytes per vector.
+//! whatever its own; the walk adds its copy of the links (a row of 2·M + 1
+//! u32 per point, ~250 B at M = 24, counted by [`VectorIndex::walk_bytes`]),
+//! a handle and a pointer per point, and a copy of the top layers' vectors.
+//! BENCHMARKS.md ("Today's figures") has the measured bytes per vector.
 
 mod checkpoint;
 mod descent;
