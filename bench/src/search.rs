@@ -220,8 +220,16 @@ fn measure_search(
     );
     for &ef in efs {
         index.set_ef_search(ef)?;
-        let (lat, recall) = search_pass(index, data, &queries, &exact, dim, k)?;
-        let (_, image_recall) = search_pass(index, data, &image_queries, &image_exact, dim, k)?;
+        let (lat, recall) = search_pass(Routine::Daemon, index, data, &queries, &exact, dim, k)?;
+        let (_, image_recall) = search_pass(
+            Routine::Daemon,
+            index,
+            data,
+            &image_queries,
+            &image_exact,
+            dim,
+            k,
+        )?;
         let daemon = if ef == cfg.index.ef_search {
             " (daemon default)"
         } else {
@@ -261,7 +269,7 @@ fn measure_search(
         let mut found = None;
         for &ef in RECALL_SWEEP {
             index.set_ef_search(ef.max(k))?;
-            let (secs, r) = routine.pass(index, data, &queries, &exact, dim, k)?;
+            let (secs, r) = search_pass(routine, index, data, &queries, &exact, dim, k)?;
             if r >= TARGET_RECALL {
                 found = Some((ef, r, secs));
                 break;
@@ -341,37 +349,19 @@ impl Routine {
         }
     }
 
-    /// Every query once: per-query seconds and the mean recall.
-    fn pass(
-        self,
-        index: &VectorIndex,
-        data: &[f32],
-        queries: &[f32],
-        exact: &[Vec<u64>],
-        dim: usize,
-        k: usize,
-    ) -> Result<(Vec<f64>, f64)> {
+    /// One query's hit ids, best first.
+    fn hits(self, index: &VectorIndex, data: &[f32], q: &[f32], k: usize) -> Result<Vec<u64>> {
         match self {
-            Routine::Daemon => search_pass(index, data, queries, exact, dim, k),
-            Routine::Index => {
-                let mut secs = Vec::with_capacity(exact.len());
-                let mut pairs = Vec::with_capacity(exact.len());
-                index.search(&queries[..dim], k)?;
-                for (q, e) in queries.chunks_exact(dim).zip(exact) {
-                    let t = Instant::now();
-                    let hits = index.search(q, k)?;
-                    secs.push(t.elapsed().as_secs_f64());
-                    pairs.push((hits.into_iter().map(|h| h.0).collect(), e.clone()));
-                }
-                Ok((secs, mean_recall(&pairs)))
-            }
+            Routine::Daemon => rescored_search(index, data, q, k),
+            Routine::Index => Ok(index.search(q, k)?.into_iter().map(|h| h.0).collect()),
         }
     }
 }
 
-/// Every query once through the daemon's routine: per-query seconds and
-/// the mean recall.
+/// Every query once through `routine`: per-query seconds and the mean
+/// recall.
 fn search_pass(
+    routine: Routine,
     index: &VectorIndex,
     data: &[f32],
     queries: &[f32],
@@ -381,10 +371,10 @@ fn search_pass(
 ) -> Result<(Vec<f64>, f64)> {
     let mut secs = Vec::with_capacity(exact.len());
     let mut pairs = Vec::with_capacity(exact.len());
-    rescored_search(index, data, &queries[..dim], k)?;
+    routine.hits(index, data, &queries[..dim], k)?;
     for (q, e) in queries.chunks_exact(dim).zip(exact) {
         let t = Instant::now();
-        let hits = rescored_search(index, data, q, k)?;
+        let hits = routine.hits(index, data, q, k)?;
         secs.push(t.elapsed().as_secs_f64());
         pairs.push((hits, e.clone()));
     }
