@@ -231,10 +231,7 @@ pub async fn run(
     }
     let _ = ready_tx.send(true);
     notifier.ready();
-    tracing::info!(
-        indexed = engine.store.indexed_file_count().unwrap_or(0),
-        "ready"
-    );
+    tracing::info!(indexed = engine.indexed_file_count().unwrap_or(0), "ready");
 
     // Intake: watcher → pipeline. The watcher stops on `stop`, closing the feed,
     // which lets the pipeline drain and stop.

@@ -41,7 +41,7 @@ pub(super) async fn report_progress(
         (last_committed, last_at) = (committed, Instant::now());
         let pending = counters.pending();
         let snap = ProgressSnapshot {
-            indexed: engine.store.indexed_file_count().unwrap_or(0),
+            indexed: engine.indexed_file_count().unwrap_or(0),
             pending,
             failed: engine.store.failure_count().unwrap_or(0),
             files_per_second: rate,
@@ -88,7 +88,7 @@ impl crate::metrics::Sampler for DaemonCore {
             ..Default::default()
         };
         if let Some(engine) = self.serving() {
-            s.indexed_files = engine.store.indexed_file_count().unwrap_or(0);
+            s.indexed_files = engine.indexed_file_count().unwrap_or(0);
             s.failed_files = engine.store.failure_count().unwrap_or(0);
             s.index_vectors = engine.searchable();
             s.store_bytes = engine.store.size_on_disk().unwrap_or(0);

@@ -352,7 +352,7 @@ impl Core for DaemonCore {
         let pending_files = self.counters.pending();
         let offline = engine.store.offline_roots().map_err(internal)?;
         Ok(StatusSnapshot {
-            indexed_files: engine.store.indexed_file_count().map_err(internal)?,
+            indexed_files: engine.indexed_file_count().map_err(internal)?,
             pending_files,
             failed_files: engine.store.failure_count().map_err(internal)?,
             ready: true,

@@ -60,6 +60,11 @@ pub struct Engine {
     pub index_dir: PathBuf,
     /// Ids [`Engine::has_intact_vector`] has read back intact since the start.
     verified: verified::Verified,
+    /// Written from a commit until its vectors are in the index
+    /// ([`Engine::commit_visible`]), read while indexed files are counted for
+    /// a client ([`Engine::indexed_file_count`]): a file a client sees
+    /// counted is one its search finds.
+    visible: RwLock<()>,
 }
 
 impl Engine {
@@ -99,6 +104,7 @@ impl Engine {
                 params,
                 index_dir,
                 verified: verified::Verified::default(),
+                visible: RwLock::new(()),
             });
         }
         let started = Instant::now();
@@ -134,6 +140,7 @@ impl Engine {
             params,
             index_dir,
             verified: verified::Verified::default(),
+            visible: RwLock::new(()),
         })
     }
 
@@ -184,6 +191,21 @@ impl Engine {
         self.index
             .as_ref()
             .map(|i| i.read().unwrap_or_else(PoisonError::into_inner).clone())
+    }
+
+    /// Runs `commit` (a store commit and its [`Engine::apply`]) so that no
+    /// count of indexed files sees the commit before its vectors are
+    /// searchable.
+    pub fn commit_visible<T>(&self, commit: impl FnOnce() -> T) -> T {
+        let _gate = self.visible.write().unwrap_or_else(PoisonError::into_inner);
+        commit()
+    }
+
+    /// Files indexed, as clients are told: never one whose commit's vectors
+    /// are still on their way into the index.
+    pub fn indexed_file_count(&self) -> Result<u64, StoreError> {
+        let _gate = self.visible.read().unwrap_or_else(PoisonError::into_inner);
+        self.store.indexed_file_count()
     }
 
     /// Brings the in-memory index in line with a commit or removal: its new
