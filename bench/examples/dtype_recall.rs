@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
 use dualsight::encoder::Encoder;
 use dualsight::preprocess::Source;
+use dualsight_bench::assets::FASHION_MNIST_CLASSES;
 
 const K: usize = 10;
 /// Photos per vision batch: a many-rows product, as the daemon's batches are.
@@ -48,8 +49,9 @@ fn main() -> Result<()> {
             files.len()
         );
     }
-    let texts: Vec<String> = SUBJECTS
+    let texts: Vec<String> = FASHION_MNIST_CLASSES
         .iter()
+        .chain(&OTHER_SUBJECTS)
         .flat_map(|s| {
             [
                 format!("a photo of a {s}"),
@@ -133,25 +135,8 @@ struct Embedded {
     secs: f64,
 }
 
-/// Subjects of the text queries: Fashion-MNIST's classes and some others.
-const SUBJECTS: [&str; 16] = [
-    "t-shirt",
-    "trouser",
-    "pullover",
-    "dress",
-    "coat",
-    "sandal",
-    "shirt",
-    "sneaker",
-    "bag",
-    "ankle boot",
-    "cat",
-    "dog",
-    "car",
-    "beach",
-    "mountain",
-    "city street",
-];
+/// Subjects of the text queries beside Fashion-MNIST's classes.
+const OTHER_SUBJECTS: [&str; 6] = ["cat", "dog", "car", "beach", "mountain", "city street"];
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()

@@ -16,19 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
-/// The ten classes in label order, named as folder names (and so captions).
-const CLASSES: [&str; 10] = [
-    "t-shirt",
-    "trouser",
-    "pullover",
-    "dress",
-    "coat",
-    "sandal",
-    "shirt",
-    "sneaker",
-    "bag",
-    "ankle boot",
-];
+use dualsight_bench::assets::FASHION_MNIST_CLASSES as CLASSES;
 
 #[derive(Parser)]
 struct Args {

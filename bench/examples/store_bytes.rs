@@ -11,7 +11,8 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use dualsight::store::{Commit, ContentHash, Embedding, FileRecord, SledStore};
+use dualsight::store::{Commit, SledStore};
+use dualsight_bench::restart::file_commit;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,17 +47,11 @@ fn main() -> Result<()> {
                         (rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5
                     })
                     .collect();
-                Commit {
-                    path: format!("/srv/photos/2024/{:04}/IMG_{i:07}.jpg", i / 1000),
-                    record: FileRecord {
-                        size: 3_000_000 + i as u64,
-                        mtime_ns: 1_700_000_000_000_000_000 + i as i64,
-                        hash: ContentHash::of(&(i as u64).to_le_bytes()),
-                        indexed_at_ms: 1_700_000_000_000,
-                        meta: Default::default(),
-                    },
-                    embedding: Embedding::New(vector),
-                }
+                file_commit(
+                    format!("/srv/photos/2024/{:04}/IMG_{i:07}.jpg", i / 1000),
+                    i,
+                    vector,
+                )
             })
             .collect();
         store.commit(&space, &items)?;

@@ -43,6 +43,22 @@ pub const BERT_BASE_CONFIG: &str = r#"{
 
 pub const PROJECTION_DIM: usize = 512;
 
+/// Fashion-MNIST's ten classes in label order, as folder names (and so
+/// captions): `examples/fashion_mnist.rs` writes them, `dtype_recall.rs`
+/// queries them.
+pub const FASHION_MNIST_CLASSES: [&str; 10] = [
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+];
+
 /// Writes the benchmark checkpoint (ViT-B/16 + BERT-base, random weights,
 /// projection 512, the fixture's WordPiece tokenizer) into `out`, exactly as
 /// `dualsight init` does. Built beside `out` and renamed into place, so an

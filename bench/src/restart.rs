@@ -153,8 +153,18 @@ pub fn run(
 }
 
 fn synthetic_commit(i: usize, v: &[f32]) -> Commit {
+    file_commit(
+        format!("{SYNTHETIC_ROOT}/{:03}/{i:08}.jpg", i / 10_000),
+        i,
+        v.to_vec(),
+    )
+}
+
+/// File number `i` at `path` with its own new vector: a record unique to
+/// `i` (size, mtime, content hash), as a scan would commit it.
+pub fn file_commit(path: String, i: usize, vector: Vec<f32>) -> Commit {
     Commit {
-        path: format!("{SYNTHETIC_ROOT}/{:03}/{i:08}.jpg", i / 10_000),
+        path,
         record: FileRecord {
             size: 3_000_000 + i as u64,
             mtime_ns: 1_700_000_000_000_000_000 + i as i64,
@@ -162,7 +172,7 @@ fn synthetic_commit(i: usize, v: &[f32]) -> Commit {
             indexed_at_ms: 1_700_000_000_000,
             meta: Default::default(),
         },
-        embedding: Embedding::New(v.to_vec()),
+        embedding: Embedding::New(vector),
     }
 }
 

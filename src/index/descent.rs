@@ -165,20 +165,29 @@ impl Mirror {
             m.append(fresh, stride);
             m.nodes.len() >= 2 * m.relinked
         };
-        // Whose links to re-read: everyone's, or the new points' and their
-        // neighbours'.
+        // Whose links to re-read: everyone's, or the new points' and then
+        // their neighbours' (on the new points' own layers: the lists their
+        // inserts' reverse updates touched).
         let todo: Vec<u32> = if full {
             (0..(old + added) as u32).collect()
         } else {
-            let m = read(mirror);
-            let mut todo: Vec<u32> = (old as u32..(old + added) as u32).collect();
-            for d in old..old + added {
-                for layer in m.nodes[d].get_neighborhood_id() {
-                    todo.extend(layer.iter().filter_map(|n| m.dense_of(n.p_id)));
-                }
-            }
+            let new: Vec<(u32, Links)> = {
+                let m = read(mirror);
+                (old as u32..(old + added) as u32)
+                    .map(|d| (d, m.links_of(d)))
+                    .collect()
+            };
+            let mut todo: Vec<u32> = new
+                .iter()
+                .flat_map(|(_, links)| links.iter().flatten().copied())
+                .filter(|&d| (d as usize) < old)
+                .collect();
             todo.sort_unstable();
             todo.dedup();
+            let mut m = mirror.write().unwrap_or_else(PoisonError::into_inner);
+            for (d, links) in new {
+                m.set_links(d, links);
+            }
             todo
         };
         for chunk in todo.chunks(RELINK_CHUNK) {
@@ -236,14 +245,14 @@ impl Mirror {
             } else {
                 self.dense[plan.from..].iter().flatten().copied().collect()
             };
+            // Points of another length are never scored, so not pooled.
+            let points: Vec<u32> = points
+                .into_iter()
+                .filter(|&d| self.vec(d).is_some())
+                .collect();
             let mut pool = Vec::with_capacity(points.len() * self.row);
-            for &d in &points {
-                // Points of another length are never scored: a zero vector
-                // keeps the pool's rows aligned.
-                match self.vec(d) {
-                    Some(v) => pool.extend_from_slice(v),
-                    None => pool.resize(pool.len() + self.row, Q8::default()),
-                }
+            for v in points.iter().filter_map(|&d| self.vec(d)) {
+                pool.extend_from_slice(v);
             }
             (self.plan, self.pool_points, self.pool) = (plan, points, pool);
         }
@@ -394,7 +403,6 @@ impl Mirror {
             .pool
             .chunks_exact(self.row)
             .zip(&self.pool_points)
-            .filter(|&(_, &d)| !self.vecs[d as usize].0.is_null())
             .map(|(v, &d)| Cand {
                 dist: DualsightDot.eval(q, v),
                 d,
@@ -469,7 +477,7 @@ impl Mirror {
         while kept.len() > ef {
             kept.pop();
         }
-        let mut fresh: Vec<u32> = Vec::with_capacity(self.stride);
+        let mut fresh: Vec<(u32, &[Q8])> = Vec::with_capacity(self.stride);
         while let Some(Reverse(c)) = todo.pop() {
             if kept.len() >= ef && kept.peek().is_some_and(|w: &Cand| c.dist > w.dist) {
                 break;
@@ -483,11 +491,10 @@ impl Mirror {
                     && let Some(v) = self.vec(n)
                 {
                     prefetch(v);
-                    fresh.push(n);
+                    fresh.push((n, v));
                 }
             }
-            for &n in &fresh {
-                let Some(v) = self.vec(n) else { continue };
+            for &(n, v) in &fresh {
                 let dist = DualsightDot.eval(q, v);
                 if kept.len() < ef || kept.peek().is_some_and(|w| dist < w.dist) {
                     let s = Cand { dist, d: n };
