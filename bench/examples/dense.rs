@@ -7,12 +7,13 @@
 //! `m 768 3072 36` is BERT-base's weight volume; `m 768 36 1` with many reps
 //! keeps the weight in cache and shows the compute rate alone.
 //! `DENSE_WEIGHTS=bf16` (or `f16`) stores the weights in that type, as
-//! `--dtype bf16` on the CPU does.
+//! `--dtype bf16` on the CPU does. `DENSE_LAYOUT=panels` stores them as the
+//! text tower of a model loaded for queries does (`PanelWeight`).
 
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use dualsight::model::cpu::{WeightElem, matmul_wt};
+use dualsight::model::cpu::{PanelWeight, WeightElem, matmul_wt};
 use half::{bf16, f16};
 
 fn main() -> Result<()> {
@@ -58,7 +59,7 @@ fn convert<W>(ws: &[Vec<f32>], f: fn(f32) -> W) -> Vec<Vec<W>> {
         .collect()
 }
 
-fn run<W: WeightElem>(s: &Shape, ws: &[Vec<W>]) -> Result<()> {
+fn run<W: WeightElem + candle_core::WithDType>(s: &Shape, ws: &[Vec<W>]) -> Result<()> {
     let Shape {
         m,
         k,
@@ -68,12 +69,29 @@ fn run<W: WeightElem>(s: &Shape, ws: &[Vec<W>]) -> Result<()> {
     } = *s;
     let x: Vec<f32> = (0..m * k).map(|i| (i % 5) as f32).collect();
     let mut dst = vec![0f32; m * n];
+    let panels = match std::env::var("DENSE_LAYOUT").as_deref() {
+        Ok("panels") => ws
+            .iter()
+            .map(|w| {
+                let t = candle_core::Tensor::from_slice(w, (n, k), &candle_core::Device::Cpu)?;
+                PanelWeight::from_tensor(&t).context("a CPU weight")
+            })
+            .collect::<Result<Vec<_>>>()?,
+        Ok("rows") | Err(_) => Vec::new(),
+        Ok(other) => anyhow::bail!("DENSE_LAYOUT={other}: expected rows or panels"),
+    };
     let mut best = f64::INFINITY;
     for _ in 0..iters {
         let t = Instant::now();
         for _ in 0..reps {
-            for w in ws {
-                matmul_wt(&x, w, (m, k, n), &mut dst, n, false);
+            if panels.is_empty() {
+                for w in ws {
+                    matmul_wt(&x, w, (m, k, n), &mut dst, n, false);
+                }
+            } else {
+                for p in &panels {
+                    p.matmul(&x, m, &mut dst, n, false);
+                }
             }
         }
         best = best.min(t.elapsed().as_secs_f64());

@@ -2,6 +2,8 @@
 //! forward pass (`dualsight-bench` also measures load, decode and search).
 //!
 //! cargo run --release -p dualsight-bench --example towers -- <model-dir> vision|text <batch> <iters>
+//!
+//! `TOWERS_DTYPE=bf16` (or `f16`) loads the model as `--dtype` does.
 
 use std::time::Instant;
 
@@ -17,7 +19,13 @@ fn main() -> Result<()> {
     let batch: usize = batch.parse().context("batch")?;
     let iters: usize = iters.parse().context("iters")?;
     let t = Instant::now();
-    let enc = Encoder::load(dir.as_ref(), &Device::Cpu, DType::F32)?;
+    let dtype = match std::env::var("TOWERS_DTYPE").as_deref() {
+        Ok("bf16") => DType::BF16,
+        Ok("f16") => DType::F16,
+        Ok("f32") | Err(_) => DType::F32,
+        Ok(other) => anyhow::bail!("TOWERS_DTYPE={other}: expected f32, bf16 or f16"),
+    };
+    let enc = Encoder::load(dir.as_ref(), &Device::Cpu, dtype)?;
     eprintln!("load {:.3} s", t.elapsed().as_secs_f64());
     let model = enc.model();
     let mut times = Vec::new();

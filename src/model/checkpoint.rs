@@ -202,7 +202,7 @@ impl DualEncoder {
         let path = out.join("config.json");
         crate::durable::replace(&path, (config + "\n").as_bytes())
             .map_err(|source| ModelError::Io { path, source })?;
-        write_safetensors(&self.weights(), &out.join("model.safetensors"))
+        write_safetensors(&self.weights()?, &out.join("model.safetensors"))
     }
 }
 

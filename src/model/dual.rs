@@ -10,7 +10,7 @@ use candle_nn::{Init, VarBuilder};
 
 use super::config::DualEncoderConfig;
 use super::lanes;
-use super::layers::{Dense, HalfWeights, TrainingMode, l2_normalize, linear};
+use super::layers::{Dense, HalfWeights, PanelWeights, TrainingMode, l2_normalize, linear};
 use super::text::TextTower;
 use super::vision::VisionTower;
 use super::weights::{Recorded, WeightSource};
@@ -118,6 +118,10 @@ impl DualEncoder {
         let activations = if uniform { dtype } else { DType::F32 };
         let vb = VarBuilder::from_backend(Box::new(source), activations, device.clone());
         let vision = VisionTower::new(&config.vision, vb.pp("vision_model"))?;
+        // The text tower serves queries of a few tokens: on the CPU its
+        // dense weights are laid out for that product (`PanelWeights`).
+        // The vision tower's batches keep rows for the packed kernel.
+        let panels = (!uniform && device.is_cpu()).then(|| PanelWeights::enter(weights.clone()));
         let text = TextTower::new(&config.text, vb.pp("text_model"))?;
         let p = config.projection_dim;
         let visual_projection = linear(
@@ -134,6 +138,7 @@ impl DualEncoder {
             config.text.initializer_range(),
             vb.pp("text_projection"),
         )?;
+        drop(panels);
         let scale = vb.get_with_hints_dtype(
             (),
             "logit_scale",
@@ -200,8 +205,12 @@ impl DualEncoder {
     pub fn max_tokens(&self) -> usize {
         self.config.text.max_tokens()
     }
-    pub(crate) fn weights(&self) -> BTreeMap<String, Tensor> {
-        self.weights.lock().expect("weights lock").clone()
+    /// Every tensor the model holds, as the checkpoint lays it out.
+    pub(crate) fn weights(&self) -> Result<BTreeMap<String, Tensor>> {
+        let held = self.weights.lock().expect("weights lock").clone();
+        held.into_iter()
+            .map(|(name, h)| Ok((name, h.tensor()?)))
+            .collect()
     }
 
     /// The vision tower's `pooler_output` for `[B, C, H, W]` pixels (f32 out).
@@ -360,7 +369,7 @@ impl DualEncoder {
     /// inference fast paths: what evaluation during training runs.
     pub fn snapshot(&self) -> Result<Self> {
         let tensors = self
-            .weights()
+            .weights()?
             .into_iter()
             .map(|(name, t)| Ok((name, t.detach().copy()?)))
             .collect::<Result<std::collections::HashMap<_, _>>>()?;

@@ -4,11 +4,14 @@
 //! self-attention with an additive bias (padding mask, causal mask or BEiT's
 //! relative position bias).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
 
 use candle_core::{D, DType, Module, Result, Tensor};
-use candle_nn::{Init, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Init, LayerNorm, VarBuilder};
 
+use super::cpu::PanelWeight;
+use super::weights::{Held, Recorded};
 use super::{autograd, cpu};
 use crate::rng::SplitMix64;
 
@@ -75,6 +78,36 @@ impl HalfWeights {
 impl Drop for HalfWeights {
     fn drop(&mut self) {
         HALF_WEIGHTS.set(self.previous);
+    }
+}
+
+thread_local! {
+    /// While a model's query side is built for inference on the CPU on this
+    /// thread: where the model records what it holds.
+    static PANELS: RefCell<Option<Recorded>> = const { RefCell::new(None) };
+}
+
+/// The dense layers built on this thread while the guard lives store their
+/// weights in panels (`cpu::PanelWeight`), the layout a few-rows product
+/// streams fastest, instead of `[n, k]` rows: what the text tower of a
+/// model loaded for queries on the CPU does. `recorded` gets the panels
+/// in place of the rows, so the model holds each weight once.
+#[derive(Debug)]
+pub struct PanelWeights {
+    previous: Option<Recorded>,
+}
+
+impl PanelWeights {
+    pub fn enter(recorded: Recorded) -> Self {
+        Self {
+            previous: PANELS.replace(Some(recorded)),
+        }
+    }
+}
+
+impl Drop for PanelWeights {
+    fn drop(&mut self) {
+        PANELS.set(self.previous.take());
     }
 }
 
@@ -183,20 +216,38 @@ impl Module for Activation {
 }
 
 /// `nn.Linear`: `x wᵀ + b`, with a CPU f32 path that is one matrix product
-/// accumulating onto the bias and residual (see `cpu/`), and candle's
-/// `Linear` everywhere else.
+/// accumulating onto the bias and residual (see `cpu/`), and candle's ops
+/// everywhere else.
 #[derive(Debug, Clone)]
 pub struct Dense {
-    linear: Linear,
+    weight: DenseWeight,
+    bias: Option<Tensor>,
     /// Dropout on the output in training mode (`hidden_dropout_prob` on the
     /// layers that have it in transformers, 0 elsewhere).
     dropout: f32,
 }
 
+/// A dense layer's weight: `[n, k]` rows (a tensor, on any device), or
+/// panels for the few-rows product on the CPU ([`PanelWeights`]).
+#[derive(Debug, Clone)]
+enum DenseWeight {
+    Rows(Tensor),
+    Panels(Arc<PanelWeight>),
+}
+
 impl Dense {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self {
-            linear: Linear::new(weight, bias),
+            weight: DenseWeight::Rows(weight),
+            bias,
+            dropout: 0.0,
+        }
+    }
+
+    fn with_panels(weight: Arc<PanelWeight>, bias: Option<Tensor>) -> Self {
+        Self {
+            weight: DenseWeight::Panels(weight),
+            bias,
             dropout: 0.0,
         }
     }
@@ -216,34 +267,45 @@ impl Dense {
         shape.push(self.out_dim());
         // A half-precision weight beside f32 activations (`HalfWeights`)
         // meets them in their type here, off the fast path.
-        let w = self.weight().to_dtype(xs.dtype())?;
+        let w = self.weight()?.to_dtype(xs.dtype())?;
         let mut out = xs.reshape(((), k))?.matmul(&w.t()?)?;
-        if let Some(b) = self.linear.bias() {
+        if let Some(b) = &self.bias {
             out = autograd::bias_add(&out, b)?;
         }
         dropout(&out.reshape(shape)?, self.dropout)
     }
 
-    pub fn weight(&self) -> &Tensor {
-        self.linear.weight()
+    /// The weight as `[n, k]` rows (a copy out of panels: off the fast
+    /// path only).
+    pub fn weight(&self) -> Result<Tensor> {
+        match &self.weight {
+            DenseWeight::Rows(w) => Ok(w.clone()),
+            DenseWeight::Panels(p) => p.to_tensor(),
+        }
     }
 
     fn out_dim(&self) -> usize {
-        self.weight().dims()[0]
+        match &self.weight {
+            DenseWeight::Rows(w) => w.dims()[0],
+            DenseWeight::Panels(p) => p.dims().0,
+        }
     }
 
     /// True when this layer and `xs` can take the CPU f32 path.
     fn fast(&self, xs: &Tensor) -> bool {
         !training()
             && plain_f32(xs)
-            && plain_weight(self.weight())
-            && self.linear.bias().is_none_or(plain_f32)
+            && match &self.weight {
+                DenseWeight::Rows(w) => plain_weight(w),
+                DenseWeight::Panels(_) => true,
+            }
+            && self.bias.as_ref().is_none_or(plain_f32)
     }
 
     /// This layer's bias as a plain row (fast path only).
     fn bias_row(&self) -> Option<Vec<f32>> {
-        self.linear
-            .bias()
+        self.bias
+            .as_ref()
             .and_then(|b| cpu::with_f32(b, |b| b.to_vec()))
     }
 
@@ -251,7 +313,12 @@ impl Dense {
     /// product alone, onto the bias (and residual) the caller placed in
     /// `dst` ([`cpu::start_rows`]). Fast path only.
     fn product(&self, x: &[f32], m: usize, dst: &mut [f32], dst_rs: usize) {
-        cpu::matmul_weight(x, m, self.weight(), dst, dst_rs, true).expect("checked by Dense::fast");
+        match &self.weight {
+            DenseWeight::Rows(w) => {
+                cpu::matmul_weight(x, m, w, dst, dst_rs, true).expect("checked by Dense::fast")
+            }
+            DenseWeight::Panels(p) => p.matmul(x, m, dst, dst_rs, true),
+        }
     }
 
     /// The fast path: `act(x wᵀ + b) + residual` in one output buffer.
@@ -336,6 +403,23 @@ pub fn linear(
     } else {
         None
     };
+    if let Some(recorded) = PANELS.with_borrow(Clone::clone)
+        && !w.track_op()
+        && let Some(panels) = PanelWeight::from_tensor(&w)
+    {
+        // The record takes the panels in place of the rows just read, so
+        // the rows are freed once the build ends.
+        let panels = Arc::new(panels);
+        let name = match vb.prefix() {
+            p if p.is_empty() => "weight".to_string(),
+            p => format!("{p}.weight"),
+        };
+        recorded
+            .lock()
+            .expect("weights lock")
+            .insert(name, Held::Panels(panels.clone()));
+        return Ok(Dense::with_panels(panels, b));
+    }
     Ok(Dense::new(w, b))
 }
 
@@ -612,6 +696,70 @@ impl Module for FeedForward {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    /// A layer built under `PanelWeights` holds panels, records them in
+    /// place of the rows (so the model holds the weight once), and gives
+    /// the rows layer's outputs on the fast path, off it (training mode)
+    /// and through every shape of input a tower passes.
+    #[test]
+    fn a_panel_layer_matches_the_rows_layer_and_is_held_once() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, k) = (70, 48);
+        let w = Tensor::randn(0f32, 0.3, (n, k), &dev)?;
+        let b = Tensor::randn(0f32, 0.3, n, &dev)?;
+        let tensors = std::collections::HashMap::from([
+            ("l.weight".to_string(), w.clone()),
+            ("l.bias".to_string(), b.clone()),
+        ]);
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+        let recorded = Recorded::default();
+        let panels = {
+            let _guard = PanelWeights::enter(recorded.clone());
+            linear(k, n, true, 0.02, vb.pp("l"))?
+        };
+        let DenseWeight::Panels(held) = &panels.weight else {
+            panic!("built under PanelWeights, the layer holds rows");
+        };
+        match recorded.lock().expect("weights lock").get("l.weight") {
+            Some(Held::Panels(p)) => assert!(Arc::ptr_eq(p, held)),
+            other => panic!("the record holds {other:?}, not the layer's panels"),
+        }
+        // Outside the guard, rows again.
+        assert!(matches!(
+            linear(k, n, true, 0.02, vb.pp("l"))?.weight,
+            DenseWeight::Rows(_)
+        ));
+        assert_eq!(panels.weight()?.to_vec2::<f32>()?, w.to_vec2::<f32>()?);
+        let rows = Dense::new(w, Some(b));
+        for m in [1, 10, 23, 60] {
+            let xs = Tensor::randn(0f32, 1., (2, m, k), &dev)?;
+            let residual = Tensor::randn(0f32, 1., (2, m, n), &dev)?;
+            assert!(
+                max_diff(&panels.forward(&xs)?, &rows.forward(&xs)?)? < 1e-4,
+                "m {m}"
+            );
+            let (p, r) = (
+                panels.forward_residual(&xs, &residual)?,
+                rows.forward_residual(&xs, &residual)?,
+            );
+            assert!(max_diff(&p, &r)? < 1e-4, "m {m} with a residual");
+            let (p, r) = (
+                panels.forward_act(&xs, Activation::GeluErf)?,
+                rows.forward_act(&xs, Activation::GeluErf)?,
+            );
+            assert!(max_diff(&p, &r)? < 1e-4, "m {m} with an activation");
+            let _training = TrainingMode::enter(7);
+            assert!(
+                max_diff(&panels.forward(&xs)?, &rows.forward(&xs)?)? < 1e-4,
+                "m {m}, slow path"
+            );
+        }
+        Ok(())
+    }
 
     fn dense(n: usize, k: usize, dev: &Device) -> Result<Dense> {
         Ok(Dense::new(

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 
+use super::cpu::PanelWeight;
 use super::{ModelError, Result};
 
 /// Which missing tensors may be freshly initialised.
@@ -38,7 +39,26 @@ impl FreshPolicy {
 
 /// Tensors used by a built model, shared between the backend and its owner,
 /// in the type and on the device the model holds them (what `save` writes).
-pub type Recorded = Arc<Mutex<BTreeMap<String, Tensor>>>;
+pub type Recorded = Arc<Mutex<BTreeMap<String, Held>>>;
+
+/// What a model holds under one checkpoint name: a tensor, or a dense
+/// weight re-laid in panels for queries on the CPU
+/// (`layers::PanelWeights`), whose rows a checkpoint writer gets back.
+#[derive(Debug, Clone)]
+pub enum Held {
+    Tensor(Tensor),
+    Panels(Arc<PanelWeight>),
+}
+
+impl Held {
+    /// The tensor as the checkpoint lays it out.
+    pub fn tensor(&self) -> candle_core::Result<Tensor> {
+        match self {
+            Held::Tensor(t) => Ok(t.clone()),
+            Held::Panels(p) => p.to_tensor(),
+        }
+    }
+}
 
 /// The trainable parameters of a model built for training, by checkpoint name.
 pub type Vars = Arc<Mutex<Vec<(String, Var)>>>;
@@ -92,7 +112,7 @@ impl WeightSource {
         self.used
             .lock()
             .expect("weights lock")
-            .insert(name.to_string(), t.clone());
+            .insert(name.to_string(), Held::Tensor(t.clone()));
         t
     }
 

@@ -218,7 +218,6 @@ fn gemm_wt(
 /// Runs `task(j0)` for each block of `width` output columns out of `n`, on
 /// the rayon pool when there is more than one block and `flops` is worth
 /// waking it for.
-#[cfg(target_arch = "x86_64")]
 fn column_tasks(n: usize, width: usize, flops: usize, task: impl Fn(usize) + Send + Sync) {
     let starts: Vec<usize> = (0..n).step_by(width).collect();
     if starts.len() > 1 && flops > 1 << 16 {
@@ -236,7 +235,9 @@ fn column_tasks(n: usize, width: usize, flops: usize, task: impl Fn(usize) + Sen
 #[cfg(target_arch = "x86_64")]
 const SMALL_M: usize = 48;
 
+mod panels;
 mod weight;
+pub use panels::PanelWeight;
 pub use weight::WeightElem;
 
 // Both kernels need AVX2 + FMA at least (`simd::level`); below that, and

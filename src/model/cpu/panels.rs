@@ -1,0 +1,474 @@
+//! A dense weight stored for the few-rows product (a text query's ~10
+//! tokens): in panels of [`WIDTH`] output columns, each panel `k` rows of
+//! `WIDTH` weights (column-major within the panel), so a product streams
+//! the weight as one sequential read per task and keeps a whole tile of
+//! outputs in registers: each depth loads one row of the panel, broadcasts
+//! each input row's element against it, and no horizontal sum is left at
+//! the end. The row-major few-rows kernel (`small.rs`) reads `[n, k]`
+//! rows as dot products; on BERT-base's 768 × 3072 layers at 10 rows it
+//! streamed 13.5 GB/s where this layout streams at the memory's rate
+//! (BENCHMARKS.md, session 18).
+//!
+//! Only what serves queries is stored this way (`layers::PanelWeights`):
+//! the text tower of a model loaded for inference on the CPU. A checkpoint
+//! written from such a model gets its rows back through [`PanelWeight::to_tensor`].
+
+use candle_core::{CpuStorage, Device, Storage, Tensor};
+use half::{bf16, f16};
+
+use super::SendPtr;
+use super::weight::WeightElem;
+use crate::simd::{self, Level};
+
+/// Output columns per panel: two AVX-512 vectors, four AVX2 ones.
+pub const WIDTH: usize = 32;
+
+/// Input rows one AVX-512 pass holds: 2 × 12 accumulators, the panel's 2
+/// weight vectors and the broadcast input take 27 of the 32 registers.
+const ROWS_512: usize = 12;
+
+/// Input rows one AVX2 pass holds over half a panel (16 columns): 2 × 6
+/// accumulators, 2 weight vectors and the broadcast fill 15 of 16 registers.
+const ROWS_AVX2: usize = 6;
+
+/// Panels per task: enough to amortise a task, few enough that two cores
+/// split even a 512-wide projection evenly.
+const PANELS_PER_TASK: usize = 6;
+
+/// A `[n, k]` weight (`nn.Linear`'s layout) re-laid in panels; the last
+/// panel's columns past `n` are zeros.
+#[derive(Debug)]
+pub struct PanelWeight {
+    n: usize,
+    k: usize,
+    data: PanelData,
+}
+
+#[derive(Debug)]
+enum PanelData {
+    F32(Vec<f32>),
+    Bf16(Vec<bf16>),
+    F16(Vec<f16>),
+}
+
+impl PanelWeight {
+    /// The weight of a dense layer (a contiguous `[n, k]` CPU tensor of f32,
+    /// bf16 or f16), re-laid; `None` for anything else.
+    pub fn from_tensor(t: &Tensor) -> Option<Self> {
+        if !t.device().is_cpu() {
+            return None;
+        }
+        let (n, k) = t.dims2().ok()?;
+        let (storage, layout) = t.storage_and_layout();
+        let (start, end) = layout.contiguous_offsets()?;
+        let data = match &*storage {
+            Storage::Cpu(CpuStorage::F32(d)) => PanelData::F32(relay(&d[start..end], n, k)),
+            Storage::Cpu(CpuStorage::BF16(d)) => PanelData::Bf16(relay(&d[start..end], n, k)),
+            Storage::Cpu(CpuStorage::F16(d)) => PanelData::F16(relay(&d[start..end], n, k)),
+            _ => return None,
+        };
+        Some(Self { n, k, data })
+    }
+
+    /// `(n, k)`: output and input widths.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// The weight back in `nn.Linear`'s `[n, k]` rows, in its own type.
+    pub fn to_tensor(&self) -> candle_core::Result<Tensor> {
+        let (n, k) = (self.n, self.k);
+        match &self.data {
+            PanelData::F32(d) => Tensor::from_vec(unrelay(d, n, k), (n, k), &Device::Cpu),
+            PanelData::Bf16(d) => Tensor::from_vec(unrelay(d, n, k), (n, k), &Device::Cpu),
+            PanelData::F16(d) => Tensor::from_vec(unrelay(d, n, k), (n, k), &Device::Cpu),
+        }
+    }
+
+    /// Bytes the panels hold.
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            PanelData::F32(d) => std::mem::size_of_val(d.as_slice()),
+            PanelData::Bf16(d) => std::mem::size_of_val(d.as_slice()),
+            PanelData::F16(d) => std::mem::size_of_val(d.as_slice()),
+        }
+    }
+
+    /// `dst[i, j] (+)= Σ_k x[i, k] · w[j, k]` for `x: [m, k]`, `dst` rows
+    /// `dst_rs` apart, as `super::matmul_wt` documents.
+    ///
+    /// # Panics
+    /// If a slice is too short for the shapes (a caller bug, checked before
+    /// any unsafe access).
+    pub fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool) {
+        self.matmul_at(simd::level(), x, m, dst, dst_rs, accumulate)
+    }
+
+    /// [`Self::matmul`] at a given vector level (the tests run each one the
+    /// machine has).
+    pub(super) fn matmul_at(
+        &self,
+        level: Level,
+        x: &[f32],
+        m: usize,
+        dst: &mut [f32],
+        dst_rs: usize,
+        accumulate: bool,
+    ) {
+        let (n, k) = (self.n, self.k);
+        assert!(x.len() >= m * k, "panel matmul input");
+        assert!(
+            m == 0 || (dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n),
+            "panel matmul destination"
+        );
+        assert!(
+            level.supported(),
+            "panel matmul: this CPU cannot run {level:?}"
+        );
+        if m == 0 || n == 0 {
+            return;
+        }
+        match &self.data {
+            PanelData::F32(w) => product(level, x, w, (m, k, n), dst, dst_rs, accumulate),
+            PanelData::Bf16(w) => product(level, x, w, (m, k, n), dst, dst_rs, accumulate),
+            PanelData::F16(w) => product(level, x, w, (m, k, n), dst, dst_rs, accumulate),
+        }
+    }
+}
+
+/// `[n, k]` rows → panels of [`WIDTH`] columns, zero-padded.
+fn relay<W: Copy + Default>(w: &[W], n: usize, k: usize) -> Vec<W> {
+    let panels = n.div_ceil(WIDTH);
+    let mut out = vec![W::default(); panels * k * WIDTH];
+    for (j, row) in w.chunks_exact(k.max(1)).take(n).enumerate() {
+        let (p, c) = (j / WIDTH, j % WIDTH);
+        let panel = &mut out[p * k * WIDTH..(p + 1) * k * WIDTH];
+        for (kk, v) in row.iter().enumerate() {
+            panel[kk * WIDTH + c] = *v;
+        }
+    }
+    out
+}
+
+/// Panels → `[n, k]` rows: [`relay`] undone.
+fn unrelay<W: Copy + Default>(panels: &[W], n: usize, k: usize) -> Vec<W> {
+    let mut out = vec![W::default(); n * k];
+    for (j, row) in out.chunks_exact_mut(k.max(1)).take(n).enumerate() {
+        let (p, c) = (j / WIDTH, j % WIDTH);
+        let panel = &panels[p * k * WIDTH..(p + 1) * k * WIDTH];
+        for (kk, v) in row.iter_mut().enumerate() {
+            *v = panel[kk * WIDTH + c];
+        }
+    }
+    out
+}
+
+/// One task per [`PANELS_PER_TASK`] panels; each pass of up to a tile's
+/// rows leaves `WIDTH` sums per row in `tile`, added into `dst` for the
+/// columns that exist.
+fn product<W: WeightElem>(
+    level: Level,
+    x: &[f32],
+    w: &[W],
+    (m, k, n): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+) {
+    let out = SendPtr(dst.as_mut_ptr());
+    // Passes of even size: 16 rows as 8 + 8, not 12 + a thin 4.
+    let most = pass_rows(level);
+    let rows_per_pass = m.div_ceil(m.div_ceil(most));
+    let x = &interleave(&x[..m * k], m, k, rows_per_pass);
+    let task = |j0: usize| {
+        let mut tile = [[0f32; WIDTH]; ROWS_512];
+        for p in j0 / WIDTH..(j0 / WIDTH + PANELS_PER_TASK).min(n.div_ceil(WIDTH)) {
+            let panel = &w[p * k * WIDTH..(p + 1) * k * WIDTH];
+            let cols = (n - p * WIDTH).min(WIDTH);
+            let mut i = 0;
+            while i < m {
+                let rows = (m - i).min(rows_per_pass);
+                pass(level, &x[i * k..(i + rows) * k], panel, k, rows, &mut tile);
+                for (r, sums) in tile[..rows].iter().enumerate() {
+                    for (c, s) in sums[..cols].iter().enumerate() {
+                        // SAFETY: (i + r, p * WIDTH + c) lies in the
+                        // destination `matmul_at` checked; tasks own
+                        // disjoint panels, so disjoint columns.
+                        unsafe {
+                            let d = out.get().add((i + r) * dst_rs + p * WIDTH + c);
+                            *d = if accumulate { *d + s } else { *s };
+                        }
+                    }
+                }
+                i += rows;
+            }
+        }
+    };
+    super::column_tasks(n, PANELS_PER_TASK * WIDTH, m * n * k, task);
+}
+
+fn pass_rows(level: Level) -> usize {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 | Level::Avx512Bf16 => ROWS_512,
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => ROWS_AVX2,
+        _ => ROWS_512,
+    }
+}
+
+/// The input in passes of `rows` rows, each interleaved along `k`
+/// (`[kk][r]`), so a pass broadcasts from one sequential stream. Read in
+/// place, rows `k` floats apart all fall in one L1 set when `k` is a
+/// multiple of 1024 (BERT's 3072-wide layer), and the pass ran ~20% slower
+/// than the row-major kernel there.
+fn interleave(x: &[f32], m: usize, k: usize, rows: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * k];
+    for (chunk, dst) in x.chunks(rows * k).zip(out.chunks_mut(rows * k)) {
+        let r_n = chunk.len() / k;
+        for (r, row) in chunk.chunks_exact(k).enumerate() {
+            for (kk, v) in row.iter().enumerate() {
+                dst[kk * r_n + r] = *v;
+            }
+        }
+    }
+    out
+}
+
+/// `tile[r][c] = Σ_kk x[kk, r] · panel[kk, c]` for `rows` input rows
+/// interleaved along `k` ([`interleave`]).
+fn pass<W: WeightElem>(
+    level: Level,
+    x: &[f32],
+    panel: &[W],
+    k: usize,
+    rows: usize,
+    tile: &mut [[f32; WIDTH]; ROWS_512],
+) {
+    assert!(x.len() >= rows * k && panel.len() >= k * WIDTH && rows <= pass_rows(level));
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! dispatch {
+            ($kernel:ident; $($r:literal)*) => {
+                match rows {
+                    $($r => $kernel::<W, $r>(x, panel, k, tile),)*
+                    _ => unreachable!("rows checked above"),
+                }
+            };
+        }
+        // SAFETY: `level.supported()` was asserted by `matmul_at`; the
+        // assert above bounds every element the kernels read.
+        unsafe {
+            match level {
+                Level::Avx512 | Level::Avx512Bf16 => {
+                    return dispatch!(pass_avx512; 1 2 3 4 5 6 7 8 9 10 11 12);
+                }
+                Level::Avx2 => return dispatch!(pass_avx2; 1 2 3 4 5 6),
+                Level::Portable => {}
+            }
+        }
+    }
+    for (r, sums) in tile[..rows].iter_mut().enumerate() {
+        *sums = [0.0; WIDTH];
+        for kk in 0..k {
+            let xv = x[kk * rows + r];
+            for (s, wv) in sums.iter_mut().zip(&panel[kk * WIDTH..(kk + 1) * WIDTH]) {
+                *s += xv * wv.to_f32();
+            }
+        }
+    }
+}
+
+/// How far ahead (in panel rows) the kernels prefetch: the hardware
+/// prefetcher follows the sequential stream too, this covers its start-up.
+#[cfg(target_arch = "x86_64")]
+const AHEAD: usize = 48;
+
+/// One pass of `R` rows over a whole panel, its 32 columns in two zmm
+/// accumulators per row.
+///
+/// # Safety
+/// AVX-512 F (and AVX2/F16C for half weights' widening); `x` holds `R`
+/// rows of `k` interleaved, `panel` holds `k * WIDTH` weights.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn pass_avx512<W: WeightElem, const R: usize>(
+    x: &[f32],
+    panel: &[W],
+    k: usize,
+    tile: &mut [[f32; WIDTH]; ROWS_512],
+) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let (xp, wp) = (x.as_ptr(), panel.as_ptr());
+        for kk in 0..k {
+            let row = wp.add(kk * WIDTH);
+            let ahead = row.wrapping_add(AHEAD * WIDTH).cast::<i8>();
+            _mm_prefetch::<_MM_HINT_T0>(ahead);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+            let w0 = W::load16(row);
+            let w1 = W::load16(row.add(16));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let b = _mm512_set1_ps(*xp.add(kk * R + r));
+                a[0] = _mm512_fmadd_ps(b, w0, a[0]);
+                a[1] = _mm512_fmadd_ps(b, w1, a[1]);
+            }
+        }
+        for (t, a) in tile.iter_mut().zip(&acc) {
+            _mm512_storeu_ps(t.as_mut_ptr(), a[0]);
+            _mm512_storeu_ps(t.as_mut_ptr().add(16), a[1]);
+        }
+    }
+}
+
+/// One pass of `R` rows over half a panel (16 columns, two ymm
+/// accumulators per row); [`pass`] runs it for each half.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `x` holds `R` rows of `k` interleaved, `panel`
+/// holds `k * WIDTH` weights.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pass_avx2<W: WeightElem, const R: usize>(
+    x: &[f32],
+    panel: &[W],
+    k: usize,
+    tile: &mut [[f32; WIDTH]; ROWS_512],
+) {
+    use std::arch::x86_64::*;
+    unsafe {
+        for half in 0..2 {
+            let off = half * 16;
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            let (xp, wp) = (x.as_ptr(), panel.as_ptr().add(off));
+            for kk in 0..k {
+                let row = wp.add(kk * WIDTH);
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(AHEAD * WIDTH).cast());
+                let w0 = W::load8(row);
+                let w1 = W::load8(row.add(8));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let b = _mm256_set1_ps(*xp.add(kk * R + r));
+                    a[0] = _mm256_fmadd_ps(b, w0, a[0]);
+                    a[1] = _mm256_fmadd_ps(b, w1, a[1]);
+                }
+            }
+            for (t, a) in tile.iter_mut().zip(&acc) {
+                _mm256_storeu_ps(t.as_mut_ptr().add(off), a[0]);
+                _mm256_storeu_ps(t.as_mut_ptr().add(off + 8), a[1]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `x wᵀ` in f64, row-major `w`.
+    fn reference(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k)
+                    .map(|kk| f64::from(x[i * k + kk]) * f64::from(w[j * k + kk]))
+                    .sum();
+                out[i * n + j] = s as f32;
+            }
+        }
+        out
+    }
+
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0) * 0.5)
+            .collect()
+    }
+
+    #[test]
+    fn panels_round_trip_to_the_same_rows() -> candle_core::Result<()> {
+        for (n, k) in [(1, 1), (31, 5), (32, 7), (33, 3), (70, 19)] {
+            let w = values(n * k, n + k);
+            let t = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu)?;
+            let p = PanelWeight::from_tensor(&t).expect("cpu f32");
+            assert_eq!(p.dims(), (n, k));
+            assert_eq!(p.to_tensor()?.flatten_all()?.to_vec1::<f32>()?, w);
+            let h = t.to_dtype(candle_core::DType::BF16)?;
+            let back = PanelWeight::from_tensor(&h)
+                .expect("cpu bf16")
+                .to_tensor()?;
+            assert_eq!(back.dtype(), candle_core::DType::BF16);
+            assert_eq!(
+                back.to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+                h.to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?
+            );
+        }
+        Ok(())
+    }
+
+    /// Every level the machine has, every row count a pass may hold (and
+    /// several passes), widths off the panel size, with and without
+    /// accumulation into a strided destination.
+    #[test]
+    fn panel_product_matches_the_reference_at_every_level() -> candle_core::Result<()> {
+        let levels: Vec<Level> = Level::ALL.into_iter().filter(|l| l.supported()).collect();
+        eprintln!("panel product checked at {levels:?}");
+        for &(m, k, n) in &[
+            (1, 768, 64),
+            (10, 48, 100),
+            (13, 33, 32),
+            (25, 17, 31),
+            (7, 5, 130),
+        ] {
+            let x = values(m * k, m);
+            let w = values(n * k, n);
+            let want = reference(&x, &w, m, k, n);
+            for dtype in [
+                candle_core::DType::F32,
+                candle_core::DType::BF16,
+                candle_core::DType::F16,
+            ] {
+                let t = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu)?.to_dtype(dtype)?;
+                // Half weights are compared against their own rounded values.
+                let rounded = t
+                    .to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let want = if dtype == candle_core::DType::F32 {
+                    want.clone()
+                } else {
+                    reference(&x, &rounded, m, k, n)
+                };
+                let p = PanelWeight::from_tensor(&t).expect("cpu weight");
+                for &level in &levels {
+                    let rs = n + 3;
+                    let mut dst = vec![1f32; m * rs];
+                    p.matmul_at(level, &x, m, &mut dst, rs, true);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let (got, want) = (dst[i * rs + j], want[i * n + j] + 1.0);
+                            assert!(
+                                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                                "{level:?} {dtype:?} m{m} k{k} n{n} ({i}, {j}): {got} vs {want}"
+                            );
+                        }
+                        assert_eq!(&dst[i * rs + n..i * rs + rs], &[1.0; 3], "padding touched");
+                    }
+                    let mut plain = vec![5f32; m * n];
+                    p.matmul_at(level, &x, m, &mut plain, n, false);
+                    assert!(
+                        plain
+                            .iter()
+                            .zip(&want)
+                            .all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs()))
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
