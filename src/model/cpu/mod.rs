@@ -236,6 +236,7 @@ fn column_tasks(n: usize, width: usize, flops: usize, task: impl Fn(usize) + Sen
 const SMALL_M: usize = 48;
 
 mod panels;
+mod team;
 mod weight;
 pub use panels::PanelWeight;
 pub use weight::WeightElem;

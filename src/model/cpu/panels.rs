@@ -49,12 +49,24 @@ enum PanelData {
     F32(Vec<f32>),
     Bf16(Vec<bf16>),
     F16(Vec<f16>),
+    /// bf16 weights where the CPU multiplies bf16 pairs (`vdpbf16ps`,
+    /// `Level::Avx512Bf16`): each panel row holds two depths per column
+    /// ([`pair`]), and the input is rounded to bf16 pairs to meet them, as
+    /// the many-rows kernel does on these CPUs. Twice the multiply-adds per
+    /// instruction: at 10 rows the widening kernel is bound by the FMA
+    /// units once the weights are half the bytes.
+    Bf16Pairs(Vec<u32>),
 }
 
 impl PanelWeight {
     /// The weight of a dense layer (a contiguous `[n, k]` CPU tensor of f32,
     /// bf16 or f16), re-laid; `None` for anything else.
     pub fn from_tensor(t: &Tensor) -> Option<Self> {
+        Self::from_tensor_for(t, simd::level())
+    }
+
+    /// [`Self::from_tensor`], laid out for the kernels of `level`.
+    pub(super) fn from_tensor_for(t: &Tensor, level: Level) -> Option<Self> {
         if !t.device().is_cpu() {
             return None;
         }
@@ -63,6 +75,9 @@ impl PanelWeight {
         let (start, end) = layout.contiguous_offsets()?;
         let data = match &*storage {
             Storage::Cpu(CpuStorage::F32(d)) => PanelData::F32(relay(&d[start..end], n, k)),
+            Storage::Cpu(CpuStorage::BF16(d)) if level == Level::Avx512Bf16 => {
+                PanelData::Bf16Pairs(relay_pairs(&d[start..end], n, k))
+            }
             Storage::Cpu(CpuStorage::BF16(d)) => PanelData::Bf16(relay(&d[start..end], n, k)),
             Storage::Cpu(CpuStorage::F16(d)) => PanelData::F16(relay(&d[start..end], n, k)),
             _ => return None,
@@ -82,6 +97,9 @@ impl PanelWeight {
             PanelData::F32(d) => Tensor::from_vec(unrelay(d, n, k), (n, k), &Device::Cpu),
             PanelData::Bf16(d) => Tensor::from_vec(unrelay(d, n, k), (n, k), &Device::Cpu),
             PanelData::F16(d) => Tensor::from_vec(unrelay(d, n, k), (n, k), &Device::Cpu),
+            PanelData::Bf16Pairs(d) => {
+                Tensor::from_vec(unrelay_pairs(d, n, k), (n, k), &Device::Cpu)
+            }
         }
     }
 
@@ -91,6 +109,7 @@ impl PanelWeight {
             PanelData::F32(d) => std::mem::size_of_val(d.as_slice()),
             PanelData::Bf16(d) => std::mem::size_of_val(d.as_slice()),
             PanelData::F16(d) => std::mem::size_of_val(d.as_slice()),
+            PanelData::Bf16Pairs(d) => std::mem::size_of_val(d.as_slice()),
         }
     }
 
@@ -132,6 +151,9 @@ impl PanelWeight {
             PanelData::F32(w) => product(level, x, w, (m, k, n), dst, dst_rs, accumulate),
             PanelData::Bf16(w) => product(level, x, w, (m, k, n), dst, dst_rs, accumulate),
             PanelData::F16(w) => product(level, x, w, (m, k, n), dst, dst_rs, accumulate),
+            PanelData::Bf16Pairs(w) => {
+                product_pairs(level, x, w, (m, k, n), dst, dst_rs, accumulate)
+            }
         }
     }
 }
@@ -150,6 +172,37 @@ fn relay<W: Copy + Default>(w: &[W], n: usize, k: usize) -> Vec<W> {
     out
 }
 
+/// `[n, k]` bf16 rows → panels of [`WIDTH`] columns whose rows are depth
+/// pairs ([`pair`]), zero-padded in both directions.
+fn relay_pairs(w: &[bf16], n: usize, k: usize) -> Vec<u32> {
+    let depth = k.div_ceil(2);
+    let mut out = vec![0u32; n.div_ceil(WIDTH) * depth * WIDTH];
+    for (j, row) in w.chunks_exact(k.max(1)).take(n).enumerate() {
+        let (p, c) = (j / WIDTH, j % WIDTH);
+        let panel = &mut out[p * depth * WIDTH..(p + 1) * depth * WIDTH];
+        for (q, two) in row.chunks(2).enumerate() {
+            let hi = two.get(1).map_or(0, |v| v.to_bits());
+            panel[q * WIDTH + c] = u32::from(two[0].to_bits()) | u32::from(hi) << 16;
+        }
+    }
+    out
+}
+
+/// Pair panels → `[n, k]` bf16 rows: [`relay_pairs`] undone.
+fn unrelay_pairs(panels: &[u32], n: usize, k: usize) -> Vec<bf16> {
+    let depth = k.div_ceil(2);
+    let mut out = vec![bf16::ZERO; n * k];
+    for (j, row) in out.chunks_exact_mut(k.max(1)).take(n).enumerate() {
+        let (p, c) = (j / WIDTH, j % WIDTH);
+        let panel = &panels[p * depth * WIDTH..(p + 1) * depth * WIDTH];
+        for (kk, v) in row.iter_mut().enumerate() {
+            let bits = panel[kk / 2 * WIDTH + c] >> (16 * (kk % 2));
+            *v = bf16::from_bits(bits as u16);
+        }
+    }
+    out
+}
+
 /// Panels → `[n, k]` rows: [`relay`] undone.
 fn unrelay<W: Copy + Default>(panels: &[W], n: usize, k: usize) -> Vec<W> {
     let mut out = vec![W::default(); n * k];
@@ -163,9 +216,7 @@ fn unrelay<W: Copy + Default>(panels: &[W], n: usize, k: usize) -> Vec<W> {
     out
 }
 
-/// One task per [`PANELS_PER_TASK`] panels; each pass of up to a tile's
-/// rows leaves `WIDTH` sums per row in `tile`, added into `dst` for the
-/// columns that exist.
+/// [`PanelData::Bf16Pairs`]-free product: weights widened as they are read.
 fn product<W: WeightElem>(
     level: Level,
     x: &[f32],
@@ -175,20 +226,71 @@ fn product<W: WeightElem>(
     dst_rs: usize,
     accumulate: bool,
 ) {
-    let out = SendPtr(dst.as_mut_ptr());
-    // Passes of even size: 16 rows as 8 + 8, not 12 + a thin 4.
-    let most = pass_rows(level);
-    let rows_per_pass = m.div_ceil(m.div_ceil(most));
+    let rows_per_pass = even_passes(m, pass_rows(level));
     let x = &interleave(&x[..m * k], m, k, rows_per_pass);
+    let pass_fn = |p: usize, i: usize, rows: usize, tile: &mut Tile| {
+        let panel = &w[p * k * WIDTH..(p + 1) * k * WIDTH];
+        pass(level, &x[i * k..(i + rows) * k], panel, k, rows, tile);
+    };
+    tasks((m, n, k), rows_per_pass, dst, dst_rs, accumulate, pass_fn);
+}
+
+/// The product over bf16 pair panels: the input rounded to bf16 pairs too.
+fn product_pairs(
+    level: Level,
+    x: &[f32],
+    w: &[u32],
+    (m, k, n): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+) {
+    let depth = k.div_ceil(2);
+    let rows_per_pass = even_passes(m, ROWS_512);
+    let x = &interleave_pairs(&x[..m * k], m, k, rows_per_pass);
+    let pass_fn = |p: usize, i: usize, rows: usize, tile: &mut Tile| {
+        let panel = &w[p * depth * WIDTH..(p + 1) * depth * WIDTH];
+        pass_pairs(
+            level,
+            &x[i * depth..(i + rows) * depth],
+            panel,
+            depth,
+            rows,
+            tile,
+        );
+    };
+    tasks((m, n, k), rows_per_pass, dst, dst_rs, accumulate, pass_fn);
+}
+
+/// A pass's sums: up to [`ROWS_512`] rows of one panel's [`WIDTH`] columns.
+type Tile = [[f32; WIDTH]; ROWS_512];
+
+/// Passes of even size up to `most` rows: 16 rows as 8 + 8, not 12 + a
+/// thin 4.
+fn even_passes(m: usize, most: usize) -> usize {
+    m.div_ceil(m.div_ceil(most))
+}
+
+/// One task per [`PANELS_PER_TASK`] panels; `pass_fn(panel, first_row,
+/// rows, tile)` leaves `WIDTH` sums per row in `tile`, added into `dst`
+/// for the columns that exist.
+fn tasks(
+    (m, n, k): (usize, usize, usize),
+    rows_per_pass: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    pass_fn: impl Fn(usize, usize, usize, &mut Tile) + Sync,
+) {
+    let out = SendPtr(dst.as_mut_ptr());
     let task = |j0: usize| {
         let mut tile = [[0f32; WIDTH]; ROWS_512];
         for p in j0 / WIDTH..(j0 / WIDTH + PANELS_PER_TASK).min(n.div_ceil(WIDTH)) {
-            let panel = &w[p * k * WIDTH..(p + 1) * k * WIDTH];
             let cols = (n - p * WIDTH).min(WIDTH);
             let mut i = 0;
             while i < m {
                 let rows = (m - i).min(rows_per_pass);
-                pass(level, &x[i * k..(i + rows) * k], panel, k, rows, &mut tile);
+                pass_fn(p, i, rows, &mut tile);
                 for (r, sums) in tile[..rows].iter().enumerate() {
                     for (c, s) in sums[..cols].iter().enumerate() {
                         // SAFETY: (i + r, p * WIDTH + c) lies in the
@@ -204,7 +306,17 @@ fn product<W: WeightElem>(
             }
         }
     };
-    super::column_tasks(n, PANELS_PER_TASK * WIDTH, m * n * k, task);
+    let count = n.div_ceil(PANELS_PER_TASK * WIDTH);
+    let flops = m * n * k;
+    // The team, whose helpers spin between a query's products; rayon when
+    // another caller holds it.
+    if count > 1
+        && flops > 1 << 16
+        && super::team::run(count, &|t| task(t * PANELS_PER_TASK * WIDTH))
+    {
+        return;
+    }
+    super::column_tasks(n, PANELS_PER_TASK * WIDTH, flops, task);
 }
 
 fn pass_rows(level: Level) -> usize {
@@ -235,6 +347,34 @@ fn interleave(x: &[f32], m: usize, k: usize, rows: usize) -> Vec<f32> {
     out
 }
 
+/// [`interleave`] for the pair kernel: each element a pair of depths
+/// `(2q, 2q + 1)` rounded to bf16 (the low half the even depth, a zero
+/// past an odd `k`), `[q][r]` within a pass.
+fn interleave_pairs(x: &[f32], m: usize, k: usize, rows: usize) -> Vec<u32> {
+    let depth = k.div_ceil(2);
+    let mut out = vec![0u32; m * depth];
+    for (chunk, dst) in x.chunks(rows * k).zip(out.chunks_mut(rows * depth)) {
+        let r_n = chunk.len() / k;
+        for (r, row) in chunk.chunks_exact(k).enumerate() {
+            for (q, two) in row.chunks(2).enumerate() {
+                dst[q * r_n + r] = pair(two[0], two.get(1).copied().unwrap_or(0.0));
+            }
+        }
+    }
+    out
+}
+
+/// Two values rounded to bf16 (to nearest, ties to even) in one 32-bit
+/// element, `lo` in the low half: the order `vdpbf16ps` pairs them in.
+fn pair(lo: f32, hi: f32) -> u32 {
+    u32::from(bf16::from_f32(lo).to_bits()) | u32::from(bf16::from_f32(hi).to_bits()) << 16
+}
+
+/// The two bf16 of a [`pair`], widened.
+fn unpair(v: u32) -> (f32, f32) {
+    (f32::from_bits(v << 16), f32::from_bits(v & 0xffff_0000))
+}
+
 /// `tile[r][c] = Σ_kk x[kk, r] · panel[kk, c]` for `rows` input rows
 /// interleaved along `k` ([`interleave`]).
 fn pass<W: WeightElem>(
@@ -243,7 +383,7 @@ fn pass<W: WeightElem>(
     panel: &[W],
     k: usize,
     rows: usize,
-    tile: &mut [[f32; WIDTH]; ROWS_512],
+    tile: &mut Tile,
 ) {
     assert!(x.len() >= rows * k && panel.len() >= k * WIDTH && rows <= pass_rows(level));
     #[cfg(target_arch = "x86_64")]
@@ -279,6 +419,38 @@ fn pass<W: WeightElem>(
     }
 }
 
+/// `tile[r][c] = Σ_q x[q, r] · panel[q, c]` over bf16 pairs, for `rows`
+/// input rows interleaved by [`interleave_pairs`]; `vdpbf16ps` at
+/// `Level::Avx512Bf16`, plain Rust on the same rounded values elsewhere.
+fn pass_pairs(level: Level, x: &[u32], panel: &[u32], depth: usize, rows: usize, tile: &mut Tile) {
+    assert!(x.len() >= rows * depth && panel.len() >= depth * WIDTH && rows <= ROWS_512);
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx512Bf16 {
+        macro_rules! dispatch {
+            ($($r:literal)*) => {
+                match rows {
+                    $($r => pass_avx512_pairs::<$r>(x, panel, depth, tile),)*
+                    _ => unreachable!("rows checked above"),
+                }
+            };
+        }
+        // SAFETY: `matmul_at` asserted the CPU runs `level`; the assert
+        // above bounds every element the kernel reads.
+        return unsafe { dispatch!(1 2 3 4 5 6 7 8 9 10 11 12) };
+    }
+    let _ = level;
+    for (r, sums) in tile[..rows].iter_mut().enumerate() {
+        *sums = [0.0; WIDTH];
+        for q in 0..depth {
+            let (x0, x1) = unpair(x[q * rows + r]);
+            for (s, &wv) in sums.iter_mut().zip(&panel[q * WIDTH..(q + 1) * WIDTH]) {
+                let (w0, w1) = unpair(wv);
+                *s += x0 * w0 + x1 * w1;
+            }
+        }
+    }
+}
+
 /// How far ahead (in panel rows) the kernels prefetch: the hardware
 /// prefetcher follows the sequential stream too, this covers its start-up.
 #[cfg(target_arch = "x86_64")]
@@ -296,7 +468,7 @@ unsafe fn pass_avx512<W: WeightElem, const R: usize>(
     x: &[f32],
     panel: &[W],
     k: usize,
-    tile: &mut [[f32; WIDTH]; ROWS_512],
+    tile: &mut Tile,
 ) {
     use std::arch::x86_64::*;
     unsafe {
@@ -334,7 +506,7 @@ unsafe fn pass_avx2<W: WeightElem, const R: usize>(
     x: &[f32],
     panel: &[W],
     k: usize,
-    tile: &mut [[f32; WIDTH]; ROWS_512],
+    tile: &mut Tile,
 ) {
     use std::arch::x86_64::*;
     unsafe {
@@ -361,9 +533,50 @@ unsafe fn pass_avx2<W: WeightElem, const R: usize>(
     }
 }
 
+/// [`pass_avx512`] over bf16 pairs: per panel row (two depths), two
+/// weight vectors and one `vdpbf16ps` per row and vector.
+///
+/// # Safety
+/// AVX-512 F and BF16; `x` holds `R` rows of `depth` pairs interleaved,
+/// `panel` holds `depth * WIDTH` pairs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pass_avx512_pairs<const R: usize>(
+    x: &[u32],
+    panel: &[u32],
+    depth: usize,
+    tile: &mut Tile,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: as the caller guarantees; the transmutes reinterpret 512
+    // bits as 32 bf16 (the same size).
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let (xp, wp) = (x.as_ptr(), panel.as_ptr());
+        for q in 0..depth {
+            let row = wp.add(q * WIDTH);
+            let ahead = row.wrapping_add(AHEAD * WIDTH).cast::<i8>();
+            _mm_prefetch::<_MM_HINT_T0>(ahead);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+            let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(row.cast()));
+            let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(row.add(16).cast()));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(*xp.add(q * R + r) as i32));
+                a[0] = _mm512_dpbf16_ps(a[0], b, w0);
+                a[1] = _mm512_dpbf16_ps(a[1], b, w1);
+            }
+        }
+        for (t, a) in tile.iter_mut().zip(&acc) {
+            _mm512_storeu_ps(t.as_mut_ptr(), a[0]);
+            _mm512_storeu_ps(t.as_mut_ptr().add(16), a[1]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
 
     /// `x wᵀ` in f64, row-major `w`.
     fn reference(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
@@ -385,6 +598,10 @@ mod tests {
             .collect()
     }
 
+    fn round_bf16(v: &[f32]) -> Vec<f32> {
+        v.iter().map(|&a| bf16::from_f32(a).to_f32()).collect()
+    }
+
     #[test]
     fn panels_round_trip_to_the_same_rows() -> candle_core::Result<()> {
         for (n, k) in [(1, 1), (31, 5), (32, 7), (33, 3), (70, 19)] {
@@ -393,26 +610,22 @@ mod tests {
             let p = PanelWeight::from_tensor(&t).expect("cpu f32");
             assert_eq!(p.dims(), (n, k));
             assert_eq!(p.to_tensor()?.flatten_all()?.to_vec1::<f32>()?, w);
-            let h = t.to_dtype(candle_core::DType::BF16)?;
-            let back = PanelWeight::from_tensor(&h)
-                .expect("cpu bf16")
-                .to_tensor()?;
-            assert_eq!(back.dtype(), candle_core::DType::BF16);
-            assert_eq!(
-                back.to_dtype(candle_core::DType::F32)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?,
-                h.to_dtype(candle_core::DType::F32)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?
-            );
+            let h = t.to_dtype(DType::BF16)?;
+            let want = h.flatten_all()?.to_vec1::<bf16>()?;
+            for level in [Level::Avx512, Level::Avx512Bf16] {
+                let back = PanelWeight::from_tensor_for(&h, level).expect("cpu bf16");
+                let back = back.to_tensor()?;
+                assert_eq!(back.dtype(), DType::BF16);
+                assert_eq!(back.flatten_all()?.to_vec1::<bf16>()?, want, "{level:?}");
+            }
         }
         Ok(())
     }
 
     /// Every level the machine has, every row count a pass may hold (and
-    /// several passes), widths off the panel size, with and without
-    /// accumulation into a strided destination.
+    /// several passes), widths off the panel size, odd depths, with and
+    /// without accumulation into a strided destination; each weight type,
+    /// and bf16 pairs (whose input is rounded to bf16 too).
     #[test]
     fn panel_product_matches_the_reference_at_every_level() -> candle_core::Result<()> {
         let levels: Vec<Level> = Level::ALL.into_iter().filter(|l| l.supported()).collect();
@@ -426,49 +639,59 @@ mod tests {
         ] {
             let x = values(m * k, m);
             let w = values(n * k, n);
-            let want = reference(&x, &w, m, k, n);
-            for dtype in [
-                candle_core::DType::F32,
-                candle_core::DType::BF16,
-                candle_core::DType::F16,
-            ] {
+            for dtype in [DType::F32, DType::BF16, DType::F16] {
                 let t = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu)?.to_dtype(dtype)?;
                 // Half weights are compared against their own rounded values.
-                let rounded = t
-                    .to_dtype(candle_core::DType::F32)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
-                let want = if dtype == candle_core::DType::F32 {
-                    want.clone()
-                } else {
-                    reference(&x, &rounded, m, k, n)
-                };
-                let p = PanelWeight::from_tensor(&t).expect("cpu weight");
-                for &level in &levels {
-                    let rs = n + 3;
-                    let mut dst = vec![1f32; m * rs];
-                    p.matmul_at(level, &x, m, &mut dst, rs, true);
-                    for i in 0..m {
-                        for j in 0..n {
-                            let (got, want) = (dst[i * rs + j], want[i * n + j] + 1.0);
-                            assert!(
-                                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                                "{level:?} {dtype:?} m{m} k{k} n{n} ({i}, {j}): {got} vs {want}"
-                            );
-                        }
-                        assert_eq!(&dst[i * rs + n..i * rs + rs], &[1.0; 3], "padding touched");
-                    }
-                    let mut plain = vec![5f32; m * n];
-                    p.matmul_at(level, &x, m, &mut plain, n, false);
-                    assert!(
-                        plain
-                            .iter()
-                            .zip(&want)
-                            .all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs()))
-                    );
-                }
+                let rounded = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let want = reference(&x, &rounded, m, k, n);
+                let p = PanelWeight::from_tensor_for(&t, Level::Avx512).expect("cpu weight");
+                check(&p, &levels, &x, &want, (m, n), &format!("{dtype:?}"));
             }
+            let t = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu)?.to_dtype(DType::BF16)?;
+            let p = PanelWeight::from_tensor_for(&t, Level::Avx512Bf16).expect("cpu weight");
+            assert!(matches!(p.data, PanelData::Bf16Pairs(_)));
+            let want = reference(&round_bf16(&x), &round_bf16(&w), m, k, n);
+            check(&p, &levels, &x, &want, (m, n), "bf16 pairs");
         }
         Ok(())
+    }
+
+    /// `p`'s product at each of `levels` against `want`, accumulated onto
+    /// ones in a destination with 3 spare columns per row (left alone),
+    /// then written over a plain one.
+    fn check(
+        p: &PanelWeight,
+        levels: &[Level],
+        x: &[f32],
+        want: &[f32],
+        (m, n): (usize, usize),
+        what: &str,
+    ) {
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * (1.0 + b.abs());
+        for &level in levels {
+            let rs = n + 3;
+            let mut dst = vec![1f32; m * rs];
+            p.matmul_at(level, x, m, &mut dst, rs, true);
+            for i in 0..m {
+                for j in 0..n {
+                    let (got, want) = (dst[i * rs + j], want[i * n + j] + 1.0);
+                    assert!(
+                        close(got, want),
+                        "{level:?} {what} m{m} n{n} ({i}, {j}): {got} vs {want}"
+                    );
+                }
+                assert_eq!(
+                    &dst[i * rs + n..i * rs + rs],
+                    &[1.0; 3],
+                    "spare columns touched"
+                );
+            }
+            let mut plain = vec![5f32; m * n];
+            p.matmul_at(level, x, m, &mut plain, n, false);
+            assert!(
+                plain.iter().zip(want).all(|(&a, &b)| close(a, b)),
+                "{level:?} {what}: written"
+            );
+        }
     }
 }
