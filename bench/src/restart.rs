@@ -235,6 +235,9 @@ impl Daemon {
             .arg(&addr)
             .arg("--device")
             .arg(&cfg.device)
+            // The daemon's model in the type the bench's own runs use.
+            .arg("--dtype")
+            .arg(&cfg.dtype)
             .env("RUST_LOG", "info,hnsw_rs=warn,sled=warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

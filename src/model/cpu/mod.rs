@@ -153,16 +153,8 @@ fn matmul_wt_at<W: WeightElem>(
     dst_rs: usize,
     accumulate: bool,
 ) {
-    assert!(x.len() >= m * k && w.len() >= n * k, "matmul_wt operands");
-    assert!(
-        m == 0 || dst.len() >= (m - 1) * dst_rs + n,
-        "matmul_wt destination"
-    );
-    assert!(
-        level.supported(),
-        "matmul_wt: this CPU cannot run {level:?}"
-    );
-    if m == 0 || n == 0 {
+    assert!(w.len() >= n * k, "matmul_wt weight");
+    if !checked_product("matmul_wt", level, x.len(), (m, k, n), dst.len(), dst_rs) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
@@ -176,6 +168,26 @@ fn matmul_wt_at<W: WeightElem>(
     let mut scratch = Vec::new();
     let w = weight::widened(&w[..n * k], &mut scratch);
     gemm_wt(x, w, (m, k, n), dst, dst_rs, accumulate)
+}
+
+/// The checks before a product's kernels run, so no caller reaches the
+/// unsafe code with a short slice or an unsupported level (panics name
+/// `what`); `false` when there is nothing to compute.
+fn checked_product(
+    what: &str,
+    level: Level,
+    x_len: usize,
+    (m, k, n): (usize, usize, usize),
+    dst_len: usize,
+    dst_rs: usize,
+) -> bool {
+    assert!(x_len >= m * k, "{what}: input shorter than {m} × {k}");
+    assert!(
+        m == 0 || dst_len >= (m - 1) * dst_rs + n,
+        "{what}: destination shorter than {m} rows of {n}, {dst_rs} apart"
+    );
+    assert!(level.supported(), "{what}: this CPU cannot run {level:?}");
+    m > 0 && n > 0
 }
 
 /// [`matmul_wt`] through `gemm`, for CPUs without AVX2 + FMA; the caller has
@@ -484,6 +496,34 @@ fn softmax_in_place(row: &mut [f32]) {
     }
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// What the kernels' tests compare with, shared by `packed` and `panels`.
+#[cfg(test)]
+mod testing {
+    /// Σ in f64, the order-free answer both kernels are compared with.
+    pub fn reference(x: &[f32], w: &[f32], (m, k, n): (usize, usize, usize)) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k)
+                    .map(|t| f64::from(x[i * k + t]) * f64::from(w[j * k + t]))
+                    .sum();
+                out[i * n + j] = s as f32;
+            }
+        }
+        out
+    }
+
+    /// Deterministic values in [-1, 1) that differ from element to element.
+    pub fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len as u32)
+            .map(|i| {
+                let h = (i ^ seed).wrapping_mul(0x9E37_79B9).rotate_left(13);
+                (h % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -660,31 +660,8 @@ unsafe fn store_avx512(acc: &[[std::arch::x86_64::__m512; 2]; AVX512_MR], c: *mu
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{reference, values};
     use super::*;
-
-    /// Σ in f64, the order-free answer both kernels are compared with.
-    fn reference(x: &[f32], w: &[f32], (m, k, n): (usize, usize, usize)) -> Vec<f32> {
-        let mut out = vec![0f32; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                let s: f64 = (0..k)
-                    .map(|t| f64::from(x[i * k + t]) * f64::from(w[j * k + t]))
-                    .sum();
-                out[i * n + j] = s as f32;
-            }
-        }
-        out
-    }
-
-    /// Deterministic values in [-1, 1) that differ from element to element.
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len as u32)
-            .map(|i| {
-                let h = (i ^ seed).wrapping_mul(0x9E37_79B9).rotate_left(13);
-                (h % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
 
     /// The levels with a packed kernel that this CPU runs. Fails rather
     /// than passing untested: without AVX2 the dispatcher never calls a

@@ -135,16 +135,12 @@ impl PanelWeight {
         accumulate: bool,
     ) {
         let (n, k) = (self.n, self.k);
-        assert!(x.len() >= m * k, "panel matmul input");
+        // Columns of one row must not overlap the next row's.
         assert!(
-            m == 0 || (dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n),
-            "panel matmul destination"
+            m <= 1 || dst_rs >= n,
+            "panel matmul: rows {dst_rs} apart, {n} wide"
         );
-        assert!(
-            level.supported(),
-            "panel matmul: this CPU cannot run {level:?}"
-        );
-        if m == 0 || n == 0 {
+        if !super::checked_product("panel matmul", level, x.len(), (m, k, n), dst.len(), dst_rs) {
             return;
         }
         match &self.data {
@@ -575,28 +571,9 @@ unsafe fn pass_avx512_pairs<const R: usize>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{reference, values};
     use super::*;
     use candle_core::DType;
-
-    /// `x wᵀ` in f64, row-major `w`.
-    fn reference(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-        let mut out = vec![0f32; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                let s: f64 = (0..k)
-                    .map(|kk| f64::from(x[i * k + kk]) * f64::from(w[j * k + kk]))
-                    .sum();
-                out[i * n + j] = s as f32;
-            }
-        }
-        out
-    }
-
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0) * 0.5)
-            .collect()
-    }
 
     fn round_bf16(v: &[f32]) -> Vec<f32> {
         v.iter().map(|&a| bf16::from_f32(a).to_f32()).collect()
@@ -605,7 +582,7 @@ mod tests {
     #[test]
     fn panels_round_trip_to_the_same_rows() -> candle_core::Result<()> {
         for (n, k) in [(1, 1), (31, 5), (32, 7), (33, 3), (70, 19)] {
-            let w = values(n * k, n + k);
+            let w = values(n * k, (n + k) as u32);
             let t = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu)?;
             let p = PanelWeight::from_tensor(&t).expect("cpu f32");
             assert_eq!(p.dims(), (n, k));
@@ -637,20 +614,20 @@ mod tests {
             (25, 17, 31),
             (7, 5, 130),
         ] {
-            let x = values(m * k, m);
-            let w = values(n * k, n);
+            let x = values(m * k, m as u32);
+            let w = values(n * k, n as u32);
             for dtype in [DType::F32, DType::BF16, DType::F16] {
                 let t = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu)?.to_dtype(dtype)?;
                 // Half weights are compared against their own rounded values.
                 let rounded = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                let want = reference(&x, &rounded, m, k, n);
+                let want = reference(&x, &rounded, (m, k, n));
                 let p = PanelWeight::from_tensor_for(&t, Level::Avx512).expect("cpu weight");
                 check(&p, &levels, &x, &want, (m, n), &format!("{dtype:?}"));
             }
             let t = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu)?.to_dtype(DType::BF16)?;
             let p = PanelWeight::from_tensor_for(&t, Level::Avx512Bf16).expect("cpu weight");
             assert!(matches!(p.data, PanelData::Bf16Pairs(_)));
-            let want = reference(&round_bf16(&x), &round_bf16(&w), m, k, n);
+            let want = reference(&round_bf16(&x), &round_bf16(&w), (m, k, n));
             check(&p, &levels, &x, &want, (m, n), "bf16 pairs");
         }
         Ok(())
