@@ -21,9 +21,9 @@ pub enum Level {
     /// Sapphire Rapids, Zen 4 on).
     Avx512,
     /// AVX-512 plus BF16 (`vdpbf16ps`: Cooper Lake, Sapphire Rapids, Zen 4
-    /// on). Changes only what bf16 weights (`--dtype bf16`) do in
-    /// many-row dense layers: their inputs are rounded to bf16 too, and
-    /// each instruction takes two depths.
+    /// on). Changes only what bf16 weights (`--dtype bf16`) do in dense
+    /// layers (a photo batch's, and the text tower's): their inputs are
+    /// rounded to bf16 too, and each instruction takes two depths.
     Avx512Bf16,
 }
 

@@ -99,8 +99,9 @@ impl DualEncoder {
     ) -> Result<Self> {
         // On the CPU a half type applies to the dense weights only; the
         // activations stay f32 (`HalfWeights`), except that on CPUs with
-        // AVX-512 BF16 a batch's bf16 dense layers round their input too
-        // (`model::cpu::packed`).
+        // AVX-512 BF16 bf16 dense layers round their input too, to multiply
+        // bf16 pairs (`model::cpu::packed` for a batch, `panels` for the
+        // text tower).
         Self::build_as(config, source, device, dtype, !device.is_cpu())
     }
 
@@ -118,11 +119,6 @@ impl DualEncoder {
         let activations = if uniform { dtype } else { DType::F32 };
         let vb = VarBuilder::from_backend(Box::new(source), activations, device.clone());
         let vision = VisionTower::new(&config.vision, vb.pp("vision_model"))?;
-        // The text tower serves queries of a few tokens: on the CPU its
-        // dense weights are laid out for that product (`PanelWeights`).
-        // The vision tower's batches keep rows for the packed kernel.
-        let panels = (!uniform && device.is_cpu()).then(|| PanelWeights::enter(weights.clone()));
-        let text = TextTower::new(&config.text, vb.pp("text_model"))?;
         let p = config.projection_dim;
         let visual_projection = linear(
             config.vision.hidden_size(),
@@ -131,6 +127,12 @@ impl DualEncoder {
             config.vision.initializer_range(),
             vb.pp("visual_projection"),
         )?;
+        // The text tower serves queries of a few tokens: on the CPU its
+        // dense weights (and its projection's) are laid out for that
+        // product (`PanelWeights`). The image side's batches keep rows for
+        // the packed kernel.
+        let panels = (!uniform && device.is_cpu()).then(|| PanelWeights::enter(weights.clone()));
+        let text = TextTower::new(&config.text, vb.pp("text_model"))?;
         let text_projection = linear(
             config.text.hidden_size(),
             p,
