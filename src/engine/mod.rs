@@ -17,7 +17,7 @@ use std::time::Instant;
 use crate::encoder::Encoder;
 use crate::index::{IndexParams, VectorIndex};
 use crate::store::pg::off_runtime;
-use crate::store::{ContentHash, SegmentError, Space, Store, StoreError};
+use crate::store::{Commit, CommitOutcome, ContentHash, SegmentError, Space, Store, StoreError};
 
 /// Why an engine could not be opened, checkpointed or searched.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +61,7 @@ pub struct Engine {
     /// Ids [`Engine::has_intact_vector`] has read back intact since the start.
     verified: verified::Verified,
     /// Written from a commit until its vectors are in the index
-    /// ([`Engine::commit_visible`]), read while indexed files are counted for
+    /// ([`Engine::commit`]), read while indexed files are counted for
     /// a client ([`Engine::indexed_file_count`]): a file a client sees
     /// counted is one its search finds.
     visible: RwLock<()>,
@@ -193,12 +193,19 @@ impl Engine {
             .map(|i| i.read().unwrap_or_else(PoisonError::into_inner).clone())
     }
 
-    /// Runs `commit` (a store commit and its [`Engine::apply`]) so that no
-    /// count of indexed files sees the commit before its vectors are
-    /// searchable.
-    pub fn commit_visible<T>(&self, commit: impl FnOnce() -> T) -> T {
+    /// Commits `items` to the store and brings the index in line with it
+    /// ([`Engine::apply`]), both before any count of indexed files sees the
+    /// commit: a file a client sees counted is one its search finds.
+    pub fn commit(&self, items: &[Commit]) -> Result<CommitOutcome, StoreError> {
         let _gate = self.visible.write().unwrap_or_else(PoisonError::into_inner);
-        commit()
+        let outcome = self.store.commit(&self.space, items)?;
+        let inserted: Vec<(u64, &[f32])> = outcome
+            .inserted
+            .iter()
+            .map(|(id, v)| (*id, v.as_slice()))
+            .collect();
+        self.apply(&inserted, outcome.orphaned_in(self.space.fingerprint()));
+        Ok(outcome)
     }
 
     /// Files indexed, as clients are told: never one whose commit's vectors

@@ -793,19 +793,7 @@ fn flush_batch(
         .filter(|c| matches!(c.embedding, Embedding::New(_)))
         .count() as u64;
     let reused = commits.len() as u64 - new;
-    let result = engine.commit_visible(|| {
-        let result = engine.store.commit(&engine.space, &commits);
-        if let Ok(outcome) = &result {
-            let inserted: Vec<(u64, &[f32])> = outcome
-                .inserted
-                .iter()
-                .map(|(id, v)| (*id, v.as_slice()))
-                .collect();
-            engine.apply(&inserted, outcome.orphaned_in(engine.space.fingerprint()));
-        }
-        result
-    });
-    let ok = match result {
+    let ok = match engine.commit(&commits) {
         Ok(_) => {
             counters.resume(PauseKind::DiskFull);
             counters.embedded.fetch_add(new, Ordering::Relaxed);

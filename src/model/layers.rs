@@ -220,25 +220,20 @@ impl Module for Activation {
 /// everywhere else.
 #[derive(Debug, Clone)]
 pub struct Dense {
-    weight: DenseWeight,
+    /// `[n, k]` rows (a tensor, on any device), or panels for the
+    /// few-rows product on the CPU ([`PanelWeights`]): the same value the
+    /// model's record holds under the weight's name.
+    weight: Held,
     bias: Option<Tensor>,
     /// Dropout on the output in training mode (`hidden_dropout_prob` on the
     /// layers that have it in transformers, 0 elsewhere).
     dropout: f32,
 }
 
-/// A dense layer's weight: `[n, k]` rows (a tensor, on any device), or
-/// panels for the few-rows product on the CPU ([`PanelWeights`]).
-#[derive(Debug, Clone)]
-enum DenseWeight {
-    Rows(Tensor),
-    Panels(Arc<PanelWeight>),
-}
-
 impl Dense {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self {
-            weight: DenseWeight::Rows(weight),
+            weight: Held::Tensor(weight),
             bias,
             dropout: 0.0,
         }
@@ -246,7 +241,7 @@ impl Dense {
 
     fn with_panels(weight: Arc<PanelWeight>, bias: Option<Tensor>) -> Self {
         Self {
-            weight: DenseWeight::Panels(weight),
+            weight: Held::Panels(weight),
             bias,
             dropout: 0.0,
         }
@@ -278,16 +273,13 @@ impl Dense {
     /// The weight as `[n, k]` rows (a copy out of panels: off the fast
     /// path only).
     pub fn weight(&self) -> Result<Tensor> {
-        match &self.weight {
-            DenseWeight::Rows(w) => Ok(w.clone()),
-            DenseWeight::Panels(p) => p.to_tensor(),
-        }
+        self.weight.tensor()
     }
 
     fn out_dim(&self) -> usize {
         match &self.weight {
-            DenseWeight::Rows(w) => w.dims()[0],
-            DenseWeight::Panels(p) => p.dims().0,
+            Held::Tensor(w) => w.dims()[0],
+            Held::Panels(p) => p.dims().0,
         }
     }
 
@@ -296,8 +288,8 @@ impl Dense {
         !training()
             && plain_f32(xs)
             && match &self.weight {
-                DenseWeight::Rows(w) => plain_weight(w),
-                DenseWeight::Panels(_) => true,
+                Held::Tensor(w) => plain_weight(w),
+                Held::Panels(_) => true,
             }
             && self.bias.as_ref().is_none_or(plain_f32)
     }
@@ -314,10 +306,10 @@ impl Dense {
     /// `dst` ([`cpu::start_rows`]). Fast path only.
     fn product(&self, x: &[f32], m: usize, dst: &mut [f32], dst_rs: usize) {
         match &self.weight {
-            DenseWeight::Rows(w) => {
+            Held::Tensor(w) => {
                 cpu::matmul_weight(x, m, w, dst, dst_rs, true).expect("checked by Dense::fast")
             }
-            DenseWeight::Panels(p) => p.matmul(x, m, dst, dst_rs, true),
+            Held::Panels(p) => p.matmul(x, m, dst, dst_rs, true),
         }
     }
 
@@ -721,7 +713,7 @@ mod tests {
             let _guard = PanelWeights::enter(recorded.clone());
             linear(k, n, true, 0.02, vb.pp("l"))?
         };
-        let DenseWeight::Panels(held) = &panels.weight else {
+        let Held::Panels(held) = &panels.weight else {
             panic!("built under PanelWeights, the layer holds rows");
         };
         match recorded.lock().expect("weights lock").get("l.weight") {
@@ -731,7 +723,7 @@ mod tests {
         // Outside the guard, rows again.
         assert!(matches!(
             linear(k, n, true, 0.02, vb.pp("l"))?.weight,
-            DenseWeight::Rows(_)
+            Held::Tensor(_)
         ));
         assert_eq!(panels.weight()?.to_vec2::<f32>()?, w.to_vec2::<f32>()?);
         let rows = Dense::new(w, Some(b));

@@ -100,7 +100,7 @@ fn parallelism(flops: usize) -> Parallelism {
     let threads = rayon::current_num_threads();
     // gemm has its own threshold too; this one keeps a 1-row query from
     // waking the pool for a few microseconds of work.
-    if threads > 1 && flops > 1 << 16 {
+    if worth_splitting(threads, flops) {
         Parallelism::Rayon(threads)
     } else {
         Parallelism::None
@@ -227,12 +227,18 @@ fn gemm_wt(
     }
 }
 
+/// Whether `parts` parts of `flops` multiply-adds in all are worth waking
+/// other threads for: below 2^16 the wake-up costs more than the work.
+fn worth_splitting(parts: usize, flops: usize) -> bool {
+    parts > 1 && flops > 1 << 16
+}
+
 /// Runs `task(j0)` for each block of `width` output columns out of `n`, on
 /// the rayon pool when there is more than one block and `flops` is worth
 /// waking it for.
 fn column_tasks(n: usize, width: usize, flops: usize, task: impl Fn(usize) + Send + Sync) {
     let starts: Vec<usize> = (0..n).step_by(width).collect();
-    if starts.len() > 1 && flops > 1 << 16 {
+    if worth_splitting(starts.len(), flops) {
         starts.into_par_iter().for_each(task);
     } else {
         starts.into_iter().for_each(task);

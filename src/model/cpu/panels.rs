@@ -315,8 +315,7 @@ fn tasks(
     let flops = m * n * k;
     // The team, whose helpers spin between a query's products; rayon when
     // another caller holds it.
-    if count > 1
-        && flops > 1 << 16
+    if super::worth_splitting(count, flops)
         && super::team::run(count, &|t| task(t * PANELS_PER_TASK * WIDTH))
     {
         return;

@@ -11,6 +11,7 @@
 //! spinning pool does). One caller at a time: another one meanwhile (two
 //! queries at once) goes through rayon.
 
+use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
@@ -37,7 +38,8 @@ struct Team {
     next: AtomicUsize,
     /// Helpers of the current job that are done with it.
     left: AtomicUsize,
-    panicked: AtomicBool,
+    /// A helper's panic in the current job, raised again by the caller.
+    panicked: Mutex<Option<Box<dyn Any + Send>>>,
     /// The job's closure, lifetime erased: valid from the job's start until
     /// every helper that joined has left (the caller waits for that).
     func: Mutex<Option<&'static Task<'static>>>,
@@ -57,7 +59,7 @@ fn team() -> &'static Team {
             tasks: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
             left: AtomicUsize::new(0),
-            panicked: AtomicBool::new(false),
+            panicked: Mutex::new(None),
             func: Mutex::new(None),
             sleeping: AtomicUsize::new(0),
             parked: Mutex::new(()),
@@ -107,15 +109,17 @@ pub fn run(tasks: usize, task: &Task<'_>) -> bool {
         std::hint::spin_loop();
     }
     *team.func.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    let helper_panicked = team.panicked.swap(false, Ordering::Relaxed);
+    let helper_panic = team
+        .panicked
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
     team.busy.store(false, Ordering::Release);
-    if let Err(panic) = mine {
+    // The task's own panic (its message and location) reaches the caller,
+    // whichever thread ran it.
+    if let Some(panic) = mine.err().or(helper_panic) {
         std::panic::resume_unwind(panic);
     }
-    assert!(
-        !helper_panicked,
-        "a text-query product panicked on a helper thread"
-    );
     true
 }
 
@@ -160,9 +164,9 @@ impl Team {
             }
             let func = *self.func.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(func) = func
-                && catch_unwind(AssertUnwindSafe(|| self.take(func))).is_err()
+                && let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.take(func)))
             {
-                self.panicked.store(true, Ordering::Relaxed);
+                *self.panicked.lock().unwrap_or_else(|e| e.into_inner()) = Some(panic);
             }
             self.left.fetch_add(1, Ordering::Release);
         }
@@ -257,7 +261,10 @@ mod tests {
             let task = |i: usize| assert!(i != 5, "task five fails");
             while !run(16, &task) {}
         });
-        assert!(outcome.is_err());
+        let panic = outcome.expect_err("the task's panic reaches the caller");
+        let message = (panic.downcast_ref::<&str>().copied())
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str));
+        assert_eq!(message, Some("task five fails"), "the task's own message");
         let hits = AtomicUsize::new(0);
         let task = |_| {
             hits.fetch_add(1, Ordering::Relaxed);
