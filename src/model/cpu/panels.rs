@@ -103,16 +103,6 @@ impl PanelWeight {
         }
     }
 
-    /// Bytes the panels hold.
-    pub fn bytes(&self) -> usize {
-        match &self.data {
-            PanelData::F32(d) => std::mem::size_of_val(d.as_slice()),
-            PanelData::Bf16(d) => std::mem::size_of_val(d.as_slice()),
-            PanelData::F16(d) => std::mem::size_of_val(d.as_slice()),
-            PanelData::Bf16Pairs(d) => std::mem::size_of_val(d.as_slice()),
-        }
-    }
-
     /// `dst[i, j] (+)= Σ_k x[i, k] · w[j, k]` for `x: [m, k]`, `dst` rows
     /// `dst_rs` apart, as `super::matmul_wt` documents.
     ///
