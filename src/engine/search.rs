@@ -67,8 +67,8 @@ pub trait VectorSource: Sync {
     type Key: Send;
     /// One hit: every item holding a vector is a hit of its own.
     type Item: Ord + Clone + Send;
-    /// The f32 vector of `id` and its key; `None` if it was deleted since
-    /// the index answered.
+    /// The f32 vector of `id` and its key; `None`, or a key without items,
+    /// if it was deleted since the index answered.
     fn vector(&self, id: u64) -> Result<Option<Exact<'_, Self::Key>>>;
     /// The items that hold `key`'s vector.
     fn items(&self, key: &Self::Key) -> Result<Vec<Self::Item>>;
@@ -104,6 +104,25 @@ where
     C: Candidates + ?Sized,
     S: VectorSource,
 {
+    search_leading(index, source, query, query.limit)
+}
+
+/// The leading `need` (≤ `query.limit`) items of [`search`]'s answer, the
+/// same items in the same order, with the items of only as many candidates
+/// looked up as those need: a first page of 10 cut from a block of
+/// [`PAGE_BLOCK`] reads the paths of ~10 candidates, not of 100 (each a store
+/// read). Returns at least `need` items where `search` has them, and may
+/// return more.
+fn search_leading<C, S>(
+    index: &C,
+    source: &S,
+    query: &Query<'_, S::Item>,
+    need: usize,
+) -> Result<Vec<(S::Item, f32)>>
+where
+    C: Candidates + ?Sized,
+    S: VectorSource,
+{
     let limit = query.limit;
     let live = index.live();
     if limit == 0 || live == 0 {
@@ -118,26 +137,35 @@ where
     loop {
         let found = index.candidates(query.vector, fetch)?;
         let exhausted = found.len() < fetch || fetch >= live;
+        let scored = rescored(source, query.vector, &found)?;
+        // Unfiltered, every live candidate holds at least one item (a vector
+        // leaves the store with its last path), so `limit` candidates fill
+        // the search without looking: only the leading `need` are looked up.
+        let fills = query.accept.is_none() && scored.len() >= limit;
+        let cut = if fills { need.clamp(1, limit) } else { limit };
         let mut hits: Vec<(S::Item, f32)> = Vec::new();
+        // A vector deleted as the index answered may read back beside its
+        // content's new one (the same content added again): one hit each.
+        let mut seen = std::collections::BTreeSet::new();
         let mut below_min = false;
-        for (key, score) in rescored(source, query.vector, &found)? {
+        for (key, score) in scored {
             if query.min_score.is_some_and(|m| score < m) {
                 below_min = true;
                 break;
             }
-            // Candidates come best first: once `limit` hits are in, one
-            // scoring below the limit-th cannot enter (a tie still can, by
+            // Candidates come best first: once `cut` hits are in, one
+            // scoring below the cut-th cannot enter (a tie still can, by
             // item order), so the rest need no item lookups.
-            if hits.len() >= limit && score < hits[limit - 1].1 {
+            if hits.len() >= cut && score < hits[cut - 1].1 {
                 break;
             }
             for item in source.items(&key)? {
-                if query.accept.is_none_or(|accept| accept(&item)) {
+                if query.accept.is_none_or(|accept| accept(&item)) && seen.insert(item.clone()) {
                     hits.push((item, score));
                 }
             }
         }
-        if hits.len() >= limit || exhausted || below_min {
+        if fills || hits.len() >= limit || exhausted || below_min {
             hits.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             hits.truncate(limit);
             return Ok(hits);
@@ -179,14 +207,17 @@ where
     let mut seen = std::collections::BTreeSet::new();
     let mut block = PAGE_BLOCK;
     loop {
-        let hits = search(
-            index,
-            source,
-            &Query {
-                limit: block,
-                ..*query
-            },
-        )?;
+        let block_query = Query {
+            limit: block,
+            ..*query
+        };
+        // The first block's leading items are the page's own; a later
+        // block's new items are only known once its whole answer is.
+        let hits = if shown.is_empty() {
+            search_leading(index, source, &block_query, want.min(block))?
+        } else {
+            search(index, source, &block_query)?
+        };
         let exhausted = hits.len() < block;
         for (item, score) in hits {
             if seen.insert(item.clone()) {
@@ -518,5 +549,161 @@ mod tests {
         assert_eq!(hits[0].0.0, hits[1].0.0);
         assert_eq!((hits[0].0.1, hits[1].0.1), (0, 1));
         assert_eq!(hits[0].1, hits[1].1);
+    }
+
+    /// Counts the item lookups of a source.
+    struct Counting<'a, S> {
+        inner: &'a S,
+        items: std::sync::atomic::AtomicUsize,
+    }
+
+    impl<S: VectorSource> VectorSource for Counting<'_, S> {
+        type Key = S::Key;
+        type Item = S::Item;
+        fn vector(&self, id: u64) -> Result<Option<Exact<'_, S::Key>>> {
+            self.inner.vector(id)
+        }
+        fn items(&self, key: &S::Key) -> Result<Vec<S::Item>> {
+            self.items
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.items(key)
+        }
+    }
+
+    /// A first page is cut from a block of 100 but looks up the items of
+    /// only the candidates it shows; a filtered one still looks up what it
+    /// must to know the block.
+    #[test]
+    fn a_first_page_looks_up_only_the_items_it_shows() {
+        let dim = 16;
+        let data = rows(3000, dim);
+        let idx = index_of(&data, dim);
+        let rows = Rows { data: &data, dim };
+        let source = Counting {
+            inner: &rows,
+            items: Default::default(),
+        };
+        let query = Query {
+            vector: &data[7 * dim..8 * dim],
+            limit: 0,
+            min_score: None,
+            accept: None,
+        };
+        let page = search_page(&idx, &source, &query, 0, 10).unwrap();
+        let looked = source.items.swap(0, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(page.len(), 10);
+        assert!(looked <= 11, "{looked} item lookups for a page of 10");
+        let block = search(
+            &idx,
+            &rows,
+            &Query {
+                limit: PAGE_BLOCK,
+                ..query
+            },
+        )
+        .unwrap();
+        assert_eq!(page[..], block[..10]);
+        let odd = |id: &u64| id % 2 == 1;
+        let filtered = Query {
+            accept: Some(&odd),
+            ..query
+        };
+        let page = search_page(&idx, &source, &filtered, 0, 10).unwrap();
+        assert!(page.iter().all(|(id, _)| odd(id)));
+        assert!(source.items.load(std::sync::atomic::Ordering::Relaxed) >= 100);
+    }
+
+    /// The leading items of a search are those of the whole search, in its
+    /// order, for any number of them: with keys of several items and equal
+    /// scores across keys (the same vector stored twice), where the cut
+    /// falls inside a tie.
+    #[test]
+    fn leading_items_are_the_whole_searchs() {
+        /// Key `k` holds items (1000 - k, 0..k % 3 + 1), so a tie's later
+        /// key has the first items; rows 2i and 2i + 1 are equal.
+        struct Tied<'a>(Rows<'a>);
+        impl VectorSource for Tied<'_> {
+            type Key = u64;
+            type Item = (u64, u8);
+            fn vector(&self, id: u64) -> Result<Option<Exact<'_, u64>>> {
+                self.0.vector(id)
+            }
+            fn items(&self, key: &u64) -> Result<Vec<(u64, u8)>> {
+                Ok((0..(key % 3) as u8 + 1).map(|i| (1000 - *key, i)).collect())
+            }
+        }
+        let dim = 16;
+        let half = rows(400, dim);
+        let data: Vec<f32> = half
+            .chunks_exact(dim)
+            .flat_map(|r| r.iter().chain(r).copied())
+            .collect();
+        let idx = index_of(&data, dim);
+        let source = Tied(Rows { data: &data, dim });
+        for row in [0, 9, 301] {
+            let query = Query {
+                vector: &data[row * dim..(row + 1) * dim],
+                limit: PAGE_BLOCK,
+                min_score: None,
+                accept: None,
+            };
+            let whole = search(&idx, &source, &query).unwrap();
+            assert_eq!(whole.len(), PAGE_BLOCK);
+            assert_eq!(whole[0].1, whole[1].1, "a row and its copy tie");
+            for need in [1, 2, 5, 10, 33, PAGE_BLOCK] {
+                let lead = search_leading(&idx, &source, &query, need).unwrap();
+                assert!(lead.len() >= need, "{need}: {}", lead.len());
+                assert_eq!(lead[..need], whole[..need], "row {row}, need {need}");
+            }
+        }
+    }
+
+    /// A vector deleted as the index answered can read back beside its
+    /// content's new vector (the same key under another id): its items are
+    /// hits once in a search, not only in a page (which drops items an
+    /// earlier block showed).
+    #[test]
+    fn a_key_read_back_twice_is_one_hit() {
+        struct Stale<'a>(Rows<'a>);
+        impl VectorSource for Stale<'_> {
+            type Key = u64;
+            type Item = u64;
+            fn vector(&self, id: u64) -> Result<Option<Exact<'_, u64>>> {
+                // Ids 1 and 2 hold the same content: key 1.
+                Ok(self.0.vector(id)?.map(|e| Exact {
+                    key: if id == 2 { 1 } else { e.key },
+                    vector: e.vector,
+                }))
+            }
+            fn items(&self, key: &u64) -> Result<Vec<u64>> {
+                Ok(vec![*key])
+            }
+        }
+        let dim = 16;
+        let mut data = rows(200, dim);
+        let first: Vec<f32> = data[..dim].to_vec();
+        data[dim..2 * dim].copy_from_slice(&first);
+        let idx = index_of(&data, dim);
+        let source = Stale(Rows { data: &data, dim });
+        for accept in [
+            None,
+            Some(&(|_: &u64| true) as &(dyn Fn(&u64) -> bool + Sync)),
+        ] {
+            let hits = search(
+                &idx,
+                &source,
+                &Query {
+                    vector: &first,
+                    limit: 10,
+                    min_score: None,
+                    accept,
+                },
+            )
+            .unwrap();
+            let items: std::collections::BTreeSet<u64> = hits.iter().map(|h| h.0).collect();
+            assert_eq!(items.len(), hits.len(), "an item twice: {hits:?}");
+            assert_eq!(hits[0].0, 1);
+            assert_eq!(hits.len(), 10);
+        }
     }
 }

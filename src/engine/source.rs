@@ -16,7 +16,7 @@ impl VectorSource for Space {
     /// a missing hit beats a wrong one. The next start forgets it and embeds
     /// its files again (`Engine::open`), as `dualsight fsck --repair` does.
     fn vector(&self, id: u64) -> Result<Option<Exact<'_, ContentHash>>> {
-        match Space::vector(self, id) {
+        match self.candidate(id) {
             Ok(v) => Ok(v.map(|v| Exact {
                 key: v.hash,
                 vector: Cow::Owned(v.vector),

@@ -296,6 +296,15 @@ impl Space {
         each_space!(self, s => s.vector(id))
     }
 
+    /// A search candidate's vector ([`SledSpace::candidate`]; PostgreSQL
+    /// reads it as [`Space::vector`] does).
+    pub fn candidate(&self, id: u64) -> Result<Option<StoredVector>> {
+        match self {
+            Space::Sled(s) => s.candidate(id),
+            Space::Postgres(p) => p.vector(id),
+        }
+    }
+
     pub fn has_vector(&self, id: u64) -> Result<bool> {
         each_space!(self, s => s.has_vector(id))
     }

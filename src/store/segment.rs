@@ -188,29 +188,47 @@ impl Segment {
     /// The vector `id` and its hash, checked against its checksum and the
     /// id and hash sled holds for it.
     pub(super) fn read(&self, id: u64, hash: &ContentHash) -> Result<Vec<f32>> {
+        let (held, vector) = self.record(id)?;
+        if held != *hash {
+            return Err(self.damaged(id, "record holds another content"));
+        }
+        Ok(vector)
+    }
+
+    /// The record `id` as written: its content hash and vector, checked
+    /// against its checksum and id only. A search reads candidates this way
+    /// without asking sled for each id's hash (the index only holds ids that
+    /// were committed); whether the content is still held is the paths' to
+    /// say. `id` must be one the store assigned (≥ 1).
+    pub(super) fn record(&self, id: u64) -> Result<(ContentHash, Vec<f32>)> {
+        if id == 0 {
+            return Err(self.damaged(id, "ids start at 1"));
+        }
         let map = self.map_covering(self.offset(id) + self.record_len)?;
         let start = self.offset(id) as usize;
         let rec = &map[start..start + self.record_len as usize];
-        let damaged = |why| SegmentError::Damaged {
-            path: self.path.clone(),
-            id,
-            why,
-        };
         let body = rec.len() - 8;
         let crc = u32::from_le_bytes(rec[body..body + 4].try_into().expect("4 bytes"));
         if crc32fast::hash(&rec[..body]) != crc {
-            return Err(damaged("checksum mismatch"));
+            return Err(self.damaged(id, "checksum mismatch"));
         }
         if u64::from_le_bytes(rec[..8].try_into().expect("8 bytes")) != id {
-            return Err(damaged("record holds another id"));
+            return Err(self.damaged(id, "record holds another id"));
         }
-        if rec[8..40] != hash.0 {
-            return Err(damaged("record holds another content"));
-        }
-        Ok(rec[40..body]
+        let hash = ContentHash(rec[8..40].try_into().expect("32 bytes"));
+        let vector = rec[40..body]
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+            .collect();
+        Ok((hash, vector))
+    }
+
+    fn damaged(&self, id: u64, why: &'static str) -> SegmentError {
+        SegmentError::Damaged {
+            path: self.path.clone(),
+            id,
+            why,
+        }
     }
 
     /// Gives back the disk blocks only dead records cover, around the records

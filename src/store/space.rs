@@ -97,6 +97,20 @@ impl SledSpace {
         }
     }
 
+    /// A search candidate's vector as its segment record holds it, without
+    /// asking sled for the id's hash: a search reads ~200 candidates, and
+    /// each sled read misses its cache once the store outgrows it. The index
+    /// only holds committed ids; one deleted as it answered may still read
+    /// back, and whether its content is still held is its paths' to say.
+    /// `None` when the record is gone (its blocks given back).
+    pub fn candidate(&self, id: u64) -> Result<Option<StoredVector>> {
+        match self.segment.record(id) {
+            Ok((hash, vector)) => Ok(Some(StoredVector { id, hash, vector })),
+            Err(SegmentError::Damaged { .. }) if !self.has_vector(id)? => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub fn has_vector(&self, id: u64) -> Result<bool> {
         Ok(self.vectors.contains_key(codec::u64_be(id))?)
     }

@@ -827,3 +827,41 @@ fn a_full_disk_is_recognised_as_such() {
     );
     assert!(!StoreError::Corrupt("x".into()).is_disk_full());
 }
+
+/// A search reads its candidates from the segment alone: a live vector as
+/// `vector` reads it, an id never assigned as none, a removed one as its old
+/// content (which no path holds any more) while a live record shares its
+/// block, and as none once its blocks were given back.
+#[test]
+fn candidates_are_read_from_the_segment_alone() {
+    let (_d, store) = open();
+    let dim = 512;
+    let space = store.space(FP, dim).unwrap();
+    let items: Vec<Commit> = (0..12u8)
+        .map(|n| new(&format!("/p/{n}.jpg"), n, dim))
+        .collect();
+    let ids = store.commit(&space, &items).unwrap().vector_ids;
+    for &id in &ids {
+        assert_eq!(space.candidate(id).unwrap(), space.vector(id).unwrap());
+    }
+    assert_eq!(space.candidate(0).unwrap(), None);
+    assert_eq!(space.candidate(ids[11] + 1).unwrap(), None);
+
+    // One record (2,096 bytes) between live ones keeps its blocks.
+    store.remove_path("/p/1.jpg").unwrap();
+    assert_eq!(space.vector(ids[1]).unwrap(), None);
+    let stale = space.candidate(ids[1]).unwrap().expect("blocks kept");
+    assert_eq!(stale.hash, hash(1));
+    assert!(space.paths_for_hash(&stale.hash).unwrap().is_empty());
+
+    // A run of dead records covers whole blocks, which are given back.
+    let run: Vec<String> = (4..10).map(|n| format!("/p/{n}.jpg")).collect();
+    store.remove_paths(&run).unwrap();
+    let gone = (4..10)
+        .filter(|&n| space.candidate(ids[n]).unwrap().is_none())
+        .count();
+    if store.segment_bytes() < 64 + 12 * 2096 {
+        assert!(gone > 0, "blocks were punched, yet every record read back");
+    }
+    store.verify().unwrap();
+}
