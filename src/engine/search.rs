@@ -187,7 +187,8 @@ pub const PAGE_BLOCK: usize = 100;
 /// blocks, and each block only adds the items the ones before did not have.
 /// A first page of 10 costs a search of 100, which rescores ~100 more
 /// candidates than a search of 10 (the index walk is the same at the default
-/// `ef_search`).
+/// `ef_search`), but looks up the items of only the ~10 it shows when no
+/// filter applies (`search_leading`).
 pub fn search_page<C, S>(
     index: &C,
     source: &S,
