@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use dualsight::engine::search::{self, Candidates, Query, VectorSource};
 use dualsight::index::{IndexParams, VectorIndex};
 use dualsight::store::{Commit, Store};
-use dualsight_bench::restart::{SYNTHETIC_ROOT, file_commit};
+use dualsight_bench::restart::synthetic_commit;
 use dualsight_bench::search::build_index;
 use dualsight_bench::synth::{DATA, Mixture, TEXT_QUERIES};
 
@@ -144,14 +144,7 @@ fn build(dir: &std::path::Path, mix: &Mixture, n: usize) -> Result<()> {
         let items: Vec<Commit> = chunk
             .chunks_exact(DIM)
             .enumerate()
-            .map(|(i, v)| {
-                let i = c * FILL_CHUNK + i;
-                file_commit(
-                    format!("{SYNTHETIC_ROOT}/{:03}/{i:08}.jpg", i / 10_000),
-                    i,
-                    v.to_vec(),
-                )
-            })
+            .map(|(i, v)| synthetic_commit(c * FILL_CHUNK + i, v))
             .collect();
         store.commit(&space, &items)?;
     }

@@ -152,7 +152,9 @@ pub fn run(
     Ok(())
 }
 
-fn synthetic_commit(i: usize, v: &[f32]) -> Commit {
+/// Synthetic file number `i` (under [`SYNTHETIC_ROOT`], 10,000 per folder)
+/// with its vector `v`.
+pub fn synthetic_commit(i: usize, v: &[f32]) -> Commit {
     file_commit(
         format!("{SYNTHETIC_ROOT}/{:03}/{i:08}.jpg", i / 10_000),
         i,
