@@ -246,7 +246,7 @@ fn pack_x_pairs(x: &[f32], m: usize, k: usize, mr: usize, px: &mut [f32]) {
 /// bits of one f32 slot each: `dst[p]` holds `src[2p]` in its low half and
 /// `src[2p + 1]` (zero past the end) in its high half, the order
 /// `vdpbf16ps` pairs them in.
-fn round_pairs(src: &[f32], dst: &mut [f32]) {
+pub(super) fn round_pairs(src: &[f32], dst: &mut [f32]) {
     assert_eq!(dst.len(), src.len().div_ceil(2));
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]

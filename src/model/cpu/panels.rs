@@ -51,8 +51,8 @@ enum PanelData {
     F16(Vec<f16>),
     /// bf16 weights where the CPU multiplies bf16 pairs (`vdpbf16ps`,
     /// `Level::Avx512Bf16`): each panel row holds two depths per column
-    /// ([`pair`]), and the input is rounded to bf16 pairs to meet them, as
-    /// the many-rows kernel does on these CPUs. Twice the multiply-adds per
+    /// (the order of [`unpair`]), and the input is rounded to bf16 pairs to
+    /// meet them, as the many-rows kernel does on these CPUs. Twice the multiply-adds per
     /// instruction: at 10 rows the widening kernel is bound by the FMA
     /// units once the weights are half the bytes.
     Bf16Pairs(Vec<u32>),
@@ -168,7 +168,7 @@ fn relay<W: Copy + Default>(w: &[W], n: usize, k: usize) -> Vec<W> {
 }
 
 /// `[n, k]` bf16 rows → panels of [`WIDTH`] columns whose rows are depth
-/// pairs ([`pair`]), zero-padded in both directions.
+/// pairs (the order of [`unpair`]), zero-padded in both directions.
 fn relay_pairs(w: &[bf16], n: usize, k: usize) -> Vec<u32> {
     let depth = k.div_ceil(2);
     let mut out = vec![0u32; n.div_ceil(WIDTH) * depth * WIDTH];
@@ -287,14 +287,20 @@ fn tasks(
                 let rows = (m - i).min(rows_per_pass);
                 pass_fn(p, i, rows, &mut tile);
                 for (r, sums) in tile[..rows].iter().enumerate() {
-                    for (c, s) in sums[..cols].iter().enumerate() {
-                        // SAFETY: (i + r, p * WIDTH + c) lies in the
-                        // destination `matmul_at` checked; tasks own
-                        // disjoint panels, so disjoint columns.
-                        unsafe {
-                            let d = out.get().add((i + r) * dst_rs + p * WIDTH + c);
-                            *d = if accumulate { *d + s } else { *s };
-                        }
+                    // SAFETY: row i + r, columns p * WIDTH .. + cols lie in
+                    // the destination `matmul_at` checked; tasks own
+                    // disjoint panels, so disjoint columns. As a slice the
+                    // row's sums are added in vectors, not one by one.
+                    let d = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            out.get().add((i + r) * dst_rs + p * WIDTH),
+                            cols,
+                        )
+                    };
+                    if accumulate {
+                        d.iter_mut().zip(sums).for_each(|(d, s)| *d += s);
+                    } else {
+                        d.copy_from_slice(&sums[..cols]);
                     }
                 }
                 i += rows;
@@ -347,24 +353,25 @@ fn interleave(x: &[f32], m: usize, k: usize, rows: usize) -> Vec<f32> {
 fn interleave_pairs(x: &[f32], m: usize, k: usize, rows: usize) -> Vec<u32> {
     let depth = k.div_ceil(2);
     let mut out = vec![0u32; m * depth];
+    // Each row rounded as a photo batch's is (`vcvtne2ps2bf16` where the
+    // CPU has it): rounded one element at a time, this was ~10% of the
+    // caller's time in a bf16 query's forward, while the helpers waited.
+    let mut pairs = vec![0f32; depth];
     for (chunk, dst) in x.chunks(rows * k).zip(out.chunks_mut(rows * depth)) {
         let r_n = chunk.len() / k;
         for (r, row) in chunk.chunks_exact(k).enumerate() {
-            for (q, two) in row.chunks(2).enumerate() {
-                dst[q * r_n + r] = pair(two[0], two.get(1).copied().unwrap_or(0.0));
+            super::packed::round_pairs(row, &mut pairs);
+            for (q, v) in pairs.iter().enumerate() {
+                dst[q * r_n + r] = v.to_bits();
             }
         }
     }
     out
 }
 
-/// Two values rounded to bf16 (to nearest, ties to even) in one 32-bit
-/// element, `lo` in the low half: the order `vdpbf16ps` pairs them in.
-fn pair(lo: f32, hi: f32) -> u32 {
-    u32::from(bf16::from_f32(lo).to_bits()) | u32::from(bf16::from_f32(hi).to_bits()) << 16
-}
-
-/// The two bf16 of a [`pair`], widened.
+/// The two bf16 of a pair (two values rounded to bf16 in one 32-bit
+/// element, the even depth in the low half: the order `vdpbf16ps` pairs
+/// them in), widened.
 fn unpair(v: u32) -> (f32, f32) {
     (f32::from_bits(v << 16), f32::from_bits(v & 0xffff_0000))
 }
