@@ -34,6 +34,10 @@ pub struct Settings {
     /// f32, f16, bf16 (on the CPU a half type stores the dense weights; bf16
     /// on CPUs with AVX-512 BF16 also rounds a batch's dense-layer inputs).
     pub dtype: String,
+    /// How a query's text tower holds its dense weights on the CPU: `dtype`
+    /// (the model's) or `int8` (8 bits with a scale per column; the image
+    /// side and every stored vector are unchanged).
+    pub text_weights: String,
     /// Pillow-identical decode and resize (as transformers) instead of the
     /// fast path (large JPEGs decoded at 1/4 or 1/8 scale).
     pub exact_preprocessing: bool,
@@ -179,6 +183,7 @@ impl Default for Settings {
             model: None,
             device: "auto".into(),
             dtype: "f32".into(),
+            text_weights: "dtype".into(),
             exact_preprocessing: false,
             // systemd's StateDirectory= sets STATE_DIRECTORY.
             data_dir: std::env::var_os("STATE_DIRECTORY")
@@ -417,6 +422,16 @@ impl Settings {
         }
     }
 
+    /// `text_weights`, parsed.
+    pub fn text_weights(&self) -> Result<crate::device::TextWeights> {
+        self.text_weights
+            .parse()
+            .map_err(|e: crate::device::DeviceError| ConfigError::Invalid {
+                key: "text_weights",
+                msg: e.to_string(),
+            })
+    }
+
     /// Checks every value once, naming the key.
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &'static str, msg: String| Err(ConfigError::Invalid { key, msg });
@@ -426,6 +441,7 @@ impl Settings {
                 "no model: pass --model DIR or set `model` in the config file".into(),
             );
         }
+        self.text_weights()?;
         let listen = self.listen_addr()?;
         self.metrics_addr()?;
         let http = self.http_addr()?;
@@ -659,5 +675,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("index.m") && e.contains("999"), "{e}");
+        std::fs::write(&p, "model = \"m\"\ntext_weights = \"int4\"\n").unwrap();
+        let e = Settings::from_file(&p)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("text_weights") && e.contains("int4") && e.contains("int8"),
+            "{e}"
+        );
+        std::fs::write(&p, "model = \"m\"\ntext_weights = \"INT8\"\n").unwrap();
+        let s = Settings::from_file(&p).unwrap();
+        assert_eq!(s.text_weights().unwrap(), crate::device::TextWeights::Int8);
     }
 }

@@ -12,6 +12,8 @@ pub enum DeviceError {
     Parse(String),
     #[error("dtype `{0}`: expected f32, f16 or bf16")]
     DType(String),
+    #[error("text_weights `{0}`: expected dtype or int8")]
+    TextWeights(String),
     #[error("device cuda:{ordinal}: {msg}")]
     Cuda { ordinal: usize, msg: String },
 }
@@ -100,6 +102,29 @@ pub fn parse_dtype(s: &str) -> Result<DType, DeviceError> {
         _ => return Err(DeviceError::DType(s.to_string())),
     };
     Ok(dtype)
+}
+
+/// How the text tower's dense weights are held when a model serves queries
+/// on the CPU (`--text-weights`): in the model's dtype, or as 8-bit
+/// integers with a scale per column (`model::cpu::int8`), which halves a
+/// bf16 query's weight reads at a measured cost in cosine (BENCHMARKS.md).
+/// The image side, and so every stored vector, is not affected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TextWeights {
+    #[default]
+    Dtype,
+    Int8,
+}
+
+impl FromStr for TextWeights {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Self, DeviceError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "dtype" | "" => Ok(Self::Dtype),
+            "int8" => Ok(Self::Int8),
+            _ => Err(DeviceError::TextWeights(s.to_string())),
+        }
+    }
 }
 
 #[cfg(test)]

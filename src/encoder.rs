@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::device::TextWeights;
+use crate::model::cpu::PanelWeight;
+use crate::model::layers::Int8TextWeights;
 use crate::model::{DualEncoder, ModelError, TokenInput};
 use crate::preprocess::{
     DecodeLimits, ImageProcessor, Preprocessing, ProcessorError, Source, TextTokenizer,
@@ -57,6 +60,30 @@ pub struct Encoder {
 impl Encoder {
     /// Loads `dir` (config.json, weights, processor files).
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        Self::with_model(dir, DualEncoder::load(dir, device, dtype)?)
+    }
+
+    /// [`Self::load`], the text tower's dense weights held as `text` says
+    /// (`--text-weights`). 8-bit weights need the CPU and its 8-bit kernel
+    /// (AVX-512 VNNI); elsewhere the model keeps its dtype's, and says so.
+    pub fn load_with(dir: &Path, device: &Device, dtype: DType, text: TextWeights) -> Result<Self> {
+        let _int8 = match text {
+            TextWeights::Dtype => None,
+            TextWeights::Int8 if !device.is_cpu() => {
+                tracing::warn!(
+                    "text_weights = int8 applies to the CPU only: the text tower keeps {dtype:?} weights on {device:?}"
+                );
+                None
+            }
+            TextWeights::Int8 if !PanelWeight::int8_runs_fast() => {
+                tracing::warn!(
+                    level = crate::simd::level().name(),
+                    "text_weights = int8 needs AVX-512 VNNI, which this CPU lacks: the text tower keeps {dtype:?} weights"
+                );
+                None
+            }
+            TextWeights::Int8 => Some(Int8TextWeights::enter()),
+        };
         Self::with_model(dir, DualEncoder::load(dir, device, dtype)?)
     }
 

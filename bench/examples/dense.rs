@@ -8,7 +8,9 @@
 //! keeps the weight in cache and shows the compute rate alone.
 //! `DENSE_WEIGHTS=bf16` (or `f16`) stores the weights in that type, as
 //! `--dtype bf16` on the CPU does. `DENSE_LAYOUT=panels` stores them as the
-//! text tower of a model loaded for queries does (`PanelWeight`).
+//! text tower of a model loaded for queries does (`PanelWeight`), and
+//! `DENSE_LAYOUT=int8` as `--text-weights int8` does (8 bits a weight; the
+//! GB/s printed then count the bytes of `DENSE_WEIGHTS`' type).
 
 use std::time::Instant;
 
@@ -77,8 +79,15 @@ fn run<W: WeightElem + candle_core::WithDType>(s: &Shape, ws: &[Vec<W>]) -> Resu
                 PanelWeight::from_tensor(&t).context("a CPU weight")
             })
             .collect::<Result<Vec<_>>>()?,
+        Ok("int8") => ws
+            .iter()
+            .map(|w| {
+                let t = candle_core::Tensor::from_slice(w, (n, k), &candle_core::Device::Cpu)?;
+                PanelWeight::from_tensor_int8(&t).context("a CPU weight")
+            })
+            .collect::<Result<Vec<_>>>()?,
         Ok("rows") | Err(_) => Vec::new(),
-        Ok(other) => anyhow::bail!("DENSE_LAYOUT={other}: expected rows or panels"),
+        Ok(other) => anyhow::bail!("DENSE_LAYOUT={other}: expected rows, panels or int8"),
     };
     let mut best = f64::INFINITY;
     for _ in 0..iters {

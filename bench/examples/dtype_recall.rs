@@ -7,6 +7,10 @@
 //!
 //! cargo run --release -p dualsight-bench --example dtype_recall -- <model-dir> <photo-dir> [photos] [dtype]
 //!
+//! `TEXT_WEIGHTS=int8` loads the reduced model with `--text-weights int8`
+//! (its text tower's dense weights in 8 bits; `f32` as the dtype then
+//! shows what the 8 bits alone change).
+//!
 //! Photos are every PNG/JPEG under the folder, sorted, up to `photos`
 //! (default 1000); e.g. the Fashion-MNIST test set written by the
 //! `fashion_mnist` example.
@@ -36,11 +40,14 @@ fn main() -> Result<()> {
             match rest.get(1).map_or("bf16", |d| d.as_str()) {
                 "bf16" => DType::BF16,
                 "f16" => DType::F16,
-                other => bail!("dtype {other}: expected bf16 or f16"),
+                "f32" => DType::F32,
+                other => bail!("dtype {other}: expected bf16, f16 or f32"),
             },
         ),
-        _ => bail!("usage: dtype_recall <model-dir> <photo-dir> [photos] [bf16|f16]"),
+        _ => bail!("usage: dtype_recall <model-dir> <photo-dir> [photos] [bf16|f16|f32]"),
     };
+    let text_weights: dualsight::device::TextWeights =
+        std::env::var("TEXT_WEIGHTS").unwrap_or_default().parse()?;
     let files = photo_files(&photos, limit)?;
     if files.len() <= K {
         bail!(
@@ -60,8 +67,8 @@ fn main() -> Result<()> {
         })
         .collect();
     let texts: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
-    let embed = |dtype: DType| -> Result<Embedded> {
-        let enc = Encoder::load(&model, &Device::Cpu, dtype)?;
+    let embed = |dtype: DType, text| -> Result<Embedded> {
+        let enc = Encoder::load_with(&model, &Device::Cpu, dtype, text)?;
         let t = Instant::now();
         let mut images = Vec::with_capacity(files.len());
         for chunk in files.chunks(BATCH) {
@@ -82,12 +89,12 @@ fn main() -> Result<()> {
         images: f32_images,
         texts: f32_texts,
         secs: f32_s,
-    } = embed(DType::F32)?;
+    } = embed(DType::F32, Default::default())?;
     let Embedded {
         images: low_images,
         texts: low_texts,
         secs: low_s,
-    } = embed(dtype)?;
+    } = embed(dtype, text_weights)?;
     let report = |what: &str, a: &[Vec<f32>], b: &[Vec<f32>]| {
         let c: Vec<f32> = a.iter().zip(b).map(|(x, y)| dot(x, y)).collect();
         let worst = c.iter().copied().fold(1f32, f32::min);
@@ -98,7 +105,7 @@ fn main() -> Result<()> {
         );
     };
     println!(
-        "{} photos, {} texts, {dtype:?} against f32 on this CPU (`DUALSIGHT_CPU` unset or as given)",
+        "{} photos, {} texts, {dtype:?} (text weights {text_weights:?}) against f32 on this CPU (`DUALSIGHT_CPU` unset or as given)",
         files.len(),
         texts.len()
     );

@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// on the CPU.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// dtype or int8: our text tower's dense weights on the CPU, in the
+    /// bench's own runs and the daemon's (`dualsight serve --text-weights`).
+    #[arg(long, default_value = "dtype", value_name = "dtype|int8")]
+    pub text_weights: String,
     /// Tiny sizes and few iterations: a smoke run of every part in minutes.
     #[arg(long)]
     pub quick: bool,
@@ -203,10 +207,11 @@ pub fn render(r: &suite::Report, reference: bool) -> String {
         s.push_str(&format!("reference: {}\n", v.join(", ")));
     }
     s.push_str(&format!(
-        "model: {} on {} in {}\n",
+        "model: {} on {} in {}, text weights {}\n",
         r.config.model.display(),
         r.config.device,
-        r.config.dtype
+        r.config.dtype,
+        r.config.text_weights
     ));
     for n in &r.notes {
         s.push_str(&format!("note: {n}\n"));
@@ -293,6 +298,7 @@ fn config(args: &BenchArgs) -> Result<BenchConfig> {
         work_dir,
         device: args.device.clone(),
         dtype: args.dtype.clone(),
+        text_weights: args.text_weights.clone(),
         threads,
         sections,
         batches: pick(&args.batches, "1,8,32", "1,2")?,

@@ -240,6 +240,8 @@ impl Daemon {
             // The daemon's model in the type the bench's own runs use.
             .arg("--dtype")
             .arg(&cfg.dtype)
+            .arg("--text-weights")
+            .arg(&cfg.text_weights)
             .env("RUST_LOG", "info,hnsw_rs=warn,sled=warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

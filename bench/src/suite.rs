@@ -89,6 +89,8 @@ pub struct BenchConfig {
     pub device: String,
     /// Our model's `--dtype` (the reference's is f32).
     pub dtype: String,
+    /// Our text tower's `--text-weights` (dtype or int8).
+    pub text_weights: String,
     pub threads: usize,
     pub sections: Sections,
     pub batches: Vec<usize>,
@@ -205,7 +207,7 @@ pub fn run(cfg: &BenchConfig, reference: Option<&reference::Reference>) -> Resul
     ));
     let t = Instant::now();
     let encoder = Arc::new(
-        Encoder::load(&cfg.model, &device, dtype)
+        Encoder::load_with(&cfg.model, &device, dtype, cfg.text_weights.parse()?)
             .with_context(|| format!("loading {}", cfg.model.display()))?
             // As the daemon runs it: end-to-end indexing measures its default.
             .with_preprocessing(dualsight::config::Settings::default().preprocessing()),
@@ -318,6 +320,7 @@ mod tests {
             work_dir: work.path().to_path_buf(),
             device: "cpu".into(),
             dtype: "f32".into(),
+            text_weights: "dtype".into(),
             threads: 2,
             sections: Sections::ALL,
             batches: vec![1, 2],

@@ -37,6 +37,11 @@ pub struct ServeArgs {
     /// f32, f16, bf16.
     #[arg(long)]
     pub dtype: Option<String>,
+    /// dtype or int8: how a query's text tower holds its dense weights on
+    /// the CPU (int8: 8 bits with a scale per column, on CPUs with AVX-512
+    /// VNNI; stored vectors are unchanged).
+    #[arg(long, value_name = "dtype|int8")]
+    pub text_weights: Option<String>,
     /// Serve the search page (and its JSON API) on this IP:PORT.
     #[arg(long, value_name = "ADDR")]
     pub http_listen: Option<String>,
@@ -109,6 +114,9 @@ impl ServeArgs {
         }
         if let Some(d) = &self.dtype {
             s.dtype = d.clone();
+        }
+        if let Some(t) = &self.text_weights {
+            s.text_weights = t.clone();
         }
         if let Some(h) = &self.http_listen {
             s.http.listen = Some(h.clone());

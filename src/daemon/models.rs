@@ -20,6 +20,7 @@ pub(super) fn load_engines(s: &Settings) -> Result<(Engine, Option<Engine>)> {
     let dir = crate::model::hub::resolve(s.model.as_deref().unwrap_or_default())?;
     let device = s.device.parse::<DeviceSpec>()?.open()?;
     let dtype = parse_dtype(&s.dtype)?;
+    let text = s.text_weights()?;
     let limits = DecodeLimits {
         max_bytes: s.ingest.max_image_bytes,
         max_pixels: s.ingest.max_image_pixels,
@@ -31,7 +32,7 @@ pub(super) fn load_engines(s: &Settings) -> Result<(Engine, Option<Engine>)> {
             .name("store-open".into())
             .spawn_scoped(scope, || open_store(s))
             .map_err(|e| DaemonError::Task(format!("cannot start the store-open thread: {e}")))?;
-        let encoder = Encoder::load(&dir, &device, dtype);
+        let encoder = Encoder::load_with(&dir, &device, dtype, text);
         let store = store
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -41,13 +42,13 @@ pub(super) fn load_engines(s: &Settings) -> Result<(Engine, Option<Engine>)> {
         .with_limits(limits.clone())
         .with_preprocessing(s.preprocessing());
     let fp = encoder.fingerprint().to_string();
-    tracing::info!(model = %dir.display(), fingerprint = %fp, dim = encoder.dim(), preprocessing = ?encoder.preprocessing(), "model loaded");
+    tracing::info!(model = %dir.display(), fingerprint = %fp, dim = encoder.dim(), preprocessing = ?encoder.preprocessing(), text_weights = ?text, "model loaded");
     let params = s.index_params();
     let mut models = ModelDirs::load(&s.data_dir);
     let previous = match store.active_space()? {
         Some(active) if active.fingerprint() != fp => {
             let old_fp = active.fingerprint().to_string();
-            let old = models.get(&old_fp).and_then(|old_dir| match Encoder::load(&old_dir, &device, dtype) {
+            let old = models.get(&old_fp).and_then(|old_dir| match Encoder::load_with(&old_dir, &device, dtype, text) {
                 Ok(e) if e.fingerprint() == old_fp => Some(e),
                 Ok(_) => None,
                 Err(e) => {

@@ -216,6 +216,7 @@ fn restart_only_changes(running: &Settings, new: &Settings) -> Vec<&'static str>
     check("model", running.model != new.model);
     check("device", running.device != new.device);
     check("dtype", running.dtype != new.dtype);
+    check("text_weights", running.text_weights != new.text_weights);
     check(
         "exact_preprocessing",
         running.exact_preprocessing != new.exact_preprocessing,

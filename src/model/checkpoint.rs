@@ -193,6 +193,8 @@ impl DualEncoder {
     /// `save_pretrained`: `config.json` and `model.safetensors` (transformers'
     /// key names, exactly the tensors the model uses) into `out` (created).
     pub fn save(&self, out: &Path) -> Result<()> {
+        // First, so that a model that cannot be written leaves nothing.
+        let weights = self.weights()?;
         std::fs::create_dir_all(out).map_err(|source| ModelError::Io {
             path: out.to_path_buf(),
             source,
@@ -202,7 +204,7 @@ impl DualEncoder {
         let path = out.join("config.json");
         crate::durable::replace(&path, (config + "\n").as_bytes())
             .map_err(|source| ModelError::Io { path, source })?;
-        write_safetensors(&self.weights()?, &out.join("model.safetensors"))
+        write_safetensors(&weights, &out.join("model.safetensors"))
     }
 }
 

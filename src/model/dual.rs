@@ -13,7 +13,7 @@ use super::lanes;
 use super::layers::{Dense, HalfWeights, PanelWeights, TrainingMode, l2_normalize, linear};
 use super::text::TextTower;
 use super::vision::VisionTower;
-use super::weights::{Recorded, WeightSource};
+use super::weights::{Held, Recorded, WeightSource};
 use super::{ModelError, Result};
 
 /// A padded batch of token ids for the text tower, already on the model's device.
@@ -210,6 +210,17 @@ impl DualEncoder {
     /// Every tensor the model holds, as the checkpoint lays it out.
     pub(crate) fn weights(&self) -> Result<BTreeMap<String, Tensor>> {
         let held = self.weights.lock().expect("weights lock").clone();
+        // 8-bit weights are not the checkpoint's: a model written from them
+        // would silently be another model.
+        if let Some(name) = held
+            .iter()
+            .find(|(_, h)| matches!(h, Held::Panels(p) if p.is_quantized()))
+            .map(|(name, _)| name)
+        {
+            return Err(ModelError::Invalid(format!(
+                "{name}: this model holds its text weights as 8 bits (text_weights = int8), not the checkpoint's; load it without that to write it"
+            )));
+        }
         held.into_iter()
             .map(|(name, h)| Ok((name, h.tensor()?)))
             .collect()

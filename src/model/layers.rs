@@ -111,6 +111,34 @@ impl Drop for PanelWeights {
     }
 }
 
+thread_local! {
+    /// While a model's text tower is built with 8-bit weights on this thread
+    /// (`--text-weights int8`).
+    static INT8_TEXT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The panels built on this thread while the guard lives (see
+/// [`PanelWeights`]) hold 8-bit weights with a scale per column
+/// (`cpu::int8`) instead of the dtype's.
+#[derive(Debug)]
+pub struct Int8TextWeights {
+    previous: bool,
+}
+
+impl Int8TextWeights {
+    pub fn enter() -> Self {
+        Self {
+            previous: INT8_TEXT.replace(true),
+        }
+    }
+}
+
+impl Drop for Int8TextWeights {
+    fn drop(&mut self) {
+        INT8_TEXT.set(self.previous);
+    }
+}
+
 /// A keep-mask of `n` values: `1 / (1 - p)` with probability `1 - p`, else
 /// 0 (PyTorch's dropout scaling); `None` outside training mode.
 fn keep_mask(n: usize, p: f32) -> Option<Vec<f32>> {
@@ -395,9 +423,13 @@ pub fn linear(
     } else {
         None
     };
+    let laid = |w: &Tensor| match INT8_TEXT.get() {
+        true => PanelWeight::from_tensor_int8(w),
+        false => PanelWeight::from_tensor(w),
+    };
     if let Some(recorded) = PANELS.with_borrow(Clone::clone)
         && !w.track_op()
-        && let Some(panels) = PanelWeight::from_tensor(&w)
+        && let Some(panels) = laid(&w)
     {
         // The record takes the panels in place of the rows just read, so
         // the rows are freed once the build ends.

@@ -9,7 +9,7 @@ use dualsight::server::proto::dual_sight_client::DualSightClient;
 use dualsight::server::proto::{self, search_by_image_request};
 use tonic::transport::Channel;
 
-use crate::cli::{dualsight, run_ok};
+use crate::cli::{dualsight, run_err, run_ok};
 use crate::util::*;
 
 /// A daemon child process with its own folders; killed on drop.
@@ -875,6 +875,69 @@ async fn a_two_thousand_word_query_is_answered_without_model_max_length() {
             .zip(&shorter)
             .any(|(a, b)| (a.score - b.score).abs() > 1e-6),
         "one word fewer should change the scores"
+    );
+}
+
+/// `serve --text-weights int8`: text queries go through 8-bit text weights
+/// (where this CPU runs the 8-bit kernel; elsewhere the log says why not),
+/// and find the photos the exact model ranks first, with scores within
+/// 0.005 of its cosines. A value that is neither `dtype` nor `int8` stops
+/// the daemon before it loads anything, naming the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn int8_text_weights_find_what_the_exact_model_finds() {
+    let mut d = Daemon::prepare(model_dir("vit-bert"));
+    d.args = vec!["--text-weights".into(), "int8".into()];
+    d.spawn();
+    let mut c = d.client().await;
+    let paths: Vec<PathBuf> = PHOTOS.iter().map(|p| copy_photo(p, &d.photos)).collect();
+    wait_for(&d, &mut c, "indexed", |s| {
+        s.indexed_files == PHOTOS.len() as u64 && s.pending_files == 0
+    })
+    .await;
+    for text in ["a photo of a cat", "a red car on a street"] {
+        let exact = exact_ranking(text, &paths);
+        let hits = search(&mut c, text, PHOTOS.len() as u32).await;
+        assert_eq!(hits.len(), exact.len(), "{text}");
+        // The best photo, unless the exact model itself barely separates it.
+        if exact[0].1 - exact[1].1 > 0.01 {
+            assert_eq!(
+                Path::new(&hits[0].path),
+                exact[0].0,
+                "{text}: the best photo"
+            );
+        }
+        for hit in &hits {
+            let (_, want) = exact
+                .iter()
+                .find(|(p, _)| p == Path::new(&hit.path))
+                .expect("an indexed photo");
+            assert!(
+                (hit.score - want).abs() < 5e-3,
+                "{text}: {} scored {} against {want}",
+                hit.path,
+                hit.score
+            );
+        }
+    }
+    let log = d.log();
+    assert!(
+        dualsight::model::cpu::PanelWeight::int8_runs_fast()
+            || log.contains("text_weights = int8 needs AVX-512 VNNI"),
+        "{log}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let err = run_err(
+        dualsight()
+            .arg("serve")
+            .arg("--model")
+            .arg(model_dir("vit-bert"))
+            .arg("--data-dir")
+            .arg(tmp.path())
+            .args(["--text-weights", "int4", "--device", "cpu"]),
+    );
+    assert!(
+        err.contains("text_weights") && err.contains("int4"),
+        "{err}"
     );
 }
 

@@ -523,6 +523,66 @@ fn worst_cosine(a: &Tensor, b: &Tensor) -> f32 {
     cosines(&a, &b).into_iter().fold(1f32, f32::min)
 }
 
+/// `--text-weights int8`: the text tower's dense weights held as 8 bits per
+/// column and met by 16-bit inputs. Only the text embeddings move, each
+/// fixture's within cosine 0.999 of transformers' f32 ones; the image side
+/// is the dtype's own, bit for bit. A model holding them refuses to be
+/// written as a checkpoint, which they are not.
+#[test]
+fn int8_text_weights_keep_every_text_embedding_close() {
+    use dualsight::model::layers::Int8TextWeights;
+    for name in MODELS {
+        let dir = model_dir(name);
+        let r = Reference::load(&dir);
+        let px = r.get("all_pixel_values");
+        let text = token_input(&r, "");
+        for dtype in [DType::F32, DType::BF16] {
+            let plain = DualEncoder::load(&dir, &Device::Cpu, dtype).unwrap();
+            let model = {
+                let _int8 = Int8TextWeights::enter();
+                DualEncoder::load(&dir, &Device::Cpu, dtype).unwrap()
+            };
+            let images = model.embed_images(&px).unwrap();
+            assert_eq!(
+                images.to_vec2::<f32>().unwrap(),
+                plain.embed_images(&px).unwrap().to_vec2::<f32>().unwrap(),
+                "{name} {dtype:?}: the image side is untouched"
+            );
+            let texts = model.embed_texts(&text).unwrap();
+            near_transformers(&format!("{name} {dtype:?} int8 text"), &r, &images, &texts);
+            assert_ne!(
+                texts.to_vec2::<f32>().unwrap(),
+                plain.embed_texts(&text).unwrap().to_vec2::<f32>().unwrap(),
+                "{name} {dtype:?}: the text weights were not quantized"
+            );
+        }
+    }
+    let dir = model_dir("vit-bert");
+    let model = {
+        let _int8 = Int8TextWeights::enter();
+        DualEncoder::load(&dir, &Device::Cpu, DType::F32).unwrap()
+    };
+    let out = tempfile::tempdir().unwrap();
+    let err = model.save(out.path()).unwrap_err().to_string();
+    assert!(err.contains("text_weights = int8"), "{err}");
+    assert!(
+        !out.path().join("model.safetensors").exists() && !out.path().join("config.json").exists()
+    );
+    // Through the encoder, as the daemon loads it: 8-bit where this CPU runs
+    // the 8-bit kernel, else the dtype's weights (and a warning).
+    use dualsight::device::TextWeights;
+    use dualsight::encoder::Encoder;
+    let texts = ["a photo of a cat"];
+    let plain = Encoder::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    let int8 = Encoder::load_with(&dir, &Device::Cpu, DType::F32, TextWeights::Int8).unwrap();
+    let quantized = int8.embed_texts(&texts).unwrap() != plain.embed_texts(&texts).unwrap();
+    assert_eq!(
+        quantized,
+        dualsight::model::cpu::PanelWeight::int8_runs_fast(),
+        "8-bit text weights where, and only where, the kernel runs"
+    );
+}
+
 /// `--dtype bf16|f16` on the CPU: the dense weights are rounded (and, on
 /// CPUs with AVX-512 BF16, a batch's bf16 dense-layer inputs), nothing
 /// else is, so every fixture's image and text embeddings stay within

@@ -253,6 +253,7 @@ fn column_tasks(n: usize, width: usize, flops: usize, task: impl Fn(usize) + Sen
 #[cfg(target_arch = "x86_64")]
 const SMALL_M: usize = 48;
 
+mod int8;
 mod panels;
 mod team;
 mod weight;

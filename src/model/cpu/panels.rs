@@ -17,6 +17,7 @@ use candle_core::{CpuStorage, Device, Storage, Tensor};
 use half::{bf16, f16};
 
 use super::SendPtr;
+use super::int8::{self, Int8Panels};
 use super::weight::WeightElem;
 use crate::simd::{self, Level};
 
@@ -56,6 +57,9 @@ enum PanelData {
     /// instruction: at 10 rows the widening kernel is bound by the FMA
     /// units once the weights are half the bytes.
     Bf16Pairs(Vec<u32>),
+    /// 8-bit weights with a scale per column (`--text-weights int8`,
+    /// `int8.rs`), meeting inputs quantized to 16 bits.
+    Int8(Int8Panels),
 }
 
 impl PanelWeight {
@@ -85,12 +89,38 @@ impl PanelWeight {
         Some(Self { n, k, data })
     }
 
+    /// The weight of a dense layer (as [`Self::from_tensor`] takes) quantized
+    /// to 8 bits per column (`int8.rs`); `None` for anything else.
+    pub fn from_tensor_int8(t: &Tensor) -> Option<Self> {
+        if !super::is_cpu_weight(t) {
+            return None;
+        }
+        let (n, k) = t.dims2().ok()?;
+        let rows = t.to_dtype(candle_core::DType::F32).ok()?;
+        let rows = rows.flatten_all().ok()?.to_vec1::<f32>().ok()?;
+        let data = PanelData::Int8(Int8Panels::quantize(&rows, n, k));
+        Some(Self { n, k, data })
+    }
+
+    /// True when this CPU runs the 8-bit product in vectors (elsewhere it
+    /// runs in plain Rust, correct and slow).
+    pub fn int8_runs_fast() -> bool {
+        int8::vector_kernel(simd::level())
+    }
+
+    /// True when the weight is held as 8-bit integers, whose rows
+    /// ([`Self::to_tensor`]) are not the checkpoint's.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.data, PanelData::Int8(_))
+    }
+
     /// `(n, k)`: output and input widths.
     pub fn dims(&self) -> (usize, usize) {
         (self.n, self.k)
     }
 
-    /// The weight back in `nn.Linear`'s `[n, k]` rows, in its own type.
+    /// The weight back in `nn.Linear`'s `[n, k]` rows, in its own type (8-bit
+    /// weights as the f32 values they stand for).
     pub fn to_tensor(&self) -> candle_core::Result<Tensor> {
         let (n, k) = (self.n, self.k);
         match &self.data {
@@ -100,6 +130,7 @@ impl PanelWeight {
             PanelData::Bf16Pairs(d) => {
                 Tensor::from_vec(unrelay_pairs(d, n, k), (n, k), &Device::Cpu)
             }
+            PanelData::Int8(d) => Tensor::from_vec(d.dequantize(n, k), (n, k), &Device::Cpu),
         }
     }
 
@@ -149,6 +180,7 @@ impl PanelWeight {
             PanelData::Bf16Pairs(w) => {
                 product_pairs(level, x, w, (m, k, n), dst, dst_rs, accumulate)
             }
+            PanelData::Int8(w) => product_int8(level, x, w, (m, k, n), dst, dst_rs, accumulate),
         }
     }
 }
@@ -257,8 +289,31 @@ fn product_pairs(
     tasks((m, n, k), rows_per_pass, dst, dst_rs, accumulate, pass_fn);
 }
 
+/// The product over 8-bit panels: the input quantized to 16 bits a row.
+fn product_int8(
+    level: Level,
+    x: &[f32],
+    w: &Int8Panels,
+    (m, k, n): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+) {
+    let depth = k.div_ceil(2);
+    let rows_per_pass = even_passes(m, ROWS_512);
+    let input = int8::quantize_input(&x[..m * k], m, k, rows_per_pass);
+    let pass_fn = |p: usize, i: usize, rows: usize, tile: &mut Tile| {
+        let x = (
+            &input.pairs[i * depth..(i + rows) * depth],
+            &input.scales[i..i + rows],
+        );
+        int8::pass(level, x, w.panel(p, depth), depth, rows, tile);
+    };
+    tasks((m, n, k), rows_per_pass, dst, dst_rs, accumulate, pass_fn);
+}
+
 /// A pass's sums: up to [`ROWS_512`] rows of one panel's [`WIDTH`] columns.
-type Tile = [[f32; WIDTH]; ROWS_512];
+pub(super) type Tile = [[f32; WIDTH]; ROWS_512];
 
 /// Passes of even size up to `most` rows: 16 rows as 8 + 8, not 12 + a
 /// thin 4.
@@ -611,7 +666,10 @@ mod tests {
     #[test]
     fn panel_product_matches_the_reference_at_every_level() -> candle_core::Result<()> {
         let levels: Vec<Level> = Level::ALL.into_iter().filter(|l| l.supported()).collect();
-        eprintln!("panel product checked at {levels:?}");
+        eprintln!(
+            "panel product checked at {levels:?}; 8-bit kernel: {}",
+            levels.iter().any(|&l| int8::vector_kernel(l))
+        );
         // As the packed kernels' tests: an x86-64 machine without AVX2
         // would leave the kernels untested, so it fails rather than passes.
         assert!(
@@ -647,6 +705,14 @@ mod tests {
             assert!(matches!(p.data, PanelData::Bf16Pairs(_)));
             let want = reference(&round_bf16(&x), &round_bf16(&w), (m, k, n));
             check(&p, &levels, &x, &want, (m, n), "bf16 pairs");
+            // 8-bit weights against the values they stand for, met by the
+            // input's 16-bit rows: the same sums, exactly.
+            let t = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu)?;
+            let p = PanelWeight::from_tensor_int8(&t).expect("cpu weight");
+            assert!(p.is_quantized());
+            let held = p.to_tensor()?.flatten_all()?.to_vec1::<f32>()?;
+            let want = reference(&int8::dequantize_input(&x, k), &held, (m, k, n));
+            check(&p, &levels, &x, &want, (m, n), "int8");
         }
         Ok(())
     }

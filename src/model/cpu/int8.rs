@@ -1,0 +1,384 @@
+//! A text-tower weight held as 8-bit integers with one scale per output
+//! column, for a query's few-rows product (`--text-weights int8`).
+//!
+//! At a query's ~10 tokens the bf16 panels stream the weights at the
+//! memory's rate (BENCHMARKS.md): each weight byte read feeds ~5
+//! multiply-adds. Eight bits halve the bytes. The input rows are quantized
+//! too, to 16 bits with one scale per row (finer than bf16's 8-bit
+//! mantissa for all but a row's smallest elements), so the product is one
+//! integer multiply-add of 16-bit pairs (`vpdpwssd`, AVX-512 VNNI) per
+//! pair of depths, the weights widened from 8 to 16 bits as they are
+//! loaded: one instruction per 32 weights. Sums are exact in 32 bits over
+//! [`CHUNK`] depth pairs, then added up in f32 and scaled by the column's
+//! and the row's scales.
+//!
+//! Only the dense weights and their inputs are quantized (symmetric, to
+//! the column's and the row's largest magnitude): norms, attention,
+//! embeddings and every sum stay f32.
+
+use super::panels::{Tile, WIDTH};
+use crate::simd::Level;
+
+/// Largest integer a weight is quantized to (and its negative the
+/// smallest): symmetric, so a zero weight stays exactly zero.
+const WEIGHT_LEVELS: f32 = 127.0;
+
+/// Largest integer an input element is quantized to.
+const INPUT_LEVELS: f32 = 32767.0;
+
+/// Depth pairs summed in 32-bit integers before they are added in f32:
+/// a pair adds at most 2 · 32767 · 127 = 8.3M, so 256 pairs stay below
+/// 2^31.
+const CHUNK: usize = 256;
+
+/// A `[n, k]` weight quantized per output column, in panels of [`WIDTH`]
+/// columns whose rows are depth pairs: byte `(p · depth + q) · 2·WIDTH +
+/// 2c + d` is column `p · WIDTH + c` at depth `2q + d`. Columns past `n`
+/// and a depth past an odd `k` are zeros.
+#[derive(Debug)]
+pub struct Int8Panels {
+    q: Vec<i8>,
+    /// One per column of every panel (zeros past `n`).
+    scale: Vec<f32>,
+}
+
+impl Int8Panels {
+    /// Quantizes `[n, k]` f32 rows.
+    pub fn quantize(w: &[f32], n: usize, k: usize) -> Self {
+        let depth = k.div_ceil(2);
+        let mut q = vec![0i8; n.div_ceil(WIDTH) * depth * 2 * WIDTH];
+        let mut scale = vec![0f32; n.div_ceil(WIDTH) * WIDTH];
+        for (j, row) in w.chunks_exact(k.max(1)).take(n).enumerate() {
+            let (p, c) = (j / WIDTH, j % WIDTH);
+            let Some(s) = scale_of(row, WEIGHT_LEVELS) else {
+                continue;
+            };
+            scale[p * WIDTH + c] = s;
+            let panel = &mut q[p * depth * 2 * WIDTH..(p + 1) * depth * 2 * WIDTH];
+            for (kk, v) in row.iter().enumerate() {
+                panel[kk / 2 * 2 * WIDTH + 2 * c + kk % 2] = quantize(*v, s, WEIGHT_LEVELS) as i8;
+            }
+        }
+        Self { q, scale }
+    }
+
+    /// The weight the product multiplies by, as `[n, k]` f32 rows.
+    pub fn dequantize(&self, n: usize, k: usize) -> Vec<f32> {
+        let depth = k.div_ceil(2);
+        let mut out = vec![0f32; n * k];
+        for (j, row) in out.chunks_exact_mut(k.max(1)).take(n).enumerate() {
+            let (p, c) = (j / WIDTH, j % WIDTH);
+            let s = self.scale[p * WIDTH + c];
+            let panel = &self.q[p * depth * 2 * WIDTH..(p + 1) * depth * 2 * WIDTH];
+            for (kk, v) in row.iter_mut().enumerate() {
+                *v = f32::from(panel[kk / 2 * 2 * WIDTH + 2 * c + kk % 2]) * s;
+            }
+        }
+        out
+    }
+
+    /// Panel `p`'s bytes and column scales.
+    pub(super) fn panel(&self, p: usize, depth: usize) -> (&[i8], &[f32]) {
+        let bytes = depth * 2 * WIDTH;
+        (
+            &self.q[p * bytes..(p + 1) * bytes],
+            &self.scale[p * WIDTH..(p + 1) * WIDTH],
+        )
+    }
+}
+
+/// The scale that maps `v`'s largest finite magnitude to `levels`; `None`
+/// when there is none (all zeros: every value quantizes to 0). A
+/// non-finite element says nothing about its row's range: it is clamped to
+/// the ends (NaN to 0) by [`quantize_into`].
+fn scale_of(v: &[f32], levels: f32) -> Option<f32> {
+    let largest = v
+        .iter()
+        .map(|x| if x.is_finite() { x.abs() } else { 0.0 })
+        .fold(0f32, f32::max);
+    (largest > 0.0).then_some(largest / levels)
+}
+
+/// `out[i] = v[i] / scale` rounded to the nearest integer (ties to even),
+/// clamped to ±`levels`, NaN to 0: per element, so that the compiler
+/// vectorizes it where [`quantize_into`] enables AVX-512.
+#[inline(always)]
+fn quantize_body(v: &[f32], scale: f32, levels: f32, out: &mut [i16]) {
+    let inv = 1.0 / scale;
+    for (d, &x) in out.iter_mut().zip(v) {
+        let y = (x * inv).clamp(-levels, levels);
+        *d = if y.is_nan() {
+            0
+        } else {
+            y.round_ties_even() as i16
+        };
+    }
+}
+
+/// [`quantize_body`], in AVX-512 where the CPU has it: a query's every
+/// product quantizes its input rows on the calling thread first.
+fn quantize_into(v: &[f32], scale: f32, levels: f32, out: &mut [i16]) {
+    #[cfg(target_arch = "x86_64")]
+    if Level::Avx512.supported() {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+        unsafe fn wide(v: &[f32], scale: f32, levels: f32, out: &mut [i16]) {
+            quantize_body(v, scale, levels, out)
+        }
+        // SAFETY: the CPU has the features `wide` is compiled for.
+        return unsafe { wide(v, scale, levels, out) };
+    }
+    quantize_body(v, scale, levels, out)
+}
+
+fn quantize(v: f32, scale: f32, levels: f32) -> i16 {
+    let mut out = [0i16];
+    quantize_body(&[v], scale, levels, &mut out);
+    out[0]
+}
+
+/// The input of an 8-bit product: `m` rows quantized to 16 bits, each with
+/// its scale, paired along `k` (the even depth in the low half) and
+/// interleaved `[q][r]` within passes of `rows` rows, as the bf16 pair
+/// kernel's input is.
+pub(super) struct Input {
+    pub pairs: Vec<u32>,
+    pub scales: Vec<f32>,
+}
+
+pub(super) fn quantize_input(x: &[f32], m: usize, k: usize, rows: usize) -> Input {
+    let depth = k.div_ceil(2);
+    let mut pairs = vec![0u32; m * depth];
+    let mut scales = vec![0f32; m];
+    let mut row_q = vec![0i16; 2 * depth];
+    for (pass, (chunk, dst)) in x
+        .chunks(rows * k)
+        .zip(pairs.chunks_mut(rows * depth))
+        .enumerate()
+    {
+        let r_n = chunk.len() / k;
+        for (r, row) in chunk.chunks_exact(k).enumerate() {
+            let Some(s) = scale_of(row, INPUT_LEVELS) else {
+                continue;
+            };
+            scales[pass * rows + r] = s;
+            // The row in 16 bits, then its depth pairs scattered to their
+            // places in the pass (a zero past an odd `k`).
+            quantize_into(row, s, INPUT_LEVELS, &mut row_q[..k]);
+            row_q[k..].fill(0);
+            for (q, two) in row_q.chunks_exact(2).enumerate() {
+                dst[q * r_n + r] = u32::from(two[0] as u16) | u32::from(two[1] as u16) << 16;
+            }
+        }
+    }
+    Input { pairs, scales }
+}
+
+/// True when this CPU runs the vector kernel.
+pub(super) fn vector_kernel(level: Level) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        matches!(level, Level::Avx512 | Level::Avx512Bf16)
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = level;
+        false
+    }
+}
+
+/// `tile[r][c] = (Σ_q x[q, r] · panel[q, c]) · scale[c] · row_scale[r]`
+/// over 16-bit input pairs and 8-bit weight pairs, for `rows` rows
+/// interleaved by [`quantize_input`]: `vpdpwssd` where [`vector_kernel`]
+/// says so, plain Rust on the same integers elsewhere (the same sums).
+pub(super) fn pass(
+    level: Level,
+    (x, row_scale): (&[u32], &[f32]),
+    (panel, scale): (&[i8], &[f32]),
+    depth: usize,
+    rows: usize,
+    tile: &mut Tile,
+) {
+    assert!(
+        x.len() >= rows * depth
+            && row_scale.len() >= rows
+            && panel.len() >= depth * 2 * WIDTH
+            && scale.len() >= WIDTH
+            && rows <= tile.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if vector_kernel(level) {
+        macro_rules! dispatch {
+            ($($r:literal)*) => {
+                match rows {
+                    $($r => pass_vnni::<$r>(x, panel, depth, tile),)*
+                    _ => unreachable!("rows checked above"),
+                }
+            };
+        }
+        // SAFETY: `vector_kernel` checked the CPU's features; the assert
+        // above bounds every element the kernel reads.
+        unsafe { dispatch!(1 2 3 4 5 6 7 8 9 10 11 12) };
+    } else {
+        portable(x, panel, depth, rows, tile);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = level;
+        portable(x, panel, depth, rows, tile);
+    }
+    for (sums, rs) in tile[..rows].iter_mut().zip(row_scale) {
+        for (s, cs) in sums.iter_mut().zip(scale) {
+            *s = *s * cs * rs;
+        }
+    }
+}
+
+/// The integer sums of [`pass`] in plain Rust, chunk by chunk as the
+/// vector kernel adds them.
+fn portable(x: &[u32], panel: &[i8], depth: usize, rows: usize, tile: &mut Tile) {
+    for (r, sums) in tile[..rows].iter_mut().enumerate() {
+        *sums = [0.0; WIDTH];
+        for q0 in (0..depth).step_by(CHUNK) {
+            let mut part = [0i32; WIDTH];
+            for q in q0..(q0 + CHUNK).min(depth) {
+                let v = x[q * rows + r];
+                let (x0, x1) = (
+                    i32::from(v as u16 as i16),
+                    i32::from((v >> 16) as u16 as i16),
+                );
+                let row = &panel[q * 2 * WIDTH..(q + 1) * 2 * WIDTH];
+                for (s, w) in part.iter_mut().zip(row.chunks_exact(2)) {
+                    *s += x0 * i32::from(w[0]) + x1 * i32::from(w[1]);
+                }
+            }
+            for (s, p) in sums.iter_mut().zip(part) {
+                *s += p as f32;
+            }
+        }
+    }
+}
+
+/// How far ahead (in panel rows of one cache line) the kernel prefetches:
+/// about the same distance in bytes as the bf16 panels' kernel.
+#[cfg(target_arch = "x86_64")]
+const AHEAD: usize = 96;
+
+/// One pass of `R` rows over a whole panel: per panel row (one cache line:
+/// two depths of 32 columns), two widenings to 16 bits and one `vpdpwssd`
+/// per input row and half; the integer sums go into the tile every
+/// [`CHUNK`] rows.
+///
+/// # Safety
+/// AVX-512 F, BW and VNNI; `x` holds `R` rows of `depth` pairs
+/// interleaved, `panel` holds `depth * 2 * WIDTH` bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn pass_vnni<const R: usize>(x: &[u32], panel: &[i8], depth: usize, tile: &mut Tile) {
+    use std::arch::x86_64::*;
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        for sums in tile[..R].iter_mut() {
+            *sums = [0.0; WIDTH];
+        }
+        let (xp, wp) = (x.as_ptr(), panel.as_ptr());
+        for q0 in (0..depth).step_by(CHUNK) {
+            let mut acc = [[_mm512_setzero_si512(); 2]; R];
+            for q in q0..(q0 + CHUNK).min(depth) {
+                let row = wp.add(q * 2 * WIDTH);
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(AHEAD * 2 * WIDTH));
+                let w0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(row.cast()));
+                let w1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(row.add(WIDTH).cast()));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let b = _mm512_set1_epi32(*xp.add(q * R + r) as i32);
+                    a[0] = _mm512_dpwssd_epi32(a[0], b, w0);
+                    a[1] = _mm512_dpwssd_epi32(a[1], b, w1);
+                }
+            }
+            for (t, a) in tile.iter_mut().zip(&acc) {
+                let lo = _mm512_add_ps(_mm512_loadu_ps(t.as_ptr()), _mm512_cvtepi32_ps(a[0]));
+                let hi = _mm512_add_ps(
+                    _mm512_loadu_ps(t.as_ptr().add(16)),
+                    _mm512_cvtepi32_ps(a[1]),
+                );
+                _mm512_storeu_ps(t.as_mut_ptr(), lo);
+                _mm512_storeu_ps(t.as_mut_ptr().add(16), hi);
+            }
+        }
+    }
+}
+
+/// `x`'s rows as [`quantize_input`] leaves them, back in f32: what the
+/// product multiplies (for tests).
+#[cfg(test)]
+pub(super) fn dequantize_input(x: &[f32], k: usize) -> Vec<f32> {
+    x.chunks_exact(k.max(1))
+        .flat_map(|row| {
+            let s = scale_of(row, INPUT_LEVELS);
+            row.iter()
+                .map(move |&v| s.map_or(0.0, |s| f32::from(quantize(v, s, INPUT_LEVELS)) * s))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each weight lands within half a step of its value, the column's
+    /// largest magnitude exactly on ±127 steps; an all-zero column, a NaN
+    /// and an infinity neither divide by zero nor spoil their column.
+    #[test]
+    fn weights_quantize_per_column_within_half_a_step() {
+        let (n, k) = (70, 9);
+        let mut w = super::super::testing::values(n * k, 7);
+        w[3 * k..4 * k].fill(0.0);
+        w[5 * k + 2] = f32::NAN;
+        w[6 * k + 4] = f32::INFINITY;
+        let q = Int8Panels::quantize(&w, n, k);
+        let back = q.dequantize(n, k);
+        for (j, (row, got)) in w.chunks(k).zip(back.chunks(k)).enumerate() {
+            let finite: Vec<f32> = row.iter().copied().filter(|v| v.is_finite()).collect();
+            let largest = finite.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let step = largest / 127.0;
+            for (kk, (&v, &g)) in row.iter().zip(got).enumerate() {
+                let want = if v.is_nan() {
+                    0.0
+                } else {
+                    v.clamp(-largest, largest)
+                };
+                assert!(
+                    (g - want).abs() <= step / 2.0 + 1e-7,
+                    "column {j} depth {kk}: {g} for {v} (step {step})"
+                );
+            }
+            if largest > 0.0 {
+                assert!(
+                    got.iter().any(|g| (g.abs() - largest).abs() <= 1e-6),
+                    "column {j}"
+                );
+            } else {
+                assert!(got.iter().all(|&g| g == 0.0), "zero column {j}");
+            }
+        }
+    }
+
+    /// The input's 16-bit rows hold each element within half a step of
+    /// the row's scale, and a zero row stays zero.
+    #[test]
+    fn inputs_quantize_per_row() {
+        let k = 11;
+        let mut x = super::super::testing::values(3 * k, 3);
+        x[k..2 * k].fill(0.0);
+        let back = dequantize_input(&x, k);
+        for (row, got) in x.chunks(k).zip(back.chunks(k)) {
+            let step = row.iter().fold(0f32, |m, v| m.max(v.abs())) / 32767.0;
+            for (&v, &g) in row.iter().zip(got) {
+                assert!((g - v).abs() <= step / 2.0 + 1e-9, "{g} for {v}");
+            }
+        }
+        let input = quantize_input(&x, 3, k, 2);
+        assert_eq!(input.scales[1], 0.0);
+        assert_eq!(input.pairs.len(), 3 * k.div_ceil(2));
+    }
+}
