@@ -78,7 +78,7 @@ impl Encoder {
             TextWeights::Int8 if !PanelWeight::int8_runs_fast() => {
                 tracing::warn!(
                     level = crate::simd::level().name(),
-                    "text_weights = int8 needs AVX-512 VNNI, which this CPU lacks: the text tower keeps {dtype:?} weights"
+                    "text_weights = int8 needs AVX-512 VNNI at the vector level in use: the text tower keeps {dtype:?} weights"
                 );
                 None
             }

@@ -240,8 +240,14 @@ impl Daemon {
             // The daemon's model in the type the bench's own runs use.
             .arg("--dtype")
             .arg(&cfg.dtype)
-            .arg("--text-weights")
-            .arg(&cfg.text_weights)
+            // Only when asked for: a daemon built before the flag can still
+            // be measured against.
+            .args(
+                (cfg.text_weights != "dtype")
+                    .then_some(["--text-weights", cfg.text_weights.as_str()])
+                    .into_iter()
+                    .flatten(),
+            )
             .env("RUST_LOG", "info,hnsw_rs=warn,sled=warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

@@ -922,7 +922,7 @@ async fn int8_text_weights_find_what_the_exact_model_finds() {
     let log = d.log();
     assert!(
         dualsight::model::cpu::PanelWeight::int8_runs_fast()
-            || log.contains("text_weights = int8 needs AVX-512 VNNI"),
+            || log.contains("text_weights = int8 needs AVX-512 VNNI at the vector level in use"),
         "{log}"
     );
     let tmp = tempfile::tempdir().unwrap();

@@ -706,7 +706,7 @@ mod tests {
             let want = reference(&round_bf16(&x), &round_bf16(&w), (m, k, n));
             check(&p, &levels, &x, &want, (m, n), "bf16 pairs");
             // 8-bit weights against the values they stand for, met by the
-            // input's 16-bit rows: the same sums, exactly.
+            // input's 16-bit rows: the same sums, up to f32 rounding.
             let t = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu)?;
             let p = PanelWeight::from_tensor_int8(&t).expect("cpu weight");
             assert!(p.is_quantized());
