@@ -71,20 +71,30 @@ impl Encoder {
             TextWeights::Dtype => None,
             TextWeights::Int8 if !device.is_cpu() => {
                 tracing::warn!(
-                    "text_weights = int8 applies to the CPU only: the text tower keeps {dtype:?} weights on {device:?}"
+                    "text_weights = int8 applies to the CPU only: the text tower keeps {dtype:?} weights on {device:?} (set text_weights = \"dtype\" to say so)"
                 );
                 None
             }
             TextWeights::Int8 if !PanelWeight::int8_runs_fast() => {
                 tracing::warn!(
                     level = crate::simd::level().name(),
-                    "text_weights = int8 needs AVX-512 VNNI at the vector level in use: the text tower keeps {dtype:?} weights"
+                    "text_weights = int8 needs AVX-512 VNNI at the vector level in use: the text tower keeps {dtype:?} weights (run on a CPU with VNNI without DUALSIGHT_CPU lowering the level, or set text_weights = \"dtype\")"
                 );
                 None
             }
             TextWeights::Int8 => Some(Int8TextWeights::enter()),
         };
         Self::with_model(dir, DualEncoder::load(dir, device, dtype)?)
+    }
+
+    /// How the text tower holds its weights in fact: `Int8` only where
+    /// [`Self::load_with`] could give it 8 bits.
+    pub fn text_weights(&self) -> TextWeights {
+        if self.model.text_quantized() {
+            TextWeights::Int8
+        } else {
+            TextWeights::Dtype
+        }
     }
 
     /// An encoder over `model` (already built, e.g. for training) with the

@@ -42,7 +42,7 @@ pub(super) fn load_engines(s: &Settings) -> Result<(Engine, Option<Engine>)> {
         .with_limits(limits.clone())
         .with_preprocessing(s.preprocessing());
     let fp = encoder.fingerprint().to_string();
-    tracing::info!(model = %dir.display(), fingerprint = %fp, dim = encoder.dim(), preprocessing = ?encoder.preprocessing(), text_weights = ?text, "model loaded");
+    tracing::info!(model = %dir.display(), fingerprint = %fp, dim = encoder.dim(), preprocessing = ?encoder.preprocessing(), text_weights = ?encoder.text_weights(), "model loaded");
     let params = s.index_params();
     let mut models = ModelDirs::load(&s.data_dir);
     let previous = match store.active_space()? {

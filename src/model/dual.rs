@@ -207,18 +207,20 @@ impl DualEncoder {
     pub fn max_tokens(&self) -> usize {
         self.config.text.max_tokens()
     }
+    /// True when the text tower holds 8-bit weights (`--text-weights int8`
+    /// took effect on this CPU).
+    pub fn text_quantized(&self) -> bool {
+        quantized(&self.weights.lock().expect("weights lock")).is_some()
+    }
+
     /// Every tensor the model holds, as the checkpoint lays it out.
     pub(crate) fn weights(&self) -> Result<BTreeMap<String, Tensor>> {
         let held = self.weights.lock().expect("weights lock").clone();
         // 8-bit weights are not the checkpoint's: a model written from them
         // would silently be another model.
-        if let Some(name) = held
-            .iter()
-            .find(|(_, h)| matches!(h, Held::Panels(p) if p.is_quantized()))
-            .map(|(name, _)| name)
-        {
+        if let Some(name) = quantized(&held) {
             return Err(ModelError::Invalid(format!(
-                "{name}: this model holds its text weights as 8 bits (text_weights = int8), not the checkpoint's; load it without that to write it"
+                "{name}: this model holds its text weights as 8 bits (text_weights = int8), not the checkpoint's; load it with text_weights = \"dtype\" to write it"
             )));
         }
         held.into_iter()
@@ -418,4 +420,11 @@ pub fn softmax(logits: &Tensor) -> Result<Tensor> {
         &logits.to_dtype(DType::F32)?,
         D::Minus1,
     )?)
+}
+
+/// The name of a weight held in 8 bits, if any.
+fn quantized(held: &BTreeMap<String, Held>) -> Option<String> {
+    held.iter()
+        .find(|(_, h)| matches!(h, Held::Panels(p) if p.is_quantized()))
+        .map(|(name, _)| name.clone())
 }

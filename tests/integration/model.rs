@@ -576,6 +576,8 @@ fn int8_text_weights_keep_every_text_embedding_close() {
     let plain = Encoder::load(&dir, &Device::Cpu, DType::F32).unwrap();
     let int8 = Encoder::load_with(&dir, &Device::Cpu, DType::F32, TextWeights::Int8).unwrap();
     let quantized = int8.embed_texts(&texts).unwrap() != plain.embed_texts(&texts).unwrap();
+    assert_eq!(int8.text_weights() == TextWeights::Int8, quantized);
+    assert_eq!(plain.text_weights(), TextWeights::Dtype);
     assert_eq!(
         quantized,
         dualsight::model::cpu::PanelWeight::int8_runs_fast(),

@@ -56,7 +56,7 @@ impl Int8Panels {
             scale[p * WIDTH + c] = s;
             let panel = &mut q[p * depth * 2 * WIDTH..(p + 1) * depth * 2 * WIDTH];
             for (kk, v) in row.iter().enumerate() {
-                panel[kk / 2 * 2 * WIDTH + 2 * c + kk % 2] = quantize(*v, s, WEIGHT_LEVELS) as i8;
+                panel[at(kk, c)] = quantize(*v, s, WEIGHT_LEVELS) as i8;
             }
         }
         Self { q, scale }
@@ -71,7 +71,7 @@ impl Int8Panels {
             let s = self.scale[p * WIDTH + c];
             let panel = &self.q[p * depth * 2 * WIDTH..(p + 1) * depth * 2 * WIDTH];
             for (kk, v) in row.iter_mut().enumerate() {
-                *v = f32::from(panel[kk / 2 * 2 * WIDTH + 2 * c + kk % 2]) * s;
+                *v = f32::from(panel[at(kk, c)]) * s;
             }
         }
         out
@@ -85,6 +85,11 @@ impl Int8Panels {
             &self.scale[p * WIDTH..(p + 1) * WIDTH],
         )
     }
+}
+
+/// Where depth `kk` of a panel's column `c` lies in the panel's bytes.
+fn at(kk: usize, c: usize) -> usize {
+    kk / 2 * 2 * WIDTH + 2 * c + kk % 2
 }
 
 /// The scale that maps `v`'s largest magnitude to `levels`; `None` when
