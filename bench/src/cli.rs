@@ -115,6 +115,13 @@ pub struct BenchArgs {
     /// Keep the scratch directory (stores, checkpoints, daemon log).
     #[arg(long)]
     pub keep_scratch: bool,
+    /// The restart section's data dir, kept after the run. When it already
+    /// holds this run's largest size (made by an earlier run with the same
+    /// model, seed and index settings), the restart section skips the build,
+    /// fill and checkpoint and measures only the daemon on it: a 1M daemon in
+    /// minutes instead of half an hour.
+    #[arg(long, value_name = "DIR")]
+    pub daemon_data: Option<PathBuf>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// The dualsight source tree (test tokenizer and photos) [default: the one
@@ -324,6 +331,7 @@ fn config(args: &BenchArgs) -> Result<BenchConfig> {
         dualsight: dualsight_binary(args)?,
         seed: args.seed,
         keep_scratch: args.keep_scratch,
+        daemon_data: args.daemon_data.clone(),
         quick: q,
         source_images,
     };

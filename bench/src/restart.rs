@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
 
 use crate::assets::rss;
 use crate::report::{Better, Figures};
@@ -47,7 +48,10 @@ pub fn run(
     let dim = enc.dim();
     let n = data.len() / dim;
     let fp = enc.fingerprint().to_string();
-    let data_dir = scratch.join("daemon");
+    let data_dir = match &cfg.daemon_data {
+        Some(dir) => fresh_data_dir(dir)?,
+        None => scratch.join("daemon"),
+    };
     let index_dir = data_dir.join("index").join(&fp);
 
     // The store, as the daemon would have written it.
@@ -145,10 +149,114 @@ pub fn run(
         graph,
     );
 
+    if let Some(dir) = &cfg.daemon_data {
+        let made = serde_json::to_string_pretty(&Made::of(cfg, enc, n))?;
+        std::fs::write(dir.join(MADE), made)
+            .with_context(|| format!("writing {}", dir.join(MADE).display()))?;
+    }
     if cfg.daemon {
         daemon(cfg, &data_dir, scratch, n, figs, notes)?;
     }
-    let _ = std::fs::remove_dir_all(&data_dir);
+    if cfg.daemon_data.is_none() {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    Ok(())
+}
+
+/// The file in a `--daemon-data` dir that says what it holds.
+const MADE: &str = "dualsight-bench.json";
+
+/// What a kept data dir was made from: a later run reuses it only when all
+/// of it matches (other vectors would make other figures).
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+struct Made {
+    vectors: usize,
+    dim: usize,
+    fingerprint: String,
+    seed: u64,
+    m: usize,
+    ef_construction: usize,
+}
+
+impl Made {
+    fn of(cfg: &BenchConfig, enc: &Encoder, n: usize) -> Made {
+        Made {
+            vectors: n,
+            dim: enc.dim(),
+            fingerprint: enc.fingerprint().to_string(),
+            seed: cfg.seed,
+            m: cfg.index.max_nb_connection,
+            ef_construction: cfg.index.ef_construction,
+        }
+    }
+}
+
+/// A `--daemon-data` dir to fill: created, or emptied when it holds a
+/// bench's earlier data; anything else in it is refused, never deleted.
+fn fresh_data_dir(dir: &Path) -> Result<PathBuf> {
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)
+            .with_context(|| format!("--daemon-data {}", dir.display()))?
+            .next()
+            .is_none();
+        if !empty && !dir.join(MADE).exists() {
+            bail!(
+                "--daemon-data {}: not empty and not made by dualsight-bench (no {MADE}); \
+                 name an empty or new directory",
+                dir.display()
+            );
+        }
+        if !empty {
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("emptying --daemon-data {}", dir.display()))?;
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("--daemon-data {}", dir.display()))?;
+    Ok(dir.to_path_buf())
+}
+
+/// Whether `--daemon-data` holds what this run would make at size `n`.
+pub fn reusable(cfg: &BenchConfig, enc: &Encoder, n: usize) -> Result<bool> {
+    let Some(dir) = &cfg.daemon_data else {
+        return Ok(false);
+    };
+    let Ok(text) = std::fs::read_to_string(dir.join(MADE)) else {
+        return Ok(false);
+    };
+    let made: Made = serde_json::from_str(&text)
+        .with_context(|| format!("reading {}", dir.join(MADE).display()))?;
+    let want = Made::of(cfg, enc, n);
+    if made != want {
+        say(format!(
+            "--daemon-data {} holds {made:?}, this run wants {want:?}: remaking it",
+            dir.display()
+        ));
+    }
+    Ok(made == want)
+}
+
+/// The restart section on a kept data dir: only the daemon's figures.
+pub fn reuse(
+    cfg: &BenchConfig,
+    enc: &Encoder,
+    n: usize,
+    scratch: &Path,
+    figs: &mut Figures,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let dir = cfg.daemon_data.as_deref().context("no --daemon-data")?;
+    say(format!(
+        "{n} vectors: reusing the data dir {} (build, fill and checkpoint skipped)",
+        dir.display()
+    ));
+    notes.push(format!(
+        "restart section on a kept data dir ({} vectors, model {}): the daemon's figures only",
+        n,
+        enc.fingerprint()
+    ));
+    if cfg.daemon {
+        daemon(cfg, dir, scratch, n, figs, notes)?;
+    }
     Ok(())
 }
 
@@ -248,7 +356,11 @@ impl Daemon {
                     .into_iter()
                     .flatten(),
             )
-            .env("RUST_LOG", "info,hnsw_rs=warn,sled=warn")
+            // The query log splits each text query's time (tower, search).
+            .env(
+                "RUST_LOG",
+                "info,hnsw_rs=warn,sled=warn,dualsight::daemon::query=debug",
+            )
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -356,7 +468,10 @@ fn daemon(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let early = &texts[..texts.len().min(20)];
+    // Texts of their own: the timed ones below must reach the tower, not
+    // the query cache these fill.
+    let early = query_texts(20, cfg.seed ^ 0xEA7);
+    let early = &early[..];
     say(format!(
         "{n} vectors: {} gRPC searches right after SERVING",
         early.len()
@@ -450,7 +565,14 @@ fn daemon(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let before = query_times(&d.log).len();
     let lat = runtime.block_on(live_searches(&d.addr, &texts, cfg.k))?;
+    let split: Vec<(f64, f64)> = query_times(&d.log)
+        .into_iter()
+        .skip(before)
+        .filter(|t| !t.cached)
+        .map(|t| (t.text_s, t.search_s))
+        .collect();
     let (cached, trip) = runtime.block_on(live_overhead(&d.addr, &texts[0], cfg.k, texts.len()))?;
     // Close our connection first: the server's graceful shutdown waits for it.
     drop(runtime);
@@ -461,6 +583,25 @@ fn daemon(
         "live gRPC Search (text → hits with paths), graph in",
         &lat,
     );
+    if split.len() * 2 >= texts.len() {
+        let (tower, search): (Vec<f64>, Vec<f64>) = split.into_iter().unzip();
+        add_latency(
+            figs,
+            "daemon.search_text_part",
+            SECTION,
+            "  of which the text embedding (tokenize + tower, in the daemon; its query log)",
+            &tower,
+        );
+        add_latency(
+            figs,
+            "daemon.search_search_part",
+            SECTION,
+            "  of which the search after it (index + rescoring + paths; its query log)",
+            &search,
+        );
+    } else {
+        notes.push("the daemon's query log had no timings (an older daemon?)".into());
+    }
     add_latency(
         figs,
         "daemon.search_cached",
@@ -617,6 +758,33 @@ pub fn log_field(log: &str, marker: &str, field: &str) -> Option<f64> {
     rest[..end].parse().ok()
 }
 
+/// One text query's split, from the daemon's debug line "text query timed".
+#[derive(Debug, PartialEq)]
+pub struct QueryTime {
+    pub text_s: f64,
+    pub search_s: f64,
+    pub cached: bool,
+}
+
+/// Every "text query timed" line of the daemon's log, in order.
+fn query_times(log: &Path) -> Vec<QueryTime> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    parse_query_times(&text)
+}
+
+fn parse_query_times(log: &str) -> Vec<QueryTime> {
+    log.lines()
+        .filter(|l| l.contains("text query timed"))
+        .filter_map(|l| {
+            Some(QueryTime {
+                text_s: log_field(l, "", "text_us")? / 1e6,
+                search_s: log_field(l, "", "search_us")? / 1e6,
+                cached: l.contains("cached=true"),
+            })
+        })
+        .collect()
+}
+
 /// Seconds since midnight (UTC) of the first log line containing `marker`
 /// (tracing's default format starts with an RFC 3339 timestamp).
 pub fn log_time(log: &str, marker: &str) -> Option<f64> {
@@ -674,6 +842,24 @@ mod tests {
         assert_eq!(t, 0.0);
         let two = "2026-11-26T19:16:15.687323Z  INFO model device requested=cpu";
         assert!((log_time(two, "model device").unwrap() - 69375.687323).abs() < 1e-6);
+    }
+
+    #[test]
+    fn query_times_parse() {
+        let log = "2026-01-01T00:00:00Z DEBUG dualsight::daemon::query: text query timed text_us=11500 search_us=3200 cached=false\n\
+                   x\n\
+                   2026-01-01T00:00:01Z DEBUG dualsight::daemon::query: text query timed text_us=40 search_us=3100 cached=true";
+        let t = parse_query_times(log);
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            t[0],
+            QueryTime {
+                text_s: 0.0115,
+                search_s: 0.0032,
+                cached: false
+            }
+        );
+        assert!(t[1].cached);
     }
 
     #[test]

@@ -104,6 +104,10 @@ pub fn run(
         if n == 0 || (!cfg.sections.search && n != largest) {
             continue;
         }
+        if !cfg.sections.search && n == largest && restart::reusable(cfg, enc, n)? {
+            restart::reuse(cfg, enc, n, scratch, figs, notes)?;
+            continue;
+        }
         let sec = section(n);
         let mix = Mixture::for_size(n, dim, cfg.seed);
         say(format!(

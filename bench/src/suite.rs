@@ -114,6 +114,8 @@ pub struct BenchConfig {
     pub dualsight: PathBuf,
     pub seed: u64,
     pub keep_scratch: bool,
+    /// The restart section's kept (and maybe reused) data dir.
+    pub daemon_data: Option<PathBuf>,
     pub quick: bool,
     /// Test photos the JPEGs are made from.
     pub source_images: Vec<PathBuf>,
@@ -341,6 +343,7 @@ mod tests {
             dualsight: PathBuf::from("dualsight"),
             seed: 1,
             keep_scratch: false,
+            daemon_data: None,
             quick: true,
             source_images: vec![images.join("chelsea.png"), images.join("rocket.jpg")],
         };
