@@ -308,6 +308,20 @@ pub fn rss(pid: Option<u32>) -> Option<(u64, u64)> {
     Some((kb("VmRSS:")?, kb("VmHWM:")?))
 }
 
+/// Bytes of a process's anonymous memory held in transparent huge pages
+/// (`AnonHugePages` of `/proc/PID/smaps_rollup`).
+pub fn huge_pages(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let kb: u64 = s
+        .lines()
+        .find(|l| l.starts_with("AnonHugePages:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 /// Versions of the crates that decide the figures, from the Cargo.lock this
 /// binary was built with.
 pub fn crate_versions() -> BTreeMap<String, String> {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::assets::rss;
+use crate::assets::{huge_pages, rss};
 use crate::report::{Better, Figures};
 use crate::search::add_latency;
 use crate::suite::{BenchConfig, say};
@@ -532,6 +532,16 @@ fn daemon(
             Better::Lower,
             rss_now as f64 / 1e6,
         );
+        if let Some(huge) = huge_pages(d.pid) {
+            figs.add(
+                "daemon.huge_pages_mb",
+                SECTION,
+                "  of which in transparent huge pages (AnonHugePages)",
+                "MB",
+                Better::Higher,
+                huge as f64 / 1e6,
+            );
+        }
         figs.add(
             "daemon.peak_rss_mb",
             SECTION,

@@ -416,8 +416,11 @@ fn interleave_pairs(x: &[f32], m: usize, k: usize, rows: usize) -> Vec<u32> {
         let r_n = chunk.len() / k;
         for (r, row) in chunk.chunks_exact(k).enumerate() {
             super::packed::round_pairs(row, &mut pairs);
-            for (q, v) in pairs.iter().enumerate() {
-                dst[q * r_n + r] = v.to_bits();
+            // Row `r` of each depth pair's `r_n` (indexed by `q * r_n + r`,
+            // with its multiply and bounds check per store, this was a
+            // third of the routine's time).
+            for (at, v) in dst.chunks_exact_mut(r_n).zip(&pairs) {
+                at[r] = v.to_bits();
             }
         }
     }
