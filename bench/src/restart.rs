@@ -854,6 +854,28 @@ mod tests {
         assert!((log_time(two, "model device").unwrap() - 69375.687323).abs() < 1e-6);
     }
 
+    /// A `--daemon-data` dir is made, or emptied when a bench made it; a
+    /// directory holding anything else is refused and left as it was.
+    #[test]
+    fn daemon_data_dirs_are_only_emptied_when_the_bench_made_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fresh = tmp.path().join("new");
+        assert_eq!(fresh_data_dir(&fresh).unwrap(), fresh);
+        assert!(fresh.is_dir());
+        let theirs = tmp.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::write(theirs.join("photo.jpg"), b"x").unwrap();
+        let err = fresh_data_dir(&theirs).unwrap_err().to_string();
+        assert!(err.contains("not made by dualsight-bench"), "{err}");
+        assert!(theirs.join("photo.jpg").exists());
+        let ours = tmp.path().join("ours");
+        std::fs::create_dir(&ours).unwrap();
+        std::fs::write(ours.join(MADE), b"{}").unwrap();
+        std::fs::write(ours.join("old"), b"x").unwrap();
+        fresh_data_dir(&ours).unwrap();
+        assert_eq!(std::fs::read_dir(&ours).unwrap().count(), 0);
+    }
+
     #[test]
     fn query_times_parse() {
         let log = "2026-01-01T00:00:00Z DEBUG dualsight::daemon::query: text query timed text_us=11500 search_us=3200 cached=false\n\

@@ -197,10 +197,7 @@ unsafe fn quantize_avx512(v: &[f32], scale: f32, levels: f32, out: &mut [i16]) {
             let number = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(y, y);
             let y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
             let q = _mm512_maskz_cvt_roundps_epi32::<ROUND>(number, y);
-            _mm256_storeu_si256(
-                out.as_mut_ptr().add(i).cast(),
-                _mm512_cvtepi32_epi16(q),
-            );
+            _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), _mm512_cvtepi32_epi16(q));
         }
     }
     quantize_body(&v[whole..n], scale, levels, &mut out[whole..n]);
@@ -475,7 +472,17 @@ mod tests {
     fn quantize_into_matches_the_plain_routine() {
         let mut v = super::super::testing::values(45, 9);
         let scale = 0.01;
-        v[..9].copy_from_slice(&[0.025, -0.025, 0.035, 1e9, -1e9, f32::NAN, f32::INFINITY, 0.0, -0.0]);
+        v[..9].copy_from_slice(&[
+            0.025,
+            -0.025,
+            0.035,
+            1e9,
+            -1e9,
+            f32::NAN,
+            f32::INFINITY,
+            0.0,
+            -0.0,
+        ]);
         v[40] = f32::NAN;
         v[44] = -0.015;
         for levels in [127.0, 32767.0] {
@@ -484,7 +491,20 @@ mod tests {
             let mut got = vec![7i16; v.len()];
             quantize_into(&v, scale, levels, &mut got);
             assert_eq!(got, want, "levels {levels}");
-            assert_eq!(&want[..9], &[2, -2, 4, levels as i16, -levels as i16, 0, levels as i16, 0, 0]);
+            assert_eq!(
+                &want[..9],
+                &[
+                    2,
+                    -2,
+                    4,
+                    levels as i16,
+                    -levels as i16,
+                    0,
+                    levels as i16,
+                    0,
+                    0
+                ]
+            );
             assert_eq!((want[40], want[44]), (0, -2));
         }
     }
