@@ -108,7 +108,7 @@ fn scale_of(v: &[f32], levels: f32) -> Option<f32> {
 
 /// The largest `|x|` of `v`, and whether every element is finite, in one
 /// pass that the compiler vectorizes: 16 lanes of running maxima, and a
-/// running sum of `x - x`, which stays 0 for finite `x` and turns NaN at
+/// running sum of `x * 0`, which stays 0 for finite `x` and turns NaN at
 /// the first infinity or NaN. Element by element (`any`, then `fold` with
 /// `f32::max`) this was ~40% of a query's input quantization.
 #[inline(always)]
@@ -122,13 +122,13 @@ fn largest_body(v: &[f32]) -> (f32, bool) {
         for i in 0..LANES {
             let a = c[i].abs();
             most[i] = if a > most[i] { a } else { most[i] };
-            spoilt[i] += c[i] - c[i];
+            spoilt[i] += c[i] * 0.0;
         }
     }
     for (i, &x) in rest.iter().enumerate() {
         let a = x.abs();
         most[i] = if a > most[i] { a } else { most[i] };
-        spoilt[i] += x - x;
+        spoilt[i] += x * 0.0;
     }
     let largest = most.iter().fold(0f32, |m, &a| if a > m { a } else { m });
     (largest, spoilt.iter().all(|&s| s == 0.0))
