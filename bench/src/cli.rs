@@ -115,11 +115,11 @@ pub struct BenchArgs {
     /// Keep the scratch directory (stores, checkpoints, daemon log).
     #[arg(long)]
     pub keep_scratch: bool,
-    /// The restart section's data dir, kept after the run. When it already
-    /// holds this run's largest size (made by an earlier run with the same
-    /// model, seed and index settings), the restart section skips the build,
-    /// fill and checkpoint and measures only the daemon on it: a 1M daemon in
-    /// minutes instead of half an hour.
+    /// The restart section's data dir, kept after the run. With `--only
+    /// restart`, when it already holds this run's largest size (made to the
+    /// end by an earlier run with the same model, seed and index settings),
+    /// the build, fill and checkpoint are skipped and only the daemon is
+    /// measured on it: a 1M daemon in minutes instead of half an hour.
     #[arg(long, value_name = "DIR")]
     pub daemon_data: Option<PathBuf>,
     #[arg(long, default_value_t = 42)]

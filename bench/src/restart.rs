@@ -49,7 +49,7 @@ pub fn run(
     let n = data.len() / dim;
     let fp = enc.fingerprint().to_string();
     let data_dir = match &cfg.daemon_data {
-        Some(dir) => fresh_data_dir(dir)?,
+        Some(dir) => fresh_data_dir(dir, &Made::of(cfg, enc, n))?,
         None => scratch.join("daemon"),
     };
     let index_dir = data_dir.join("index").join(&fp);
@@ -150,9 +150,11 @@ pub fn run(
     );
 
     if let Some(dir) = &cfg.daemon_data {
-        let made = serde_json::to_string_pretty(&Made::of(cfg, enc, n))?;
-        std::fs::write(dir.join(MADE), made)
-            .with_context(|| format!("writing {}", dir.join(MADE).display()))?;
+        let made = Made {
+            complete: true,
+            ..Made::of(cfg, enc, n)
+        };
+        made.write(dir)?;
     }
     if cfg.daemon {
         daemon(cfg, &data_dir, scratch, n, figs, notes)?;
@@ -164,75 +166,117 @@ pub fn run(
 }
 
 /// The file in a `--daemon-data` dir that says what it holds.
-const MADE: &str = "dualsight-bench.json";
+const MADE: &str = ".dualsight-bench-daemon-data";
+/// What the bench leaves in a `--daemon-data` dir (the daemon's store,
+/// index and model list): the only entries it removes to start again.
+const KEPT: &[&str] = &["store", "index", "models.json"];
+/// Bumped when the bench's vectors, paths or fill change, so that a dir
+/// made before is made again.
+const LAYOUT: u32 = 1;
 
 /// What a kept data dir was made from: a later run reuses it only when all
-/// of it matches (other vectors would make other figures).
-#[derive(Serialize, Deserialize, PartialEq, Debug)]
+/// of it matches (other vectors would make other figures) and the run that
+/// made it finished.
+#[derive(Serialize, Deserialize, PartialEq, Debug, Clone)]
 struct Made {
+    layout: u32,
     vectors: usize,
     dim: usize,
     fingerprint: String,
     seed: u64,
     m: usize,
     ef_construction: usize,
+    max_layer: usize,
+    complete: bool,
 }
 
 impl Made {
+    /// What this run makes at size `n`, not yet complete.
     fn of(cfg: &BenchConfig, enc: &Encoder, n: usize) -> Made {
         Made {
+            layout: LAYOUT,
             vectors: n,
             dim: enc.dim(),
             fingerprint: enc.fingerprint().to_string(),
             seed: cfg.seed,
             m: cfg.index.max_nb_connection,
             ef_construction: cfg.index.ef_construction,
+            max_layer: cfg.index.max_layer,
+            complete: false,
         }
+    }
+
+    fn read(dir: &Path) -> Option<Made> {
+        let text = std::fs::read_to_string(dir.join(MADE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::write(dir.join(MADE), serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("writing {}", dir.join(MADE).display()))
     }
 }
 
-/// A `--daemon-data` dir to fill: created, or emptied when it holds a
-/// bench's earlier data; anything else in it is refused, never deleted.
-fn fresh_data_dir(dir: &Path) -> Result<PathBuf> {
+/// A `--daemon-data` dir to fill: created, or cleared of what a bench left
+/// in it (its marker says so); a non-empty directory without the marker is
+/// refused and left alone. The marker is written first, not complete, so
+/// that a run cut short leaves a dir the next run may clear.
+fn fresh_data_dir(dir: &Path, made: &Made) -> Result<PathBuf> {
+    let named = || format!("--daemon-data {}", dir.display());
     if dir.exists() {
-        let empty = std::fs::read_dir(dir)
-            .with_context(|| format!("--daemon-data {}", dir.display()))?
-            .next()
-            .is_none();
-        if !empty && !dir.join(MADE).exists() {
-            bail!(
-                "--daemon-data {}: not empty and not made by dualsight-bench (no {MADE}); \
-                 name an empty or new directory",
-                dir.display()
-            );
-        }
+        let empty = std::fs::read_dir(dir).with_context(named)?.next().is_none();
         if !empty {
-            std::fs::remove_dir_all(dir)
-                .with_context(|| format!("emptying --daemon-data {}", dir.display()))?;
+            if Made::read(dir).is_none() {
+                bail!(
+                    "{}: not empty and not made by dualsight-bench (no readable {MADE}); \
+                     name an empty or new directory",
+                    named()
+                );
+            }
+            for entry in KEPT {
+                let path = dir.join(entry);
+                let gone = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                match gone {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(e).with_context(|| format!("removing {}", path.display()));
+                    }
+                    _ => {}
+                }
+            }
         }
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("--daemon-data {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(named)?;
+    made.write(dir)?;
     Ok(dir.to_path_buf())
 }
 
-/// Whether `--daemon-data` holds what this run would make at size `n`.
+/// Whether `--daemon-data` holds what this run would make at size `n`,
+/// complete.
 pub fn reusable(cfg: &BenchConfig, enc: &Encoder, n: usize) -> Result<bool> {
     let Some(dir) = &cfg.daemon_data else {
         return Ok(false);
     };
-    let Ok(text) = std::fs::read_to_string(dir.join(MADE)) else {
+    if !dir.join(MADE).exists() {
         return Ok(false);
-    };
-    let made: Made = serde_json::from_str(&text)
-        .with_context(|| format!("reading {}", dir.join(MADE).display()))?;
-    let want = Made::of(cfg, enc, n);
-    if made != want {
-        say(format!(
-            "--daemon-data {} holds {made:?}, this run wants {want:?}: remaking it",
-            dir.display()
-        ));
     }
-    Ok(made == want)
+    let want = Made {
+        complete: true,
+        ..Made::of(cfg, enc, n)
+    };
+    match Made::read(dir) {
+        Some(made) if made == want => Ok(true),
+        made => {
+            say(format!(
+                "--daemon-data {} holds {made:?}, this run wants {want:?}: making it again",
+                dir.display()
+            ));
+            Ok(false)
+        }
+    }
 }
 
 /// The restart section on a kept data dir: only the daemon's figures.
@@ -577,9 +621,10 @@ fn daemon(
         .build()?;
     let before = query_times(&d.log).len();
     let lat = runtime.block_on(live_searches(&d.addr, &texts, cfg.k))?;
+    // After the one warm-up query, the timed ones.
     let split: Vec<(f64, f64)> = query_times(&d.log)
         .into_iter()
-        .skip(before)
+        .skip(before + 1)
         .filter(|t| !t.cached)
         .map(|t| (t.text_s, t.search_s))
         .collect();
@@ -688,7 +733,11 @@ async fn live_searches(addr: &str, texts: &[String], k: usize) -> Result<Vec<f64
         limit: k as u32,
         ..Default::default()
     };
-    let first = client.search(req(&texts[0])).await?.into_inner();
+    // A text of its own: the timed ones must each reach the tower.
+    let first = client
+        .search(req("a warm-up query the timed ones never repeat"))
+        .await?
+        .into_inner();
     if first.hits.is_empty() {
         bail!("the live daemon returned no hits");
     }
@@ -859,21 +908,48 @@ mod tests {
     #[test]
     fn daemon_data_dirs_are_only_emptied_when_the_bench_made_them() {
         let tmp = tempfile::tempdir().unwrap();
+        let made = Made {
+            layout: LAYOUT,
+            vectors: 10,
+            dim: 4,
+            fingerprint: "f".into(),
+            seed: 1,
+            m: 24,
+            ef_construction: 200,
+            max_layer: 16,
+            complete: false,
+        };
         let fresh = tmp.path().join("new");
-        assert_eq!(fresh_data_dir(&fresh).unwrap(), fresh);
-        assert!(fresh.is_dir());
+        assert_eq!(fresh_data_dir(&fresh, &made).unwrap(), fresh);
+        assert_eq!(Made::read(&fresh), Some(made.clone()));
+        // Someone's directory, or one whose marker is not the bench's.
         let theirs = tmp.path().join("theirs");
         std::fs::create_dir(&theirs).unwrap();
-        std::fs::write(theirs.join("photo.jpg"), b"x").unwrap();
-        let err = fresh_data_dir(&theirs).unwrap_err().to_string();
+        std::fs::create_dir(theirs.join("store")).unwrap();
+        std::fs::write(theirs.join(MADE), b"{}").unwrap();
+        let err = fresh_data_dir(&theirs, &made).unwrap_err().to_string();
         assert!(err.contains("not made by dualsight-bench"), "{err}");
-        assert!(theirs.join("photo.jpg").exists());
+        assert!(theirs.join("store").exists());
+        // The bench's own (complete or cut short): only its entries go.
         let ours = tmp.path().join("ours");
-        std::fs::create_dir(&ours).unwrap();
-        std::fs::write(ours.join(MADE), b"{}").unwrap();
-        std::fs::write(ours.join("old"), b"x").unwrap();
-        fresh_data_dir(&ours).unwrap();
-        assert_eq!(std::fs::read_dir(&ours).unwrap().count(), 0);
+        std::fs::create_dir_all(ours.join("store/db")).unwrap();
+        std::fs::create_dir(ours.join("index")).unwrap();
+        std::fs::write(ours.join("models.json"), b"[]").unwrap();
+        std::fs::write(ours.join("notes.txt"), b"mine").unwrap();
+        Made {
+            complete: true,
+            ..made.clone()
+        }
+        .write(&ours)
+        .unwrap();
+        fresh_data_dir(&ours, &made).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&ours)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [MADE, "notes.txt"]);
+        assert!(!Made::read(&ours).unwrap().complete);
     }
 
     #[test]

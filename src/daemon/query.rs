@@ -66,8 +66,13 @@ impl DaemonCore {
     }
 
     /// The engine's text vectors for `texts`, through the cache: only texts
-    /// not seen recently (with this model) go through the text tower.
-    async fn text_vectors(&self, engine: Arc<Engine>, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+    /// not seen recently (with this model) go through the text tower, and
+    /// how many did is returned beside the vectors.
+    async fn text_vectors(
+        &self,
+        engine: Arc<Engine>,
+        texts: Vec<String>,
+    ) -> Result<(Vec<Vec<f32>>, usize)> {
         let cache = self.texts.clone();
         Self::blocking(move || {
             let model = engine.space.fingerprint().to_string();
@@ -81,6 +86,7 @@ impl DaemonCore {
                 .filter(|(_, v)| v.is_none())
                 .map(|(t, _)| t.as_str())
                 .collect();
+            let fresh_n = missing.len();
             if !missing.is_empty() {
                 let fresh = engine
                     .encoder
@@ -93,7 +99,8 @@ impl DaemonCore {
                     *slot = Some(v);
                 }
             }
-            Ok(out.into_iter().map(|v| v.expect("filled above")).collect())
+            let out = out.into_iter().map(|v| v.expect("filled above")).collect();
+            Ok((out, fresh_n))
         })
         .await
     }
@@ -294,14 +301,8 @@ impl Core for DaemonCore {
     async fn search_text(&self, query: TextQuery) -> Result<Vec<Hit>> {
         let engine = self.engine()?;
         let t0 = Instant::now();
-        let cached = self
-            .texts
-            .get(engine.space.fingerprint(), &query.text)
-            .is_some();
-        let q = self
-            .text_vectors(engine, vec![query.text.clone()])
-            .await?
-            .remove(0);
+        let (mut q, embedded) = self.text_vectors(engine, vec![query.text.clone()]).await?;
+        let q = q.remove(0);
         let text = t0.elapsed();
         let filters = filters(
             query.path_prefix,
@@ -315,7 +316,7 @@ impl Core for DaemonCore {
         tracing::debug!(
             text_us = text.as_micros() as u64,
             search_us = (t0.elapsed() - text).as_micros() as u64,
-            cached,
+            cached = embedded == 0,
             "text query timed"
         );
         Ok(hits)
@@ -343,7 +344,7 @@ impl Core for DaemonCore {
         let engine = self.engine()?;
         let image = self.image_vector(&engine, query.image).await?;
         let scale = engine.encoder.model().logit_scale();
-        let texts = self.text_vectors(engine, query.labels.clone()).await?;
+        let (texts, _) = self.text_vectors(engine, query.labels.clone()).await?;
         let scored = query
             .labels
             .into_iter()

@@ -181,6 +181,9 @@ fn quantize_into(v: &[f32], scale: f32, levels: f32, out: &mut [i16]) {
 
 /// [`quantize_body`] with AVX-512F: the same products, clamps and
 /// round-to-nearest-even, NaN lanes masked to 0.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn quantize_avx512(v: &[f32], scale: f32, levels: f32, out: &mut [i16]) {
@@ -483,6 +486,7 @@ mod tests {
             0.0,
             -0.0,
         ]);
+        v[20] = f32::NEG_INFINITY;
         v[40] = f32::NAN;
         v[44] = -0.015;
         for levels in [127.0, 32767.0] {
@@ -505,7 +509,15 @@ mod tests {
                     0
                 ]
             );
-            assert_eq!((want[40], want[44]), (0, -2));
+            assert_eq!((want[20], want[40], want[44]), (-levels as i16, 0, -2));
+            // An output shorter than the input takes its own length, as the
+            // plain routine's `zip` does; a NaN scale gives zeros.
+            let mut short = vec![7i16; 33];
+            quantize_into(&v, scale, levels, &mut short);
+            assert_eq!(short, want[..33]);
+            let mut nan = vec![7i16; v.len()];
+            quantize_into(&v, f32::NAN, levels, &mut nan);
+            assert!(nan.iter().all(|&q| q == 0));
         }
     }
 
