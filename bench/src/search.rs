@@ -91,7 +91,7 @@ pub fn run(
         }
     }
     notes.push(format!(
-        "HNSW M={} ef_construction={} ef_search={}, k={}, vectors stored as 8-bit with one scale each, dot kernel {}; the HNSW queries/s figure times the index alone for k hits (as hnswlib's does); the per-ef figures and the daemon's first page time the daemon's own routine (engine::search_page: a search of {}, {} candidates rescored with the f32 vectors); recall against f32 exact search; stored vectors: synthetic {dim}-d Gaussian mixture on the sphere (one cluster per 1000 vectors, 10..=1000; 32-d latent spread per cluster; cos to centre ≈ 0.66); recall queries: held-out draws (image-like) and the same shifted along one fixed direction so cos ≈ 0.3 to their draw (text-like, the modality gap)",
+        "HNSW M={} ef_construction={} ef_search={}, k={}, vectors stored as one byte per component and compared by the bytes' cosine, dot kernel {}; the HNSW queries/s figure times the index alone for k hits (as hnswlib's does); the per-ef figures and the daemon's first page time the daemon's own routine (engine::search_page: a search of {}, {} candidates rescored with the f32 vectors); recall against f32 exact search; stored vectors: synthetic {dim}-d Gaussian mixture on the sphere (one cluster per 1000 vectors, 10..=1000; 32-d latent spread per cluster; cos to centre ≈ 0.66); recall queries: held-out draws (image-like) and the same shifted along one fixed direction so cos ≈ 0.3 to their draw (text-like, the modality gap)",
         cfg.index.max_nb_connection,
         cfg.index.ef_construction,
         cfg.index.ef_search,

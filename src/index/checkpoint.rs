@@ -6,9 +6,18 @@
 use super::*;
 use crate::durable;
 
-/// 1: f32 vectors; 2: half-precision vectors; 3: 8-bit vectors ([`Q8`]);
-/// 4: plus the flat vector table (`flat.rs`).
-pub(super) const CHECKPOINT_FORMAT: u32 = 4;
+/// 1: f32 vectors; 2: half-precision vectors; 3: 8-bit vectors ([`Q8`])
+/// behind a 4-byte scale; 4: plus the flat vector table (`flat.rs`); 5: the
+/// 8-bit vectors without the scale.
+pub(super) const CHECKPOINT_FORMAT: u32 = 5;
+
+/// The format before [`CHECKPOINT_FORMAT`], still read: its vectors are the
+/// same bytes behind a 4-byte scale, so its table converts as it is read,
+/// and its graph (whose vectors hnsw_rs would read with the scale in them)
+/// is rebuilt from the table in the background while searches scan the
+/// table: an upgraded daemon serves at once instead of re-inserting every
+/// vector before it answers.
+pub(super) const SCALED_FORMAT: u32 = 4;
 
 pub(super) const FLAT_FILE: &str = "vectors.q8";
 
@@ -258,14 +267,15 @@ impl VectorIndex {
         };
         let m: Manifest =
             serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("{MANIFEST}: {e}")))?;
-        if m.format < CHECKPOINT_FORMAT {
-            // Written by an older dualsight (format 1: f32, 2: f16 vectors): not
-            // converted in place, the caller rebuilds from the store, which
-            // holds every vector in full precision.
+        let scaled = m.format == SCALED_FORMAT;
+        if m.format < CHECKPOINT_FORMAT && !scaled {
+            // Written by an older dualsight (format 1: f32, 2: f16 vectors, 3:
+            // no vector table): not converted, the caller rebuilds from the
+            // store, which holds every vector in full precision.
             tracing::info!(dir = %dir.display(), format = m.format, "index checkpoint in an older format: rebuilding");
             return Ok(None);
         }
-        if m.format != CHECKPOINT_FORMAT {
+        if m.format != CHECKPOINT_FORMAT && !scaled {
             return Err(corrupt(format!(
                 "format {} (this dualsight reads {CHECKPOINT_FORMAT})",
                 m.format
@@ -315,8 +325,11 @@ impl VectorIndex {
         }
         let flat_path = gen_dir.join(FLAT_FILE);
         let bytes = fs::read(&flat_path).map_err(io_err(&flat_path))?;
-        let flat = Flat::parse(bytes, dim)
+        let flat = Flat::parse(bytes, dim, scaled)
             .map_err(|e| corrupt(format!("{}: {e}", flat_path.display())))?;
+        if scaled {
+            tracing::info!(dir = %dir.display(), format = m.format, points = flat.len(), "index checkpoint with a scale per vector: converting its vector table, rebuilding its graph from it in the background");
+        }
         let ids = checked_ids(flat.iter().map(|(id, _)| id), &m).map_err(corrupt)?;
         let flat = Arc::new(flat);
         let index = VectorIndex {
@@ -333,7 +346,8 @@ impl VectorIndex {
         let mirror = Arc::clone(&index.mirror);
         let (params, basename) = (m.params, d.basename.clone());
         spawn(Box::new(move || {
-            load_graph(&gen_dir, &basename, params, &flat, &hnsw, &mirror);
+            let read = (!scaled).then_some((gen_dir.as_path(), basename.as_str()));
+            load_graph(read, params, &flat, &hnsw, &mirror);
             *warm.write().unwrap_or_else(PoisonError::into_inner) = None;
             // The table and hnsw_rs's reader buffers are garbage now. Handing
             // gigabytes back takes the allocator a while and competes with
@@ -352,48 +366,19 @@ impl VectorIndex {
 }
 
 /// The background half of a load (hnsw_rs's reader runs on one thread), run
-/// once the files are verified. A graph that hnsw_rs cannot read or that
-/// does not hold exactly the table's points is rebuilt from the table, so
-/// the index never ends up without a graph.
+/// once the files are verified: the graph dumped in `read` (generation dir,
+/// basename), or `None` to rebuild it from the table. A graph that hnsw_rs
+/// cannot read or that does not hold exactly the table's points is rebuilt
+/// from the table too, so the index never ends up without a graph.
 fn load_graph(
-    gen_dir: &Path,
-    basename: &str,
+    read: Option<(&Path, &str)>,
     params: IndexParams,
     flat: &Flat,
     into: &OnceLock<Hnsw<'static, Q8, DualsightDot>>,
     mirror: &RwLock<descent::Mirror>,
 ) {
     let started = Instant::now();
-    // The loaded graph borrows its loader for its whole life (hnsw_rs #19).
-    // Without mmap the loader holds no data (paths and options, ~100
-    // bytes), so leaking one per load is the simplest sound way to a
-    // `'static` graph; loads happen at startup, not per request.
-    let load = || {
-        let loader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(gen_dir, basename)));
-        loader.load_hnsw::<Q8, DualsightDot>()
-    };
-    let loaded = match catch_unwind(AssertUnwindSafe(load)) {
-        Ok(Ok(mut h)) => {
-            // hnsw_rs turns candidate extension on for reloaded graphs; `new`
-            // leaves it off. Off, as for a graph built in this process: later
-            // inserts cost the same and build the same kind of graph.
-            h.set_extend_candidates(false);
-            if same_points(&h, flat) {
-                Some(h)
-            } else {
-                tracing::warn!(dir = %gen_dir.display(), "index graph does not match its vector table: rebuilding it from the table");
-                None
-            }
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(dir = %gen_dir.display(), error = %format!("{e:#}"), "hnsw_rs cannot read the index graph: rebuilding it from the vector table");
-            None
-        }
-        Err(_) => {
-            tracing::warn!(dir = %gen_dir.display(), "hnsw_rs panicked reading the index graph: rebuilding it from the vector table");
-            None
-        }
-    };
+    let loaded = read.and_then(|(gen_dir, basename)| read_graph(gen_dir, basename, flat));
     let rebuilt = loaded.is_none();
     let graph = loaded.unwrap_or_else(|| {
         let h = Hnsw::new(
@@ -420,14 +405,56 @@ fn load_graph(
     );
 }
 
-/// True when `h` holds exactly the table's ids, each once.
+/// The graph hnsw_rs dumped in `gen_dir`, if it reads and holds exactly the
+/// table's points (a warning says why not otherwise).
+fn read_graph(
+    gen_dir: &Path,
+    basename: &str,
+    flat: &Flat,
+) -> Option<Hnsw<'static, Q8, DualsightDot>> {
+    // The loaded graph borrows its loader for its whole life (hnsw_rs #19).
+    // Without mmap the loader holds no data (paths and options, ~100
+    // bytes), so leaking one per load is the simplest sound way to a
+    // `'static` graph; loads happen at startup, not per request.
+    let load = || {
+        let loader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(gen_dir, basename)));
+        loader.load_hnsw::<Q8, DualsightDot>()
+    };
+    match catch_unwind(AssertUnwindSafe(load)) {
+        Ok(Ok(mut h)) => {
+            // hnsw_rs turns candidate extension on for reloaded graphs; `new`
+            // leaves it off. Off, as for a graph built in this process: later
+            // inserts cost the same and build the same kind of graph.
+            h.set_extend_candidates(false);
+            if same_points(&h, flat) {
+                Some(h)
+            } else {
+                tracing::warn!(dir = %gen_dir.display(), "index graph does not match its vector table: rebuilding it from the table");
+                None
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(dir = %gen_dir.display(), error = %format!("{e:#}"), "hnsw_rs cannot read the index graph: rebuilding it from the vector table");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(dir = %gen_dir.display(), "hnsw_rs panicked reading the index graph: rebuilding it from the vector table");
+            None
+        }
+    }
+}
+
+/// True when `h` holds exactly the table's ids, each once, with vectors of
+/// the table's length.
 fn same_points(h: &Hnsw<'static, Q8, DualsightDot>, flat: &Flat) -> bool {
     if h.get_nb_point() != flat.len() {
         return false;
     }
     let want: HashSet<u64> = flat.iter().map(|(id, _)| id).collect();
     let mut seen = HashSet::with_capacity(want.len());
-    each_point(h, |id, _| want.contains(&id) && seen.insert(id)) && seen.len() == want.len()
+    each_point(h, |id, v| {
+        v.len() == flat.dim() && want.contains(&id) && seen.insert(id)
+    }) && seen.len() == want.len()
 }
 
 /// The ids a checkpoint's points carry, checked against its manifest.

@@ -91,7 +91,7 @@ pub struct Mirror {
     /// By dense index: the point, and its vector.
     nodes: Vec<Node>,
     vecs: Vec<VecPtr>,
-    /// Elements of one stored vector (dimension + scale).
+    /// Elements of one stored vector (its dimension).
     row: usize,
     /// Layer 0's links: `stride` u32 per point, the count then the dense
     /// indices (hnsw_rs keeps at most 2·M there), in blocks of [`BLOCK`]

@@ -1,17 +1,21 @@
-//! The index's element type and distance: each unit vector is stored as
-//! signed bytes with one scale ([`Q8`], 516 bytes for 512-d instead of 1 KB
-//! in half precision or 2 KB in f32) and compared with [`DualsightDot`],
-//! `max(0, 1 - a·b)`.
+//! The index's element type and distance: each unit vector is stored as one
+//! signed byte per component ([`Q8`], 512 bytes for 512-d instead of 1 KB in
+//! half precision or 2 KB in f32) and compared with [`DualsightDot`],
+//! `max(0, 1 - cos)`, where `cos` is the cosine of the two byte vectors.
 //!
 //! Why 8 bits: the index only ranks candidates; the daemon rescores every
 //! hit with the exact cosine of the store's f32 vectors, so the index needs
-//! order, not digits. With one scale per vector (its largest component maps
-//! to ±127), a 512-d unit vector's dot products are off by ~4e-4 (one
-//! standard deviation), well under the gaps between neighbours that matter
-//! for recall (`tests::quantised_dot_is_close`; BENCHMARKS.md for recall).
+//! order, not digits. Each vector's largest component maps to ±127, and a
+//! 512-d unit vector's cosines are off by ~4e-4 (one standard deviation),
+//! well under the gaps between neighbours that matter for recall
+//! (`tests::quantised_dot_is_close`; BENCHMARKS.md for recall).
 //!
-//! Layout of one stored vector: the scale's f32 bits in the first
-//! [`HEADER`] elements (little-endian), then one byte per component.
+//! No scale is stored: the vectors are unit vectors, so the byte vector's
+//! own norm gives it back, and the kernels sum `a·a` and `b·b` in the pass
+//! that sums `a·b`. That keeps a stored vector at exactly `dim` bytes, an
+//! allocator size class of its own at the usual dimensions (512, 768,
+//! 1024): a 4-byte scale made a 512-d vector 516 bytes, which mimalloc
+//! serves from its 640-byte class, 124 bytes lost per vector.
 //!
 //! The dot product picks its kernel once per process, by [`crate::simd`]'s
 //! level: AVX-512 VNNI (64 products an instruction), AVX2 (32), or a portable
@@ -44,9 +48,6 @@ impl<'de> Deserialize<'de> for Q8 {
     }
 }
 
-/// Elements before the components: the scale's f32 bits.
-pub const HEADER: usize = 4;
-
 /// A stored vector's bytes, as written to disk.
 pub fn as_bytes(v: &[Q8]) -> &[u8] {
     // SAFETY: Q8 is `repr(transparent)` over i8, which has u8's size and
@@ -66,36 +67,27 @@ pub fn from_bytes(b: &[u8]) -> &[Q8] {
 pub fn quantise(v: &[f32]) -> Vec<Q8> {
     let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
     let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-    let mut out = Vec::with_capacity(HEADER + v.len());
-    out.extend_from_slice(from_bytes(&scale.to_bits().to_le_bytes()));
-    out.extend(
-        v.iter()
-            .map(|&x| Q8((x / scale).round().clamp(-127.0, 127.0) as i8)),
-    );
-    out
+    v.iter()
+        .map(|&x| Q8((x / scale).round().clamp(-127.0, 127.0) as i8))
+        .collect()
 }
 
-/// The scale and the components of a stored vector (empty components for a
-/// slice shorter than the header, which only a caller bug produces).
-fn split(v: &[Q8]) -> (f32, &[Q8]) {
-    if v.len() < HEADER {
-        return (0.0, &[]);
-    }
-    let (head, body) = v.split_at(HEADER);
-    let bits = u32::from_le_bytes(as_bytes(head).try_into().expect("HEADER is 4"));
-    (f32::from_bits(bits), body)
-}
-
-/// The components as f32 (what the stored vector stands for).
+/// The unit vector a stored vector stands for (zeros for all-zero bytes,
+/// which [`quantise`] writes only for an all-zero input).
 pub fn dequantise(v: &[Q8]) -> Vec<f32> {
-    let (scale, body) = split(v);
-    body.iter().map(|q| f32::from(q.0) * scale).collect()
+    let [_, norm2, _] = (KERNEL.0)(v, v);
+    let inv = if norm2 > 0 {
+        1.0 / (norm2 as f64).sqrt()
+    } else {
+        0.0
+    };
+    v.iter().map(|q| (f64::from(q.0) * inv) as f32).collect()
 }
 
-/// `max(0, 1 - a·b)` on unit vectors: the cosine distance without hnsw_rs's
-/// `DistDot` assertion (rounding can give `a·a` just above 1). hnsw_rs
-/// writes the type's name into dumps and checks it at reload: renaming it
-/// invalidates checkpoints (they are then rebuilt from the store).
+/// `max(0, 1 - cos)`: the cosine distance without hnsw_rs's `DistDot`
+/// assertion (rounding can give a cosine just above 1). hnsw_rs writes the
+/// type's name into dumps and checks it at reload: renaming it invalidates
+/// checkpoints (they are then rebuilt from the store).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DualsightDot;
 
@@ -105,7 +97,8 @@ impl Distance<Q8> for DualsightDot {
     }
 }
 
-type Kernel = fn(&[Q8], &[Q8]) -> i32;
+/// A kernel's sums over two byte vectors: `[a·b, a·a, b·b]`.
+type Kernel = fn(&[Q8], &[Q8]) -> [i32; 3];
 
 /// The integer dot-product kernel this CPU runs, chosen on first use.
 static KERNEL: LazyLock<(Kernel, &'static str)> = LazyLock::new(|| kernel_at(simd::level()));
@@ -125,11 +118,15 @@ fn kernel_at(level: Level) -> (Kernel, &'static str) {
     (dot_portable, "portable (8-bit)")
 }
 
-/// `a·b` of two stored vectors (of the same length).
+/// The cosine of two stored vectors (of the same length; 0 when either is
+/// all zeros). In f64, so that a vector's cosine with itself is exactly 1.
 pub fn dot(a: &[Q8], b: &[Q8]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
-    let ((sa, a), (sb, b)) = (split(a), split(b));
-    (KERNEL.0)(a, b) as f32 * sa * sb
+    let [ab, aa, bb] = (KERNEL.0)(a, b);
+    if aa == 0 || bb == 0 {
+        return 0.0;
+    }
+    (f64::from(ab) / (f64::from(aa) * f64::from(bb)).sqrt()) as f32
 }
 
 /// Which kernel [`dot`] runs here (for logs and benchmark reports).
@@ -138,11 +135,11 @@ pub fn kernel_name() -> &'static str {
 }
 
 /// Exact in i32: 127² · n stays below 2³¹ for n up to 133k components.
-fn dot_portable(a: &[Q8], b: &[Q8]) -> i32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| i32::from(x.0) * i32::from(y.0))
-        .sum()
+fn dot_portable(a: &[Q8], b: &[Q8]) -> [i32; 3] {
+    a.iter().zip(b).fold([0; 3], |[ab, aa, bb], (x, y)| {
+        let (x, y) = (i32::from(x.0), i32::from(y.0));
+        [ab + x * y, aa + x * x, bb + y * y]
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -151,39 +148,53 @@ mod avx2 {
 
     use super::Q8;
 
-    pub fn dot(a: &[Q8], b: &[Q8]) -> i32 {
+    pub fn dot(a: &[Q8], b: &[Q8]) -> [i32; 3] {
         // SAFETY: chosen only after `is_x86_feature_detected!("avx2")`.
         unsafe { dot_avx2(a, b) }
     }
 
     /// 32 components a step: `maddubs` multiplies unsigned by signed bytes,
     /// so `|a|` meets `b` with `a`'s sign moved onto it (`sign_epi8`), and
-    /// adjacent pairs are summed into i16 (at most 2·127² = 32258: no
-    /// saturation, because quantisation never writes -128); `madd` with ones
-    /// widens to i32. Two accumulators, then a scalar tail.
+    /// `|a|` and `|b|` meet themselves; adjacent pairs are summed into i16 (at
+    /// most 2·127² = 32258: no saturation, because quantisation never writes
+    /// -128), and `madd` with ones widens to i32. Then a scalar tail.
     #[target_feature(enable = "avx2")]
-    fn dot_avx2(a: &[Q8], b: &[Q8]) -> i32 {
+    fn dot_avx2(a: &[Q8], b: &[Q8]) -> [i32; 3] {
         let n = a.len().min(b.len());
         let (pa, pb) = (a.as_ptr().cast::<__m256i>(), b.as_ptr().cast::<__m256i>());
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_si256(); 2];
+        let (mut ab, mut aa, mut bb) = (
+            _mm256_setzero_si256(),
+            _mm256_setzero_si256(),
+            _mm256_setzero_si256(),
+        );
         let blocks = n / 32;
         for j in 0..blocks {
             // SAFETY: j < n / 32, so the 32 bytes are inside both slices.
             let (x, y) = unsafe { (_mm256_loadu_si256(pa.add(j)), _mm256_loadu_si256(pb.add(j))) };
-            let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(y, x));
-            let slot = &mut acc[j & 1];
-            *slot = _mm256_add_epi32(*slot, _mm256_madd_epi16(pairs, ones));
+            let (ax, ay) = (_mm256_abs_epi8(x), _mm256_abs_epi8(y));
+            let xy = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, x));
+            ab = _mm256_add_epi32(ab, _mm256_madd_epi16(xy, ones));
+            aa = _mm256_add_epi32(aa, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, ax), ones));
+            bb = _mm256_add_epi32(bb, _mm256_madd_epi16(_mm256_maddubs_epi16(ay, ay), ones));
         }
-        let s = _mm256_add_epi32(acc[0], acc[1]);
+        let mut sums = [sum(ab), sum(aa), sum(bb)];
+        for i in blocks * 32..n {
+            let (x, y) = (i32::from(a[i].0), i32::from(b[i].0));
+            sums[0] += x * y;
+            sums[1] += x * x;
+            sums[2] += y * y;
+        }
+        sums
+    }
+
+    /// The eight i32 lanes' sum.
+    #[target_feature(enable = "avx2")]
+    fn sum(s: __m256i) -> i32 {
         let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-        let mut sum = _mm_cvtsi128_si32(s);
-        for i in blocks * 32..n {
-            sum += i32::from(a[i].0) * i32::from(b[i].0);
-        }
-        sum
+        _mm_cvtsi128_si32(s)
     }
 }
 
@@ -199,7 +210,7 @@ mod avx512 {
         crate::simd::Level::Avx512.supported() && is_x86_feature_detected!("avx512vnni")
     }
 
-    pub fn dot(a: &[Q8], b: &[Q8]) -> i32 {
+    pub fn dot(a: &[Q8], b: &[Q8]) -> [i32; 3] {
         // SAFETY: chosen only when `supported()`.
         unsafe { dot_avx512(a, b) }
     }
@@ -207,16 +218,15 @@ mod avx512 {
     /// 64 components a step: `dpbusd` multiplies unsigned by signed bytes and
     /// sums each 4 into an i32 lane (no saturation), so `|a|` meets `b`
     /// negated where `a` is negative (AVX-512 has no `sign_epi8`; `b` is never
-    /// -128, so negating it is exact). The ragged tail is a masked load of
-    /// zeros, not a scalar loop.
+    /// -128, so negating it is exact), and `|a|` and `|b|` meet themselves.
+    /// The ragged tail is a masked load of zeros, not a scalar loop.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn dot_avx512(a: &[Q8], b: &[Q8]) -> i32 {
+    fn dot_avx512(a: &[Q8], b: &[Q8]) -> [i32; 3] {
         let n = a.len().min(b.len());
         let (pa, pb) = (a.as_ptr().cast::<i8>(), b.as_ptr().cast::<i8>());
         let zero = _mm512_setzero_si512();
-        let mut acc = [zero; 2];
+        let (mut ab, mut aa, mut bb) = (zero, zero, zero);
         let mut at = 0;
-        let mut step = 0;
         while at < n {
             let take = (n - at).min(64);
             let mask: __mmask64 = if take == 64 { !0 } else { (1u64 << take) - 1 };
@@ -228,14 +238,18 @@ mod avx512 {
                     _mm512_maskz_loadu_epi8(mask, pb.add(at)),
                 )
             };
-            let negative = _mm512_movepi8_mask(x);
-            let y = _mm512_mask_sub_epi8(y, negative, zero, y);
-            let slot = &mut acc[step & 1];
-            *slot = _mm512_dpbusd_epi32(*slot, _mm512_abs_epi8(x), y);
+            let (ax, ay) = (_mm512_abs_epi8(x), _mm512_abs_epi8(y));
+            let signed = _mm512_mask_sub_epi8(y, _mm512_movepi8_mask(x), zero, y);
+            ab = _mm512_dpbusd_epi32(ab, ax, signed);
+            aa = _mm512_dpbusd_epi32(aa, ax, ax);
+            bb = _mm512_dpbusd_epi32(bb, ay, ay);
             at += take;
-            step += 1;
         }
-        _mm512_reduce_add_epi32(_mm512_add_epi32(acc[0], acc[1]))
+        [
+            _mm512_reduce_add_epi32(ab),
+            _mm512_reduce_add_epi32(aa),
+            _mm512_reduce_add_epi32(bb),
+        ]
     }
 }
 
@@ -275,19 +289,21 @@ mod tests {
                     quantise(&random(n, seed * 2 + 1)),
                     quantise(&random(n, seed * 2 + 2)),
                 );
-                let (_, qa) = split(&a);
-                let (_, qb) = split(&b);
-                let want = dot_portable(qa, qb);
+                let want = dot_portable(&a, &b);
                 for (kernel, name) in &kernels {
-                    assert_eq!(kernel(qa, qb), want, "{name} n={n}");
+                    assert_eq!(kernel(&a, &b), want, "{name} n={n}");
                 }
             }
-            // The extremes: every product at ±127².
+            // The extremes: every product at ±127², against itself and
+            // against its negation.
             let hi: Vec<Q8> = (0..n)
                 .map(|i| Q8(if i % 3 == 0 { -127 } else { 127 }))
                 .collect();
+            let lo: Vec<Q8> = hi.iter().map(|q| Q8(-q.0)).collect();
+            let full = 127 * 127 * n as i32;
             for (kernel, name) in &kernels {
-                assert_eq!(kernel(&hi, &hi), 127 * 127 * n as i32, "{name} n={n}");
+                assert_eq!(kernel(&hi, &hi), [full; 3], "{name} n={n}");
+                assert_eq!(kernel(&hi, &lo), [-full, full, full], "{name} n={n}");
             }
         }
     }
@@ -300,34 +316,39 @@ mod tests {
             let b = unit(random(512, seed * 2 + 2));
             let exact: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
             worst = worst.max((dot(&quantise(&a), &quantise(&b)) - exact).abs());
-            assert!((dot(&quantise(&a), &quantise(&a)) - 1.0).abs() < 2e-3);
+            assert_eq!(dot(&quantise(&a), &quantise(&a)), 1.0);
         }
         assert!(worst < 2e-3, "worst error {worst}");
     }
 
     #[test]
-    fn quantise_round_trips_within_half_a_step() {
+    fn quantise_stores_one_byte_a_component() {
         let v = [0.5f32, -0.25, 0.0, 1e-3, -0.5, 0.3];
         let q = quantise(&v);
-        assert_eq!(q.len(), HEADER + v.len());
-        assert_eq!(q[HEADER].0, 127);
-        assert_eq!(q[HEADER + 4].0, -127);
-        let step = 0.5 / 127.0;
-        for (x, y) in v.iter().zip(dequantise(&q)) {
-            assert!((x - y).abs() <= step / 2.0 + 1e-7, "{x} {y}");
+        assert_eq!(q.len(), v.len());
+        assert_eq!(q[0].0, 127);
+        assert_eq!(q[4].0, -127);
+        // The stored vector stands for the unit vector, whatever `v`'s norm:
+        // within a step of the scale in each component.
+        let u = unit(v.to_vec());
+        let step = u[0] / 127.0;
+        for (x, y) in u.iter().zip(dequantise(&q)) {
+            assert!((x - y).abs() <= step, "{x} {y}");
         }
-        let json = serde_json::to_string(&q[HEADER + 1]).unwrap();
+        let json = serde_json::to_string(&q[1]).unwrap();
         assert_eq!(json, "-64");
-        assert_eq!(serde_json::from_str::<Q8>(&json).unwrap(), q[HEADER + 1]);
+        assert_eq!(serde_json::from_str::<Q8>(&json).unwrap(), q[1]);
+        assert_eq!(dequantise(&quantise(&[0.0; 4])), [0.0; 4]);
     }
 
     #[test]
     fn clamped_distance_never_goes_negative() {
         let v = unit(vec![0.1f32, 0.7, 0.3, 0.2, 0.9, 0.4, 0.5, 0.6, 0.05]);
         let q = quantise(&v);
-        assert!(DualsightDot.eval(&q, &q) >= 0.0);
-        assert!(DualsightDot.eval(&q, &q) < 2e-3);
+        assert_eq!(DualsightDot.eval(&q, &q), 0.0);
         let neg = quantise(&v.iter().map(|x| -x).collect::<Vec<_>>());
-        assert!((DualsightDot.eval(&q, &neg) - 2.0).abs() < 2e-3);
+        assert_eq!(DualsightDot.eval(&q, &neg), 2.0);
+        let zero = quantise(&[0.0; 9]);
+        assert_eq!(DualsightDot.eval(&q, &zero), 1.0);
     }
 }

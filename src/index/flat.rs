@@ -8,9 +8,9 @@
 //! cores: exact results, at a few tens of milliseconds per million vectors),
 //! and the table is dropped once the graph is in.
 //!
-//! File layout (little-endian): `DSQ8`, format u32 = 1, dim u32, reserved
-//! u32, rows u64, then per row the store id u64 and the stored vector
-//! (`HEADER + dim` bytes of [`Q8`]). The checkpoint's manifest holds its
+//! File layout (little-endian): `DSQ8`, format u32 = 2, dim u32, reserved
+//! u32, rows u64, then per row the store id u64 and the stored vector (`dim`
+//! bytes of [`Q8`]; format 1 put a 4-byte scale before them). The checkpoint's manifest holds its
 //! length and blake3, checked before it is parsed.
 
 use std::fs::File;
@@ -20,10 +20,13 @@ use std::path::Path;
 use hnsw_rs::prelude::Distance;
 use rayon::prelude::*;
 
-use super::dist::{HEADER, Q8, as_bytes, from_bytes};
+use super::dist::{Q8, as_bytes, from_bytes};
 
 const MAGIC: &[u8; 4] = b"DSQ8";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
+/// Format 1: each vector's bytes came after its scale, [`SCALE`] bytes.
+const SCALED_FORMAT: u32 = 1;
+const SCALE: usize = 4;
 const PREAMBLE: usize = 4 + 4 + 4 + 4 + 8;
 
 /// Rows of (id, stored vector), kept as the file's bytes.
@@ -53,11 +56,10 @@ impl Flat {
         let mut written = 0usize;
         let mut failed = None;
         feed(&mut |id, v| {
-            let r = if v.len() != HEADER + dim {
+            let r = if v.len() != dim {
                 Err(io::Error::other(format!(
-                    "vector {id} has {} elements, expected {}",
-                    v.len(),
-                    HEADER + dim
+                    "vector {id} has {} elements, expected {dim}",
+                    v.len()
                 )))
             } else {
                 w.write_all(&id.to_le_bytes())
@@ -81,15 +83,17 @@ impl Flat {
     }
 
     /// Parses a table of `dim`-dimensional vectors; the error says what does
-    /// not match.
-    pub fn parse(bytes: Vec<u8>, dim: usize) -> Result<Flat, String> {
+    /// not match. `scaled`: the table is in format 1 (a 4-byte scale before
+    /// each vector's bytes), and is converted to this format as it is read.
+    pub fn parse(mut bytes: Vec<u8>, dim: usize, scaled: bool) -> Result<Flat, String> {
         if bytes.len() < PREAMBLE || &bytes[..4] != MAGIC {
             return Err("not a dualsight vector table".into());
         }
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-        if u32_at(4) != FORMAT {
+        let format = if scaled { SCALED_FORMAT } else { FORMAT };
+        if u32_at(4) != format {
             return Err(format!(
-                "vector table format {} (expected {FORMAT})",
+                "vector table format {} (expected {format})",
                 u32_at(4)
             ));
         }
@@ -100,16 +104,29 @@ impl Flat {
             ));
         }
         let rows = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
-        let row = 8 + HEADER + dim;
+        let row = 8 + dim;
+        let stored = if scaled { row + SCALE } else { row };
         let want = usize::try_from(rows)
             .ok()
-            .and_then(|r| r.checked_mul(row))
+            .and_then(|r| r.checked_mul(stored))
             .and_then(|b| b.checked_add(PREAMBLE));
         if want != Some(bytes.len()) {
             return Err(format!(
-                "vector table of {} bytes cannot hold {rows} rows of {row}",
+                "vector table of {} bytes cannot hold {rows} rows of {stored}",
                 bytes.len()
             ));
+        }
+        if scaled {
+            // Rows only shrink, so each moves to where it belongs without
+            // overwriting one not yet moved: in place, no second table.
+            for i in 0..rows as usize {
+                let from = PREAMBLE + i * stored;
+                let to = PREAMBLE + i * row;
+                bytes.copy_within(from..from + 8, to);
+                bytes.copy_within(from + 8 + SCALE..from + stored, to + 8);
+            }
+            bytes.truncate(PREAMBLE + rows as usize * row);
+            bytes[4..8].copy_from_slice(&FORMAT.to_le_bytes());
         }
         Ok(Flat {
             row,
@@ -120,6 +137,11 @@ impl Flat {
 
     pub fn len(&self) -> usize {
         self.rows
+    }
+
+    /// Components of each stored vector.
+    pub fn dim(&self) -> usize {
+        self.row - 8
     }
 
     pub fn is_empty(&self) -> bool {
@@ -169,6 +191,22 @@ impl Flat {
     }
 }
 
+/// A table in this format written back in format 1, as the previous
+/// dualsight wrote it (each vector behind a scale), for the tests of the
+/// conversion.
+#[cfg(test)]
+pub(super) fn to_scaled_format(bytes: &[u8], dim: usize) -> Vec<u8> {
+    let mut out = bytes[..PREAMBLE].to_vec();
+    out[4..8].copy_from_slice(&SCALED_FORMAT.to_le_bytes());
+    for (i, r) in bytes[PREAMBLE..].chunks_exact(8 + dim).enumerate() {
+        out.extend_from_slice(&r[..8]);
+        // Any scale: the conversion drops it unread.
+        out.extend_from_slice(&(i as f32 + 0.5).to_le_bytes());
+        out.extend_from_slice(&r[8..]);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,7 +240,7 @@ mod tests {
         let path = dir.path().join("t");
         let rows = vectors(40_000, 12);
         Flat::write(&path, 12, rows.len(), |row| feed(&rows, row)).unwrap();
-        let flat = Flat::parse(std::fs::read(&path).unwrap(), 12).unwrap();
+        let flat = Flat::parse(std::fs::read(&path).unwrap(), 12, false).unwrap();
         assert_eq!(flat.len(), rows.len());
         assert!(
             flat.iter()
@@ -235,13 +273,39 @@ mod tests {
         let rows = vectors(10, 4);
         Flat::write(&path, 4, 10, |row| feed(&rows, row)).unwrap();
         let bytes = std::fs::read(&path).unwrap();
-        let err = |b: Vec<u8>, dim| Flat::parse(b, dim).err().unwrap();
+        let err = |b: Vec<u8>, dim| Flat::parse(b, dim, false).err().unwrap();
         assert!(err(bytes.clone(), 5).contains("dim 4 (expected 5)"));
         assert!(err(bytes[..bytes.len() - 1].to_vec(), 4).contains("cannot hold 10 rows"));
         assert!(err(b"JPEG".to_vec(), 4).contains("not a dualsight vector table"));
         let mut huge = bytes.clone();
         huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(err(huge, 4).contains("cannot hold"));
+        // A table of the previous format is read only when announced, and
+        // converted; its damage is refused the same way.
+        let scaled = to_scaled_format(&bytes, 4);
+        assert_eq!(scaled.len(), bytes.len() + 10 * SCALE);
+        assert!(err(scaled.clone(), 4).contains("format 1 (expected 2)"));
+        assert!(
+            Flat::parse(bytes.clone(), 4, true)
+                .err()
+                .unwrap()
+                .contains("format 2 (expected 1)")
+        );
+        assert!(
+            Flat::parse(scaled[..scaled.len() - 4].to_vec(), 4, true)
+                .err()
+                .unwrap()
+                .contains("cannot hold 10 rows of 16")
+        );
+        let converted = Flat::parse(scaled, 4, true).unwrap();
+        assert_eq!(converted.bytes, bytes);
+        assert_eq!(converted.len(), 10);
+        assert!(
+            converted
+                .iter()
+                .zip(&rows)
+                .all(|((a, va), (b, vb))| a == *b && va == vb.as_slice())
+        );
         // Announcing more rows than given is an error, not a short file.
         let short = Flat::write(&path, 4, 11, |row| feed(&rows, row));
         assert!(short.is_err());

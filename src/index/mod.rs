@@ -21,7 +21,7 @@
 //!   queries (off the image data) reach their region, and reads the links
 //!   from a flat copy kept up to date after every insert batch.
 //!
-//! Memory: vectors are stored as bytes with one scale ([`dist::Q8`], 516
+//! Memory: vectors are stored as one byte per component ([`dist::Q8`], 512
 //! bytes at 512-d; hits are rescored from the store's f32 vectors by the
 //! caller). The rest is the graph, where hnsw_rs allocates one 32-byte `Arc`
 //! per edge (the binaries' mimalloc adds no header to it), layer 0 keeps up

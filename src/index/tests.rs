@@ -323,9 +323,9 @@ fn missing_or_foreign_checkpoint_is_none() {
     assert!(VectorIndex::load(dir.path(), "fp", 8).unwrap().is_some());
 }
 
-/// A checkpoint in an older format (1: f32, 2: f16 vectors) is
-/// not an error: the caller rebuilds from the store, as for a foreign
-/// one. A format from a newer dualsight is refused as corrupt.
+/// A checkpoint in an older format (1: f32, 2: f16 vectors, 3: no vector
+/// table) is not an error: the caller rebuilds from the store, as for a
+/// foreign one. A format from a newer dualsight is refused as corrupt.
 #[test]
 fn older_format_checkpoint_is_none() {
     let dir = tempfile::tempdir().unwrap();
@@ -339,7 +339,7 @@ fn older_format_checkpoint_is_none() {
         m["format"] = f.into();
         fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
     };
-    for older in 1..CHECKPOINT_FORMAT {
+    for older in 1..SCALED_FORMAT {
         with_format(older);
         assert!(VectorIndex::load(dir.path(), "fp", 8).unwrap().is_none());
     }
@@ -467,6 +467,145 @@ fn a_loaded_checkpoint_answers_exactly_before_its_graph_is_in() {
     assert_eq!(ids, HashSet::from([1, 5000]));
 }
 
+/// A checkpoint of the previous format, each vector behind a 4-byte scale
+/// in the table and in hnsw_rs's files alike: it answers at once from its
+/// table, converted as it is read, never reads its graph (whose vectors
+/// would hold the scale), rebuilds the graph from the table instead, and
+/// the next checkpoint is in this format.
+#[test]
+fn a_checkpoint_with_scales_is_converted_and_its_graph_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_set(2000, 16, 41);
+    let idx = build(&data, IndexParams::default());
+    assert!(idx.remove(9));
+    idx.checkpoint(dir.path(), "fp", 2000).unwrap();
+    let g = dir.path().join("gen-1");
+    write_back_with_scales(&g, 16);
+    let queries = random_set(20, 16, 42);
+
+    let (loaded, job) = load_held(dir.path(), 16);
+    assert!(loaded.is_warming());
+    assert_eq!((loaded.len(), loaded.tombstone_count()), (1999, 1));
+    for q in &queries {
+        let want = idx.exact_search(q, 10).unwrap();
+        assert_eq!(loaded.search(q, 10).unwrap(), want, "the converted table");
+    }
+    job();
+    assert!(!loaded.is_warming());
+    let g0 = loaded.graph();
+    assert_eq!(g0.get_nb_point(), 2000);
+    let mut lengths = HashSet::new();
+    each_point(g0, |_, v| {
+        lengths.insert(v.len());
+        true
+    });
+    assert_eq!(
+        lengths,
+        HashSet::from([16]),
+        "the graph holds unscaled vectors"
+    );
+    let recall: usize = queries
+        .iter()
+        .map(|q| {
+            let want = idx.exact_search(q, 10).unwrap();
+            let got = loaded.search(q, 10).unwrap();
+            got.iter().filter(|h| want.contains(h)).count()
+        })
+        .sum();
+    assert!(recall >= 190, "the rebuilt graph: {recall}/200");
+
+    loaded.checkpoint(dir.path(), "fp", 2000).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.path().join("gen-2").join(MANIFEST)).unwrap())
+            .unwrap();
+    assert_eq!(m["format"], CHECKPOINT_FORMAT);
+    let (again, job) = load_held(dir.path(), 16);
+    job();
+    for q in &queries {
+        assert_eq!(again.search(q, 10).unwrap(), loaded.search(q, 10).unwrap());
+    }
+}
+
+/// A graph whose vectors are not the table's length (the previous layout's
+/// dump under this format's manifest) is rebuilt from the table: the walk
+/// would refuse every query of the table's length.
+#[test]
+fn a_graph_of_another_vector_length_is_rebuilt_from_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_set(500, 8, 43);
+    build(&data, IndexParams::default())
+        .checkpoint(dir.path(), "fp", 500)
+        .unwrap();
+    let g = dir.path().join("gen-1");
+    let table = g.join(FLAT_FILE);
+    let ours = fs::read(&table).unwrap();
+    write_back_with_scales(&g, 8);
+    fs::write(&table, ours).unwrap();
+    let manifest = g.join(MANIFEST);
+    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
+    m["format"] = CHECKPOINT_FORMAT.into();
+    m["dump"]["flat"] = serde_json::to_value(sum_file(&table).unwrap()).unwrap();
+    fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+
+    let (loaded, job) = load_held(dir.path(), 8);
+    job();
+    let mut lengths = HashSet::new();
+    each_point(loaded.graph(), |_, v| {
+        lengths.insert(v.len());
+        true
+    });
+    assert_eq!(lengths, HashSet::from([8]));
+    for (i, v) in data.iter().enumerate().take(50) {
+        assert_eq!(loaded.search(v, 1).unwrap()[0].0, i as u64 + 1);
+    }
+}
+
+/// Rewrites a checkpoint's generation `g` of `dim`-d vectors as the previous
+/// format held it: a 4-byte scale before every vector in the table and in
+/// hnsw_rs's data file (whose description then gives `dim + 4`), manifest
+/// format 4 with the files' new sums.
+fn write_back_with_scales(g: &Path, dim: usize) {
+    let table = g.join(FLAT_FILE);
+    fs::write(
+        &table,
+        flat::to_scaled_format(&fs::read(&table).unwrap(), dim),
+    )
+    .unwrap();
+    // hnsw_rs 0.3.5's layout: the graph file's description holds the
+    // dimension after a u32, two u8, an f64, a u8 and two usize; the data
+    // file is a u32 and the dimension, then per point a u32, the id (u64),
+    // the vector's byte length (u64) and its bytes.
+    let graph = g.join("hnsw.hnsw.graph");
+    let mut bytes = fs::read(&graph).unwrap();
+    let at = 4 + 1 + 1 + 8 + 1 + 8 + 8;
+    assert_eq!(bytes[at..at + 8], (dim as u64).to_ne_bytes());
+    bytes[at..at + 8].copy_from_slice(&(dim as u64 + 4).to_ne_bytes());
+    fs::write(&graph, bytes).unwrap();
+    let data = g.join("hnsw.hnsw.data");
+    let bytes = fs::read(&data).unwrap();
+    assert_eq!(bytes[4..12], (dim as u64).to_ne_bytes());
+    let mut out = bytes[..4].to_vec();
+    out.extend_from_slice(&(dim as u64 + 4).to_ne_bytes());
+    let mut at = 12;
+    while at < bytes.len() {
+        out.extend_from_slice(&bytes[at..at + 12]);
+        let len = u64::from_ne_bytes(bytes[at + 12..at + 20].try_into().unwrap());
+        assert_eq!(len, dim as u64);
+        out.extend_from_slice(&(len + 4).to_ne_bytes());
+        out.extend_from_slice(&1f32.to_le_bytes());
+        out.extend_from_slice(&bytes[at + 20..at + 20 + dim]);
+        at += 20 + dim;
+    }
+    fs::write(&data, out).unwrap();
+    let manifest = g.join(MANIFEST);
+    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
+    m["format"] = SCALED_FORMAT.into();
+    for (key, path) in [("graph", &graph), ("data", &data), ("flat", &table)] {
+        m["dump"][key] = serde_json::to_value(sum_file(path).unwrap()).unwrap();
+    }
+    fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+}
+
 /// A graph file hnsw_rs cannot parse, even with checksums that agree (a
 /// bug of the writer, say): the graph is rebuilt from the vector table.
 #[test]
@@ -478,9 +617,21 @@ fn a_graph_hnsw_rs_cannot_read_is_rebuilt_from_the_table() {
         .unwrap();
     let g = dir.path().join("gen-1");
     let graph = g.join("hnsw.hnsw.graph");
+    // The first layer's magic, after the description (see
+    // `write_back_with_scales` for its start) and the layer count: hnsw_rs refuses it with an
+    // error. Garbling bytes at random instead can hand hnsw_rs a count it
+    // reserves memory for before reading on (an abort, not a panic: 1 run
+    // in ~60 did that); only a writer's bug could leave such a file with
+    // agreeing checksums.
     let mut bytes = fs::read(&graph).unwrap();
-    let n = bytes.len();
-    bytes[n / 3..n / 3 + 64].fill(0xAB);
+    let usize_at = |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+    let names = 4 + 1 + 1 + 8 + 1 + 8 + 8 + 8;
+    let after_dist = names + 8 + usize_at(names);
+    // The type's name, then the number of layers (u8).
+    let layer = after_dist + 8 + usize_at(after_dist) + 1;
+    const MAGIC_LAYER: u32 = 0x000a_676f;
+    assert_eq!(bytes[layer..layer + 4], MAGIC_LAYER.to_ne_bytes());
+    bytes[layer..layer + 4].fill(0xAB);
     fs::write(&graph, bytes).unwrap();
     let manifest = g.join(MANIFEST);
     let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
