@@ -3,6 +3,7 @@
 //! back with every file's checksum verified before hnsw_rs reads it. A load
 //! answers from the flat table at once and reads the graph in the background.
 
+use super::upgrade::Unscaled;
 use super::*;
 use crate::durable;
 
@@ -12,11 +13,10 @@ use crate::durable;
 pub(super) const CHECKPOINT_FORMAT: u32 = 5;
 
 /// The format before [`CHECKPOINT_FORMAT`], still read: its vectors are the
-/// same bytes behind a 4-byte scale, so its table converts as it is read,
-/// and its graph (whose vectors hnsw_rs would read with the scale in them)
-/// is rebuilt from the table in the background while searches scan the
-/// table: an upgraded daemon serves at once instead of re-inserting every
-/// vector before it answers.
+/// same bytes behind a 4-byte scale, so its table converts as it is read
+/// and its graph's dump is rewritten without the scales before hnsw_rs
+/// reads it (`upgrade.rs`): an upgraded daemon loads its graph as fast as
+/// before instead of re-inserting every vector.
 pub(super) const SCALED_FORMAT: u32 = 4;
 
 pub(super) const FLAT_FILE: &str = "vectors.q8";
@@ -197,8 +197,9 @@ impl VectorIndex {
 
     /// The checkpoint in `dir` and the last store id it covers. `None` when
     /// there is none, it belongs to another model (fingerprint or dim) or it
-    /// was written in an older format; `Err` when it is damaged. Either way
-    /// the caller rebuilds from the store.
+    /// was written in a format before [`SCALED_FORMAT`] (which is converted);
+    /// `Err` when it is damaged. Either way the caller rebuilds from the
+    /// store.
     ///
     /// Returns once the files are verified and the flat table is read; the
     /// graph then loads on a thread of its own (see `flat.rs` for why), and
@@ -328,7 +329,7 @@ impl VectorIndex {
         let flat = Flat::parse(bytes, dim, scaled)
             .map_err(|e| corrupt(format!("{}: {e}", flat_path.display())))?;
         if scaled {
-            tracing::info!(dir = %dir.display(), format = m.format, points = flat.len(), "index checkpoint with a scale per vector: converting its vector table, rebuilding its graph from it in the background");
+            tracing::info!(dir = %dir.display(), format = m.format, points = flat.len(), "index checkpoint with a scale per vector: its vector table converted, its graph rewritten without the scales in the background");
         }
         let ids = checked_ids(flat.iter().map(|(id, _)| id), &m).map_err(corrupt)?;
         let flat = Arc::new(flat);
@@ -346,8 +347,19 @@ impl VectorIndex {
         let mirror = Arc::clone(&index.mirror);
         let (params, basename) = (m.params, d.basename.clone());
         spawn(Box::new(move || {
-            let read = (!scaled).then_some((gen_dir.as_path(), basename.as_str()));
-            load_graph(read, params, &flat, &hnsw, &mirror);
+            let unscaled = scaled.then(|| Unscaled::make(&gen_dir, &basename, dim));
+            let read = match &unscaled {
+                None => Some(gen_dir.as_path()),
+                Some(copy) => copy.as_ref().map(|c| c.dir.as_path()),
+            };
+            load_graph(
+                read.map(|d| (d, basename.as_str())),
+                params,
+                &flat,
+                &hnsw,
+                &mirror,
+            );
+            drop(unscaled);
             *warm.write().unwrap_or_else(PoisonError::into_inner) = None;
             // The table and hnsw_rs's reader buffers are garbage now. Handing
             // gigabytes back takes the allocator a while and competes with
@@ -389,7 +401,20 @@ fn load_graph(
             DualsightDot,
         );
         let rows: Vec<(&[Q8], usize)> = flat.iter().map(|(id, v)| (v, id as usize)).collect();
-        insert_points(&h, rows);
+        // On a pool of its own: searches scan the table on rayon's global
+        // pool meanwhile, and a pool's workers take injected jobs only once
+        // their own queued work is done, so a rebuild there would hold every
+        // search back until it ended.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("index-rebuild-{i}"))
+            .build();
+        match pool {
+            Ok(pool) => pool.install(|| insert_points(&h, rows)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread pool for the index rebuild: sharing the search pool");
+                insert_points(&h, rows);
+            }
+        }
         h
     });
     // Before the graph is published, so the first search finds it ready.

@@ -63,7 +63,8 @@ pub fn from_bytes(b: &[u8]) -> &[Q8] {
 
 /// `v` (finite, not all zero) as a stored vector: component `x` becomes
 /// `round(x / scale)` with `scale = max|x| / 127`, so the largest maps to
-/// ±127 and -128 is never used (the AVX2 kernel relies on that).
+/// ±127 and -128 is never used (the SIMD kernels rely on that: its absolute
+/// value is no signed byte).
 pub fn quantise(v: &[f32]) -> Vec<Q8> {
     let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
     let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
@@ -123,7 +124,10 @@ fn kernel_at(level: Level) -> (Kernel, &'static str) {
 pub fn dot(a: &[Q8], b: &[Q8]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let [ab, aa, bb] = (KERNEL.0)(a, b);
-    if aa == 0 || bb == 0 {
+    // A negative square sum comes only from a -128 byte, which quantisation
+    // never writes: scored as orthogonal rather than NaN, which the clamp
+    // in `DualsightDot` would turn into a perfect match.
+    if aa <= 0 || bb <= 0 {
         return 0.0;
     }
     (f64::from(ab) / (f64::from(aa) * f64::from(bb)).sqrt()) as f32

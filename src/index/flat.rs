@@ -25,7 +25,7 @@ use super::dist::{Q8, as_bytes, from_bytes};
 const MAGIC: &[u8; 4] = b"DSQ8";
 const FORMAT: u32 = 2;
 /// Format 1: each vector's bytes came after its scale, [`SCALE`] bytes.
-const SCALED_FORMAT: u32 = 1;
+const SCALED_TABLE_FORMAT: u32 = 1;
 const SCALE: usize = 4;
 const PREAMBLE: usize = 4 + 4 + 4 + 4 + 8;
 
@@ -90,7 +90,7 @@ impl Flat {
             return Err("not a dualsight vector table".into());
         }
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-        let format = if scaled { SCALED_FORMAT } else { FORMAT };
+        let format = if scaled { SCALED_TABLE_FORMAT } else { FORMAT };
         if u32_at(4) != format {
             return Err(format!(
                 "vector table format {} (expected {format})",
@@ -197,7 +197,7 @@ impl Flat {
 #[cfg(test)]
 pub(super) fn to_scaled_format(bytes: &[u8], dim: usize) -> Vec<u8> {
     let mut out = bytes[..PREAMBLE].to_vec();
-    out[4..8].copy_from_slice(&SCALED_FORMAT.to_le_bytes());
+    out[4..8].copy_from_slice(&SCALED_TABLE_FORMAT.to_le_bytes());
     for (i, r) in bytes[PREAMBLE..].chunks_exact(8 + dim).enumerate() {
         out.extend_from_slice(&r[..8]);
         // Any scale: the conversion drops it unread.

@@ -6,8 +6,9 @@
 //!   [`VectorIndex::remove`] tombstones: searches skip tombstones, and when
 //!   [`VectorIndex::needs_compaction`] says so the caller rebuilds from the store.
 //! - Vectors are L2-normalised on the way in and compared with [`DualsightDot`]
-//!   (`max(0, 1 - dot)`), so scores are cosines. hnsw_rs's own `DistDot` panics
-//!   when rounding makes `1 - dot` negative and any NaN distance panics, hence
+//!   (`max(0, 1 - cos)` of the stored bytes), so scores are cosines. hnsw_rs's
+//!   own `DistDot` panics when rounding makes `1 - dot` negative and any NaN
+//!   distance panics, hence
 //!   our clamped distance and the refusal of NaN/inf/zero vectors up front.
 //! - [`VectorIndex::checkpoint`] / [`VectorIndex::load`] persist the graph with a
 //!   manifest (fingerprint, dim, params, last store id covered, tombstones,
@@ -37,6 +38,7 @@ pub mod dist;
 mod flat;
 mod params;
 mod search;
+mod upgrade;
 
 use std::collections::HashSet;
 use std::fs;

@@ -10,7 +10,7 @@ use hnsw_rs::prelude::Distance;
 
 use super::*;
 
-/// Cosine score of an HNSW distance; equal to the exact scan's `min(dot, 1)`.
+/// Cosine score of an HNSW distance (`1 - cos` of the stored bytes, at least 0).
 pub(super) fn score_of(distance: f32) -> f32 {
     1.0 - distance
 }
