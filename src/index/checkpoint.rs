@@ -268,20 +268,23 @@ impl VectorIndex {
         };
         let m: Manifest =
             serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("{MANIFEST}: {e}")))?;
-        let scaled = m.format == SCALED_FORMAT;
-        if m.format < CHECKPOINT_FORMAT && !scaled {
-            // Written by an older dualsight (format 1: f32, 2: f16 vectors, 3:
-            // no vector table): not converted, the caller rebuilds from the
-            // store, which holds every vector in full precision.
-            tracing::info!(dir = %dir.display(), format = m.format, "index checkpoint in an older format: rebuilding");
-            return Ok(None);
-        }
-        if m.format != CHECKPOINT_FORMAT && !scaled {
-            return Err(corrupt(format!(
-                "format {} (this dualsight reads {CHECKPOINT_FORMAT})",
-                m.format
-            )));
-        }
+        let scaled = match m.format {
+            CHECKPOINT_FORMAT => false,
+            SCALED_FORMAT => true,
+            older if older < SCALED_FORMAT => {
+                // Written by an older dualsight (format 1: f32, 2: f16
+                // vectors, 3: no vector table): not converted, the caller
+                // rebuilds from the store, which holds every vector in full
+                // precision.
+                tracing::info!(dir = %dir.display(), format = older, "index checkpoint in an older format: rebuilding");
+                return Ok(None);
+            }
+            newer => {
+                return Err(corrupt(format!(
+                    "format {newer}, from a newer dualsight (this one reads {SCALED_FORMAT} and {CHECKPOINT_FORMAT})"
+                )));
+            }
+        };
         if m.fingerprint != fingerprint || m.dim != dim {
             return Ok(None);
         }
@@ -347,6 +350,8 @@ impl VectorIndex {
         let mirror = Arc::clone(&index.mirror);
         let (params, basename) = (m.params, d.basename.clone());
         spawn(Box::new(move || {
+            // A previous-format dump is read from a copy without its scales;
+            // with no copy, the graph is rebuilt from the table.
             let unscaled = scaled.then(|| Unscaled::make(&gen_dir, &basename, dim));
             let read = match &unscaled {
                 None => Some(gen_dir.as_path()),

@@ -10,8 +10,9 @@
 //!
 //! File layout (little-endian): `DSQ8`, format u32 = 2, dim u32, reserved
 //! u32, rows u64, then per row the store id u64 and the stored vector (`dim`
-//! bytes of [`Q8`]; format 1 put a 4-byte scale before them). The checkpoint's manifest holds its
-//! length and blake3, checked before it is parsed.
+//! bytes of [`Q8`]; format 1 put a 4-byte scale before them). The
+//! checkpoint's manifest holds its length and blake3, checked before it is
+//! parsed.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -21,12 +22,12 @@ use hnsw_rs::prelude::Distance;
 use rayon::prelude::*;
 
 use super::dist::{Q8, as_bytes, from_bytes};
+use super::upgrade::SCALE;
 
 const MAGIC: &[u8; 4] = b"DSQ8";
 const FORMAT: u32 = 2;
 /// Format 1: each vector's bytes came after its scale, [`SCALE`] bytes.
 const SCALED_TABLE_FORMAT: u32 = 1;
-const SCALE: usize = 4;
 const PREAMBLE: usize = 4 + 4 + 4 + 4 + 8;
 
 /// Rows of (id, stored vector), kept as the file's bytes.
@@ -201,7 +202,7 @@ pub(super) fn to_scaled_format(bytes: &[u8], dim: usize) -> Vec<u8> {
     for (i, r) in bytes[PREAMBLE..].chunks_exact(8 + dim).enumerate() {
         out.extend_from_slice(&r[..8]);
         // Any scale: the conversion drops it unread.
-        out.extend_from_slice(&(i as f32 + 0.5).to_le_bytes());
+        out.extend_from_slice(&(i as f32 + 0.5).to_le_bytes()[..SCALE]);
         out.extend_from_slice(&r[8..]);
     }
     out

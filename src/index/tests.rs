@@ -493,15 +493,9 @@ fn a_checkpoint_with_scales_is_converted_and_its_graph_read() {
     }
     job();
     assert!(!loaded.is_warming());
-    let g0 = loaded.graph();
-    assert_eq!(g0.get_nb_point(), 2000);
-    let mut lengths = HashSet::new();
-    each_point(g0, |_, v| {
-        lengths.insert(v.len());
-        true
-    });
+    assert_eq!(loaded.graph().get_nb_point(), 2000);
     assert_eq!(
-        lengths,
+        vector_lengths(loaded.graph()),
         HashSet::from([16]),
         "the graph holds unscaled vectors"
     );
@@ -539,6 +533,30 @@ fn links(h: &Hnsw<'static, Q8, DualsightDot>) -> HashMap<u64, Vec<Vec<(usize, u3
     all
 }
 
+/// The lengths of the graph's stored vectors.
+fn vector_lengths(h: &Hnsw<'static, Q8, DualsightDot>) -> HashSet<usize> {
+    let mut lengths = HashSet::new();
+    each_point(h, |_, v| {
+        lengths.insert(v.len());
+        true
+    });
+    lengths
+}
+
+/// Changes generation `g`'s manifest by `edit` (the files' sums, its
+/// format), as a writer's bug or an older dualsight could have left it.
+fn edit_manifest(g: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let manifest = g.join(MANIFEST);
+    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
+    edit(&mut m);
+    fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+}
+
+/// The manifest entry of a dump file's sum.
+fn sum_of(path: &Path) -> serde_json::Value {
+    serde_json::to_value(sum_file(path).unwrap()).unwrap()
+}
+
 /// Names in a checkpoint directory other than `CURRENT` and generations.
 fn leftovers(dir: &Path) -> Vec<String> {
     fs::read_dir(dir)
@@ -568,10 +586,7 @@ fn a_scaled_dump_that_cannot_be_rewritten_is_rebuilt_from_the_table() {
         .unwrap()
         .set_len(len - 3)
         .unwrap();
-    let manifest = g.join(MANIFEST);
-    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
-    m["dump"]["data"] = serde_json::to_value(sum_file(&data_file).unwrap()).unwrap();
-    fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    edit_manifest(&g, |m| m["dump"]["data"] = sum_of(&data_file));
 
     let (loaded, job) = load_held(dir.path(), 16);
     job();
@@ -580,6 +595,53 @@ fn a_scaled_dump_that_cannot_be_rewritten_is_rebuilt_from_the_table() {
         assert_eq!(loaded.search(v, 1).unwrap()[0].0, i as u64 + 1);
     }
     assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+}
+
+/// The rewrite of a previous-format dump refuses what is not that layout,
+/// naming the file and what it found: the caller then rebuilds the graph.
+#[test]
+fn unscaling_refuses_a_dump_of_another_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    build(&random_set(300, 16, 45), IndexParams::default())
+        .checkpoint(dir.path(), "fp", 300)
+        .unwrap();
+    let g = dir.path().join("gen-1");
+    let into = dir.path().join("copy");
+    fs::create_dir(&into).unwrap();
+    let unscale = |dim| {
+        upgrade::unscale_dump(&g, &into, "hnsw", dim)
+            .map_err(|e| e.to_string())
+            .err()
+    };
+    // This format's dump: no scales to drop.
+    let err = unscale(16).unwrap();
+    assert!(
+        err.contains("hnsw.hnsw.graph: vectors of 16 bytes, expected 20"),
+        "{err}"
+    );
+    write_back_with_scales(&g, 16);
+    assert_eq!(unscale(16), None);
+    let (old, new) = (
+        fs::metadata(g.join("hnsw.hnsw.data")).unwrap().len(),
+        fs::metadata(into.join("hnsw.hnsw.data")).unwrap().len(),
+    );
+    assert_eq!(old - new, 300 * upgrade::SCALE as u64);
+    let err = unscale(12).unwrap();
+    assert!(err.contains("expected 16"), "{err}");
+    // A point cut short, and a point of another length.
+    let data = g.join("hnsw.hnsw.data");
+    let whole = fs::read(&data).unwrap();
+    fs::write(&data, &whole[..whole.len() - 3]).unwrap();
+    let err = unscale(16).unwrap();
+    assert!(
+        err.contains("hnsw.hnsw.data: point 299 is cut off"),
+        "{err}"
+    );
+    let mut other = whole.clone();
+    other[12 + 12..12 + 20].copy_from_slice(&21u64.to_ne_bytes());
+    fs::write(&data, other).unwrap();
+    let err = unscale(16).unwrap();
+    assert!(err.contains("point 0 is not a vector of 20 bytes"), "{err}");
 }
 
 /// A graph whose vectors are not the table's length (the previous layout's
@@ -597,20 +659,14 @@ fn a_graph_of_another_vector_length_is_rebuilt_from_the_table() {
     let ours = fs::read(&table).unwrap();
     write_back_with_scales(&g, 8);
     fs::write(&table, ours).unwrap();
-    let manifest = g.join(MANIFEST);
-    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
-    m["format"] = CHECKPOINT_FORMAT.into();
-    m["dump"]["flat"] = serde_json::to_value(sum_file(&table).unwrap()).unwrap();
-    fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    edit_manifest(&g, |m| {
+        m["format"] = CHECKPOINT_FORMAT.into();
+        m["dump"]["flat"] = sum_of(&table);
+    });
 
     let (loaded, job) = load_held(dir.path(), 8);
     job();
-    let mut lengths = HashSet::new();
-    each_point(loaded.graph(), |_, v| {
-        lengths.insert(v.len());
-        true
-    });
-    assert_eq!(lengths, HashSet::from([8]));
+    assert_eq!(vector_lengths(loaded.graph()), HashSet::from([8]));
     for (i, v) in data.iter().enumerate().take(50) {
         assert_eq!(loaded.search(v, 1).unwrap()[0].0, i as u64 + 1);
     }
@@ -627,39 +683,38 @@ fn write_back_with_scales(g: &Path, dim: usize) {
         flat::to_scaled_format(&fs::read(&table).unwrap(), dim),
     )
     .unwrap();
-    // hnsw_rs 0.3.5's layout: the graph file's description holds the
-    // dimension after a u32, two u8, an f64, a u8 and two usize; the data
-    // file is a u32 and the dimension, then per point a u32, the id (u64),
-    // the vector's byte length (u64) and its bytes.
+    // hnsw_rs 0.3.5's layout, as `upgrade.rs` reads it.
+    let old = ((dim + upgrade::SCALE) as u64).to_ne_bytes();
     let graph = g.join("hnsw.hnsw.graph");
     let mut bytes = fs::read(&graph).unwrap();
-    let at = 4 + 1 + 1 + 8 + 1 + 8 + 8;
+    let at = upgrade::DIMENSION_AT;
+    assert_eq!(bytes[..4], upgrade::MAGIC_DESCRIPTION.to_ne_bytes());
     assert_eq!(bytes[at..at + 8], (dim as u64).to_ne_bytes());
-    bytes[at..at + 8].copy_from_slice(&(dim as u64 + 4).to_ne_bytes());
+    bytes[at..at + 8].copy_from_slice(&old);
     fs::write(&graph, bytes).unwrap();
     let data = g.join("hnsw.hnsw.data");
     let bytes = fs::read(&data).unwrap();
+    assert_eq!(bytes[..4], upgrade::MAGIC_DATA.to_ne_bytes());
     assert_eq!(bytes[4..12], (dim as u64).to_ne_bytes());
     let mut out = bytes[..4].to_vec();
-    out.extend_from_slice(&(dim as u64 + 4).to_ne_bytes());
+    out.extend_from_slice(&old);
     let mut at = 12;
     while at < bytes.len() {
         out.extend_from_slice(&bytes[at..at + 12]);
         let len = u64::from_ne_bytes(bytes[at + 12..at + 20].try_into().unwrap());
         assert_eq!(len, dim as u64);
-        out.extend_from_slice(&(len + 4).to_ne_bytes());
-        out.extend_from_slice(&1f32.to_le_bytes());
+        out.extend_from_slice(&old);
+        out.extend_from_slice(&[0x5A; upgrade::SCALE]);
         out.extend_from_slice(&bytes[at + 20..at + 20 + dim]);
         at += 20 + dim;
     }
     fs::write(&data, out).unwrap();
-    let manifest = g.join(MANIFEST);
-    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
-    m["format"] = SCALED_FORMAT.into();
-    for (key, path) in [("graph", &graph), ("data", &data), ("flat", &table)] {
-        m["dump"][key] = serde_json::to_value(sum_file(path).unwrap()).unwrap();
-    }
-    fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    edit_manifest(g, |m| {
+        m["format"] = SCALED_FORMAT.into();
+        for (key, path) in [("graph", &graph), ("data", &data), ("flat", &table)] {
+            m["dump"][key] = sum_of(path);
+        }
+    });
 }
 
 /// A graph file hnsw_rs cannot parse, even with checksums that agree (a
@@ -673,15 +728,14 @@ fn a_graph_hnsw_rs_cannot_read_is_rebuilt_from_the_table() {
         .unwrap();
     let g = dir.path().join("gen-1");
     let graph = g.join("hnsw.hnsw.graph");
-    // The first layer's magic, after the description (see
-    // `write_back_with_scales` for its start) and the layer count: hnsw_rs refuses it with an
-    // error. Garbling bytes at random instead can hand hnsw_rs a count it
+    // The first layer's magic, after the description (see `upgrade.rs` for
+    // its start) and the layer count: hnsw_rs refuses it with an error. Garbling bytes at random instead can hand hnsw_rs a count it
     // reserves memory for before reading on (an abort, not a panic: 1 run
     // in ~60 did that); only a writer's bug could leave such a file with
     // agreeing checksums.
     let mut bytes = fs::read(&graph).unwrap();
     let usize_at = |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
-    let names = 4 + 1 + 1 + 8 + 1 + 8 + 8 + 8;
+    let names = upgrade::DIMENSION_AT + 8;
     let after_dist = names + 8 + usize_at(names);
     // The type's name, then the number of layers (u8).
     let layer = after_dist + 8 + usize_at(after_dist) + 1;
@@ -689,11 +743,7 @@ fn a_graph_hnsw_rs_cannot_read_is_rebuilt_from_the_table() {
     assert_eq!(bytes[layer..layer + 4], MAGIC_LAYER.to_ne_bytes());
     bytes[layer..layer + 4].fill(0xAB);
     fs::write(&graph, bytes).unwrap();
-    let manifest = g.join(MANIFEST);
-    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
-    let sum = sum_file(&graph).unwrap();
-    m["dump"]["graph"] = serde_json::to_value(&sum).unwrap();
-    fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    edit_manifest(&g, |m| m["dump"]["graph"] = sum_of(&graph));
 
     let (loaded, job) = load_held(dir.path(), 8);
     job();

@@ -24,12 +24,13 @@ use std::path::{Path, PathBuf};
 
 /// hnsw_rs's magic numbers for a description (format 4), and a data file
 /// and each point in it.
-const MAGIC_DESCRIPTION: u32 = 0x002a_6779;
-const MAGIC_DATA: u32 = 0xa67f_0000;
+pub(super) const MAGIC_DESCRIPTION: u32 = 0x002a_6779;
+pub(super) const MAGIC_DATA: u32 = 0xa67f_0000;
 /// Where the description holds the vectors' length.
-const DIMENSION_AT: usize = 4 + 1 + 1 + 8 + 1 + 8 + 8;
-/// Bytes of the scale in front of each old vector.
-const SCALE: u64 = 4;
+pub(super) const DIMENSION_AT: usize = 4 + 1 + 1 + 8 + 1 + 8 + 8;
+/// Bytes of the scale in front of each vector of the previous format, in
+/// the dump and in the vector table (`flat.rs`) alike.
+pub(super) const SCALE: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
@@ -106,10 +107,10 @@ fn unscale_graph(from: &Path, to: &Path, dim: usize) -> Result<(), UpgradeError>
             .try_into()
             .expect("8 bytes"),
     );
-    if old != dim as u64 + SCALE {
+    if old != (dim + SCALE) as u64 {
         return Err(layout(format!(
             "vectors of {old} bytes, expected {}",
-            dim as u64 + SCALE
+            dim + SCALE
         )));
     }
     bytes[DIMENSION_AT..DIMENSION_AT + 8].copy_from_slice(&(dim as u64).to_ne_bytes());
@@ -122,7 +123,7 @@ fn unscale_data(from: &Path, to: &Path, dim: usize) -> Result<(), UpgradeError> 
         path: from.to_path_buf(),
         what,
     };
-    let old_len = dim as u64 + SCALE;
+    let old_len = (dim + SCALE) as u64;
     let mut r = BufReader::with_capacity(1 << 20, File::open(from).map_err(io_at(from))?);
     let mut w = BufWriter::with_capacity(1 << 20, File::create(to).map_err(io_at(to))?);
     let mut head = [0u8; 12];
@@ -153,10 +154,12 @@ fn unscale_data(from: &Path, to: &Path, dim: usize) -> Result<(), UpgradeError> 
                 "point {n} is not a vector of {old_len} bytes"
             )));
         }
-        r.read_exact(&mut vector).map_err(io_at(from))?;
+        if read_or_end(&mut r, &mut vector).map_err(io_at(from))? != vector.len() {
+            return Err(layout(format!("point {n} is cut off")));
+        }
         point[12..].copy_from_slice(&(dim as u64).to_ne_bytes());
         w.write_all(&point).map_err(io_at(to))?;
-        w.write_all(&vector[SCALE as usize..]).map_err(io_at(to))?;
+        w.write_all(&vector[SCALE..]).map_err(io_at(to))?;
     }
     // Not synced: the copy lives only until hnsw_rs has read it.
     w.flush().map_err(io_at(to))
