@@ -3,6 +3,7 @@
 //! back with every file's checksum verified before hnsw_rs reads it. A load
 //! answers from the flat table at once and reads the graph in the background.
 
+use super::build::Table;
 use super::upgrade::Unscaled;
 use super::*;
 use crate::durable;
@@ -175,6 +176,7 @@ impl VectorIndex {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let old_gen = name.starts_with(GEN_PREFIX) && name != gen_name;
                 if (old_gen || name.starts_with(".tmp-"))
+                    && !super::bulk::in_use(&e.path())
                     && let Err(err) = fs::remove_dir_all(e.path())
                 {
                     tracing::warn!(path = %e.path().display(), error = %err, "cannot delete old checkpoint");
@@ -349,6 +351,7 @@ impl VectorIndex {
         let (hnsw, warm) = (Arc::clone(&index.hnsw), Arc::clone(&index.warm));
         let mirror = Arc::clone(&index.mirror);
         let (params, basename) = (m.params, d.basename.clone());
+        let root = dir.to_path_buf();
         spawn(Box::new(move || {
             // A previous-format dump is read from a copy without its scales;
             // with no copy, the graph is rebuilt from the table.
@@ -359,6 +362,7 @@ impl VectorIndex {
             };
             load_graph(
                 read.map(|d| (d, basename.as_str())),
+                &root,
                 params,
                 &flat,
                 &hnsw,
@@ -389,6 +393,7 @@ impl VectorIndex {
 /// from the table too, so the index never ends up without a graph.
 fn load_graph(
     read: Option<(&Path, &str)>,
+    scratch: &Path,
     params: IndexParams,
     flat: &Flat,
     into: &OnceLock<Hnsw<'static, Q8, DualsightDot>>,
@@ -398,14 +403,6 @@ fn load_graph(
     let loaded = read.and_then(|(gen_dir, basename)| read_graph(gen_dir, basename, flat));
     let rebuilt = loaded.is_none();
     let graph = loaded.unwrap_or_else(|| {
-        let h = Hnsw::new(
-            params.max_nb_connection,
-            flat.len().max(1),
-            params.max_layer,
-            params.ef_construction,
-            DualsightDot,
-        );
-        let rows: Vec<(&[Q8], usize)> = flat.iter().map(|(id, v)| (v, id as usize)).collect();
         // On a pool of its own: searches scan the table on rayon's global
         // pool meanwhile, and a pool's workers take injected jobs only once
         // their own queued work is done, so a rebuild there would hold every
@@ -413,14 +410,14 @@ fn load_graph(
         let pool = rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("index-rebuild-{i}"))
             .build();
+        let rebuild = || super::bulk::graph_over(flat, params, scratch);
         match pool {
-            Ok(pool) => pool.install(|| insert_points(&h, rows)),
+            Ok(pool) => pool.install(rebuild),
             Err(e) => {
                 tracing::warn!(error = %e, "no thread pool for the index rebuild: sharing the search pool");
-                insert_points(&h, rows);
+                rebuild()
             }
         }
-        h
     });
     // Before the graph is published, so the first search finds it ready.
     descent::Mirror::refresh(mirror, &graph);
@@ -437,10 +434,10 @@ fn load_graph(
 
 /// The graph hnsw_rs dumped in `gen_dir`, if it reads and holds exactly the
 /// table's points (a warning says why not otherwise).
-fn read_graph(
+pub(super) fn read_graph<T: Table>(
     gen_dir: &Path,
     basename: &str,
-    flat: &Flat,
+    flat: &T,
 ) -> Option<Hnsw<'static, Q8, DualsightDot>> {
     // The loaded graph borrows its loader for its whole life (hnsw_rs #19).
     // Without mmap the loader holds no data (paths and options, ~100
@@ -476,14 +473,19 @@ fn read_graph(
 
 /// True when `h` holds exactly the table's ids, each once, with vectors of
 /// the table's length.
-fn same_points(h: &Hnsw<'static, Q8, DualsightDot>, flat: &Flat) -> bool {
-    if h.get_nb_point() != flat.len() {
+fn same_points<T: Table>(h: &Hnsw<'static, Q8, DualsightDot>, table: &T) -> bool {
+    if h.get_nb_point() != table.len() {
         return false;
     }
-    let want: HashSet<u64> = flat.iter().map(|(id, _)| id).collect();
+    let dim = if table.len() == 0 {
+        0
+    } else {
+        table.row(0).len()
+    };
+    let want: HashSet<u64> = (0..table.len()).map(|p| table.id(p)).collect();
     let mut seen = HashSet::with_capacity(want.len());
     each_point(h, |id, v| {
-        v.len() == flat.dim() && want.contains(&id) && seen.insert(id)
+        v.len() == dim && want.contains(&id) && seen.insert(id)
     }) && seen.len() == want.len()
 }
 

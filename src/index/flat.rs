@@ -140,11 +140,6 @@ impl Flat {
         self.rows
     }
 
-    /// Components of each stored vector.
-    pub fn dim(&self) -> usize {
-        self.row - 8
-    }
-
     pub fn is_empty(&self) -> bool {
         self.rows == 0
     }
@@ -189,6 +184,21 @@ impl Flat {
         all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         all.truncate(k);
         all
+    }
+}
+
+/// The table the graph is built from when it is rebuilt (`build.rs`).
+impl super::build::Table for Flat {
+    fn len(&self) -> usize {
+        self.rows
+    }
+
+    fn row(&self, p: usize) -> &[Q8] {
+        self.get(p).1
+    }
+
+    fn id(&self, p: usize) -> u64 {
+        self.get(p).0
     }
 }
 

@@ -16,11 +16,16 @@
 //!   tombstone every `live_ids()` id the space no longer has
 //!   (`Space::has_vector`), then insert `space.iter_vectors_from(last_id + 1)`.
 //!
-//! - hnsw_rs builds, holds and persists the graph; searches walk it with our
-//!   own descent ([`descent`]), which starts from the best of the top
-//!   layers' points rather than hnsw_rs's single entry point, so text
-//!   queries (off the image data) reach their region, and reads the links
-//!   from a flat copy kept up to date after every insert batch.
+//! - hnsw_rs holds the graph, inserts what arrives and persists it; searches
+//!   walk it with our own descent ([`descent`]), which starts from the best
+//!   of the top layers' points rather than hnsw_rs's single entry point, so
+//!   text queries (off the image data) reach their region, and reads the
+//!   links from a flat copy kept up to date after every insert batch.
+//! - A graph rebuilt from the store ([`VectorIndex::bulk`]: compaction, a
+//!   start without a usable checkpoint, a checkpoint whose graph cannot be
+//!   read) is built here at once ([`build`]), several times faster than
+//!   hnsw_rs's insert, and handed to hnsw_rs as its own dump ([`dump`],
+//!   [`bulk`]).
 //!
 //! Memory: vectors are stored as one byte per component ([`dist::Q8`], 512
 //! bytes at 512-d; hits are rescored from the store's f32 vectors by the
@@ -32,9 +37,12 @@
 //! a handle and a pointer per point, and a copy of the top layers' vectors.
 //! BENCHMARKS.md ("Today's figures") has the measured bytes per vector.
 
+mod build;
+mod bulk;
 mod checkpoint;
 mod descent;
 pub mod dist;
+mod dump;
 mod flat;
 mod params;
 mod search;
@@ -53,6 +61,7 @@ use flat::Flat;
 
 use hnsw_rs::prelude::{AnnT, Hnsw, HnswIo};
 
+pub use bulk::BulkLoad;
 pub use dist::{DualsightDot, Q8};
 pub use params::IndexParams;
 use search::{TopK, score_of};
@@ -320,32 +329,37 @@ impl VectorIndex {
         ids.present.contains(&id) && ids.tombstones.insert(id)
     }
 
-    /// `v` checked, L2-normalised (in f64) and quantised to bytes:
-    /// stored vectors and queries alike, so the graph walk and the exact scan
-    /// compare the same numbers and give the same scores.
+    /// `v` as the index stores it ([`normalised`]).
     fn normalised(&self, v: &[f32]) -> Result<Vec<Q8>> {
-        if v.len() != self.dim {
-            return Err(IndexError::Dimension {
-                expected: self.dim,
-                got: v.len(),
-            });
-        }
-        if v.iter().any(|x| !x.is_finite()) {
-            return Err(IndexError::InvalidVector("NaN or infinite component"));
-        }
-        let norm = v
-            .iter()
-            .map(|&x| f64::from(x) * f64::from(x))
-            .sum::<f64>()
-            .sqrt();
-        if norm < 1e-6 {
-            return Err(IndexError::InvalidVector("zero norm"));
-        }
-        let unit: Vec<f32> = v.iter().map(|&x| (f64::from(x) / norm) as f32).collect();
-        Ok(dist::quantise(&unit))
+        normalised(self.dim, v)
     }
 
     // ---- checkpoints ----------------------------------------------------------
+}
+
+/// `v` checked, L2-normalised (in f64) and quantised to bytes:
+/// stored vectors and queries alike, so the graph walk and the exact scan
+/// compare the same numbers and give the same scores.
+fn normalised(dim: usize, v: &[f32]) -> Result<Vec<Q8>> {
+    if v.len() != dim {
+        return Err(IndexError::Dimension {
+            expected: dim,
+            got: v.len(),
+        });
+    }
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(IndexError::InvalidVector("NaN or infinite component"));
+    }
+    let norm = v
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt();
+    if norm < 1e-6 {
+        return Err(IndexError::InvalidVector("zero norm"));
+    }
+    let unit: Vec<f32> = v.iter().map(|&x| (f64::from(x) / norm) as f32).collect();
+    Ok(dist::quantise(&unit))
 }
 
 /// Inserts `data` into `h`, in parallel for large batches. Into an empty

@@ -739,8 +739,7 @@ fn a_graph_hnsw_rs_cannot_read_is_rebuilt_from_the_table() {
     let after_dist = names + 8 + usize_at(names);
     // The type's name, then the number of layers (u8).
     let layer = after_dist + 8 + usize_at(after_dist) + 1;
-    const MAGIC_LAYER: u32 = 0x000a_676f;
-    assert_eq!(bytes[layer..layer + 4], MAGIC_LAYER.to_ne_bytes());
+    assert_eq!(bytes[layer..layer + 4], dump::MAGIC_LAYER.to_ne_bytes());
     bytes[layer..layer + 4].fill(0xAB);
     fs::write(&graph, bytes).unwrap();
     edit_manifest(&g, |m| m["dump"]["graph"] = sum_of(&graph));
@@ -752,6 +751,12 @@ fn a_graph_hnsw_rs_cannot_read_is_rebuilt_from_the_table() {
     for (i, v) in data.iter().enumerate().take(50) {
         assert_eq!(loaded.search(v, 1).unwrap()[0].0, i as u64 + 1);
     }
+    // Rebuilt at once: its scratch directory is gone with the build.
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
 }
 
 /// Always room to rescore beyond the limit, never an overflow.
@@ -861,4 +866,226 @@ fn the_walks_copy_of_the_links_follows_every_insert() {
         None,
         "after a batch that doubled the graph"
     );
+}
+
+// ---- graphs built at once (build.rs, dump.rs, bulk.rs) ----------------------
+
+fn bulk(data: &[Vec<f32>], params: IndexParams, scratch: &Path) -> VectorIndex {
+    let mut load = VectorIndex::bulk(data[0].len(), params).unwrap();
+    for (i, v) in data.iter().enumerate() {
+        assert!(load.push(i as u64 + 1, v).unwrap());
+    }
+    load.finish(scratch).unwrap()
+}
+
+/// Recall of the daemon's search and of hnsw_rs's own on a graph built at
+/// once, against one hnsw_rs inserted from the same vectors.
+#[test]
+fn a_graph_built_at_once_finds_what_an_inserted_one_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = clustered_set(4000, 48, 61);
+    let queries = clustered_set(100, 48, 62);
+    let params = IndexParams {
+        ef_search: 64,
+        ..IndexParams::default()
+    };
+    let at_once = bulk(&data, params, dir.path());
+    let inserted = build(&data, params);
+    assert_eq!(at_once.len(), data.len());
+    let (ours, theirs) = (
+        recall_at_10(&at_once, &queries),
+        recall_at_10(&inserted, &queries),
+    );
+    assert!(
+        ours >= 0.95 && ours >= theirs - 0.02,
+        "built at once {ours}, inserted {theirs}"
+    );
+    // hnsw_rs's own search over the links it read: every point finds itself.
+    let mut hnsw_rs_found = 0;
+    for (i, v) in data.iter().enumerate().step_by(20) {
+        hnsw_rs_found += usize::from(at_once.hnsw_rs_search(v, 1).unwrap()[0].0 == i as u64 + 1);
+    }
+    assert_eq!(hnsw_rs_found, data.len().div_ceil(20));
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
+}
+
+/// What hnsw_rs reads back is the graph built here, link for link and
+/// distance for distance, and it keeps hnsw_rs's shape: at most 2·M links
+/// on layer 0 and M above, none to itself, each to a point on that layer,
+/// and about one point in M above layer 0.
+#[test]
+fn hnsw_rs_reads_back_the_graph_built_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let dim = 24;
+    let data = random_set(6000, dim, 63);
+    let mut rows = build::Rows {
+        dim,
+        ids: Vec::new(),
+        vectors: Vec::new(),
+    };
+    for (i, v) in data.iter().enumerate() {
+        rows.ids.push(i as u64 * 7 + 3);
+        rows.vectors.extend(normalised(dim, v).unwrap());
+    }
+    let params = IndexParams {
+        max_nb_connection: 8,
+        ef_construction: 40,
+        ..IndexParams::default()
+    };
+    let shape = build::Shape {
+        m: 8,
+        ef_construction: 40,
+        max_layer: params.max_layer,
+    };
+    let h = bulk::graph_of(&rows, params, dir.path()).unwrap();
+    let read = links(&h);
+    assert_eq!(read.len(), data.len());
+    let pi = h.get_point_indexation();
+    let mut level_of = HashMap::new();
+    for layer in 0..=usize::from(pi.get_max_level_observed()) {
+        for p in pi.get_layer_iterator(layer) {
+            level_of.insert(p.get_origin_id() as u64, layer as u8);
+        }
+    }
+    let upper = level_of.values().filter(|&&l| l > 0).count() as f64;
+    let expected = data.len() as f64 / 8.0;
+    assert!(
+        (upper - expected).abs() < 4.0 * expected.sqrt(),
+        "{upper} points above layer 0, expected ~{expected}"
+    );
+    for (id, layers) in &read {
+        let level = usize::from(level_of[id]);
+        for (l, list) in layers.iter().enumerate() {
+            if l > level {
+                assert!(
+                    list.is_empty(),
+                    "point {id} has links on layer {l} above its level {level}"
+                );
+                continue;
+            }
+            assert!(
+                list.len() <= if l == 0 { 16 } else { 8 },
+                "point {id} layer {l}: {} links",
+                list.len()
+            );
+            for &(to, _) in list {
+                assert_ne!(to as u64, *id);
+                assert!(usize::from(level_of[&(to as u64)]) >= l);
+            }
+        }
+        assert!(
+            !layers[0].is_empty() || data.len() == 1,
+            "point {id} is linked to nothing"
+        );
+    }
+
+    // Link for link: the dump of one build, read by hnsw_rs (the links
+    // of two builds can differ with the order the threads took points in).
+    let built = build::build(&rows, shape, 5);
+    let again = dir.path().join("again");
+    fs::create_dir(&again).unwrap();
+    let settings = dump::Settings {
+        m: 8,
+        ef_construction: 40,
+        max_layer: params.max_layer,
+        level_scale: shape.level_scale(),
+    };
+    dump::write(&again, "x", &built, &rows, dim, &settings).unwrap();
+    let h2 = read_graph(&again, "x", &rows).unwrap();
+    let read2 = links(&h2);
+    for (p, by_layer) in built.links.iter().enumerate() {
+        let got = &read2[&rows.ids[p]];
+        for (l, list) in by_layer.iter().enumerate() {
+            let want: Vec<(usize, u32)> = list
+                .iter()
+                .map(|k| (rows.ids[k.to as usize] as usize, k.dist.to_bits()))
+                .collect();
+            assert_eq!(got[l], want, "point {p} layer {l}");
+        }
+    }
+}
+
+/// A graph built at once takes inserts and tombstones, checkpoints, and
+/// loads back with the same answers.
+#[test]
+fn a_graph_built_at_once_lives_on_as_any_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_set(3000, 32, 64);
+    let idx = bulk(&data[..2000], IndexParams::default(), dir.path());
+    let late: Vec<(u64, &[f32])> = data[2000..]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (2001 + i as u64, v.as_slice()))
+        .collect();
+    assert_eq!(idx.insert_batch(&late).unwrap(), 1000);
+    assert_eq!(idx.insert_batch(&late[..10]).unwrap(), 0);
+    assert!(idx.remove(5));
+    for (i, v) in data.iter().enumerate().step_by(37) {
+        let want = i as u64 + 1;
+        let got = idx.search(v, 1).unwrap()[0].0;
+        assert!(got == want || want == 5, "{want} found {got}");
+    }
+    idx.checkpoint(dir.path(), "fp", 3000).unwrap();
+    let (loaded, last) = VectorIndex::load(dir.path(), "fp", 32).unwrap().unwrap();
+    loaded.wait_until_loaded();
+    assert_eq!((loaded.len(), last), (idx.len(), 3000));
+    for q in data.iter().step_by(101) {
+        assert_eq!(loaded.search(q, 10).unwrap(), idx.search(q, 10).unwrap());
+    }
+}
+
+/// Small and odd inputs: one point, a repeated id, a bad vector named.
+#[test]
+fn a_bulk_load_takes_one_point_and_refuses_bad_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_set(3, 16, 65);
+    let mut load = VectorIndex::bulk(16, IndexParams::default()).unwrap();
+    assert!(load.push(9, &data[0]).unwrap());
+    assert!(!load.push(9, &data[1]).unwrap());
+    assert!(matches!(
+        load.push(10, &[0.0; 16]),
+        Err(IndexError::InvalidVector(_))
+    ));
+    assert!(matches!(
+        load.push(10, &[1.0; 15]),
+        Err(IndexError::Dimension {
+            expected: 16,
+            got: 15
+        })
+    ));
+    assert_eq!(load.len(), 1);
+    let idx = load.finish(dir.path()).unwrap();
+    assert_eq!(idx.search(&data[2], 3).unwrap().len(), 1);
+    assert_eq!(idx.search(&data[0], 1).unwrap()[0].0, 9);
+    let empty = VectorIndex::bulk(16, IndexParams::default())
+        .unwrap()
+        .finish(dir.path())
+        .unwrap();
+    assert!(empty.is_empty());
+}
+
+/// A checkpoint's clean-up of `.tmp-` entries leaves a build's scratch
+/// directory alone while the build is under way.
+#[test]
+fn a_checkpoint_leaves_a_build_under_way_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_set(200, 8, 66);
+    let idx = build(&data, IndexParams::default());
+    let crashed = dir.path().join(".tmp-build-1-1");
+    fs::create_dir(&crashed).unwrap();
+    let (scratch, in_use) = bulk::Scratch::new(dir.path())
+        .map(|s| {
+            let d = s.dir.clone();
+            (s, d)
+        })
+        .unwrap();
+    idx.checkpoint(dir.path(), "fp", 200).unwrap();
+    assert!(in_use.is_dir());
+    assert!(!crashed.exists());
+    drop(scratch);
+    assert!(!in_use.exists());
 }
