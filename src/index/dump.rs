@@ -25,6 +25,10 @@ pub(super) const MAGIC_LAYER: u32 = 0x000a_676f;
 const MAGIC_POINT: u32 = 0x000a_678f;
 /// The full mode, where every link names its point's layer and rank.
 const FULL: u8 = 1;
+/// Layers in every dump: hnsw_rs's `NB_LAYER_MAX`, the only count its own
+/// dump writes (and what its loader gives every graph it reads), whatever
+/// the graph's `max_layer`.
+const LAYERS: u8 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
@@ -56,17 +60,21 @@ pub fn write<T: Table>(
     let n = table.len();
     let m = u8::try_from(settings.m)
         .map_err(|_| DumpError::Shape(format!("M {} above 255", settings.m)))?;
-    let layers = u8::try_from(settings.max_layer)
-        .ok()
-        .filter(|l| (1..=16).contains(l))
-        .ok_or_else(|| DumpError::Shape(format!("{} layers", settings.max_layer)))?;
+    if !(1..=usize::from(LAYERS)).contains(&settings.max_layer) {
+        return Err(DumpError::Shape(format!("{} layers", settings.max_layer)));
+    }
+    let layers = LAYERS;
     if n == 0 || built.levels.len() != n || built.links.len() != n {
         return Err(DumpError::Shape(format!(
             "{n} points for {} levels",
             built.levels.len()
         )));
     }
-    if built.levels.iter().any(|&l| l >= layers) {
+    if built
+        .levels
+        .iter()
+        .any(|&l| usize::from(l) >= settings.max_layer)
+    {
         return Err(DumpError::Shape("a point above the top layer".into()));
     }
     // Each point's rank among the points of its top layer, and each layer's
