@@ -4,15 +4,24 @@
 //! slower than hnswlib: its layer search allocates an `Arc` per candidate
 //! and hashes every visited point (BENCHMARKS.md, session 23).
 //!
-//! The graph is the one hnsw_rs's insert makes, built the way hnswlib
-//! builds in parallel: each point draws its level from hnsw_rs's
-//! distribution, descends greedily to it, and on each layer from there down
-//! searches `ef_construction` candidates and keeps hnsw_rs's heuristic
-//! selection of them (2·M on layer 0, M above); each chosen neighbour then
-//! takes the point into its own list, which keeps its nearest (hnsw_rs's
-//! "simple" reverse update). Workers claim points in order from a counter and
-//! lock one neighbour list at a time, as hnswlib's do. `dump.rs` writes the
-//! result as an hnsw_rs dump, which hnsw_rs loads as its own.
+//! The graph is the kind hnsw_rs's insert makes: each point draws its level
+//! from hnsw_rs's distribution, descends greedily to it, and on each layer
+//! from there down searches `ef_construction` candidates and keeps hnsw_rs's
+//! heuristic selection of them (2·M on layer 0, M above); each chosen
+//! neighbour then takes the point into its own list, which keeps its nearest
+//! (hnsw_rs's "simple" reverse update). Two differences, neither seen by a
+//! search: hnsw_rs also keeps, in a point's lists on the layers above its
+//! own level, the point its greedy descent stopped at there (no search
+//! reads those lists); and a point drawing a level above the graph's top
+//! is linked here to nothing on the new layers until later points reach
+//! them (hnsw_rs links it to the entry point, which is not on them). When
+//! two such points race, the one that does not become the entry point
+//! may stay so (hnswlib holds a global lock for them; here they are a
+//! handful, at the start of a build, and linked on their lower layers).
+//! It is built in parallel as hnswlib builds: workers claim points in order
+//! from a counter and lock one neighbour list at a time, never two.
+//! `dump.rs` writes the result as an hnsw_rs dump, which hnsw_rs loads as
+//! its own.
 
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicUsize, Ordering};

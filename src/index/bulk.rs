@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::fs;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -24,9 +25,12 @@ use super::{Ids, IndexError, IndexParams, Result, VectorIndex, insert_points, no
 const SEED: u64 = 0x6475_616c_7369_6768;
 
 /// Scratch directories of builds under way in this process, which a
-/// checkpoint's clean-up of `.tmp-` entries leaves alone (any other is a
-/// crash's leftover).
+/// checkpoint's clean-up of `.tmp-` entries and a new build leave alone
+/// (any other is a crash's leftover).
 static BUILDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// How scratch directories' names start (a `.tmp-` entry to checkpoints).
+const PREFIX: &str = ".tmp-build-";
 
 /// Tells scratch directories apart within one process.
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -46,20 +50,36 @@ pub(super) struct Scratch {
 }
 
 impl Scratch {
+    /// A new scratch directory under `parent`, after removing any other
+    /// build's that no build of this process is using (a crash's, which
+    /// no checkpoint may come to remove: a crash during the rebuild at
+    /// startup leaves one per try). Under the registry's lock, so that a
+    /// checkpoint's clean-up sees this one registered before it exists.
     pub(super) fn new(parent: &Path) -> Result<Scratch> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| IndexError::Io { path, source }
+        };
+        let mut building = BUILDING.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Ok(entries) = fs::read_dir(parent) {
+            for e in entries.flatten() {
+                let stale = e.file_name().to_string_lossy().starts_with(PREFIX)
+                    && !building.iter().any(|p| *p == e.path());
+                if stale && let Err(err) = fs::remove_dir_all(e.path()) {
+                    tracing::warn!(path = %e.path().display(), error = %err, "cannot delete an old index build's scratch directory");
+                }
+            }
+        }
+        // The process id and the time as well as a counter: a crash's
+        // leftover never has the same name.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = parent.join(format!(".tmp-build-{}-{n}", std::process::id()));
-        BUILDING
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(dir.clone());
-        let made = Scratch { dir };
-        let _ = fs::remove_dir_all(&made.dir);
-        fs::create_dir_all(&made.dir).map_err(|source| IndexError::Io {
-            path: made.dir.clone(),
-            source,
-        })?;
-        Ok(made)
+        let dir = parent.join(format!("{PREFIX}{}-{nanos}-{n}", std::process::id()));
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        building.push(dir.clone());
+        Ok(Scratch { dir })
     }
 }
 
@@ -97,15 +117,33 @@ pub(super) fn graph_of<T: Table>(
         ef_construction: params.ef_construction,
         max_layer: params.max_layer,
     };
+    // hnsw_rs's dump holds M in one byte: checked before the build, not
+    // after it.
+    if shape.m > usize::from(u8::MAX) {
+        return Err(fail(format!("M {} above 255", shape.m)));
+    }
     let started = Instant::now();
-    let built = build::build(table, shape, SEED);
+    // On a pool of its own: the build's workers run until every point is
+    // in, and a pool runs a queued job only when a worker is free, so on
+    // the shared pool searches would wait for the whole build.
+    let build = || catch_unwind(AssertUnwindSafe(|| build::build(table, shape, SEED)));
+    let built = match rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("index-build-{i}"))
+        .build()
+    {
+        Ok(pool) => pool.install(build),
+        Err(e) => {
+            tracing::warn!(error = %e, "no thread pool for the index build: sharing the search pool");
+            build()
+        }
+    }
+    .map_err(|_| fail("the graph build panicked".into()))?;
     let build_ms = started.elapsed().as_millis() as u64;
     let scratch = Scratch::new(parent)?;
     let settings = Settings {
         m: shape.m,
         ef_construction: shape.ef_construction,
         max_layer: shape.max_layer,
-        level_scale: shape.level_scale(),
     };
     dump::write(&scratch.dir, BASENAME, &built, table, dim, &settings)
         .map_err(|e| fail(e.to_string()))?;

@@ -110,6 +110,13 @@ impl VectorIndex {
                 let r = catch_unwind(AssertUnwindSafe(|| graph.file_dump(&tmp, BASENAME)));
                 match r {
                     Ok(Ok(basename)) => {
+                        let graph_file = tmp.join(format!("{basename}.hnsw.graph"));
+                        super::upgrade::unit_level_scale(&graph_file).map_err(|e| {
+                            IndexError::Dump {
+                                dir: tmp.clone(),
+                                reason: e.to_string(),
+                            }
+                        })?;
                         self.write_flat(&tmp.join(FLAT_FILE))?;
                         Some(basename)
                     }

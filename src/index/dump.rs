@@ -1,6 +1,8 @@
 //! Writing a graph built here (`build.rs`) as hnsw_rs 0.3.5's dump, so that
-//! hnsw_rs loads it as its own: the graph it then holds, inserts into and
-//! dumps is the same as if its insert had made it.
+//! hnsw_rs loads it as its own: from then on it holds it, inserts into it
+//! and dumps it as any graph it has reloaded (sixteen layers, candidate
+//! extension as `read_graph` sets it, and the level scale of a new graph:
+//! see `upgrade::UNIT_LEVEL_SCALE`).
 //!
 //! The layout is the one hnsw_rs's `file_dump` writes in its full mode
 //! (native byte order): the graph file is the description (see
@@ -18,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use super::build::{Built, Table};
 use super::dist::{self, DualsightDot, Q8};
-use super::upgrade::{MAGIC_DATA, MAGIC_DESCRIPTION};
+use super::upgrade::{MAGIC_DATA, MAGIC_DESCRIPTION, UNIT_LEVEL_SCALE};
 
 /// hnsw_rs's magic numbers in front of each layer and each point.
 pub(super) const MAGIC_LAYER: u32 = 0x000a_676f;
@@ -43,7 +45,6 @@ pub struct Settings {
     pub m: usize,
     pub ef_construction: usize,
     pub max_layer: usize,
-    pub level_scale: f64,
 }
 
 /// Writes `<basename>.hnsw.graph` and `.hnsw.data` into `dir` for the
@@ -106,7 +107,7 @@ pub fn write<T: Table>(
     let graph = (|| -> io::Result<()> {
         g.write_all(&MAGIC_DESCRIPTION.to_ne_bytes())?;
         g.write_all(&[FULL, m])?;
-        g.write_all(&settings.level_scale.to_ne_bytes())?;
+        g.write_all(&UNIT_LEVEL_SCALE.to_ne_bytes())?;
         g.write_all(&[layers])?;
         for v in [settings.ef_construction, n, dim] {
             g.write_all(&v.to_ne_bytes())?;

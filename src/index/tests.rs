@@ -1000,7 +1000,6 @@ fn hnsw_rs_reads_back_the_graph_built_here() {
         m: 8,
         ef_construction: 40,
         max_layer: params.max_layer,
-        level_scale: shape.level_scale(),
     };
     dump::write(&again, "x", &built, &rows, dim, &settings).unwrap();
     let h2 = read_graph(&again, "x", &rows).unwrap();
@@ -1121,4 +1120,70 @@ fn a_single_layer_graph_is_built_at_once() {
     let (loaded, _) = VectorIndex::load(dir.path(), "fp", 16).unwrap().unwrap();
     loaded.wait_until_loaded();
     assert_eq!(loaded.len(), 3000);
+}
+
+/// Points above layer 0 in `h`.
+fn upper_points(h: &Hnsw<'static, Q8, DualsightDot>) -> usize {
+    let pi = h.get_point_indexation();
+    (1..=usize::from(pi.get_max_level_observed()))
+        .map(|l| pi.get_layer_nb_point(l))
+        .sum()
+}
+
+/// A graph hnsw_rs reloads (a checkpoint, or one built at once) goes on
+/// drawing levels as a new one does: about one point in M above layer 0.
+/// hnsw_rs's loader reads the dump's level scale as a factor on its own,
+/// so its own dump's value drew levels from `(1 / ln M)²` (one in ~25,000
+/// at M = 24) until the dump carried 1.
+#[test]
+fn a_reloaded_graph_draws_levels_as_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_set(14_000, 8, 68);
+    let items = |from: usize| -> Vec<(u64, &[f32])> {
+        data[from..]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| ((from + i) as u64 + 1, v.as_slice()))
+            .collect()
+    };
+    let m = IndexParams::default().max_nb_connection as f64;
+    let expected = data.len() as f64 / m;
+    let near = |got: usize| (got as f64 - expected).abs() < 5.0 * expected.sqrt();
+
+    build(&data[..2000], IndexParams::default())
+        .checkpoint(dir.path(), "fp", 2000)
+        .unwrap();
+    let (loaded, _) = VectorIndex::load(dir.path(), "fp", 8).unwrap().unwrap();
+    loaded.wait_until_loaded();
+    assert_eq!(loaded.insert_batch(&items(2000)).unwrap(), 12_000);
+    let got = upper_points(loaded.graph());
+    assert!(
+        near(got),
+        "checkpoint: {got} points above layer 0, expected ~{expected}"
+    );
+
+    let at_once = bulk(&data[..2000], IndexParams::default(), dir.path());
+    assert_eq!(at_once.insert_batch(&items(2000)).unwrap(), 12_000);
+    let got = upper_points(at_once.graph());
+    assert!(
+        near(got),
+        "built at once: {got} points above layer 0, expected ~{expected}"
+    );
+}
+
+/// A new build removes a crashed build's scratch directory (no checkpoint
+/// may ever come to do it) and keeps a build under way's.
+#[test]
+fn a_build_removes_a_crashed_builds_scratch() {
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = dir.path().join(".tmp-build-1-2-3");
+    fs::create_dir(&crashed).unwrap();
+    fs::write(crashed.join("hnsw.hnsw.data"), b"left over").unwrap();
+    let first = bulk::Scratch::new(dir.path()).unwrap();
+    assert!(!crashed.exists());
+    let second = bulk::Scratch::new(dir.path()).unwrap();
+    assert!(first.dir.is_dir() && second.dir.is_dir());
+    assert_ne!(first.dir, second.dir);
+    drop((first, second));
+    assert!(leftovers(dir.path()).is_empty());
 }

@@ -19,7 +19,7 @@
 //! to rebuild the graph from the table instead.
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// hnsw_rs's magic numbers for a description (format 4), and a data file
@@ -28,6 +28,15 @@ pub(super) const MAGIC_DESCRIPTION: u32 = 0x002a_6779;
 pub(super) const MAGIC_DATA: u32 = 0xa67f_0000;
 /// Where the description holds the vectors' length.
 pub(super) const DIMENSION_AT: usize = 4 + 1 + 1 + 8 + 1 + 8 + 8;
+/// Where the description holds the level scale (an f64, after the magic,
+/// the dump mode and M).
+pub(super) const LEVEL_SCALE_AT: usize = 4 + 1 + 1;
+/// The level scale a dump should carry: hnsw_rs's loader multiplies its
+/// default scale (`1 / ln M`) by the stored value, while its dump stores
+/// the scale itself, so a graph dumped and reloaded drew its later levels
+/// from `(1 / ln M)²`, and each further cycle shrank it again: at M = 24 a
+/// new point reached layer 1 about once in 25,000 instead of once in 24.
+pub(super) const UNIT_LEVEL_SCALE: f64 = 1.0;
 /// Bytes of the scale in front of each vector of the previous format, in
 /// the dump and in the vector table (`flat.rs`) alike.
 pub(super) const SCALE: usize = 4;
@@ -91,8 +100,9 @@ pub fn unscale_dump(
     unscale_data(&from.join(&data), &to.join(&data), dim)
 }
 
-/// The graph file with its description's vector length set to `dim`: the
-/// only change in it.
+/// The graph file with its description's vector length set to `dim`, and
+/// its level scale to [`UNIT_LEVEL_SCALE`] (hnsw_rs's own dump wrote it
+/// wrong): the only changes in it.
 fn unscale_graph(from: &Path, to: &Path, dim: usize) -> Result<(), UpgradeError> {
     let layout = |what: String| UpgradeError::Layout {
         path: from.to_path_buf(),
@@ -114,6 +124,7 @@ fn unscale_graph(from: &Path, to: &Path, dim: usize) -> Result<(), UpgradeError>
         )));
     }
     bytes[DIMENSION_AT..DIMENSION_AT + 8].copy_from_slice(&(dim as u64).to_ne_bytes());
+    bytes[LEVEL_SCALE_AT..LEVEL_SCALE_AT + 8].copy_from_slice(&UNIT_LEVEL_SCALE.to_ne_bytes());
     fs::write(to, bytes).map_err(io_at(to))
 }
 
@@ -177,6 +188,28 @@ fn read_or_end(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(got)
+}
+
+/// Sets the level scale in the description of the graph file at `path`
+/// (just written by hnsw_rs) to [`UNIT_LEVEL_SCALE`], so that the graph
+/// loaded from it draws its later levels as a new one does.
+pub fn unit_level_scale(path: &Path) -> Result<(), UpgradeError> {
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_at(path))?;
+    let mut magic = [0u8; 4];
+    f.read_exact(&mut magic).map_err(io_at(path))?;
+    if magic != MAGIC_DESCRIPTION.to_ne_bytes() {
+        return Err(UpgradeError::Layout {
+            path: path.to_path_buf(),
+            what: "not an hnsw_rs 0.3.5 graph description".into(),
+        });
+    }
+    f.seek(SeekFrom::Start(LEVEL_SCALE_AT as u64))
+        .and_then(|_| f.write_all(&UNIT_LEVEL_SCALE.to_ne_bytes()))
+        .map_err(io_at(path))
 }
 
 fn io_at(path: &Path) -> impl Fn(io::Error) -> UpgradeError + '_ {
