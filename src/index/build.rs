@@ -52,13 +52,24 @@ pub struct Built {
     pub entry: u32,
 }
 
-/// The settings a build follows (hnsw_rs's meaning for each).
+/// The settings a build follows (hnsw_rs's meaning for each), which its
+/// dump's description carries too.
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {
     pub m: usize,
     pub ef_construction: usize,
     /// Layers `0..max_layer`.
     pub max_layer: usize,
+}
+
+impl From<super::IndexParams> for Shape {
+    fn from(p: super::IndexParams) -> Shape {
+        Shape {
+            m: p.max_nb_connection,
+            ef_construction: p.ef_construction,
+            max_layer: p.max_layer,
+        }
+    }
 }
 
 impl Shape {
@@ -69,7 +80,7 @@ impl Shape {
 
     /// hnsw_rs's level scale, `1 / ln M`: a point reaches layer `l` with
     /// probability `M^-l`.
-    pub fn level_scale(&self) -> f64 {
+    fn level_scale(&self) -> f64 {
         1.0 / (self.m as f64).ln()
     }
 }
@@ -77,6 +88,8 @@ impl Shape {
 /// Stored vectors and their ids, by index.
 pub trait Table: Sync {
     fn len(&self) -> usize;
+    /// Bytes of every stored vector.
+    fn dim(&self) -> usize;
     fn row(&self, p: usize) -> &[Q8];
     fn id(&self, p: usize) -> u64;
 }
@@ -91,6 +104,10 @@ pub struct Rows {
 impl Table for Rows {
     fn len(&self) -> usize {
         self.ids.len()
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
     }
 
     fn row(&self, p: usize) -> &[Q8] {

@@ -17,7 +17,7 @@ use hnsw_rs::prelude::Hnsw;
 use super::build::{self, Rows, Shape, Table};
 use super::checkpoint::{BASENAME, read_graph};
 use super::dist::{DualsightDot, Q8};
-use super::dump::{self, Settings};
+use super::dump;
 use super::{Ids, IndexError, IndexParams, Result, VectorIndex, insert_points, normalised};
 
 /// The levels' seed: any fixed value, so that a rebuild of the same table
@@ -111,42 +111,18 @@ pub(super) fn graph_of<T: Table>(
     if table.len() == 0 {
         return Err(fail("no points to build a graph of".into()));
     }
-    let dim = table.row(0).len();
-    let shape = Shape {
-        m: params.max_nb_connection,
-        ef_construction: params.ef_construction,
-        max_layer: params.max_layer,
-    };
+    let shape = Shape::from(params);
     // hnsw_rs's dump holds M in one byte: checked before the build, not
     // after it.
     if shape.m > usize::from(u8::MAX) {
         return Err(fail(format!("M {} above 255", shape.m)));
     }
     let started = Instant::now();
-    // On a pool of its own: the build's workers run until every point is
-    // in, and a pool runs a queued job only when a worker is free, so on
-    // the shared pool searches would wait for the whole build.
-    let build = || catch_unwind(AssertUnwindSafe(|| build::build(table, shape, SEED)));
-    let built = match rayon::ThreadPoolBuilder::new()
-        .thread_name(|i| format!("index-build-{i}"))
-        .build()
-    {
-        Ok(pool) => pool.install(build),
-        Err(e) => {
-            tracing::warn!(error = %e, "no thread pool for the index build: sharing the search pool");
-            build()
-        }
-    }
-    .map_err(|_| fail("the graph build panicked".into()))?;
+    let built = catch_unwind(AssertUnwindSafe(|| build::build(table, shape, SEED)))
+        .map_err(|_| fail("the graph build panicked".into()))?;
     let build_ms = started.elapsed().as_millis() as u64;
     let scratch = Scratch::new(parent)?;
-    let settings = Settings {
-        m: shape.m,
-        ef_construction: shape.ef_construction,
-        max_layer: shape.max_layer,
-    };
-    dump::write(&scratch.dir, BASENAME, &built, table, dim, &settings)
-        .map_err(|e| fail(e.to_string()))?;
+    dump::write(&scratch.dir, BASENAME, &built, table, &shape).map_err(|e| fail(e.to_string()))?;
     drop(built);
     let graph = read_graph(&scratch.dir, BASENAME, table)
         .ok_or_else(|| fail("hnsw_rs did not read back the graph built here".into()))?;
@@ -161,32 +137,47 @@ pub(super) fn graph_of<T: Table>(
 
 /// The graph over `table`: built here ([`graph_of`]), or inserted point by
 /// point by hnsw_rs when that fails (a warning says why), so that a rebuild
-/// always ends with a graph.
+/// always ends with a graph. Either runs on a thread pool of its own: the
+/// workers run until every point is in, and a pool runs a queued job only
+/// when a worker is free, so on the shared pool the searches (exact scans,
+/// the CPU text tower) would wait for the whole rebuild.
 pub(super) fn graph_over<T: Table>(
     table: &T,
     params: IndexParams,
     scratch: &Path,
 ) -> Hnsw<'static, Q8, DualsightDot> {
-    if table.len() > 0 {
-        match graph_of(table, params, scratch) {
-            Ok(h) => return h,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot build the index graph at once: inserting point by point");
+    let rebuild = || {
+        if table.len() > 0 {
+            match graph_of(table, params, scratch) {
+                Ok(h) => return h,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot build the index graph at once: inserting point by point");
+                }
             }
         }
+        let h = Hnsw::new(
+            params.max_nb_connection,
+            table.len().max(1),
+            params.max_layer,
+            params.ef_construction,
+            DualsightDot,
+        );
+        let rows: Vec<(&[Q8], usize)> = (0..table.len())
+            .map(|p| (table.row(p), table.id(p) as usize))
+            .collect();
+        insert_points(&h, rows);
+        h
+    };
+    match rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("index-rebuild-{i}"))
+        .build()
+    {
+        Ok(pool) => pool.install(rebuild),
+        Err(e) => {
+            tracing::warn!(error = %e, "no thread pool for the index rebuild: sharing the search pool");
+            rebuild()
+        }
     }
-    let h = Hnsw::new(
-        params.max_nb_connection,
-        table.len().max(1),
-        params.max_layer,
-        params.ef_construction,
-        DualsightDot,
-    );
-    let rows: Vec<(&[Q8], usize)> = (0..table.len())
-        .map(|p| (table.row(p), table.id(p) as usize))
-        .collect();
-    insert_points(&h, rows);
-    h
 }
 
 /// Vectors gathered for an index built at once ([`VectorIndex::bulk`]).
@@ -240,8 +231,8 @@ impl BulkLoad {
         self.rows.ids.is_empty()
     }
 
-    /// The index over every vector pushed, its graph built on the current
-    /// rayon pool; `scratch` is a directory the graph passes through on its
+    /// The index over every vector pushed, its graph built on a thread pool
+    /// of its own; `scratch` is a directory the graph passes through on its
     /// way to hnsw_rs (a subdirectory is made there and removed). If that
     /// fails, hnsw_rs inserts the vectors instead.
     pub fn finish(self, scratch: &Path) -> Result<VectorIndex> {

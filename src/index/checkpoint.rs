@@ -409,23 +409,8 @@ fn load_graph(
     let started = Instant::now();
     let loaded = read.and_then(|(gen_dir, basename)| read_graph(gen_dir, basename, flat));
     let rebuilt = loaded.is_none();
-    let graph = loaded.unwrap_or_else(|| {
-        // On a pool of its own: searches scan the table on rayon's global
-        // pool meanwhile, and a pool's workers take injected jobs only once
-        // their own queued work is done, so a rebuild there would hold every
-        // search back until it ended.
-        let pool = rayon::ThreadPoolBuilder::new()
-            .thread_name(|i| format!("index-rebuild-{i}"))
-            .build();
-        let rebuild = || super::bulk::graph_over(flat, params, scratch);
-        match pool {
-            Ok(pool) => pool.install(rebuild),
-            Err(e) => {
-                tracing::warn!(error = %e, "no thread pool for the index rebuild: sharing the search pool");
-                rebuild()
-            }
-        }
-    });
+    // Off rayon's global pool, where searches scan the table meanwhile.
+    let graph = loaded.unwrap_or_else(|| super::bulk::graph_over(flat, params, scratch));
     // Before the graph is published, so the first search finds it ready.
     descent::Mirror::refresh(mirror, &graph);
     if into.set(graph).is_err() {
@@ -484,11 +469,7 @@ fn same_points<T: Table>(h: &Hnsw<'static, Q8, DualsightDot>, table: &T) -> bool
     if h.get_nb_point() != table.len() {
         return false;
     }
-    let dim = if table.len() == 0 {
-        0
-    } else {
-        table.row(0).len()
-    };
+    let dim = table.dim();
     let want: HashSet<u64> = (0..table.len()).map(|p| table.id(p)).collect();
     let mut seen = HashSet::with_capacity(want.len());
     each_point(h, |id, v| {

@@ -18,7 +18,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use super::build::{Built, Table};
+use super::build::{Built, Shape, Table};
 use super::dist::{self, DualsightDot, Q8};
 use super::upgrade::{MAGIC_DATA, MAGIC_DESCRIPTION, UNIT_LEVEL_SCALE};
 
@@ -40,29 +40,21 @@ pub enum DumpError {
     Shape(String),
 }
 
-/// What the description says beside the graph.
-pub struct Settings {
-    pub m: usize,
-    pub ef_construction: usize,
-    pub max_layer: usize,
-}
-
 /// Writes `<basename>.hnsw.graph` and `.hnsw.data` into `dir` for the
-/// graph `built` over `table`, whose vectors have `dim` bytes. Not synced:
-/// the files are read back at once and removed.
+/// graph `built` over `table` with the settings `shape`. Not synced: the
+/// files are read back at once and removed.
 pub fn write<T: Table>(
     dir: &Path,
     basename: &str,
     built: &Built,
     table: &T,
-    dim: usize,
-    settings: &Settings,
+    shape: &Shape,
 ) -> Result<(), DumpError> {
-    let n = table.len();
-    let m = u8::try_from(settings.m)
-        .map_err(|_| DumpError::Shape(format!("M {} above 255", settings.m)))?;
-    if !(1..=usize::from(LAYERS)).contains(&settings.max_layer) {
-        return Err(DumpError::Shape(format!("{} layers", settings.max_layer)));
+    let (n, dim) = (table.len(), table.dim());
+    let m =
+        u8::try_from(shape.m).map_err(|_| DumpError::Shape(format!("M {} above 255", shape.m)))?;
+    if !(1..=usize::from(LAYERS)).contains(&shape.max_layer) {
+        return Err(DumpError::Shape(format!("{} layers", shape.max_layer)));
     }
     let layers = LAYERS;
     if n == 0 || built.levels.len() != n || built.links.len() != n {
@@ -74,7 +66,7 @@ pub fn write<T: Table>(
     if built
         .levels
         .iter()
-        .any(|&l| usize::from(l) >= settings.max_layer)
+        .any(|&l| usize::from(l) >= shape.max_layer)
     {
         return Err(DumpError::Shape("a point above the top layer".into()));
     }
@@ -109,7 +101,7 @@ pub fn write<T: Table>(
         g.write_all(&[FULL, m])?;
         g.write_all(&UNIT_LEVEL_SCALE.to_ne_bytes())?;
         g.write_all(&[layers])?;
-        for v in [settings.ef_construction, n, dim] {
+        for v in [shape.ef_construction, n, dim] {
             g.write_all(&v.to_ne_bytes())?;
         }
         for text in [

@@ -193,8 +193,15 @@ impl super::build::Table for Flat {
         self.rows
     }
 
+    fn dim(&self) -> usize {
+        self.row - 8
+    }
+
+    /// The vector alone: the build reads one per distance, and has no use
+    /// for the id `get` parses beside it.
     fn row(&self, p: usize) -> &[Q8] {
-        self.get(p).1
+        let at = PREAMBLE + p * self.row;
+        from_bytes(&self.bytes[at + 8..at + self.row])
     }
 
     fn id(&self, p: usize) -> u64 {

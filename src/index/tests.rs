@@ -944,11 +944,7 @@ fn hnsw_rs_reads_back_the_graph_built_here() {
         ef_construction: 40,
         ..IndexParams::default()
     };
-    let shape = build::Shape {
-        m: 8,
-        ef_construction: 40,
-        max_layer: params.max_layer,
-    };
+    let shape = build::Shape::from(params);
     let h = bulk::graph_of(&rows, params, dir.path()).unwrap();
     let read = links(&h);
     assert_eq!(read.len(), data.len());
@@ -996,12 +992,7 @@ fn hnsw_rs_reads_back_the_graph_built_here() {
     let built = build::build(&rows, shape, 5);
     let again = dir.path().join("again");
     fs::create_dir(&again).unwrap();
-    let settings = dump::Settings {
-        m: 8,
-        ef_construction: 40,
-        max_layer: params.max_layer,
-    };
-    dump::write(&again, "x", &built, &rows, dim, &settings).unwrap();
+    dump::write(&again, "x", &built, &rows, &shape).unwrap();
     let h2 = read_graph(&again, "x", &rows).unwrap();
     let read2 = links(&h2);
     for (p, by_layer) in built.links.iter().enumerate() {
@@ -1082,14 +1073,12 @@ fn a_checkpoint_leaves_a_build_under_way_alone() {
     let dir = tempfile::tempdir().unwrap();
     let data = random_set(200, 8, 66);
     let idx = build(&data, IndexParams::default());
+    let scratch = bulk::Scratch::new(dir.path()).unwrap();
+    let in_use = scratch.dir.clone();
+    // A crash's leftover appearing after the build started (a new build
+    // would remove one already there): only the checkpoint can remove it.
     let crashed = dir.path().join(".tmp-build-1-1");
     fs::create_dir(&crashed).unwrap();
-    let (scratch, in_use) = bulk::Scratch::new(dir.path())
-        .map(|s| {
-            let d = s.dir.clone();
-            (s, d)
-        })
-        .unwrap();
     idx.checkpoint(dir.path(), "fp", 200).unwrap();
     assert!(in_use.is_dir());
     assert!(!crashed.exists());
