@@ -12,9 +12,28 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use dualsight::store::{Commit, SledStore};
+use dualsight_bench::assets::rss;
 use dualsight_bench::restart::file_commit;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Opens `dir` again once sled's flusher thread, which may outlive the
+/// handle just dropped for a moment, lets go of its lock.
+fn reopen(dir: &std::path::Path) -> Result<SledStore> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match SledStore::open(dir) {
+            Err(dualsight::store::StoreError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
 fn main() -> Result<()> {
+    dualsight::heap::set_trimmer(dualsight::heap::mimalloc_collect);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (dir, n, batch, dim) = match &args[..] {
         [dir, n, rest @ ..] if rest.len() <= 2 => (
@@ -80,12 +99,26 @@ fn main() -> Result<()> {
     let settle_s = t.elapsed().as_secs_f64();
     drop(space);
     drop(store);
+    // The records in memory, as a restarted daemon holds them: a fresh open
+    // in this process, its resident growth and its time.
+    dualsight::heap::trim();
+    let (rss_before, _) = rss(None).context("VmRSS")?;
+    let t = Instant::now();
+    let store = reopen(&dir)?;
+    let open_s = t.elapsed().as_secs_f64();
+    let (rss_after, _) = rss(None).context("VmRSS")?;
+    anyhow::ensure!(
+        store.file_count()? == n as u64,
+        "the reopened store lost files"
+    );
+    drop(store);
     let per = |b: u64| b as f64 / n as f64;
     println!(
-        "{n} files, commits of {batch}, {dim}-d: {:.0} files/s; sled {:.0} B/file after the fill, {:.0} once its cleaner settled ({settle_s:.0} s; allocated blocks)",
+        "{n} files, commits of {batch}, {dim}-d: {:.0} files/s; sled {:.0} B/file after the fill, {:.0} once its cleaner settled ({settle_s:.0} s; allocated blocks); reopened in {open_s:.2} s, holding {:.0} B/file in memory",
         n as f64 / fill,
         per(after_fill),
         per(settled),
+        per(rss_after.saturating_sub(rss_before)),
     );
     if std::env::var_os("KEEP").is_none() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("{}: removing", dir.display()))?;

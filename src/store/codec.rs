@@ -12,9 +12,9 @@ use super::{ContentHash, FileRecord};
 /// so fingerprints may hold any characters and a dropped space's number is
 /// never reused (a stale `SledSpace` handle cannot alias a new space).
 pub(super) const TREE_META: &str = "meta";
+pub(super) const TREE_JOURNAL: &str = "journal";
+/// Schema 2's per-file trees, read once by its migration.
 pub(super) const TREE_FILES: &str = "files";
-pub(super) const TREE_HASH_PATHS: &str = "hash_paths";
-pub(super) const TREE_HASH_REFS: &str = "hash_refs";
 pub(super) const TREE_FAILURES: &str = "failures";
 pub(super) const TREE_ROOTS: &str = "roots";
 pub(super) const TREE_SPACES: &str = "spaces";
@@ -24,13 +24,9 @@ pub(super) const SPACE_TREE_PREFIX: &str = "space/";
 pub(super) const META_SCHEMA: &[u8] = b"schema_version";
 pub(super) const META_ACTIVE: &[u8] = b"active_space";
 pub(super) const META_NEXT_SPACE: &[u8] = b"next_space_no";
-pub(super) const META_FILE_COUNT: &[u8] = b"file_count";
-pub(super) const META_FAILURE_COUNT: &[u8] = b"failure_count";
 
-/// Keys in a space's own meta tree.
+/// Key in a space's own meta tree.
 pub(super) const SPACE_LAST_ID: &[u8] = b"last_id";
-pub(super) const SPACE_VECTORS: &[u8] = b"vectors";
-pub(super) const SPACE_PATHS: &[u8] = b"paths";
 
 pub(super) fn space_tree_name(no: u64, kind: &str) -> String {
     format!("{SPACE_TREE_PREFIX}{no}/{kind}")
@@ -92,14 +88,6 @@ pub(super) fn decode_file(b: &[u8]) -> Option<FileRecord> {
         indexed_at_ms: u64::from_le_bytes(b[48..56].try_into().ok()?),
         meta,
     })
-}
-
-/// `hash ++ path`: all paths of one content hash are one prefix scan.
-pub(super) fn hash_path_key(hash: &ContentHash, path: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(32 + path.len());
-    k.extend_from_slice(&hash.0);
-    k.extend_from_slice(path.as_bytes());
-    k
 }
 
 pub(super) fn decode_hash(b: &[u8]) -> Option<ContentHash> {

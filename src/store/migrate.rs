@@ -5,8 +5,22 @@
 //! value by its hash, in atomic batches. A crash in the second pass leaves
 //! values of both kinds; the rerun copies only the long ones, whose records
 //! may not be on disk yet, and the schema version changes last.
+//!
+//! Schema 2 → 3: the per-file records (one sled key each) move into the
+//! journal (`journal.rs`). Resumable: the journal is emptied and written
+//! again from the old trees, flushed, and only then does the schema say 3;
+//! the old trees go after that, at this or any later open.
 
+use super::journal::{self, Op};
 use super::*;
+
+/// Trees of schema 2 that the journal replaces.
+const SCHEMA2_TREES: [&str; 4] = ["files", "hash_paths", "hash_refs", "failures"];
+/// Per-space trees of schema 2 that the journal replaces.
+const SCHEMA2_SPACE_TREES: [&str; 2] = ["hash_id", "vectors"];
+/// Schema 2's counters in `meta` and in each space's meta tree, now kept in memory.
+const SCHEMA2_COUNTERS: [&[u8]; 2] = [b"file_count", b"failure_count"];
+const SCHEMA2_SPACE_COUNTERS: [&[u8]; 2] = [b"vectors", b"paths"];
 
 /// Values rewritten per sled batch.
 const BATCH: usize = 4096;
@@ -22,7 +36,8 @@ pub(super) fn vectors_out_of_sled<'a>(
         let legacy = 32 + 4 * s.dim;
         let total = s.vector_count()?;
         let mut copied = 0u64;
-        for kv in s.vectors.iter() {
+        let vectors = inner.db.open_tree(space_tree_name(s.no, "vectors"))?;
+        for kv in vectors.iter() {
             let (k, v) = kv?;
             if v.len() == 32 {
                 continue;
@@ -46,18 +61,18 @@ pub(super) fn vectors_out_of_sled<'a>(
         s.segment.sync()?;
         let mut batch = sled::Batch::default();
         let mut in_batch = 0;
-        for kv in s.vectors.iter() {
+        for kv in vectors.iter() {
             let (k, v) = kv?;
             if v.len() > 32 {
                 batch.insert(k, &v[..32]);
                 in_batch += 1;
             }
             if in_batch == BATCH {
-                s.vectors.apply_batch(std::mem::take(&mut batch))?;
+                vectors.apply_batch(std::mem::take(&mut batch))?;
                 in_batch = 0;
             }
         }
-        s.vectors.apply_batch(batch)?;
+        vectors.apply_batch(batch)?;
         inner.db.flush()?;
         tracing::info!(
             space = s.fingerprint(),
@@ -66,9 +81,127 @@ pub(super) fn vectors_out_of_sled<'a>(
             s.segment_path().display()
         );
     }
+    inner.meta.insert(META_SCHEMA, &2u32.to_be_bytes())?;
+    inner.db.flush()?;
+    Ok(())
+}
+
+/// Schema 2 → 3 (module docs): writes the journal from schema 2's trees.
+pub(super) fn records_into_journal<'a>(
+    inner: &Inner,
+    spaces: impl Iterator<Item = &'a SledSpace>,
+) -> Result<()> {
+    tracing::info!(dir = %inner.dir.display(), "store schema 2: moving the file records into the journal (once)");
+    inner.journal.clear()?;
+    let mut w = Writer {
+        journal: &inner.journal,
+        seq: 1,
+        ops: Vec::new(),
+    };
+    let mut files = 0u64;
+    for kv in inner.db.open_tree(TREE_FILES)?.iter() {
+        let (k, v) = kv?;
+        let path = key_path(&k)?;
+        let rec = decode_file(&v)
+            .ok_or_else(|| StoreError::Corrupt(format!("files {path}: bad record")))?;
+        w.push(Op::File(path.into(), rec))?;
+        files += 1;
+        if files.is_multiple_of(PROGRESS_EVERY) {
+            tracing::info!(files, "moving file records");
+        }
+    }
+    for kv in inner.db.open_tree(TREE_FAILURES)?.iter() {
+        let (k, v) = kv?;
+        let path = key_path(&k)?;
+        let rec = decode_failure(&path, &v)?;
+        w.push(Op::Failure(path.into(), rec))?;
+    }
+    for s in spaces {
+        for kv in inner.db.open_tree(space_tree_name(s.no, "vectors"))?.iter() {
+            let (k, v) = kv?;
+            let bad = || StoreError::Corrupt(format!("space {}: schema 2 vector", s.fingerprint()));
+            let id = read_u64_be(&k).ok_or_else(bad)?;
+            let hash = decode_hash(&v).ok_or_else(bad)?;
+            w.push(Op::Vector {
+                space: s.no,
+                id,
+                hash,
+            })?;
+        }
+    }
+    w.finish()?;
+    inner.db.flush()?;
     inner
         .meta
         .insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
     inner.db.flush()?;
+    tracing::info!(files, "file records moved into the journal");
     Ok(())
+}
+
+/// Removes what schema 2 kept that the journal replaced, if anything is left.
+pub(super) fn drop_schema2_trees<'a>(
+    inner: &Inner,
+    spaces: impl Iterator<Item = &'a SledSpace>,
+) -> Result<()> {
+    let names = inner.db.tree_names();
+    let has = |n: &str| names.iter().any(|t| &t[..] == n.as_bytes());
+    let mut dropped = false;
+    for name in SCHEMA2_TREES {
+        if has(name) {
+            dropped |= inner.db.drop_tree(name)?;
+        }
+    }
+    for key in SCHEMA2_COUNTERS {
+        dropped |= inner.meta.remove(key)?.is_some();
+    }
+    for s in spaces {
+        for kind in SCHEMA2_SPACE_TREES {
+            let name = space_tree_name(s.no, kind);
+            if has(&name) {
+                dropped |= inner.db.drop_tree(name)?;
+            }
+        }
+        for key in SCHEMA2_SPACE_COUNTERS {
+            dropped |= s.meta.remove(key)?.is_some();
+        }
+    }
+    if dropped {
+        inner.db.flush()?;
+    }
+    Ok(())
+}
+
+/// Writes operations into the journal an entry of
+/// [`journal::OPS_PER_ENTRY`] at a time, from sequence number `seq`.
+pub(super) struct Writer<'a> {
+    pub(super) journal: &'a Tree,
+    pub(super) seq: u64,
+    pub(super) ops: Vec<Op>,
+}
+
+impl Writer<'_> {
+    pub(super) fn push(&mut self, op: Op) -> Result<()> {
+        self.ops.push(op);
+        if self.ops.len() == journal::OPS_PER_ENTRY {
+            self.flush_entry()?;
+        }
+        Ok(())
+    }
+
+    fn flush_entry(&mut self) -> Result<()> {
+        if !self.ops.is_empty() {
+            self.journal
+                .insert(u64_be(self.seq), journal::encode(&self.ops))?;
+            self.seq += 1;
+            self.ops.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes what is left; returns the next sequence number.
+    pub(super) fn finish(mut self) -> Result<u64> {
+        self.flush_entry()?;
+        Ok(self.seq)
+    }
 }

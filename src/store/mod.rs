@@ -1,7 +1,8 @@
 //! The durable truth: file records, content hashes, embedding vectors, failures,
-//! model spaces and root status: records in one sled database, vectors in one
-//! segment file per space (`segment.rs`). This is the only module that touches
-//! sled or the segments, so the engine can change without touching the rest.
+//! model spaces and root status: records in one sled database (the per-file
+//! ones as a journal, `journal.rs`), vectors in one segment file per space
+//! (`segment.rs`). This is the only module that touches sled or the segments,
+//! so the engine can change without touching the rest.
 //!
 //! A file counts as indexed only when its record and vector are committed
 //! *and flushed*: a batch's new vectors are written and fsynced to the segment
@@ -10,48 +11,49 @@
 //! async code, call them through `tokio::task::spawn_blocking` (a [`SledStore`] is
 //! a cheap `Clone`).
 //!
-//! # Layout (see `codec.rs` for the bytes)
-//! - `files`: path (UTF-8 bytes) → [`FileRecord`] (56 bytes).
-//! - `hash_paths`: `hash ++ path` → ∅, so a content hash's paths are one prefix scan;
-//!   `hash_refs`: hash → number of paths (lets a transaction, which cannot scan,
-//!   see that the last path of a content is gone).
-//! - `failures`: path → [`FailureRecord`] (JSON); `roots`: root → offline flag.
-//! - `spaces`: fingerprint → `{no, dim}`; each space owns `space/{no}/hash_id`,
-//!   `space/{no}/vectors`, `space/{no}/meta` (see [`SledSpace`]) and the file
-//!   `segments/{no}.vec`. Models never share a tree or a file, so two models'
-//!   vectors cannot mix.
-//! - `meta`: schema version, active space, counters.
+//! # Layout (see `codec.rs` and `journal.rs` for the bytes)
+//! - `journal`: sequence number → one write's operations on file records
+//!   (path → [`FileRecord`]), failure records (path → [`FailureRecord`]) and
+//!   each space's vectors (id ↔ content hash). Replayed into memory at open,
+//!   where every lookup is answered; rewritten when mostly dead.
+//! - `roots`: root → offline flag.
+//! - `spaces`: fingerprint → `{no, dim}`; each space owns `space/{no}/meta`
+//!   (its last id) and the file `segments/{no}.vec`. Models never share ids or
+//!   a file, so two models' vectors cannot mix.
+//! - `meta`: schema version, active space, next space number.
 //!
-//! Schema 1 kept the vectors inside sled; [`SledStore::open`] moves them out
-//! (`migrate.rs`), resumably, before anything else reads the store.
+//! Schema 1 kept the vectors inside sled, schema 2 one sled key per record;
+//! [`SledStore::open`] moves them (`migrate.rs`), resumably, before anything
+//! else reads the store.
 //!
-//! # Transactions and counters
-//! Every write is one sled transaction over *all* the trees above (including
-//! every space's), because a change to one path can orphan a vector in any
-//! space. Counters (`file_count`, `failure_count`, per space `vectors` and
-//! `paths`) are persisted and updated inside the same transactions, so they are
-//! O(1) to read, exact after a crash, and opening costs no scan whatever the
-//! library size. [`SledStore::verify`] recounts everything (an fsck, for tests and
-//! operators). sled serialises transactions behind one global lock, so there is
-//! no lost update; the store expects one writer task anyway.
+//! # Transactions and counts
+//! Every write is one sled transaction over the journal and every space's
+//! meta tree, because a change to one path can orphan a vector in any space.
+//! Counts (files, failures, per space vectors and indexed paths) are kept in
+//! memory as the journal is replayed and applied, so they are O(1) to read and
+//! exact after a crash. [`SledStore::verify`] recounts everything and replays
+//! the journal again (an fsck, for tests and operators). Writes hold one
+//! writer lock, so there is no lost update; the store expects one writer task
+//! anyway.
 //!
 //! Paths: keys are UTF-8; a non-UTF-8 path is refused ([`path_str`] says so
 //! clearly) rather than stored lossily, so every path the store returns can be
 //! opened again. Folder operations match whole path components (`/a/b` covers
 //! `/a/b/c`, not `/a/bc`).
 //!
-//! # Space on disk
+//! # Space on disk and in memory
 //! sled 0.34 is known for space amplification (log-structured pages, rewritten
-//! on update; issues #1484, #1374): a library's store can take several times
-//! its logical size, more after heavy churn. Per file the logical data is about
-//! 56 B record + 2×(32 B + path) links, plus per content one vector (4·dim +
-//! 32 B, ~2.1 KB at 512-d). [`SledStore::size_on_disk`] reports the real figure,
-//! and `dualsight-bench`'s store fill measures it (BENCHMARKS.md, "4. Restart
-//! and memory"); expect more after heavy churn, until sled's segment cleaner
-//! catches up.
+//! on update; issues #1484, #1374), worst for many small keys: hence the
+//! journal, whose entries hold a write's records together. Per file the
+//! journal holds the path and a 73-byte record, plus per content 49 bytes per
+//! space; the vector itself (4·dim + 48 B) is in the segment. Memory holds
+//! the same records (about 300 B per file at 1M files).
+//! [`SledStore::size_on_disk`] reports the real figure, and `dualsight-bench`'s
+//! `store_bytes` example measures it (BENCHMARKS.md).
 
 mod backend;
 mod codec;
+mod journal;
 mod migrate;
 mod paths;
 pub mod pg;
@@ -86,7 +88,7 @@ use transaction::*;
 
 /// On-disk layout version, in `meta`. A store written by a newer dualsight is
 /// refused rather than misread; version 1 (vectors in sled) is migrated.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Paths per transaction in folder-wide operations: bounds the transaction's
 /// in-memory write set. Each chunk is atomic and leaves the store consistent.
@@ -176,10 +178,11 @@ struct Inner {
     dir: PathBuf,
     db: sled::Db,
     meta: Tree,
-    files: Tree,
-    hash_paths: Tree,
-    hash_refs: Tree,
-    failures: Tree,
+    /// The per-file records, one entry per write (`journal.rs`).
+    journal: Tree,
+    /// What the journal says, in memory; written only by the writer, after
+    /// its transaction is flushed.
+    state: journal::Shared,
     roots: Tree,
     spaces_tree: Tree,
     /// Open spaces by fingerprint. Every write transaction holds the read side
@@ -207,23 +210,24 @@ impl SledStore {
         let dir = dir.as_ref().to_path_buf();
         let db = sled::Config::new()
             .path(&dir)
-            // The HNSW already holds every vector in memory; sled's page cache
-            // mostly serves file records, so its 1 GiB default is too generous.
+            // Every lookup is answered from memory (the journal's records and
+            // the HNSW): sled's page cache only passes journal entries
+            // through, so its 1 GiB default would be held for nothing.
             // Not compressed: zstd pages halve the store on disk, but sled's
             // recovery then decompresses its whole log at every open (24 s
             // instead of 0.7 s at 300k files; BENCHMARKS.md, "sled on disk").
-            .cache_capacity(256 * 1024 * 1024)
+            .cache_capacity(32 * 1024 * 1024)
             .open()
             .map_err(|e| open_error(&dir, e))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(&dir, e));
         let meta = tree(TREE_META)?;
-        let mut migrating = false;
+        let mut found = SCHEMA_VERSION;
         match meta.get(META_SCHEMA)? {
             None => {
                 meta.insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
             }
             Some(v) => {
-                let found = <[u8; 4]>::try_from(&v[..])
+                found = <[u8; 4]>::try_from(&v[..])
                     .map(u32::from_be_bytes)
                     .map_err(|_| {
                         StoreError::Corrupt(format!("{}: bad schema version", dir.display()))
@@ -235,8 +239,7 @@ impl SledStore {
                         supported: SCHEMA_VERSION,
                     });
                 }
-                migrating = found == 1;
-                if found < SCHEMA_VERSION && !migrating {
+                if found == 0 {
                     return Err(StoreError::UnsupportedSchema {
                         dir,
                         found,
@@ -246,10 +249,8 @@ impl SledStore {
             }
         }
         let mut inner = Inner {
-            files: tree(TREE_FILES)?,
-            hash_paths: tree(TREE_HASH_PATHS)?,
-            hash_refs: tree(TREE_HASH_REFS)?,
-            failures: tree(TREE_FAILURES)?,
+            journal: tree(TREE_JOURNAL)?,
+            state: journal::Shared::default(),
             roots: tree(TREE_ROOTS)?,
             spaces_tree: tree(TREE_SPACES)?,
             meta,
@@ -271,7 +272,7 @@ impl SledStore {
                 .map_err(|_| StoreError::Corrupt("spaces: fingerprint is not UTF-8".into()))?;
             let rec: SpaceRecord = serde_json::from_slice(&v)
                 .map_err(|e| StoreError::Corrupt(format!("spaces {fp}: {e}")))?;
-            let space = inner.open_space(&fp, rec.no, rec.dim, !migrating)?;
+            let space = inner.open_space(&fp, rec.no, rec.dim, found != 1)?;
             spaces.insert(fp, space);
         }
         // Trees of a space whose creation or drop was cut short by a crash:
@@ -286,9 +287,15 @@ impl SledStore {
             }
         }
         inner.remove_leftover_segments(&known)?;
-        if migrating {
+        if found == 1 {
             migrate::vectors_out_of_sled(&inner, spaces.values())?;
         }
+        if found <= 2 {
+            migrate::records_into_journal(&inner, spaces.values())?;
+        }
+        migrate::drop_schema2_trees(&inner, spaces.values())?;
+        let state = journal::replay(&inner.journal, known.iter().copied())?;
+        *journal::write(&inner.state) = state;
         inner.spaces = RwLock::new(spaces);
         inner.db.flush()?;
         Ok(SledStore {
@@ -383,6 +390,9 @@ impl SledStore {
             })
             .map_err(tx_error)?;
         inner.db.flush()?;
+        journal::write(&inner.state)
+            .spaces
+            .insert(no, journal::SpaceState::default());
         tracing::info!(fingerprint, dim, no, "created vector space");
         spaces.insert(fingerprint.to_owned(), space.clone());
         Ok(space)
@@ -443,6 +453,7 @@ impl SledStore {
         inner.spaces_tree.remove(fingerprint)?;
         inner.db.flush()?;
         spaces.remove(fingerprint);
+        journal::write(&inner.state).drop_space(space.no);
         for kind in ["hash_id", "vectors", "meta"] {
             inner.db.drop_tree(space_tree_name(space.no, kind))?;
         }
@@ -677,17 +688,13 @@ impl SledStore {
     }
 
     pub fn file(&self, path: &str) -> Result<Option<FileRecord>> {
-        match self.inner.files.get(path)? {
-            None => Ok(None),
-            Some(b) => decode_file(&b)
-                .map(Some)
-                .ok_or_else(|| StoreError::Corrupt(format!("files {path}: bad record"))),
-        }
+        Ok(journal::read(&self.inner.state).files.get(path).copied())
     }
 
     /// Every file record in path byte order (reconcile against the disk).
+    /// Read a page at a time: a write between pages is seen from the next.
     pub fn iter_files(&self) -> impl Iterator<Item = Result<(String, FileRecord)>> + use<> {
-        self.inner.files.iter().map(decode_file_kv)
+        Pages::files(self.inner.state.clone(), String::new())
     }
 
     /// The file records under a folder (whole components), in byte order.
@@ -696,12 +703,14 @@ impl SledStore {
         dir: &str,
     ) -> impl Iterator<Item = Result<(String, FileRecord)>> + use<> {
         let dir = trim_dir(dir);
-        let exact = dir.as_bytes();
-        self.inner
-            .files
-            .range(exact..=exact)
-            .chain(self.inner.files.scan_prefix(dir_prefix(dir)))
-            .map(decode_file_kv)
+        let exact = self
+            .file(dir)
+            .ok()
+            .flatten()
+            .map(|r| Ok((dir.to_owned(), r)));
+        exact
+            .into_iter()
+            .chain(Pages::files(self.inner.state.clone(), dir_prefix(dir)))
     }
 
     // ---- failures -----------------------------------------------------------
@@ -725,10 +734,7 @@ impl SledStore {
     }
 
     pub fn failure(&self, path: &str) -> Result<Option<FailureRecord>> {
-        match self.inner.failures.get(path)? {
-            None => Ok(None),
-            Some(v) => decode_failure(path, &v).map(Some),
-        }
+        Ok(journal::read(&self.inner.state).failures.get(path).cloned())
     }
 
     /// Forgets a failure record; false when there was none.
@@ -736,25 +742,20 @@ impl SledStore {
         self.write(|tx| tx.clear_failure(path))
     }
 
-    /// Files with a failure record (persisted counter: O(1)).
+    /// Files with a failure record (O(1)).
     pub fn failure_count(&self) -> Result<u64> {
-        self.counter(META_FAILURE_COUNT)
+        Ok(journal::read(&self.inner.state).failures.len() as u64)
     }
 
     pub fn iter_failures(&self) -> impl Iterator<Item = Result<(String, FailureRecord)>> + use<> {
-        self.inner.failures.iter().map(|kv| {
-            let (k, v) = kv?;
-            let path = key_path(&k)?;
-            let rec = decode_failure(&path, &v)?;
-            Ok((path, rec))
-        })
+        Pages::failures(self.inner.state.clone())
     }
 
     // ---- counters -----------------------------------------------------------
 
-    /// Files with a record (persisted counter: O(1)).
+    /// Files with a record (O(1)).
     pub fn file_count(&self) -> Result<u64> {
-        self.counter(META_FILE_COUNT)
+        Ok(journal::read(&self.inner.state).files.len() as u64)
     }
 
     /// Paths whose content has a vector in the active space (0 without one).
@@ -767,15 +768,6 @@ impl SledStore {
 
     pub fn vector_count(&self, space: &SledSpace) -> Result<u64> {
         space.vector_count()
-    }
-
-    fn counter(&self, key: &[u8]) -> Result<u64> {
-        match self.inner.meta.get(key)? {
-            None => Ok(0),
-            Some(v) => {
-                read_u64_be(&v).ok_or_else(|| StoreError::Corrupt("meta: bad counter".into()))
-            }
-        }
     }
 
     // ---- roots --------------------------------------------------------------
@@ -856,16 +848,11 @@ impl SledStore {
     fn paths_under(&self, dir: &str) -> Result<Vec<String>> {
         let dir = trim_dir(dir);
         check_path(dir)?;
+        let prefix = dir_prefix(dir);
+        let state = journal::read(&self.inner.state);
         let mut set = BTreeSet::new();
-        for tree in [&self.inner.files, &self.inner.failures] {
-            if tree.contains_key(dir)? {
-                set.insert(dir.to_owned());
-            }
-            for kv in tree.scan_prefix(dir_prefix(dir)) {
-                let (k, _) = kv?;
-                set.insert(key_path(&k)?);
-            }
-        }
+        set.extend(journal::keys_under(&state.files, dir, &prefix).map(|p| p.to_string()));
+        set.extend(journal::keys_under(&state.failures, dir, &prefix).map(|p| p.to_string()));
         Ok(set.into_iter().collect())
     }
 }
@@ -912,10 +899,8 @@ impl Inner {
             fingerprint: fingerprint.into(),
             dim,
             no,
-            hash_id: tree("hash_id")?,
-            vectors: tree("vectors")?,
             meta,
-            hash_paths: self.hash_paths.clone(),
+            state: self.state.clone(),
             segment: Arc::new(segment),
         })
     }
@@ -1017,12 +1002,75 @@ fn open_error(dir: &Path, e: sled::Error) -> StoreError {
     }
 }
 
-fn decode_file_kv(kv: sled::Result<(sled::IVec, sled::IVec)>) -> Result<(String, FileRecord)> {
-    let (k, v) = kv?;
-    let path = key_path(&k)?;
-    let rec =
-        decode_file(&v).ok_or_else(|| StoreError::Corrupt(format!("files {path}: bad record")))?;
-    Ok((path, rec))
+/// Records read a page at a time from memory, so that an iteration over a
+/// million files neither copies them all nor holds the lock throughout.
+struct Pages<T> {
+    state: journal::Shared,
+    prefix: String,
+    after: Option<String>,
+    page: std::vec::IntoIter<(String, T)>,
+    done: bool,
+}
+
+/// Records per page of [`Pages`].
+const PAGE: usize = 4096;
+
+impl Pages<FileRecord> {
+    fn files(state: journal::Shared, prefix: String) -> Self {
+        Pages {
+            state,
+            prefix,
+            after: None,
+            page: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+}
+
+impl Pages<FailureRecord> {
+    fn failures(state: journal::Shared) -> Self {
+        Pages {
+            state,
+            prefix: String::new(),
+            after: None,
+            page: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+}
+
+trait PageOf: Sized {
+    fn page(p: &Pages<Self>) -> Vec<(String, Self)>;
+}
+
+impl PageOf for FileRecord {
+    fn page(p: &Pages<Self>) -> Vec<(String, Self)> {
+        journal::read(&p.state).files_page(p.after.as_deref(), &p.prefix, PAGE)
+    }
+}
+
+impl PageOf for FailureRecord {
+    fn page(p: &Pages<Self>) -> Vec<(String, Self)> {
+        journal::read(&p.state).failures_page(p.after.as_deref(), PAGE)
+    }
+}
+
+impl<T: PageOf> Iterator for Pages<T> {
+    type Item = Result<(String, T)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(item) = self.page.next() {
+            return Some(Ok(item));
+        }
+        if self.done {
+            return None;
+        }
+        let page = T::page(self);
+        self.done = page.len() < PAGE;
+        self.after = page.last().map(|(p, _)| p.clone());
+        self.page = page.into_iter();
+        self.page.next().map(Ok)
+    }
 }
 
 fn decode_failure(path: &str, v: &[u8]) -> Result<FailureRecord> {
@@ -1037,3 +1085,5 @@ fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_journal;

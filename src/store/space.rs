@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use sled::Tree;
 
-use super::codec::{self, SPACE_LAST_ID, SPACE_PATHS, SPACE_VECTORS};
+use super::codec::{self, SPACE_LAST_ID};
+use super::journal::{self, SpaceState};
 use super::segment::{Segment, SegmentError};
 use super::{ContentHash, Result, StoreError};
 
@@ -15,23 +16,20 @@ use super::{ContentHash, Result, StoreError};
 /// normalising them would amplify noise (and hnsw_rs panics on NaN distances).
 pub const MIN_NORM: f32 = 1e-6;
 
-/// Handle on one space's trees and vector segment. Cheap to clone (sled
-/// trees are `Arc`s).
-///
-/// Trees: `hash_id` (content hash → id, u64 BE), `vectors` (id BE → hash:
-/// which ids are live), `meta` (`last_id`, `vectors`, `paths` counters, u64
-/// BE). The f32 payloads are in the segment file (`segment.rs`).
+/// Handle on one space: its vectors by content (in the store's memory, from
+/// the journal), its `meta` tree (`last_id`, u64 BE) and its segment, which
+/// holds the f32 payloads (`segment.rs`). Cheap to clone. A handle on a
+/// dropped space finds nothing.
 #[derive(Clone)]
 pub struct SledSpace {
     pub(super) fingerprint: Arc<str>,
     pub(super) dim: usize,
     /// Number in the tree names (`space/{no}/...`); never reused.
     pub(super) no: u64,
-    pub(super) hash_id: Tree,
-    pub(super) vectors: Tree,
     pub(super) meta: Tree,
-    /// The store's `hash_paths` tree, for [`SledSpace::paths_for_vector`].
-    pub(super) hash_paths: Tree,
+    /// The store's records in memory, where this space's vectors by content
+    /// and the paths of each content are.
+    pub(super) state: journal::Shared,
     pub(super) segment: Arc<Segment>,
 }
 
@@ -70,21 +68,26 @@ impl SledSpace {
     }
 
     pub fn vector_id_for_hash(&self, hash: &ContentHash) -> Result<Option<u64>> {
-        match self.hash_id.get(hash.0)? {
-            None => Ok(None),
-            Some(v) => codec::read_u64_be(&v)
-                .map(Some)
-                .ok_or_else(|| self.corrupt(format!("hash_id {hash}: bad id"))),
-        }
+        Ok(self.with(|s| s.ids.get(hash).copied()).flatten())
+    }
+
+    /// `f` of this space's vectors by content; `None` once it is dropped.
+    fn with<T>(&self, f: impl FnOnce(&SpaceState) -> T) -> Option<T> {
+        journal::read(&self.state).spaces.get(&self.no).map(f)
+    }
+
+    /// The content of live vector `id`.
+    fn hash_of(&self, id: u64) -> Option<ContentHash> {
+        self.with(|s| s.hashes.get(&id).copied()).flatten()
     }
 
     /// The vector `id`, `None` when it is not (or no longer) in the space.
     /// A record whose checksum fails is [`StoreError::Segment`], never a
     /// wrong vector.
     pub fn vector(&self, id: u64) -> Result<Option<StoredVector>> {
-        match self.vectors.get(codec::u64_be(id))? {
+        match self.hash_of(id) {
             None => Ok(None),
-            Some(b) => match self.decode(id, &b) {
+            Some(hash) => match self.decode(id, hash) {
                 // Deleted (and its blocks given back) since the lookup above:
                 // gone, not damaged.
                 Err(StoreError::Segment(SegmentError::Damaged { .. }))
@@ -112,7 +115,7 @@ impl SledSpace {
     }
 
     pub fn has_vector(&self, id: u64) -> Result<bool> {
-        Ok(self.vectors.contains_key(codec::u64_be(id))?)
+        Ok(self.hash_of(id).is_some())
     }
 
     /// Vectors with id ≥ `from`, ascending: replay into the index after the
@@ -121,12 +124,28 @@ impl SledSpace {
         &self,
         from: u64,
     ) -> impl Iterator<Item = Result<StoredVector>> + use<> {
+        // A page of ids at a time: the lock is not held while the segment
+        // is read, nor the whole space copied.
+        const PAGE: usize = 1024;
         let this = self.clone();
-        self.vectors.range(codec::u64_be(from)..).map(move |kv| {
-            let (k, v) = kv?;
-            let id =
-                codec::read_u64_be(&k).ok_or_else(|| this.corrupt("vectors: bad key".into()))?;
-            this.decode(id, &v)
+        let mut next = from;
+        let mut page: std::vec::IntoIter<(u64, ContentHash)> = Vec::new().into_iter();
+        std::iter::from_fn(move || {
+            if page.len() == 0 && next != u64::MAX {
+                let ids: Vec<(u64, ContentHash)> = this
+                    .with(|s| {
+                        s.hashes
+                            .range(next..)
+                            .take(PAGE)
+                            .map(|(&i, &h)| (i, h))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                next = ids.last().map_or(u64::MAX, |(i, _)| i.saturating_add(1));
+                page = ids.into_iter();
+            }
+            let (id, hash) = page.next()?;
+            Some(this.decode(id, hash))
         })
     }
 
@@ -136,37 +155,29 @@ impl SledSpace {
         self.counter(SPACE_LAST_ID)
     }
 
-    /// Vectors stored in this space (persisted counter: O(1)).
+    /// Vectors stored in this space (O(1)).
     pub fn vector_count(&self) -> Result<u64> {
-        self.counter(SPACE_VECTORS)
+        Ok(self.with(|s| s.hashes.len() as u64).unwrap_or(0))
     }
 
-    /// File paths whose content has a vector in this space (persisted
-    /// counter: O(1)).
+    /// File paths whose content has a vector in this space (O(1)).
     pub fn indexed_path_count(&self) -> Result<u64> {
-        self.counter(SPACE_PATHS)
+        Ok(self.with(|s| s.paths).unwrap_or(0))
     }
 
     /// Every path whose content is this vector (duplicates share one vector),
     /// in byte order; empty when the id is unknown.
     pub fn paths_for_vector(&self, id: u64) -> Result<Vec<String>> {
-        let Some(sv) = self.vectors.get(codec::u64_be(id))? else {
-            return Ok(Vec::new());
-        };
-        self.paths_for_hash(&self.live_hash(id, &sv)?)
+        match self.hash_of(id) {
+            None => Ok(Vec::new()),
+            Some(hash) => self.paths_for_hash(&hash),
+        }
     }
 
-    /// Every path whose content is `hash` (none once the last is gone).
+    /// Every path whose content is `hash` (none once the last is gone), in
+    /// byte order.
     pub fn paths_for_hash(&self, hash: &ContentHash) -> Result<Vec<String>> {
-        let mut paths = Vec::new();
-        for kv in self.hash_paths.scan_prefix(hash.0) {
-            let (k, _) = kv?;
-            let p = std::str::from_utf8(&k[32..]).map_err(|_| {
-                StoreError::Corrupt(format!("hash_paths {hash}: path is not UTF-8"))
-            })?;
-            paths.push(p.to_owned());
-        }
-        Ok(paths)
+        Ok(journal::read(&self.state).paths_of(hash))
     }
 
     fn counter(&self, key: &[u8]) -> Result<u64> {
@@ -186,17 +197,7 @@ impl SledSpace {
         self.segment.path()
     }
 
-    fn live_hash(&self, id: u64, b: &[u8]) -> Result<ContentHash> {
-        codec::decode_hash(b).ok_or_else(|| {
-            self.corrupt(format!(
-                "vectors {id}: {} bytes, expected a 32-byte hash",
-                b.len()
-            ))
-        })
-    }
-
-    fn decode(&self, id: u64, b: &[u8]) -> Result<StoredVector> {
-        let hash = self.live_hash(id, b)?;
+    fn decode(&self, id: u64, hash: ContentHash) -> Result<StoredVector> {
         let vector = self.segment.read(id, &hash)?;
         Ok(StoredVector { id, hash, vector })
     }

@@ -1,13 +1,21 @@
-//! The transaction view: every write is one sled transaction over all the
-//! trees (every space's too), through [`SledStore::write`]; [`Tx`] holds the
-//! steps writes are made of, keeping the persisted counters exact.
+//! The transaction view: every write is one sled transaction over the
+//! journal and every space's meta tree, through [`SledStore::write`]; [`Tx`]
+//! holds the steps writes are made of. They read the records in memory
+//! (`journal::State`) through this write's own changes, and record
+//! operations, which become one journal entry with the transaction and are
+//! applied to memory once it is flushed.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use super::journal::{self, Op, State};
 use super::*;
 
 impl SledStore {
-    /// Runs `f` as one transaction over every tree (all spaces included), then
-    /// flushes. `f` may run more than once (sled retries on conflict): it must
-    /// only touch the transaction and its own locals.
+    /// Runs `f` as one transaction (the journal and every space's meta
+    /// tree), then flushes and applies its operations to memory. `f` may run
+    /// more than once (sled retries on conflict): it must only touch the
+    /// transaction and its own locals.
     pub(super) fn write<A>(&self, f: impl Fn(&Tx<'_>) -> TxResult<A>) -> Result<A> {
         let writer = self
             .inner
@@ -20,57 +28,78 @@ impl SledStore {
     /// [`SledStore::write`] for a caller that already holds the writer lock.
     pub(super) fn write_locked<A>(
         &self,
-        _writer: &std::sync::MutexGuard<'_, ()>,
+        writer: &std::sync::MutexGuard<'_, ()>,
         f: impl Fn(&Tx<'_>) -> TxResult<A>,
     ) -> Result<A> {
         let inner = &self.inner;
         let guard = inner.read_spaces();
         let spaces: Vec<SledSpace> = guard.values().cloned().collect();
-        let mut trees: Vec<&Tree> = vec![
-            &inner.files,
-            &inner.hash_paths,
-            &inner.hash_refs,
-            &inner.failures,
-            &inner.meta,
-        ];
+        let mut trees: Vec<&Tree> = vec![&inner.journal];
         for s in &spaces {
-            trees.extend([&s.hash_id, &s.vectors, &s.meta]);
+            trees.push(&s.meta);
         }
-        let out = trees[..]
-            .transaction(|t| f(&Tx { t, spaces: &spaces }))
-            .map_err(tx_error)?;
+        let (out, ops, bytes) = {
+            let state = journal::read(&inner.state);
+            let seq = state.next_seq;
+            trees[..]
+                .transaction(|t| {
+                    let tx = Tx {
+                        t,
+                        spaces: &spaces,
+                        state: &state,
+                        ov: RefCell::default(),
+                    };
+                    let out = f(&tx)?;
+                    let ops = tx.ov.into_inner().ops;
+                    let mut bytes = 0;
+                    if !ops.is_empty() {
+                        let entry = journal::encode(&ops);
+                        bytes = entry.len() as u64;
+                        t[0].insert(&u64_be(seq)[..], entry)?;
+                    }
+                    Ok((out, ops, bytes))
+                })
+                .map_err(tx_error)?
+        };
         drop(guard);
         inner.db.flush()?;
+        if !ops.is_empty() {
+            let mut state = journal::write(&inner.state);
+            for op in ops {
+                state.apply(op);
+            }
+            state.next_seq += 1;
+            state.journal_bytes += bytes;
+            let rewrite = state.wants_rewrite();
+            drop(state);
+            if rewrite {
+                self.compact_journal_locked(writer)?;
+            }
+        }
         Ok(out)
     }
 }
 
 pub(super) type TxResult<T> = ConflictableTransactionResult<T, StoreError>;
 
-/// Positions of the trees in the transaction (see [`SledStore::write`]).
-pub(super) const T_FILES: usize = 0;
+/// What a write changed so far, over the state it started from.
+#[derive(Default)]
+pub(super) struct Overlay {
+    ops: Vec<Op>,
+    files: HashMap<Arc<str>, Option<FileRecord>>,
+    refs: HashMap<ContentHash, i64>,
+    failures: HashMap<Arc<str>, Option<FailureRecord>>,
+    ids: HashMap<(u64, ContentHash), Option<u64>>,
+    hashes: HashMap<(u64, u64), Option<ContentHash>>,
+}
 
-pub(super) const T_HASH_PATHS: usize = 1;
-
-pub(super) const T_HASH_REFS: usize = 2;
-
-pub(super) const T_FAILURES: usize = 3;
-
-pub(super) const T_META: usize = 4;
-
-pub(super) const T_SPACES: usize = 5;
-
-pub(super) const S_HASH_ID: usize = 0;
-
-pub(super) const S_VECTORS: usize = 1;
-
-pub(super) const S_META: usize = 2;
-
-/// The store's write primitives inside one transaction; each keeps links and
-/// counters consistent.
+/// The store's write primitives inside one transaction; each keeps links
+/// and counts consistent.
 pub(super) struct Tx<'a> {
     t: &'a [TransactionalTree],
     spaces: &'a [SledSpace],
+    state: &'a State,
+    ov: RefCell<Overlay>,
 }
 
 pub(super) fn corrupt<T>(msg: String) -> TxResult<T> {
@@ -80,10 +109,6 @@ pub(super) fn corrupt<T>(msg: String) -> TxResult<T> {
 }
 
 impl Tx<'_> {
-    pub(super) fn sp(&self, i: usize, which: usize) -> &TransactionalTree {
-        &self.t[T_SPACES + 3 * i + which]
-    }
-
     pub(super) fn space_index(&self, space: &SledSpace) -> TxResult<usize> {
         match self.spaces.iter().position(|s| s.no == space.no) {
             Some(i) => Ok(i),
@@ -93,73 +118,44 @@ impl Tx<'_> {
         }
     }
 
-    pub(super) fn get_u64(tree: &TransactionalTree, key: &[u8]) -> TxResult<u64> {
-        match tree.get(key)? {
-            None => Ok(0),
-            Some(v) => match read_u64_be(&v) {
-                Some(n) => Ok(n),
-                None => corrupt(format!(
-                    "counter {}: bad value",
-                    String::from_utf8_lossy(key)
-                )),
-            },
-        }
-    }
-
-    /// Adds `delta` to a u64 counter (absent = 0; removed at 0) and returns it.
-    pub(super) fn add_u64(tree: &TransactionalTree, key: &[u8], delta: i64) -> TxResult<u64> {
-        let cur = Self::get_u64(tree, key)?;
-        let Some(new) = cur.checked_add_signed(delta) else {
-            return corrupt(format!(
-                "counter {} underflow",
-                String::from_utf8_lossy(key)
-            ));
-        };
-        if new == 0 {
-            tree.remove(key)?;
-        } else {
-            tree.insert(key, &u64_be(new)[..])?;
-        }
-        Ok(new)
-    }
-
     pub(super) fn file(&self, path: &str) -> TxResult<Option<FileRecord>> {
-        match self.t[T_FILES].get(path)? {
-            None => Ok(None),
-            Some(b) => match decode_file(&b) {
-                Some(r) => Ok(Some(r)),
-                None => corrupt(format!("files {path}: bad record")),
-            },
+        if let Some(r) = self.ov.borrow().files.get(path) {
+            return Ok(*r);
         }
+        Ok(self.state.files.get(path).copied())
+    }
+
+    /// Paths holding `hash` now.
+    fn refs(&self, hash: &ContentHash) -> u64 {
+        let delta = self.ov.borrow().refs.get(hash).copied().unwrap_or(0);
+        self.state.refs(hash).saturating_add_signed(delta)
     }
 
     pub(super) fn vector_id(&self, i: usize, hash: &ContentHash) -> TxResult<Option<u64>> {
-        match self.sp(i, S_HASH_ID).get(hash.0)? {
-            None => Ok(None),
-            Some(v) => match read_u64_be(&v) {
-                Some(id) => Ok(Some(id)),
-                None => corrupt(format!("hash_id {hash}: bad id")),
-            },
+        let no = self.spaces[i].no;
+        if let Some(id) = self.ov.borrow().ids.get(&(no, *hash)) {
+            return Ok(*id);
         }
+        Ok(self
+            .state
+            .spaces
+            .get(&no)
+            .and_then(|s| s.ids.get(hash).copied()))
     }
 
     /// Overwrites a record whose content (hash) is unchanged.
     pub(super) fn put_record(&self, path: &str, rec: &FileRecord) -> TxResult<()> {
-        self.t[T_FILES].insert(path, &encode_file(rec)[..])?;
+        let p: Arc<str> = path.into();
+        let mut ov = self.ov.borrow_mut();
+        ov.files.insert(p.clone(), Some(*rec));
+        ov.ops.push(Op::File(p, *rec));
         Ok(())
     }
 
     /// Adds a record for a path that has none.
     pub(super) fn link(&self, path: &str, rec: &FileRecord) -> TxResult<()> {
-        self.t[T_FILES].insert(path, &encode_file(rec)[..])?;
-        self.t[T_HASH_PATHS].insert(hash_path_key(&rec.hash, path), &[][..])?;
-        Self::add_u64(&self.t[T_HASH_REFS], &rec.hash.0, 1)?;
-        for i in 0..self.spaces.len() {
-            if self.vector_id(i, &rec.hash)?.is_some() {
-                Self::add_u64(self.sp(i, S_META), SPACE_PATHS, 1)?;
-            }
-        }
-        Self::add_u64(&self.t[T_META], META_FILE_COUNT, 1)?;
+        self.put_record(path, rec)?;
+        *self.ov.borrow_mut().refs.entry(rec.hash).or_default() += 1;
         Ok(())
     }
 
@@ -175,24 +171,22 @@ impl Tx<'_> {
         let Some(rec) = self.file(path)? else {
             return Ok(None);
         };
-        self.t[T_FILES].remove(path)?;
-        self.t[T_HASH_PATHS].remove(hash_path_key(&rec.hash, path))?;
-        if Self::add_u64(&self.t[T_HASH_REFS], &rec.hash.0, -1)? == 0 {
+        {
+            let p: Arc<str> = path.into();
+            let mut ov = self.ov.borrow_mut();
+            ov.files.insert(p.clone(), None);
+            ov.ops.push(Op::Unfile(p));
+            *ov.refs.entry(rec.hash).or_default() -= 1;
+        }
+        if self.refs(&rec.hash) == 0 {
             pending.insert(rec.hash);
         }
-        for i in 0..self.spaces.len() {
-            if self.vector_id(i, &rec.hash)?.is_some() {
-                Self::add_u64(self.sp(i, S_META), SPACE_PATHS, -1)?;
-            }
-        }
-        Self::add_u64(&self.t[T_META], META_FILE_COUNT, -1)?;
         Ok(Some(rec))
     }
 
     /// Records the highest id a batch wrote to space `i`'s segment.
     pub(super) fn set_last_id(&self, i: usize, last: u64) -> TxResult<()> {
-        self.sp(i, S_META)
-            .insert(SPACE_LAST_ID, &u64_be(last)[..])?;
+        self.t[1 + i].insert(SPACE_LAST_ID, &u64_be(last)[..])?;
         Ok(())
     }
 
@@ -212,12 +206,15 @@ impl Tx<'_> {
                 "content {hash}: no vector written for it (a write outside the writer lock?)"
             ));
         };
-        self.sp(i, S_HASH_ID).insert(&hash.0[..], &u64_be(id)[..])?;
-        self.sp(i, S_VECTORS).insert(&u64_be(id)[..], &hash.0[..])?;
-        Self::add_u64(self.sp(i, S_META), SPACE_VECTORS, 1)?;
-        // Every path already holding this content is now indexed in the space.
-        let refs = Self::get_u64(&self.t[T_HASH_REFS], &hash.0)?;
-        Self::add_u64(self.sp(i, S_META), SPACE_PATHS, refs as i64)?;
+        let space = self.spaces[i].no;
+        let mut ov = self.ov.borrow_mut();
+        ov.ids.insert((space, *hash), Some(id));
+        ov.hashes.insert((space, id), Some(*hash));
+        ov.ops.push(Op::Vector {
+            space,
+            id,
+            hash: *hash,
+        });
         Ok((id, true))
     }
 
@@ -229,7 +226,7 @@ impl Tx<'_> {
         out: &mut Vec<Orphan>,
     ) -> TxResult<()> {
         for hash in pending {
-            if Self::get_u64(&self.t[T_HASH_REFS], &hash.0)? != 0 {
+            if self.refs(hash) != 0 {
                 continue;
             }
             for (i, s) in self.spaces.iter().enumerate() {
@@ -248,23 +245,25 @@ impl Tx<'_> {
     /// Deletes vector `id` (of content `hash`) from space `i`; the paths
     /// holding that content stop counting as indexed there.
     pub(super) fn remove_vector(&self, i: usize, id: u64, hash: &ContentHash) -> TxResult<()> {
-        self.sp(i, S_HASH_ID).remove(&hash.0[..])?;
-        self.sp(i, S_VECTORS).remove(&u64_be(id)[..])?;
-        Self::add_u64(self.sp(i, S_META), SPACE_VECTORS, -1)?;
-        let refs = Self::get_u64(&self.t[T_HASH_REFS], &hash.0)?;
-        Self::add_u64(self.sp(i, S_META), SPACE_PATHS, -(refs as i64))?;
+        let space = self.spaces[i].no;
+        let mut ov = self.ov.borrow_mut();
+        ov.ids.insert((space, *hash), None);
+        ov.hashes.insert((space, id), None);
+        ov.ops.push(Op::Unvector { space, id });
         Ok(())
     }
 
     /// The content hash of live vector `id` in space `i`.
     pub(super) fn vector_hash(&self, i: usize, id: u64) -> TxResult<Option<ContentHash>> {
-        match self.sp(i, S_VECTORS).get(u64_be(id))? {
-            None => Ok(None),
-            Some(v) => match decode_hash(&v) {
-                Some(h) => Ok(Some(h)),
-                None => corrupt(format!("vectors {id}: bad value")),
-            },
+        let no = self.spaces[i].no;
+        if let Some(h) = self.ov.borrow().hashes.get(&(no, id)) {
+            return Ok(*h);
         }
+        Ok(self
+            .state
+            .spaces
+            .get(&no)
+            .and_then(|s| s.hashes.get(&id).copied()))
     }
 
     pub(super) fn rename(
@@ -291,28 +290,29 @@ impl Tx<'_> {
     }
 
     pub(super) fn failure(&self, path: &str) -> TxResult<Option<FailureRecord>> {
-        match self.t[T_FAILURES].get(path)? {
-            None => Ok(None),
-            Some(v) => decode_failure(path, &v)
-                .map(Some)
-                .map_err(ConflictableTransactionError::Abort),
+        if let Some(f) = self.ov.borrow().failures.get(path) {
+            return Ok(f.clone());
         }
+        Ok(self.state.failures.get(path).cloned())
     }
 
     pub(super) fn put_failure(&self, path: &str, rec: &FailureRecord) -> TxResult<()> {
-        let json = serde_json::to_vec(rec).expect("failure record serialises");
-        if self.t[T_FAILURES].insert(path, json)?.is_none() {
-            Self::add_u64(&self.t[T_META], META_FAILURE_COUNT, 1)?;
-        }
+        let p: Arc<str> = path.into();
+        let mut ov = self.ov.borrow_mut();
+        ov.failures.insert(p.clone(), Some(rec.clone()));
+        ov.ops.push(Op::Failure(p, rec.clone()));
         Ok(())
     }
 
     pub(super) fn clear_failure(&self, path: &str) -> TxResult<bool> {
-        if self.t[T_FAILURES].remove(path)?.is_some() {
-            Self::add_u64(&self.t[T_META], META_FAILURE_COUNT, -1)?;
-            return Ok(true);
+        if self.failure(path)?.is_none() {
+            return Ok(false);
         }
-        Ok(false)
+        let p: Arc<str> = path.into();
+        let mut ov = self.ov.borrow_mut();
+        ov.failures.insert(p.clone(), None);
+        ov.ops.push(Op::Unfail(p));
+        Ok(true)
     }
 }
 

@@ -71,7 +71,7 @@ fn a_schema_1_store_is_migrated_with_every_vector_intact() {
         ContentHash::of(&std::fs::read(fixtures().join("store-v1/library/bags/copy.png")).unwrap());
     assert_eq!(space.paths_for_hash(&bag).unwrap().len(), 2);
     drop((space, store));
-    // Migrated once: the second open reads schema 2 as it is (sled's
+    // Migrated once: the second open reads schema 3 as it is (sled's
     // flusher may hold the lock a moment after the drop).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let store = loop {
