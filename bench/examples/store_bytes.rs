@@ -106,6 +106,7 @@ fn main() -> Result<()> {
     let t = Instant::now();
     let store = reopen(&dir)?;
     let open_s = t.elapsed().as_secs_f64();
+    dualsight::heap::trim();
     let (rss_after, _) = rss(None).context("VmRSS")?;
     anyhow::ensure!(
         store.file_count()? == n as u64,
