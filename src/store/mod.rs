@@ -53,6 +53,7 @@
 
 mod backend;
 mod codec;
+mod entry;
 mod journal;
 mod migrate;
 mod paths;
