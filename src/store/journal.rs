@@ -160,7 +160,7 @@ impl State {
         match op {
             Op::File(path, rec) => {
                 if let Some(old) = self.files.insert(path.clone(), rec) {
-                    self.live_bytes -= file_op_len(&path);
+                    self.live_bytes = self.live_bytes.saturating_sub(file_op_len(&path));
                     self.unlink(&old.hash, &path);
                 }
                 self.live_bytes += file_op_len(&path);
@@ -168,20 +168,20 @@ impl State {
             }
             Op::Unfile(path) => {
                 if let Some(old) = self.files.remove(&path) {
-                    self.live_bytes -= file_op_len(&path);
+                    self.live_bytes = self.live_bytes.saturating_sub(file_op_len(&path));
                     self.unlink(&old.hash, &path);
                 }
             }
             Op::Failure(path, rec) => {
                 if let Some(old) = self.failures.get(&path) {
-                    self.live_bytes -= failure_op_len(&path, old);
+                    self.live_bytes = self.live_bytes.saturating_sub(failure_op_len(&path, old));
                 }
                 self.live_bytes += failure_op_len(&path, &rec);
                 self.failures.insert(path, rec);
             }
             Op::Unfail(path) => {
                 if let Some(old) = self.failures.remove(&path) {
-                    self.live_bytes -= failure_op_len(&path, &old);
+                    self.live_bytes = self.live_bytes.saturating_sub(failure_op_len(&path, &old));
                 }
             }
             Op::Vector { space, id, hash } => {
@@ -190,10 +190,8 @@ impl State {
                     return;
                 };
                 if let Some(old) = s.hashes.insert(id, hash) {
-                    s.paths -= self
-                        .links
-                        .get(&old)
-                        .map_or(0, |p| p.as_slice().len() as u64);
+                    let gone = self.links.get(&old).map_or(0, |p| p.as_slice().len());
+                    s.paths = s.paths.saturating_sub(gone as u64);
                     if s.ids.get(&old) == Some(&id) {
                         s.ids.remove(&old);
                     }
@@ -208,14 +206,12 @@ impl State {
                     return;
                 };
                 if let Some(hash) = s.hashes.remove(&id) {
-                    self.live_bytes -= VECTOR_OP_LEN;
+                    self.live_bytes = self.live_bytes.saturating_sub(VECTOR_OP_LEN);
                     if s.ids.get(&hash) == Some(&id) {
                         s.ids.remove(&hash);
                     }
-                    s.paths -= self
-                        .links
-                        .get(&hash)
-                        .map_or(0, |p| p.as_slice().len() as u64);
+                    let gone = self.links.get(&hash).map_or(0, |p| p.as_slice().len());
+                    s.paths = s.paths.saturating_sub(gone as u64);
                 }
             }
         }
@@ -243,7 +239,7 @@ impl State {
         }
         for s in self.spaces.values_mut() {
             if s.ids.contains_key(hash) {
-                s.paths -= 1;
+                s.paths = s.paths.saturating_sub(1);
             }
         }
     }
@@ -252,7 +248,9 @@ impl State {
     /// the next rewrite, which leaves them out).
     pub(super) fn drop_space(&mut self, no: u64) {
         if let Some(s) = self.spaces.remove(&no) {
-            self.live_bytes -= VECTOR_OP_LEN * s.hashes.len() as u64;
+            self.live_bytes = self
+                .live_bytes
+                .saturating_sub(VECTOR_OP_LEN * s.hashes.len() as u64);
         }
     }
 
