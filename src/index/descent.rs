@@ -27,19 +27,26 @@
 //! expansion) and each point is three pointer hops from its vector, which
 //! made the walk several times hnswlib's time per visited point.
 //!
-//! The copy is brought up to date after every insert batch
-//! ([`Mirror::refresh`]): the new points' links, and those of their
-//! neighbours (the only lists an insert changes, by its reverse updates).
-//! A neighbour an insert linked and a later insert of the same batch
-//! unlinked again is missed until the next full re-read, which comes each
-//! time the graph has doubled since the last (and at every load), so the
-//! copy never drifts far. While a batch is being inserted its points are in
-//! hnsw_rs's graph but not in the copy: the walk does not see them until
-//! the batch's refresh. Recall can dip for that long (a 4096-point batch at
-//! 1M: a few seconds), never below what the older points still reach.
+//! The copy is brought up to date ([`Mirror::refresh`]) with the new
+//! points' links, and those of their neighbours (the only lists an insert
+//! changes, by its reverse updates). A neighbour an insert linked and a
+//! later insert of the same refresh unlinked again is missed until the next
+//! full re-read, which comes each time the graph has doubled since the last
+//! (and at every load), so the copy never drifts far.
+//!
+//! hnsw_rs hands out its new points only by iterating a layer from its
+//! first point (an `Arc` clone each), so a refresh costs a pass over the
+//! whole of layer 0. Refreshing after every insert batch made a first
+//! indexing quadratic: at 300k points a third of the committer's time.
+//! So inserted points first join a tail ([`Mirror::inserted`]) that every
+//! walk scores exactly, and the copy is refreshed once the tail holds
+//! [`TAIL_SHARE`]th of the copy (at most [`TAIL_MAX`] points): about 256
+//! `Arc` clones per insert, and a new photo is found from the moment its
+//! batch is in. While a batch is being inserted its points are in hnsw_rs's
+//! graph but in neither: the walk sees them once the batch is in.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use hnsw_rs::prelude::{Distance, Hnsw, Point, PointId};
@@ -63,6 +70,12 @@ pub const UPPER_EF: usize = 128;
 /// Points whose links one refresh step re-reads before it applies them, so
 /// that a full re-read at 1M holds a small copy at a time.
 const RELINK_CHUNK: usize = 4096;
+/// The tail is refreshed into the copy once it holds this share of the
+/// copy's points (see the module notes)...
+pub const TAIL_SHARE: usize = 256;
+/// ... or this many, whichever is fewer: the tail's exact scan stays a small
+/// part of a query (4096 8-bit rows).
+pub const TAIL_MAX: usize = 4096;
 /// Points per block of layer-0 link rows: the rows grow a block at a time,
 /// never by copying the whole table into one twice its size.
 const BLOCK: usize = 1024;
@@ -109,6 +122,10 @@ pub struct Mirror {
     pool: Vec<Q8>,
     /// Visited tables, one per search in flight, reused.
     visited: Mutex<Vec<Visited>>,
+    /// Points inserted since the last refresh: their ids, and their vectors
+    /// row after row (see the module notes).
+    tail_ids: Vec<u64>,
+    tail: Vec<Q8>,
 }
 
 /// The pool: whole layers `from` and up, or (`stride` > 1) every
@@ -131,6 +148,35 @@ impl PoolPlan {
 type Links = Vec<Vec<u32>>;
 
 impl Mirror {
+    /// Records points just inserted into `h` (ids with their stored
+    /// vectors): they join the tail, and the copy is refreshed once the tail
+    /// is due ([`TAIL_SHARE`], [`TAIL_MAX`]). Callers serialise it with
+    /// [`Mirror::refresh`].
+    pub fn inserted(
+        mirror: &RwLock<Mirror>,
+        h: &Hnsw<'static, Q8, DualsightDot>,
+        points: &[(u64, Vec<Q8>)],
+    ) {
+        let due = {
+            let mut m = mirror.write().unwrap_or_else(PoisonError::into_inner);
+            let limit = (m.len() / TAIL_SHARE).min(TAIL_MAX);
+            // An empty copy has no row width yet: it is refreshed at once.
+            if m.row == 0 || m.tail_ids.len() + points.len() > limit {
+                true
+            } else {
+                let row = m.row;
+                for (id, v) in points.iter().filter(|(_, v)| v.len() == row) {
+                    m.tail_ids.push(*id);
+                    m.tail.extend_from_slice(v);
+                }
+                false
+            }
+        };
+        if due {
+            Self::refresh(mirror, h);
+        }
+    }
+
     /// Brings `mirror` up to the graph `h` holds now: appends the new
     /// points, then re-reads the links that can have changed (every point's
     /// when the graph has doubled since the last full re-read). The reading
@@ -157,6 +203,10 @@ impl Mirror {
             .collect();
         let added: usize = fresh.iter().map(Vec::len).sum();
         if added == 0 {
+            mirror
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear_tail();
             return;
         }
         let stride = 1 + 2 * usize::from(h.get_max_nb_connection());
@@ -200,10 +250,31 @@ impl Mirror {
                 m.set_links(d, links);
             }
         }
+        let mut m = mirror.write().unwrap_or_else(PoisonError::into_inner);
         if full {
-            let mut m = mirror.write().unwrap_or_else(PoisonError::into_inner);
             m.relinked = m.nodes.len();
         }
+        // Only now: until the new points' neighbours are relinked, the walk
+        // may not reach them, and the tail still finds them (a point in both
+        // is returned once, see `search`).
+        m.clear_tail();
+    }
+
+    fn clear_tail(&mut self) {
+        self.tail_ids.clear();
+        self.tail.clear();
+        // A refresh at 1M empties up to TAIL_MAX rows; keep that room
+        // rather than regrow it, but give back a large one-off batch's.
+        if self.tail.capacity() > 2 * TAIL_MAX * self.row.max(1) {
+            self.tail_ids.shrink_to(TAIL_MAX);
+            self.tail.shrink_to(TAIL_MAX * self.row);
+        }
+    }
+
+    /// Points waiting in the tail.
+    #[cfg(test)]
+    pub fn tail_len(&self) -> usize {
+        self.tail_ids.len()
     }
 
     /// Gives the new points dense indices, their vectors' places and empty
@@ -353,6 +424,8 @@ impl Mirror {
             + self.pool.capacity()
             + self.pool_points.capacity() * 4
             + visited
+            + self.tail_ids.capacity() * 8
+            + self.tail.capacity()
     }
 
     /// Points held.
@@ -398,6 +471,24 @@ impl Mirror {
         if k == 0 || self.len() == 0 || q.len() != self.row {
             return Vec::new();
         }
+        let mut out = self.walk(q, k, ef);
+        if !self.tail_ids.is_empty() {
+            let walked: HashSet<u64> = out.iter().map(|&(id, _)| id).collect();
+            out.extend(
+                self.tail
+                    .chunks_exact(self.row)
+                    .zip(&self.tail_ids)
+                    .filter(|(_, id)| !walked.contains(id))
+                    .map(|(v, &id)| (id, DualsightDot.eval(q, v))),
+            );
+        }
+        out.sort_unstable_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        out.truncate(k);
+        out
+    }
+
+    /// The copy's part of [`Mirror::search`] (the tail left out), unsorted.
+    fn walk(&self, q: &[Q8], k: usize, ef: usize) -> Vec<(u64, f32)> {
         let plan = self.plan;
         let mut scored: Vec<Cand> = self
             .pool
@@ -428,17 +519,13 @@ impl Mirror {
                 .push(visited);
             beam
         };
-        let mut out: Vec<(u64, f32)> = {
-            if beam.len() > k {
-                beam.select_nth_unstable(k);
-                beam.truncate(k);
-            }
-            beam.iter()
-                .map(|c| (self.nodes[c.d as usize].get_origin_id() as u64, c.dist))
-                .collect()
-        };
-        out.sort_unstable_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-        out
+        if beam.len() > k {
+            beam.select_nth_unstable(k);
+            beam.truncate(k);
+        }
+        beam.iter()
+            .map(|c| (self.nodes[c.d as usize].get_origin_id() as u64, c.dist))
+            .collect()
     }
 
     /// A visited table for one search, sized for every point.

@@ -314,7 +314,7 @@ impl VectorIndex {
             .map(|(id, v)| (v.as_slice(), *id as usize))
             .collect();
         insert_points(self.graph(), data);
-        descent::Mirror::refresh(&self.mirror, self.graph());
+        descent::Mirror::inserted(&self.mirror, self.graph(), &normed);
         let mut ids = self.ids.write().unwrap_or_else(PoisonError::into_inner);
         for (id, _) in &normed {
             ids.present.insert(*id);

@@ -838,13 +838,15 @@ fn searches_run_while_inserting() {
 
 #[test]
 fn the_walks_copy_of_the_links_follows_every_insert() {
-    // One point per insert: each refresh re-reads exactly the lists that
-    // insert changed, so the copy must equal hnsw_rs's graph at every step
-    // (full re-reads happen at 1, 2, 4, ... points; the rest are partial).
+    // One point per insert, the copy refreshed after each: each refresh
+    // re-reads exactly the lists that insert changed, so the copy must equal
+    // hnsw_rs's graph at every step (full re-reads happen at 1, 2, 4, ...
+    // points; the rest are partial).
     let data = clustered_set(1500, 32, 11);
     let idx = VectorIndex::new(32, IndexParams::default(), data.len()).unwrap();
     for (i, v) in data.iter().enumerate() {
         idx.insert(i as u64 + 1, v).unwrap();
+        descent::Mirror::refresh(&idx.mirror, idx.graph());
         if i % 97 == 0 || i + 1 == data.len() {
             let m = read(&idx.mirror);
             if let Some(diff) = m.differs_from(idx.graph()) {
@@ -1175,4 +1177,46 @@ fn a_build_removes_a_crashed_builds_scratch() {
     assert_ne!(first.dir, second.dir);
     drop((first, second));
     assert!(leftovers(dir.path()).is_empty());
+}
+
+#[test]
+fn points_waiting_in_the_tail_are_found_and_refreshed_in_bounded_steps() {
+    // 3000 points: the tail takes up to 3000 / TAIL_SHARE = 11 before a
+    // refresh. Each later point must be its own first hit at once, whether
+    // it waits in the tail or has just been refreshed into the copy.
+    let data = clustered_set(3100, 32, 21);
+    let idx = VectorIndex::new(32, IndexParams::default(), data.len()).unwrap();
+    let first: Vec<(u64, &[f32])> = data[..3000]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as u64 + 1, v.as_slice()))
+        .collect();
+    idx.insert_batch(&first).unwrap();
+    assert_eq!(read(&idx.mirror).tail_len(), 0, "a big batch is refreshed");
+    let (mut waited, mut most) = (0, 0);
+    for (i, v) in data[3000..].iter().enumerate() {
+        let id = 3001 + i as u64;
+        idx.insert(id, v).unwrap();
+        let tail = read(&idx.mirror).tail_len();
+        waited += usize::from(tail > 0);
+        most = most.max(tail);
+        let hits = idx.search(v, 5).unwrap();
+        assert_eq!(
+            hits[0].0, id,
+            "point {id} (tail {tail}) not first: {hits:?}"
+        );
+        assert!(hits[0].1 > 0.99, "{hits:?}");
+        let mut ids: Vec<u64> = hits.iter().map(|h| h.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), hits.len(), "a point returned twice: {hits:?}");
+    }
+    assert!(waited > 50, "only {waited} of 100 searches met a tail");
+    let limit = (idx.len() / descent::TAIL_SHARE).min(descent::TAIL_MAX);
+    assert!(most <= limit, "the tail reached {most}, past {limit}");
+    // A refresh empties the tail and leaves the copy equal to the graph.
+    descent::Mirror::refresh(&idx.mirror, idx.graph());
+    let m = read(&idx.mirror);
+    assert_eq!(m.tail_len(), 0);
+    assert_eq!(m.differs_from(idx.graph()), None);
 }
