@@ -208,11 +208,13 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::store::FileRecord;
 
-    fn rec(h: u8) -> FileRecord {
+    /// A file record with content hash `h` repeated (also the journal's
+    /// tests').
+    pub(in crate::store) fn rec(h: u8) -> FileRecord {
         FileRecord {
             size: 10,
             mtime_ns: 5,

@@ -465,16 +465,8 @@ pub(super) fn replay(journal: &sled::Tree, known: impl Iterator<Item = u64>) -> 
 
 #[cfg(test)]
 mod tests {
+    use super::super::entry::tests::rec;
     use super::*;
-
-    fn rec(h: u8) -> FileRecord {
-        FileRecord {
-            size: 10,
-            mtime_ns: 5,
-            hash: ContentHash([h; 32]),
-            ..FileRecord::default()
-        }
-    }
 
     #[test]
     fn a_rewrite_is_wanted_past_twice_what_is_live() {
