@@ -103,6 +103,7 @@ pub(super) fn decode(seq: u64, b: &[u8]) -> Result<Vec<Op>> {
         at: 0,
         seq,
         prev: Arc::from(""),
+        buf: String::new(),
     };
     if r.u8()? != ENTRY_VERSION {
         return Err(r.bad("unknown entry version (written by a newer dualsight?)"));
@@ -147,6 +148,7 @@ struct Reader<'a> {
     seq: u64,
     /// The entry's previous path, which the next one may share a start with.
     prev: Arc<str>,
+    buf: String,
 }
 
 impl<'a> Reader<'a> {
@@ -201,7 +203,12 @@ impl<'a> Reader<'a> {
             .ok_or_else(|| self.bad("path shares more than the previous one has"))?;
         let n = self.len()?;
         let rest = std::str::from_utf8(self.take(n)?).map_err(|_| self.bad("path is not UTF-8"))?;
-        let p: Arc<str> = format!("{}{rest}", &self.prev[..shared]).into();
+        // Built in a buffer kept across paths: `Arc<str>` copies from it, so
+        // the replay allocates once per path, not twice.
+        self.buf.clear();
+        self.buf.push_str(&self.prev[..shared]);
+        self.buf.push_str(rest);
+        let p: Arc<str> = Arc::from(self.buf.as_str());
         self.prev = p.clone();
         Ok(p)
     }

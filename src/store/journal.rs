@@ -117,6 +117,9 @@ pub(super) struct State {
     shared: f64,
     /// The key of the next entry.
     pub(super) next_seq: u64,
+    /// No rewrite is wanted below this many journal bytes: set when one
+    /// failed, so that each write does not retry it.
+    rewrite_after: u64,
 }
 
 pub(super) type Shared = Arc<RwLock<State>>;
@@ -151,7 +154,14 @@ impl State {
     /// Whether the journal should be rewritten (module docs).
     pub(super) fn wants_rewrite(&self) -> bool {
         let live = self.live_bytes as f64 * (1.0 - self.shared);
-        self.journal_bytes as f64 > 2.0 * live + REWRITE_SLACK as f64
+        self.journal_bytes >= self.rewrite_after
+            && self.journal_bytes as f64 > 2.0 * live + REWRITE_SLACK as f64
+    }
+
+    /// After a failed rewrite: the next waits until the journal has grown
+    /// by a quarter of the slack.
+    pub(super) fn defer_rewrite(&mut self) {
+        self.rewrite_after = self.journal_bytes + REWRITE_SLACK / 4;
     }
 
     /// Applies one operation; ops on a space this state does not hold (one
@@ -353,18 +363,15 @@ impl super::SledStore {
     ) -> Result<()> {
         let inner = &self.inner;
         let started = std::time::Instant::now();
-        let (from, next, bytes) = {
+        let (from, next, written, bytes) = {
             let state = read(&inner.state);
             let from = state.next_seq;
-            let mut w = super::migrate::Writer {
-                journal: &inner.journal,
-                seq: from,
-                ops: Vec::new(),
-            };
+            let mut w = super::migrate::Writer::new(&inner.journal, from);
             for op in state.live_ops() {
                 w.push(op)?;
             }
-            (from, w.finish()?, state.live_bytes)
+            let (next, written) = w.finish()?;
+            (from, next, written, state.live_bytes)
         };
         inner.db.flush()?;
         // Only now, oldest first (module docs).
@@ -383,12 +390,9 @@ impl super::SledStore {
         let mut state = write(&inner.state);
         let was = state.journal_bytes;
         state.next_seq = next;
-        state.journal_bytes = inner
-            .journal
-            .iter()
-            .values()
-            .map(|v| v.map(|v| v.len() as u64))
-            .sum::<std::result::Result<u64, _>>()?;
+        // The writer lock is held, so the journal is what the rewrite wrote.
+        state.journal_bytes = written;
+        state.rewrite_after = 0;
         state.shared = shared(state.journal_bytes, state.live_bytes);
         tracing::info!(
             from_bytes = was,
@@ -485,6 +489,12 @@ mod tests {
         assert!(!st(60 * mb, mb, 0.0).wants_rewrite());
         assert_eq!(shared(50, 100), 0.5);
         assert_eq!(shared(150, 100), 0.0);
+        // A failed rewrite waits for a quarter of the slack more journal.
+        let mut failed = st(300 * mb, 100 * mb, 0.0);
+        failed.defer_rewrite();
+        assert!(!failed.wants_rewrite());
+        failed.journal_bytes += REWRITE_SLACK / 4;
+        assert!(failed.wants_rewrite());
     }
 
     #[test]

@@ -93,11 +93,7 @@ pub(super) fn records_into_journal<'a>(
 ) -> Result<()> {
     tracing::info!(dir = %inner.dir.display(), "store schema 2: moving the file records into the journal (once)");
     inner.journal.clear()?;
-    let mut w = Writer {
-        journal: &inner.journal,
-        seq: 1,
-        ops: Vec::new(),
-    };
+    let mut w = Writer::new(&inner.journal, 1);
     let mut files = 0u64;
     for kv in inner.db.open_tree(TREE_FILES)?.iter() {
         let (k, v) = kv?;
@@ -175,12 +171,24 @@ pub(super) fn drop_schema2_trees<'a>(
 /// Writes operations into the journal an entry of
 /// [`journal::OPS_PER_ENTRY`] at a time, from sequence number `seq`.
 pub(super) struct Writer<'a> {
-    pub(super) journal: &'a Tree,
-    pub(super) seq: u64,
-    pub(super) ops: Vec<Op>,
+    journal: &'a Tree,
+    seq: u64,
+    ops: Vec<Op>,
+    /// Bytes of the entries written so far.
+    bytes: u64,
 }
 
-impl Writer<'_> {
+impl<'a> Writer<'a> {
+    /// Entries from `seq` on.
+    pub(super) fn new(journal: &'a Tree, seq: u64) -> Self {
+        Writer {
+            journal,
+            seq,
+            ops: Vec::new(),
+            bytes: 0,
+        }
+    }
+
     pub(super) fn push(&mut self, op: Op) -> Result<()> {
         self.ops.push(op);
         if self.ops.len() == journal::OPS_PER_ENTRY {
@@ -191,17 +199,19 @@ impl Writer<'_> {
 
     fn flush_entry(&mut self) -> Result<()> {
         if !self.ops.is_empty() {
-            self.journal
-                .insert(u64_be(self.seq), journal::encode(&self.ops))?;
+            let entry = journal::encode(&self.ops);
+            self.bytes += entry.len() as u64;
+            self.journal.insert(u64_be(self.seq), entry)?;
             self.seq += 1;
             self.ops.clear();
         }
         Ok(())
     }
 
-    /// Writes what is left; returns the next sequence number.
-    pub(super) fn finish(mut self) -> Result<u64> {
+    /// Writes what is left; returns the next sequence number and the bytes
+    /// of every entry written.
+    pub(super) fn finish(mut self) -> Result<(u64, u64)> {
         self.flush_entry()?;
-        Ok(self.seq)
+        Ok((self.seq, self.bytes))
     }
 }

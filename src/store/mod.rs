@@ -153,7 +153,9 @@ pub enum StoreError {
     NonUtf8Path(PathBuf),
     #[error("{0:?}: invalid path: {1}")]
     InvalidPath(String, &'static str),
-    #[error("store is corrupt: {0}")]
+    #[error(
+        "store is corrupt: {0} (stop the daemon and run `dualsight fsck --data-dir DIR` to list every problem; a store it cannot mend can be moved aside, and the daemon then indexes its folders again)"
+    )]
     Corrupt(String),
     #[error("store: {0}")]
     Segment(#[from] SegmentError),

@@ -218,6 +218,14 @@ fn a_rewritten_journal_holds_the_same_records() {
     let was = bytes();
     store.compact_journal().unwrap();
     assert!(bytes() * 4 < was, "{} bytes after, {was} before", bytes());
+    let on_disk: u64 = store
+        .inner
+        .journal
+        .iter()
+        .values()
+        .map(|v| v.unwrap().len() as u64)
+        .sum();
+    assert_eq!(bytes(), on_disk, "the rewrite's count against its entries");
     store.verify().unwrap();
     assert_eq!(snapshot(&store), before);
     // Writes go on after the rewrite.
@@ -241,11 +249,7 @@ fn a_rewrite_cut_short_replays_to_the_same_records() {
         let want = snapshot(&store);
         {
             let state = journal::read(&store.inner.state);
-            let mut w = migrate::Writer {
-                journal: &store.inner.journal,
-                seq: state.next_seq,
-                ops: Vec::new(),
-            };
+            let mut w = migrate::Writer::new(&store.inner.journal, state.next_seq);
             for op in state.live_ops() {
                 w.push(op).unwrap();
             }

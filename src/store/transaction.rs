@@ -72,8 +72,12 @@ impl SledStore {
             state.journal_bytes += bytes;
             let rewrite = state.wants_rewrite();
             drop(state);
-            if rewrite {
-                self.compact_journal_locked(writer)?;
+            // The write is durable and applied: a rewrite that fails (a full
+            // disk) is logged, not reported as the write's failure, and is
+            // tried again once the journal has grown by its slack.
+            if rewrite && let Err(e) = self.compact_journal_locked(writer) {
+                tracing::warn!(error = %e, "journal rewrite failed; the write stands");
+                journal::write(&inner.state).defer_rewrite();
             }
         }
         Ok(out)
