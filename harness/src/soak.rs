@@ -41,6 +41,8 @@ pub struct Options {
     pub database_url: Option<String>,
     /// Daemons, each on its own folder (more than one needs a database).
     pub nodes: usize,
+    /// The daemons' full rescan interval; `None`: the daemon's default.
+    pub reconcile: Option<Duration>,
 }
 
 const CONFIG: &str = "[watch]\ndebounce_ms = 200\nstable_ms = 500\n\
@@ -87,6 +89,14 @@ impl Soak {
             );
         }
         let mut config = CONFIG.to_owned();
+        if let Some(every) = o.reconcile {
+            // `[watch]` opens CONFIG, so the key lands in that table.
+            config = config.replacen(
+                "[watch]\n",
+                &format!("[watch]\nreconcile_interval_s = {}\n", every.as_secs()),
+                1,
+            );
+        }
         if let Some(url) = &o.database_url {
             config.push_str(&format!(
                 "[store]\nbackend = \"postgres\"\ndatabase_url = {}\n",

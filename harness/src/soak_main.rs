@@ -43,6 +43,11 @@ struct Args {
     /// needs --database-url.
     #[arg(long, default_value_t = 1)]
     nodes: usize,
+    /// The daemons' full rescan of their folders every this many seconds
+    /// (`[watch] reconcile_interval_s`); a short one puts many rescans into
+    /// one run, to tell a bound from a slow leak [default: the daemon's].
+    #[arg(long)]
+    reconcile_s: Option<u64>,
     #[command(flatten)]
     common: Common,
 }
@@ -70,6 +75,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         seed: args.common.seed,
         database_url: args.database_url.clone(),
         nodes: args.nodes,
+        reconcile: args.reconcile_s.map(Duration::from_secs),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
