@@ -153,7 +153,20 @@ impl Engine {
     /// startup scan, which asks this of every indexed file, is the repair.
     /// Each vector is read once per start; later asks only look it up.
     pub fn has_intact_vector(&self, hash: &ContentHash) -> Result<bool> {
-        let Some(id) = self.space.vector_id_for_hash(hash)? else {
+        let id = self.space.vector_id_for_hash(hash)?;
+        self.intact(id)
+    }
+
+    /// [`Engine::has_intact_vector`] of each content, in their order, with
+    /// the ids looked up in one statement (a rescan asks of every file).
+    pub fn have_intact_vectors(&self, hashes: &[ContentHash]) -> Result<Vec<bool>> {
+        let ids = self.space.vector_ids_for_hashes(hashes)?;
+        ids.into_iter().map(|id| self.intact(id)).collect()
+    }
+
+    /// Whether vector `id` (if any) reads back intact; a damaged one is forgotten.
+    fn intact(&self, id: Option<u64>) -> Result<bool> {
+        let Some(id) = id else {
             return Ok(false);
         };
         // PostgreSQL checks its own pages: a vector it has is intact.

@@ -86,6 +86,12 @@ impl ChangeRx {
         Some((change, Ticket(self.in_flight.clone())))
     }
 
+    /// The next change if one is waiting now, without waiting for one.
+    pub fn try_recv(&mut self) -> Option<(Change, Ticket)> {
+        let change = self.rx.try_recv().ok()?;
+        Some((change, Ticket(self.in_flight.clone())))
+    }
+
     /// Changes sent and not yet taken up (their tickets not yet dropped).
     pub fn in_flight(&self) -> Arc<AtomicU64> {
         self.in_flight.clone()

@@ -200,6 +200,15 @@ impl Store {
         each!(self, s => s.file(path))
     }
 
+    /// This daemon's records of `paths`, in their order: one statement on
+    /// PostgreSQL, where a rescan would otherwise pay a round trip per file.
+    pub fn files(&self, paths: &[&str]) -> Result<Vec<Option<FileRecord>>> {
+        match self {
+            Store::Sled(s) => paths.iter().map(|p| s.file(p)).collect(),
+            Store::Postgres(p) => off_runtime(|| p.files(paths)),
+        }
+    }
+
     /// A file of `node` (PostgreSQL; sled has only its own node's).
     pub fn file_at(&self, node: Option<&str>, path: &str) -> Result<Option<FileRecord>> {
         match (self, node) {
@@ -290,6 +299,14 @@ impl Space {
 
     pub fn vector_id_for_hash(&self, hash: &ContentHash) -> Result<Option<u64>> {
         each_space!(self, s => s.vector_id_for_hash(hash))
+    }
+
+    /// The vector id of each content, in their order: one statement on PostgreSQL.
+    pub fn vector_ids_for_hashes(&self, hashes: &[ContentHash]) -> Result<Vec<Option<u64>>> {
+        match self {
+            Space::Sled(s) => hashes.iter().map(|h| s.vector_id_for_hash(h)).collect(),
+            Space::Postgres(p) => off_runtime(|| p.vector_ids_for_hashes(hashes)),
+        }
     }
 
     pub fn vector(&self, id: u64) -> Result<Option<StoredVector>> {

@@ -242,6 +242,25 @@ fn duplicates_share_one_vector() {
 }
 
 #[test]
+fn many_files_and_contents_are_looked_up_in_their_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("db")).unwrap();
+    let space = store.space(FP, 4).unwrap();
+    store
+        .commit(&space, &[new("/a.jpg", 1, 4), new("/b.jpg", 2, 4)])
+        .unwrap();
+    let asked = ["/b.jpg", "/none.jpg", "/a.jpg", "/b.jpg"];
+    let found = store.files(&asked).unwrap();
+    let one_by_one: Vec<_> = asked.iter().map(|p| store.file(p).unwrap()).collect();
+    assert_eq!(found, one_by_one);
+    assert!(found[0].is_some() && found[1].is_none() && found[2].is_some());
+    let hashes = [found[2].as_ref().unwrap().hash, ContentHash([9; 32])];
+    let ids = space.vector_ids_for_hashes(&hashes).unwrap();
+    assert!(ids[0].is_some() && ids[1].is_none());
+    assert_eq!(ids[0], space.vector_id_for_hash(&hashes[0]).unwrap());
+}
+
+#[test]
 fn removing_the_last_path_orphans_the_vector() {
     let (_d, store) = open();
     let space = store.space(FP, 4).unwrap();

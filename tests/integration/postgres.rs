@@ -435,6 +435,69 @@ async fn a_standby_serves_searches_and_the_primary_takes_over_when_it_stops() {
 /// nearly all of them (still fewer than a walk may visit) ranks exactly; a database migrated by a newer dualsight
 /// is refused by name.
 #[test]
+fn many_files_and_contents_are_looked_up_at_once_in_their_order() {
+    use dualsight::store::pg::PgOptions;
+    use dualsight::store::{Commit, ContentHash, Embedding, FileRecord, Store};
+
+    let pg = PgServer::start();
+    pg.create_db("lookup");
+    let options = |node: &str| PgOptions {
+        url: pg.url("lookup"),
+        read_urls: Vec::new(),
+        node: node.into(),
+        max_lag: Duration::from_secs(5),
+        data_dir: std::env::temp_dir(),
+        hnsw: Default::default(),
+        exact_below: 1000,
+    };
+    let store = Store::open_postgres(&options("a")).unwrap();
+    let other = Store::open_postgres(&options("b")).unwrap();
+    let space = store.space("fp", 4).unwrap();
+    let record = |i: u64| FileRecord {
+        size: 100 + i,
+        mtime_ns: 7,
+        hash: ContentHash::of(&i.to_le_bytes()),
+        indexed_at_ms: 1,
+        meta: Default::default(),
+    };
+    let commit = |path: &str, i: u64| Commit {
+        path: path.into(),
+        record: record(i),
+        embedding: Embedding::New(vec![1.0, i as f32, 0.0, 0.5]),
+    };
+    store
+        .commit(&space, &[commit("/p/one.jpg", 1), commit("/p/two.jpg", 2)])
+        .unwrap();
+    // Another node's file is never this node's record.
+    let other_space = other.space("fp", 4).unwrap();
+    other
+        .commit(&other_space, &[commit("/p/three.jpg", 3)])
+        .unwrap();
+
+    let asked = [
+        "/p/two.jpg",
+        "/p/none.jpg",
+        "/p/one.jpg",
+        "/p/three.jpg",
+        "/p/two.jpg",
+    ];
+    let found = store.files(&asked).unwrap();
+    let sizes: Vec<Option<u64>> = found.iter().map(|r| r.as_ref().map(|r| r.size)).collect();
+    assert_eq!(sizes, [Some(102), None, Some(101), None, Some(102)]);
+    assert_eq!(found[2].as_ref().unwrap().hash, record(1).hash);
+    assert!(store.files(&[]).unwrap().is_empty());
+
+    let hashes = [record(3).hash, record(9).hash, record(1).hash];
+    let ids = space.vector_ids_for_hashes(&hashes).unwrap();
+    let one_by_one: Vec<Option<u64>> = hashes
+        .iter()
+        .map(|h| space.vector_id_for_hash(h).unwrap())
+        .collect();
+    assert_eq!(ids, one_by_one);
+    assert!(ids[0].is_some() && ids[1].is_none() && ids[2].is_some());
+}
+
+#[test]
 fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
     use dualsight::engine::Filters;
     use dualsight::engine::pg_source::PgSource;

@@ -14,6 +14,8 @@
 //! removals, and writes index checkpoints between batches, so no write
 //! ever races another.
 
+mod planner;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -22,7 +24,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc as tmpsc;
 
-use super::Change;
 use super::feed::ChangeRx;
 use crate::engine::Engine;
 use crate::preprocess::Source;
@@ -226,7 +227,9 @@ impl Pipeline {
                 .spawn(move || committer(&engine, &counters, &cfg, op_rx))
                 .expect("spawn commit thread")
         };
-        let planner = tokio::spawn(planner(engine, counters, cfg, changes, job_tx, op_tx));
+        let planner = tokio::spawn(planner::planner(
+            engine, counters, cfg, changes, job_tx, op_tx,
+        ));
         Self {
             planner,
             workers,
@@ -246,111 +249,6 @@ impl Pipeline {
         })
         .await;
     }
-}
-
-/// Decides what each change needs; owns the delayed removals.
-async fn planner(
-    engine: Arc<Engine>,
-    counters: Arc<Counters>,
-    cfg: PipelineConfig,
-    mut changes: ChangeRx,
-    jobs: tmpsc::Sender<Job>,
-    ops: mpsc::SyncSender<Op>,
-) {
-    let mut removals: Vec<(Instant, Op)> = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        // The change taken this turn stays counted in the feed until it is
-        // counted where it went (pending files, held or applying removals).
-        let mut taken = None;
-        tokio::select! {
-            change = changes.recv() => {
-                let Some((change, ticket)) = change else { break };
-                taken = Some(ticket);
-                match change {
-                    Change::Upsert { path, size, mtime_ns } => {
-                        // A path that came back cancels its pending removal.
-                        removals.retain(|(_, op)| !matches!(op, Op::Remove(p) if *p == path));
-                        if needs_work(&engine, &path, size, mtime_ns)
-                            && counters.start(&path)
-                            && jobs.send(Job { path, size, mtime_ns }).await.is_err()
-                        {
-                            break;
-                        }
-                    }
-                    Change::Remove { path } => removals.push((Instant::now() + cfg.remove_grace, Op::Remove(path))),
-                    Change::Scanned { root, seen } => removals.push((Instant::now() + cfg.remove_grace, Op::Reconcile { root, seen })),
-                    Change::RootOffline { root } => set_offline(&engine, &root, true),
-                    Change::RootOnline { root } => {
-                        // Watched again before its grace ran out: keep its files.
-                        removals.retain(|(_, op)| !matches!(op, Op::Forget { path, .. } if *path == root));
-                        set_offline(&engine, &root, false);
-                    }
-                    Change::Unwatched { path, keep } => removals.push((Instant::now() + cfg.remove_grace, Op::Forget { path, keep })),
-                }
-            }
-            _ = tick.tick() => {}
-        }
-        let now = Instant::now();
-        let (due, later): (Vec<_>, Vec<_>) = removals.into_iter().partition(|(at, _)| *at <= now);
-        removals = later;
-        counters
-            .applying
-            .fetch_add(due.len() as u64, Ordering::SeqCst);
-        counters.held.store(removals.len() as u64, Ordering::SeqCst);
-        drop(taken);
-        for (_, op) in due {
-            if send_op(&ops, op).await.is_err() {
-                return;
-            }
-        }
-    }
-    // The feed closed (shutdown): removals still waiting are applied by the next
-    // start's full scan, so nothing is lost by dropping them here.
-    counters.closing.store(true, Ordering::SeqCst);
-}
-
-/// `SyncSender::send` blocks when the committer is behind: do it off the async threads.
-async fn send_op(ops: &mpsc::SyncSender<Op>, op: Op) -> Result<(), ()> {
-    let ops = ops.clone();
-    tokio::task::spawn_blocking(move || ops.send(op).map_err(|_| ()))
-        .await
-        .map_err(|_| ())?
-}
-
-fn set_offline(engine: &Engine, root: &Path, offline: bool) {
-    if let Ok(r) = path_str(root)
-        && let Err(e) = engine.store.set_root_offline(r, offline)
-    {
-        tracing::error!(root = %root.display(), error = %e, "cannot record root state");
-    }
-    tracing::info!(root = %root.display(), offline, "root state");
-}
-
-/// False when the store already has this exact file (same size and mtime)
-/// with an intact vector in our space, or it failed before and has not changed.
-fn needs_work(engine: &Engine, path: &Path, size: u64, mtime_ns: i64) -> bool {
-    let Ok(p) = path_str(path) else {
-        tracing::warn!(path = %path.display(), "skipping a path that is not UTF-8");
-        return false;
-    };
-    // A record from before capture times were kept is read once more (its
-    // vector is reused): the file's date and size go into the record.
-    if let Ok(Some(rec)) = engine.store.file(p)
-        && rec.size == size
-        && rec.mtime_ns == mtime_ns
-        && rec.meta.taken_from != crate::preprocess::meta::TakenFrom::Unknown
-        && matches!(engine.has_intact_vector(&rec.hash), Ok(true))
-    {
-        return false;
-    }
-    if let Ok(Some(f)) = engine.store.failure(p)
-        && f.size == size
-        && f.mtime_ns == mtime_ns
-    {
-        return false;
-    }
-    true
 }
 
 fn decode_worker(

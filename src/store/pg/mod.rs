@@ -12,6 +12,7 @@
 //! The schema is in `migrations/`, applied by `schema.rs` at open.
 
 mod import;
+mod lookup;
 mod pool;
 mod read;
 mod replicas;

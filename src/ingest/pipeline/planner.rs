@@ -1,0 +1,210 @@
+//! The planner: what each change needs. A file the store already has
+//! unchanged is skipped; removals wait out their grace so a rename's new
+//! path claims the vector before the old path lets it go.
+//!
+//! A full scan sends every file it walks, mostly unchanged ones. The planner
+//! takes the upserts waiting in the feed together (up to [`LOOKUP_BATCH`])
+//! and asks the store about them at once: on PostgreSQL that is two
+//! statements per batch instead of two round trips per file.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc as tmpsc;
+
+use super::{Counters, Job, Op, PipelineConfig};
+use crate::engine::Engine;
+use crate::ingest::Change;
+use crate::ingest::feed::{ChangeRx, Ticket};
+use crate::preprocess::meta::TakenFrom;
+use crate::store::{FileRecord, path_str};
+
+/// Upserts looked up together at most; bounds one statement's parameters.
+const LOOKUP_BATCH: usize = 512;
+
+/// A file the watcher saw, to be checked against the store.
+struct Seen {
+    path: PathBuf,
+    size: u64,
+    mtime_ns: i64,
+}
+
+/// Decides what each change needs; owns the delayed removals.
+pub(super) async fn planner(
+    engine: Arc<Engine>,
+    counters: Arc<Counters>,
+    cfg: PipelineConfig,
+    mut changes: ChangeRx,
+    jobs: tmpsc::Sender<Job>,
+    ops: mpsc::SyncSender<Op>,
+) {
+    let mut removals: Vec<(Instant, Op)> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        // The changes taken this turn stay counted in the feed until they are
+        // counted where they went (pending files, held or applying removals).
+        let mut taken: Vec<Ticket> = Vec::new();
+        let mut upserts: Vec<Seen> = Vec::new();
+        let mut other = None;
+        tokio::select! {
+            change = changes.recv() => {
+                let Some((mut change, ticket)) = change else { break };
+                taken.push(ticket);
+                // Upserts waiting right behind this one join its lookup; the
+                // first other change ends the run and is handled after it.
+                loop {
+                    match change {
+                        Change::Upsert { path, size, mtime_ns } => upserts.push(Seen { path, size, mtime_ns }),
+                        c => {
+                            other = Some(c);
+                            break;
+                        }
+                    }
+                    if upserts.len() >= LOOKUP_BATCH {
+                        break;
+                    }
+                    let Some((next, ticket)) = changes.try_recv() else { break };
+                    taken.push(ticket);
+                    change = next;
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        if !upserts.is_empty() {
+            // A path that came back cancels its pending removal.
+            let back: HashSet<&Path> = upserts.iter().map(|u| u.path.as_path()).collect();
+            removals.retain(|(_, op)| !matches!(op, Op::Remove(p) if back.contains(p.as_path())));
+            let work = needs_work(&engine, &upserts);
+            for (u, needed) in upserts.into_iter().zip(work) {
+                if needed
+                    && counters.start(&u.path)
+                    && jobs
+                        .send(Job {
+                            path: u.path,
+                            size: u.size,
+                            mtime_ns: u.mtime_ns,
+                        })
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        match other {
+            None | Some(Change::Upsert { .. }) => {}
+            Some(Change::Remove { path }) => {
+                removals.push((Instant::now() + cfg.remove_grace, Op::Remove(path)))
+            }
+            Some(Change::Scanned { root, seen }) => removals.push((
+                Instant::now() + cfg.remove_grace,
+                Op::Reconcile { root, seen },
+            )),
+            Some(Change::RootOffline { root }) => set_offline(&engine, &root, true),
+            Some(Change::RootOnline { root }) => {
+                // Watched again before its grace ran out: keep its files.
+                removals.retain(|(_, op)| !matches!(op, Op::Forget { path, .. } if *path == root));
+                set_offline(&engine, &root, false);
+            }
+            Some(Change::Unwatched { path, keep }) => {
+                removals.push((Instant::now() + cfg.remove_grace, Op::Forget { path, keep }))
+            }
+        }
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = removals.into_iter().partition(|(at, _)| *at <= now);
+        removals = later;
+        counters
+            .applying
+            .fetch_add(due.len() as u64, Ordering::SeqCst);
+        counters.held.store(removals.len() as u64, Ordering::SeqCst);
+        drop(taken);
+        for (_, op) in due {
+            if send_op(&ops, op).await.is_err() {
+                return;
+            }
+        }
+    }
+    // The feed closed (shutdown): removals still waiting are applied by the next
+    // start's full scan, so nothing is lost by dropping them here.
+    counters.closing.store(true, Ordering::SeqCst);
+}
+
+/// `SyncSender::send` blocks when the committer is behind: do it off the async threads.
+async fn send_op(ops: &mpsc::SyncSender<Op>, op: Op) -> Result<(), ()> {
+    let ops = ops.clone();
+    tokio::task::spawn_blocking(move || ops.send(op).map_err(|_| ()))
+        .await
+        .map_err(|_| ())?
+}
+
+fn set_offline(engine: &Engine, root: &Path, offline: bool) {
+    if let Ok(r) = path_str(root)
+        && let Err(e) = engine.store.set_root_offline(r, offline)
+    {
+        tracing::error!(root = %root.display(), error = %e, "cannot record root state");
+    }
+    tracing::info!(root = %root.display(), offline, "root state");
+}
+
+/// For each file, false when the store already has it exactly (same size
+/// and mtime) with an intact vector in our space, or it failed before and
+/// has not changed. A store that cannot answer means work: the file is
+/// looked at again rather than missed.
+fn needs_work(engine: &Engine, seen: &[Seen]) -> Vec<bool> {
+    let paths: Vec<Option<&str>> = seen
+        .iter()
+        .map(|s| match path_str(&s.path) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                tracing::warn!(path = %s.path.display(), "skipping a path that is not UTF-8");
+                None
+            }
+        })
+        .collect();
+    let asked: Vec<&str> = paths.iter().flatten().copied().collect();
+    let mut records = engine
+        .store
+        .files(&asked)
+        .unwrap_or_else(|_| vec![None; asked.len()])
+        .into_iter();
+    let records: Vec<Option<FileRecord>> = paths
+        .iter()
+        .map(|p| p.and_then(|_| records.next().flatten()))
+        .collect();
+    // A record from before capture times were kept is read once more (its
+    // vector is reused): the file's date and size go into the record.
+    let unchanged: Vec<usize> = (0..seen.len())
+        .filter(|&i| {
+            records[i].as_ref().is_some_and(|r| {
+                r.size == seen[i].size
+                    && r.mtime_ns == seen[i].mtime_ns
+                    && r.meta.taken_from != TakenFrom::Unknown
+            })
+        })
+        .collect();
+    let hashes: Vec<_> = unchanged
+        .iter()
+        .filter_map(|&i| records[i].as_ref().map(|r| r.hash))
+        .collect();
+    let intact = engine
+        .have_intact_vectors(&hashes)
+        .unwrap_or_else(|_| vec![false; hashes.len()]);
+    let mut work: Vec<bool> = paths.iter().map(Option::is_some).collect();
+    for (&i, ok) in unchanged.iter().zip(intact) {
+        work[i] = !ok;
+    }
+    for (i, s) in seen.iter().enumerate() {
+        if work[i]
+            && let Some(p) = paths[i]
+            && let Ok(Some(f)) = engine.store.failure(p)
+            && f.size == s.size
+            && f.mtime_ns == s.mtime_ns
+        {
+            work[i] = false;
+        }
+    }
+    work
+}

@@ -1,0 +1,53 @@
+//! Many files' records, and many contents' vector ids, each in one
+//! statement. A full rescan asks about every file it walks; one round trip
+//! per file made an hourly rescan of 20,000 unchanged files take 10–25 s of
+//! the planner's time, and would take most of the hour at a million.
+
+use std::collections::HashMap;
+
+use super::super::{ContentHash, FileRecord, Result};
+use super::{FILE_COLS, PgSpace, PgStore, file_record, q};
+
+impl PgStore {
+    /// This node's records of `paths`, in their order (`None`: no record).
+    pub fn files(&self, paths: &[&str]) -> Result<Vec<Option<FileRecord>>> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.inner.primary.get()?;
+        let rows = c
+            .query(
+                &format!("SELECT {FILE_COLS} FROM files WHERE node = $1 AND path = ANY($2)"),
+                &[&self.inner.node, &paths],
+            )
+            .map_err(q("reading file records"))?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let (path, rec) = file_record(r)?;
+            found.insert(path, rec);
+        }
+        Ok(paths.iter().map(|p| found.get(*p).cloned()).collect())
+    }
+}
+
+impl PgSpace {
+    /// The vector id of each content, in their order (`None`: not in this space).
+    pub fn vector_ids_for_hashes(&self, hashes: &[ContentHash]) -> Result<Vec<Option<u64>>> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&[u8]> = hashes.iter().map(|h| &h.0[..]).collect();
+        let mut c = self.inner.primary.get()?;
+        let rows = c
+            .query(
+                &format!("SELECT hash, id FROM {} WHERE hash = ANY($1)", self.table()),
+                &[&keys],
+            )
+            .map_err(q("looking up vectors"))?;
+        let found: HashMap<Vec<u8>, u64> = rows
+            .iter()
+            .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, i64>(1) as u64))
+            .collect();
+        Ok(keys.iter().map(|k| found.get(*k).copied()).collect())
+    }
+}
