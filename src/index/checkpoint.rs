@@ -354,8 +354,10 @@ impl VectorIndex {
             writer: Mutex::new(()),
             ids: RwLock::new(ids),
             mirror: Arc::default(),
+            settled: Arc::new(OnceLock::new()),
         };
         let (hnsw, warm) = (Arc::clone(&index.hnsw), Arc::clone(&index.warm));
+        let settled = Arc::clone(&index.settled);
         let mirror = Arc::clone(&index.mirror);
         let (params, basename) = (m.params, d.basename.clone());
         let root = dir.to_path_buf();
@@ -388,6 +390,7 @@ impl VectorIndex {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "index load finished: vector table freed, heap trimmed"
             );
+            let _ = settled.set(());
         }));
         Ok(Some((index, m.last_id)))
     }

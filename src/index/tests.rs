@@ -446,8 +446,12 @@ fn a_loaded_checkpoint_answers_exactly_before_its_graph_is_in() {
     }
     assert!(!loaded.search(&data[7], 3).unwrap().iter().any(|h| h.0 == 8));
 
+    assert!(loaded.settled.get().is_none(), "settled before its load ran");
     job();
     assert!(!loaded.is_warming());
+    // Settled means the table searches used meanwhile is gone.
+    loaded.wait_until_settled();
+    assert!(read(&loaded.warm).is_none());
     let recall: usize = queries
         .iter()
         .map(|q| {

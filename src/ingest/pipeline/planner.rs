@@ -168,7 +168,10 @@ fn needs_work(engine: &Engine, seen: &[Seen]) -> Vec<bool> {
     let mut records = engine
         .store
         .files(&asked)
-        .unwrap_or_else(|_| vec![None; asked.len()])
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, files = asked.len(), "cannot read file records: looking at the files again");
+            vec![None; asked.len()]
+        })
         .into_iter();
     let records: Vec<Option<FileRecord>> = paths
         .iter()
@@ -189,9 +192,10 @@ fn needs_work(engine: &Engine, seen: &[Seen]) -> Vec<bool> {
         .iter()
         .filter_map(|&i| records[i].as_ref().map(|r| r.hash))
         .collect();
-    let intact = engine
-        .have_intact_vectors(&hashes)
-        .unwrap_or_else(|_| vec![false; hashes.len()]);
+    let intact = engine.have_intact_vectors(&hashes).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, files = hashes.len(), "cannot look up vectors: looking at the files again");
+        vec![false; hashes.len()]
+    });
     let mut work: Vec<bool> = paths.iter().map(Option::is_some).collect();
     for (&i, ok) in unchanged.iter().zip(intact) {
         work[i] = !ok;
