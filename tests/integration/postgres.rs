@@ -113,6 +113,17 @@ async fn two_daemons_on_two_folders_answer_over_both() {
     assert!(south.signal("TERM").success(), "{}", south.log());
     let hits = search(&mut cn, "a photo", 10).await;
     assert_eq!(located(&hits), all);
+
+    // Restarted, its scan finds both files unchanged in the database (looked
+    // up together) and embeds nothing; a file added meanwhile is embedded.
+    copy_photo("astronaut_cmyk.jpg", &south.photos);
+    south.spawn();
+    let mut cs = south.client().await;
+    let s = wait_for(&south, &mut cs, "south again", |s| {
+        s.ready && s.indexed_files == 3 && s.pending_files == 0
+    })
+    .await;
+    assert_eq!(s.embedded_images, 1, "{}", south.log());
 }
 
 /// Two nodes over the same folder, started together: every path is two
