@@ -446,7 +446,10 @@ fn a_loaded_checkpoint_answers_exactly_before_its_graph_is_in() {
     }
     assert!(!loaded.search(&data[7], 3).unwrap().iter().any(|h| h.0 == 8));
 
-    assert!(loaded.settled.get().is_none(), "settled before its load ran");
+    assert!(
+        loaded.settled.get().is_none(),
+        "settled before its load ran"
+    );
     job();
     assert!(!loaded.is_warming());
     // Settled means the table searches used meanwhile is gone.
