@@ -240,6 +240,15 @@ impl Store {
         each!(self, s => s.failure(path))
     }
 
+    /// This daemon's failure records of `paths`, in their order: one
+    /// statement on PostgreSQL.
+    pub fn failures(&self, paths: &[&str]) -> Result<Vec<Option<FailureRecord>>> {
+        match self {
+            Store::Sled(s) => paths.iter().map(|p| s.failure(p)).collect(),
+            Store::Postgres(p) => off_runtime(|| p.failures(paths)),
+        }
+    }
+
     pub fn clear_failure(&self, path: &str) -> Result<bool> {
         each!(self, s => s.clear_failure(path))
     }

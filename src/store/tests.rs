@@ -258,6 +258,11 @@ fn many_files_and_contents_are_looked_up_in_their_order() {
     let ids = space.vector_ids_for_hashes(&hashes).unwrap();
     assert!(ids[0].is_some() && ids[1].is_none());
     assert_eq!(ids[0], space.vector_id_for_hash(&hashes[0]).unwrap());
+    store.record_failure("/bad.jpg", "truncated", 5, 6).unwrap();
+    let failures = store.failures(&["/a.jpg", "/bad.jpg"]).unwrap();
+    assert_eq!(failures[0], None);
+    assert_eq!(failures[1], store.failure("/bad.jpg").unwrap());
+    assert!(failures[1].is_some());
 }
 
 #[test]

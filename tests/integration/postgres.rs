@@ -497,6 +497,21 @@ fn many_files_and_contents_are_looked_up_at_once_in_their_order() {
     assert_eq!(sizes, [Some(102), None, Some(101), None, Some(102)]);
     assert_eq!(found[2].as_ref().unwrap().hash, record(1).hash);
     assert!(store.files(&[]).unwrap().is_empty());
+    store
+        .record_failure("/p/bad.jpg", "not an image", 9, 3)
+        .unwrap();
+    other
+        .record_failure("/p/one.jpg", "not an image", 9, 3)
+        .unwrap();
+    let failures = store
+        .failures(&["/p/one.jpg", "/p/bad.jpg", "/p/bad.jpg"])
+        .unwrap();
+    let sizes: Vec<Option<u64>> = failures
+        .iter()
+        .map(|f| f.as_ref().map(|f| f.size))
+        .collect();
+    assert_eq!(sizes, [None, Some(9), Some(9)]);
+    assert_eq!(failures[1], store.failure("/p/bad.jpg").unwrap());
 
     let hashes = [record(3).hash, record(9).hash, record(1).hash];
     let ids = space.vector_ids_for_hashes(&hashes).unwrap();

@@ -5,7 +5,8 @@
 //! A full scan sends every file it walks, mostly unchanged ones. The planner
 //! takes the upserts waiting in the feed together (up to [`LOOKUP_BATCH`])
 //! and asks the store about them at once: on PostgreSQL that is two
-//! statements per batch instead of two round trips per file.
+//! statements per batch (three with new files) instead of two round trips
+//! per file.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -200,12 +201,17 @@ fn needs_work(engine: &Engine, seen: &[Seen]) -> Vec<bool> {
     for (&i, ok) in unchanged.iter().zip(intact) {
         work[i] = !ok;
     }
-    for (i, s) in seen.iter().enumerate() {
-        if work[i]
-            && let Some(p) = paths[i]
-            && let Ok(Some(f)) = engine.store.failure(p)
-            && f.size == s.size
-            && f.mtime_ns == s.mtime_ns
+    // What failed before and has not changed is not tried again.
+    let open: Vec<usize> = (0..seen.len()).filter(|&i| work[i]).collect();
+    let open_paths: Vec<&str> = open.iter().filter_map(|&i| paths[i]).collect();
+    let failures = engine.store.failures(&open_paths).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, files = open_paths.len(), "cannot read failure records: trying the files again");
+        vec![None; open_paths.len()]
+    });
+    for (&i, failure) in open.iter().zip(failures) {
+        if let Some(f) = failure
+            && f.size == seen[i].size
+            && f.mtime_ns == seen[i].mtime_ns
         {
             work[i] = false;
         }

@@ -1,12 +1,12 @@
-//! Many files' records, and many contents' vector ids, each in one
-//! statement. A full rescan asks about every file it walks; one round trip
+//! Many files' records and failures, and many contents' vector ids, each
+//! in one statement. A full rescan asks about every file it walks; one round trip
 //! per file made an hourly rescan of 20,000 unchanged files take 10–25 s of
 //! the planner's time, and would take most of the hour at a million.
 
 use std::collections::HashMap;
 
-use super::super::{ContentHash, FileRecord, Result};
-use super::{FILE_COLS, PgSpace, PgStore, file_record, q};
+use super::super::{ContentHash, FailureRecord, FileRecord, Result};
+use super::{FAILURE_COLS, FILE_COLS, PgSpace, PgStore, failure_record, file_record, q};
 
 impl PgStore {
     /// This node's records of `paths`, in their order (`None`: no record).
@@ -26,6 +26,22 @@ impl PgStore {
             let (path, rec) = file_record(r)?;
             found.insert(path, rec);
         }
+        Ok(paths.iter().map(|p| found.get(*p).cloned()).collect())
+    }
+
+    /// This node's failure records of `paths`, in their order (`None`: none).
+    pub fn failures(&self, paths: &[&str]) -> Result<Vec<Option<FailureRecord>>> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.inner.primary.get()?;
+        let rows = c
+            .query(
+                &format!("SELECT {FAILURE_COLS} FROM failures WHERE node = $1 AND path = ANY($2)"),
+                &[&self.inner.node, &paths],
+            )
+            .map_err(q("reading failures"))?;
+        let found: HashMap<String, FailureRecord> = rows.iter().map(failure_record).collect();
         Ok(paths.iter().map(|p| found.get(*p).cloned()).collect())
     }
 }
