@@ -5,43 +5,50 @@
 
 use std::collections::HashMap;
 
+use postgres::Row;
+
 use super::super::{ContentHash, FailureRecord, FileRecord, Result};
 use super::{FAILURE_COLS, FILE_COLS, PgSpace, PgStore, failure_record, file_record, q};
 
 impl PgStore {
     /// This node's records of `paths`, in their order (`None`: no record).
     pub fn files(&self, paths: &[&str]) -> Result<Vec<Option<FileRecord>>> {
-        if paths.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut c = self.inner.primary.get()?;
-        let rows = c
-            .query(
-                &format!("SELECT {FILE_COLS} FROM files WHERE node = $1 AND path = ANY($2)"),
-                &[&self.inner.node, &paths],
-            )
-            .map_err(q("reading file records"))?;
-        let mut found = HashMap::with_capacity(rows.len());
-        for r in &rows {
-            let (path, rec) = file_record(r)?;
-            found.insert(path, rec);
-        }
-        Ok(paths.iter().map(|p| found.get(*p).cloned()).collect())
+        self.by_path(
+            paths,
+            &format!("SELECT {FILE_COLS} FROM files WHERE node = $1 AND path = ANY($2)"),
+            "reading file records",
+            file_record,
+        )
     }
 
     /// This node's failure records of `paths`, in their order (`None`: none).
     pub fn failures(&self, paths: &[&str]) -> Result<Vec<Option<FailureRecord>>> {
+        self.by_path(
+            paths,
+            &format!("SELECT {FAILURE_COLS} FROM failures WHERE node = $1 AND path = ANY($2)"),
+            "reading failures",
+            |r| Ok(failure_record(r)),
+        )
+    }
+
+    /// This node's rows of `paths` (`sql` takes the node and the paths, and
+    /// `row` reads a row as its path and value), in `paths`' order.
+    fn by_path<T: Clone>(
+        &self,
+        paths: &[&str],
+        sql: &str,
+        what: &'static str,
+        row: impl Fn(&Row) -> Result<(String, T)>,
+    ) -> Result<Vec<Option<T>>> {
         if paths.is_empty() {
             return Ok(Vec::new());
         }
         let mut c = self.inner.primary.get()?;
-        let rows = c
-            .query(
-                &format!("SELECT {FAILURE_COLS} FROM failures WHERE node = $1 AND path = ANY($2)"),
-                &[&self.inner.node, &paths],
-            )
-            .map_err(q("reading failures"))?;
-        let found: HashMap<String, FailureRecord> = rows.iter().map(failure_record).collect();
+        let rows = c.query(sql, &[&self.inner.node, &paths]).map_err(q(what))?;
+        let found = rows
+            .iter()
+            .map(row)
+            .collect::<Result<HashMap<String, T>>>()?;
         Ok(paths.iter().map(|p| found.get(*p).cloned()).collect())
     }
 }
