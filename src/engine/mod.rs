@@ -58,7 +58,7 @@ pub struct Engine {
     params: IndexParams,
     /// Where this space's HNSW checkpoint lives.
     pub index_dir: PathBuf,
-    /// Ids [`Engine::has_intact_vector`] has read back intact since the start.
+    /// Ids [`Engine::have_intact_vectors`] has read back intact since the start.
     verified: verified::Verified,
     /// Written from a commit until its vectors are in the index
     /// ([`Engine::commit`]), read while indexed files are counted for
@@ -147,18 +147,12 @@ impl Engine {
         })
     }
 
-    /// Whether `hash` has a vector in this space that reads back intact. A
+    /// Whether each content has a vector in this space that reads back
+    /// intact, in their order, with the ids looked up in one statement. A
     /// damaged one (its segment record fails its checksum) is forgotten by
     /// the store and the index, so the caller embeds the file again: the
     /// startup scan, which asks this of every indexed file, is the repair.
     /// Each vector is read once per start; later asks only look it up.
-    pub fn has_intact_vector(&self, hash: &ContentHash) -> Result<bool> {
-        let id = self.space.vector_id_for_hash(hash)?;
-        self.intact(id)
-    }
-
-    /// [`Engine::has_intact_vector`] of each content, in their order, with
-    /// the ids looked up in one statement (a rescan asks of every file).
     pub fn have_intact_vectors(&self, hashes: &[ContentHash]) -> Result<Vec<bool>> {
         let ids = self.space.vector_ids_for_hashes(hashes)?;
         ids.into_iter().map(|id| self.intact(id)).collect()

@@ -1,5 +1,5 @@
 //! Which vector ids this process has read back intact. The startup scan asks
-//! [`Engine::has_intact_vector`](super::Engine::has_intact_vector) of every
+//! [`Engine::have_intact_vectors`](super::Engine::have_intact_vectors) of every
 //! indexed file; later scans (the periodic reconcile, an inotify overflow)
 //! need not read every vector again. One bit per id ever assigned: 125 KB
 //! at a million.
