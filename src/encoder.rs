@@ -64,8 +64,9 @@ impl Encoder {
     }
 
     /// [`Self::load`], the text tower's dense weights held as `text` says
-    /// (`--text-weights`). 8-bit weights need the CPU and its 8-bit kernel
-    /// (AVX-512 VNNI); elsewhere the model keeps its dtype's, and says so.
+    /// (`--text-weights`). 8-bit weights need the CPU and an 8-bit vector
+    /// kernel (AVX2 or AVX-512 VNNI); elsewhere the model keeps its
+    /// dtype's, and says so.
     pub fn load_with(dir: &Path, device: &Device, dtype: DType, text: TextWeights) -> Result<Self> {
         let _int8 = match text {
             TextWeights::Dtype => None,
@@ -76,9 +77,10 @@ impl Encoder {
                 None
             }
             TextWeights::Int8 if !PanelWeight::int8_runs_fast() => {
+                let level = crate::simd::level().name();
                 tracing::warn!(
-                    level = crate::simd::level().name(),
-                    "text_weights = int8 needs AVX-512 VNNI at the vector level in use: the text tower keeps {dtype:?} weights (run on a CPU with VNNI without DUALSIGHT_CPU lowering the level, or set text_weights = \"dtype\")"
+                    level,
+                    "text_weights = int8 needs AVX2 or AVX-512 VNNI at the vector level in use, and that level is `{level}`: the text tower keeps {dtype:?} weights (on a CPU with AVX2, leave DUALSIGHT_CPU unset or at avx2 or above; elsewhere set text_weights = \"dtype\" to say so)"
                 );
                 None
             }

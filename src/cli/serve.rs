@@ -38,8 +38,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub dtype: Option<String>,
     /// dtype or int8: how a query's text tower holds its dense weights on
-    /// the CPU (int8: 8 bits with a scale per column, on CPUs with AVX-512
-    /// VNNI; stored vectors are unchanged).
+    /// the CPU (int8: 8 bits with a scale per column, on CPUs with AVX2 or
+    /// AVX-512 VNNI; stored vectors are unchanged).
     #[arg(long, value_name = "dtype|int8")]
     pub text_weights: Option<String>,
     /// Serve the search page (and its JSON API) on this IP:PORT.

@@ -8,7 +8,11 @@
 //! mantissa for all but a row's smallest elements), so the product is one
 //! integer multiply-add of 16-bit pairs (`vpdpwssd`, AVX-512 VNNI) per
 //! pair of depths, the weights widened from 8 to 16 bits as they are
-//! loaded: one instruction per 32 weights. Sums are exact in 32 bits over
+//! loaded: one instruction per 32 weights. AVX2 has the same multiply
+//! without the add (`vpmaddwd`, then `vpaddd`), 16 weights an instruction.
+//! There f32 is bound by reading the weights and 8 bits read a quarter of
+//! the bytes, so a query is bound by the one `vpmaddwd` a cycle instead
+//! (BENCHMARKS.md, session 27). Sums are exact in 32 bits over
 //! [`CHUNK`] depth pairs, then added up in f32 and scaled by the column's
 //! and the row's scales.
 //!
@@ -134,16 +138,25 @@ fn largest_body(v: &[f32]) -> (f32, bool) {
     (largest, spoilt.iter().all(|&s| s == 0.0))
 }
 
-/// [`largest_body`], in AVX-512 where the CPU has it.
+/// [`largest_body`], in AVX-512 or AVX2 where the CPU has it.
 fn largest_magnitude(v: &[f32]) -> (f32, bool) {
     #[cfg(target_arch = "x86_64")]
-    if Level::Avx512.supported() {
+    {
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-        unsafe fn wide(v: &[f32]) -> (f32, bool) {
+        unsafe fn avx512(v: &[f32]) -> (f32, bool) {
             largest_body(v)
         }
-        // SAFETY: the CPU has the features `wide` is compiled for.
-        return unsafe { wide(v) };
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(v: &[f32]) -> (f32, bool) {
+            largest_body(v)
+        }
+        // SAFETY (both): the CPU has the features the function is compiled for.
+        if Level::Avx512.supported() {
+            return unsafe { avx512(v) };
+        }
+        if Level::Avx2.supported() {
+            return unsafe { avx2(v) };
+        }
     }
     largest_body(v)
 }
@@ -166,17 +179,51 @@ fn quantize_body(v: &[f32], scale: f32, levels: f32, out: &mut [i16]) {
     }
 }
 
-/// [`quantize_body`], 16 elements at a time in AVX-512 where the CPU has
-/// it: a query's every product quantizes its input rows on the calling
-/// thread first, and the compiler left the rounding conversion to `i16`
-/// one element at a time (~3% of a query's samples).
+/// [`quantize_body`], 16 elements at a time in AVX-512 (8 in AVX2) where
+/// the CPU has it: a query's every product quantizes its input rows on
+/// the calling thread first, and the compiler left the rounding
+/// conversion to `i16` one element at a time (~3% of a query's samples).
 fn quantize_into(v: &[f32], scale: f32, levels: f32, out: &mut [i16]) {
     #[cfg(target_arch = "x86_64")]
     if Level::Avx512.supported() {
         // SAFETY: the CPU has the features `quantize_avx512` is compiled for.
         return unsafe { quantize_avx512(v, scale, levels, out) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if Level::Avx2.supported() {
+        // SAFETY: the CPU has the features `quantize_avx2` is compiled for.
+        return unsafe { quantize_avx2(v, scale, levels, out) };
+    }
     quantize_body(v, scale, levels, out)
+}
+
+/// [`quantize_body`] with AVX2, 8 elements at a time: the conversion
+/// rounds by the default mode (to nearest, ties to even), NaN lanes are
+/// masked to 0, and the clamp keeps the pack to 16 bits from saturating.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_avx2(v: &[f32], scale: f32, levels: f32, out: &mut [i16]) {
+    use std::arch::x86_64::*;
+    let n = v.len().min(out.len());
+    let whole = n / 8 * 8;
+    let inv = _mm256_set1_ps(1.0 / scale);
+    let (lo, hi) = (_mm256_set1_ps(-levels), _mm256_set1_ps(levels));
+    for i in (0..whole).step_by(8) {
+        // SAFETY: `i + 8 <= whole <= n`, inside both slices.
+        unsafe {
+            let y = _mm256_mul_ps(_mm256_loadu_ps(v.as_ptr().add(i)), inv);
+            let number = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_ORD_Q>(y, y));
+            let y = _mm256_min_ps(_mm256_max_ps(y, lo), hi);
+            let q = _mm256_and_si256(_mm256_cvtps_epi32(y), number);
+            let packed =
+                _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+            _mm_storeu_si128(out.as_mut_ptr().add(i).cast(), packed);
+        }
+    }
+    quantize_body(&v[whole..n], scale, levels, &mut out[whole..n]);
 }
 
 /// [`quantize_body`] with AVX-512F: the same products, clamps and
@@ -252,27 +299,53 @@ pub(super) fn quantize_input(x: &[f32], m: usize, k: usize, rows: usize) -> Inpu
     Input { pairs, scales }
 }
 
-/// True when this CPU runs the vector kernel.
-pub(super) fn vector_kernel(level: Level) -> bool {
+/// The kernel [`pass`] runs, chosen once per product by [`kernel`] (the
+/// CPU's features are not asked again for every panel). Only [`kernel`]
+/// makes one, so holding a vector kernel means this CPU runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Kernel(Which);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    /// `vpdpwssd` on AVX-512 VNNI.
+    Vnni,
+    /// `vpmaddwd` + `vpaddd` on AVX2 (AVX-512 without VNNI takes it too).
+    Avx2,
+    /// Plain Rust on the same integers.
+    Portable,
+}
+
+/// The kernel that multiplies at `level` on this CPU.
+pub(super) fn kernel(level: Level) -> Kernel {
     #[cfg(target_arch = "x86_64")]
     {
-        matches!(level, Level::Avx512 | Level::Avx512Bf16)
+        if matches!(level, Level::Avx512 | Level::Avx512Bf16)
             && level.supported()
             && std::arch::is_x86_feature_detected!("avx512vnni")
+        {
+            return Kernel(Which::Vnni);
+        }
+        if level != Level::Portable && level.supported() {
+            return Kernel(Which::Avx2);
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = level;
-        false
+    let _ = level;
+    Kernel(Which::Portable)
+}
+
+impl Kernel {
+    /// True for a vector kernel (not plain Rust).
+    pub(super) fn is_vector(self) -> bool {
+        self.0 != Which::Portable
     }
 }
 
 /// `tile[r][c] = (Σ_q x[q, r] · panel[q, c]) · scale[c] · row_scale[r]`
 /// over 16-bit input pairs and 8-bit weight pairs, for `rows` rows
-/// interleaved by [`quantize_input`]: `vpdpwssd` where [`vector_kernel`]
-/// says so, plain Rust on the same integers elsewhere (the same sums).
+/// interleaved by [`quantize_input`], by `kernel` (each gives the same
+/// sums).
 pub(super) fn pass(
-    level: Level,
+    kernel: Kernel,
     (x, row_scale): (&[u32], &[f32]),
     (panel, scale): (&[i8], &[f32]),
     depth: usize,
@@ -286,26 +359,24 @@ pub(super) fn pass(
             && scale.len() >= WIDTH
             && rows <= tile.len()
     );
-    #[cfg(target_arch = "x86_64")]
-    if vector_kernel(level) {
-        macro_rules! dispatch {
-            ($($r:literal)*) => {
-                match rows {
-                    $($r => pass_vnni::<$r>(x, panel, depth, tile),)*
-                    _ => unreachable!("rows checked above"),
-                }
-            };
-        }
-        // SAFETY: `vector_kernel` checked the CPU's features; the assert
-        // above bounds every element the kernel reads.
-        unsafe { dispatch!(1 2 3 4 5 6 7 8 9 10 11 12) };
-    } else {
-        portable(x, panel, depth, rows, tile);
+    macro_rules! dispatch {
+        ($kernel:ident, $($r:literal)*) => {
+            match rows {
+                $($r => $kernel::<$r>(x, panel, depth, tile),)*
+                _ => unreachable!("rows checked above"),
+            }
+        };
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = level;
-        portable(x, panel, depth, rows, tile);
+    match kernel.0 {
+        // SAFETY: only `kernel()` makes a `Kernel`, after checking the
+        // CPU's features; the assert above bounds every element the
+        // kernels read.
+        #[cfg(target_arch = "x86_64")]
+        Which::Vnni => unsafe { dispatch!(pass_vnni, 1 2 3 4 5 6 7 8 9 10 11 12) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Which::Avx2 => unsafe { dispatch!(pass_avx2, 1 2 3 4 5 6 7 8 9 10 11 12) },
+        _ => portable(x, panel, depth, rows, tile),
     }
     for (sums, rs) in tile[..rows].iter_mut().zip(row_scale) {
         for (s, cs) in sums.iter_mut().zip(scale) {
@@ -383,6 +454,55 @@ unsafe fn pass_vnni<const R: usize>(x: &[u32], panel: &[i8], depth: usize, tile:
                 );
                 _mm512_storeu_ps(t.as_mut_ptr(), lo);
                 _mm512_storeu_ps(t.as_mut_ptr().add(16), hi);
+            }
+        }
+    }
+}
+
+/// [`pass_vnni`] in AVX2: a panel row's 64 bytes widen to four vectors
+/// of 8 columns × 2 depths, and each needs an accumulator per input row,
+/// so the pass takes the panel a quarter (8 columns) at a time with one
+/// accumulator per row: 12 rows, the weights and the broadcast fit the 16
+/// registers. The quarters of a [`CHUNK`] re-read its 16 KB from L1.
+///
+/// # Safety
+/// AVX2; `x` holds `R` rows of `depth` pairs interleaved, `panel` holds
+/// `depth * 2 * WIDTH` bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pass_avx2<const R: usize>(x: &[u32], panel: &[i8], depth: usize, tile: &mut Tile) {
+    use std::arch::x86_64::*;
+    const QUARTER: usize = WIDTH / 4;
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        for sums in tile[..R].iter_mut() {
+            *sums = [0.0; WIDTH];
+        }
+        let (xp, wp) = (x.as_ptr(), panel.as_ptr());
+        for q0 in (0..depth).step_by(CHUNK) {
+            let end = (q0 + CHUNK).min(depth);
+            for quarter in 0..4 {
+                let mut acc = [_mm256_setzero_si256(); R];
+                for q in q0..end {
+                    let row = wp.add(q * 2 * WIDTH);
+                    if quarter == 0 {
+                        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(AHEAD * 2 * WIDTH));
+                    }
+                    let w = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                        row.add(quarter * 2 * QUARTER).cast(),
+                    ));
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let b = _mm256_set1_epi32(*xp.add(q * R + r) as i32);
+                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(b, w));
+                    }
+                }
+                for (t, a) in tile.iter_mut().zip(&acc) {
+                    let at = t.as_mut_ptr().add(quarter * QUARTER);
+                    _mm256_storeu_ps(
+                        at,
+                        _mm256_add_ps(_mm256_loadu_ps(at), _mm256_cvtepi32_ps(*a)),
+                    );
+                }
             }
         }
     }
@@ -469,7 +589,7 @@ mod tests {
         }
     }
 
-    /// The AVX-512 quantization gives the plain routine's integers: ties
+    /// The vector quantizations give the plain routine's integers: ties
     /// to even, clamps, infinities, NaN to 0, and the remainder past 16.
     #[test]
     fn quantize_into_matches_the_plain_routine() {
@@ -495,6 +615,14 @@ mod tests {
             let mut got = vec![7i16; v.len()];
             quantize_into(&v, scale, levels, &mut got);
             assert_eq!(got, want, "levels {levels}");
+            // The AVX2 routine too, where an AVX-512 machine passes it over.
+            #[cfg(target_arch = "x86_64")]
+            if Level::Avx2.supported() {
+                let mut got = vec![7i16; v.len()];
+                // SAFETY: the CPU has AVX2.
+                unsafe { quantize_avx2(&v, scale, levels, &mut got) };
+                assert_eq!(got, want, "AVX2, levels {levels}");
+            }
             assert_eq!(
                 &want[..9],
                 &[

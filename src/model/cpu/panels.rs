@@ -105,7 +105,7 @@ impl PanelWeight {
     /// True when this CPU runs the 8-bit product in vectors (elsewhere it
     /// runs in plain Rust, correct and slow).
     pub fn int8_runs_fast() -> bool {
-        int8::vector_kernel(simd::level())
+        int8::kernel(simd::level()).is_vector()
     }
 
     /// True when the weight is held as 8-bit integers, whose rows
@@ -302,12 +302,13 @@ fn product_int8(
     let depth = k.div_ceil(2);
     let rows_per_pass = even_passes(m, ROWS_512);
     let input = int8::quantize_input(&x[..m * k], m, k, rows_per_pass);
+    let kernel = int8::kernel(level);
     let pass_fn = |p: usize, i: usize, rows: usize, tile: &mut Tile| {
         let x = (
             &input.pairs[i * depth..(i + rows) * depth],
             &input.scales[i..i + rows],
         );
-        int8::pass(level, x, w.panel(p, depth), depth, rows, tile);
+        int8::pass(kernel, x, w.panel(p, depth), depth, rows, tile);
     };
     tasks((m, n, k), rows_per_pass, dst, dst_rs, accumulate, pass_fn);
 }
@@ -671,7 +672,7 @@ mod tests {
         let levels: Vec<Level> = Level::ALL.into_iter().filter(|l| l.supported()).collect();
         eprintln!(
             "panel product checked at {levels:?}; 8-bit kernel: {}",
-            levels.iter().any(|&l| int8::vector_kernel(l))
+            levels.iter().any(|&l| int8::kernel(l).is_vector())
         );
         // As the packed kernels' tests: an x86-64 machine without AVX2
         // would leave the kernels untested, so it fails rather than passes.
