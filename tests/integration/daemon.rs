@@ -29,6 +29,8 @@ pub(crate) struct Daemon {
     pub config_head: String,
     /// More `serve` flags.
     pub args: Vec<String>,
+    /// Environment variables for the process (`DUALSIGHT_CPU`, say).
+    pub env: Vec<(String, String)>,
     /// Lines added to the config's `[watch]` section.
     pub watch: String,
     /// Watch these roots through the config file instead of `--watch`
@@ -76,6 +78,7 @@ impl Daemon {
             as_nobody: false,
             config_head: String::new(),
             args: Vec::new(),
+            env: Vec::new(),
             watch: String::new(),
             roots: None,
             config: tmp.path().join("dualsight.toml"),
@@ -123,6 +126,7 @@ impl Daemon {
             .arg(&self.data)
             .args(["--listen", &self.addr, "--device", "cpu"])
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -879,7 +883,8 @@ async fn a_two_thousand_word_query_is_answered_without_model_max_length() {
 }
 
 /// `serve --text-weights int8`: text queries go through 8-bit text weights
-/// (where this CPU runs the 8-bit kernel; elsewhere the log says why not),
+/// (where this CPU runs an 8-bit kernel; elsewhere, and with
+/// `DUALSIGHT_CPU=portable`, the log says why not),
 /// and find the photos the exact model ranks first, with scores within
 /// 0.005 of its cosines. A value that is neither `dtype` nor `int8` stops
 /// the daemon before it loads anything, naming the key.
@@ -922,16 +927,29 @@ async fn int8_text_weights_find_what_the_exact_model_finds() {
     // Scores near the exact ones would hold with the flag ignored too: the
     // log says which weights the daemon loaded, and why not 8 bits.
     let log = d.log();
+    let fallback = "text_weights = int8 needs AVX2 or AVX-512 VNNI at the vector level in use";
     if dualsight::model::cpu::PanelWeight::int8_runs_fast() {
         assert!(log.contains("text_weights=Int8"), "{log}");
     } else {
         assert!(
-            log.contains("text_weights=Dtype")
-                && log
-                    .contains("text_weights = int8 needs AVX-512 VNNI at the vector level in use"),
+            log.contains("text_weights=Dtype") && log.contains(fallback),
             "{log}"
         );
     }
+    // With the vector kernels turned off, the daemon keeps the dtype's
+    // weights, says why, and serves.
+    let mut plain = Daemon::prepare(model_dir("vit-bert"));
+    plain.args = vec!["--text-weights".into(), "int8".into()];
+    plain.env = vec![("DUALSIGHT_CPU".into(), "portable".into())];
+    plain.spawn();
+    let mut pc = plain.client().await;
+    assert!(search(&mut pc, "a photo of a cat", 3).await.is_empty());
+    let log = plain.log();
+    assert!(
+        log.contains("text_weights=Dtype") && log.contains(fallback),
+        "{log}"
+    );
+    assert!(log.contains("that level is `portable`"), "{log}");
     let tmp = tempfile::tempdir().unwrap();
     let err = run_err(
         dualsight()
