@@ -180,19 +180,19 @@ fn needs_work(engine: &Engine, seen: &[Seen]) -> Vec<bool> {
         .collect();
     // A record from before capture times were kept is read once more (its
     // vector is reused): the file's date and size go into the record.
-    let unchanged: Vec<usize> = (0..seen.len())
-        .filter(|&i| {
-            records[i].as_ref().is_some_and(|r| {
-                r.size == seen[i].size
-                    && r.mtime_ns == seen[i].mtime_ns
-                    && r.meta.taken_from != TakenFrom::Unknown
-            })
-        })
-        .collect();
-    let hashes: Vec<_> = unchanged
+    // Each lookup below asks of (index, key) pairs, so its answers line up
+    // with the files they are about.
+    let (unchanged, hashes): (Vec<usize>, Vec<_>) = records
         .iter()
-        .filter_map(|&i| records[i].as_ref().map(|r| r.hash))
-        .collect();
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let r = r.as_ref()?;
+            (r.size == seen[i].size
+                && r.mtime_ns == seen[i].mtime_ns
+                && r.meta.taken_from != TakenFrom::Unknown)
+                .then_some((i, r.hash))
+        })
+        .unzip();
     let intact = engine.have_intact_vectors(&hashes).unwrap_or_else(|e| {
         tracing::warn!(error = %e, files = hashes.len(), "cannot look up vectors: looking at the files again");
         vec![false; hashes.len()]
@@ -202,8 +202,11 @@ fn needs_work(engine: &Engine, seen: &[Seen]) -> Vec<bool> {
         work[i] = !ok;
     }
     // What failed before and has not changed is not tried again.
-    let open: Vec<usize> = (0..seen.len()).filter(|&i| work[i]).collect();
-    let open_paths: Vec<&str> = open.iter().filter_map(|&i| paths[i]).collect();
+    let (open, open_paths): (Vec<usize>, Vec<&str>) = paths
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| Some((i, (*p)?)).filter(|_| work[i]))
+        .unzip();
     let failures = engine.store.failures(&open_paths).unwrap_or_else(|e| {
         tracing::warn!(error = %e, files = open_paths.len(), "cannot read failure records: trying the files again");
         vec![None; open_paths.len()]
