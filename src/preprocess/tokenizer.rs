@@ -276,10 +276,14 @@ impl TextTokenizer {
     /// Encodes a batch (an empty text gives just the special tokens). An empty
     /// batch gives an empty `TokenBatch`.
     pub fn encode_batch(&self, texts: &[&str]) -> Result<TokenBatch> {
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| encode_err(&self.dir, e))?;
+        // One text (a query) is encoded on this thread: `encode_batch` hands
+        // even one to rayon's pool, and waking a sleeping worker costs more
+        // than the encoding. Padding and truncation apply to both alike.
+        let encodings = match texts {
+            [text] => self.tokenizer.encode(*text, true).map(|e| vec![e]),
+            _ => self.tokenizer.encode_batch(texts.to_vec(), true),
+        }
+        .map_err(|e| encode_err(&self.dir, e))?;
         let seq_len = encodings.iter().map(|e| e.len()).max().unwrap_or(0);
         if encodings.iter().any(|e| e.len() != seq_len) {
             return Err(TokenizerError::NoPadToken {
@@ -464,6 +468,20 @@ mod tests {
                 .collect();
             assert_eq!(single.input_ids, expected, "{name}");
             assert_eq!(single.row(0), &expected[..]);
+            // Each text alone (a query's path, not the batch's) is its row
+            // of the batch less the padding.
+            for (i, text) in texts.iter().enumerate() {
+                let alone = tok.encode_batch(&[text]).unwrap();
+                let row = i * batch.seq_len..(i + 1) * batch.seq_len;
+                let kept: Vec<u32> = batch.input_ids[row.clone()]
+                    .iter()
+                    .zip(&batch.attention_mask[row])
+                    .filter(|&(_, &m)| m == 1)
+                    .map(|(&id, _)| id)
+                    .collect();
+                assert_eq!(alone.input_ids, kept, "{name}: text {i} alone");
+                assert!(alone.attention_mask.iter().all(|&m| m == 1), "{name}");
+            }
             let empty = tok.encode_batch(&[]).unwrap();
             assert_eq!((empty.batch, empty.seq_len), (0, 0));
         }
