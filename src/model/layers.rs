@@ -504,7 +504,7 @@ pub struct SelfAttention {
 impl SelfAttention {
     /// `xs`: `[B, L, H]`; `bias`: anything broadcastable to `[B, heads, L, L]`, added to the scores.
     pub fn forward(&self, xs: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        if let Some(ctx) = self.context_fast(xs, bias)? {
+        if let Some(ctx) = self.context_fast(xs, xs.dim(1)?, bias)? {
             return self.o.forward(&ctx);
         }
         self.o.forward(&self.context(xs, xs.dim(1)?, bias)?)
@@ -533,12 +533,9 @@ impl SelfAttention {
         bias: Option<&Tensor>,
         residual: &Tensor,
     ) -> Result<Tensor> {
-        // The fast path computes every query. Fewer queries take candle's
-        // ops for the attention itself (`keep` rows cost next to nothing);
-        // their k and v products still take the fast dense path.
-        if keep == xs.dim(1)?
-            && let Some(ctx) = self.context_fast(xs, bias)?
-        {
+        // candle's path (the device, other dtypes) pays a thread-count
+        // lookup per matmul that costs more than a text query's last layer.
+        if let Some(ctx) = self.context_fast(xs, keep, bias)? {
             return self.o.forward_residual(&ctx, residual);
         }
         self.o
@@ -560,7 +557,13 @@ impl SelfAttention {
     /// The CPU f32 path: q, k and v written side by side into one `[B, L, 3H]`
     /// buffer, then one attention task per (item, head). `None` when any input
     /// is elsewhere (device, dtype), for candle's path to handle.
-    fn context_fast(&self, xs: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
+    /// Only the first `keep` tokens' queries are made and attend.
+    fn context_fast(
+        &self,
+        xs: &Tensor,
+        keep: usize,
+        bias: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
         let fast =
             [&self.q, &self.k, &self.v].iter().all(|d| d.fast(xs)) && bias.is_none_or(plain_f32);
         if !fast {
@@ -580,20 +583,40 @@ impl SelfAttention {
         }
         let mut qkv = cpu::start_rows(m, 3 * h, None, Some(&biases));
         cpu::with_f32(&xs, |x| {
-            for (i, d) in [&self.q, &self.k, &self.v].into_iter().enumerate() {
-                d.product(x, m, &mut qkv[i * h..], 3 * h);
+            if keep == l || b == 1 {
+                self.q.product(x, b * keep, &mut qkv, 3 * h);
+            } else {
+                // The attending rows of every item gathered, so their
+                // product reads the weights once, not once per item.
+                let rows = |i: usize| (0..keep).map(move |t| (i * l + t) * 3 * h);
+                let xq: Vec<f32> = (0..b)
+                    .flat_map(|i| &x[i * l * h..(i * l + keep) * h])
+                    .copied()
+                    .collect();
+                let mut q: Vec<f32> = (0..b)
+                    .flat_map(rows)
+                    .flat_map(|r| &qkv[r..r + h])
+                    .copied()
+                    .collect();
+                self.q.product(&xq, b * keep, &mut q, h);
+                for (r, q) in (0..b).flat_map(rows).zip(q.chunks_exact(h)) {
+                    qkv[r..r + h].copy_from_slice(q);
+                }
             }
+            self.k.product(x, m, &mut qkv[h..], 3 * h);
+            self.v.product(x, m, &mut qkv[2 * h..], 3 * h);
         })
         .expect("checked above");
         let shape = cpu::AttentionShape {
             batch: b,
             len: l,
+            queries: keep,
             hidden: h,
             heads: self.heads,
         };
         let scale = 1.0 / ((h / self.heads) as f32).sqrt();
         let ctx = cpu::attention(&qkv, shape, scale, bias)?;
-        Ok(Some(Tensor::from_vec(ctx, (b, l, h), xs.device())?))
+        Ok(Some(Tensor::from_vec(ctx, (b, keep, h), xs.device())?))
     }
 
     /// candle's path: the context `[B, keep, H]` of the first `keep` tokens
@@ -820,8 +843,8 @@ mod tests {
             (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
         };
         for bias in [None, Some(&padding)] {
-            // The whole layer takes the fast path; candle's ops, which serve
-            // every shorter `keep`, must agree with it on all L rows too.
+            // The fast path serves every `keep` here; candle's ops (the
+            // device, other dtypes) must agree with it on all L rows too.
             let whole = att.forward_residual(&xs, bias, &residual)?;
             let candle = att
                 .o
@@ -836,6 +859,12 @@ mod tests {
                 assert_eq!(first.dims(), &[b, keep, h]);
                 let diff = max_diff(first, whole.narrow(1, 0, keep)?)?;
                 assert!(diff < 1e-5, "keep {keep}: differs by {diff}");
+                let candle = att.o.forward_residual(
+                    &att.context(&xs, keep, bias)?,
+                    &residual.narrow(1, 0, keep)?,
+                )?;
+                let diff = max_diff(candle, whole.narrow(1, 0, keep)?)?;
+                assert!(diff < 1e-5, "keep {keep}, candle's path: differs by {diff}");
             }
         }
         Ok(())

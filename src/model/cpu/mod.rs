@@ -368,6 +368,9 @@ thread_local! {
 pub struct AttentionShape {
     pub batch: usize,
     pub len: usize,
+    /// The first `queries` tokens attend (all `len` for a whole layer; 1
+    /// for a last layer whose pooler reads token 0).
+    pub queries: usize,
     pub hidden: usize,
     pub heads: usize,
 }
@@ -375,10 +378,12 @@ pub struct AttentionShape {
 /// `softmax(q kᵀ · scale + bias) v` per head.
 ///
 /// `qkv` is `[B, L, 3H]` (q, then k, then v, each `H = heads × head_dim` wide,
-/// heads side by side as `nn.Linear` lays them out). `bias`, if any, is an f32
-/// CPU tensor broadcastable to `[B, heads, L, L]` (padding mask, causal mask,
-/// relative position bias). Returns the context, `[B, L, H]`, heads merged.
-/// The softmax runs in f32, as transformers does.
+/// heads side by side as `nn.Linear` lays them out); only the first
+/// `queries` rows of each item's q are read. `bias`, if any, is an f32 CPU
+/// tensor broadcastable to `[B, heads, L, L]` or `[B, heads, queries, L]`
+/// (padding mask, causal mask, relative position bias). Returns the context
+/// of the first `queries` tokens, `[B, queries, H]`, heads merged. The
+/// softmax runs in f32, as transformers does.
 pub fn attention(
     qkv: &[f32],
     s: AttentionShape,
@@ -388,27 +393,33 @@ pub fn attention(
     let AttentionShape {
         batch: b,
         len: l,
+        queries: nq,
         hidden: h,
         heads,
     } = s;
     let hd = h / heads;
-    assert!(qkv.len() >= b * l * 3 * h, "attention qkv");
+    assert!(qkv.len() >= b * l * 3 * h && nq <= l, "attention qkv");
     let bias = match bias {
-        Some(t) => Some(t.broadcast_as((b, heads, l, l))?),
+        // A bias with a row per token: the attending tokens' rows.
+        Some(t) if nq < l && t.rank() >= 2 && t.dim(t.rank() - 2)? == l => Some(
+            t.narrow(t.rank() - 2, 0, nq)?
+                .broadcast_as((b, heads, nq, l))?,
+        ),
+        Some(t) => Some(t.broadcast_as((b, heads, nq, l))?),
         None => None,
     };
-    let mut out = vec![0f32; b * l * h];
+    let mut out = vec![0f32; b * nq * h];
     let out_ptr = SendPtr(out.as_mut_ptr());
     let run = |bias: Option<(&[f32], &Layout)>| {
-        (0..b * heads).into_par_iter().for_each(|task| {
+        spread(b * heads, 4 * b * heads * nq * l * hd, &|task| {
             let (bi, hj) = (task / heads, task % heads);
             SCORES.with(|scores| {
                 let mut scores = scores.borrow_mut();
-                scores.resize(l * l, 0.0);
+                scores.resize(nq * l, 0.0);
                 let has_bias = if let Some((data, layout)) = bias {
                     let st = layout.stride();
                     let base = layout.start_offset() + bi * st[0] + hj * st[1];
-                    for r in 0..l {
+                    for r in 0..nq {
                         let row = &mut scores[r * l..(r + 1) * l];
                         let at = base + r * st[2];
                         if st[3] == 1 {
@@ -426,12 +437,12 @@ pub fn attention(
                 let q = bi * l * 3 * h + hj * hd;
                 let (k, v) = (q + h, q + 2 * h);
                 // SAFETY: q/k/v rows are 3h apart and hd wide within the
-                // [B, L, 3H] buffer checked above; scores is l × l; this task
+                // [B, L, 3H] buffer checked above; scores is nq × l; this task
                 // writes only rows of image `bi` in columns hj*hd..(hj+1)*hd of
                 // `out`, which no other task touches.
                 unsafe {
                     gemm(
-                        l,
+                        nq,
                         l,
                         hd,
                         scores.as_mut_ptr(),
@@ -457,10 +468,10 @@ pub fn attention(
                 }
                 unsafe {
                     gemm(
-                        l,
+                        nq,
                         hd,
                         l,
-                        out_ptr.get().add(bi * l * h + hj * hd),
+                        out_ptr.get().add(bi * nq * h + hj * hd),
                         1,
                         h as isize,
                         false,
@@ -490,6 +501,20 @@ pub fn attention(
         None => run(None),
     }
     Ok(out)
+}
+
+/// Runs `task(i)` for every `i < count`: on the calling thread when
+/// `flops` is not worth splitting, on the team when it is small enough that
+/// waking rayon's sleeping workers would cost more than it (a text query's
+/// attention: its helpers are awake between the query's products), on rayon
+/// otherwise (a photo batch's).
+fn spread(count: usize, flops: usize, task: &(dyn Fn(usize) + Sync)) {
+    const TEAM_FLOPS: usize = 1 << 24;
+    if !worth_splitting(count, flops) {
+        (0..count).for_each(task);
+    } else if flops > TEAM_FLOPS || !team::run(count, task) {
+        (0..count).into_par_iter().for_each(task);
+    }
 }
 
 /// Numerically stable softmax of one row (max subtracted first; a row masked
@@ -735,6 +760,7 @@ mod tests {
         let s = AttentionShape {
             batch: 3,
             len: 11,
+            queries: 11,
             hidden: 24,
             heads: 4,
         };
@@ -767,6 +793,14 @@ mod tests {
             let got = attention(&data, s, scale as f32, bias)?;
             let want = reference_attention(&qkv, s, scale, bias)?;
             close(&got, &want.flatten_all()?.to_vec1::<f32>()?, 1e-5);
+            // The first tokens alone (a last layer read at token 0): their
+            // rows of the whole context, each bias's rows for them taken.
+            for queries in [1, 4] {
+                let first = AttentionShape { queries, ..s };
+                let got = attention(&data, first, scale as f32, bias)?;
+                let want = want.narrow(1, 0, queries)?.flatten_all()?;
+                close(&got, &want.to_vec1::<f32>()?, 1e-5);
+            }
         }
         Ok(())
     }
