@@ -943,6 +943,9 @@ async fn int8_text_weights_find_what_the_exact_model_finds() {
     plain.env = vec![("DUALSIGHT_CPU".into(), "portable".into())];
     plain.spawn();
     let mut pc = plain.client().await;
+    // The client connects while the model still loads; a search then is
+    // refused as not ready.
+    wait_for(&plain, &mut pc, "ready", |s| s.ready).await;
     assert!(search(&mut pc, "a photo of a cat", 3).await.is_empty());
     let log = plain.log();
     assert!(
