@@ -237,13 +237,26 @@ fn worth_splitting(parts: usize, flops: usize) -> bool {
 /// the rayon pool when there is more than one block and `flops` is worth
 /// waking it for.
 fn column_tasks(n: usize, width: usize, flops: usize, task: impl Fn(usize) + Send + Sync) {
-    let starts: Vec<usize> = (0..n).step_by(width).collect();
-    if worth_splitting(starts.len(), flops) {
-        starts.into_par_iter().for_each(task);
-    } else {
-        starts.into_iter().for_each(task);
+    spread(n.div_ceil(width), flops, 0, &|t| task(t * width));
+}
+
+/// Runs `task(i)` for every `i < count`, `flops` multiply-adds in all: on
+/// the calling thread when they are not [worth splitting](worth_splitting);
+/// on the team when it is free and they are at most `team_up_to` (a text
+/// query's work, whose helpers are awake between its products, where
+/// waking rayon's sleeping workers would cost more than the work); on
+/// rayon otherwise (a photo batch's, within its lane).
+fn spread(count: usize, flops: usize, team_up_to: usize, task: &(dyn Fn(usize) + Sync)) {
+    if !worth_splitting(count, flops) {
+        (0..count).for_each(task);
+    } else if flops > team_up_to || !team::run(count, task) {
+        (0..count).into_par_iter().for_each(task);
     }
 }
+
+/// Attention and activations of at most this many multiply-adds take the
+/// team ([`spread`]): a text query's, not a photo batch's.
+const SMALL_ON_TEAM: usize = 1 << 24;
 
 /// Up to this many rows (a text query is ~10 tokens), a dense layer streams
 /// its weight once and takes dot products against every row held in cache;
@@ -353,8 +366,8 @@ pub fn map_in_place(xs: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
     let len = xs.len();
     let chunk = if len > 1 << 16 { 32 * 1024 } else { 8 * 1024 };
     let out = SendPtr(xs.as_mut_ptr());
-    // ~16 flops a value for an erf or an exp.
-    spread(len.div_ceil(chunk), 16 * len, &|c| {
+    // An erf or an exp costs ~8 multiply-adds a value.
+    spread(len.div_ceil(chunk), 8 * len, SMALL_ON_TEAM, &|c| {
         let at = c * chunk;
         // SAFETY: task `c` alone maps elements at..at + chunk of `xs`,
         // which `spread` is done with before this function returns.
@@ -418,86 +431,91 @@ pub fn attention(
     let mut out = vec![0f32; b * nq * h];
     let out_ptr = SendPtr(out.as_mut_ptr());
     let run = |bias: Option<(&[f32], &Layout)>| {
-        spread(b * heads, 4 * b * heads * nq * l * hd, &|task| {
-            let (bi, hj) = (task / heads, task % heads);
-            SCORES.with(|scores| {
-                let mut scores = scores.borrow_mut();
-                scores.resize(nq * l, 0.0);
-                let has_bias = if let Some((data, layout)) = bias {
-                    let st = layout.stride();
-                    let base = layout.start_offset() + bi * st[0] + hj * st[1];
-                    for r in 0..nq {
-                        let row = &mut scores[r * l..(r + 1) * l];
-                        let at = base + r * st[2];
-                        if st[3] == 1 {
-                            row.copy_from_slice(&data[at..at + l]);
-                        } else {
-                            for (c, v) in row.iter_mut().enumerate() {
-                                *v = data[at + c * st[3]];
+        spread(
+            b * heads,
+            2 * b * heads * nq * l * hd,
+            SMALL_ON_TEAM,
+            &|task| {
+                let (bi, hj) = (task / heads, task % heads);
+                SCORES.with(|scores| {
+                    let mut scores = scores.borrow_mut();
+                    scores.resize(nq * l, 0.0);
+                    let has_bias = if let Some((data, layout)) = bias {
+                        let st = layout.stride();
+                        let base = layout.start_offset() + bi * st[0] + hj * st[1];
+                        for r in 0..nq {
+                            let row = &mut scores[r * l..(r + 1) * l];
+                            let at = base + r * st[2];
+                            if st[3] == 1 {
+                                row.copy_from_slice(&data[at..at + l]);
+                            } else {
+                                for (c, v) in row.iter_mut().enumerate() {
+                                    *v = data[at + c * st[3]];
+                                }
                             }
                         }
+                        true
+                    } else {
+                        false
+                    };
+                    let q = bi * l * 3 * h + hj * hd;
+                    let (k, v) = (q + h, q + 2 * h);
+                    // SAFETY: q/k/v rows are 3h apart and hd wide within the
+                    // [B, L, 3H] buffer checked above; scores is nq × l; this task
+                    // writes only rows of image `bi` in columns hj*hd..(hj+1)*hd of
+                    // `out`, which no other task touches.
+                    unsafe {
+                        gemm(
+                            nq,
+                            l,
+                            hd,
+                            scores.as_mut_ptr(),
+                            1,
+                            l as isize,
+                            has_bias,
+                            qkv.as_ptr().add(q),
+                            1,
+                            3 * h as isize,
+                            qkv.as_ptr().add(k),
+                            3 * h as isize,
+                            1,
+                            if has_bias { 1.0 } else { 0.0 },
+                            scale,
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        );
                     }
-                    true
-                } else {
-                    false
-                };
-                let q = bi * l * 3 * h + hj * hd;
-                let (k, v) = (q + h, q + 2 * h);
-                // SAFETY: q/k/v rows are 3h apart and hd wide within the
-                // [B, L, 3H] buffer checked above; scores is nq × l; this task
-                // writes only rows of image `bi` in columns hj*hd..(hj+1)*hd of
-                // `out`, which no other task touches.
-                unsafe {
-                    gemm(
-                        nq,
-                        l,
-                        hd,
-                        scores.as_mut_ptr(),
-                        1,
-                        l as isize,
-                        has_bias,
-                        qkv.as_ptr().add(q),
-                        1,
-                        3 * h as isize,
-                        qkv.as_ptr().add(k),
-                        3 * h as isize,
-                        1,
-                        if has_bias { 1.0 } else { 0.0 },
-                        scale,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-                for row in scores.chunks_exact_mut(l) {
-                    softmax_in_place(row);
-                }
-                unsafe {
-                    gemm(
-                        nq,
-                        hd,
-                        l,
-                        out_ptr.get().add(bi * nq * h + hj * hd),
-                        1,
-                        h as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        l as isize,
-                        qkv.as_ptr().add(v),
-                        1,
-                        3 * h as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-            });
-        });
+                    for row in scores.chunks_exact_mut(l) {
+                        softmax_in_place(row);
+                    }
+                    unsafe {
+                        gemm(
+                            nq,
+                            hd,
+                            l,
+                            out_ptr.get().add(bi * nq * h + hj * hd),
+                            1,
+                            h as isize,
+                            false,
+                            scores.as_ptr(),
+                            1,
+                            l as isize,
+                            qkv.as_ptr().add(v),
+                            1,
+                            3 * h as isize,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        );
+                    }
+                });
+            },
+        );
     };
     match &bias {
         Some(t) => {
@@ -508,20 +526,6 @@ pub fn attention(
         None => run(None),
     }
     Ok(out)
-}
-
-/// Runs `task(i)` for every `i < count`: on the calling thread when
-/// `flops` is not worth splitting, on the team when it is small enough that
-/// waking rayon's sleeping workers would cost more than it (a text query's
-/// attention: its helpers are awake between the query's products), on rayon
-/// otherwise (a photo batch's).
-fn spread(count: usize, flops: usize, task: &(dyn Fn(usize) + Sync)) {
-    const TEAM_FLOPS: usize = 1 << 24;
-    if !worth_splitting(count, flops) {
-        (0..count).for_each(task);
-    } else if flops > TEAM_FLOPS || !team::run(count, task) {
-        (0..count).into_par_iter().for_each(task);
-    }
 }
 
 /// Numerically stable softmax of one row (max subtracted first; a row masked

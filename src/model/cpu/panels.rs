@@ -363,16 +363,12 @@ fn tasks(
             }
         }
     };
-    let count = n.div_ceil(PANELS_PER_TASK * WIDTH);
-    let flops = m * n * k;
-    // The team, whose helpers spin between a query's products; rayon when
-    // another caller holds it.
-    if super::worth_splitting(count, flops)
-        && super::team::run(count, &|t| task(t * PANELS_PER_TASK * WIDTH))
-    {
-        return;
-    }
-    super::column_tasks(n, PANELS_PER_TASK * WIDTH, flops, task);
+    // The team whatever the size: its helpers spin between a query's
+    // products (rayon when another caller holds it).
+    let width = PANELS_PER_TASK * WIDTH;
+    super::spread(n.div_ceil(width), m * n * k, usize::MAX, &|t| {
+        task(t * width)
+    });
 }
 
 fn pass_rows(level: Level) -> usize {
