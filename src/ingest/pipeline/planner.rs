@@ -205,7 +205,8 @@ fn needs_work(engine: &Engine, seen: &[Seen]) -> Vec<bool> {
     let (open, open_paths): (Vec<usize>, Vec<&str>) = paths
         .iter()
         .enumerate()
-        .filter_map(|(i, p)| Some((i, (*p)?)).filter(|_| work[i]))
+        .filter(|&(i, _)| work[i])
+        .filter_map(|(i, p)| Some((i, (*p)?)))
         .unzip();
     let failures = engine.store.failures(&open_paths).unwrap_or_else(|e| {
         tracing::warn!(error = %e, files = open_paths.len(), "cannot read failure records: trying the files again");
