@@ -73,6 +73,11 @@ pub struct StoreSettings {
     pub database_read_urls: Vec<String>,
     /// A standby further behind the primary than this serves no search.
     pub max_replica_lag_ms: u64,
+    /// Each space's pgvector index: `hnsw` or `ivfflat`. Unset: each space
+    /// keeps the one it has (a new one: HNSW).
+    pub vector_index: Option<String>,
+    /// IVFFlat lists a search reads; 0: a quarter of √lists.
+    pub ivfflat_probes: usize,
 }
 
 impl Default for StoreSettings {
@@ -82,6 +87,8 @@ impl Default for StoreSettings {
             database_url: None,
             database_read_urls: Vec::new(),
             max_replica_lag_ms: 5000,
+            vector_index: None,
+            ivfflat_probes: 0,
         }
     }
 }
@@ -400,7 +407,15 @@ impl Settings {
             data_dir: self.data_dir.clone(),
             hnsw: self.index_params(),
             exact_below: crate::store::pg::EXACT_BELOW,
+            vector_index: self.vector_index(),
+            ivfflat_probes: (self.store.ivfflat_probes > 0).then_some(self.store.ivfflat_probes),
+            ivf_first: crate::store::pg::IVF_FIRST,
         })
+    }
+
+    /// `[store] vector_index`, parsed (checked by [`Settings::validate`]).
+    pub fn vector_index(&self) -> Option<crate::store::pg::IndexKind> {
+        self.store.vector_index.as_deref()?.parse().ok()
     }
 
     /// The HNSW settings of `[index]` (the embedded index's and pgvector's).
@@ -543,6 +558,13 @@ impl Settings {
         let st = &self.store;
         match st.backend.as_str() {
             "sled" => {
+                if st.vector_index.is_some() {
+                    return bad(
+                        "store.vector_index",
+                        "set, but store.backend is \"sled\": the embedded index is always HNSW"
+                            .into(),
+                    );
+                }
                 if st.database_url.is_some() || !st.database_read_urls.is_empty() {
                     return bad(
                         "store.database_url",
@@ -551,6 +573,11 @@ impl Settings {
                 }
             }
             "postgres" => {
+                if let Some(kind) = &st.vector_index
+                    && let Err(msg) = kind.parse::<crate::store::pg::IndexKind>()
+                {
+                    return bad("store.vector_index", msg);
+                }
                 if st.database_url.as_deref().unwrap_or("").is_empty() {
                     return bad(
                         "store.database_url",
@@ -688,5 +715,43 @@ mod tests {
         std::fs::write(&p, "model = \"m\"\ntext_weights = \"INT8\"\n").unwrap();
         let s = Settings::from_file(&p).unwrap();
         assert_eq!(s.text_weights().unwrap(), crate::device::TextWeights::Int8);
+    }
+
+    #[test]
+    fn the_vector_index_is_a_postgres_setting_and_its_kind_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        let check = |body: &str| {
+            std::fs::write(
+                &p,
+                format!("model = \"m\"\n[watch]\nroots = [\"/p\"]\n{body}"),
+            )
+            .unwrap();
+            let s = Settings::from_file(&p).unwrap();
+            s.validate().map(|()| s).map_err(|e| e.to_string())
+        };
+        let pg = "[store]\nbackend = \"postgres\"\ndatabase_url = \"host=/tmp\"\n";
+        let s = check(&format!(
+            "{pg}vector_index = \"ivfflat\"\nivfflat_probes = 12\n"
+        ))
+        .unwrap();
+        let options = s.postgres().unwrap();
+        assert_eq!(
+            options.vector_index,
+            Some(crate::store::pg::IndexKind::IvfFlat)
+        );
+        assert_eq!(options.ivfflat_probes, Some(12));
+        let options = check(pg).unwrap().postgres().unwrap();
+        assert_eq!((options.vector_index, options.ivfflat_probes), (None, None));
+        let e = check(&format!("{pg}vector_index = \"ivf\"\n")).unwrap_err();
+        assert!(
+            e.contains("store.vector_index") && e.contains("\"ivfflat\""),
+            "{e}"
+        );
+        let e = check("[store]\nvector_index = \"hnsw\"\n").unwrap_err();
+        assert!(
+            e.contains("store.vector_index") && e.contains("sled"),
+            "{e}"
+        );
     }
 }

@@ -7,8 +7,11 @@
 //! cargo run --release -p dualsight-bench --example pg_scale -- <database-url> <vectors> <queries>
 //!
 //! `PG_BULK=1` measures the other way to fill a space: the same commits
-//! into the table without its HNSW index, then one `CREATE INDEX` (pgvector
-//! builds the graph in memory, `PG_BUILD_MEMORY`, default 8GB).
+//! into the table without its index, then one `CREATE INDEX` (pgvector
+//! builds the graph in memory, `PG_BUILD_MEMORY`, default 8GB), as
+//! `dualsight migrate` does. `PG_INDEX=ivfflat` gives the space an IVFFlat
+//! index instead of HNSW (`[store] vector_index`), `PG_PROBES=N` the lists a
+//! search reads (default: the daemon's, a quarter of √lists).
 //! `PG_ONLY=1` skips the embedded index (search settings on a filled
 //! database). `PG_HALF=1` adds a `halfvec` expression index beside the
 //! `vector` one and compares the two graphs' own top 10 (recall against
@@ -28,7 +31,7 @@ use dualsight::engine::Filters;
 use dualsight::engine::pg_source::PgSource;
 use dualsight::engine::search::{Query, Rows, search};
 use dualsight::index::IndexParams;
-use dualsight::store::pg::PgOptions;
+use dualsight::store::pg::{IndexKind, PgOptions};
 use dualsight::store::{Commit, ContentHash, Embedding, FileRecord, Space, Store};
 use dualsight_bench::search::{build_index, exact_all};
 use dualsight_bench::synth::{DATA, Mixture, TEXT_QUERIES};
@@ -125,7 +128,8 @@ fn main() -> Result<()> {
     drop(idx);
 
     // PostgreSQL: the daemon's own commits, then the daemon's own search.
-    let store = Store::open_postgres(&PgOptions {
+    let ivf = std::env::var("PG_INDEX").is_ok_and(|k| k == "ivfflat");
+    let options = |kind: Option<IndexKind>| PgOptions {
         url: url.clone(),
         read_urls: Vec::new(),
         node: "bench".into(),
@@ -138,7 +142,15 @@ fn main() -> Result<()> {
             ..IndexParams::default()
         },
         exact_below: dualsight::store::pg::EXACT_BELOW,
-    })?;
+        vector_index: kind,
+        ivfflat_probes: std::env::var("PG_PROBES").ok().and_then(|p| p.parse().ok()),
+        ivf_first: dualsight::store::pg::IVF_FIRST,
+    };
+    let kind = ivf.then_some(IndexKind::IvfFlat);
+    // A bulk load builds its index once at the end, as `dualsight migrate`
+    // does: filled by a node that leaves the space's index alone.
+    let bulk_asked = std::env::var_os("PG_BULK").is_some();
+    let store = Store::open_postgres(&options(if bulk_asked { None } else { kind }))?;
     let space = store.space(&format!("bench-{n}"), DIM)?;
     let Space::Postgres(pg_space) = &space else {
         bail!("not a PostgreSQL store");
@@ -151,7 +163,7 @@ fn main() -> Result<()> {
             "the database holds {have} vectors of this space: give the benchmark an empty database"
         );
     }
-    let bulk = have == 0 && std::env::var_os("PG_BULK").is_some();
+    let bulk = have == 0 && bulk_asked;
     let mut sql = postgres::Config::from_str(url)?.connect(postgres::NoTls)?;
     let table = format!(
         "vectors_{}",
@@ -161,8 +173,9 @@ fn main() -> Result<()> {
         )?
         .get::<_, i32>(0)
     );
+    let pg = store.as_postgres().context("postgres")?;
     if bulk {
-        sql.batch_execute(&format!("DROP INDEX {table}_hnsw"))?;
+        pg.drop_search_index(pg_space)?;
     }
     let t = Instant::now();
     for (c, chunk) in data.chunks(COMMIT * DIM).enumerate().filter(|_| have == 0) {
@@ -187,25 +200,28 @@ fn main() -> Result<()> {
         store.commit(&space, &items)?;
     }
     let pg_load = t.elapsed();
+    let store = if bulk_asked && kind.is_some() {
+        Store::open_postgres(&options(kind))?
+    } else {
+        store
+    };
+    let pg = store.as_postgres().context("postgres")?;
     if bulk {
         let memory = std::env::var("PG_BUILD_MEMORY").unwrap_or_else(|_| "8GB".into());
-        let p = IndexParams::default();
-        sql.batch_execute(&format!(
-            "SET maintenance_work_mem = '{memory}'; SET max_parallel_maintenance_workers = {};
-             CREATE INDEX {table}_hnsw ON {table} USING hnsw (embedding vector_cosine_ops)
-             WITH (m = {}, ef_construction = {})",
-            threads.saturating_sub(1),
-            env_or("PG_M", p.max_nb_connection),
-            env_or("PG_EF_CONSTRUCTION", p.ef_construction)
-        ))?;
+        pg.build_search_index(
+            pg_space,
+            &memory,
+            Some(threads.saturating_sub(1)),
+            &mut |_, _| {},
+        )?;
         println!(
-            "bulk: commits without the index {:.1} s, then CREATE INDEX {:.1} s",
+            "bulk: commits without the index {:.1} s, then CREATE INDEX {:.1} s ({})",
             pg_load.as_secs_f64(),
-            (t.elapsed() - pg_load).as_secs_f64()
+            (t.elapsed() - pg_load).as_secs_f64(),
+            pg.vector_indexes(pg_space)?.join(", ")
         );
     }
     let pg_build = t.elapsed();
-    let pg = store.as_postgres().context("postgres")?;
     let sizes = pg.relation_sizes(pg_space)?;
 
     let run = |filters: &Filters, truth: &[HashSet<u64>]| -> Result<(Vec<f64>, usize)> {
@@ -245,7 +261,8 @@ fn main() -> Result<()> {
         sled_found as f64 / total
     );
     println!(
-        "postgres (pgvector hnsw): ingest {:.1} s ({:.0} vectors/s, commits of {COMMIT}); query p50 {:.2} ms p99 {:.2} ms; recall@10 {:.3}",
+        "postgres (pgvector {}): ingest {:.1} s ({:.0} vectors/s, commits of {COMMIT}); query p50 {:.2} ms p99 {:.2} ms; recall@10 {:.3}",
+        if ivf { "ivfflat" } else { "hnsw" },
         pg_build.as_secs_f64(),
         n as f64 / pg_build.as_secs_f64(),
         p(&mut pg_lat, 0.5),
@@ -259,7 +276,7 @@ fn main() -> Result<()> {
         pgf_found as f64 / total
     );
     println!(
-        "postgres bytes per vector: table {:.0}, hnsw index {:.0}, file rows {:.0}",
+        "postgres bytes per vector: table {:.0}, vector index {:.0}, file rows {:.0}",
         sizes.vectors as f64 / n as f64,
         sizes.index as f64 / n as f64,
         sizes.files as f64 / n as f64

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::store::pg::{PgOptions, PgStore, redact};
+use crate::store::pg::{IndexKind, PgOptions, PgStore, redact};
 use crate::store::{ContentHash, SledStore};
 
 #[derive(Debug, Args)]
@@ -30,9 +30,10 @@ pub struct MigrateArgs {
     /// them (default: this host's name, as the daemon's).
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
-    /// The daemon's config file: its `[index]` m and ef_construction shape
-    /// the HNSW index of each space this creates (default: the built-in
-    /// `[index]` values, as a daemon without them uses).
+    /// The daemon's config file: its `[store] vector_index` picks the index
+    /// each space gets (IVFFlat lists sized to the rows copied), its
+    /// `[index]` m and ef_construction shape an HNSW one (default: the
+    /// built-in values, as a daemon without them uses).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Rows per statement.
@@ -82,17 +83,21 @@ pub fn run(args: &MigrateArgs) -> Result<()> {
     }
     let sled = SledStore::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
     let node = args.node.clone().unwrap_or_else(crate::config::host_name);
+    let settings = match &args.config {
+        Some(path) => crate::config::Settings::from_file(path)?,
+        None => crate::config::Settings::default(),
+    };
     let pg = PgStore::open(&PgOptions {
         url: args.to.clone(),
         read_urls: Vec::new(),
         node: node.clone(),
         max_lag: std::time::Duration::ZERO,
         data_dir: args.from.clone(),
-        hnsw: match &args.config {
-            Some(path) => crate::config::Settings::from_file(path)?.index_params(),
-            None => crate::index::IndexParams::default(),
-        },
+        hnsw: settings.index_params(),
         exact_below: crate::store::pg::EXACT_BELOW,
+        vector_index: settings.vector_index(),
+        ivfflat_probes: None,
+        ivf_first: crate::store::pg::IVF_FIRST,
     })
     .with_context(|| format!("opening {}", redact(&args.to)))?;
     let batch = args.batch as usize;
@@ -132,19 +137,31 @@ pub fn run(args: &MigrateArgs) -> Result<()> {
                 .build_memory
                 .clone()
                 .unwrap_or_else(|| graph_memory(to.vector_count().unwrap_or(0), info.dim));
+            let kind = match settings.vector_index().unwrap_or_default() {
+                IndexKind::Hnsw => "HNSW",
+                IndexKind::IvfFlat => "IVFFlat",
+            };
             eprintln!(
-                "building the HNSW index of {} (maintenance_work_mem {memory})",
+                "building the {kind} index of {} (maintenance_work_mem {memory})",
                 info.fingerprint
             );
             let mut bar = Bar::new(format!("index of {} (table pages)", info.fingerprint), 0);
-            pg.build_search_index(
+            let built = pg.build_search_index(
                 &to,
                 &memory,
                 args.build_workers.map(usize::from),
                 &mut |done, total| bar.set(done, total),
             )?;
             bar.done();
-            eprintln!("built the HNSW index of {}", info.fingerprint);
+            if built {
+                eprintln!("built the {kind} index of {}", info.fingerprint);
+            } else {
+                eprintln!(
+                    "no {kind} index for {} yet: too few vectors to place its lists; the daemon builds it once the space holds {}",
+                    info.fingerprint,
+                    crate::store::pg::IVF_FIRST
+                );
+            }
         }
     }
 

@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// A PostgreSQL hot standby to send searches to (repeatable).
     #[arg(long = "database-read-url", value_name = "URL")]
     pub database_read_urls: Vec<String>,
+    /// Each space's pgvector index: hnsw or ivfflat (built once a space
+    /// holds 10,000 vectors, rebuilt as it doubles).
+    #[arg(long, value_name = "KIND")]
+    pub vector_index: Option<String>,
     /// This daemon's name in a shared library (default: the host name).
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
@@ -147,6 +151,9 @@ impl ServeArgs {
         }
         if !self.database_read_urls.is_empty() {
             s.store.database_read_urls = self.database_read_urls.clone();
+        }
+        if let Some(k) = &self.vector_index {
+            s.store.vector_index = Some(k.clone());
         }
         if let Some(n) = &self.node {
             s.node = Some(n.clone());

@@ -85,12 +85,19 @@ impl Engine {
         })?;
         if let (Space::Postgres(s), Store::Postgres(pg)) = (&space, &store) {
             if !off_runtime(|| pg.has_search_index(s))? {
-                // Left so by a `dualsight migrate` cut short before its
-                // build: searches stay right (exact scans) but slow.
-                tracing::warn!(
-                    table = s.table(),
-                    "this space has no HNSW index, so searches scan every vector: run `dualsight migrate` again to finish, or build it with CREATE INDEX (docs/scale-out.md)"
-                );
+                if pg.builds_ivfflat() {
+                    tracing::info!(
+                        table = s.table(),
+                        "this space has no IVFFlat index yet: searches scan every vector until it is built, in the background, once the space holds enough vectors"
+                    );
+                } else {
+                    // Left so by a `dualsight migrate` cut short before its
+                    // build: searches stay right (exact scans) but slow.
+                    tracing::warn!(
+                        table = s.table(),
+                        "this space has no vector index, so searches scan every vector: run `dualsight migrate` again to finish, or start a daemon with --vector-index (docs/scale-out.md)"
+                    );
+                }
             }
             tracing::info!(
                 vectors = space.vector_count()?,

@@ -65,6 +65,12 @@ async fn two_daemons_on_two_folders_answer_over_both() {
     );
     let mut north = node_daemon(&url, "north");
     let mut south = node_daemon(&url, "south");
+    // One node asks for IVFFlat: too few photos for its lists, so searches
+    // scan exactly (or walk the HNSW index the other node made), the same
+    // hits either way.
+    south
+        .args
+        .extend(["--vector-index", "ivfflat"].map(String::from));
     for p in ["chelsea.png", "coffee.webp"] {
         copy_photo(p, &north.photos);
     }
@@ -124,6 +130,22 @@ async fn two_daemons_on_two_folders_answer_over_both() {
     })
     .await;
     assert_eq!(s.embedded_images, 1, "{}", south.log());
+
+    // An index kind pgvector does not have is refused by name.
+    let err = run_err(
+        dualsight()
+            .arg("serve")
+            .arg("--model")
+            .arg(model_dir("vit-bert"))
+            .arg("--watch")
+            .arg(&south.photos)
+            .args(pg_args(&url, "west"))
+            .args(["--vector-index", "ivf"]),
+    );
+    assert!(
+        err.contains("store.vector_index") && err.contains("\"ivfflat\""),
+        "{err}"
+    );
 }
 
 /// Two nodes over the same folder, started together: every path is two
@@ -460,6 +482,9 @@ fn many_files_and_contents_are_looked_up_at_once_in_their_order() {
         data_dir: std::env::temp_dir(),
         hnsw: Default::default(),
         exact_below: 1000,
+        vector_index: None,
+        ivfflat_probes: None,
+        ivf_first: dualsight::store::pg::IVF_FIRST,
     };
     let store = Store::open_postgres(&options("a")).unwrap();
     let other = Store::open_postgres(&options("b")).unwrap();
@@ -548,6 +573,9 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
         // /all (2967 files) walks the graph; /some (30) and /rare (3) rank
         // exactly.
         exact_below: 1000,
+        vector_index: None,
+        ivfflat_probes: None,
+        ivf_first: dualsight::store::pg::IVF_FIRST,
     };
     let store = Store::open_postgres(&options).unwrap();
     let space = store.space("fp", 16).unwrap();
@@ -676,4 +704,146 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
         e.contains("schema version 99 is newer") && e.contains("upgrade dualsight"),
         "{e}"
     );
+}
+
+/// IVFFlat (`[store] vector_index = "ivfflat"`): a space has no vector index
+/// until it holds `ivf_first` vectors, then one built in the background with
+/// rows / 1000 lists (at least one); once the space has doubled, a new one
+/// with twice the lists replaces it. Searches read it and find each stored
+/// vector's own file first. A node configured with nothing keeps the space
+/// on IVFFlat as it grows; one asking for HNSW by name switches it back.
+#[test]
+fn ivfflat_indexes_are_built_as_a_space_fills_and_rebuilt_as_it_doubles() {
+    use dualsight::engine::Filters;
+    use dualsight::engine::pg_source::PgSource;
+    use dualsight::engine::search::{Query, search};
+    use dualsight::store::pg::{IndexKind, PgOptions, PgStore, SearchFilters};
+    use dualsight::store::{Commit, ContentHash, Embedding, FileRecord, Space, Store};
+
+    let pg = PgServer::start();
+    pg.create_db("ivf");
+    let options = |kind: Option<IndexKind>| PgOptions {
+        url: pg.url("ivf"),
+        read_urls: Vec::new(),
+        node: "lib".into(),
+        max_lag: Duration::from_secs(5),
+        data_dir: std::env::temp_dir(),
+        hnsw: Default::default(),
+        exact_below: 1000,
+        vector_index: kind,
+        ivfflat_probes: None,
+        ivf_first: 500,
+    };
+    // Clustered 16-d vectors, as photos are: 8 centres, each vector its
+    // centre plus a little of its own.
+    let vector = |i: usize| -> Vec<f32> {
+        let mut h = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (0..16)
+            .map(|j| {
+                h ^= h >> 29;
+                h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                let noise = (h >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                let centre = if (i % 8 + j) % 8 < 2 { 3.0 } else { 0.0 };
+                centre + noise
+            })
+            .collect()
+    };
+    let commit = |store: &Store, space: &Space, range: std::ops::Range<usize>| {
+        let items: Vec<Commit> = range
+            .map(|i| Commit {
+                path: format!("/lib/{i}.jpg"),
+                record: FileRecord {
+                    size: 1,
+                    mtime_ns: 1,
+                    hash: ContentHash::of(&(i as u64).to_le_bytes()),
+                    indexed_at_ms: 1,
+                    meta: Default::default(),
+                },
+                embedding: Embedding::New(vector(i)),
+            })
+            .collect();
+        for chunk in items.chunks(250) {
+            store.commit(space, chunk).unwrap();
+        }
+    };
+    let indexes = |store: &PgStore, space: &Space| {
+        let Space::Postgres(s) = space else {
+            unreachable!()
+        };
+        store.vector_indexes(s).unwrap()
+    };
+    let wait_for_indexes = |store: &PgStore, space: &Space, want: &[&str]| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = indexes(store, space);
+            if now == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "indexes {now:?}, waiting for {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // Each stored vector's own file comes first, whatever index answers.
+    let finds_its_own = |space: &Space, rows: usize| {
+        let Space::Postgres(s) = space else {
+            unreachable!()
+        };
+        for i in (0..rows).step_by(rows / 23) {
+            let q = vector(i);
+            let source = PgSource::new(s, &Filters::default());
+            let query = Query {
+                vector: &q,
+                limit: 5,
+                min_score: None,
+                accept: None,
+            };
+            let hits = search(&source, &source, &query).unwrap();
+            assert_eq!(hits.len(), 5, "row {i}");
+            assert_eq!(hits[0].0.path, PathBuf::from(format!("/lib/{i}.jpg")));
+            assert!(hits[0].1 > 0.9999, "row {i}: {}", hits[0].1);
+        }
+    };
+
+    let store = Store::open_postgres(&options(Some(IndexKind::IvfFlat))).unwrap();
+    let pg_store = store.as_postgres().unwrap().clone();
+    let space = store.space("fp", 16).unwrap();
+    // Too few rows to place lists: none yet, and searches scan exactly.
+    commit(&store, &space, 0..400);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(indexes(&pg_store, &space).is_empty());
+    finds_its_own(&space, 400);
+    commit(&store, &space, 400..700);
+    wait_for_indexes(&pg_store, &space, &["vectors_1_ivf1"]);
+    // Doubled: two lists, the one-list index dropped once they are built.
+    commit(&store, &space, 700..2000);
+    wait_for_indexes(&pg_store, &space, &["vectors_1_ivf2"]);
+    let Space::Postgres(s) = &space else {
+        unreachable!()
+    };
+    pg.psql("ivf", "ANALYZE");
+    let plan = s
+        .nearest_plan(&vector(3), 10, &SearchFilters::default())
+        .unwrap();
+    assert!(plan.contains("Index Scan using vectors_1_ivf2"), "{plan}");
+    finds_its_own(&space, 2000);
+    drop(store);
+
+    // A node configured with nothing keeps the space on IVFFlat.
+    let plain = Store::open_postgres(&options(None)).unwrap();
+    let space = plain.space("fp", 16).unwrap();
+    commit(&plain, &space, 2000..4000);
+    let pg_plain = plain.as_postgres().unwrap().clone();
+    wait_for_indexes(&pg_plain, &space, &["vectors_1_ivf4"]);
+    finds_its_own(&space, 4000);
+    drop(plain);
+
+    // HNSW by name switches it back when the space is opened.
+    let hnsw = Store::open_postgres(&options(Some(IndexKind::Hnsw))).unwrap();
+    let space = hnsw.space("fp", 16).unwrap();
+    let pg_hnsw = hnsw.as_postgres().unwrap().clone();
+    wait_for_indexes(&pg_hnsw, &space, &["vectors_1_hnsw"]);
+    finds_its_own(&space, 4000);
 }

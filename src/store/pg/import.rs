@@ -2,9 +2,10 @@
 //! another store as they are, without re-embedding. Every statement is an
 //! upsert, so a copy cut short is resumed by running it again.
 //!
-//! A space filled from empty is loaded without its HNSW index, which is
+//! A space filled from empty is loaded without its vector index, which is
 //! then built once: pgvector builds a graph in memory many times faster than
-//! it inserts into one row by row (BENCHMARKS.md, 1M vectors).
+//! it inserts into one row by row (BENCHMARKS.md, 1M vectors), and an
+//! IVFFlat index learns its lists from all the rows.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -12,34 +13,28 @@ use std::time::Duration;
 use pgvector::Vector;
 
 use super::super::{ContentHash, FailureRecord, FileRecord, Result};
+use super::ann::BUILD_LOCK;
 use super::{PgSpace, PgStore, q};
 
 /// How often a build's progress is read from `pg_stat_progress_create_index`.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 impl PgStore {
-    /// Whether the space's HNSW index exists (a migrate cut short between
+    /// Whether the space has a vector index (a migrate cut short between
     /// dropping and building it leaves none).
     pub fn has_search_index(&self, space: &PgSpace) -> Result<bool> {
-        let mut c = self.inner.primary.get()?;
-        let row = c
-            .query_one(
-                "SELECT to_regclass($1) IS NOT NULL",
-                &[&format!("{}_hnsw", space.table())],
-            )
-            .map_err(q("looking for a space's index"))?;
-        Ok(row.get(0))
+        Ok(!self.vector_indexes(space)?.is_empty())
     }
 
-    /// Drops the space's HNSW index before a bulk load. Searches meanwhile
+    /// Drops the space's vector index before a bulk load. Searches meanwhile
     /// scan exactly: only for a space no daemon searches yet.
     pub fn drop_search_index(&self, space: &PgSpace) -> Result<()> {
-        let mut c = self.inner.primary.get()?;
-        c.batch_execute(&format!("DROP INDEX IF EXISTS {}_hnsw", space.table()))
-            .map_err(q("dropping a space's index"))
+        self.drop_vector_indexes(space)
     }
 
-    /// Builds the space's HNSW index over what the table holds, with
+    /// Builds the space's index over what the table holds (this node's
+    /// kind, IVFFlat sized to the rows; none yet for IVFFlat below
+    /// `ivf_first` rows: then it returns false), with
     /// `memory` (a PostgreSQL size such as `2GB`) for the graph and
     /// `workers` parallel helpers (else the server's setting);
     /// `progress(done, total)` hears how many of the table's pages the
@@ -50,7 +45,11 @@ impl PgStore {
         memory: &str,
         workers: Option<usize>,
         progress: &mut (dyn FnMut(u64, u64) + Send),
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        let rows = space.vector_count()?;
+        let Some((name, sql)) = self.bulk_index_sql(space, rows) else {
+            return Ok(false);
+        };
         let mut c = self.inner.primary.get()?;
         let pid: i32 = c
             .query_one("SELECT pg_backend_pid()", &[])
@@ -66,10 +65,16 @@ impl PgStore {
                     let workers = workers.map_or(String::new(), |n| {
                         format!("SET LOCAL max_parallel_maintenance_workers = {n};")
                     });
+                    // A daemon's background build of this space waits, or
+                    // is waited for (then this one finds it built).
+                    tx.execute(
+                        "SELECT pg_advisory_xact_lock($1, $2)",
+                        &[&BUILD_LOCK, &space.id],
+                    )?;
                     tx.batch_execute(&format!(
                         "SET LOCAL maintenance_work_mem = '{}'; {workers} {}",
                         memory.replace('\'', ""),
-                        self.search_index_sql(space.id)
+                        sql
                     ))?;
                     tx.commit()
                 })
@@ -78,7 +83,8 @@ impl PgStore {
             built
         })?;
         self.counts_changed();
-        Ok(())
+        self.drop_vector_indexes_but(space, &name)?;
+        Ok(true)
     }
 
     /// Reports a build's progress until `done`; quiet when the server does

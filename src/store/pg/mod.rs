@@ -11,6 +11,7 @@
 //! nodes meet only on shared contents, which `write.rs` locks in one order.
 //! The schema is in `migrations/`, applied by `schema.rs` at open.
 
+mod ann;
 mod import;
 mod lookup;
 mod pool;
@@ -19,7 +20,7 @@ mod replicas;
 mod schema;
 mod write;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -30,6 +31,7 @@ use postgres::Row;
 use super::paths::{check_path, dir_prefix, trim_dir};
 use super::{ContentHash, FailureRecord, FileRecord, Result, SpaceInfo, StoreError, StoredVector};
 use crate::preprocess::meta::{PhotoMeta, TakenFrom};
+pub use ann::{Ann, IVF_FIRST, IndexKind, auto_probes, lists_for};
 pub use pool::redact;
 pub use read::{EXACT_BELOW, Nearest, RelationSizes, ReplicaState, SearchFilters};
 pub use schema::SCHEMA_VERSION;
@@ -100,6 +102,14 @@ pub struct PgOptions {
     /// Filters passing fewer files than this rank exactly instead of walking
     /// the index ([`EXACT_BELOW`] unless a test wants another size).
     pub exact_below: u64,
+    /// The index every space should have (`[store] vector_index`); `None`
+    /// keeps what each has (a new space: HNSW).
+    pub vector_index: Option<IndexKind>,
+    /// IVFFlat lists a search reads; `None`: [`auto_probes`] of the lists.
+    pub ivfflat_probes: Option<usize>,
+    /// Vectors a space holds before its first IVFFlat index ([`IVF_FIRST`]
+    /// unless a test wants another size).
+    pub ivf_first: u64,
 }
 
 /// Handle on the database. Clones share the connections.
@@ -115,6 +125,16 @@ struct Inner {
     data_dir: PathBuf,
     hnsw: crate::index::IndexParams,
     exact_below: u64,
+    vector_index: Option<IndexKind>,
+    ivfflat_probes: Option<usize>,
+    ivf_first: u64,
+    /// What each space's index is, by space id, and when that was read.
+    anns: Mutex<HashMap<i32, (Instant, Ann)>>,
+    /// Spaces whose index this process is building.
+    building: Mutex<HashSet<i32>>,
+    /// Spaces whose rows are not counted for a build before this (their
+    /// ids outran their rows, or a build failed).
+    not_before: Mutex<HashMap<i32, Instant>>,
     /// Held by every write of this node from start to commit.
     writer: Mutex<()>,
     counts: Mutex<BTreeMap<String, (Instant, u64)>>,
@@ -174,7 +194,8 @@ impl PgStore {
         // Searches run as single statements: the walk's settings are the
         // sessions' (a search needing more sets them for its transaction).
         let init = format!(
-            "SET hnsw.iterative_scan = relaxed_order; SET hnsw.ef_search = {}",
+            "SET hnsw.iterative_scan = relaxed_order; SET ivfflat.iterative_scan = relaxed_order;
+             SET hnsw.ef_search = {}",
             read::session_ef_search(&options.hnsw)
         );
         let primary = pool::Pool::new(&options.url, &init)?;
@@ -204,6 +225,12 @@ impl PgStore {
                 data_dir: options.data_dir.clone(),
                 hnsw: options.hnsw,
                 exact_below: options.exact_below,
+                vector_index: options.vector_index,
+                ivfflat_probes: options.ivfflat_probes,
+                ivf_first: options.ivf_first,
+                anns: Mutex::new(HashMap::new()),
+                building: Mutex::new(HashSet::new()),
+                not_before: Mutex::new(HashMap::new()),
                 writer: Mutex::new(()),
                 counts: Mutex::new(BTreeMap::new()),
             }),
@@ -235,8 +262,19 @@ impl PgStore {
 
     // ---- spaces -------------------------------------------------------------
 
-    /// Opens a model's space, creating it (table and HNSW index) when new.
+    /// Opens a model's space, creating it (table, and an HNSW index unless
+    /// this node asks for IVFFlat) when new, and starts building the index
+    /// it should have when it lacks it ([`PgStore::tend_index`]).
     pub fn space(&self, fingerprint: &str, dim: usize) -> Result<PgSpace> {
+        let space = self.open_space(fingerprint, dim)?;
+        // The space serves whatever happens to its index's upkeep.
+        if let Err(e) = self.tend_index(&space) {
+            tracing::warn!(space = fingerprint, "checking a space's vector index: {e}");
+        }
+        Ok(space)
+    }
+
+    fn open_space(&self, fingerprint: &str, dim: usize) -> Result<PgSpace> {
         super::check_space_args(fingerprint, dim)?;
         let mut c = self.inner.primary.get()?;
         let mut tx = c.transaction().map_err(q("creating a space"))?;
@@ -268,13 +306,20 @@ impl PgStore {
                     )
                     .map_err(q("creating a space"))?
                     .get(0);
+                // IVFFlat learns its lists from rows: built once there are some.
+                let index = match self.inner.vector_index {
+                    Some(IndexKind::IvfFlat) => String::new(),
+                    _ => format!(
+                        "CREATE INDEX vectors_{id}_hnsw ON vectors_{id} USING {};",
+                        self.hnsw_method()
+                    ),
+                };
                 tx.batch_execute(&format!(
                     "CREATE TABLE vectors_{id} (
                          id bigserial PRIMARY KEY,
                          hash bytea NOT NULL UNIQUE,
                          embedding vector({dim}) NOT NULL);
-                     {}",
-                    self.search_index_sql(id)
+                     {index}"
                 ))
                 .map_err(q("creating a space's vector table"))?;
                 tracing::info!(fingerprint, dim, id, "created vector space");
@@ -283,20 +328,6 @@ impl PgStore {
         };
         tx.commit().map_err(q("creating a space"))?;
         Ok(self.space_handle(id, fingerprint, dim))
-    }
-
-    /// The statement that makes a space's HNSW index. Cosine distance, as
-    /// the search layer scores: the walk then ranks candidates as the exact
-    /// rescoring does. pgvector takes m in 2..=100 and ef_construction in
-    /// 2m..=1000.
-    fn search_index_sql(&self, id: i32) -> String {
-        let m = self.inner.hnsw.max_nb_connection.clamp(2, 100);
-        let ef_construction = self.inner.hnsw.ef_construction.clamp(2 * m, 1000);
-        format!(
-            "CREATE INDEX IF NOT EXISTS vectors_{id}_hnsw ON vectors_{id}
-                 USING hnsw (embedding vector_cosine_ops)
-                 WITH (m = {m}, ef_construction = {ef_construction});"
-        )
     }
 
     fn space_handle(&self, id: i32, fingerprint: &str, dim: usize) -> PgSpace {

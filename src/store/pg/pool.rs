@@ -7,7 +7,10 @@ use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use postgres::config::Host;
-use postgres::{Client, Config, NoTls};
+use std::collections::HashMap;
+
+use postgres::types::ToSql;
+use postgres::{Client, Config, NoTls, Row, Statement};
 
 use super::PgError;
 
@@ -28,9 +31,22 @@ pub(super) struct Pool {
 
 #[derive(Default)]
 struct State {
-    idle: Vec<Client>,
+    idle: Vec<Session>,
     open: usize,
 }
+
+/// A connection and what this process has set up on it: the session
+/// settings a search last asked for, and the statements it prepared, so
+/// that a search costs one round trip, not three.
+struct Session {
+    client: Client,
+    settings: String,
+    statements: HashMap<String, Statement>,
+}
+
+/// Prepared statements one connection keeps at most (searches have a
+/// handful of shapes per space; the cache starts over when full).
+const STATEMENTS: usize = 64;
 
 impl Pool {
     /// Parses a libpq-style URL or key=value string (`host=` may be a Unix
@@ -64,15 +80,15 @@ impl Pool {
     pub(super) fn get(&self) -> Result<Conn<'_>, PgError> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            if let Some(client) = state.idle.pop() {
-                if client.is_closed() {
+            if let Some(session) = state.idle.pop() {
+                if session.client.is_closed() {
                     state.open -= 1;
-                    discard(client);
+                    discard(session.client);
                     continue;
                 }
                 return Ok(Conn {
                     pool: self,
-                    client: Some(client),
+                    session: Some(session),
                 });
             }
             if state.open < MAX_CONNECTIONS {
@@ -87,7 +103,11 @@ impl Pool {
                 return match connected {
                     Ok(client) => Ok(Conn {
                         pool: self,
-                        client: Some(client),
+                        session: Some(Session {
+                            client,
+                            settings: String::new(),
+                            statements: HashMap::new(),
+                        }),
                     }),
                     Err(source) => {
                         self.closed();
@@ -105,6 +125,17 @@ impl Pool {
         }
     }
 
+    /// A connection of its own, outside the pool, for a long statement (an
+    /// index build) that should not hold one of the pool's.
+    pub(super) fn connect_alone(&self) -> Result<Client, PgError> {
+        self.config
+            .connect(NoTls)
+            .map_err(|source| PgError::Connect {
+                target: self.target.clone(),
+                source,
+            })
+    }
+
     /// Drops every idle connection (a server that went away, a reload).
     pub(super) fn clear(&self) {
         let idle = {
@@ -113,7 +144,7 @@ impl Pool {
             self.freed.notify_all();
             std::mem::take(&mut state.idle)
         };
-        idle.into_iter().for_each(discard);
+        idle.into_iter().for_each(|s| discard(s.client));
     }
 
     fn closed(&self) {
@@ -126,7 +157,7 @@ impl Pool {
 /// A pooled connection; handed back on drop unless it broke.
 pub(super) struct Conn<'a> {
     pool: &'a Pool,
-    client: Option<Client>,
+    session: Option<Session>,
 }
 
 impl Conn<'_> {
@@ -134,29 +165,66 @@ impl Conn<'_> {
     pub(super) fn target(&self) -> &str {
         self.pool.target()
     }
+
+    fn session(&mut self) -> &mut Session {
+        self.session.as_mut().expect("present until drop")
+    }
+
+    /// Runs `settings` (session-level `SET`s) unless they are what this
+    /// connection last ran.
+    pub(super) fn settle(&mut self, settings: &str) -> Result<(), postgres::Error> {
+        let s = self.session();
+        if s.settings != settings {
+            s.settings.clear();
+            s.client.batch_execute(settings)?;
+            s.settings.push_str(settings);
+        }
+        Ok(())
+    }
+
+    /// `query` with the statement prepared once per connection.
+    pub(super) fn query_prepared(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, postgres::Error> {
+        let s = self.session();
+        let statement = match s.statements.get(sql) {
+            Some(st) => st.clone(),
+            None => {
+                let st = s.client.prepare(sql)?;
+                if s.statements.len() >= STATEMENTS {
+                    s.statements.clear();
+                }
+                s.statements.insert(sql.to_owned(), st.clone());
+                st
+            }
+        };
+        s.client.query(&statement, params)
+    }
 }
 
 impl Deref for Conn<'_> {
     type Target = Client;
     fn deref(&self) -> &Client {
-        self.client.as_ref().expect("present until drop")
+        &self.session.as_ref().expect("present until drop").client
     }
 }
 
 impl DerefMut for Conn<'_> {
     fn deref_mut(&mut self) -> &mut Client {
-        self.client.as_mut().expect("present until drop")
+        &mut self.session().client
     }
 }
 
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
-        let Some(client) = self.client.take() else {
+        let Some(session) = self.session.take() else {
             return;
         };
-        if client.is_closed() {
+        if session.client.is_closed() {
             self.pool.closed();
-            discard(client);
+            discard(session.client);
             return;
         }
         let mut state = self
@@ -164,7 +232,7 @@ impl Drop for Conn<'_> {
             .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        state.idle.push(client);
+        state.idle.push(session);
         self.pool.freed.notify_one();
     }
 }
@@ -174,7 +242,7 @@ impl Drop for Pool {
         let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
         std::mem::take(&mut state.idle)
             .into_iter()
-            .for_each(discard);
+            .for_each(|s| discard(s.client));
     }
 }
 

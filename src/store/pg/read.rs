@@ -1,9 +1,9 @@
-//! What searches read: a space's nearest vectors through its pgvector HNSW
-//! index, and the files of every node holding them. Both run on a healthy
+//! What searches read: a space's nearest vectors through its pgvector index
+//! (HNSW, or IVFFlat: `ann.rs`), and the files of every node holding them. Both run on a healthy
 //! standby when one is configured, else on the primary.
 //!
 //! Filters go into the SQL with pgvector's iterative index scans
-//! (`hnsw.iterative_scan`), so a filter walks on until enough vectors pass
+//! (`hnsw.iterative_scan`, `ivfflat.iterative_scan`), so a filter walks on until enough vectors pass
 //! instead of stopping at `ef_search` rows; when the walk still ends short
 //! (`hnsw.max_scan_tuples`), the same query runs without the index, exactly.
 //! A filter therefore never returns fewer hits than exist.
@@ -192,7 +192,7 @@ impl PgSpace {
 
     /// The plan PostgreSQL picks for a search's first candidates (EXPLAIN),
     /// for operators and tests: an `Index Scan using vectors_<id>_hnsw`
-    /// walks the HNSW graph.
+    /// walks the HNSW graph, `vectors_<id>_ivf<lists>` reads IVFFlat lists.
     pub fn nearest_plan(&self, query: &[f32], n: usize, filters: &SearchFilters) -> Result<String> {
         let rows = self.run_nearest(
             "explaining a search",
@@ -297,16 +297,22 @@ impl PgSpace {
         params.extend(extra.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)));
         // ef_search bounds what one walk returns (and its recall): the
         // session's, set when the connection opened, unless more
-        // candidates are asked for. One statement, one round trip, then.
-        let ef = session_ef_search(&self.inner.hnsw);
-        let settings = if !exact && n > ef {
-            format!("SET LOCAL hnsw.ef_search = {};", n.min(1000))
-        } else {
-            return self.store().read(what, |c| c.query(&sql, &params));
-        };
+        // candidates are asked for. IVFFlat's probes follow the space's
+        // lists, which grow with it: a session setting, run again only when
+        // they change. One statement, one round trip, then.
+        let probes = if exact { None } else { self.probes()? };
+        let session = probes.map_or(String::new(), |p| format!("SET ivfflat.probes = {p}"));
+        if exact || n <= session_ef_search(&self.inner.hnsw) {
+            return self.store().read(what, |c| {
+                c.settle(&session)?;
+                c.query_prepared(&sql, &params)
+            });
+        }
+        let more = format!("SET LOCAL hnsw.ef_search = {};", n.min(1000));
         self.store().read(what, |c| {
+            c.settle(&session)?;
             let mut tx = c.build_transaction().read_only(true).start()?;
-            tx.batch_execute(&settings)?;
+            tx.batch_execute(&more)?;
             let rows = tx.query(&sql, &params)?;
             tx.commit()?;
             Ok(rows)
@@ -327,9 +333,9 @@ impl PgSpace {
         let keys: Vec<&[u8]> = hashes.iter().map(|h| &h.0[..]).collect();
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&keys];
         params.extend(extra.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)));
-        let rows = self
-            .store()
-            .read("reading the files of hits", |c| c.query(&sql, &params))?;
+        let rows = self.store().read("reading the files of hits", |c| {
+            c.query_prepared(&sql, &params)
+        })?;
         rows.iter()
             .map(|r| {
                 Ok(Holder {
@@ -345,7 +351,7 @@ impl PgSpace {
 impl PgStore {
     /// Runs a read on a healthy standby, else (or when it breaks there) on
     /// the primary.
-    fn read<T>(
+    pub(super) fn read<T>(
         &self,
         what: &'static str,
         mut f: impl FnMut(&mut Conn<'_>) -> std::result::Result<T, postgres::Error>,
@@ -372,9 +378,10 @@ impl PgStore {
 /// Bytes a space's tables take on disk.
 #[derive(Debug, Clone, Copy)]
 pub struct RelationSizes {
-    /// The vector table with its TOAST and unique index, without the HNSW.
+    /// The vector table with its TOAST and unique index, without the
+    /// vector index.
     pub vectors: u64,
-    /// The space's HNSW index.
+    /// The space's vector index (HNSW or IVFFlat).
     pub index: u64,
     /// Every node's file rows and their indexes.
     pub files: u64,
@@ -383,19 +390,21 @@ pub struct RelationSizes {
 impl PgStore {
     pub fn relation_sizes(&self, space: &PgSpace) -> Result<RelationSizes> {
         let mut c = self.inner.primary.get()?;
-        let t = space.table();
         let row = c
             .query_one(
-                &format!(
-                    "SELECT pg_total_relation_size('{t}') - pg_relation_size('{t}_hnsw'),
-                            pg_relation_size('{t}_hnsw'), pg_total_relation_size('files')"
-                ),
-                &[],
+                "SELECT pg_total_relation_size($1::text::regclass),
+                        (SELECT coalesce(sum(pg_relation_size(i.indexrelid)), 0)::bigint
+                         FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
+                         JOIN pg_am a ON a.oid = x.relam
+                         WHERE i.indrelid = $1::text::regclass AND a.amname IN ('hnsw', 'ivfflat')),
+                        pg_total_relation_size('files')",
+                &[&space.table()],
             )
             .map_err(q("reading table sizes"))?;
+        let (total, index): (i64, i64) = (row.get(0), row.get(1));
         Ok(RelationSizes {
-            vectors: row.get::<_, i64>(0) as u64,
-            index: row.get::<_, i64>(1) as u64,
+            vectors: (total - index) as u64,
+            index: index as u64,
             files: row.get::<_, i64>(2) as u64,
         })
     }

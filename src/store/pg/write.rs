@@ -47,6 +47,13 @@ impl PgStore {
             commit_tx(tx, &self.inner.node, space, &spaces, items)
         })?;
         self.counts_changed();
+        // The commit stands whatever happens to the index's upkeep.
+        if let Err(e) = self.tend_index(space) {
+            tracing::warn!(
+                space = space.fingerprint(),
+                "checking a space's vector index: {e}"
+            );
+        }
         Ok(out)
     }
 

@@ -1,0 +1,519 @@
+//! A space's approximate-nearest-neighbour index in pgvector: HNSW (what a
+//! new space gets) or IVFFlat (`[store] vector_index = "ivfflat"`).
+//!
+//! Why IVFFlat: a text query lies off the photos' cloud, and pgvector's
+//! HNSW walk, which descends greedily from one entry point, finds 0.87 of
+//! the exact top 10 at 1M vectors where IVFFlat, which ranks every list's
+//! centre by the query itself and then reads the best lists whole, finds
+//! 0.95 in less time (BENCHMARKS.md). IVFFlat learns its lists from the rows
+//! it is built on, so the daemon builds it once a space holds enough
+//! vectors and rebuilds it each time the space has doubled (pgvector's rule
+//! of thumb: rows / 1000 lists up to 1M rows, √rows beyond). Builds run in
+//! the background with `CREATE INDEX CONCURRENTLY`, so ingest and searches
+//! go on, under an advisory lock, so one node of a library builds; the
+//! index they replace is dropped only once the new one is valid.
+
+use std::time::{Duration, Instant};
+
+use postgres::Client;
+
+use super::super::Result;
+use super::{PgSpace, PgStore, q};
+
+/// The kinds of index a space's vectors can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IndexKind {
+    #[default]
+    Hnsw,
+    IvfFlat,
+}
+
+impl std::str::FromStr for IndexKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "hnsw" => Ok(IndexKind::Hnsw),
+            "ivfflat" => Ok(IndexKind::IvfFlat),
+            other => Err(format!("`{other}`: expected \"hnsw\" or \"ivfflat\"")),
+        }
+    }
+}
+
+/// Vectors a space holds before its first IVFFlat index is built: below
+/// it, searches scan the table exactly (a few milliseconds), and k-means
+/// would have too few rows to place its lists.
+pub const IVF_FIRST: u64 = 10_000;
+
+/// Rows per list, pgvector's rule of thumb up to 1M rows.
+const ROWS_PER_LIST: u64 = 1000;
+
+/// How long what a space's index is may be reused: another node may
+/// rebuild it, and a search that uses stale lists only probes fewer or
+/// more of them than it should, for this long.
+const ANN_TTL: Duration = Duration::from_secs(10);
+
+/// How long after a failed build the next is tried.
+const RETRY: Duration = Duration::from_secs(300);
+
+/// Key class of the advisory lock a build holds, with the space id as the
+/// second key ("ds" "ix").
+pub(super) const BUILD_LOCK: i32 = 0x6473_6978;
+
+/// What a space's table has now (valid indexes only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ann {
+    /// No index: searches scan exactly.
+    None,
+    Hnsw,
+    IvfFlat {
+        lists: usize,
+    },
+}
+
+/// pgvector's rule of thumb for the lists of `rows` vectors.
+pub fn lists_for(rows: u64) -> usize {
+    if rows <= 1_000_000 {
+        (rows / ROWS_PER_LIST).max(1) as usize
+    } else {
+        (rows as f64).sqrt() as usize
+    }
+}
+
+/// Lists a search reads when none are configured: a quarter of √lists
+/// (3 of 100, 8 of 1000), which finds ≥ 0.95 of the exact top 10 for text
+/// queries on the benchmark's 100k and 1M libraries (BENCHMARKS.md).
+pub fn auto_probes(lists: usize) -> usize {
+    ((lists as f64).sqrt() / 4.0).ceil().max(1.0) as usize
+}
+
+/// What should be built for a space that has `ann` and `rows` vectors, for
+/// a node configured with `kind` (`None`: the space keeps its kind).
+pub fn plan(kind: Option<IndexKind>, ann: Ann, rows: u64, first: u64) -> Option<Build> {
+    let want = kind.unwrap_or(match ann {
+        Ann::IvfFlat { .. } => IndexKind::IvfFlat,
+        Ann::None | Ann::Hnsw => IndexKind::Hnsw,
+    });
+    match (want, ann) {
+        (IndexKind::Hnsw, Ann::Hnsw) => None,
+        // A space left without an index (a migration cut short) is the
+        // migration's to finish, unless this node asks for HNSW by name.
+        (IndexKind::Hnsw, Ann::None) if kind.is_none() => None,
+        (IndexKind::Hnsw, _) => Some(Build::Hnsw),
+        (IndexKind::IvfFlat, Ann::IvfFlat { lists }) => {
+            let now = lists_for(rows);
+            (now >= 2 * lists).then_some(Build::IvfFlat { lists: now })
+        }
+        (IndexKind::IvfFlat, _) => (rows >= first).then_some(Build::IvfFlat {
+            lists: lists_for(rows),
+        }),
+    }
+}
+
+/// An index to build (and then the others to drop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    Hnsw,
+    IvfFlat { lists: usize },
+}
+
+/// One index on a space's table, as the catalog has it.
+#[derive(Debug)]
+struct Found {
+    name: String,
+    method: String,
+    valid: bool,
+    lists: Option<usize>,
+}
+
+/// `lists=N` among an index's storage options.
+fn lists_of(options: &[String]) -> Option<usize> {
+    options
+        .iter()
+        .find_map(|o| o.strip_prefix("lists=")?.parse().ok())
+}
+
+/// The pgvector indexes on `table`.
+fn indexes(c: &mut Client, table: &str) -> std::result::Result<Vec<Found>, postgres::Error> {
+    let rows = c.query(
+        "SELECT c.relname::text, a.amname::text, i.indisvalid, coalesce(c.reloptions, '{}')
+         FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+         WHERE i.indrelid = $1::text::regclass AND a.amname IN ('hnsw', 'ivfflat')
+         ORDER BY c.relname",
+        &[&table],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| Found {
+            name: r.get(0),
+            method: r.get(1),
+            valid: r.get(2),
+            lists: lists_of(&r.get::<_, Vec<String>>(3)),
+        })
+        .collect())
+}
+
+/// What the valid indexes of a table make of it. Both kinds (a switch in
+/// progress): the newer, IVFFlat or HNSW, is the one being moved to and is
+/// only valid once built, so HNSW wins only alone.
+fn ann_of(found: &[Found]) -> Ann {
+    let valid = || found.iter().filter(|f| f.valid);
+    if let Some(lists) = valid()
+        .filter(|f| f.method == "ivfflat")
+        .find_map(|f| f.lists)
+    {
+        Ann::IvfFlat { lists }
+    } else if valid().any(|f| f.method == "hnsw") {
+        Ann::Hnsw
+    } else {
+        Ann::None
+    }
+}
+
+impl PgSpace {
+    /// The kind of index this space has now (reused for a few seconds).
+    pub fn ann(&self) -> Result<Ann> {
+        let key = self.id;
+        if let Some((at, ann)) = self.inner.anns.lock_ok().get(&key)
+            && at.elapsed() < ANN_TTL
+        {
+            return Ok(*ann);
+        }
+        let table = self.table();
+        let found = self
+            .store()
+            .read("reading a space's index", |c| indexes(c, &table))?;
+        let ann = ann_of(&found);
+        self.inner.anns.lock_ok().insert(key, (Instant::now(), ann));
+        Ok(ann)
+    }
+
+    /// IVFFlat lists a search reads, when the space has that index.
+    pub(super) fn probes(&self) -> Result<Option<usize>> {
+        Ok(match self.ann()? {
+            Ann::IvfFlat { lists } => Some(
+                self.inner
+                    .ivfflat_probes
+                    .unwrap_or_else(|| auto_probes(lists))
+                    .clamp(1, lists),
+            ),
+            _ => None,
+        })
+    }
+}
+
+impl PgStore {
+    /// Whether this node asks for IVFFlat, which it builds itself once a
+    /// space holds enough vectors (a space without an index is then normal).
+    pub fn builds_ivfflat(&self) -> bool {
+        self.inner.vector_index == Some(IndexKind::IvfFlat)
+    }
+
+    /// Starts building the index `space` should have, in the background,
+    /// when it lacks it: after a commit, and when a space is opened. Cheap
+    /// when there is nothing to do (a cached read and one index probe).
+    pub fn tend_index(&self, space: &PgSpace) -> Result<()> {
+        let inner = &self.inner;
+        let ann = space.ann()?;
+        let settled = match inner.vector_index {
+            None => !matches!(ann, Ann::IvfFlat { .. }),
+            Some(IndexKind::Hnsw) => ann == Ann::Hnsw,
+            Some(IndexKind::IvfFlat) => false,
+        };
+        if settled {
+            return Ok(());
+        }
+        // Ids only grow, so the last one bounds the rows from above and
+        // costs one index probe; counting a large space's rows takes a
+        // while, so it is done only when the bound says a build may be due,
+        // and (when deletes made ids outrun rows) at most once per TTL.
+        if plan(
+            inner.vector_index,
+            ann,
+            space.last_vector_id()?,
+            inner.ivf_first,
+        )
+        .is_none()
+        {
+            return Ok(());
+        }
+        if inner
+            .not_before
+            .lock_ok()
+            .get(&space.id)
+            .is_some_and(|until| Instant::now() < *until)
+        {
+            return Ok(());
+        }
+        if plan(
+            inner.vector_index,
+            ann,
+            space.vector_count()?,
+            inner.ivf_first,
+        )
+        .is_none()
+        {
+            inner
+                .not_before
+                .lock_ok()
+                .insert(space.id, Instant::now() + ANN_TTL);
+            return Ok(());
+        }
+        if !inner.building.lock_ok().insert(space.id) {
+            return Ok(());
+        }
+        let (store, space, id) = (self.clone(), space.clone(), space.id);
+        let spawned = std::thread::Builder::new()
+            .name("pg-index".into())
+            .spawn(move || {
+                let t = Instant::now();
+                match store.build_index(&space) {
+                    Ok(Some(built)) => tracing::info!(
+                        space = %space.fingerprint,
+                        index = ?built,
+                        seconds = t.elapsed().as_secs_f64(),
+                        "built a space's vector index"
+                    ),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(
+                            space = %space.fingerprint,
+                            "building a space's vector index failed (tried again in {} s): {e}",
+                            RETRY.as_secs()
+                        );
+                        let until = Instant::now() + RETRY;
+                        store.inner.not_before.lock_ok().insert(space.id, until);
+                    }
+                }
+                store.inner.building.lock_ok().remove(&space.id);
+            });
+        if spawned.is_err() {
+            inner.building.lock_ok().remove(&id);
+        }
+        Ok(())
+    }
+
+    /// Builds the index `space` should have on its own connection, as its
+    /// rows under the space's build lock say (another node may hold the
+    /// lock, or have built it meanwhile); then drops the space's other
+    /// pgvector indexes. Returns what it built.
+    fn build_index(&self, space: &PgSpace) -> Result<Option<Build>> {
+        let mut c = self.inner.primary.connect_alone()?;
+        let what = "building a space's vector index";
+        let locked: bool = c
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&BUILD_LOCK, &space.id],
+            )
+            .map_err(q(what))?
+            .get(0);
+        if !locked {
+            return Ok(None);
+        }
+        let table = space.table();
+        // Under the lock, what the space has and holds now decides.
+        let found = indexes(&mut c, &table).map_err(q(what))?;
+        let rows: i64 = c
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .map_err(q(what))?
+            .get(0);
+        let Some(build) = plan(
+            self.inner.vector_index,
+            ann_of(&found),
+            rows as u64,
+            self.inner.ivf_first,
+        ) else {
+            return Ok(None);
+        };
+        // A concurrent build cut short leaves an invalid index behind.
+        for f in found.iter().filter(|f| !f.valid) {
+            drop_concurrently(&mut c, &f.name)?;
+        }
+        let name = match build {
+            Build::Hnsw => format!("{table}_hnsw"),
+            Build::IvfFlat { lists } => format!("{table}_ivf{lists}"),
+        };
+        let (settings, method) = match build {
+            Build::Hnsw => (String::new(), self.hnsw_method()),
+            Build::IvfFlat { lists } => (
+                // k-means holds 50 sample rows per list in memory, and
+                // pgvector refuses to start without room for them.
+                format!(
+                    "SET maintenance_work_mem = '{}MB';",
+                    ((lists as u64 * 50 * (space.dim as u64 * 4 + 64) * 2) >> 20).max(64) + 64
+                ),
+                format!("ivfflat (embedding vector_cosine_ops) WITH (lists = {lists})"),
+            ),
+        };
+        // Separate statements: several in one message run as one
+        // transaction, where CONCURRENTLY is refused.
+        if !settings.is_empty() {
+            c.batch_execute(&settings).map_err(q(what))?;
+        }
+        c.batch_execute(&format!(
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} USING {method}"
+        ))
+        .map_err(q(what))?;
+        for f in found.iter().filter(|f| f.valid && f.name != name) {
+            drop_concurrently(&mut c, &f.name)?;
+        }
+        self.inner.anns.lock_ok().remove(&space.id);
+        Ok(Some(build))
+    }
+
+    /// The `USING` part of a space's HNSW index: cosine distance, as the
+    /// search layer scores, so the walk ranks candidates as the exact
+    /// rescoring does. pgvector takes m in 2..=100 and ef_construction in
+    /// 2m..=1000.
+    pub(super) fn hnsw_method(&self) -> String {
+        let m = self.inner.hnsw.max_nb_connection.clamp(2, 100);
+        let ef_construction = self.inner.hnsw.ef_construction.clamp(2 * m, 1000);
+        format!(
+            "hnsw (embedding vector_cosine_ops) WITH (m = {m}, ef_construction = {ef_construction})"
+        )
+    }
+
+    /// The name and statement of `space`'s index for a bulk load (`dualsight
+    /// migrate`): this node's kind, IVFFlat sized to the rows the table
+    /// holds. `None` for IVFFlat below [`PgOptions::ivf_first`] rows: the
+    /// daemon builds it once the space has filled.
+    ///
+    /// [`PgOptions::ivf_first`]: super::PgOptions::ivf_first
+    pub(super) fn bulk_index_sql(&self, space: &PgSpace, rows: u64) -> Option<(String, String)> {
+        let table = space.table();
+        let kind = self.inner.vector_index.unwrap_or_default();
+        let (name, method) = match plan(Some(kind), Ann::None, rows, self.inner.ivf_first)? {
+            Build::IvfFlat { lists } => (
+                format!("{table}_ivf{lists}"),
+                format!("ivfflat (embedding vector_cosine_ops) WITH (lists = {lists})"),
+            ),
+            Build::Hnsw => (format!("{table}_hnsw"), self.hnsw_method()),
+        };
+        let sql = format!("CREATE INDEX IF NOT EXISTS {name} ON {table} USING {method}");
+        Some((name, sql))
+    }
+
+    /// The pgvector indexes of `space` (valid or not), by name.
+    pub fn vector_indexes(&self, space: &PgSpace) -> Result<Vec<String>> {
+        let mut c = self.inner.primary.get()?;
+        let found = indexes(&mut c, &space.table()).map_err(q("reading a space's indexes"))?;
+        Ok(found.into_iter().map(|f| f.name).collect())
+    }
+
+    /// Drops every pgvector index of `space` (before a bulk load).
+    pub(super) fn drop_vector_indexes(&self, space: &PgSpace) -> Result<()> {
+        self.drop_vector_indexes_but(space, "")
+    }
+
+    /// Drops the pgvector indexes of `space` but `keep` (after a bulk
+    /// build: those a daemon built while the rows arrived).
+    pub(super) fn drop_vector_indexes_but(&self, space: &PgSpace, keep: &str) -> Result<()> {
+        let mut c = self.inner.primary.get()?;
+        let found = indexes(&mut c, &space.table()).map_err(q("reading a space's indexes"))?;
+        for f in found.iter().filter(|f| f.name != keep) {
+            c.batch_execute(&format!("DROP INDEX IF EXISTS {}", f.name))
+                .map_err(q("dropping a space's index"))?;
+        }
+        self.inner.anns.lock_ok().remove(&space.id);
+        Ok(())
+    }
+}
+
+fn drop_concurrently(c: &mut Client, name: &str) -> Result<()> {
+    c.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+        .map_err(q("dropping a space's old vector index"))
+}
+
+/// A poisoned lock's data is still whole here (maps of plain values).
+pub(super) trait LockOk<T> {
+    fn lock_ok(&self) -> std::sync::MutexGuard<'_, T>;
+}
+
+impl<T> LockOk<T> for std::sync::Mutex<T> {
+    fn lock_ok(&self) -> std::sync::MutexGuard<'_, T> {
+        self.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_follow_pgvectors_rule_of_thumb() {
+        assert_eq!(lists_for(0), 1);
+        assert_eq!(lists_for(10_000), 10);
+        assert_eq!(lists_for(1_000_000), 1000);
+        assert_eq!(lists_for(4_000_000), 2000);
+        assert_eq!(auto_probes(1), 1);
+        assert_eq!(auto_probes(100), 3);
+        assert_eq!(auto_probes(1000), 8);
+    }
+
+    #[test]
+    fn a_space_is_built_once_full_and_rebuilt_when_it_has_doubled() {
+        let ivf = Some(IndexKind::IvfFlat);
+        assert_eq!(plan(ivf, Ann::None, 9_999, IVF_FIRST), None);
+        assert_eq!(
+            plan(ivf, Ann::None, 10_000, IVF_FIRST),
+            Some(Build::IvfFlat { lists: 10 })
+        );
+        // Switching from HNSW waits for as many rows as a first build.
+        assert_eq!(plan(ivf, Ann::Hnsw, 500, IVF_FIRST), None);
+        assert_eq!(
+            plan(ivf, Ann::Hnsw, 50_000, IVF_FIRST),
+            Some(Build::IvfFlat { lists: 50 })
+        );
+        let built = Ann::IvfFlat { lists: 10 };
+        assert_eq!(plan(ivf, built, 19_999, IVF_FIRST), None);
+        assert_eq!(
+            plan(ivf, built, 20_000, IVF_FIRST),
+            Some(Build::IvfFlat { lists: 20 })
+        );
+        // A node configured with nothing keeps the space's kind.
+        assert_eq!(
+            plan(None, built, 20_000, IVF_FIRST),
+            Some(Build::IvfFlat { lists: 20 })
+        );
+        assert_eq!(plan(None, Ann::Hnsw, 1 << 30, IVF_FIRST), None);
+        assert_eq!(plan(None, Ann::None, 1 << 30, IVF_FIRST), None);
+        // HNSW by name replaces IVFFlat or fills a space without an index.
+        let hnsw = Some(IndexKind::Hnsw);
+        assert_eq!(plan(hnsw, built, 10, IVF_FIRST), Some(Build::Hnsw));
+        assert_eq!(plan(hnsw, Ann::None, 10, IVF_FIRST), Some(Build::Hnsw));
+        assert_eq!(plan(hnsw, Ann::Hnsw, 10, IVF_FIRST), None);
+    }
+
+    #[test]
+    fn the_valid_index_decides_and_lists_come_from_its_options() {
+        let f = |name: &str, method: &str, valid: bool, lists: Option<usize>| Found {
+            name: name.into(),
+            method: method.into(),
+            valid,
+            lists,
+        };
+        assert_eq!(ann_of(&[]), Ann::None);
+        assert_eq!(ann_of(&[f("v_hnsw", "hnsw", true, None)]), Ann::Hnsw);
+        assert_eq!(
+            ann_of(&[
+                f("v_hnsw", "hnsw", true, None),
+                f("v_ivf20", "ivfflat", false, Some(20))
+            ]),
+            Ann::Hnsw
+        );
+        assert_eq!(
+            ann_of(&[
+                f("v_hnsw", "hnsw", true, None),
+                f("v_ivf20", "ivfflat", true, Some(20))
+            ]),
+            Ann::IvfFlat { lists: 20 }
+        );
+        assert_eq!(
+            lists_of(&["fillfactor=90".into(), "lists=1000".into()]),
+            Some(1000)
+        );
+        assert_eq!(lists_of(&["lists=x".into()]), None);
+        assert_eq!("ivfflat".parse(), Ok(IndexKind::IvfFlat));
+        assert!("ivf".parse::<IndexKind>().unwrap_err().contains("\"hnsw\""));
+    }
+}
