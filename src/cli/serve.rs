@@ -81,7 +81,7 @@ pub struct ServeArgs {
     #[arg(long = "database-read-url", value_name = "URL")]
     pub database_read_urls: Vec<String>,
     /// Each space's pgvector index: hnsw or ivfflat (built once a space
-    /// holds 10,000 vectors, rebuilt as it doubles).
+    /// holds 10,000 vectors, rebuilt as it grows).
     #[arg(long, value_name = "KIND")]
     pub vector_index: Option<String>,
     /// This daemon's name in a shared library (default: the host name).

@@ -84,6 +84,10 @@ impl Engine {
             source,
         })?;
         if let (Space::Postgres(s), Store::Postgres(pg)) = (&space, &store) {
+            // The space serves whatever happens to its index's upkeep.
+            if let Err(e) = off_runtime(|| pg.tend_index(s)) {
+                tracing::warn!(table = s.table(), "checking the space's vector index: {e}");
+            }
             if !off_runtime(|| pg.has_search_index(s))? {
                 if pg.builds_ivfflat() {
                     tracing::info!(

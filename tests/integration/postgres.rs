@@ -369,6 +369,36 @@ async fn a_sled_store_moves_into_postgres_with_equal_counts_and_results() {
     );
     assert_eq!(options, "m=12,ef_construction=50");
 
+    // One asking for IVFFlat builds none for five vectors (too few to place
+    // lists), says so, and leaves the space to the daemon.
+    pg.create_db("lists");
+    let cfg = d.data.join("ivf.toml");
+    std::fs::write(
+        &cfg,
+        "[store]\nbackend = \"postgres\"\nvector_index = \"ivfflat\"\n",
+    )
+    .unwrap();
+    let out = run_ok(
+        dualsight()
+            .arg("migrate")
+            .arg("--from")
+            .arg(&d.data)
+            .args(["--to", &pg.url("lists"), "--node", "home", "--config"])
+            .arg(&cfg),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no IVFFlat index") && err.contains("10000"),
+        "{err}"
+    );
+    assert_eq!(
+        pg.psql(
+            "lists",
+            "SELECT count(*) FROM pg_indexes WHERE indexdef ~ 'USING (hnsw|ivfflat)'"
+        ),
+        "0"
+    );
+
     // A bad target is named, with its password hidden.
     let err = run_err(
         dualsight()
@@ -840,10 +870,14 @@ fn ivfflat_indexes_are_built_as_a_space_fills_and_rebuilt_as_it_doubles() {
     finds_its_own(&space, 4000);
     drop(plain);
 
-    // HNSW by name switches it back when the space is opened.
+    // HNSW by name switches it back when the daemon opens the space.
     let hnsw = Store::open_postgres(&options(Some(IndexKind::Hnsw))).unwrap();
     let space = hnsw.space("fp", 16).unwrap();
     let pg_hnsw = hnsw.as_postgres().unwrap().clone();
+    let Space::Postgres(s) = &space else {
+        unreachable!()
+    };
+    pg_hnsw.tend_index(s).unwrap();
     wait_for_indexes(&pg_hnsw, &space, &["vectors_1_hnsw"]);
     finds_its_own(&space, 4000);
 }

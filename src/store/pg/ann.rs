@@ -3,15 +3,17 @@
 //!
 //! Why IVFFlat: a text query lies off the photos' cloud, and pgvector's
 //! HNSW walk, which descends greedily from one entry point, finds 0.87 of
-//! the exact top 10 at 1M vectors where IVFFlat, which ranks every list's
-//! centre by the query itself and then reads the best lists whole, finds
-//! 0.95 in less time (BENCHMARKS.md). IVFFlat learns its lists from the rows
-//! it is built on, so the daemon builds it once a space holds enough
-//! vectors and rebuilds it each time the space has doubled (pgvector's rule
-//! of thumb: rows / 1000 lists up to 1M rows, √rows beyond). Builds run in
-//! the background with `CREATE INDEX CONCURRENTLY`, so ingest and searches
-//! go on, under an advisory lock, so one node of a library builds; the
-//! index they replace is dropped only once the new one is valid.
+//! the exact top 10 at 1M vectors, and 0.96 only at several times the
+//! latency; IVFFlat, which ranks every list's centre by the query itself
+//! and then reads the best lists whole, finds 0.95 in about a third of that
+//! time (BENCHMARKS.md). IVFFlat learns its lists from the rows it is built
+//! on, so the daemon builds it once a space holds enough vectors and
+//! rebuilds it each time the space calls for twice the lists (pgvector's
+//! rule of thumb: rows / 1000 lists up to 1M rows, √rows beyond). Builds
+//! run in the background with `CREATE INDEX CONCURRENTLY`, so ingest and
+//! searches go on, under an advisory lock, so that one node of a library
+//! builds; the index they replace is dropped only once the new one is
+//! valid.
 
 use std::time::{Duration, Instant};
 
@@ -57,7 +59,7 @@ const RETRY: Duration = Duration::from_secs(300);
 
 /// Key class of the advisory lock a build holds, with the space id as the
 /// second key ("ds" "ix").
-pub(super) const BUILD_LOCK: i32 = 0x6473_6978;
+const BUILD_LOCK: i32 = 0x6473_6978;
 
 /// What a space's table has now (valid indexes only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,11 +81,12 @@ pub fn lists_for(rows: u64) -> usize {
     }
 }
 
-/// Lists a search reads when none are configured: a quarter of √lists
-/// (3 of 100, 8 of 1000), which finds ≥ 0.95 of the exact top 10 for text
-/// queries on the benchmark's 100k and 1M libraries (BENCHMARKS.md).
+/// Lists a search reads when none are configured: √lists / 2.5 (4 of 100,
+/// 13 of 1000), the fewest that found ≥ 0.95 of the exact top 10 for text
+/// queries on the benchmark's 100k and 1M libraries whatever lists k-means
+/// drew (BENCHMARKS.md); pgvector suggests √lists as a start.
 pub fn auto_probes(lists: usize) -> usize {
-    ((lists as f64).sqrt() / 4.0).ceil().max(1.0) as usize
+    ((lists as f64).sqrt() / 2.5).ceil().max(1.0) as usize
 }
 
 /// What should be built for a space that has `ann` and `rows` vectors, for
@@ -116,6 +119,16 @@ pub enum Build {
     IvfFlat { lists: usize },
 }
 
+/// What a background build came to.
+#[derive(Debug)]
+enum Outcome {
+    Built(Build),
+    /// The rows under the lock call for nothing.
+    NotDue,
+    /// Another node (or `dualsight migrate`) holds the space's build lock.
+    Busy,
+}
+
 /// One index on a space's table, as the catalog has it.
 #[derive(Debug)]
 struct Found {
@@ -135,7 +148,7 @@ fn lists_of(options: &[String]) -> Option<usize> {
 /// The pgvector indexes on `table`.
 fn indexes(c: &mut Client, table: &str) -> std::result::Result<Vec<Found>, postgres::Error> {
     let rows = c.query(
-        "SELECT c.relname::text, a.amname::text, i.indisvalid, coalesce(c.reloptions, '{}')
+        "SELECT c.oid::regclass::text, a.amname::text, i.indisvalid, coalesce(c.reloptions, '{}')
          FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
          WHERE i.indrelid = $1::text::regclass AND a.amname IN ('hnsw', 'ivfflat')
          ORDER BY c.relname",
@@ -147,19 +160,21 @@ fn indexes(c: &mut Client, table: &str) -> std::result::Result<Vec<Found>, postg
             name: r.get(0),
             method: r.get(1),
             valid: r.get(2),
-            lists: lists_of(&r.get::<_, Vec<String>>(3)),
+            // pgvector's own default when the index names none.
+            lists: Some(lists_of(&r.get::<_, Vec<String>>(3)).unwrap_or(100)),
         })
         .collect())
 }
 
-/// What the valid indexes of a table make of it. Both kinds (a switch in
-/// progress): the newer, IVFFlat or HNSW, is the one being moved to and is
-/// only valid once built, so HNSW wins only alone.
+/// What the valid indexes of a table make of it: IVFFlat whenever one is
+/// valid (the most lists when a rebuild has not dropped the old one yet),
+/// else HNSW, else none.
 fn ann_of(found: &[Found]) -> Ann {
     let valid = || found.iter().filter(|f| f.valid);
     if let Some(lists) = valid()
         .filter(|f| f.method == "ivfflat")
-        .find_map(|f| f.lists)
+        .filter_map(|f| f.lists)
+        .max()
     {
         Ann::IvfFlat { lists }
     } else if valid().any(|f| f.method == "hnsw") {
@@ -209,8 +224,9 @@ impl PgStore {
     }
 
     /// Starts building the index `space` should have, in the background,
-    /// when it lacks it: after a commit, and when a space is opened. Cheap
-    /// when there is nothing to do (a cached read and one index probe).
+    /// when it lacks it: after a commit, and when the daemon opens its
+    /// space. Cheap when there is nothing to do (a cached read and one
+    /// index probe).
     pub fn tend_index(&self, space: &PgSpace) -> Result<()> {
         let inner = &self.inner;
         let ann = space.ann()?;
@@ -219,21 +235,16 @@ impl PgStore {
             Some(IndexKind::Hnsw) => ann == Ann::Hnsw,
             Some(IndexKind::IvfFlat) => false,
         };
-        if settled {
+        if settled || inner.building.lock_ok().contains(&space.id) {
             return Ok(());
         }
         // Ids only grow, so the last one bounds the rows from above and
         // costs one index probe; counting a large space's rows takes a
         // while, so it is done only when the bound says a build may be due,
-        // and (when deletes made ids outrun rows) at most once per TTL.
-        if plan(
-            inner.vector_index,
-            ann,
-            space.last_vector_id()?,
-            inner.ivf_first,
-        )
-        .is_none()
-        {
+        // and (when deletes made ids outrun rows, or another node holds
+        // the build) at most once per TTL.
+        let due = |rows| plan(inner.vector_index, ann, rows, inner.ivf_first).is_some();
+        if !due(space.last_vector_id()?) {
             return Ok(());
         }
         if inner
@@ -244,18 +255,8 @@ impl PgStore {
         {
             return Ok(());
         }
-        if plan(
-            inner.vector_index,
-            ann,
-            space.vector_count()?,
-            inner.ivf_first,
-        )
-        .is_none()
-        {
-            inner
-                .not_before
-                .lock_ok()
-                .insert(space.id, Instant::now() + ANN_TTL);
+        if !due(space.vector_count()?) {
+            self.later(space.id, ANN_TTL);
             return Ok(());
         }
         if !inner.building.lock_ok().insert(space.id) {
@@ -265,23 +266,31 @@ impl PgStore {
         let spawned = std::thread::Builder::new()
             .name("pg-index".into())
             .spawn(move || {
-                let t = Instant::now();
-                match store.build_index(&space) {
-                    Ok(Some(built)) => tracing::info!(
-                        space = %space.fingerprint,
-                        index = ?built,
-                        seconds = t.elapsed().as_secs_f64(),
-                        "built a space's vector index"
-                    ),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(
+                // Rows that arrived during a build may call for the next.
+                loop {
+                    let t = Instant::now();
+                    match store.build_index(&space) {
+                        Ok(Outcome::Built(built)) => tracing::info!(
                             space = %space.fingerprint,
-                            "building a space's vector index failed (tried again in {} s): {e}",
-                            RETRY.as_secs()
-                        );
-                        let until = Instant::now() + RETRY;
-                        store.inner.not_before.lock_ok().insert(space.id, until);
+                            index = ?built,
+                            seconds = t.elapsed().as_secs_f64(),
+                            "built a space's vector index"
+                        ),
+                        Ok(Outcome::NotDue) => break,
+                        // Looked at again once that node is likely done.
+                        Ok(Outcome::Busy) => {
+                            store.later(space.id, ANN_TTL);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                space = %space.fingerprint,
+                                "building a space's vector index failed (tried again in {} s): {e}",
+                                RETRY.as_secs()
+                            );
+                            store.later(space.id, RETRY);
+                            break;
+                        }
                     }
                 }
                 store.inner.building.lock_ok().remove(&space.id);
@@ -292,22 +301,21 @@ impl PgStore {
         Ok(())
     }
 
+    /// No row count for `space`'s index for `wait`.
+    fn later(&self, space: i32, wait: Duration) {
+        let until = Instant::now() + wait;
+        self.inner.not_before.lock_ok().insert(space, until);
+    }
+
     /// Builds the index `space` should have on its own connection, as its
     /// rows under the space's build lock say (another node may hold the
     /// lock, or have built it meanwhile); then drops the space's other
-    /// pgvector indexes. Returns what it built.
-    fn build_index(&self, space: &PgSpace) -> Result<Option<Build>> {
+    /// pgvector indexes.
+    fn build_index(&self, space: &PgSpace) -> Result<Outcome> {
         let mut c = self.inner.primary.connect_alone()?;
         let what = "building a space's vector index";
-        let locked: bool = c
-            .query_one(
-                "SELECT pg_try_advisory_lock($1, $2)",
-                &[&BUILD_LOCK, &space.id],
-            )
-            .map_err(q(what))?
-            .get(0);
-        if !locked {
-            return Ok(None);
+        if !try_build_lock(&mut c, space.id)? {
+            return Ok(Outcome::Busy);
         }
         let table = space.table();
         // Under the lock, what the space has and holds now decides.
@@ -322,33 +330,26 @@ impl PgStore {
             rows as u64,
             self.inner.ivf_first,
         ) else {
-            return Ok(None);
+            return Ok(Outcome::NotDue);
         };
-        // A concurrent build cut short leaves an invalid index behind.
+        // A build cut short leaves an invalid index behind.
         for f in found.iter().filter(|f| !f.valid) {
             drop_concurrently(&mut c, &f.name)?;
         }
-        let name = match build {
-            Build::Hnsw => format!("{table}_hnsw"),
-            Build::IvfFlat { lists } => format!("{table}_ivf{lists}"),
-        };
-        let (settings, method) = match build {
-            Build::Hnsw => (String::new(), self.hnsw_method()),
-            Build::IvfFlat { lists } => (
-                // k-means holds 50 sample rows per list in memory, and
-                // pgvector refuses to start without room for them.
-                format!(
-                    "SET maintenance_work_mem = '{}MB';",
-                    ((lists as u64 * 50 * (space.dim as u64 * 4 + 64) * 2) >> 20).max(64) + 64
-                ),
-                format!("ivfflat (embedding vector_cosine_ops) WITH (lists = {lists})"),
-            ),
-        };
+        let (name, method) = self.index_for(space, build);
+        let memory = build_memory(
+            build,
+            rows as u64,
+            space.dim,
+            self.inner.hnsw.max_nb_connection,
+        );
         // Separate statements: several in one message run as one
-        // transaction, where CONCURRENTLY is refused.
-        if !settings.is_empty() {
-            c.batch_execute(&settings).map_err(q(what))?;
-        }
+        // transaction, where CONCURRENTLY is refused. No statement timeout
+        // a role may set: a build cut off would be redone in full.
+        c.batch_execute(&format!("SET maintenance_work_mem = '{memory}'"))
+            .map_err(q(what))?;
+        c.batch_execute("SET statement_timeout = 0")
+            .map_err(q(what))?;
         c.batch_execute(&format!(
             "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} USING {method}"
         ))
@@ -357,7 +358,19 @@ impl PgStore {
             drop_concurrently(&mut c, &f.name)?;
         }
         self.inner.anns.lock_ok().remove(&space.id);
-        Ok(Some(build))
+        Ok(Outcome::Built(build))
+    }
+
+    /// The name and `USING` part of the index `build` makes on `space`.
+    pub(super) fn index_for(&self, space: &PgSpace, build: Build) -> (String, String) {
+        let table = space.table();
+        match build {
+            Build::IvfFlat { lists } => (
+                format!("{table}_ivf{lists}"),
+                format!("ivfflat (embedding vector_cosine_ops) WITH (lists = {lists})"),
+            ),
+            Build::Hnsw => (format!("{table}_hnsw"), self.hnsw_method()),
+        }
     }
 
     /// The `USING` part of a space's HNSW index: cosine distance, as the
@@ -372,50 +385,91 @@ impl PgStore {
         )
     }
 
-    /// The name and statement of `space`'s index for a bulk load (`dualsight
-    /// migrate`): this node's kind, IVFFlat sized to the rows the table
-    /// holds. `None` for IVFFlat below [`PgOptions::ivf_first`] rows: the
-    /// daemon builds it once the space has filled.
+    /// The index for a bulk load into `space` (`dualsight migrate`): this
+    /// node's kind, IVFFlat sized to the rows the table holds. `None` for
+    /// IVFFlat below [`PgOptions::ivf_first`] rows: the daemon builds it
+    /// once the space has filled.
     ///
     /// [`PgOptions::ivf_first`]: super::PgOptions::ivf_first
-    pub(super) fn bulk_index_sql(&self, space: &PgSpace, rows: u64) -> Option<(String, String)> {
-        let table = space.table();
+    pub(super) fn bulk_build(&self, rows: u64) -> Option<Build> {
         let kind = self.inner.vector_index.unwrap_or_default();
-        let (name, method) = match plan(Some(kind), Ann::None, rows, self.inner.ivf_first)? {
-            Build::IvfFlat { lists } => (
-                format!("{table}_ivf{lists}"),
-                format!("ivfflat (embedding vector_cosine_ops) WITH (lists = {lists})"),
-            ),
-            Build::Hnsw => (format!("{table}_hnsw"), self.hnsw_method()),
-        };
-        let sql = format!("CREATE INDEX IF NOT EXISTS {name} ON {table} USING {method}");
-        Some((name, sql))
+        plan(Some(kind), Ann::None, rows, self.inner.ivf_first)
     }
 
-    /// The pgvector indexes of `space` (valid or not), by name.
+    /// The valid pgvector indexes of `space`, by name (one, unless a
+    /// build is replacing another).
     pub fn vector_indexes(&self, space: &PgSpace) -> Result<Vec<String>> {
         let mut c = self.inner.primary.get()?;
         let found = indexes(&mut c, &space.table()).map_err(q("reading a space's indexes"))?;
-        Ok(found.into_iter().map(|f| f.name).collect())
+        Ok(found
+            .into_iter()
+            .filter(|f| f.valid)
+            .map(|f| f.name)
+            .collect())
     }
 
     /// Drops every pgvector index of `space` (before a bulk load).
     pub(super) fn drop_vector_indexes(&self, space: &PgSpace) -> Result<()> {
-        self.drop_vector_indexes_but(space, "")
+        self.drop_indexes(space, |_| true)
     }
 
     /// Drops the pgvector indexes of `space` but `keep` (after a bulk
     /// build: those a daemon built while the rows arrived).
     pub(super) fn drop_vector_indexes_but(&self, space: &PgSpace, keep: &str) -> Result<()> {
+        self.drop_indexes(space, |f| f.name != keep)
+    }
+
+    /// Drops the pgvector indexes of `space` that are (or are not) valid.
+    pub(super) fn drop_vector_indexes_where(&self, space: &PgSpace, valid: bool) -> Result<()> {
+        self.drop_indexes(space, |f| f.valid == valid)
+    }
+
+    fn drop_indexes(&self, space: &PgSpace, drop: impl Fn(&Found) -> bool) -> Result<()> {
         let mut c = self.inner.primary.get()?;
         let found = indexes(&mut c, &space.table()).map_err(q("reading a space's indexes"))?;
-        for f in found.iter().filter(|f| f.name != keep) {
+        for f in found.iter().filter(|f| drop(f)) {
             c.batch_execute(&format!("DROP INDEX IF EXISTS {}", f.name))
                 .map_err(q("dropping a space's index"))?;
         }
         self.inner.anns.lock_ok().remove(&space.id);
         Ok(())
     }
+}
+
+/// Takes the space's build lock (session-level) if no one holds it. Never
+/// waits inside a statement: a waiting statement holds a snapshot, which a
+/// concurrent build in the holder's session waits for in turn.
+pub(super) fn try_build_lock(c: &mut Client, space: i32) -> Result<bool> {
+    Ok(c.query_one(
+        "SELECT pg_try_advisory_lock($1, $2)",
+        &[&BUILD_LOCK, &space],
+    )
+    .map_err(q("taking a space's index build lock"))?
+    .get(0))
+}
+
+pub(super) fn release_build_lock(c: &mut Client, space: i32) -> Result<()> {
+    c.query_one("SELECT pg_advisory_unlock($1, $2)", &[&BUILD_LOCK, &space])
+        .map_err(q("releasing a space's index build lock"))?;
+    Ok(())
+}
+
+/// `maintenance_work_mem` for a build: IVFFlat's k-means holds 50 sample
+/// rows per list (pgvector refuses to start without room for them); HNSW
+/// builds fastest with the whole graph in memory (the vector, 2m base-layer
+/// links, tuple overhead), capped so that a background build cannot take
+/// the server's memory.
+pub(super) fn build_memory(build: Build, rows: u64, dim: usize, m: usize) -> String {
+    let mb = match build {
+        Build::IvfFlat { lists } => {
+            ((lists as u64 * 50 * (dim as u64 * 4 + 64) * 2) >> 20).max(64) + 64
+        }
+        Build::Hnsw => {
+            let per_vector = dim as u64 * 4 + 2 * m as u64 * 8 + 256;
+            ((rows * per_vector * 11 / 10) >> 20).clamp(64, 4096)
+        }
+    };
+    format!("{mb}MB")
 }
 
 fn drop_concurrently(c: &mut Client, name: &str) -> Result<()> {
@@ -446,8 +500,8 @@ mod tests {
         assert_eq!(lists_for(1_000_000), 1000);
         assert_eq!(lists_for(4_000_000), 2000);
         assert_eq!(auto_probes(1), 1);
-        assert_eq!(auto_probes(100), 3);
-        assert_eq!(auto_probes(1000), 8);
+        assert_eq!(auto_probes(100), 4);
+        assert_eq!(auto_probes(1000), 13);
     }
 
     #[test]

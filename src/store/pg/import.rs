@@ -13,11 +13,15 @@ use std::time::Duration;
 use pgvector::Vector;
 
 use super::super::{ContentHash, FailureRecord, FileRecord, Result};
-use super::ann::BUILD_LOCK;
+use super::ann::{release_build_lock, try_build_lock};
 use super::{PgSpace, PgStore, q};
 
 /// How often a build's progress is read from `pg_stat_progress_create_index`.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// How often a bulk build looks again for a daemon's build of the space to
+/// end.
+const LOCK_POLL: Duration = Duration::from_secs(1);
 
 impl PgStore {
     /// Whether the space has a vector index (a migrate cut short between
@@ -47,16 +51,26 @@ impl PgStore {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<bool> {
         let rows = space.vector_count()?;
-        let Some((name, sql)) = self.bulk_index_sql(space, rows) else {
+        let Some(build) = self.bulk_build(rows) else {
             return Ok(false);
         };
+        let (name, method) = self.index_for(space, build);
+        let table = space.table();
         let mut c = self.inner.primary.get()?;
+        // A daemon's background build of this space finishes first; then
+        // this one finds its index (if it is the same) built.
+        while !try_build_lock(&mut c, space.id)? {
+            std::thread::sleep(LOCK_POLL);
+        }
+        // A build cut short leaves an invalid index, which `IF NOT EXISTS`
+        // would take for built.
+        self.drop_vector_indexes_where(space, false)?;
         let pid: i32 = c
             .query_one("SELECT pg_backend_pid()", &[])
             .map_err(q("building a space's index"))?
             .get(0);
         let done = AtomicBool::new(false);
-        std::thread::scope(|scope| {
+        let built = std::thread::scope(|scope| {
             scope.spawn(|| self.watch_build(pid, &done, progress));
             // SET LOCAL: the pooled connection goes back with its defaults.
             let built = c
@@ -65,23 +79,19 @@ impl PgStore {
                     let workers = workers.map_or(String::new(), |n| {
                         format!("SET LOCAL max_parallel_maintenance_workers = {n};")
                     });
-                    // A daemon's background build of this space waits, or
-                    // is waited for (then this one finds it built).
-                    tx.execute(
-                        "SELECT pg_advisory_xact_lock($1, $2)",
-                        &[&BUILD_LOCK, &space.id],
-                    )?;
                     tx.batch_execute(&format!(
-                        "SET LOCAL maintenance_work_mem = '{}'; {workers} {}",
+                        "SET LOCAL maintenance_work_mem = '{}'; {workers}
+                         CREATE INDEX IF NOT EXISTS {name} ON {table} USING {method}",
                         memory.replace('\'', ""),
-                        sql
                     ))?;
                     tx.commit()
                 })
                 .map_err(q("building a space's index"));
             done.store(true, Ordering::Release);
             built
-        })?;
+        });
+        release_build_lock(&mut c, space.id)?;
+        built?;
         self.counts_changed();
         self.drop_vector_indexes_but(space, &name)?;
         Ok(true)

@@ -193,9 +193,12 @@ impl PgStore {
         check_node(&options.node)?;
         // Searches run as single statements: the walk's settings are the
         // sessions' (a search needing more sets them for its transaction).
+        // Custom plans always: a search's statements are prepared once per
+        // connection, and a generic plan, blind to the LIMIT and the
+        // filter's values, could pass the vector index over.
         let init = format!(
             "SET hnsw.iterative_scan = relaxed_order; SET ivfflat.iterative_scan = relaxed_order;
-             SET hnsw.ef_search = {}",
+             SET plan_cache_mode = force_custom_plan; SET hnsw.ef_search = {}",
             read::session_ef_search(&options.hnsw)
         );
         let primary = pool::Pool::new(&options.url, &init)?;
@@ -263,18 +266,8 @@ impl PgStore {
     // ---- spaces -------------------------------------------------------------
 
     /// Opens a model's space, creating it (table, and an HNSW index unless
-    /// this node asks for IVFFlat) when new, and starts building the index
-    /// it should have when it lacks it ([`PgStore::tend_index`]).
+    /// this node asks for IVFFlat) when new.
     pub fn space(&self, fingerprint: &str, dim: usize) -> Result<PgSpace> {
-        let space = self.open_space(fingerprint, dim)?;
-        // The space serves whatever happens to its index's upkeep.
-        if let Err(e) = self.tend_index(&space) {
-            tracing::warn!(space = fingerprint, "checking a space's vector index: {e}");
-        }
-        Ok(space)
-    }
-
-    fn open_space(&self, fingerprint: &str, dim: usize) -> Result<PgSpace> {
         super::check_space_args(fingerprint, dim)?;
         let mut c = self.inner.primary.get()?;
         let mut tx = c.transaction().map_err(q("creating a space"))?;

@@ -200,7 +200,13 @@ impl Conn<'_> {
                 st
             }
         };
-        s.client.query(&statement, params)
+        let rows = s.client.query(&statement, params);
+        if rows.is_err() {
+            // Prepared again next time: the error may be the statement's (a
+            // table dropped under it).
+            s.statements.remove(sql);
+        }
+        rows
     }
 }
 

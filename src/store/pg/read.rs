@@ -301,16 +301,20 @@ impl PgSpace {
         // lists, which grow with it: a session setting, run again only when
         // they change. One statement, one round trip, then.
         let probes = if exact { None } else { self.probes()? };
-        let session = probes.map_or(String::new(), |p| format!("SET ivfflat.probes = {p}"));
+        let session = probes.map(|p| format!("SET ivfflat.probes = {p}"));
+        let settle = |c: &mut Conn<'_>| match &session {
+            Some(s) => c.settle(s),
+            None => Ok(()),
+        };
         if exact || n <= session_ef_search(&self.inner.hnsw) {
             return self.store().read(what, |c| {
-                c.settle(&session)?;
+                settle(c)?;
                 c.query_prepared(&sql, &params)
             });
         }
         let more = format!("SET LOCAL hnsw.ef_search = {};", n.min(1000));
         self.store().read(what, |c| {
-            c.settle(&session)?;
+            settle(c)?;
             let mut tx = c.build_transaction().read_only(true).start()?;
             tx.batch_execute(&more)?;
             let rows = tx.query(&sql, &params)?;

@@ -42,10 +42,12 @@ impl PgStore {
             return Ok(CommitOutcome::default());
         }
         let spaces = self.all_spaces()?;
-        let _writer = self.lock_writer();
-        let out = self.transact("committing files", |tx| {
-            commit_tx(tx, &self.inner.node, space, &spaces, items)
-        })?;
+        let out = {
+            let _writer = self.lock_writer();
+            self.transact("committing files", |tx| {
+                commit_tx(tx, &self.inner.node, space, &spaces, items)
+            })?
+        };
         self.counts_changed();
         // The commit stands whatever happens to the index's upkeep.
         if let Err(e) = self.tend_index(space) {
