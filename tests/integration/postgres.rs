@@ -25,6 +25,22 @@ fn pg_args(url: &str, node: &str) -> Vec<String> {
         .to_vec()
 }
 
+/// File `i` of a synthetic library at `path`: content `i`, vector `v`.
+fn numbered(path: String, i: usize, v: Vec<f32>) -> dualsight::store::Commit {
+    use dualsight::store::{Commit, ContentHash, Embedding, FileRecord};
+    Commit {
+        path,
+        record: FileRecord {
+            size: 1,
+            mtime_ns: 1,
+            hash: ContentHash::of(&(i as u64).to_le_bytes()),
+            indexed_at_ms: 1,
+            meta: Default::default(),
+        },
+        embedding: Embedding::New(v),
+    }
+}
+
 /// `(node, file name)` of each hit.
 fn located(hits: &[proto::Hit]) -> BTreeSet<(String, String)> {
     hits.iter()
@@ -584,7 +600,7 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
     use dualsight::engine::pg_source::PgSource;
     use dualsight::engine::search::{Query, search};
     use dualsight::store::pg::{PgOptions, SearchFilters};
-    use dualsight::store::{Commit, ContentHash, Embedding, FileRecord, Space, Store};
+    use dualsight::store::{Commit, Space, Store};
 
     let pg = PgServer::start();
     pg.create_db("plans");
@@ -615,22 +631,15 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
             .collect()
     };
     let items: Vec<Commit> = (0..3000)
-        .map(|i| Commit {
-            path: if i % 1000 == 0 {
+        .map(|i| {
+            let path = if i % 1000 == 0 {
                 format!("/rare/{i}.jpg")
             } else if i % 100 == 50 {
                 format!("/some/{i}.jpg")
             } else {
                 format!("/all/{i}.jpg")
-            },
-            record: FileRecord {
-                size: 1,
-                mtime_ns: 1,
-                hash: ContentHash::of(&(i as u64).to_le_bytes()),
-                indexed_at_ms: 1,
-                meta: Default::default(),
-            },
-            embedding: Embedding::New(vector(i)),
+            };
+            numbered(path, i, vector(i))
         })
         .collect();
     store.commit(&space, &items).unwrap();
@@ -748,7 +757,7 @@ fn ivfflat_indexes_are_built_as_a_space_fills_and_rebuilt_as_it_doubles() {
     use dualsight::engine::pg_source::PgSource;
     use dualsight::engine::search::{Query, search};
     use dualsight::store::pg::{IndexKind, PgOptions, PgStore, SearchFilters};
-    use dualsight::store::{Commit, ContentHash, Embedding, FileRecord, Space, Store};
+    use dualsight::store::{Commit, Space, Store};
 
     let pg = PgServer::start();
     pg.create_db("ivf");
@@ -780,17 +789,7 @@ fn ivfflat_indexes_are_built_as_a_space_fills_and_rebuilt_as_it_doubles() {
     };
     let commit = |store: &Store, space: &Space, range: std::ops::Range<usize>| {
         let items: Vec<Commit> = range
-            .map(|i| Commit {
-                path: format!("/lib/{i}.jpg"),
-                record: FileRecord {
-                    size: 1,
-                    mtime_ns: 1,
-                    hash: ContentHash::of(&(i as u64).to_le_bytes()),
-                    indexed_at_ms: 1,
-                    meta: Default::default(),
-                },
-                embedding: Embedding::New(vector(i)),
-            })
+            .map(|i| numbered(format!("/lib/{i}.jpg"), i, vector(i)))
             .collect();
         for chunk in items.chunks(250) {
             store.commit(space, chunk).unwrap();
