@@ -19,7 +19,9 @@
 //! `PG_SHIFT=1` tries moving text queries toward the photos before the
 //! walk (by a fraction of the mean photo vector minus the mean text vector,
 //! from 2,000 other text-like draws), reranking the walk's candidates by
-//! the query itself.
+//! the query itself. `PAGED=1` searches both stores as the daemon
+//! answers a first page of 10 (`search_page`: a block of 100 ranked, the
+//! leading 10 returned), which reads ~100 rows' vectors, not ~10.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -29,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use dualsight::engine::Filters;
 use dualsight::engine::pg_source::PgSource;
-use dualsight::engine::search::{Query, Rows, search};
+use dualsight::engine::search::{Query, Rows, search, search_page};
 use dualsight::index::IndexParams;
 use dualsight::store::pg::{IndexKind, PgOptions};
 use dualsight::store::{Commit, ContentHash, Embedding, FileRecord, Space, Store};
@@ -101,6 +103,7 @@ fn main() -> Result<()> {
     // The embedded index (skipped with `PG_ONLY=1`, to try pgvector's
     // search settings on a filled database without a long build).
     let pg_only = std::env::var_os("PG_ONLY").is_some();
+    let paged = std::env::var_os("PAGED").is_some();
     let t = Instant::now();
     let idx = build_index(
         &data[..if pg_only { 0 } else { data.len() }],
@@ -121,7 +124,11 @@ fn main() -> Result<()> {
             accept: None,
         };
         let t = Instant::now();
-        let hits = search(&idx, &rows, &query)?;
+        let hits = if paged {
+            search_page(&idx, &rows, &query, 0, K)?
+        } else {
+            search(&idx, &rows, &query)?
+        };
         sled_lat.push(t.elapsed().as_secs_f64());
         sled_found += hits.iter().filter(|(id, _)| want.contains(id)).count();
     }
@@ -235,7 +242,11 @@ fn main() -> Result<()> {
             };
             let t = Instant::now();
             let source = PgSource::new(pg_space, filters);
-            let hits = search(&source, &source, &query)?;
+            let hits = if paged {
+                search_page(&source, &source, &query, 0, K)?
+            } else {
+                search(&source, &source, &query)?
+            };
             lat.push(t.elapsed().as_secs_f64());
             found += hits
                 .iter()

@@ -594,6 +594,96 @@ fn many_files_and_contents_are_looked_up_at_once_in_their_order() {
     assert!(ids[0].is_some() && ids[1].is_none() && ids[2].is_some());
 }
 
+/// A 512-d vector (2 KB) lives in its row, not out of line in the TOAST
+/// table (one lookup more per row read); a space made before that moves
+/// its new vectors in line once a daemon opens it.
+#[test]
+fn a_spaces_vectors_are_kept_in_its_rows() {
+    use dualsight::store::Store;
+    use dualsight::store::pg::PgOptions;
+
+    let pg = PgServer::start();
+    pg.create_db("inline");
+    let options = PgOptions {
+        url: pg.url("inline"),
+        read_urls: Vec::new(),
+        node: "lib".into(),
+        max_lag: Duration::from_secs(5),
+        data_dir: std::env::temp_dir(),
+        hnsw: Default::default(),
+        exact_below: 1000,
+        vector_index: None,
+        ivfflat_probes: None,
+        ivf_first: dualsight::store::pg::IVF_FIRST,
+    };
+    // Values that do not compress, as an embedding's do not.
+    let vector = |i: usize| -> Vec<f32> {
+        let mut x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (0..512)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    };
+    let files = |r: std::ops::Range<usize>| -> Vec<_> {
+        r.map(|i| numbered(format!("/lib/{i}.jpg"), i, vector(i)))
+            .collect()
+    };
+    let store = Store::open_postgres(&options).unwrap();
+    let space = store.space("fp", 512).unwrap();
+    let table = vector_table(&pg, "inline");
+    let storage = || {
+        pg.psql(
+            "inline",
+            &format!(
+                "SELECT string_agg(attname || '=' || attstorage::text, ',' ORDER BY attname) FROM pg_attribute
+                 WHERE attrelid = '{table}'::regclass AND attname IN ('hash', 'embedding')"
+            ),
+        )
+    };
+    let out_of_line = || -> u64 {
+        pg.psql(
+            "inline",
+            &format!(
+                "SELECT pg_relation_size(reltoastrelid) FROM pg_class WHERE relname = '{table}'"
+            ),
+        )
+        .parse()
+        .unwrap()
+    };
+    store.commit(&space, &files(0..50)).unwrap();
+    assert_eq!(storage(), "embedding=m,hash=p");
+    assert_eq!(out_of_line(), 0);
+
+    // A space made before: its vectors go out of line...
+    pg.psql(
+        "inline",
+        &format!("ALTER TABLE {table} ALTER COLUMN embedding SET STORAGE EXTERNAL"),
+    );
+    store.commit(&space, &files(50..100)).unwrap();
+    let before = out_of_line();
+    assert!(before > 0);
+    // ...until a daemon opens it: new vectors stay in their rows, and every
+    // vector reads back whole either way.
+    let reopened = Store::open_postgres(&options).unwrap();
+    let space = reopened.space("fp", 512).unwrap();
+    assert_eq!(storage(), "embedding=m,hash=p");
+    reopened.commit(&space, &files(100..150)).unwrap();
+    assert_eq!(out_of_line(), before);
+    for i in [0usize, 75, 149] {
+        let id = space
+            .vector_id_for_hash(&dualsight::store::ContentHash::of(
+                &(i as u64).to_le_bytes(),
+            ))
+            .unwrap()
+            .unwrap();
+        assert_eq!(space.vector(id).unwrap().unwrap().vector, vector(i), "{i}");
+    }
+}
+
 #[test]
 fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
     use dualsight::engine::Filters;

@@ -289,7 +289,9 @@ impl PgStore {
                         requested: dim,
                     });
                 }
-                row.get(0)
+                let id: i32 = row.get(0);
+                keep_vectors_inline(&mut tx, id)?;
+                id
             }
             None => {
                 let id: i32 = tx
@@ -312,6 +314,7 @@ impl PgStore {
                          id bigserial PRIMARY KEY,
                          hash bytea NOT NULL UNIQUE,
                          embedding vector({dim}) NOT NULL);
+                     ALTER TABLE vectors_{id} {INLINE};
                      {index}"
                 ))
                 .map_err(q("creating a space's vector table"))?;
@@ -933,6 +936,67 @@ pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
         }),
         Err(_) => f(),
     }
+}
+
+/// How a space's table keeps its rows whole ([`keep_vectors_inline`]).
+const INLINE: &str = "ALTER COLUMN hash SET STORAGE PLAIN, ALTER COLUMN embedding SET STORAGE MAIN";
+
+/// Keeps the vectors of space `id` in the table's own rows (`STORAGE MAIN`)
+/// for a space created before they were: a 512-d vector is 2 KB, past
+/// PostgreSQL's threshold for moving a value out of line (TOAST), and
+/// every row read then also looks up the TOAST index and heap, which
+/// doubled the time to read a search's rows at 1M (BENCHMARKS.md, session
+/// 30). `MAIN`, unlike `PLAIN`, still moves a vector out of line when a row
+/// would not fit a page (thousands of dimensions). Only rows written from
+/// now on are inline; `VACUUM FULL` rewrites the rest. The hash is held
+/// in line too (`PLAIN`): a row still past the threshold with its vector
+/// inline would otherwise have its 32-byte hash moved out instead. The
+/// change needs the table to itself for a moment: if a search or an index
+/// build holds it for more than a second, the next start tries again.
+fn keep_vectors_inline(tx: &mut postgres::Transaction<'_>, id: i32) -> Result<()> {
+    let storage: Vec<(String, i8)> = tx
+        .query(
+            "SELECT attname::text, attstorage FROM pg_attribute
+             WHERE attrelid = $1::text::regclass AND attname IN ('hash', 'embedding')",
+            &[&format!("vectors_{id}")],
+        )
+        .map_err(q("reading a space's vector storage"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let inline = |(name, storage): &(String, i8)| match name.as_str() {
+        "hash" => *storage == b'p' as i8,
+        _ => *storage == b'm' as i8,
+    };
+    if storage.iter().all(inline) {
+        return Ok(());
+    }
+    let mut sp = tx
+        .savepoint("inline")
+        .map_err(q("changing a space's vector storage"))?;
+    let changed = sp.batch_execute(&format!(
+        "SET LOCAL lock_timeout = '1s';
+         ALTER TABLE vectors_{id} {INLINE}"
+    ));
+    match changed {
+        Ok(()) => {
+            sp.commit()
+                .map_err(q("changing a space's vector storage"))?;
+            tracing::info!(
+                table = format!("vectors_{id}"),
+                "new vectors are now stored inline; `VACUUM FULL` the table to move the older ones"
+            );
+        }
+        Err(e) => {
+            sp.rollback()
+                .map_err(q("changing a space's vector storage"))?;
+            tracing::info!(
+                table = format!("vectors_{id}"),
+                "vectors stay out of line until a later start: {e}"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn now_ms() -> i64 {
