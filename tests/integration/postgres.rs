@@ -41,6 +41,23 @@ fn numbered(path: String, i: usize, v: Vec<f32>) -> dualsight::store::Commit {
     }
 }
 
+/// The store's options for a test's database: node `node`, selective
+/// filters below 1000 files, the `[index]` and `[store]` defaults otherwise.
+fn pg_options(url: String, node: &str) -> dualsight::store::pg::PgOptions {
+    dualsight::store::pg::PgOptions {
+        url,
+        read_urls: Vec::new(),
+        node: node.into(),
+        max_lag: Duration::from_secs(5),
+        data_dir: std::env::temp_dir(),
+        hnsw: Default::default(),
+        exact_below: 1000,
+        vector_index: None,
+        ivfflat_probes: None,
+        ivf_first: dualsight::store::pg::IVF_FIRST,
+    }
+}
+
 /// `(node, file name)` of each hit.
 fn located(hits: &[proto::Hit]) -> BTreeSet<(String, String)> {
     hits.iter()
@@ -515,23 +532,11 @@ async fn a_standby_serves_searches_and_the_primary_takes_over_when_it_stops() {
 /// is refused by name.
 #[test]
 fn many_files_and_contents_are_looked_up_at_once_in_their_order() {
-    use dualsight::store::pg::PgOptions;
     use dualsight::store::{Commit, ContentHash, Embedding, FileRecord, Store};
 
     let pg = PgServer::start();
     pg.create_db("lookup");
-    let options = |node: &str| PgOptions {
-        url: pg.url("lookup"),
-        read_urls: Vec::new(),
-        node: node.into(),
-        max_lag: Duration::from_secs(5),
-        data_dir: std::env::temp_dir(),
-        hnsw: Default::default(),
-        exact_below: 1000,
-        vector_index: None,
-        ivfflat_probes: None,
-        ivf_first: dualsight::store::pg::IVF_FIRST,
-    };
+    let options = |node: &str| pg_options(pg.url("lookup"), node);
     let store = Store::open_postgres(&options("a")).unwrap();
     let other = Store::open_postgres(&options("b")).unwrap();
     let space = store.space("fp", 4).unwrap();
@@ -600,22 +605,10 @@ fn many_files_and_contents_are_looked_up_at_once_in_their_order() {
 #[test]
 fn a_spaces_vectors_are_kept_in_its_rows() {
     use dualsight::store::Store;
-    use dualsight::store::pg::PgOptions;
 
     let pg = PgServer::start();
     pg.create_db("inline");
-    let options = PgOptions {
-        url: pg.url("inline"),
-        read_urls: Vec::new(),
-        node: "lib".into(),
-        max_lag: Duration::from_secs(5),
-        data_dir: std::env::temp_dir(),
-        hnsw: Default::default(),
-        exact_below: 1000,
-        vector_index: None,
-        ivfflat_probes: None,
-        ivf_first: dualsight::store::pg::IVF_FIRST,
-    };
+    let options = pg_options(pg.url("inline"), "lib");
     // Values that do not compress, as an embedding's do not.
     let vector = |i: usize| -> Vec<f32> {
         let mut x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -695,11 +688,6 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
     let pg = PgServer::start();
     pg.create_db("plans");
     let options = PgOptions {
-        url: pg.url("plans"),
-        read_urls: Vec::new(),
-        node: "lib".into(),
-        max_lag: Duration::from_secs(5),
-        data_dir: std::env::temp_dir(),
         // pgvector's planner weighs ef_search against the table's size: at
         // 3000 rows it prefers the index only for a short walk.
         hnsw: dualsight::index::IndexParams {
@@ -707,11 +695,8 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
             ..Default::default()
         },
         // /all (2967 files) walks the graph; /some (30) and /rare (3) rank
-        // exactly.
-        exact_below: 1000,
-        vector_index: None,
-        ivfflat_probes: None,
-        ivf_first: dualsight::store::pg::IVF_FIRST,
+        // exactly (below 1000).
+        ..pg_options(pg.url("plans"), "lib")
     };
     let store = Store::open_postgres(&options).unwrap();
     let space = store.space("fp", 16).unwrap();
@@ -852,16 +837,9 @@ fn ivfflat_indexes_are_built_as_a_space_fills_and_rebuilt_as_it_doubles() {
     let pg = PgServer::start();
     pg.create_db("ivf");
     let options = |kind: Option<IndexKind>| PgOptions {
-        url: pg.url("ivf"),
-        read_urls: Vec::new(),
-        node: "lib".into(),
-        max_lag: Duration::from_secs(5),
-        data_dir: std::env::temp_dir(),
-        hnsw: Default::default(),
-        exact_below: 1000,
         vector_index: kind,
-        ivfflat_probes: None,
         ivf_first: 500,
+        ..pg_options(pg.url("ivf"), "lib")
     };
     // Clustered 16-d vectors, as photos are: 8 centres, each vector its
     // centre plus a little of its own.
