@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::store::pg::{IndexKind, PgOptions, PgStore, redact};
+use crate::store::pg::{PgOptions, PgStore, redact};
 use crate::store::{ContentHash, SledStore};
 
 #[derive(Debug, Args)]
@@ -137,10 +137,7 @@ pub fn run(args: &MigrateArgs) -> Result<()> {
                 .build_memory
                 .clone()
                 .unwrap_or_else(|| graph_memory(to.vector_count().unwrap_or(0), info.dim));
-            let kind = match settings.vector_index().unwrap_or_default() {
-                IndexKind::Hnsw => "HNSW",
-                IndexKind::IvfFlat => "IVFFlat",
-            };
+            let kind = settings.vector_index().unwrap_or_default();
             eprintln!(
                 "building the {kind} index of {} (maintenance_work_mem {memory})",
                 info.fingerprint

@@ -675,6 +675,25 @@ fn a_spaces_vectors_are_kept_in_its_rows() {
             .unwrap();
         assert_eq!(space.vector(id).unwrap().unwrap().vector, vector(i), "{i}");
     }
+    // The sizes the benchmark reports: the rows (150 vectors of 2 KB) and
+    // the HNSW index apart, adding up to the table's whole size.
+    let dualsight::store::Space::Postgres(pg_space) = &space else {
+        unreachable!()
+    };
+    let sizes = reopened
+        .as_postgres()
+        .unwrap()
+        .relation_sizes(pg_space)
+        .unwrap();
+    let total: u64 = pg
+        .psql(
+            "inline",
+            &format!("SELECT pg_total_relation_size('{table}')"),
+        )
+        .parse()
+        .unwrap();
+    assert!(sizes.vectors >= 150 * 2056 && sizes.index > 0, "{sizes:?}");
+    assert_eq!(sizes.vectors + sizes.index, total);
 }
 
 #[test]

@@ -30,6 +30,16 @@ pub enum IndexKind {
     IvfFlat,
 }
 
+impl std::fmt::Display for IndexKind {
+    /// The index's name as pgvector's documentation writes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IndexKind::Hnsw => "HNSW",
+            IndexKind::IvfFlat => "IVFFlat",
+        })
+    }
+}
+
 impl std::str::FromStr for IndexKind {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
@@ -164,6 +174,15 @@ fn indexes(c: &mut Client, table: &str) -> std::result::Result<Vec<Found>, postg
             lists: Some(lists_of(&r.get::<_, Vec<String>>(3)).unwrap_or(100)),
         })
         .collect())
+}
+
+/// The names of `table`'s pgvector indexes, valid or not (what they take
+/// on disk counts either way).
+pub(super) fn index_names(
+    c: &mut Client,
+    table: &str,
+) -> std::result::Result<Vec<String>, postgres::Error> {
+    Ok(indexes(c, table)?.into_iter().map(|f| f.name).collect())
 }
 
 /// What the valid indexes of a table make of it: IVFFlat whenever one is

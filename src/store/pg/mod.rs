@@ -992,7 +992,7 @@ fn keep_vectors_inline(tx: &mut postgres::Transaction<'_>, id: i32) -> Result<()
                 .map_err(q("changing a space's vector storage"))?;
             tracing::info!(
                 table = format!("vectors_{id}"),
-                "vectors stay out of line until a later start: {e}"
+                "vectors stay out of line for now (the table was busy): the next start tries again: {e}"
             );
         }
     }

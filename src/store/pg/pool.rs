@@ -1,14 +1,13 @@
 //! Connections to one PostgreSQL server: a small blocking pool, and the
 //! server's name as logs and Status may show it (never the password).
 
+use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use postgres::config::Host;
-use std::collections::HashMap;
-
 use postgres::types::ToSql;
 use postgres::{Client, Config, NoTls, Row, Statement};
 

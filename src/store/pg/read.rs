@@ -1,10 +1,12 @@
 //! What searches read: a space's nearest vectors through its pgvector index
-//! (HNSW, or IVFFlat: `ann.rs`), and the files of every node holding them. Both run on a healthy
-//! standby when one is configured, else on the primary.
+//! (HNSW, or IVFFlat: `ann.rs`), and the files of every node holding them.
+//! Both run on a healthy standby when one is configured, else on the
+//! primary.
 //!
 //! Filters go into the SQL with pgvector's iterative index scans
-//! (`hnsw.iterative_scan`, `ivfflat.iterative_scan`), so a filter walks on until enough vectors pass
-//! instead of stopping at `ef_search` rows; when the walk still ends short
+//! (`hnsw.iterative_scan`, `ivfflat.iterative_scan`), so a filter walks on
+//! until enough vectors pass instead of stopping at `ef_search` rows (or
+//! the probed lists); when the walk still ends short
 //! (`hnsw.max_scan_tuples`), the same query runs without the index, exactly.
 //! A filter therefore never returns fewer hits than exist.
 //!
@@ -394,22 +396,27 @@ pub struct RelationSizes {
 impl PgStore {
     pub fn relation_sizes(&self, space: &PgSpace) -> Result<RelationSizes> {
         let mut c = self.inner.primary.get()?;
+        let what = "reading table sizes";
+        let table = space.table();
+        let mut index = 0i64;
+        for name in super::ann::index_names(&mut c, &table).map_err(q(what))? {
+            let size: i64 = c
+                .query_one("SELECT pg_relation_size($1::text::regclass)", &[&name])
+                .map_err(q(what))?
+                .get(0);
+            index += size;
+        }
         let row = c
             .query_one(
-                "SELECT pg_total_relation_size($1::text::regclass),
-                        (SELECT coalesce(sum(pg_relation_size(i.indexrelid)), 0)::bigint
-                         FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
-                         JOIN pg_am a ON a.oid = x.relam
-                         WHERE i.indrelid = $1::text::regclass AND a.amname IN ('hnsw', 'ivfflat')),
-                        pg_total_relation_size('files')",
-                &[&space.table()],
+                "SELECT pg_total_relation_size($1::text::regclass), pg_total_relation_size('files')",
+                &[&table],
             )
-            .map_err(q("reading table sizes"))?;
-        let (total, index): (i64, i64) = (row.get(0), row.get(1));
+            .map_err(q(what))?;
+        let total: i64 = row.get(0);
         Ok(RelationSizes {
             vectors: (total - index) as u64,
             index: index as u64,
-            files: row.get::<_, i64>(2) as u64,
+            files: row.get::<_, i64>(1) as u64,
         })
     }
 }
