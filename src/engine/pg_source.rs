@@ -45,6 +45,17 @@ impl<'a> PgSource<'a> {
     }
 }
 
+impl PgSource<'_> {
+    /// Whether the filter ranks its vectors exactly, decided once.
+    fn exact(&self) -> Result<bool> {
+        if let Some(&exact) = self.exact.get() {
+            return Ok(exact);
+        }
+        let exact = self.space.ranks_exactly(&self.filters)?;
+        Ok(*self.exact.get_or_init(|| exact))
+    }
+}
+
 impl Candidates for PgSource<'_> {
     /// The walk stops by itself when the space (or the filter) runs out, so
     /// no count is needed to bound it.
@@ -54,19 +65,25 @@ impl Candidates for PgSource<'_> {
 
     /// pgvector's HNSW holds the f32 vectors and orders by their exact
     /// cosine distance: no 8-bit near-ties to rescore past the limit, so
-    /// the rows (each with its 2 KB vector) fetched are ~10, not ~100.
+    /// the rows (each with its 2 KB vector) a search of 10 fetches are ~14,
+    /// not ~100.
     fn ranks_exactly(&self) -> bool {
         true
     }
 
+    /// Unfiltered, the index's own walk nests (`PgSpace::fetches_nest`); a
+    /// selective filter's exact ranking always does. A filtered walk does
+    /// not: past its first `ef_search` rows its order is relaxed.
+    fn fetches_nest(&self, n: usize) -> Result<bool> {
+        if self.filters.is_empty() {
+            Ok(self.space.fetches_nest(n)?)
+        } else {
+            self.exact()
+        }
+    }
+
     fn candidates(&self, query: &[f32], n: usize) -> Result<Vec<u64>> {
-        let exact = match self.exact.get() {
-            Some(&exact) => exact,
-            None => {
-                let exact = self.space.ranks_exactly(&self.filters)?;
-                *self.exact.get_or_init(|| exact)
-            }
-        };
+        let exact = self.exact()?;
         let found = self.space.nearest_routed(query, n, &self.filters, exact)?;
         let ids = found.iter().map(|v| v.id).collect();
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);

@@ -36,6 +36,14 @@ pub trait Candidates: Sync {
     fn ranks_exactly(&self) -> bool {
         false
     }
+    /// True when a fetch of fewer than `n` candidates returns, in order, the
+    /// first of a fetch of `n`: the index's course does not depend on how
+    /// many are asked for (pgvector's walk up to its `ef_search`, IVFFlat's
+    /// probed lists). With [`Candidates::ranks_exactly`], a first page then
+    /// needs only as many candidates as it shows, not its whole block.
+    fn fetches_nest(&self, _n: usize) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// Candidates past `limit` fetched from an exactly ranking index: ties
@@ -128,12 +136,22 @@ where
     if limit == 0 || live == 0 {
         return Ok(Vec::new());
     }
-    let mut fetch = if index.ranks_exactly() {
+    let need = need.clamp(1, limit);
+    let full = if index.ranks_exactly() {
         limit.saturating_add(EXACT_MARGIN)
     } else {
         candidates_for(limit)
     }
     .min(live);
+    // An exactly ranking index whose short fetches lead its long ones gives
+    // the leading `need` from `need` candidates (plus the tie margin): each
+    // is a row read on PostgreSQL, so a first page reads ~14, not ~104.
+    let short = need.saturating_add(EXACT_MARGIN);
+    let mut leading_only = query.accept.is_none()
+        && index.ranks_exactly()
+        && short < full
+        && index.fetches_nest(full)?;
+    let mut fetch = if leading_only { short } else { full };
     loop {
         let found = index.candidates(query.vector, fetch)?;
         let exhausted = found.len() < fetch || fetch >= live;
@@ -142,7 +160,7 @@ where
         // leaves the store with its last path), so `limit` candidates fill
         // the search without looking: only the leading `need` are looked up.
         let fills = query.accept.is_none() && scored.len() >= limit;
-        let cut = if fills { need.clamp(1, limit) } else { limit };
+        let cut = if fills || leading_only { need } else { limit };
         let mut hits: Vec<(S::Item, f32)> = Vec::new();
         // A vector deleted as the index answered may read back beside its
         // content's new one (the same content added again): one hit each.
@@ -165,12 +183,20 @@ where
                 }
             }
         }
-        if fills || hits.len() >= limit || exhausted || below_min {
+        let led = leading_only && hits.len() >= need;
+        if fills || led || hits.len() >= limit || exhausted || below_min {
             hits.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             hits.truncate(limit);
             return Ok(hits);
         }
-        fetch = fetch.saturating_mul(4).min(live);
+        // Short of `need` (candidates deleted as the index answered): the
+        // whole block, as without the short fetch.
+        fetch = if leading_only {
+            full
+        } else {
+            fetch.saturating_mul(4).min(live)
+        };
+        leading_only = false;
     }
 }
 
@@ -188,7 +214,9 @@ pub const PAGE_BLOCK: usize = 100;
 /// A first page of 10 costs a search of 100, which rescores ~100 more
 /// candidates than a search of 10 (the index walk is the same at the default
 /// `ef_search`), but looks up the items of only the ~10 it shows when no
-/// filter applies (`search_leading`).
+/// filter applies (`search_leading`). On an index that ranks exactly and
+/// whose fetches nest (pgvector's), it reads only the ~14 candidates it
+/// needs: the block's first rows are a short fetch's.
 pub fn search_page<C, S>(
     index: &C,
     source: &S,
@@ -657,6 +685,133 @@ mod tests {
                 assert_eq!(lead[..need], whole[..need], "row {row}, need {need}");
             }
         }
+    }
+
+    /// An exactly ranking index over `Rows` (brute force), recording what
+    /// each fetch asked for; `gone` ids read back deleted.
+    struct ExactRows<'a> {
+        rows: Rows<'a>,
+        nests: bool,
+        gone: Vec<u64>,
+        asked: std::sync::Mutex<Vec<usize>>,
+    }
+
+    impl<'a> ExactRows<'a> {
+        fn new(data: &'a [f32], dim: usize, nests: bool) -> Self {
+            Self {
+                rows: Rows { data, dim },
+                nests,
+                gone: Vec::new(),
+                asked: Default::default(),
+            }
+        }
+        fn asked(&self) -> Vec<usize> {
+            std::mem::take(&mut *self.asked.lock().unwrap())
+        }
+    }
+
+    impl Candidates for ExactRows<'_> {
+        fn live(&self) -> usize {
+            self.rows.data.len() / self.rows.dim
+        }
+        fn candidates(&self, query: &[f32], n: usize) -> Result<Vec<u64>> {
+            self.asked.lock().unwrap().push(n);
+            let all = exact(self.rows.data, self.rows.dim, query, |_| true);
+            Ok(all.into_iter().take(n).map(|h| h.0).collect())
+        }
+        fn ranks_exactly(&self) -> bool {
+            true
+        }
+        fn fetches_nest(&self, _n: usize) -> Result<bool> {
+            Ok(self.nests)
+        }
+    }
+
+    impl VectorSource for ExactRows<'_> {
+        type Key = u64;
+        type Item = u64;
+        fn vector(&self, id: u64) -> Result<Option<Exact<'_, u64>>> {
+            if self.gone.contains(&id) {
+                return Ok(None);
+            }
+            self.rows.vector(id)
+        }
+        fn items(&self, key: &u64) -> Result<Vec<u64>> {
+            self.rows.items(key)
+        }
+    }
+
+    /// On an exactly ranking index whose fetches nest (pgvector's), a first
+    /// page of 10 asks for 14 candidates, not its block's 104, and is still
+    /// the block's first 10; later pages still neither repeat nor skip. An
+    /// index that does not nest is asked for the block.
+    #[test]
+    fn a_first_page_of_a_nesting_index_reads_only_what_it_shows() {
+        let dim = 16;
+        let data = rows(2000, dim);
+        let q = &data[11 * dim..12 * dim];
+        let query = Query {
+            vector: q,
+            limit: 0,
+            min_score: None,
+            accept: None,
+        };
+        let block_query = Query {
+            limit: PAGE_BLOCK,
+            ..query
+        };
+        let nesting = ExactRows::new(&data, dim, true);
+        let block = search(&nesting, &nesting, &block_query).unwrap();
+        assert_eq!(nesting.asked(), [PAGE_BLOCK + EXACT_MARGIN]);
+        let page = search_page(&nesting, &nesting, &query, 0, 10).unwrap();
+        assert_eq!(nesting.asked(), [10 + EXACT_MARGIN]);
+        assert_eq!(page[..], block[..10]);
+        assert_eq!(page[0].0, 12, "a stored vector finds itself first");
+        let long = search_page(&nesting, &nesting, &query, 0, 230).unwrap();
+        let mut paged = Vec::new();
+        while paged.len() < 230 {
+            let want = 10.min(230 - paged.len());
+            paged.extend(search_page(&nesting, &nesting, &query, paged.len(), want).unwrap());
+        }
+        assert_eq!(paged, long);
+
+        let plain = ExactRows::new(&data, dim, false);
+        assert_eq!(search_page(&plain, &plain, &query, 0, 10).unwrap(), page);
+        assert_eq!(plain.asked(), [PAGE_BLOCK + EXACT_MARGIN]);
+    }
+
+    /// When candidates of the short fetch were deleted as the index
+    /// answered, leaving fewer hits than the page shows, the block is
+    /// fetched after all, and the page is the block's.
+    #[test]
+    fn a_short_fetch_missing_deleted_candidates_falls_back_to_the_block() {
+        let dim = 16;
+        let data = rows(2000, dim);
+        let q = &data[..dim];
+        let query = Query {
+            vector: q,
+            limit: 0,
+            min_score: None,
+            accept: None,
+        };
+        let mut source = ExactRows::new(&data, dim, true);
+        let order = exact(&data, dim, q, |_| true);
+        source.gone = order[..6].iter().map(|h| h.0).collect();
+        let page = search_page(&source, &source, &query, 0, 10).unwrap();
+        // (The block, 6 short of its 100, widens as it always has.)
+        let asked = source.asked();
+        assert!(
+            asked.starts_with(&[14, PAGE_BLOCK + EXACT_MARGIN]),
+            "{asked:?}"
+        );
+        let want: Vec<u64> = order[6..16].iter().map(|h| h.0).collect();
+        assert_eq!(page.iter().map(|h| h.0).collect::<Vec<_>>(), want);
+        // Fewer deleted than the margin: the short fetch still holds the page.
+        source.gone.truncate(3);
+        let page = search_page(&source, &source, &query, 0, 10).unwrap();
+        assert_eq!(source.asked(), [14]);
+        let want: Vec<u64> = order[3..13].iter().map(|h| h.0).collect();
+        assert_eq!(page.iter().map(|h| h.0).collect::<Vec<_>>(), want);
     }
 
     /// A vector deleted as the index answered can read back beside its

@@ -58,6 +58,87 @@ fn pg_options(url: String, node: &str) -> dualsight::store::pg::PgOptions {
     }
 }
 
+/// A PostgreSQL space's two search halves, recording how many candidates
+/// each fetch asked the index for (each one a row read with its vector).
+struct Recording<'a> {
+    inner: dualsight::engine::pg_source::PgSource<'a>,
+    asked: std::sync::Mutex<Vec<usize>>,
+}
+
+impl<'a> Recording<'a> {
+    fn new(space: &'a dualsight::store::pg::PgSpace) -> Self {
+        Self {
+            inner: dualsight::engine::pg_source::PgSource::new(space, &Default::default()),
+            asked: Default::default(),
+        }
+    }
+    fn asked(&self) -> Vec<usize> {
+        std::mem::take(&mut *self.asked.lock().unwrap())
+    }
+}
+
+impl dualsight::engine::search::Candidates for Recording<'_> {
+    fn live(&self) -> usize {
+        self.inner.live()
+    }
+    fn candidates(&self, query: &[f32], n: usize) -> dualsight::engine::search::Result<Vec<u64>> {
+        self.asked.lock().unwrap().push(n);
+        self.inner.candidates(query, n)
+    }
+    fn ranks_exactly(&self) -> bool {
+        self.inner.ranks_exactly()
+    }
+    fn fetches_nest(&self, n: usize) -> dualsight::engine::search::Result<bool> {
+        self.inner.fetches_nest(n)
+    }
+}
+
+impl dualsight::engine::search::VectorSource for Recording<'_> {
+    type Key = dualsight::store::ContentHash;
+    type Item = dualsight::engine::Found;
+    fn vector(
+        &self,
+        id: u64,
+    ) -> dualsight::engine::search::Result<Option<dualsight::engine::search::Exact<'_, Self::Key>>>
+    {
+        self.inner.vector(id)
+    }
+    fn items(&self, key: &Self::Key) -> dualsight::engine::search::Result<Vec<Self::Item>> {
+        self.inner.items(key)
+    }
+}
+
+/// A first page of 10, unfiltered, asks the index for 14 rows, not its
+/// block's 104, and is the block's first 10; pages of 10 are one long page.
+fn a_first_page_reads_only_its_own_rows(space: &dualsight::store::pg::PgSpace, q: &[f32]) {
+    use dualsight::engine::search::{PAGE_BLOCK, Query, search, search_page};
+    let query = Query {
+        vector: q,
+        limit: 0,
+        min_score: None,
+        accept: None,
+    };
+    let source = Recording::new(space);
+    let page = search_page(&source, &source, &query, 0, 10).unwrap();
+    assert_eq!(source.asked(), [14]);
+    let block = search(
+        &source,
+        &source,
+        &Query {
+            limit: PAGE_BLOCK,
+            ..query
+        },
+    )
+    .unwrap();
+    assert_eq!(page[..], block[..10]);
+    let mut paged = Vec::new();
+    for offset in (0..120).step_by(10) {
+        paged.extend(search_page(&source, &source, &query, offset, 10).unwrap());
+    }
+    let long = search_page(&source, &source, &query, 0, 120).unwrap();
+    assert_eq!(paged, long);
+}
+
 /// `(node, file name)` of each hit.
 fn located(hits: &[proto::Hit]) -> BTreeSet<(String, String)> {
     hits.iter()
@@ -793,6 +874,20 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
     let hits = search(&unfiltered, &unfiltered, &query).unwrap();
     assert_eq!(hits[0].0.path, PathBuf::from("/all/3.jpg"));
     assert!(hits[0].1 > 0.9999);
+    // pgvector's walk is the same for any limit up to ef_search (40 here):
+    // a shorter fetch is a longer one's first rows. Past it the walk widens,
+    // and a page reads its whole block.
+    assert!(pg_space.fetches_nest(40).unwrap());
+    assert!(!pg_space.fetches_nest(41).unwrap());
+    let ids = |n: usize| -> Vec<u64> {
+        let found = pg_space.nearest(&q, n, &SearchFilters::default()).unwrap();
+        found.iter().map(|v| v.id).collect()
+    };
+    let walk = ids(40);
+    assert_eq!(walk.len(), 40);
+    for n in [1, 5, 14, 39] {
+        assert_eq!(ids(n)[..], walk[..n], "a fetch of {n}");
+    }
     // A filter passing fewer files than `exact_below` is ranked exactly:
     // the top 10 of /some by brute force, in order.
     let cosine = |a: &[f32], b: &[f32]| {
@@ -945,6 +1040,8 @@ fn ivfflat_indexes_are_built_as_a_space_fills_and_rebuilt_as_it_doubles() {
         .unwrap();
     assert!(plan.contains("Index Scan using vectors_1_ivf2"), "{plan}");
     finds_its_own(&space, 2000);
+    assert!(s.fetches_nest(10_000).unwrap());
+    a_first_page_reads_only_its_own_rows(s, &vector(17));
     drop(store);
 
     // A node configured with nothing keeps the space on IVFFlat.
@@ -966,4 +1063,5 @@ fn ivfflat_indexes_are_built_as_a_space_fills_and_rebuilt_as_it_doubles() {
     pg_hnsw.tend_index(s).unwrap();
     wait_for_indexes(&pg_hnsw, &space, &["vectors_1_hnsw"]);
     finds_its_own(&space, 4000);
+    a_first_page_reads_only_its_own_rows(s, &vector(29));
 }

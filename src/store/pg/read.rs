@@ -21,7 +21,7 @@ use postgres::types::ToSql;
 
 use super::super::{ContentHash, Result};
 use super::pool::Conn;
-use super::{PathRange, PgSpace, PgStore, hash_of, q};
+use super::{Ann, PathRange, PgSpace, PgStore, hash_of, q};
 
 pub use super::replicas::ReplicaState;
 
@@ -36,7 +36,8 @@ pub struct SearchFilters {
 }
 
 impl SearchFilters {
-    fn is_empty(&self) -> bool {
+    /// True when nothing is filtered.
+    pub fn is_empty(&self) -> bool {
         self.path_prefix.is_none() && self.taken_after.is_none() && self.taken_before.is_none()
     }
 }
@@ -190,6 +191,19 @@ impl PgSpace {
                 })
             })
             .collect()
+    }
+
+    /// Whether an unfiltered search for fewer than `n` nearest returns, in
+    /// order, the first of a search for `n`. HNSW's walk is the same for any
+    /// `n` up to the session's `ef_search` (past it, the walk widens); an
+    /// IVFFlat scan ranks the rows of its probed lists whatever the limit
+    /// (~1000 rows a list, more than a page block), and without an index
+    /// the scan is exact.
+    pub fn fetches_nest(&self, n: usize) -> Result<bool> {
+        Ok(match self.ann()? {
+            Ann::Hnsw => n <= session_ef_search(&self.inner.hnsw),
+            Ann::IvfFlat { .. } | Ann::None => true,
+        })
     }
 
     /// The plan PostgreSQL picks for a search's first candidates (EXPLAIN),
