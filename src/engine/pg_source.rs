@@ -63,17 +63,18 @@ impl Candidates for PgSource<'_> {
         usize::MAX >> 8
     }
 
-    /// pgvector's HNSW holds the f32 vectors and orders by their exact
-    /// cosine distance: no 8-bit near-ties to rescore past the limit, so
-    /// the rows (each with its 2 KB vector) a search of 10 fetches are ~14,
-    /// not ~100.
+    /// pgvector's indexes (HNSW, IVFFlat) hold the f32 vectors and order
+    /// by their exact cosine distance: no 8-bit near-ties to rescore past
+    /// the limit, so the rows (each with its 2 KB vector) a search of 10
+    /// fetches are ~14, not ~100.
     fn ranks_exactly(&self) -> bool {
         true
     }
 
-    /// Unfiltered, the index's own walk nests (`PgSpace::fetches_nest`); a
-    /// selective filter's exact ranking always does. A filtered walk does
-    /// not: past its first `ef_search` rows its order is relaxed.
+    /// Unfiltered, the index's own fetches nest (`PgSpace::fetches_nest`);
+    /// a selective filter's exact ranking always does. A filtered walk does
+    /// not: the filter pushes it past its first sorted batch, after which
+    /// `relaxed_order` no longer sorts.
     fn fetches_nest(&self, n: usize) -> Result<bool> {
         if self.filters.is_empty() {
             Ok(self.space.fetches_nest(n)?)

@@ -36,11 +36,12 @@ pub trait Candidates: Sync {
     fn ranks_exactly(&self) -> bool {
         false
     }
-    /// True when a fetch of fewer than `n` candidates returns, in order, the
-    /// first of a fetch of `n`: the index's course does not depend on how
-    /// many are asked for (pgvector's walk up to its `ef_search`, IVFFlat's
-    /// probed lists). With [`Candidates::ranks_exactly`], a first page then
-    /// needs only as many candidates as it shows, not its whole block.
+    /// True when a fetch of fewer than `n` candidates returns the first of
+    /// a fetch of `n`, and that fetch is sorted through its `n`th: the
+    /// index's course does not depend on how many are asked for (pgvector's
+    /// walk up to its `ef_search`, IVFFlat's probed lists while they hold
+    /// `n`). With [`Candidates::ranks_exactly`], a first page then needs
+    /// only as many candidates as it shows, not its whole block.
     fn fetches_nest(&self, _n: usize) -> Result<bool> {
         Ok(false)
     }
@@ -166,6 +167,7 @@ where
         // content's new one (the same content added again): one hit each.
         let mut seen = std::collections::BTreeSet::new();
         let mut below_min = false;
+        let mut cut_below = false;
         for (key, score) in scored {
             if query.min_score.is_some_and(|m| score < m) {
                 below_min = true;
@@ -175,6 +177,7 @@ where
             // scoring below the cut-th cannot enter (a tie still can, by
             // item order), so the rest need no item lookups.
             if hits.len() >= cut && score < hits[cut - 1].1 {
+                cut_below = true;
                 break;
             }
             for item in source.items(&key)? {
@@ -183,14 +186,22 @@ where
                 }
             }
         }
-        let led = leading_only && hits.len() >= need;
-        if fills || led || hits.len() >= limit || exhausted || below_min {
+        // A short fetch holds the leading `need` only once it also holds a
+        // candidate scoring below them (or the index ran out): copies of
+        // one photo tie exactly, and the index returns ties in no order,
+        // so a tie group may run on past the fetch's end.
+        let done = if leading_only {
+            cut_below || exhausted || below_min
+        } else {
+            fills || hits.len() >= limit || exhausted || below_min
+        };
+        if done {
             hits.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             hits.truncate(limit);
             return Ok(hits);
         }
-        // Short of `need` (candidates deleted as the index answered): the
-        // whole block, as without the short fetch.
+        // Not settled by the short fetch (a tie past its end, or candidates
+        // deleted as the index answered): the whole block, as without it.
         fetch = if leading_only {
             full
         } else {
@@ -688,7 +699,8 @@ mod tests {
     }
 
     /// An exactly ranking index over `Rows` (brute force), recording what
-    /// each fetch asked for; `gone` ids read back deleted.
+    /// each fetch asked for; `gone` ids read back deleted. Ties come
+    /// highest id first, as no index promises otherwise.
     struct ExactRows<'a> {
         rows: Rows<'a>,
         nests: bool,
@@ -716,7 +728,8 @@ mod tests {
         }
         fn candidates(&self, query: &[f32], n: usize) -> Result<Vec<u64>> {
             self.asked.lock().unwrap().push(n);
-            let all = exact(self.rows.data, self.rows.dim, query, |_| true);
+            let mut all = exact(self.rows.data, self.rows.dim, query, |_| true);
+            all.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0)));
             Ok(all.into_iter().take(n).map(|h| h.0).collect())
         }
         fn ranks_exactly(&self) -> bool {
@@ -812,6 +825,40 @@ mod tests {
         assert_eq!(source.asked(), [14]);
         let want: Vec<u64> = order[3..13].iter().map(|h| h.0).collect();
         assert_eq!(page.iter().map(|h| h.0).collect::<Vec<_>>(), want);
+    }
+
+    /// Twenty copies of one photo tie exactly, and the index returns them
+    /// in its own order: a short fetch that ends inside the tie does not
+    /// settle a page, so pages of 10 are still one long page.
+    #[test]
+    fn a_tie_running_past_a_short_fetch_reads_the_block() {
+        let dim = 16;
+        let mut data = rows(2000, dim);
+        let copy: Vec<f32> = data[..dim].iter().map(|x| x + 0.01).collect();
+        for r in 1..=20 {
+            data[r * dim..(r + 1) * dim].copy_from_slice(&copy);
+        }
+        let q = data[..dim].to_vec();
+        let query = Query {
+            vector: &q,
+            limit: 0,
+            min_score: None,
+            accept: None,
+        };
+        let source = ExactRows::new(&data, dim, true);
+        let long = search_page(&source, &source, &query, 0, 30).unwrap();
+        let ids: Vec<u64> = long.iter().map(|h| h.0).take(21).collect();
+        assert_eq!(
+            ids,
+            (1..=21).collect::<Vec<u64>>(),
+            "the copies in item order"
+        );
+        source.asked();
+        let mut paged = search_page(&source, &source, &query, 0, 10).unwrap();
+        assert_eq!(source.asked(), [14, PAGE_BLOCK + EXACT_MARGIN]);
+        paged.extend(search_page(&source, &source, &query, 10, 10).unwrap());
+        paged.extend(search_page(&source, &source, &query, 20, 10).unwrap());
+        assert_eq!(paged, long);
     }
 
     /// A vector deleted as the index answered can read back beside its

@@ -203,22 +203,48 @@ fn ann_of(found: &[Found]) -> Ann {
     }
 }
 
+/// What a space's table is now: its index, and the planner's estimate of
+/// its rows (`None` until the table was first analysed or indexed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shape {
+    pub ann: Ann,
+    pub rows: Option<f64>,
+}
+
 impl PgSpace {
     /// The kind of index this space has now (reused for a few seconds).
     pub fn ann(&self) -> Result<Ann> {
+        Ok(self.shape()?.ann)
+    }
+
+    /// The space's index and estimated rows (reused for a few seconds).
+    pub fn shape(&self) -> Result<Shape> {
         let key = self.id;
-        if let Some((at, ann)) = self.inner.anns.lock_ok().get(&key)
+        if let Some((at, shape)) = self.inner.anns.lock_ok().get(&key)
             && at.elapsed() < ANN_TTL
         {
-            return Ok(*ann);
+            return Ok(*shape);
         }
         let table = self.table();
-        let found = self
-            .store()
-            .read("reading a space's index", |c| indexes(c, &table))?;
-        let ann = ann_of(&found);
-        self.inner.anns.lock_ok().insert(key, (Instant::now(), ann));
-        Ok(ann)
+        let (found, rows) = self.store().read("reading a space's index", |c| {
+            let rows: f32 = c
+                .query_one(
+                    "SELECT reltuples FROM pg_class WHERE oid = $1::text::regclass",
+                    &[&table],
+                )?
+                .get(0);
+            Ok((indexes(c, &table)?, rows))
+        })?;
+        // -1: never analysed or indexed.
+        let shape = Shape {
+            ann: ann_of(&found),
+            rows: (rows >= 0.0).then_some(f64::from(rows)),
+        };
+        self.inner
+            .anns
+            .lock_ok()
+            .insert(key, (Instant::now(), shape));
+        Ok(shape)
     }
 
     /// IVFFlat lists a search reads, when the space has that index.

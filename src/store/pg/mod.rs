@@ -31,7 +31,7 @@ use postgres::Row;
 use super::paths::{check_path, dir_prefix, trim_dir};
 use super::{ContentHash, FailureRecord, FileRecord, Result, SpaceInfo, StoreError, StoredVector};
 use crate::preprocess::meta::{PhotoMeta, TakenFrom};
-pub use ann::{Ann, IVF_FIRST, IndexKind, auto_probes, lists_for};
+pub use ann::{Ann, IVF_FIRST, IndexKind, Shape, auto_probes, lists_for};
 pub use pool::redact;
 pub use read::{EXACT_BELOW, Nearest, RelationSizes, ReplicaState, SearchFilters};
 pub use schema::SCHEMA_VERSION;
@@ -128,8 +128,9 @@ struct Inner {
     vector_index: Option<IndexKind>,
     ivfflat_probes: Option<usize>,
     ivf_first: u64,
-    /// What each space's index is, by space id, and when that was read.
-    anns: Mutex<HashMap<i32, (Instant, Ann)>>,
+    /// What each space's table is (its index, its rows), by space id, and
+    /// when that was read.
+    anns: Mutex<HashMap<i32, (Instant, Shape)>>,
     /// Spaces whose index this process is building.
     building: Mutex<HashSet<i32>>,
     /// Spaces whose rows are not counted for a build before this (their

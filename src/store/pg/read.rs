@@ -85,6 +85,11 @@ fn plan_rows(top: &str) -> Option<f64> {
     digits.parse().ok()
 }
 
+/// How many times the rows a fetch asks for the table (HNSW) or the probed
+/// lists (IVFFlat, on average) must hold for fetches to nest: k-means lists
+/// differ in size, and deleted rows count until VACUUM.
+const NEST_SLACK: f64 = 4.0;
+
 /// The `hnsw.ef_search` sessions start with: the configured one, within
 /// pgvector's 1..=1000.
 pub(super) fn session_ef_search(hnsw: &crate::index::IndexParams) -> usize {
@@ -193,16 +198,27 @@ impl PgSpace {
             .collect()
     }
 
-    /// Whether an unfiltered search for fewer than `n` nearest returns, in
-    /// order, the first of a search for `n`. HNSW's walk is the same for any
-    /// `n` up to the session's `ef_search` (past it, the walk widens); an
-    /// IVFFlat scan ranks the rows of its probed lists whatever the limit
-    /// (~1000 rows a list, more than a page block), and without an index
-    /// the scan is exact.
+    /// Whether an unfiltered search for fewer than `n` nearest returns the
+    /// first of a search for `n`, sorted through its `n`th. HNSW's walk is
+    /// the same for any `n` up to the session's `ef_search` (past it, the
+    /// walk widens); an IVFFlat scan sorts the rows of its probed lists
+    /// whatever the limit, but reads further lists, in a batch of their
+    /// own, once those run out; without an index the scan is exact. Either
+    /// index needs the table to hold well over `n` rows: a search that
+    /// comes back short is ranked again exactly.
     pub fn fetches_nest(&self, n: usize) -> Result<bool> {
-        Ok(match self.ann()? {
-            Ann::Hnsw => n <= session_ef_search(&self.inner.hnsw),
-            Ann::IvfFlat { .. } | Ann::None => true,
+        let shape = self.shape()?;
+        let Some(rows) = shape.rows else {
+            return Ok(shape.ann == Ann::None);
+        };
+        let n = n as f64;
+        Ok(match shape.ann {
+            Ann::None => true,
+            Ann::Hnsw => n <= session_ef_search(&self.inner.hnsw) as f64 && rows >= NEST_SLACK * n,
+            Ann::IvfFlat { lists } => {
+                let probes = self.probes()?.unwrap_or(1) as f64;
+                rows * probes / lists as f64 >= NEST_SLACK * n
+            }
         })
     }
 
