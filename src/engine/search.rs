@@ -698,6 +698,16 @@ mod tests {
         }
     }
 
+    /// A query with no filter or score floor (pages set their own limit).
+    fn unfiltered(vector: &[f32]) -> Query<'_, u64> {
+        Query {
+            vector,
+            limit: 0,
+            min_score: None,
+            accept: None,
+        }
+    }
+
     /// An exactly ranking index over `Rows` (brute force), recording what
     /// each fetch asked for; `gone` ids read back deleted. Ties come
     /// highest id first, as no index promises otherwise.
@@ -763,12 +773,7 @@ mod tests {
         let dim = 16;
         let data = rows(2000, dim);
         let q = &data[11 * dim..12 * dim];
-        let query = Query {
-            vector: q,
-            limit: 0,
-            min_score: None,
-            accept: None,
-        };
+        let query = unfiltered(q);
         let block_query = Query {
             limit: PAGE_BLOCK,
             ..query
@@ -801,12 +806,7 @@ mod tests {
         let dim = 16;
         let data = rows(2000, dim);
         let q = &data[..dim];
-        let query = Query {
-            vector: q,
-            limit: 0,
-            min_score: None,
-            accept: None,
-        };
+        let query = unfiltered(q);
         let mut source = ExactRows::new(&data, dim, true);
         let order = exact(&data, dim, q, |_| true);
         source.gone = order[..6].iter().map(|h| h.0).collect();
@@ -839,12 +839,7 @@ mod tests {
             data[r * dim..(r + 1) * dim].copy_from_slice(&copy);
         }
         let q = data[..dim].to_vec();
-        let query = Query {
-            vector: &q,
-            limit: 0,
-            min_score: None,
-            accept: None,
-        };
+        let query = unfiltered(&q);
         let source = ExactRows::new(&data, dim, true);
         let long = search_page(&source, &source, &query, 0, 30).unwrap();
         let ids: Vec<u64> = long.iter().map(|h| h.0).take(21).collect();

@@ -220,7 +220,7 @@ impl PgSpace {
     /// The space's index and estimated rows (reused for a few seconds).
     pub fn shape(&self) -> Result<Shape> {
         let key = self.id;
-        if let Some((at, shape)) = self.inner.anns.lock_ok().get(&key)
+        if let Some((at, shape)) = self.inner.shapes.lock_ok().get(&key)
             && at.elapsed() < ANN_TTL
         {
             return Ok(*shape);
@@ -241,7 +241,7 @@ impl PgSpace {
             rows: (rows >= 0.0).then_some(f64::from(rows)),
         };
         self.inner
-            .anns
+            .shapes
             .lock_ok()
             .insert(key, (Instant::now(), shape));
         Ok(shape)
@@ -250,14 +250,17 @@ impl PgSpace {
     /// IVFFlat lists a search reads, when the space has that index.
     pub(super) fn probes(&self) -> Result<Option<usize>> {
         Ok(match self.ann()? {
-            Ann::IvfFlat { lists } => Some(
-                self.inner
-                    .ivfflat_probes
-                    .unwrap_or_else(|| auto_probes(lists))
-                    .clamp(1, lists),
-            ),
+            Ann::IvfFlat { lists } => Some(self.probes_of(lists)),
             _ => None,
         })
+    }
+
+    /// Lists a search reads of an IVFFlat index with `lists`.
+    pub(super) fn probes_of(&self, lists: usize) -> usize {
+        self.inner
+            .ivfflat_probes
+            .unwrap_or_else(|| auto_probes(lists))
+            .clamp(1, lists)
     }
 }
 
@@ -402,7 +405,7 @@ impl PgStore {
         for f in found.iter().filter(|f| f.valid && f.name != name) {
             drop_concurrently(&mut c, &f.name)?;
         }
-        self.inner.anns.lock_ok().remove(&space.id);
+        self.inner.shapes.lock_ok().remove(&space.id);
         Ok(Outcome::Built(build))
     }
 
@@ -476,7 +479,7 @@ impl PgStore {
             c.batch_execute(&format!("DROP INDEX IF EXISTS {}", f.name))
                 .map_err(q("dropping a space's index"))?;
         }
-        self.inner.anns.lock_ok().remove(&space.id);
+        self.inner.shapes.lock_ok().remove(&space.id);
         Ok(())
     }
 }

@@ -130,7 +130,7 @@ struct Inner {
     ivf_first: u64,
     /// What each space's table is (its index, its rows), by space id, and
     /// when that was read.
-    anns: Mutex<HashMap<i32, (Instant, Shape)>>,
+    shapes: Mutex<HashMap<i32, (Instant, Shape)>>,
     /// Spaces whose index this process is building.
     building: Mutex<HashSet<i32>>,
     /// Spaces whose rows are not counted for a build before this (their
@@ -232,7 +232,7 @@ impl PgStore {
                 vector_index: options.vector_index,
                 ivfflat_probes: options.ivfflat_probes,
                 ivf_first: options.ivf_first,
-                anns: Mutex::new(HashMap::new()),
+                shapes: Mutex::new(HashMap::new()),
                 building: Mutex::new(HashSet::new()),
                 not_before: Mutex::new(HashMap::new()),
                 writer: Mutex::new(()),

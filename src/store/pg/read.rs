@@ -216,8 +216,7 @@ impl PgSpace {
             Ann::None => true,
             Ann::Hnsw => n <= session_ef_search(&self.inner.hnsw) as f64 && rows >= NEST_SLACK * n,
             Ann::IvfFlat { lists } => {
-                let probes = self.probes()?.unwrap_or(1) as f64;
-                rows * probes / lists as f64 >= NEST_SLACK * n
+                rows * self.probes_of(lists) as f64 / lists as f64 >= NEST_SLACK * n
             }
         })
     }
@@ -428,21 +427,16 @@ impl PgStore {
         let mut c = self.inner.primary.get()?;
         let what = "reading table sizes";
         let table = space.table();
-        let mut index = 0i64;
-        for name in super::ann::index_names(&mut c, &table).map_err(q(what))? {
-            let size: i64 = c
-                .query_one("SELECT pg_relation_size($1::text::regclass)", &[&name])
-                .map_err(q(what))?
-                .get(0);
-            index += size;
-        }
+        let indexes = super::ann::index_names(&mut c, &table).map_err(q(what))?;
         let row = c
             .query_one(
-                "SELECT pg_total_relation_size($1::text::regclass), pg_total_relation_size('files')",
-                &[&table],
+                "SELECT pg_total_relation_size($1::text::regclass), pg_total_relation_size('files'),
+                        (SELECT coalesce(sum(pg_relation_size(n::regclass)), 0)::bigint
+                         FROM unnest($2::text[]) n)",
+                &[&table, &indexes],
             )
             .map_err(q(what))?;
-        let total: i64 = row.get(0);
+        let (total, index): (i64, i64) = (row.get(0), row.get(2));
         Ok(RelationSizes {
             vectors: (total - index) as u64,
             index: index as u64,
