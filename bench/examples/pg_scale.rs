@@ -11,7 +11,11 @@
 //! builds the graph in memory, `PG_BUILD_MEMORY`, default 8GB), as
 //! `dualsight migrate` does. `PG_INDEX=ivfflat` gives the space an IVFFlat
 //! index instead of HNSW (`[store] vector_index`), `PG_PROBES=N` the lists a
-//! search reads (default: the daemon's, a quarter of √lists).
+//! search reads (default: the daemon's, `auto_probes`). `PG_SWEEP=1` then
+//! times each IVFFlat index on the table alone (the others dropped in a
+//! transaction rolled back) at each of `PG_SWEEP_PROBES` (a comma list),
+//! with its recall: build indexes of other lists beside the daemon's to
+//! choose between them.
 //! `PG_ONLY=1` skips the embedded index (search settings on a filled
 //! database). `PG_HALF=1` adds a `halfvec` expression index beside the
 //! `vector` one and compares the two graphs' own top 10 (recall against
@@ -22,6 +26,8 @@
 //! the query itself. `PAGED=1` searches both stores as the daemon
 //! answers a first page of 10 (`search_page`: a block of 100 ranked, the
 //! leading 10 returned; on PostgreSQL ~14 rows read, ~104 before 496bc54).
+//! `ROUNDS=N` then alternates the two stores' query runs N more times and
+//! prints each round's p50s and ratio.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -115,24 +121,18 @@ fn main() -> Result<()> {
         data: &data,
         dim: DIM,
     };
-    let (mut sled_lat, mut sled_found) = (Vec::new(), 0usize);
-    for (q, want) in queries.chunks_exact(DIM).zip(&truth).filter(|_| !pg_only) {
-        let query = Query {
-            vector: q,
-            limit: K,
-            min_score: None,
-            accept: None,
-        };
-        let t = Instant::now();
-        let hits = if paged {
-            search_page(&idx, &rows, &query, 0, K)?
-        } else {
-            search(&idx, &rows, &query)?
-        };
-        sled_lat.push(t.elapsed().as_secs_f64());
-        sled_found += hits.iter().filter(|(id, _)| want.contains(id)).count();
-    }
-    drop(idx);
+    let embedded_run = || {
+        let queries = if pg_only { &[][..] } else { &queries[..] };
+        timed(queries, &truth, paged, |query, page| {
+            let hits = if page {
+                search_page(&idx, &rows, query, 0, K)?
+            } else {
+                search(&idx, &rows, query)?
+            };
+            Ok(hits.into_iter().map(|(id, _)| id).collect())
+        })
+    };
+    let (mut sled_lat, sled_found) = embedded_run()?;
 
     // PostgreSQL: the daemon's own commits, then the daemon's own search.
     let ivf = std::env::var("PG_INDEX").is_ok_and(|k| k == "ivfflat");
@@ -231,29 +231,19 @@ fn main() -> Result<()> {
     let pg_build = t.elapsed();
     let sizes = pg.relation_sizes(pg_space)?;
 
-    let run = |filters: &Filters, truth: &[HashSet<u64>]| -> Result<(Vec<f64>, usize)> {
-        let (mut lat, mut found) = (Vec::new(), 0usize);
-        for (q, want) in queries.chunks_exact(DIM).zip(truth) {
-            let query = Query {
-                vector: q,
-                limit: K,
-                min_score: None,
-                accept: None,
-            };
-            let t = Instant::now();
+    let run = |filters: &Filters, truth: &[HashSet<u64>]| {
+        timed(&queries, truth, paged, |query, page| {
             let source = PgSource::new(pg_space, filters);
-            let hits = if paged {
-                search_page(&source, &source, &query, 0, K)?
+            let hits = if page {
+                search_page(&source, &source, query, 0, K)?
             } else {
-                search(&source, &source, &query)?
+                search(&source, &source, query)?
             };
-            lat.push(t.elapsed().as_secs_f64());
-            found += hits
+            Ok(hits
                 .iter()
-                .filter(|(f, _)| want.contains(&(row_of(&f.path) as u64 + 1)))
-                .count();
-        }
-        Ok((lat, found))
+                .map(|(f, _)| row_of(&f.path) as u64 + 1)
+                .collect())
+        })
     };
     run(&Filters::default(), &truth)?; // warm the page cache
     let (mut pg_lat, pg_found) = run(&Filters::default(), &truth)?;
@@ -305,6 +295,18 @@ fn main() -> Result<()> {
         pg_build.as_secs_f64() / sled_build.as_secs_f64(),
         p(&mut pg_lat, 0.5) / p(&mut sled_lat, 0.5)
     );
+    // This machine's speed drifts within minutes: alternating the two
+    // stores' query runs gives ratios from neighbouring minutes.
+    for round in 1..=env_or("ROUNDS", 0) {
+        let (mut e, _) = embedded_run()?;
+        let (mut g, _) = run(&Filters::default(), &truth)?;
+        let (e, g) = (p(&mut e, 0.5), p(&mut g, 0.5));
+        println!(
+            "round {round}: embedded p50 {e:.2} ms, postgres p50 {g:.2} ms, ratio {:.2}x",
+            g / e
+        );
+    }
+    drop(idx);
     if std::env::var_os("PG_HALF").is_some() {
         half_against_full(&mut sql, &table, n, &queries, &truth)?;
     }
@@ -312,7 +314,35 @@ fn main() -> Result<()> {
         let calib = mix.points(TEXT_QUERIES, 1 << 40, 2000, threads);
         shifted_walk(&mut sql, &table, n, &data, &calib, &queries, &truth)?;
     }
+    if std::env::var_os("PG_SWEEP").is_some() {
+        ivfflat_sweep(&mut sql, &table, n, &queries, &truth)?;
+    }
     Ok(())
+}
+
+/// Each query searched for its top `K` (a first page of `K` when `paged`)
+/// by `search`, which answers row ids: latencies, and hits in the exact
+/// top `K`.
+fn timed<I>(
+    queries: &[f32],
+    truth: &[HashSet<u64>],
+    paged: bool,
+    search: impl Fn(&Query<'_, I>, bool) -> Result<Vec<u64>>,
+) -> Result<(Vec<f64>, usize)> {
+    let (mut lat, mut found) = (Vec::new(), 0usize);
+    for (q, want) in queries.chunks_exact(DIM).zip(truth) {
+        let query = Query {
+            vector: q,
+            limit: K,
+            min_score: None,
+            accept: None,
+        };
+        let t = Instant::now();
+        let hits = search(&query, paged)?;
+        lat.push(t.elapsed().as_secs_f64());
+        found += hits.iter().filter(|id| want.contains(id)).count();
+    }
+    Ok((lat, found))
 }
 
 /// Row `i`'s id (`i + 1`) by its content hash, for answers read from SQL.
@@ -408,6 +438,89 @@ fn shifted_walk(
     Ok(())
 }
 
+/// `stmt` (one vector parameter, content hashes out) for every query, a
+/// warming pass and then a timed one: latencies, and how many of each
+/// answer's first `K` rows are in its exact top `K`.
+fn timed_top(
+    sql: &mut impl postgres::GenericClient,
+    stmt: &postgres::Statement,
+    queries: &[f32],
+    truth: &[HashSet<u64>],
+    row_of_hash: &std::collections::HashMap<Vec<u8>, u64>,
+) -> Result<(Vec<f64>, usize)> {
+    let (mut lat, mut found) = (Vec::new(), 0usize);
+    for pass in 0..2 {
+        for (q, want) in queries.chunks_exact(DIM).zip(truth) {
+            let v = pgvector::Vector::from(q.to_vec());
+            let t = Instant::now();
+            let rows = sql.query(stmt, &[&v])?;
+            if pass == 1 {
+                lat.push(t.elapsed().as_secs_f64());
+                found += hits_in(&rows[..rows.len().min(K)], row_of_hash, want);
+            }
+        }
+    }
+    Ok((lat, found))
+}
+
+/// Each IVFFlat index on the table alone (the others dropped inside a
+/// transaction that is rolled back), at each of `PG_SWEEP_PROBES`: the
+/// first page's fetch of 14 rows, its p50 and its top 10's recall against
+/// exact. For choosing lists, probes and the stored type from one filled
+/// table.
+fn ivfflat_sweep(
+    sql: &mut postgres::Client,
+    table: &str,
+    n: usize,
+    queries: &[f32],
+    truth: &[HashSet<u64>],
+) -> Result<()> {
+    let probes: Vec<usize> = std::env::var("PG_SWEEP_PROBES")
+        .unwrap_or_else(|_| "4,6,8,10,13,16,20,26,32,40".into())
+        .split(',')
+        .map(|p| p.trim().parse().context("PG_SWEEP_PROBES"))
+        .collect::<Result<_>>()?;
+    let indexes: Vec<(String, String)> = sql
+        .query(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = $1
+             AND (indexdef LIKE '%USING ivfflat%' OR indexdef LIKE '%USING hnsw%')
+             ORDER BY indexname",
+            &[&table],
+        )?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let row_of_hash = rows_by_hash(n);
+    for (name, def) in indexes.iter().filter(|(_, d)| d.contains("ivfflat")) {
+        let order = if def.contains("halfvec") {
+            format!("embedding::halfvec({DIM}) <=> $1::vector({DIM})::halfvec({DIM})")
+        } else {
+            "embedding <=> $1".to_owned()
+        };
+        let mut tx = sql.transaction()?;
+        for (other, _) in indexes.iter().filter(|(o, _)| o != name) {
+            tx.batch_execute(&format!("DROP INDEX {other}"))?;
+        }
+        let stmt = tx.prepare(&format!(
+            "SELECT hash FROM {table} ORDER BY {order} LIMIT {}",
+            K + 4
+        ))?;
+        for &probe in &probes {
+            tx.batch_execute(&format!("SET LOCAL ivfflat.probes = {probe}"))?;
+            let (mut lat, found) = timed_top(&mut tx, &stmt, queries, truth, &row_of_hash)?;
+            println!(
+                "{name} ({}), probes {probe}: p50 {:.2} ms p99 {:.2} ms; recall@10 {:.3}",
+                def.split("USING ").nth(1).unwrap_or(def),
+                p(&mut lat, 0.5),
+                p(&mut lat, 0.99),
+                found as f64 / (K * truth.len()) as f64
+            );
+        }
+        tx.rollback()?;
+    }
+    Ok(())
+}
+
 /// The `vector` graph against a `halfvec` one over the same rows: each
 /// index's own top `K` (no rescoring), recall against exact and latency.
 fn half_against_full(
@@ -447,18 +560,7 @@ fn half_against_full(
         let stmt = sql.prepare(&format!(
             "SELECT hash FROM {table} ORDER BY {order} LIMIT {K}"
         ))?;
-        let (mut lat, mut found) = (Vec::new(), 0usize);
-        for pass in 0..2 {
-            for (q, want) in queries.chunks_exact(DIM).zip(truth) {
-                let v = pgvector::Vector::from(q.to_vec());
-                let t = Instant::now();
-                let rows = sql.query(&stmt, &[&v])?;
-                if pass == 1 {
-                    lat.push(t.elapsed().as_secs_f64());
-                    found += hits_in(&rows, &row_of_hash, want);
-                }
-            }
-        }
+        let (mut lat, found) = timed_top(sql, &stmt, queries, truth, &row_of_hash)?;
         let size: i64 = sql
             .query_one(
                 "SELECT pg_relation_size($1::text::regclass)",

@@ -954,7 +954,7 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
 
 /// IVFFlat (`[store] vector_index = "ivfflat"`): a space has no vector index
 /// until it holds `ivf_first` vectors, then one built in the background with
-/// rows / 1000 lists (at least one); once the space has doubled, a new one
+/// rows / 500 lists (at least one); once the space has doubled, a new one
 /// with twice the lists replaces it. Searches read it and find each stored
 /// vector's own file first. A node configured with nothing keeps the space
 /// on IVFFlat as it grows; one asking for HNSW by name switches it back.
@@ -1046,9 +1046,10 @@ fn ivfflat_indexes_are_built_as_a_space_fills_and_rebuilt_as_it_doubles() {
     finds_its_own(&space, 400);
     commit(&store, &space, 400..700);
     wait_for_indexes(&pg_store, &space, &["vectors_1_ivf1"]);
-    // Doubled: two lists, the one-list index dropped once they are built.
+    // Doubled, and doubled again: four lists, the smaller indexes dropped
+    // once it is built.
     commit(&store, &space, 700..2000);
-    wait_for_indexes(&pg_store, &space, &["vectors_1_ivf2"]);
+    wait_for_indexes(&pg_store, &space, &["vectors_1_ivf4"]);
     let Space::Postgres(s) = &space else {
         unreachable!()
     };
@@ -1056,9 +1057,9 @@ fn ivfflat_indexes_are_built_as_a_space_fills_and_rebuilt_as_it_doubles() {
     let plan = s
         .nearest_plan(&vector(3), 10, &SearchFilters::default())
         .unwrap();
-    assert!(plan.contains("Index Scan using vectors_1_ivf2"), "{plan}");
+    assert!(plan.contains("Index Scan using vectors_1_ivf4"), "{plan}");
     finds_its_own(&space, 2000);
-    // Two lists of ~1000 rows, one probed: it holds a block, not 10,000.
+    // Four lists of ~500 rows, two probed: they hold a block, not 10,000.
     assert!(s.fetches_nest(104).unwrap());
     assert!(!s.fetches_nest(10_000).unwrap());
     a_first_page_reads_only_its_own_rows(s, &vector(17));
@@ -1069,7 +1070,7 @@ fn ivfflat_indexes_are_built_as_a_space_fills_and_rebuilt_as_it_doubles() {
     let space = plain.space("fp", 16).unwrap();
     commit(&plain, &space, 2000..4000);
     let pg_plain = plain.as_postgres().unwrap().clone();
-    wait_for_indexes(&pg_plain, &space, &["vectors_1_ivf4"]);
+    wait_for_indexes(&pg_plain, &space, &["vectors_1_ivf8"]);
     finds_its_own(&space, 4000);
     drop(plain);
 
