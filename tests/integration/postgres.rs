@@ -1046,9 +1046,13 @@ fn ivfflat_indexes_are_built_as_a_space_fills_and_rebuilt_as_it_doubles() {
     finds_its_own(&space, 400);
     commit(&store, &space, 400..700);
     wait_for_indexes(&pg_store, &space, &["vectors_1_ivf1"]);
-    // Doubled, and doubled again: four lists, the smaller indexes dropped
-    // once it is built.
-    commit(&store, &space, 700..2000);
+    // Doubled: two lists, the one-list index dropped once they are built.
+    // Each step ends on the commit that makes a rebuild due, so that the
+    // rows a build counts are the step's whole.
+    commit(&store, &space, 700..1000);
+    wait_for_indexes(&pg_store, &space, &["vectors_1_ivf2"]);
+    // Doubled again: four lists.
+    commit(&store, &space, 1000..2000);
     wait_for_indexes(&pg_store, &space, &["vectors_1_ivf4"]);
     let Space::Postgres(s) = &space else {
         unreachable!()

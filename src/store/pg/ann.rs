@@ -15,6 +15,7 @@
 //! builds; the index they replace is dropped only once the new one is
 //! valid.
 
+use std::collections::hash_map::Entry;
 use std::time::{Duration, Instant};
 
 use postgres::Client;
@@ -289,7 +290,7 @@ impl PgStore {
             Some(IndexKind::Hnsw) => ann == Ann::Hnsw,
             Some(IndexKind::IvfFlat) => false,
         };
-        if settled || inner.building.lock_ok().contains(&space.id) {
+        if settled {
             return Ok(());
         }
         // Ids only grow, so the last one bounds the rows from above and
@@ -309,12 +310,24 @@ impl PgStore {
         {
             return Ok(());
         }
+        // A build under way looks again once it ends: the rows it counted
+        // may be short of the ones committed since.
+        if let Some(again) = inner.building.lock_ok().get_mut(&space.id) {
+            *again = true;
+            return Ok(());
+        }
         if !due(space.vector_count()?) {
             self.later(space.id, ANN_TTL);
             return Ok(());
         }
-        if !inner.building.lock_ok().insert(space.id) {
-            return Ok(());
+        match inner.building.lock_ok().entry(space.id) {
+            Entry::Occupied(mut again) => {
+                *again.get_mut() = true;
+                return Ok(());
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(false);
+            }
         }
         let (store, space, id) = (self.clone(), space.clone(), space.id);
         let spawned = std::thread::Builder::new()
@@ -347,7 +360,15 @@ impl PgStore {
                         }
                     }
                 }
-                store.inner.building.lock_ok().remove(&space.id);
+                // A commit that found this build under way counted on it to
+                // look again; that look goes the usual way, rate limits and
+                // all, now that the space is free.
+                let again = store.inner.building.lock_ok().remove(&space.id);
+                if again == Some(true)
+                    && let Err(e) = store.tend_index(&space)
+                {
+                    tracing::warn!(space = %space.fingerprint, "looking again at a space's index: {e}");
+                }
             });
         if spawned.is_err() {
             inner.building.lock_ok().remove(&id);

@@ -20,7 +20,7 @@ mod replicas;
 mod schema;
 mod write;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -131,8 +131,9 @@ struct Inner {
     /// What each space's table is (its index, its rows), by space id, and
     /// when that was read.
     shapes: Mutex<HashMap<i32, (Instant, Shape)>>,
-    /// Spaces whose index this process is building.
-    building: Mutex<HashSet<i32>>,
+    /// Spaces whose index this process is building, each with whether a
+    /// commit asked for a build meanwhile (looked at again once it ends).
+    building: Mutex<HashMap<i32, bool>>,
     /// Spaces whose rows are not counted for a build before this (their
     /// ids outran their rows, or a build failed).
     not_before: Mutex<HashMap<i32, Instant>>,
@@ -233,7 +234,7 @@ impl PgStore {
                 ivfflat_probes: options.ivfflat_probes,
                 ivf_first: options.ivf_first,
                 shapes: Mutex::new(HashMap::new()),
-                building: Mutex::new(HashSet::new()),
+                building: Mutex::new(HashMap::new()),
                 not_before: Mutex::new(HashMap::new()),
                 writer: Mutex::new(()),
                 counts: Mutex::new(BTreeMap::new()),
