@@ -311,15 +311,21 @@ fn main() -> Result<()> {
         );
     }
     drop(idx);
+    let asked = Asked {
+        table: &table,
+        queries: &queries,
+        truth: &truth,
+        row_of_hash: rows_by_hash(n),
+    };
     if std::env::var_os("PG_HALF").is_some() {
-        half_against_full(&mut sql, &table, n, &queries, &truth)?;
+        half_against_full(&mut sql, &asked)?;
     }
     if std::env::var_os("PG_SHIFT").is_some() {
         let calib = mix.points(TEXT_QUERIES, 1 << 40, 2000, threads);
-        shifted_walk(&mut sql, &table, n, &data, &calib, &queries, &truth)?;
+        shifted_walk(&mut sql, &asked, &data, &calib)?;
     }
     if std::env::var_os("PG_SWEEP").is_some() {
-        ivfflat_sweep(&mut sql, &table, n, &queries, &truth)?;
+        ivfflat_sweep(&mut sql, &asked)?;
     }
     Ok(())
 }
@@ -347,6 +353,15 @@ fn timed<I>(
         found += hits.iter().filter(|id| want.contains(id)).count();
     }
     Ok((lat, found))
+}
+
+/// What the SQL-level experiments ask of a filled table: its queries,
+/// their exact answers, and each row's id by its content hash (built once).
+struct Asked<'a> {
+    table: &'a str,
+    queries: &'a [f32],
+    truth: &'a [HashSet<u64>],
+    row_of_hash: std::collections::HashMap<Vec<u8>, u64>,
 }
 
 /// Row `i`'s id (`i + 1`) by its content hash, for answers read from SQL.
@@ -393,16 +408,14 @@ fn mean(rows: &[f32]) -> Vec<f32> {
 /// cloud, descend where its neighbours are?
 fn shifted_walk(
     sql: &mut postgres::Client,
-    table: &str,
-    n: usize,
+    asked: &Asked<'_>,
     data: &[f32],
     calib: &[f32],
-    queries: &[f32],
-    truth: &[HashSet<u64>],
 ) -> Result<()> {
+    let (table, queries, truth, row_of_hash) =
+        (asked.table, asked.queries, asked.truth, &asked.row_of_hash);
     let mi = mean(data);
     let mt = mean(calib);
-    let row_of_hash = rows_by_hash(n);
     let ef = env_or("PG_EF_SEARCH", IndexParams::default().ef_search).min(1000);
     sql.batch_execute(&format!("SET hnsw.ef_search = {ef}"))?;
     let stmt = sql.prepare(&format!(
@@ -428,7 +441,7 @@ fn shifted_walk(
                 let rows = sql.query(&stmt, &[&vs, &vq])?;
                 if pass == 1 {
                     lat.push(t.elapsed().as_secs_f64());
-                    found += hits_in(&rows, &row_of_hash, want);
+                    found += hits_in(&rows, row_of_hash, want);
                 }
             }
         }
@@ -448,10 +461,9 @@ fn shifted_walk(
 fn timed_top(
     sql: &mut impl postgres::GenericClient,
     stmt: &postgres::Statement,
-    queries: &[f32],
-    truth: &[HashSet<u64>],
-    row_of_hash: &std::collections::HashMap<Vec<u8>, u64>,
+    asked: &Asked<'_>,
 ) -> Result<(Vec<f64>, usize)> {
+    let (queries, truth, row_of_hash) = (asked.queries, asked.truth, &asked.row_of_hash);
     let (mut lat, mut found) = (Vec::new(), 0usize);
     for pass in 0..2 {
         for (q, want) in queries.chunks_exact(DIM).zip(truth) {
@@ -472,17 +484,16 @@ fn timed_top(
 /// first page's fetch of 14 rows, its p50 and its top 10's recall against
 /// exact. For choosing lists, probes and the stored type from one filled
 /// table.
-fn ivfflat_sweep(
-    sql: &mut postgres::Client,
-    table: &str,
-    n: usize,
-    queries: &[f32],
-    truth: &[HashSet<u64>],
-) -> Result<()> {
+fn ivfflat_sweep(sql: &mut postgres::Client, asked: &Asked<'_>) -> Result<()> {
+    let (table, truth) = (asked.table, asked.truth);
     let probes: Vec<usize> = std::env::var("PG_SWEEP_PROBES")
         .unwrap_or_else(|_| "4,6,8,10,13,16,20,26,32,40".into())
         .split(',')
-        .map(|p| p.trim().parse().context("PG_SWEEP_PROBES"))
+        .map(|p| {
+            p.trim().parse().with_context(|| {
+                format!("PG_SWEEP_PROBES: `{p}` is not a list count (expected e.g. 8,10,13)")
+            })
+        })
         .collect::<Result<_>>()?;
     let indexes: Vec<(String, String)> = sql
         .query(
@@ -494,7 +505,6 @@ fn ivfflat_sweep(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let row_of_hash = rows_by_hash(n);
     for (name, def) in indexes.iter().filter(|(_, d)| d.contains("ivfflat")) {
         let order = if def.contains("halfvec") {
             format!("embedding::halfvec({DIM}) <=> $1::vector({DIM})::halfvec({DIM})")
@@ -511,7 +521,7 @@ fn ivfflat_sweep(
         ))?;
         for &probe in &probes {
             tx.batch_execute(&format!("SET LOCAL ivfflat.probes = {probe}"))?;
-            let (mut lat, found) = timed_top(&mut tx, &stmt, queries, truth, &row_of_hash)?;
+            let (mut lat, found) = timed_top(&mut tx, &stmt, asked)?;
             println!(
                 "{name} ({}), probes {probe}: p50 {:.2} ms p99 {:.2} ms; recall@10 {:.3}",
                 def.split("USING ").nth(1).unwrap_or(def),
@@ -527,13 +537,8 @@ fn ivfflat_sweep(
 
 /// The `vector` graph against a `halfvec` one over the same rows: each
 /// index's own top `K` (no rescoring), recall against exact and latency.
-fn half_against_full(
-    sql: &mut postgres::Client,
-    table: &str,
-    n: usize,
-    queries: &[f32],
-    truth: &[HashSet<u64>],
-) -> Result<()> {
+fn half_against_full(sql: &mut postgres::Client, asked: &Asked<'_>) -> Result<()> {
+    let (table, truth, row_of_hash) = (asked.table, asked.truth, &asked.row_of_hash);
     let params = IndexParams::default();
     let t = Instant::now();
     sql.batch_execute(&format!(
@@ -553,7 +558,6 @@ fn half_against_full(
         "SET hnsw.ef_search = {}",
         env_or("PG_EF_SEARCH", params.ef_search).min(1000)
     ))?;
-    let row_of_hash = rows_by_hash(n);
     for (name, order) in [
         ("vector ", "embedding <=> $1".to_owned()),
         (
@@ -564,7 +568,7 @@ fn half_against_full(
         let stmt = sql.prepare(&format!(
             "SELECT hash FROM {table} ORDER BY {order} LIMIT {K}"
         ))?;
-        let (mut lat, found) = timed_top(sql, &stmt, queries, truth, &row_of_hash)?;
+        let (mut lat, found) = timed_top(sql, &stmt, asked)?;
         let size: i64 = sql
             .query_one(
                 "SELECT pg_relation_size($1::text::regclass)",
@@ -579,7 +583,7 @@ fn half_against_full(
             p(&mut lat, 0.5),
             p(&mut lat, 0.99),
             found as f64 / (K * truth.len()) as f64,
-            size as f64 / n as f64
+            size as f64 / row_of_hash.len() as f64
         );
     }
     Ok(())
