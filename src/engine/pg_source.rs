@@ -1,11 +1,12 @@
-//! PostgreSQL's space as both halves of the search routine: pgvector's HNSW
-//! index gives the candidates, with their exact vectors in the same rows,
-//! and the files of every node holding them are read once per widening, the
-//! filters applied by the database (`store/pg/read.rs`).
+//! PostgreSQL's space as both halves of the search routine: pgvector's index
+//! gives the candidates, with their exact vectors and the files of every
+//! node holding them in the same statement, the filters applied by the
+//! database (`store/pg/read.rs`).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use super::search::{Candidates, Exact, Result, VectorSource};
@@ -24,6 +25,8 @@ pub struct PgSource<'a> {
     /// Whether the filter ranks its vectors exactly, decided at the first
     /// ask: widenings keep the route.
     exact: OnceLock<bool>,
+    /// Statements that read files apart from the candidates' own.
+    file_reads: AtomicUsize,
 }
 
 impl<'a> PgSource<'a> {
@@ -41,7 +44,15 @@ impl<'a> PgSource<'a> {
             seen: Mutex::default(),
             holders: Mutex::default(),
             exact: OnceLock::new(),
+            file_reads: AtomicUsize::new(0),
         }
+    }
+
+    /// How many statements this search spent reading files apart from the
+    /// ones that found its candidates (none, unless asked about a content
+    /// it never fetched).
+    pub fn file_reads(&self) -> usize {
+        self.file_reads.load(Ordering::Relaxed)
     }
 }
 
@@ -83,13 +94,28 @@ impl Candidates for PgSource<'_> {
         }
     }
 
+    /// The candidates come with their files, which are kept for `items`,
+    /// so that a search asks the database once per widening.
     fn candidates(&self, query: &[f32], n: usize) -> Result<Vec<u64>> {
         let exact = self.exact()?;
         let found = self.space.nearest_routed(query, n, &self.filters, exact)?;
-        let ids = found.iter().map(|v| v.id).collect();
+        let ids = found.iter().map(|c| c.nearest.id).collect();
+        // `items`' order: holders, then seen.
+        let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        for v in found {
-            seen.insert(v.id, v);
+        for c in found {
+            // A content read back under two ids (deleted and added again as
+            // the search ran) keeps its first rows' files, not both.
+            holders.entry(c.nearest.hash).or_insert_with(|| {
+                c.files
+                    .into_iter()
+                    .map(|f| Found {
+                        node: Some(f.node),
+                        path: PathBuf::from(f.path),
+                    })
+                    .collect()
+            });
+            seen.insert(c.nearest.id, c.nearest);
         }
         Ok(ids)
     }
@@ -107,30 +133,25 @@ impl VectorSource for PgSource<'_> {
         }))
     }
 
-    /// The first ask after a widening reads the holders of every candidate
-    /// not asked about yet, in one query.
+    /// Candidates come with their files; a key the search never fetched
+    /// is read alone.
     fn items(&self, key: &ContentHash) -> Result<Vec<Found>> {
         let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
-        if !holders.contains_key(key) {
-            let wanted: BTreeSet<ContentHash> = {
-                let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-                seen.values()
-                    .map(|v| v.hash)
-                    .filter(|h| !holders.contains_key(h))
-                    .chain(std::iter::once(*key))
-                    .collect()
-            };
-            let wanted: Vec<ContentHash> = wanted.into_iter().collect();
-            for h in &wanted {
-                holders.insert(*h, Vec::new());
-            }
-            for f in self.space.holders(&wanted, &self.filters)? {
-                holders.entry(f.hash).or_default().push(Found {
-                    node: Some(f.node),
-                    path: PathBuf::from(f.path),
-                });
-            }
+        if let Some(found) = holders.get(key) {
+            return Ok(found.clone());
         }
-        Ok(holders.get(key).cloned().unwrap_or_default())
+        self.file_reads.fetch_add(1, Ordering::Relaxed);
+        let mut found = Vec::new();
+        for f in self
+            .space
+            .holders(std::slice::from_ref(key), &self.filters)?
+        {
+            found.push(Found {
+                node: Some(f.node),
+                path: PathBuf::from(f.path),
+            });
+        }
+        holders.insert(*key, found.clone());
+        Ok(found)
     }
 }

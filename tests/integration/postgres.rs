@@ -115,7 +115,8 @@ mod recording {
 }
 
 /// A first page of 10, unfiltered, asks the index for 14 rows, not its
-/// block's 104, and is the block's first 10; pages of 10 are one long page.
+/// block's 104, in one statement that also reads their files, and is the
+/// block's first 10; pages of 10 are one long page.
 /// The planner reads the space the same way for either fetch.
 fn a_first_page_reads_only_its_own_rows(space: &dualsight::store::pg::PgSpace, q: &[f32]) {
     use dualsight::engine::search::{PAGE_BLOCK, Query, search, search_page};
@@ -134,6 +135,9 @@ fn a_first_page_reads_only_its_own_rows(space: &dualsight::store::pg::PgSpace, q
     let source = Recording::new(space);
     let page = search_page(&source, &source, &query, 0, 10).unwrap();
     assert_eq!(source.asked(), [14]);
+    // The hits' files came in the statement that found them.
+    assert_eq!(page.len(), 10);
+    assert_eq!(source.inner.file_reads(), 0);
     let block = search(
         &source,
         &source,

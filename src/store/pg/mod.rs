@@ -33,7 +33,9 @@ use super::{ContentHash, FailureRecord, FileRecord, Result, SpaceInfo, StoreErro
 use crate::preprocess::meta::{PhotoMeta, TakenFrom};
 pub use ann::{Ann, IVF_FIRST, IndexKind, Shape, auto_probes, lists_for};
 pub use pool::redact;
-pub use read::{EXACT_BELOW, Nearest, RelationSizes, ReplicaState, SearchFilters};
+pub use read::{
+    Candidate, EXACT_BELOW, Holder, Nearest, RelationSizes, ReplicaState, SearchFilters,
+};
 pub use schema::SCHEMA_VERSION;
 
 /// Rows per page when iterating files, failures or vectors: bounds what an

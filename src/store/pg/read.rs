@@ -112,6 +112,15 @@ pub struct Holder {
     pub path: String,
 }
 
+/// A candidate with the files (of any node) holding its content that pass
+/// the search's filters, by node and path: read in the statement that
+/// found it, so a page costs one round trip, not two.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub nearest: Nearest,
+    pub files: Vec<Holder>,
+}
+
 /// The SQL condition on `files f` for a filter, with its parameters
 /// numbered from `first`.
 fn file_condition(filters: &SearchFilters, first: usize) -> (String, Vec<Box<dyn ToSql + Sync>>) {
@@ -153,19 +162,23 @@ impl PgSpace {
         filters: &SearchFilters,
     ) -> Result<Vec<Nearest>> {
         let exact = self.ranks_exactly(filters)?;
-        self.nearest_routed(query, n, filters, exact)
+        Ok(self
+            .nearest_routed(query, n, filters, exact)?
+            .into_iter()
+            .map(|c| c.nearest)
+            .collect())
     }
 
-    /// [`PgSpace::nearest`] with the route already chosen by
-    /// [`PgSpace::ranks_exactly`], so that a search widening its candidates
-    /// decides once.
+    /// [`PgSpace::nearest`] with each candidate's files, and the route
+    /// already chosen by [`PgSpace::ranks_exactly`], so that a search
+    /// widening its candidates decides once.
     pub fn nearest_routed(
         &self,
         query: &[f32],
         n: usize,
         filters: &SearchFilters,
         exact: bool,
-    ) -> Result<Vec<Nearest>> {
+    ) -> Result<Vec<Candidate>> {
         if exact {
             return self.nearest_by(query, n, filters, true);
         }
@@ -184,18 +197,9 @@ impl PgSpace {
         n: usize,
         filters: &SearchFilters,
         exact: bool,
-    ) -> Result<Vec<Nearest>> {
+    ) -> Result<Vec<Candidate>> {
         let rows = self.run_nearest("searching vectors", query, n, filters, exact, "")?;
-        rows.iter()
-            .map(|r| {
-                let id = r.get::<_, i64>(0) as u64;
-                Ok(Nearest {
-                    id,
-                    hash: hash_of(r.get(1), &format!("vector {id}"))?,
-                    vector: r.get::<_, Vector>(2).to_vec(),
-                })
-            })
-            .collect()
+        candidates_of(&rows)
     }
 
     /// Whether an unfiltered search for fewer than `n` nearest returns the
@@ -317,9 +321,17 @@ impl PgSpace {
         } else {
             "v.embedding <=> $1"
         };
+        // The files come from a lateral join, one index lookup per candidate
+        // after the limit (the candidates' own scan is the same as alone),
+        // as arrays: one row per candidate, its vector sent once however
+        // many files hold it.
         let sql = format!(
-            "{prefix}SELECT v.id, v.hash, v.embedding FROM {} v {filter}
-             ORDER BY {order} LIMIT $2",
+            "{prefix}SELECT n.id, n.hash, n.embedding, h.nodes, h.paths FROM
+             (SELECT v.id, v.hash, v.embedding FROM {} v {filter}
+              ORDER BY {order} LIMIT $2) n
+             CROSS JOIN LATERAL (SELECT array_agg(f.node ORDER BY f.node, f.path) nodes,
+              array_agg(f.path ORDER BY f.node, f.path) paths FROM files f
+              WHERE f.hash = n.hash AND {cond}) h",
             self.table()
         );
         let v = Vector::from(query.to_vec());
@@ -381,6 +393,33 @@ impl PgSpace {
             })
             .collect()
     }
+}
+
+/// Candidates from a search's rows, in their order, each with its files; a
+/// candidate no passing file holds (deleted as the search ran) has none.
+fn candidates_of(rows: &[postgres::Row]) -> Result<Vec<Candidate>> {
+    rows.iter()
+        .map(|r| {
+            let id = r.get::<_, i64>(0) as u64;
+            let hash = hash_of(r.get(1), &format!("vector {id}"))?;
+            let nodes: Option<Vec<String>> = r.get(3);
+            let paths: Option<Vec<String>> = r.get(4);
+            let files = nodes
+                .unwrap_or_default()
+                .into_iter()
+                .zip(paths.unwrap_or_default())
+                .map(|(node, path)| Holder { hash, node, path })
+                .collect();
+            Ok(Candidate {
+                nearest: Nearest {
+                    id,
+                    hash,
+                    vector: r.get::<_, Vector>(2).to_vec(),
+                },
+                files,
+            })
+        })
+        .collect()
 }
 
 impl PgStore {
