@@ -324,14 +324,17 @@ impl PgSpace {
         // The files come from a lateral join, one index lookup per candidate
         // after the limit (the candidates' own scan is the same as alone),
         // as arrays: one row per candidate, its vector sent once however
-        // many files hold it.
+        // many files hold it. Grouped by the hash, so that a content no
+        // passing file holds gives no row there and the outer join keeps
+        // it, with none.
         let sql = format!(
             "{prefix}SELECT n.id, n.hash, n.embedding, h.nodes, h.paths FROM
-             (SELECT v.id, v.hash, v.embedding FROM {} v {filter}
+             (SELECT v.id, v.hash, v.embedding, {order} AS d FROM {} v {filter}
               ORDER BY {order} LIMIT $2) n
-             CROSS JOIN LATERAL (SELECT array_agg(f.node ORDER BY f.node, f.path) nodes,
+             LEFT JOIN LATERAL (SELECT array_agg(f.node ORDER BY f.node, f.path) nodes,
               array_agg(f.path ORDER BY f.node, f.path) paths FROM files f
-              WHERE f.hash = n.hash AND {cond}) h",
+              WHERE f.hash = n.hash AND {cond} GROUP BY f.hash) h ON TRUE
+             ORDER BY n.d",
             self.table()
         );
         let v = Vector::from(query.to_vec());
