@@ -455,9 +455,10 @@ fn shifted_walk(
     Ok(())
 }
 
-/// `stmt` (one vector parameter, content hashes out) for every query, a
-/// warming pass and then a timed one: latencies, and how many of each
-/// answer's first `K` rows are in its exact top `K`.
+/// `stmt` (one vector parameter; content hashes out, then optionally the
+/// rows' vectors) for every query, a warming pass and then a timed one:
+/// latencies, and how many of each answer's first `K` rows are in its exact
+/// top `K`, in the answer's order and (with vectors) ranked by them.
 fn timed_top(
     sql: &mut impl postgres::GenericClient,
     stmt: &postgres::Statement,
