@@ -76,7 +76,7 @@ pub struct StoreSettings {
     /// Each space's pgvector index: `hnsw` or `ivfflat`. Unset: each space
     /// keeps the one it has (a new one: HNSW).
     pub vector_index: Option<String>,
-    /// IVFFlat lists a search reads; 0: √lists / 4.5, at least 2.
+    /// IVFFlat lists a search reads; 0: √lists / 6.4, at least 2.
     pub ivfflat_probes: usize,
 }
 

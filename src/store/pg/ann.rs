@@ -97,13 +97,14 @@ pub fn lists_for(rows: u64) -> usize {
     }
 }
 
-/// Lists a search reads when none are configured: √lists / 4.5, at least
-/// 2 (4 of 200 at 100k, 10 of 2000 at 1M). On the benchmark's libraries
-/// that found 0.993 and 0.965 of the exact top 10 for text queries, where
-/// 8 of 2000 found 0.959 (BENCHMARKS.md, session 32): the margin is for
-/// the lists another k-means draw places. pgvector suggests √lists as a start.
+/// Lists a search reads when none are configured: √lists / 6.4, at least
+/// 2 (3 of 200 at 100k, 7 of 2000 at 1M). On the benchmark's libraries
+/// that found 0.982 and 0.955–0.956 of the exact top 10 for text queries
+/// (two k-means draws of the 1M lists), where 6 of 2000 found 0.946 on
+/// one draw (BENCHMARKS.md, session 33); at 1M a first page then took
+/// under 2x the embedded store's time. pgvector suggests √lists as a start.
 pub fn auto_probes(lists: usize) -> usize {
-    ((lists as f64).sqrt() / 4.5).ceil().max(2.0) as usize
+    ((lists as f64).sqrt() / 6.4).ceil().max(2.0) as usize
 }
 
 /// What should be built for a space that has `ann` and `rows` vectors, for
@@ -579,8 +580,9 @@ mod tests {
         assert_eq!(lists_for(4_000_000), 4000);
         assert_eq!(auto_probes(1), 2);
         assert_eq!(auto_probes(20), 2);
-        assert_eq!(auto_probes(200), 4);
-        assert_eq!(auto_probes(2000), 10);
+        assert_eq!(auto_probes(200), 3);
+        assert_eq!(auto_probes(1000), 5);
+        assert_eq!(auto_probes(2000), 7);
     }
 
     #[test]
