@@ -364,6 +364,13 @@ struct Asked<'a> {
     row_of_hash: std::collections::HashMap<Vec<u8>, u64>,
 }
 
+impl Asked<'_> {
+    /// Recall@`K` of `found` rows of the exact top `K`s over every query.
+    fn recall(&self, found: usize) -> f64 {
+        found as f64 / (K * self.truth.len()) as f64
+    }
+}
+
 /// Row `i`'s id (`i + 1`) by its content hash, for answers read from SQL.
 fn rows_by_hash(n: usize) -> std::collections::HashMap<Vec<u8>, u64> {
     (0..n)
@@ -475,12 +482,17 @@ fn timed_top(
                 lat.push(t.elapsed().as_secs_f64());
                 found.ordered += hits_in(&rows[..rows.len().min(K)], row_of_hash, want);
                 if rows.first().is_some_and(|r| r.len() > 1) {
-                    // As the daemon ranks a fetch: by each row's exact vector.
-                    let score = |r: &postgres::Row| -> f32 {
-                        let e = r.get::<_, pgvector::Vector>(1);
-                        e.as_slice().iter().zip(q).map(|(a, b)| a * b).sum()
-                    };
-                    rows.sort_by(|a, b| score(b).total_cmp(&score(a)));
+                    // As the daemon ranks a fetch: by each row's exact
+                    // vector, each scored once.
+                    let mut scored: Vec<(f32, postgres::Row)> = rows
+                        .into_iter()
+                        .map(|r| {
+                            let e = r.get::<_, pgvector::Vector>(1);
+                            (e.as_slice().iter().zip(q).map(|(a, b)| a * b).sum(), r)
+                        })
+                        .collect();
+                    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+                    rows = scored.into_iter().map(|(_, r)| r).collect();
                     found.reranked += hits_in(&rows[..rows.len().min(K)], row_of_hash, want);
                 }
             }
@@ -503,7 +515,7 @@ struct Found {
 /// exact. For choosing lists, probes and the stored type from one filled
 /// table.
 fn ivfflat_sweep(sql: &mut postgres::Client, asked: &Asked<'_>) -> Result<()> {
-    let (table, truth) = (asked.table, asked.truth);
+    let table = asked.table;
     let probes: Vec<usize> = std::env::var("PG_SWEEP_PROBES")
         .unwrap_or_else(|_| "4,6,8,10,13,16,20,26,32,40".into())
         .split(',')
@@ -537,7 +549,6 @@ fn ivfflat_sweep(sql: &mut postgres::Client, asked: &Asked<'_>) -> Result<()> {
             "SELECT hash, embedding FROM {table} ORDER BY {order} LIMIT {}",
             K + 4
         ))?;
-        let recall = |n: usize| n as f64 / (K * truth.len()) as f64;
         for &probe in &probes {
             tx.batch_execute(&format!("SET LOCAL ivfflat.probes = {probe}"))?;
             let (mut lat, found) = timed_top(&mut tx, &stmt, asked)?;
@@ -547,8 +558,8 @@ fn ivfflat_sweep(sql: &mut postgres::Client, asked: &Asked<'_>) -> Result<()> {
                 def.split("USING ").nth(1).unwrap_or(def),
                 p(&mut lat, 0.5),
                 p(&mut lat, 0.99),
-                recall(found.ordered),
-                recall(found.reranked)
+                asked.recall(found.ordered),
+                asked.recall(found.reranked)
             );
         }
         tx.rollback()?;
@@ -559,7 +570,7 @@ fn ivfflat_sweep(sql: &mut postgres::Client, asked: &Asked<'_>) -> Result<()> {
 /// The `vector` graph against a `halfvec` one over the same rows: each
 /// index's own top `K` (no rescoring), recall against exact and latency.
 fn half_against_full(sql: &mut postgres::Client, asked: &Asked<'_>) -> Result<()> {
-    let (table, truth, row_of_hash) = (asked.table, asked.truth, &asked.row_of_hash);
+    let (table, row_of_hash) = (asked.table, &asked.row_of_hash);
     let params = IndexParams::default();
     let t = Instant::now();
     sql.batch_execute(&format!(
@@ -603,7 +614,7 @@ fn half_against_full(sql: &mut postgres::Client, asked: &Asked<'_>) -> Result<()
             "{name} graph, its own top {K}: p50 {:.2} ms p99 {:.2} ms; recall@10 {:.3}; index {:.0} bytes per vector",
             p(&mut lat, 0.5),
             p(&mut lat, 0.99),
-            found.ordered as f64 / (K * truth.len()) as f64,
+            asked.recall(found.ordered),
             size as f64 / row_of_hash.len() as f64
         );
     }

@@ -12,7 +12,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use super::search::{Candidates, Exact, Result, VectorSource};
 use super::{Filters, Found};
 use crate::store::ContentHash;
-use crate::store::pg::{Nearest, PgSpace, SearchFilters};
+use crate::store::pg::{Holder, Nearest, PgSpace, SearchFilters};
 
 /// One search's view of a PostgreSQL space.
 pub struct PgSource<'a> {
@@ -106,15 +106,9 @@ impl Candidates for PgSource<'_> {
         for c in found {
             // A content read back under two ids (deleted and added again as
             // the search ran) keeps its first rows' files, not both.
-            holders.entry(c.nearest.hash).or_insert_with(|| {
-                c.files
-                    .into_iter()
-                    .map(|f| Found {
-                        node: Some(f.node),
-                        path: PathBuf::from(f.path),
-                    })
-                    .collect()
-            });
+            holders
+                .entry(c.nearest.hash)
+                .or_insert_with(|| c.files.into_iter().map(hit_file).collect());
             seen.insert(c.nearest.id, c.nearest);
         }
         Ok(ids)
@@ -141,17 +135,21 @@ impl VectorSource for PgSource<'_> {
             return Ok(found.clone());
         }
         self.file_reads.fetch_add(1, Ordering::Relaxed);
-        let mut found = Vec::new();
-        for f in self
+        let files: Vec<Found> = self
             .space
             .holders(std::slice::from_ref(key), &self.filters)?
-        {
-            found.push(Found {
-                node: Some(f.node),
-                path: PathBuf::from(f.path),
-            });
-        }
-        holders.insert(*key, found.clone());
-        Ok(found)
+            .into_iter()
+            .map(hit_file)
+            .collect();
+        holders.insert(*key, files.clone());
+        Ok(files)
+    }
+}
+
+/// A file holding a candidate, as a search's hit names it.
+fn hit_file(h: Holder) -> Found {
+    Found {
+        node: Some(h.node),
+        path: PathBuf::from(h.path),
     }
 }
