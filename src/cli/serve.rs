@@ -219,3 +219,62 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn postgres_of(flags: &[&str]) -> crate::store::pg::PgOptions {
+        let argv = ["serve", "--model", "m", "--watch", "/srv/photos"]
+            .iter()
+            .chain(flags);
+        let settings = Serve::try_parse_from(argv)
+            .unwrap()
+            .args
+            .settings()
+            .unwrap();
+        settings.postgres().expect("the postgres backend")
+    }
+
+    #[test]
+    fn read_urls_repeat_and_the_node_defaults_to_the_host_name() {
+        let pg = postgres_of(&[
+            "--store",
+            "postgres",
+            "--database-url",
+            "host=/run/postgresql dbname=photos",
+            "--database-read-url",
+            "host=standby-1 dbname=photos",
+            "--database-read-url",
+            "host=standby-2 dbname=photos",
+        ]);
+        assert_eq!(pg.url, "host=/run/postgresql dbname=photos");
+        assert_eq!(
+            pg.read_urls,
+            [
+                "host=standby-1 dbname=photos",
+                "host=standby-2 dbname=photos"
+            ]
+        );
+        // The kernel's own record of the name, not the call the code makes.
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(pg.node, host.trim());
+        let named = postgres_of(&[
+            "--store",
+            "postgres",
+            "--database-url",
+            "postgres://db/photos",
+            "--node",
+            "nas-1",
+        ]);
+        assert_eq!(named.node, "nas-1");
+        assert!(named.read_urls.is_empty());
+    }
+}

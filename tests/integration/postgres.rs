@@ -212,7 +212,12 @@ async fn two_daemons_on_two_folders_answer_over_both() {
         pg.socket_dir.display()
     );
     let mut north = node_daemon(&url, "north");
-    let mut south = node_daemon(&url, "south");
+    // The other node is set up the other ways: its database from the
+    // environment, its name from the config file.
+    let mut south = Daemon::prepare(model_dir("vit-bert"));
+    south.args = ["--store", "postgres"].map(String::from).to_vec();
+    south.env = vec![("DUALSIGHT_DATABASE_URL".into(), url.clone())];
+    south.config_head = "node = \"south\"\n".into();
     // One node asks for IVFFlat: too few photos for its lists, so searches
     // scan exactly (or walk the HNSW index the other node made), the same
     // hits either way.
@@ -278,6 +283,29 @@ async fn two_daemons_on_two_folders_answer_over_both() {
     })
     .await;
     assert_eq!(s.embedded_images, 1, "{}", south.log());
+    assert_eq!(s.node, "south");
+
+    // A node whose root goes away (unmounted, as far as it can tell)
+    // reports it offline and keeps its files: they stay found, from either
+    // node, past the removal grace; back, nothing is embedded again.
+    let away = north.photos.with_extension("away");
+    std::fs::rename(&north.photos, &away).unwrap();
+    wait_for(&north, &mut cn, "north's root offline", |s| {
+        s.roots.iter().any(|r| !r.online)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let s = status(&mut cn).await;
+    assert_eq!(s.indexed_files, 2, "an offline root lost its files: {s:?}");
+    for c in [&mut cn, &mut cs] {
+        assert_eq!(search(c, "a photo", 10).await.len(), 5);
+    }
+    std::fs::rename(&away, &north.photos).unwrap();
+    let s = wait_for(&north, &mut cn, "north's root back", |s| {
+        s.roots.iter().all(|r| r.online) && s.pending_files == 0
+    })
+    .await;
+    assert_eq!((s.indexed_files, s.embedded_images), (2, 2), "{s:?}");
 
     // An index kind pgvector does not have is refused by name.
     let err = run_err(
@@ -570,6 +598,9 @@ async fn a_standby_serves_searches_and_the_primary_takes_over_when_it_stops() {
     let mut d = node_daemon(&pg.url("lib"), "reader");
     d.args
         .extend(["--database-read-url".into(), standby.url("lib")]);
+    // Short enough for the test to wait out, long enough that a standby
+    // streaming normally is never left out.
+    d.config_head = "[store]\nmax_replica_lag_ms = 1500\n".into();
     for p in ["chelsea.png", "coffee.webp", "rocket.jpg"] {
         copy_photo(p, &d.photos);
     }
@@ -631,20 +662,54 @@ async fn a_standby_serves_searches_and_the_primary_takes_over_when_it_stops() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // A standby whose replay stops falls behind: past the lag allowed it
+    // serves no search, Status says why, and the primary answers with the
+    // photo the standby lacks; replaying again, it serves again.
+    standby.psql("postgres", "SELECT pg_wal_replay_pause()");
+    copy_photo("astronaut_cmyk.jpg", &d.photos);
+    wait_for(&d, &mut c, "indexed", |s| {
+        s.indexed_files == 5 && s.pending_files == 0
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let hits = search(&mut c, "a photo", 5).await.len();
+        let s = status(&mut c).await;
+        if hits == 5 && !s.replicas[0].serving {
+            assert!(s.replicas[0].error.contains("lags"), "{s:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a paused standby was not left out ({hits} hits): {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(d.log().contains("standby left out"), "{}", d.log());
+    standby.psql("postgres", "SELECT pg_wal_replay_resume()");
+    // Its health is looked at again when a search needs it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !status(&mut c).await.replicas[0].serving {
+        assert!(Instant::now() < deadline, "the standby never served again");
+        assert_eq!(search(&mut c, "a photo", 5).await.len(), 5);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        d.log().contains("standby serves searches again"),
+        "{}",
+        d.log()
+    );
+
     standby.stop();
     let hits = search(&mut c, "a photo", 5).await;
-    assert_eq!(hits.len(), 4, "the primary did not take over");
+    assert_eq!(hits.len(), 5, "the primary did not take over");
     let s = status(&mut c).await;
     assert!(!s.replicas[0].serving, "{s:?}");
     assert!(!s.replicas[0].error.is_empty(), "{s:?}");
-    assert!(d.log().contains("standby left out"), "{}", d.log());
 }
 
-/// Through the library: candidates come from an HNSW index walk, filtered
-/// or not (once the table is large enough for the planner to prefer it); a
-/// filter keeping three photos of 3000 returns all three, and one keeping
-/// nearly all of them (still fewer than a walk may visit) ranks exactly; a database migrated by a newer dualsight
-/// is refused by name.
+/// A batch of paths and of contents is looked up in one statement each,
+/// the answers in the order asked, and only this node's files are its own.
 #[test]
 fn many_files_and_contents_are_looked_up_at_once_in_their_order() {
     use dualsight::store::{Commit, ContentHash, Embedding, FileRecord, Store};
@@ -811,6 +876,12 @@ fn a_spaces_vectors_are_kept_in_its_rows() {
     assert_eq!(sizes.vectors + sizes.index, total);
 }
 
+/// Through the library: candidates come from an HNSW index walk, filtered
+/// or not (once the table is large enough for the planner to prefer it); a
+/// filter keeping three photos of 3000 returns all three, one keeping 30
+/// ranks exactly, as do a minimum score and a window of dates, and a broad
+/// date filter still fills its page; a database migrated by a newer
+/// dualsight is refused by name.
 #[test]
 fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
     use dualsight::engine::Filters;
@@ -834,6 +905,7 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
     };
     let store = Store::open_postgres(&options).unwrap();
     let space = store.space("fp", 16).unwrap();
+    const T0: i64 = 1_600_000_000;
     let vector = |i: usize| -> Vec<f32> {
         (0..16)
             .map(|j| ((i * 31 + j * 7) % 17) as f32 - 8.0 + (i as f32) * 1e-3)
@@ -848,7 +920,10 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
             } else {
                 format!("/all/{i}.jpg")
             };
-            numbered(path, i, vector(i))
+            // One photo a second, for the date filters below.
+            let mut c = numbered(path, i, vector(i));
+            c.record.meta.taken_at = T0 + i as i64;
+            c
         })
         .collect();
     store.commit(&space, &items).unwrap();
@@ -961,6 +1036,63 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
         hits.iter().map(|h| h.1).collect::<Vec<_>>(),
         &exact[..10]
     );
+
+    // A minimum score keeps exactly the hits at or above it.
+    let threshold = (exact[4].0 + exact[5].0) / 2.0;
+    let hits = search(
+        &source,
+        &source,
+        &Query {
+            min_score: Some(threshold),
+            ..query
+        },
+    )
+    .unwrap();
+    let got: Vec<String> = hits
+        .iter()
+        .map(|(f, _)| f.path.display().to_string())
+        .collect();
+    assert_eq!(got, want[..5], "{threshold}");
+
+    // Dates: 30 photos of one half-minute, ranked exactly (the top 10 of
+    // them by brute force, in order), and the 2000 photos after a time,
+    // through the walk: ten hits, each of them after it.
+    let number = |f: &dualsight::engine::Found| -> usize {
+        f.path
+            .file_stem()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let window = Filters {
+        taken_after: Some(T0 + 1200),
+        taken_before: Some(T0 + 1229),
+        ..Filters::default()
+    };
+    let source = PgSource::new(pg_space, &window);
+    let got: Vec<usize> = search(&source, &source, &query)
+        .unwrap()
+        .iter()
+        .map(|(f, _)| number(f))
+        .collect();
+    let mut exact: Vec<(f32, usize)> = (1200..1230).map(|i| (cosine(&q, &vector(i)), i)).collect();
+    exact.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let want: Vec<usize> = exact[..10].iter().map(|&(_, i)| i).collect();
+    assert_eq!(got, want);
+    let after = Filters {
+        taken_after: Some(T0 + 1000),
+        ..Filters::default()
+    };
+    let source = PgSource::new(pg_space, &after);
+    let got: Vec<usize> = search(&source, &source, &query)
+        .unwrap()
+        .iter()
+        .map(|(f, _)| number(f))
+        .collect();
+    assert_eq!(got.len(), 10, "{got:?}");
+    assert!(got.iter().all(|&i| i >= 1000), "{got:?}");
     drop(store);
 
     pg.psql(
