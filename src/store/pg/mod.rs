@@ -9,7 +9,9 @@
 //! transaction is committed, i.e. durable on the primary. Writes of one node
 //! are serialised (its committer is one thread anyway); writes of different
 //! nodes meet only on shared contents, which `write.rs` locks in one order.
-//! The schema is in `migrations/`, applied by `schema.rs` at open.
+//! The schema is in `migrations/`, applied by `schema.rs` at open. The
+//! client is the `postgres` crate, tokio-postgres driven on a runtime of
+//! its own: the blocking contract above, on the async client underneath.
 
 mod ann;
 mod import;
