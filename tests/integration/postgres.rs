@@ -504,6 +504,24 @@ async fn a_sled_store_moves_into_postgres_with_equal_counts_and_results() {
     let err = migrate();
     assert!(err.contains("built the HNSW index"), "{err}");
     assert_eq!(pg.psql("moved", hnsw_indexes), "1");
+    // A copy cut short (vectors go first, then files, then failures): two
+    // files, one of their vectors and the failure not there yet. The same
+    // command again completes it.
+    let table = vector_table(&pg, "moved");
+    pg.psql(
+        "moved",
+        &format!(
+            "DELETE FROM {table} WHERE hash = (SELECT hash FROM files WHERE path LIKE '%/rocket.jpg');
+             DELETE FROM files WHERE path LIKE '%/rocket.jpg' OR path LIKE '%/camera.png';
+             DELETE FROM failures;"
+        ),
+    );
+    assert_eq!(pg.psql("moved", "SELECT count(*) FROM files"), "3");
+    migrate();
+    assert_eq!(
+        pg.psql("moved", &format!("SELECT count(*) FROM {table}")),
+        "5"
+    );
     assert_eq!(
         pg.psql("moved", "SELECT count(*) FROM files WHERE node = 'home'"),
         "5"
