@@ -390,6 +390,17 @@ async fn the_same_files_on_two_nodes_share_one_vector() {
         "0",
         "an orphaned vector"
     );
+    // Never a deadlock (which `transact` would retry unseen): the server's
+    // own count, flushed as the daemons' sessions end.
+    assert!(a.signal("TERM").success(), "{}", a.log());
+    assert!(b.signal("TERM").success(), "{}", b.log());
+    assert_eq!(
+        pg.psql(
+            "shared",
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = 'shared'"
+        ),
+        "0"
+    );
 }
 
 /// kill -9 in the middle of ingest: every file committed before the kill is
