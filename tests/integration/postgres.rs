@@ -1273,3 +1273,50 @@ fn ivfflat_indexes_are_built_as_a_space_fills_and_rebuilt_as_it_doubles() {
     finds_its_own(&space, 4000);
     a_first_page_reads_only_its_own_rows(s, &vector(29));
 }
+
+/// Migrations apply in order from the version a database has, each
+/// recorded; one that fails leaves the database as it was, at its version.
+#[test]
+fn migrations_upgrade_in_order_and_one_that_fails_changes_nothing() {
+    use dualsight::store::pg::migrate_with;
+
+    let pg = PgServer::start();
+    pg.create_db("versions");
+    let mut c = postgres::Client::connect(&pg.url("versions"), postgres::NoTls).unwrap();
+    let v1 = "CREATE TABLE photos (id bigint PRIMARY KEY)";
+    let v2 = "ALTER TABLE photos ADD COLUMN taken bigint; CREATE TABLE albums (id bigint)";
+    let broken = "CREATE TABLE faces (id bigint); SELECT no_such_function()";
+    let versions = || {
+        pg.psql(
+            "versions",
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM dualsight_schema",
+        )
+    };
+    assert_eq!(migrate_with(&mut c, "versions", &[v1]).unwrap(), 0);
+    assert_eq!(versions(), "1");
+    assert_eq!(migrate_with(&mut c, "versions", &[v1, v2]).unwrap(), 1);
+    assert_eq!(versions(), "1,2");
+    assert_eq!(
+        pg.psql(
+            "versions",
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'photos'"
+        ),
+        "2"
+    );
+    // Nothing to do at the version it has.
+    assert_eq!(migrate_with(&mut c, "versions", &[v1, v2]).unwrap(), 2);
+    let e = migrate_with(&mut c, "versions", &[v1, v2, broken])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("migration 3"), "{e}");
+    assert_eq!(versions(), "1,2");
+    assert_eq!(
+        pg.psql("versions", "SELECT to_regclass('faces') IS NULL"),
+        "t"
+    );
+    // A binary that knows fewer versions refuses it by name.
+    let e = migrate_with(&mut c, "versions", &[v1])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("schema version 2 is newer"), "{e}");
+}

@@ -38,7 +38,7 @@ pub use pool::redact;
 pub use read::{
     Candidate, EXACT_BELOW, Holder, Nearest, RelationSizes, ReplicaState, SearchFilters,
 };
-pub use schema::SCHEMA_VERSION;
+pub use schema::{SCHEMA_VERSION, migrate_with};
 
 /// Rows per page when iterating files, failures or vectors: bounds what an
 /// iteration holds whatever the library size.

@@ -18,6 +18,18 @@ pub(super) const SCHEMA_LOCK: i64 = 0x6475_616c_7369_6768; // "dualsigh"
 
 /// Brings the database to [`SCHEMA_VERSION`]; returns the version found.
 pub(super) fn migrate(client: &mut Client, target: &str) -> Result<i32, PgError> {
+    migrate_with(client, target, MIGRATIONS)
+}
+
+/// [`migrate`] with `migrations` in place of this binary's: for tests of an
+/// upgrade and of a migration that fails, which one version cannot show.
+#[doc(hidden)]
+pub fn migrate_with(
+    client: &mut Client,
+    target: &str,
+    migrations: &[&str],
+) -> Result<i32, PgError> {
+    let supported = migrations.len() as i32;
     let q = |what: &'static str| move |source| PgError::Query { what, source };
     let mut tx = client.transaction().map_err(q("starting the migration"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
@@ -35,14 +47,14 @@ pub(super) fn migrate(client: &mut Client, target: &str) -> Result<i32, PgError>
         )
         .map_err(q("reading the schema version"))?
         .get(0);
-    if found > SCHEMA_VERSION {
+    if found > supported {
         return Err(PgError::NewerSchema {
             target: target.to_owned(),
             found,
-            supported: SCHEMA_VERSION,
+            supported,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+    for (i, sql) in migrations.iter().enumerate().skip(found as usize) {
         let version = i as i32 + 1;
         tx.batch_execute(sql).map_err(|source| {
             if sql.contains("CREATE EXTENSION") && is_missing_extension(&source) {
