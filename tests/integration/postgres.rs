@@ -1320,3 +1320,169 @@ fn migrations_upgrade_in_order_and_one_that_fails_changes_nothing() {
         .to_string();
     assert!(e.contains("schema version 2 is newer"), "{e}");
 }
+
+/// docs/scale-out.md's distribution, rehearsed on one server: a space's
+/// vectors hash-partitioned by content hash, the distribution column it
+/// gives Citus. Partitions, like Citus's shards, keep only unique keys that
+/// include that column, so `id` becomes a plain index and `UNIQUE (hash)`
+/// stays. The daemon's statements run on it unchanged: a search merges each
+/// partition's HNSW walk and joins each candidate's files on its hash, and
+/// ingest's upsert on the hash keeps one vector per content across nodes,
+/// deleted with its last file.
+#[test]
+fn a_space_partitioned_by_content_hash_takes_the_same_statements() {
+    use dualsight::engine::Filters;
+    use dualsight::engine::pg_source::PgSource;
+    use dualsight::engine::search::{Query, search};
+    use dualsight::store::pg::{PgOptions, SearchFilters};
+    use dualsight::store::{Space, Store};
+
+    const N: usize = 8000;
+    let pg = PgServer::start();
+    pg.create_db("shards");
+    let options = |node: &str| PgOptions {
+        // As in the walk test above: the planner prefers the index for a
+        // short walk at this size.
+        hnsw: dualsight::index::IndexParams {
+            ef_search: 40,
+            ..Default::default()
+        },
+        ..pg_options(pg.url("shards"), node)
+    };
+    // Spread-out 16-d vectors: each coordinate splitmix64 of its index.
+    let vector = |i: usize| -> Vec<f32> {
+        (0..16u64)
+            .map(|j| {
+                let mut z = (i as u64 * 16 + j).wrapping_add(0x9E37_79B9_7F4A_7C15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                (z ^ (z >> 31)) as f32 / u64::MAX as f32 - 0.5
+            })
+            .collect()
+    };
+    {
+        let store = Store::open_postgres(&options("a")).unwrap();
+        let space = store.space("fp", 16).unwrap();
+        let items: Vec<_> = (0..N)
+            .map(|i| numbered(format!("/p/{i}.jpg"), i, vector(i)))
+            .collect();
+        store.commit(&space, &items).unwrap();
+    }
+    pg.psql(
+        "shards",
+        "ALTER TABLE vectors_1 RENAME TO vectors_1_flat;
+         ALTER INDEX vectors_1_hnsw RENAME TO vectors_1_flat_hnsw;
+         ALTER INDEX vectors_1_pkey RENAME TO vectors_1_flat_pkey;
+         ALTER INDEX vectors_1_hash_key RENAME TO vectors_1_flat_hash_key;
+         CREATE TABLE vectors_1 (
+             id bigint NOT NULL DEFAULT nextval('vectors_1_id_seq'),
+             hash bytea NOT NULL UNIQUE,
+             embedding vector(16) NOT NULL) PARTITION BY HASH (hash);
+         CREATE TABLE vectors_1_p0 PARTITION OF vectors_1 FOR VALUES WITH (MODULUS 4, REMAINDER 0);
+         CREATE TABLE vectors_1_p1 PARTITION OF vectors_1 FOR VALUES WITH (MODULUS 4, REMAINDER 1);
+         CREATE TABLE vectors_1_p2 PARTITION OF vectors_1 FOR VALUES WITH (MODULUS 4, REMAINDER 2);
+         CREATE TABLE vectors_1_p3 PARTITION OF vectors_1 FOR VALUES WITH (MODULUS 4, REMAINDER 3);
+         INSERT INTO vectors_1 SELECT id, hash, embedding FROM vectors_1_flat;
+         CREATE INDEX vectors_1_id ON vectors_1 (id);
+         CREATE INDEX vectors_1_hnsw ON vectors_1 USING hnsw (embedding vector_cosine_ops);
+         ALTER SEQUENCE vectors_1_id_seq OWNED BY vectors_1.id;
+         DROP TABLE vectors_1_flat;
+         ANALYZE",
+    );
+    for p in 0..4 {
+        let rows: usize = pg
+            .psql("shards", &format!("SELECT count(*) FROM vectors_1_p{p}"))
+            .parse()
+            .unwrap();
+        assert!((N / 8..N / 2).contains(&rows), "partition {p}: {rows}");
+    }
+
+    let store = Store::open_postgres(&options("a")).unwrap();
+    let space = store.space("fp", 16).unwrap();
+    let Space::Postgres(pg_space) = &space else {
+        unreachable!()
+    };
+    // Each partition walks its own graph; the walks are merged in order.
+    let q = vector(1234);
+    let plan = candidate_scan(
+        &pg_space
+            .nearest_plan(&q, 10, &SearchFilters::default())
+            .unwrap(),
+    );
+    assert!(plan.contains("Merge Append"), "{plan}");
+    for p in 0..4 {
+        // The partitions' own copies of the HNSW index, named by PostgreSQL.
+        assert!(
+            plan.contains(&format!(
+                "Index Scan using vectors_1_p{p}_embedding_idx on vectors_1_p{p}"
+            )),
+            "{plan}"
+        );
+    }
+    let unfiltered = Filters::default();
+    let found = |store_space: &dualsight::store::pg::PgSpace, v: &[f32]| {
+        let source = PgSource::new(store_space, &unfiltered);
+        let query = Query {
+            vector: v,
+            limit: 10,
+            min_score: None,
+            accept: None,
+        };
+        search(&source, &source, &query).unwrap()
+    };
+    // Against brute force over every row.
+    let cosine = |a: &[f32], b: &[f32]| {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        dot / (norm(a) * norm(b))
+    };
+    let mut exact: Vec<(f32, usize)> = (0..N).map(|i| (cosine(&q, &vector(i)), i)).collect();
+    exact.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let want: BTreeSet<String> = exact[..10]
+        .iter()
+        .map(|(_, i)| format!("/p/{i}.jpg"))
+        .collect();
+    let hits = found(pg_space, &q);
+    assert_eq!(hits[0].0.path, PathBuf::from("/p/1234.jpg"));
+    let got: BTreeSet<String> = hits
+        .iter()
+        .map(|(f, _)| f.path.display().to_string())
+        .collect();
+    assert!(got.intersection(&want).count() >= 9, "{got:?} vs {want:?}");
+
+    // One new content on two nodes: one vector, routed to its partition,
+    // found under both nodes' paths; it goes with the last of its files.
+    let other = Store::open_postgres(&options("b")).unwrap();
+    let other_space = other.space("fp", 16).unwrap();
+    let fresh = vector(N + 1);
+    store
+        .commit(
+            &space,
+            &[numbered("/p/new.jpg".into(), N + 1, fresh.clone())],
+        )
+        .unwrap();
+    other
+        .commit(
+            &other_space,
+            &[numbered("/q/new.jpg".into(), N + 1, fresh.clone())],
+        )
+        .unwrap();
+    let count = || pg.psql("shards", "SELECT count(*) FROM vectors_1");
+    assert_eq!(count(), (N + 1).to_string());
+    let hits = found(pg_space, &fresh);
+    let holders: BTreeSet<(Option<String>, PathBuf)> = hits[..2]
+        .iter()
+        .map(|(f, _)| (f.node.clone(), f.path.clone()))
+        .collect();
+    assert_eq!(
+        holders,
+        BTreeSet::from([
+            (Some("a".to_owned()), PathBuf::from("/p/new.jpg")),
+            (Some("b".to_owned()), PathBuf::from("/q/new.jpg")),
+        ])
+    );
+    store.remove_path("/p/new.jpg").unwrap();
+    assert_eq!(count(), (N + 1).to_string());
+    other.remove_path("/q/new.jpg").unwrap();
+    assert_eq!(count(), N.to_string());
+}
