@@ -1095,31 +1095,24 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
             .parse()
             .unwrap()
     };
-    let window = Filters {
+    let numbers = |filters: &Filters| -> Vec<usize> {
+        let source = PgSource::new(pg_space, filters);
+        let hits = search(&source, &source, &query).unwrap();
+        hits.iter().map(|(f, _)| number(f)).collect()
+    };
+    let got = numbers(&Filters {
         taken_after: Some(T0 + 1200),
         taken_before: Some(T0 + 1229),
         ..Filters::default()
-    };
-    let source = PgSource::new(pg_space, &window);
-    let got: Vec<usize> = search(&source, &source, &query)
-        .unwrap()
-        .iter()
-        .map(|(f, _)| number(f))
-        .collect();
+    });
     let mut exact: Vec<(f32, usize)> = (1200..1230).map(|i| (cosine(&q, &vector(i)), i)).collect();
     exact.sort_by(|a, b| b.0.total_cmp(&a.0));
     let want: Vec<usize> = exact[..10].iter().map(|&(_, i)| i).collect();
     assert_eq!(got, want);
-    let after = Filters {
+    let got = numbers(&Filters {
         taken_after: Some(T0 + 1000),
         ..Filters::default()
-    };
-    let source = PgSource::new(pg_space, &after);
-    let got: Vec<usize> = search(&source, &source, &query)
-        .unwrap()
-        .iter()
-        .map(|(f, _)| number(f))
-        .collect();
+    });
     assert_eq!(got.len(), 10, "{got:?}");
     assert!(got.iter().all(|&i| i >= 1000), "{got:?}");
     drop(store);
