@@ -50,6 +50,8 @@ const DIM: usize = 512;
 const K: usize = 10;
 /// Files per commit, as a busy daemon's batches grow under load.
 const COMMIT: usize = 1000;
+/// The synthetic library's seed.
+const SEED: u64 = 42;
 /// One photo in this many is under the filtered folder.
 const SHARDS: usize = 100;
 
@@ -79,7 +81,12 @@ fn embedded_index(data: &[f32], n: usize) -> Result<VectorIndex> {
         return build_index(data, DIM, IndexParams::default());
     };
     let dir = PathBuf::from(dir);
-    let fingerprint = format!("pg_scale-{n}x{DIM}");
+    // What the graph depends on: the size, the data's seed, the parameters.
+    let p = IndexParams::default();
+    let fingerprint = format!(
+        "pg_scale-{n}x{DIM}-seed{SEED}-m{}-efc{}",
+        p.max_nb_connection, p.ef_construction
+    );
     if let Some((idx, _)) = VectorIndex::load(&dir, &fingerprint, DIM)? {
         idx.wait_until_settled();
         return Ok(idx);
@@ -105,7 +112,7 @@ fn main() -> Result<()> {
     let n: usize = n.parse().context("vectors")?;
     let nq: usize = nq.parse().context("queries")?;
     let threads = std::thread::available_parallelism().map_or(2, |t| t.get());
-    let mix = Mixture::for_size(n, DIM, 42);
+    let mix = Mixture::for_size(n, DIM, SEED);
     let data = mix.points(DATA, 0, n, threads);
     let queries = mix.points(TEXT_QUERIES, 0, nq, threads);
     let truth: Vec<HashSet<u64>> = exact_all(&data, &queries, DIM, K, threads)
