@@ -1125,6 +1125,57 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
     });
     assert_eq!(got.len(), 10, "{got:?}");
     assert!(got.iter().all(|&i| i >= 1000), "{got:?}");
+
+    // A walk that gives up before its filter lets ten through (pgvector's
+    // `hnsw.max_scan_tuples`, 100 here for new sessions) runs again
+    // exactly. The 1100 photos after T0 + 1900 are walked, not ranked
+    // exactly, and none is among the first 100 rows of q's walk.
+    pg.psql(
+        "plans",
+        "ALTER DATABASE plans SET hnsw.max_scan_tuples = 100",
+    );
+    let store = Store::open_postgres(&options).unwrap();
+    let space = store.space("fp", 16).unwrap();
+    let Space::Postgres(pg_space) = &space else {
+        unreachable!()
+    };
+    let late = SearchFilters {
+        taken_after: Some(T0 + 1900),
+        ..Default::default()
+    };
+    assert!(!pg_space.ranks_exactly(&late).unwrap());
+    let plan = candidate_scan(&pg_space.nearest_plan(&q, 10, &late).unwrap());
+    assert!(plan.contains("Index Scan using vectors_1_hnsw"), "{plan}");
+    let literal: Vec<String> = q.iter().map(|x| x.to_string()).collect();
+    let walked = pg.psql(
+        "plans",
+        &format!(
+            "SET hnsw.iterative_scan = relaxed_order; SET hnsw.ef_search = 40;
+             SELECT count(*) FROM (SELECT v.id FROM vectors_1 v WHERE EXISTS
+              (SELECT 1 FROM files f WHERE f.hash = v.hash AND f.taken_at >= {})
+              ORDER BY v.embedding <=> '[{}]' LIMIT 10) s",
+            T0 + 1900,
+            literal.join(",")
+        ),
+    );
+    assert!(
+        walked.parse::<usize>().unwrap() < 10,
+        "the walk alone found {walked}"
+    );
+    let filters = Filters {
+        taken_after: Some(T0 + 1900),
+        ..Filters::default()
+    };
+    let source = PgSource::new(pg_space, &filters);
+    let got: Vec<usize> = search(&source, &source, &query)
+        .unwrap()
+        .iter()
+        .map(|(f, _)| number(f))
+        .collect();
+    let mut exact: Vec<(f32, usize)> = (1900..3000).map(|i| (cosine(&q, &vector(i)), i)).collect();
+    exact.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let want: Vec<usize> = exact[..10].iter().map(|&(_, i)| i).collect();
+    assert_eq!(got, want);
     drop(store);
 
     pg.psql(
