@@ -91,7 +91,7 @@ fn embedded_index(data: &[f32], n: usize) -> Result<VectorIndex> {
         idx.wait_until_settled();
         return Ok(idx);
     }
-    let idx = build_index(data, DIM, IndexParams::default())?;
+    let idx = build_index(data, DIM, p)?;
     idx.checkpoint(&dir, &fingerprint, idx.max_id())?;
     Ok(idx)
 }

@@ -41,6 +41,26 @@ fn numbered(path: String, i: usize, v: Vec<f32>) -> dualsight::store::Commit {
     }
 }
 
+/// `rows` by cosine to `q` (each row's vector from `vector`), best first:
+/// the exact answer a search is compared with.
+fn brute_force(
+    q: &[f32],
+    rows: impl IntoIterator<Item = usize>,
+    vector: impl Fn(usize) -> Vec<f32>,
+) -> Vec<(f32, usize)> {
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let mut ranked: Vec<(f32, usize)> = rows
+        .into_iter()
+        .map(|i| {
+            let v = vector(i);
+            let dot: f32 = q.iter().zip(&v).map(|(x, y)| x * y).sum();
+            (dot / (norm(q) * norm(&v)), i)
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    ranked
+}
+
 /// The store's options for a test's database: node `node`, selective
 /// filters below 1000 files, the `[index]` and `[store]` defaults otherwise.
 fn pg_options(url: String, node: &str) -> dualsight::store::pg::PgOptions {
@@ -1044,16 +1064,7 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
     }
     // A filter passing fewer files than `exact_below` is ranked exactly:
     // the top 10 of /some by brute force, in order.
-    let cosine = |a: &[f32], b: &[f32]| {
-        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        dot / (norm(a) * norm(b))
-    };
-    let mut exact: Vec<(f32, usize)> = (0..3000)
-        .filter(|i| i % 100 == 50)
-        .map(|i| (cosine(&q, &vector(i)), i))
-        .collect();
-    exact.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let exact = brute_force(&q, (0..3000).filter(|i| i % 100 == 50), vector);
     let filters = Filters {
         path_prefix: Some("/some".into()),
         ..Filters::default()
@@ -1105,24 +1116,29 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
             .parse()
             .unwrap()
     };
-    let numbers = |filters: &Filters| -> Vec<usize> {
-        let source = PgSource::new(pg_space, filters);
+    let numbers = |space: &dualsight::store::pg::PgSpace, filters: &Filters| -> Vec<usize> {
+        let source = PgSource::new(space, filters);
         let hits = search(&source, &source, &query).unwrap();
         hits.iter().map(|(f, _)| number(f)).collect()
     };
-    let got = numbers(&Filters {
-        taken_after: Some(T0 + 1200),
-        taken_before: Some(T0 + 1229),
-        ..Filters::default()
-    });
-    let mut exact: Vec<(f32, usize)> = (1200..1230).map(|i| (cosine(&q, &vector(i)), i)).collect();
-    exact.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let got = numbers(
+        pg_space,
+        &Filters {
+            taken_after: Some(T0 + 1200),
+            taken_before: Some(T0 + 1229),
+            ..Filters::default()
+        },
+    );
+    let exact = brute_force(&q, 1200..1230, vector);
     let want: Vec<usize> = exact[..10].iter().map(|&(_, i)| i).collect();
     assert_eq!(got, want);
-    let got = numbers(&Filters {
-        taken_after: Some(T0 + 1000),
-        ..Filters::default()
-    });
+    let got = numbers(
+        pg_space,
+        &Filters {
+            taken_after: Some(T0 + 1000),
+            ..Filters::default()
+        },
+    );
     assert_eq!(got.len(), 10, "{got:?}");
     assert!(got.iter().all(|&i| i >= 1000), "{got:?}");
 
@@ -1162,18 +1178,14 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
         walked.parse::<usize>().unwrap() < 10,
         "the walk alone found {walked}"
     );
-    let filters = Filters {
-        taken_after: Some(T0 + 1900),
-        ..Filters::default()
-    };
-    let source = PgSource::new(pg_space, &filters);
-    let got: Vec<usize> = search(&source, &source, &query)
-        .unwrap()
-        .iter()
-        .map(|(f, _)| number(f))
-        .collect();
-    let mut exact: Vec<(f32, usize)> = (1900..3000).map(|i| (cosine(&q, &vector(i)), i)).collect();
-    exact.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let got = numbers(
+        pg_space,
+        &Filters {
+            taken_after: Some(T0 + 1900),
+            ..Filters::default()
+        },
+    );
+    let exact = brute_force(&q, 1900..3000, vector);
     let want: Vec<usize> = exact[..10].iter().map(|&(_, i)| i).collect();
     assert_eq!(got, want);
     drop(store);
@@ -1485,13 +1497,7 @@ fn a_space_partitioned_by_content_hash_takes_the_same_statements() {
         search(&source, &source, &query).unwrap()
     };
     // Against brute force over every row.
-    let cosine = |a: &[f32], b: &[f32]| {
-        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        dot / (norm(a) * norm(b))
-    };
-    let mut exact: Vec<(f32, usize)> = (0..N).map(|i| (cosine(&q, &vector(i)), i)).collect();
-    exact.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let exact = brute_force(&q, 0..N, vector);
     let want: BTreeSet<String> = exact[..10]
         .iter()
         .map(|(_, i)| format!("/p/{i}.jpg"))
