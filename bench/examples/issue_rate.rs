@@ -1,0 +1,214 @@
+//! How many of the vector instructions our dense kernels are built from
+//! one core issues per second, alone and mixed: what bounds the 8-bit
+//! product (`--text-weights int8`) on an AVX2 CPU, where the VM exposes no
+//! cycle counter. Each block is ten instructions with no dependency
+//! between them (FMAs into ten accumulators, which hides their latency),
+//! so the rate is the issue rate; the ratios between lines are what
+//! matter, as the clock of a shared machine varies.
+//!
+//! cargo run --release -p dualsight-bench --example issue_rate -- [millions of blocks]
+//!
+//! On the project's Zen 3 (BENCHMARKS.md, session 35) `vpmaddwd` issued
+//! at half FMA's rate (one pipe against two), and the 8-bit kernel's body
+//! (broadcast, `vpmaddwd`, `vpaddd` per input row) ran no faster with a
+//! third of its rows moved to FMA.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+/// Rounds through the lines; each line's best is printed.
+const ROUNDS: usize = 5;
+
+/// A timed loop: `n` blocks, reading at most the 256 bytes given.
+#[cfg(target_arch = "x86_64")]
+type Block = unsafe fn(u64, &[u8; 256]);
+
+fn main() -> Result<()> {
+    let millions: u64 = match std::env::args().nth(1) {
+        Some(a) => a.parse().context("millions of blocks")?,
+        None => 20,
+    };
+    #[cfg(target_arch = "x86_64")]
+    {
+        anyhow::ensure!(
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            "this CPU has no AVX2 + FMA"
+        );
+        let n = millions * 1_000_000;
+        // SAFETY (all): AVX2 and FMA are present (checked above); the
+        // blocks read only `data`, which is 256 bytes long.
+        let data = [1u8; 256];
+        let lines: [(&str, f64, Block); 6] = [
+            ("vfmadd231ps ymm", 10.0, x86::fma),
+            ("vmulps ymm", 10.0, x86::mul),
+            ("vpmaddwd ymm", 10.0, x86::madd),
+            ("vpmaddubsw ymm", 10.0, x86::maddubs),
+            ("7 vpmaddwd + 10 vfmadd231ps", 17.0, x86::mixed),
+            ("8-bit kernel body, 8 rows", 24.0, x86::kernel_body),
+        ];
+        // Rounds through all the lines, the best of each kept: a shared
+        // machine's slow moments fall on different lines each round.
+        let mut best = [0f64; 6];
+        for _ in 0..ROUNDS {
+            for ((_, per_block, f), best) in lines.iter().zip(&mut best) {
+                let t = Instant::now();
+                unsafe { f(n, &data) };
+                let rate = n as f64 * per_block / t.elapsed().as_secs_f64() / 1e9;
+                *best = best.max(rate);
+            }
+        }
+        for ((name, _, _), rate) in lines.iter().zip(best) {
+            println!("{name:>30}: {rate:.2} G instructions/s");
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = millions;
+        anyhow::bail!("x86-64 only");
+    }
+    Ok(())
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::asm;
+    use std::arch::x86_64::{__m256, _mm256_set1_ps};
+
+    /// Sources of normal floats (garbage in the registers could be
+    /// subnormal, which some cores multiply in microcode).
+    #[target_feature(enable = "avx2,fma")]
+    fn ones() -> __m256 {
+        _mm256_set1_ps(1.0)
+    }
+
+    /// Ten of `$op` per block from ymm0/ymm1 into ymm2..ymm11, `n` blocks.
+    macro_rules! ten {
+        ($name:ident, $op:literal) => {
+            #[target_feature(enable = "avx2,fma")]
+            pub unsafe fn $name(n: u64, _: &[u8; 256]) {
+                // SAFETY: register-only instructions the CPU has.
+                unsafe {
+                    asm!(
+                        "vxorps ymm2, ymm2, ymm2",
+                        "vmovaps ymm3, ymm2", "vmovaps ymm4, ymm2", "vmovaps ymm5, ymm2",
+                        "vmovaps ymm6, ymm2", "vmovaps ymm7, ymm2", "vmovaps ymm8, ymm2",
+                        "vmovaps ymm9, ymm2", "vmovaps ymm10, ymm2", "vmovaps ymm11, ymm2",
+                        "2:",
+                        concat!($op, " ymm2, ymm0, ymm1"),
+                        concat!($op, " ymm3, ymm0, ymm1"),
+                        concat!($op, " ymm4, ymm0, ymm1"),
+                        concat!($op, " ymm5, ymm0, ymm1"),
+                        concat!($op, " ymm6, ymm0, ymm1"),
+                        concat!($op, " ymm7, ymm0, ymm1"),
+                        concat!($op, " ymm8, ymm0, ymm1"),
+                        concat!($op, " ymm9, ymm0, ymm1"),
+                        concat!($op, " ymm10, ymm0, ymm1"),
+                        concat!($op, " ymm11, ymm0, ymm1"),
+                        "dec {n}",
+                        "jnz 2b",
+                        n = inout(reg) n => _,
+                        in("ymm0") ones(),
+                        in("ymm1") ones(),
+                        out("ymm2") _, out("ymm3") _, out("ymm4") _, out("ymm5") _,
+                        out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
+                        out("ymm10") _, out("ymm11") _,
+                        options(nostack),
+                    );
+                }
+            }
+        };
+    }
+
+    ten!(fma, "vfmadd231ps");
+    ten!(mul, "vmulps");
+    ten!(madd, "vpmaddwd");
+    ten!(maddubs, "vpmaddubsw");
+
+    /// Seven `vpmaddwd` and ten FMAs a block: the two units at once.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn mixed(n: u64, _: &[u8; 256]) {
+        // SAFETY: register-only instructions the CPU has.
+        unsafe {
+            asm!(
+                "vxorps ymm9, ymm9, ymm9",
+                "vmovaps ymm10, ymm9", "vmovaps ymm11, ymm9", "vmovaps ymm12, ymm9",
+                "vmovaps ymm13, ymm9", "vmovaps ymm14, ymm9", "vmovaps ymm15, ymm9",
+                "2:",
+                "vpmaddwd ymm2, ymm0, ymm1",
+                "vpmaddwd ymm3, ymm0, ymm1",
+                "vpmaddwd ymm4, ymm0, ymm1",
+                "vpmaddwd ymm5, ymm0, ymm1",
+                "vpmaddwd ymm6, ymm0, ymm1",
+                "vpmaddwd ymm7, ymm0, ymm1",
+                "vpmaddwd ymm8, ymm0, ymm1",
+                "vfmadd231ps ymm9, ymm0, ymm1",
+                "vfmadd231ps ymm10, ymm0, ymm1",
+                "vfmadd231ps ymm11, ymm0, ymm1",
+                "vfmadd231ps ymm12, ymm0, ymm1",
+                "vfmadd231ps ymm13, ymm0, ymm1",
+                "vfmadd231ps ymm14, ymm0, ymm1",
+                "vfmadd231ps ymm15, ymm0, ymm1",
+                "vfmadd231ps ymm9, ymm0, ymm1",
+                "vfmadd231ps ymm10, ymm0, ymm1",
+                "vfmadd231ps ymm11, ymm0, ymm1",
+                "dec {n}",
+                "jnz 2b",
+                n = inout(reg) n => _,
+                in("ymm0") ones(),
+                in("ymm1") ones(),
+                out("ymm2") _, out("ymm3") _, out("ymm4") _, out("ymm5") _,
+                out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
+                out("ymm10") _, out("ymm11") _, out("ymm12") _, out("ymm13") _,
+                out("ymm14") _, out("ymm15") _,
+                options(nostack),
+            );
+        }
+    }
+
+    /// The 8-bit AVX2 kernel's inner loop for 8 rows (`int8.rs`,
+    /// `pass_avx2`): per row a broadcast of its depth pair, a `vpmaddwd`
+    /// against the widened weights and a `vpaddd` into its sum.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn kernel_body(n: u64, data: &[u8; 256]) {
+        // SAFETY: the loads stay within `data`'s 256 bytes.
+        unsafe {
+            asm!(
+                "2:",
+                "vpmovsxbw ymm13, xmmword ptr [{p}]",
+                "vpbroadcastd ymm14, dword ptr [{p} + 128]",
+                "vpmaddwd ymm14, ymm14, ymm13",
+                "vpaddd ymm2, ymm2, ymm14",
+                "vpbroadcastd ymm14, dword ptr [{p} + 132]",
+                "vpmaddwd ymm14, ymm14, ymm13",
+                "vpaddd ymm3, ymm3, ymm14",
+                "vpbroadcastd ymm14, dword ptr [{p} + 136]",
+                "vpmaddwd ymm14, ymm14, ymm13",
+                "vpaddd ymm4, ymm4, ymm14",
+                "vpbroadcastd ymm14, dword ptr [{p} + 140]",
+                "vpmaddwd ymm14, ymm14, ymm13",
+                "vpaddd ymm5, ymm5, ymm14",
+                "vpbroadcastd ymm14, dword ptr [{p} + 144]",
+                "vpmaddwd ymm14, ymm14, ymm13",
+                "vpaddd ymm6, ymm6, ymm14",
+                "vpbroadcastd ymm14, dword ptr [{p} + 148]",
+                "vpmaddwd ymm14, ymm14, ymm13",
+                "vpaddd ymm7, ymm7, ymm14",
+                "vpbroadcastd ymm14, dword ptr [{p} + 152]",
+                "vpmaddwd ymm14, ymm14, ymm13",
+                "vpaddd ymm8, ymm8, ymm14",
+                "vpbroadcastd ymm14, dword ptr [{p} + 156]",
+                "vpmaddwd ymm14, ymm14, ymm13",
+                "vpaddd ymm9, ymm9, ymm14",
+                "dec {n}",
+                "jnz 2b",
+                n = inout(reg) n => _,
+                p = in(reg) data.as_ptr(),
+                out("ymm2") _, out("ymm3") _, out("ymm4") _, out("ymm5") _,
+                out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
+                out("ymm13") _, out("ymm14") _,
+                options(nostack, readonly),
+            );
+        }
+    }
+}
