@@ -82,19 +82,42 @@ mod x86 {
         _mm256_set1_ps(1.0)
     }
 
-    /// Ten of `$op` per block from ymm0/ymm1 into ymm2..ymm11, `n` blocks.
+    /// `n` blocks of the given instructions in a loop; ymm0 and ymm1 hold
+    /// ones, ymm2..ymm15 start at zero (sums that stay normal floats) and
+    /// rsi points at the caller's 256 bytes.
+    macro_rules! blocks {
+        ($n:expr, $data:expr, $($line:expr),+ $(,)?) => {
+            asm!(
+                "vxorps ymm2, ymm2, ymm2",
+                "vmovaps ymm3, ymm2", "vmovaps ymm4, ymm2", "vmovaps ymm5, ymm2",
+                "vmovaps ymm6, ymm2", "vmovaps ymm7, ymm2", "vmovaps ymm8, ymm2",
+                "vmovaps ymm9, ymm2", "vmovaps ymm10, ymm2", "vmovaps ymm11, ymm2",
+                "vmovaps ymm12, ymm2", "vmovaps ymm13, ymm2", "vmovaps ymm14, ymm2",
+                "vmovaps ymm15, ymm2",
+                "2:",
+                $($line,)+
+                "dec rcx",
+                "jnz 2b",
+                inout("rcx") $n => _,
+                in("rsi") $data.as_ptr(),
+                in("ymm0") ones(),
+                in("ymm1") ones(),
+                clobber_abi("sysv64"),
+                options(nostack, readonly),
+            )
+        };
+    }
+
+    /// Ten of `$op` per block from ymm0/ymm1 into ymm2..ymm11.
     macro_rules! ten {
         ($name:ident, $op:literal) => {
             #[target_feature(enable = "avx2,fma")]
-            pub unsafe fn $name(n: u64, _: &[u8; 256]) {
+            pub unsafe fn $name(n: u64, data: &[u8; 256]) {
                 // SAFETY: register-only instructions the CPU has.
                 unsafe {
-                    asm!(
-                        "vxorps ymm2, ymm2, ymm2",
-                        "vmovaps ymm3, ymm2", "vmovaps ymm4, ymm2", "vmovaps ymm5, ymm2",
-                        "vmovaps ymm6, ymm2", "vmovaps ymm7, ymm2", "vmovaps ymm8, ymm2",
-                        "vmovaps ymm9, ymm2", "vmovaps ymm10, ymm2", "vmovaps ymm11, ymm2",
-                        "2:",
+                    blocks!(
+                        n,
+                        data,
                         concat!($op, " ymm2, ymm0, ymm1"),
                         concat!($op, " ymm3, ymm0, ymm1"),
                         concat!($op, " ymm4, ymm0, ymm1"),
@@ -105,13 +128,6 @@ mod x86 {
                         concat!($op, " ymm9, ymm0, ymm1"),
                         concat!($op, " ymm10, ymm0, ymm1"),
                         concat!($op, " ymm11, ymm0, ymm1"),
-                        "dec rcx",
-                        "jnz 2b",
-                        inout("rcx") n => _,
-                        in("ymm0") ones(),
-                        in("ymm1") ones(),
-                        clobber_abi("sysv64"),
-                        options(nostack),
                     );
                 }
             }
@@ -125,14 +141,12 @@ mod x86 {
 
     /// Seven `vpmaddwd` and ten FMAs a block: the two units at once.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn mixed(n: u64, _: &[u8; 256]) {
+    pub unsafe fn mixed(n: u64, data: &[u8; 256]) {
         // SAFETY: register-only instructions the CPU has.
         unsafe {
-            asm!(
-                "vxorps ymm9, ymm9, ymm9",
-                "vmovaps ymm10, ymm9", "vmovaps ymm11, ymm9", "vmovaps ymm12, ymm9",
-                "vmovaps ymm13, ymm9", "vmovaps ymm14, ymm9", "vmovaps ymm15, ymm9",
-                "2:",
+            blocks!(
+                n,
+                data,
                 "vpmaddwd ymm2, ymm0, ymm1",
                 "vpmaddwd ymm3, ymm0, ymm1",
                 "vpmaddwd ymm4, ymm0, ymm1",
@@ -150,13 +164,6 @@ mod x86 {
                 "vfmadd231ps ymm9, ymm0, ymm1",
                 "vfmadd231ps ymm10, ymm0, ymm1",
                 "vfmadd231ps ymm11, ymm0, ymm1",
-                "dec rcx",
-                "jnz 2b",
-                inout("rcx") n => _,
-                in("ymm0") ones(),
-                in("ymm1") ones(),
-                clobber_abi("sysv64"),
-                options(nostack),
             );
         }
     }
@@ -168,39 +175,34 @@ mod x86 {
     pub unsafe fn kernel_body(n: u64, data: &[u8; 256]) {
         // SAFETY: the loads stay within `data`'s 256 bytes.
         unsafe {
-            asm!(
-                "2:",
-                "vpmovsxbw ymm13, xmmword ptr [{p}]",
-                "vpbroadcastd ymm14, dword ptr [{p} + 128]",
+            blocks!(
+                n,
+                data,
+                "vpmovsxbw ymm13, xmmword ptr [rsi]",
+                "vpbroadcastd ymm14, dword ptr [rsi + 128]",
                 "vpmaddwd ymm14, ymm14, ymm13",
                 "vpaddd ymm2, ymm2, ymm14",
-                "vpbroadcastd ymm14, dword ptr [{p} + 132]",
+                "vpbroadcastd ymm14, dword ptr [rsi + 132]",
                 "vpmaddwd ymm14, ymm14, ymm13",
                 "vpaddd ymm3, ymm3, ymm14",
-                "vpbroadcastd ymm14, dword ptr [{p} + 136]",
+                "vpbroadcastd ymm14, dword ptr [rsi + 136]",
                 "vpmaddwd ymm14, ymm14, ymm13",
                 "vpaddd ymm4, ymm4, ymm14",
-                "vpbroadcastd ymm14, dword ptr [{p} + 140]",
+                "vpbroadcastd ymm14, dword ptr [rsi + 140]",
                 "vpmaddwd ymm14, ymm14, ymm13",
                 "vpaddd ymm5, ymm5, ymm14",
-                "vpbroadcastd ymm14, dword ptr [{p} + 144]",
+                "vpbroadcastd ymm14, dword ptr [rsi + 144]",
                 "vpmaddwd ymm14, ymm14, ymm13",
                 "vpaddd ymm6, ymm6, ymm14",
-                "vpbroadcastd ymm14, dword ptr [{p} + 148]",
+                "vpbroadcastd ymm14, dword ptr [rsi + 148]",
                 "vpmaddwd ymm14, ymm14, ymm13",
                 "vpaddd ymm7, ymm7, ymm14",
-                "vpbroadcastd ymm14, dword ptr [{p} + 152]",
+                "vpbroadcastd ymm14, dword ptr [rsi + 152]",
                 "vpmaddwd ymm14, ymm14, ymm13",
                 "vpaddd ymm8, ymm8, ymm14",
-                "vpbroadcastd ymm14, dword ptr [{p} + 156]",
+                "vpbroadcastd ymm14, dword ptr [rsi + 156]",
                 "vpmaddwd ymm14, ymm14, ymm13",
                 "vpaddd ymm9, ymm9, ymm14",
-                "dec rcx",
-                "jnz 2b",
-                inout("rcx") n => _,
-                p = in(reg) data.as_ptr(),
-                clobber_abi("sysv64"),
-                options(nostack, readonly),
             );
         }
     }

@@ -252,31 +252,11 @@ fn config(args: &BenchArgs) -> Result<BenchConfig> {
                     .unwrap_or(1)
             }),
     };
-    // candle (gemm) and rayon read this when their pools start, which has not
-    // happened yet; the daemon child inherits it.
-    // SAFETY: no other thread exists yet that could read the environment.
-    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
 
     let work_dir = args
         .work_dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("dualsight-bench"));
-    std::fs::create_dir_all(&work_dir)
-        .with_context(|| format!("creating {}", work_dir.display()))?;
-    let model = match &args.model {
-        Some(m) => dualsight::model::hub::resolve(&m.to_string_lossy())?,
-        None => {
-            let dir = work_dir.join(DEFAULT_MODEL);
-            if !dir.join("config.json").is_file() {
-                suite::say(format!(
-                    "making the benchmark checkpoint (ViT-B/16 + BERT-base, random) in {}",
-                    dir.display()
-                ));
-                assets::make_model(&dir, &tokenizer_dir(args))?;
-            }
-            dir
-        }
-    };
     let sections = match &args.only {
         Some(s) => Sections::parse(s)?,
         None => Sections::ALL,
@@ -300,6 +280,40 @@ fn config(args: &BenchArgs) -> Result<BenchConfig> {
         .iter()
         .map(|n| images.join(n))
         .collect();
+    let batches = pick(&args.batches, "1,8,32", "1,2")?;
+    let sizes = pick(&args.sizes, "10k,100k", "1000,3000")?;
+    let images_per_run = args.images.unwrap_or(if q { 4 } else { 64 });
+    let ingest_batch = args.ingest_batch.unwrap_or(
+        dualsight::config::Settings::default()
+            .ingest
+            .batch_size
+            .on_cpu(),
+    );
+    if batches.contains(&0) || ingest_batch == 0 || images_per_run == 0 {
+        bail!("batch sizes and --images must be at least 1");
+    }
+    let dualsight = dualsight_binary(args)?;
+    // candle (gemm) and rayon read this when their pools start, which has not
+    // happened yet (making the checkpoint below starts them); the daemon child inherits it.
+    // SAFETY: no other thread exists yet that could read the environment.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    // Made (minutes, ~790 MB) only once every argument has been read.
+    std::fs::create_dir_all(&work_dir)
+        .with_context(|| format!("creating {}", work_dir.display()))?;
+    let model = match &args.model {
+        Some(m) => dualsight::model::hub::resolve(&m.to_string_lossy())?,
+        None => {
+            let dir = work_dir.join(DEFAULT_MODEL);
+            if !dir.join("config.json").is_file() {
+                suite::say(format!(
+                    "making the benchmark checkpoint (ViT-B/16 + BERT-base, random) in {}",
+                    dir.display()
+                ));
+                assets::make_model(&dir, &tokenizer_dir(args))?;
+            }
+            dir
+        }
+    };
     let cfg = BenchConfig {
         model,
         work_dir,
@@ -308,36 +322,28 @@ fn config(args: &BenchArgs) -> Result<BenchConfig> {
         text_weights: args.text_weights.clone(),
         threads,
         sections,
-        batches: pick(&args.batches, "1,8,32", "1,2")?,
+        batches,
         min_secs: args.min_secs.unwrap_or(if q { 0.0 } else { 5.0 }),
         min_iters: args.min_iters.unwrap_or(if q { 1 } else { 3 }),
         max_iters: args.max_iters,
-        images: args.images.unwrap_or(if q { 4 } else { 64 }),
+        images: images_per_run,
         image_size,
         jpeg_quality: args.jpeg_quality.clamp(1, 100),
-        ingest_batch: args.ingest_batch.unwrap_or(
-            dualsight::config::Settings::default()
-                .ingest
-                .batch_size
-                .on_cpu(),
-        ),
-        sizes: pick(&args.sizes, "10k,100k", "1000,3000")?,
+        ingest_batch,
+        sizes,
         queries: args.queries.unwrap_or(if q { 10 } else { 200 }),
         recall_queries: args.recall_queries.unwrap_or(if q { 50 } else { 500 }),
         k: args.k.max(1),
         index,
         ef_sweep,
         daemon: !args.no_daemon,
-        dualsight: dualsight_binary(args)?,
+        dualsight,
         seed: args.seed,
         keep_scratch: args.keep_scratch,
         daemon_data: args.daemon_data.clone(),
         quick: q,
         source_images,
     };
-    if cfg.batches.contains(&0) || cfg.ingest_batch == 0 || cfg.images == 0 {
-        bail!("batch sizes and --images must be at least 1");
-    }
     Ok(cfg)
 }
 
@@ -372,6 +378,29 @@ fn parse_size(s: &str) -> Result<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bad argument is refused before the work dir or the ~790 MB
+    /// checkpoint is made (the checkpoint took minutes first).
+    #[test]
+    fn bad_arguments_are_refused_before_the_checkpoint_is_made() {
+        use clap::Parser;
+        let scratch = tempfile::tempdir().unwrap();
+        let work = scratch.path().join("work");
+        for bad in [
+            &["--only", "vision,nothing"][..],
+            &["--sizes", "10k,lots"],
+            &["--batches", "0"],
+            &["--image-size", "4000"],
+            &["--m", "1"],
+        ] {
+            let mut argv = vec!["dualsight-bench", "--work-dir", work.to_str().unwrap()];
+            argv.extend_from_slice(bad);
+            let args = BenchArgs::try_parse_from(&argv).unwrap();
+            let err = format!("{:#}", config(&args).unwrap_err());
+            assert!(!err.is_empty(), "{bad:?}");
+            assert!(!work.exists(), "{bad:?}: {err}");
+        }
+    }
 
     #[test]
     fn sizes_parse() {

@@ -1,6 +1,7 @@
 //! The command line: clap definitions and dispatch. Each subcommand lives in
 //! its own file; `main.rs` only calls [`run`].
 
+pub mod bench;
 pub mod client;
 pub mod fsck;
 pub mod migrate;
@@ -53,6 +54,8 @@ pub enum Command {
     Migrate(migrate::MigrateArgs),
     /// Check this build on a device against transformers' recorded numbers (reference.safetensors).
     Parity(parity::ParityArgs),
+    /// Run the benchmark harness, `dualsight-bench` (built separately), with these arguments.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the parsed command; errors are printed by `main` as one line.
@@ -70,6 +73,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Bench(a) => return Ok(bench::run(a)?),
         Command::Serve(a) => serve::serve(a)?,
         Command::Search(a) => client_runtime()?.block_on(client::search(a))?,
         Command::Status(a) => client_runtime()?.block_on(client::status(a))?,

@@ -350,3 +350,78 @@ fn parity_checks_a_checkpoint_against_its_recorded_references() {
     let err = run_err(dualsight().arg("parity").arg("--model").arg(empty.path()));
     assert!(err.contains("reference.safetensors"), "{err}");
 }
+
+/// `dualsight bench ARGS` runs the harness `dualsight-bench` with ARGS
+/// verbatim (its own `--help` too), and its exit status is the command's:
+/// the one beside the binary first, else the one on PATH; with neither,
+/// one line says how to build it. The binary is copied beside stand-in
+/// harnesses, so that a real harness built into the same target directory
+/// cannot answer instead.
+#[cfg(unix)]
+#[test]
+fn bench_runs_the_harness_beside_the_binary_or_on_path() {
+    use std::os::unix::fs::PermissionsExt;
+    let (bin, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let exe = bin.path().join("dualsight");
+    std::fs::copy(env!("CARGO_BIN_EXE_dualsight"), &exe).unwrap();
+    let harness = |dir: &Path, status: u8| {
+        let script = dir.join("dualsight-bench");
+        let log = dir.join("args");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\" >> '{}'; done\nexit {status}\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        log
+    };
+    let args = [
+        "--reference",
+        "--only",
+        "vision,ingest,search",
+        "--sizes",
+        "10k,100k",
+        "--help",
+        "-x y",
+    ];
+    let run = |path: &Path| {
+        Command::new(&exe)
+            .arg("bench")
+            .args(args)
+            .env("PATH", path)
+            .output()
+            .expect("run dualsight")
+    };
+    let lines = |log: &Path| {
+        let text = std::fs::read_to_string(log).unwrap();
+        std::fs::remove_file(log).unwrap();
+        text.lines().map(str::to_owned).collect::<Vec<_>>()
+    };
+
+    let on_path = harness(other.path(), 0);
+    let out = run(other.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines(&on_path), args);
+
+    let beside = harness(bin.path(), 7);
+    let out = run(other.path());
+    assert_eq!(out.status.code(), Some(7), "the harness's status");
+    assert_eq!(lines(&beside), args);
+    assert!(!on_path.exists(), "the harness on PATH ran too");
+
+    std::fs::remove_file(bin.path().join("dualsight-bench")).unwrap();
+    std::fs::remove_file(other.path().join("dualsight-bench")).unwrap();
+    let err = run_err(Command::new(&exe).arg("bench").env("PATH", other.path()));
+    assert!(
+        err.contains("cargo build --release -p dualsight-bench")
+            && err.contains(&bin.path().display().to_string()),
+        "{err}"
+    );
+}
