@@ -292,6 +292,12 @@ fn config(args: &BenchArgs) -> Result<BenchConfig> {
     if batches.contains(&0) || ingest_batch == 0 || images_per_run == 0 {
         bail!("batch sizes and --images must be at least 1");
     }
+    // Read here, not only when the suite opens the device, so that a typo
+    // is refused before the checkpoint below is made.
+    args.device.parse::<dualsight::device::DeviceSpec>()?;
+    dualsight::device::parse_dtype(&args.dtype)?;
+    args.text_weights
+        .parse::<dualsight::device::TextWeights>()?;
     let dualsight = dualsight_binary(args)?;
     // candle (gemm) and rayon read this when their pools start, which has not
     // happened yet (making the checkpoint below starts them); the daemon child inherits it.
@@ -386,18 +392,21 @@ mod tests {
         use clap::Parser;
         let scratch = tempfile::tempdir().unwrap();
         let work = scratch.path().join("work");
-        for bad in [
-            &["--only", "vision,nothing"][..],
-            &["--sizes", "10k,lots"],
-            &["--batches", "0"],
-            &["--image-size", "4000"],
-            &["--m", "1"],
+        for (bad, named) in [
+            (&["--only", "vision,nothing"][..], "nothing"),
+            (&["--sizes", "10k,lots"], "lots"),
+            (&["--batches", "0"], "at least 1"),
+            (&["--image-size", "4000"], "--image-size"),
+            (&["--m", "1"], "max_nb_connection"),
+            (&["--device", "gpu7"], "gpu7"),
+            (&["--dtype", "f8"], "f8"),
+            (&["--text-weights", "int4"], "int4"),
         ] {
             let mut argv = vec!["dualsight-bench", "--work-dir", work.to_str().unwrap()];
             argv.extend_from_slice(bad);
             let args = BenchArgs::try_parse_from(&argv).unwrap();
             let err = format!("{:#}", config(&args).unwrap_err());
-            assert!(!err.is_empty(), "{bad:?}");
+            assert!(err.contains(named), "{bad:?}: {err}");
             assert!(!work.exists(), "{bad:?}: {err}");
         }
     }

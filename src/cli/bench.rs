@@ -26,17 +26,22 @@ pub struct BenchArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error(
-        "`dualsight bench` runs the benchmark harness `{HARNESS}`, found neither beside this binary ({}) nor on PATH: build it with `cargo build --release -p {HARNESS}`",
-        beside.display()
+        "`dualsight bench` runs the benchmark harness `{HARNESS}`, found neither beside this binary{} nor on PATH: build it with `cargo build --release -p {HARNESS}`",
+        beside.as_ref().map(|d| format!(" ({})", d.display())).unwrap_or_default()
     )]
-    NotFound { beside: PathBuf },
+    NotFound {
+        /// This binary's directory, when the OS could say.
+        beside: Option<PathBuf>,
+    },
     #[error("{}: {source}", path.display())]
     Run { path: PathBuf, source: io::Error },
 }
 
+pub type Result<T, E = BenchError> = std::result::Result<T, E>;
+
 /// Runs the harness: in place of this process on Unix (its exit status
 /// and signals are the command's), else as a child whose status is passed on.
-pub fn run(a: &BenchArgs) -> Result<ExitCode, BenchError> {
+pub fn run(a: &BenchArgs) -> Result<ExitCode> {
     let exe = std::env::current_exe().ok();
     let path = locate(exe.as_deref(), std::env::var_os("PATH").as_deref())?;
     let mut command = Command::new(&path);
@@ -53,6 +58,7 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, BenchError> {
     }
     #[cfg(not(unix))]
     {
+        // A status outside 0..=255 (Windows' are 32-bit) becomes 1.
         let status = command.status().map_err(fail)?;
         Ok(match status.code() {
             Some(0) => ExitCode::SUCCESS,
@@ -65,7 +71,7 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, BenchError> {
 /// The harness beside `exe` (a release build's `target/release`, or an
 /// install's `bin`), else the first on `path`: the one built with this
 /// binary comes before another install's.
-fn locate(exe: Option<&Path>, path: Option<&std::ffi::OsStr>) -> Result<PathBuf, BenchError> {
+fn locate(exe: Option<&Path>, path: Option<&std::ffi::OsStr>) -> Result<PathBuf> {
     let name = format!("{HARNESS}{}", std::env::consts::EXE_SUFFIX);
     let beside = exe.and_then(Path::parent).map(|d| d.join(&name));
     let on_path = path
@@ -80,9 +86,7 @@ fn locate(exe: Option<&Path>, path: Option<&std::ffi::OsStr>) -> Result<PathBuf,
         .chain(on_path)
         .find(|p| is_executable(p))
         .ok_or_else(|| BenchError::NotFound {
-            beside: beside
-                .and_then(|p| p.parent().map(Path::to_path_buf))
-                .unwrap_or_default(),
+            beside: beside.and_then(|p| p.parent().map(Path::to_path_buf)),
         })
 }
 
@@ -103,6 +107,21 @@ fn is_executable(p: &Path) -> bool {
 mod tests {
     use super::*;
 
+    /// Everything after `bench` is the harness's, its `--help` and `-h`
+    /// first of all; nothing at all is fine too (the harness's defaults).
+    #[test]
+    fn every_argument_after_bench_is_the_harness() {
+        use clap::Parser;
+        let args = |argv: &[&str]| match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Bench(b) => b.args,
+            other => panic!("{other:?}"),
+        };
+        for first in ["--help", "-h", "--version", "--only"] {
+            assert_eq!(args(&["dualsight", "bench", first, "x"]), [first, "x"]);
+        }
+        assert!(args(&["dualsight", "bench"]).is_empty());
+    }
+
     fn harness_in(dir: &Path, mode: u32) -> PathBuf {
         let p = dir.join(HARNESS);
         std::fs::write(&p, "#!/bin/sh\n").unwrap();
@@ -115,8 +134,7 @@ mod tests {
     }
 
     /// Beside the binary first, then PATH's entries in order; a file that
-    /// is not executable, a directory of that name and an empty PATH entry
-    /// are passed over; with none found the error names where it looked
+    /// is not executable and a directory of that name are passed over; with none found the error names where it looked
     /// and how to build it.
     #[test]
     fn the_harness_beside_the_binary_comes_before_path() {

@@ -54,7 +54,7 @@ pub enum Command {
     Migrate(migrate::MigrateArgs),
     /// Check this build on a device against transformers' recorded numbers (reference.safetensors).
     Parity(parity::ParityArgs),
-    /// Run the benchmark harness, `dualsight-bench` (built separately), with these arguments.
+    /// Run the benchmark harness `dualsight-bench` (built separately), passing it the arguments that follow.
     Bench(bench::BenchArgs),
 }
 

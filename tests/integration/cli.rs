@@ -363,7 +363,12 @@ fn bench_runs_the_harness_beside_the_binary_or_on_path() {
     use std::os::unix::fs::PermissionsExt;
     let (bin, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let exe = bin.path().join("dualsight");
-    std::fs::copy(env!("CARGO_BIN_EXE_dualsight"), &exe).unwrap();
+    // A link where the temp dir shares the target's file system: a copy's
+    // write handle, inherited by a process another test forks meanwhile,
+    // can make running it fail as "Text file busy" (retried below anyway).
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_dualsight"), &exe).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_dualsight"), &exe).unwrap();
+    }
     let harness = |dir: &Path, status: u8| {
         let script = dir.join("dualsight-bench");
         let log = dir.join("args");
@@ -387,13 +392,26 @@ fn bench_runs_the_harness_beside_the_binary_or_on_path() {
         "--help",
         "-x y",
     ];
+    // A file just written can be "busy" to exec while a process forked
+    // by another test still holds its write handle: tried again a while.
+    let busy = |out: &std::io::Result<Output>| match out {
+        Err(e) => e.kind() == std::io::ErrorKind::ExecutableFileBusy,
+        Ok(o) => String::from_utf8_lossy(&o.stderr).contains("Text file busy"),
+    };
     let run = |path: &Path| {
-        Command::new(&exe)
-            .arg("bench")
-            .args(args)
-            .env("PATH", path)
-            .output()
-            .expect("run dualsight")
+        let mut tries = 0;
+        loop {
+            let out = Command::new(&exe)
+                .arg("bench")
+                .args(args)
+                .env("PATH", path)
+                .output();
+            tries += 1;
+            if !busy(&out) || tries == 50 {
+                return out.expect("run dualsight");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     };
     let lines = |log: &Path| {
         let text = std::fs::read_to_string(log).unwrap();
