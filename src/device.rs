@@ -116,6 +116,16 @@ pub enum TextWeights {
     Int8,
 }
 
+/// The name [`FromStr`] reads back: what a harness passes on to a daemon.
+impl std::fmt::Display for TextWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Dtype => "dtype",
+            Self::Int8 => "int8",
+        })
+    }
+}
+
 impl FromStr for TextWeights {
     type Err = DeviceError;
     fn from_str(s: &str) -> Result<Self, DeviceError> {
@@ -149,5 +159,28 @@ mod tests {
         assert_eq!(parse_dtype("half").unwrap(), DType::F16);
         assert!(parse_dtype("f8").unwrap_err().to_string().contains("f8"));
         assert!(DeviceSpec::Cpu.open().unwrap().is_cpu());
+    }
+
+    /// Every spelling a flag accepts comes out in one name that reads back
+    /// as the same value: what the bench hands its daemon and the reference
+    /// script, which know only those names (`gpu` ran the reference on the
+    /// CPU and `bfloat16` in f32 before).
+    #[test]
+    fn each_value_has_one_name_that_reads_back() {
+        for (given, name) in [("GPU", "cuda:0"), ("cuda:2", "cuda:2"), (" Cpu", "cpu")] {
+            let d: DeviceSpec = given.parse().unwrap();
+            assert_eq!(d.to_string(), name);
+            assert_eq!(name.parse::<DeviceSpec>().unwrap(), d);
+        }
+        for (given, name) in [("bfloat16", "bf16"), ("half", "f16"), ("FLOAT32", "f32")] {
+            let t = parse_dtype(given).unwrap();
+            assert_eq!(t.as_str(), name);
+            assert_eq!(parse_dtype(name).unwrap(), t);
+        }
+        for (given, name) in [("INT8", "int8"), ("", "dtype")] {
+            let w: TextWeights = given.parse().unwrap();
+            assert_eq!(w.to_string(), name);
+            assert_eq!(name.parse::<TextWeights>().unwrap(), w);
+        }
     }
 }

@@ -217,7 +217,7 @@ pub fn render(r: &suite::Report, reference: bool) -> String {
         "model: {} on {} in {}, text weights {}\n",
         r.config.model.display(),
         r.config.device,
-        r.config.dtype,
+        r.config.dtype.as_str(),
         r.config.text_weights
     ));
     for n in &r.notes {
@@ -292,11 +292,10 @@ fn config(args: &BenchArgs) -> Result<BenchConfig> {
     if batches.contains(&0) || ingest_batch == 0 || images_per_run == 0 {
         bail!("batch sizes and --images must be at least 1");
     }
-    // Read here, not only when the suite opens the device, so that a typo
-    // is refused before the checkpoint below is made.
-    args.device.parse::<dualsight::device::DeviceSpec>()?;
-    dualsight::device::parse_dtype(&args.dtype)?;
-    args.text_weights
+    let device = args.device.parse::<dualsight::device::DeviceSpec>()?;
+    let dtype = dualsight::device::parse_dtype(&args.dtype)?;
+    let text_weights = args
+        .text_weights
         .parse::<dualsight::device::TextWeights>()?;
     let dualsight = dualsight_binary(args)?;
     // candle (gemm) and rayon read this when their pools start, which has not
@@ -323,9 +322,9 @@ fn config(args: &BenchArgs) -> Result<BenchConfig> {
     let cfg = BenchConfig {
         model,
         work_dir,
-        device: args.device.clone(),
-        dtype: args.dtype.clone(),
-        text_weights: args.text_weights.clone(),
+        device,
+        dtype,
+        text_weights,
         threads,
         sections,
         batches,

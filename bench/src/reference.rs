@@ -32,8 +32,8 @@ impl Reference {
     pub fn params(cfg: &BenchConfig, jpegs: &[PathBuf]) -> serde_json::Value {
         json!({
             "model": cfg.model,
-            "device": cfg.device,
-            "dtype": cfg.dtype,
+            "device": cfg.device.to_string(),
+            "dtype": cfg.dtype.as_str(),
             "threads": cfg.threads,
             "sections": cfg.sections.names(),
             "batches": cfg.batches,

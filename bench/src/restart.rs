@@ -23,6 +23,7 @@ use crate::report::{Better, Figures};
 use crate::search::add_latency;
 use crate::suite::{BenchConfig, say};
 use crate::synth::query_texts;
+use dualsight::device::TextWeights;
 use dualsight::encoder::Encoder;
 use dualsight::index::VectorIndex;
 use dualsight::store::{Commit, ContentHash, Embedding, FileRecord, Store};
@@ -388,15 +389,15 @@ impl Daemon {
             .arg("--listen")
             .arg(&addr)
             .arg("--device")
-            .arg(&cfg.device)
+            .arg(cfg.device.to_string())
             // The daemon's model in the type the bench's own runs use.
             .arg("--dtype")
-            .arg(&cfg.dtype)
+            .arg(cfg.dtype.as_str())
             // Only when asked for: a daemon built before the flag can still
             // be measured against.
             .args(
-                (cfg.text_weights != "dtype")
-                    .then_some(["--text-weights", cfg.text_weights.as_str()])
+                (cfg.text_weights != TextWeights::Dtype)
+                    .then(|| ["--text-weights".to_owned(), cfg.text_weights.to_string()])
                     .into_iter()
                     .flatten(),
             )

@@ -24,7 +24,8 @@ use crate::assets::{self, Machine};
 use crate::report::{self, Figures};
 use crate::stats::Repeat;
 use crate::{ingest, reference, search, synth, vision};
-use dualsight::device::DeviceSpec;
+use candle_core::DType;
+use dualsight::device::{DeviceSpec, TextWeights};
 use dualsight::encoder::Encoder;
 use dualsight::index::IndexParams;
 
@@ -86,11 +87,17 @@ impl Sections {
 pub struct BenchConfig {
     pub model: PathBuf,
     pub work_dir: PathBuf,
-    pub device: String,
-    /// Our model's `--dtype` (the reference's is f32).
-    pub dtype: String,
-    /// Our text tower's `--text-weights` (dtype or int8).
-    pub text_weights: String,
+    /// Read once, by the command line; passed on (to the daemon, the
+    /// reference script, the report) in its one spelling, so that `gpu` or
+    /// `bfloat16` mean to them what they meant to us.
+    #[serde(serialize_with = "as_text")]
+    pub device: DeviceSpec,
+    /// Our model's `--dtype` (the reference's is f32 on the CPU).
+    #[serde(serialize_with = "dtype_name")]
+    pub dtype: DType,
+    /// Our text tower's `--text-weights`.
+    #[serde(serialize_with = "as_text")]
+    pub text_weights: TextWeights,
     pub threads: usize,
     pub sections: Sections,
     pub batches: Vec<usize>,
@@ -119,6 +126,14 @@ pub struct BenchConfig {
     pub quick: bool,
     /// Test photos the JPEGs are made from.
     pub source_images: Vec<PathBuf>,
+}
+
+fn as_text<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn dtype_name<S: serde::Serializer>(d: &DType, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(d.as_str())
 }
 
 impl BenchConfig {
@@ -194,22 +209,17 @@ pub fn run(cfg: &BenchConfig, reference: Option<&reference::Reference>) -> Resul
     let mut figs = Figures::default();
     let scratch = Scratch::new(&cfg.work_dir, cfg.keep_scratch)?;
 
-    let device = cfg
-        .device
-        .parse::<DeviceSpec>()?
-        .open()
-        .context("opening the device")?;
-    let dtype = dualsight::device::parse_dtype(&cfg.dtype)?;
+    let device = cfg.device.open().context("opening the device")?;
     say(format!(
         "loading {} on {} in {} with {} threads",
         cfg.model.display(),
         cfg.device,
-        cfg.dtype,
+        cfg.dtype.as_str(),
         machine.candle_threads
     ));
     let t = Instant::now();
     let encoder = Arc::new(
-        Encoder::load_with(&cfg.model, &device, dtype, cfg.text_weights.parse()?)
+        Encoder::load_with(&cfg.model, &device, cfg.dtype, cfg.text_weights)
             .with_context(|| format!("loading {}", cfg.model.display()))?
             // As the daemon runs it: end-to-end indexing measures its default.
             .with_preprocessing(dualsight::config::Settings::default().preprocessing()),
@@ -320,9 +330,9 @@ mod tests {
         let cfg = BenchConfig {
             model: tree.join("tests/fixtures/models/vit-bert"),
             work_dir: work.path().to_path_buf(),
-            device: "cpu".into(),
-            dtype: "f32".into(),
-            text_weights: "dtype".into(),
+            device: DeviceSpec::Cpu,
+            dtype: DType::F32,
+            text_weights: TextWeights::Dtype,
             threads: 2,
             sections: Sections::ALL,
             batches: vec![1, 2],
