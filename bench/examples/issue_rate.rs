@@ -1,10 +1,10 @@
 //! How many of the vector instructions our dense kernels are built from
 //! one core issues per second, alone and mixed: what bounds the 8-bit
 //! product (`--text-weights int8`) on an AVX2 CPU, where the VM exposes no
-//! cycle counter. Each block is ten instructions with no dependency
-//! between them (FMAs into ten accumulators, which hides their latency),
-//! so the rate is the issue rate; the ratios between lines are what
-//! matter, as the clock of a shared machine varies.
+//! cycle counter. A block of one instruction is ten of it with no
+//! dependency between them (FMAs into ten accumulators, which hides their
+//! latency), so its rate is the issue rate; the ratios between lines are
+//! what matter, as the clock of a shared machine varies.
 //!
 //! cargo run --release -p dualsight-bench --example issue_rate -- [millions of blocks]
 //!
@@ -20,9 +20,10 @@ use anyhow::{Context, Result};
 /// Rounds through the lines; each line's best is printed.
 const ROUNDS: usize = 5;
 
-/// A timed loop: `n` blocks, reading at most the 256 bytes given.
+/// A timed loop: `n` blocks, reading at most the 256 bytes given; returns
+/// the instructions in a block.
 #[cfg(target_arch = "x86_64")]
-type Block = unsafe fn(u64, &[u8; 256]);
+type Block = unsafe fn(u64, &[u8; 256]) -> usize;
 
 fn main() -> Result<()> {
     let millions: u64 = match std::env::args().nth(1) {
@@ -43,26 +44,26 @@ fn main() -> Result<()> {
         // SAFETY (all): AVX2 and FMA are present (checked above); the
         // blocks read only `data`, which is 256 bytes long.
         let data = [1u8; 256];
-        let lines: [(&str, f64, Block); 6] = [
-            ("vfmadd231ps ymm", 10.0, x86::fma),
-            ("vmulps ymm", 10.0, x86::mul),
-            ("vpmaddwd ymm", 10.0, x86::madd),
-            ("vpmaddubsw ymm", 10.0, x86::maddubs),
-            ("7 vpmaddwd + 10 vfmadd231ps", 17.0, x86::mixed),
-            ("8-bit kernel body, 8 rows", 25.0, x86::kernel_body),
+        let lines: [(&str, Block); 6] = [
+            ("vfmadd231ps ymm", x86::fma),
+            ("vmulps ymm", x86::mul),
+            ("vpmaddwd ymm", x86::madd),
+            ("vpmaddubsw ymm", x86::maddubs),
+            ("7 vpmaddwd + 10 vfmadd231ps", x86::mixed),
+            ("8-bit kernel body, 8 rows", x86::kernel_body),
         ];
         // Rounds through all the lines, the best of each kept: a shared
         // machine's slow moments fall on different lines each round.
         let mut best = [0f64; 6];
         for _ in 0..ROUNDS {
-            for ((_, per_block, f), best) in lines.iter().zip(&mut best) {
+            for ((_, f), best) in lines.iter().zip(&mut best) {
                 let t = Instant::now();
-                unsafe { f(n, &data) };
-                let rate = n as f64 * per_block / t.elapsed().as_secs_f64() / 1e9;
+                let per_block = unsafe { f(n, &data) };
+                let rate = (n * per_block as u64) as f64 / t.elapsed().as_secs_f64() / 1e9;
                 *best = best.max(rate);
             }
         }
-        for ((name, _, _), rate) in lines.iter().zip(best) {
+        for ((name, _), rate) in lines.iter().zip(best) {
             println!("{name:>30}: {rate:.2} G instructions/s");
         }
     }
@@ -88,9 +89,10 @@ mod x86 {
 
     /// `n` blocks of the given instructions in a loop; ymm0 and ymm1 hold
     /// ones, ymm2..ymm15 start at zero (sums that stay normal floats) and
-    /// rsi points at the caller's 256 bytes.
+    /// rsi points at the caller's 256 bytes. Evaluates to the count of
+    /// instructions in a block.
     macro_rules! blocks {
-        ($n:expr, $data:expr, $($line:expr),+ $(,)?) => {
+        ($n:expr, $data:expr, $($line:expr),+ $(,)?) => {{
             asm!(
                 "vxorps ymm2, ymm2, ymm2",
                 "vmovaps ymm3, ymm2", "vmovaps ymm4, ymm2", "vmovaps ymm5, ymm2",
@@ -108,15 +110,16 @@ mod x86 {
                 in("ymm1") ones(),
                 clobber_abi("sysv64"),
                 options(nostack, readonly),
-            )
-        };
+            );
+            [$($line),+].len()
+        }};
     }
 
     /// Ten of `$op` per block from ymm0/ymm1 into ymm2..ymm11.
     macro_rules! ten {
         ($name:ident, $op:literal) => {
             #[target_feature(enable = "avx2,fma")]
-            pub unsafe fn $name(n: u64, data: &[u8; 256]) {
+            pub unsafe fn $name(n: u64, data: &[u8; 256]) -> usize {
                 // SAFETY: register-only instructions the CPU has.
                 unsafe {
                     blocks!(
@@ -132,7 +135,7 @@ mod x86 {
                         concat!($op, " ymm9, ymm0, ymm1"),
                         concat!($op, " ymm10, ymm0, ymm1"),
                         concat!($op, " ymm11, ymm0, ymm1"),
-                    );
+                    )
                 }
             }
         };
@@ -147,7 +150,7 @@ mod x86 {
     /// one is no dependency) and ten FMAs into ten sums a block: whether
     /// the two kinds issue side by side.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn mixed(n: u64, data: &[u8; 256]) {
+    pub unsafe fn mixed(n: u64, data: &[u8; 256]) -> usize {
         // SAFETY: register-only instructions the CPU has.
         unsafe {
             blocks!(
@@ -170,7 +173,7 @@ mod x86 {
                 "vfmadd231ps ymm13, ymm0, ymm1",
                 "vfmadd231ps ymm14, ymm0, ymm1",
                 "vfmadd231ps ymm15, ymm0, ymm1",
-            );
+            )
         }
     }
 
@@ -178,7 +181,7 @@ mod x86 {
     /// `pass_avx2`): per row a broadcast of its depth pair, a `vpmaddwd`
     /// against the widened weights and a `vpaddd` into its sum.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn kernel_body(n: u64, data: &[u8; 256]) {
+    pub unsafe fn kernel_body(n: u64, data: &[u8; 256]) -> usize {
         // SAFETY: the loads stay within `data`'s 256 bytes.
         unsafe {
             blocks!(
@@ -209,7 +212,7 @@ mod x86 {
                 "vpbroadcastd ymm14, dword ptr [rsi + 156]",
                 "vpmaddwd ymm14, ymm14, ymm13",
                 "vpaddd ymm9, ymm9, ymm14",
-            );
+            )
         }
     }
 }

@@ -1415,16 +1415,11 @@ fn a_space_partitioned_by_content_hash_takes_the_same_statements() {
         },
         ..pg_options(pg.url("shards"), node)
     };
-    // Spread-out 16-d vectors: each coordinate splitmix64 of its index.
+    // Spread-out 16-d vectors: row i drawn from the project's generator
+    // keyed by i.
     let vector = |i: usize| -> Vec<f32> {
-        (0..16u64)
-            .map(|j| {
-                let mut z = (i as u64 * 16 + j).wrapping_add(0x9E37_79B9_7F4A_7C15);
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                (z ^ (z >> 31)) as f32 / u64::MAX as f32 - 0.5
-            })
-            .collect()
+        let mut g = dualsight::rng::SplitMix64::keyed(7, i as u64, 0);
+        (0..16).map(|_| g.next_f32() - 0.5).collect()
     };
     {
         let store = Store::open_postgres(&options("a")).unwrap();
