@@ -60,24 +60,37 @@ impl DeviceSpec {
                 ordinal,
                 msg: if cfg!(feature = "cuda") { driver_error(e) } else { "this dualsight was built without the `cuda` feature (see scripts/build-cuda.sh)".into() },
             })?,
-            Self::Auto => {
-                if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
-                    // `cuda_is_available` only says the feature is compiled in:
-                    // whether a GPU and driver are there shows when opening it.
-                    Device::new_cuda(0).unwrap_or_else(|e| {
-                        let error = driver_error(e);
-                        tracing::warn!(%error, "built with cuda but no usable GPU: using the CPU");
-                        Device::Cpu
-                    })
-                } else {
-                    Device::Cpu
-                }
-            }
+            Self::Auto => auto_device(),
         };
         // The CPU's vector level matters on the CPU, and for the index's
         // distance either way: operators see what DUALSIGHT_CPU left.
         tracing::info!(requested = %self, device = if device.is_cuda() { "cuda" } else { "cpu" }, cpu_level = crate::simd::level().name(), "model device");
         Ok(device)
+    }
+
+    /// What `auto` comes to on this machine, `cpu` or the first GPU, as
+    /// [`DeviceSpec::open`] would choose: a harness passes this on, so that
+    /// what it runs beside the model (the reference script) runs there too.
+    pub fn resolve(self) -> Self {
+        match self {
+            Self::Auto if auto_device().is_cuda() => Self::Cuda(0),
+            Self::Auto => Self::Cpu,
+            chosen => chosen,
+        }
+    }
+}
+
+fn auto_device() -> Device {
+    if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
+        // `cuda_is_available` only says the feature is compiled in:
+        // whether a GPU and driver are there shows when opening it.
+        Device::new_cuda(0).unwrap_or_else(|e| {
+            let error = driver_error(e);
+            tracing::warn!(%error, "built with cuda but no usable GPU: using the CPU");
+            Device::Cpu
+        })
+    } else {
+        Device::Cpu
     }
 }
 
@@ -159,6 +172,20 @@ mod tests {
         assert_eq!(parse_dtype("half").unwrap(), DType::F16);
         assert!(parse_dtype("f8").unwrap_err().to_string().contains("f8"));
         assert!(DeviceSpec::Cpu.open().unwrap().is_cpu());
+    }
+
+    /// `auto` resolves to what `open` picks here; a named device stays named.
+    #[test]
+    fn auto_resolves_to_the_device_open_picks() {
+        let picked = DeviceSpec::Auto.resolve();
+        assert_ne!(picked, DeviceSpec::Auto);
+        assert_eq!(
+            picked == DeviceSpec::Cpu,
+            DeviceSpec::Auto.open().unwrap().is_cpu()
+        );
+        for named in [DeviceSpec::Cpu, DeviceSpec::Cuda(3)] {
+            assert_eq!(named.resolve(), named);
+        }
     }
 
     /// Every spelling a flag accepts comes out in one name that reads back

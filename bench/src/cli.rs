@@ -302,6 +302,9 @@ fn config(args: &BenchArgs) -> Result<BenchConfig> {
     // happened yet (making the checkpoint below starts them); the daemon child inherits it.
     // SAFETY: no other thread exists yet that could read the environment.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    // `auto` settled once (after the line above: opening a GPU starts
+    // threads), so the daemon and the reference script run where our model does.
+    let device = device.resolve();
     // Made (minutes, ~790 MB) only once every argument has been read.
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("creating {}", work_dir.display()))?;
@@ -408,6 +411,31 @@ mod tests {
             assert!(err.contains(named), "{bad:?}: {err}");
             assert!(!work.exists(), "{bad:?}: {err}");
         }
+    }
+
+    /// `--device auto` reaches the suite, and from it the daemon and the
+    /// reference script, as the device our model opens (before, the script
+    /// got `auto`, which it runs on the CPU while ours may take a GPU).
+    #[test]
+    fn auto_device_is_settled_before_the_suite_runs() {
+        use clap::Parser;
+        let scratch = tempfile::tempdir().unwrap();
+        let model = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/models/vit-bert"
+        );
+        let work = scratch.path().join("work");
+        let argv = [
+            "dualsight-bench",
+            "--work-dir",
+            work.to_str().unwrap(),
+            "--model",
+            model,
+        ];
+        let argv = [&argv[..], &["--device", "auto", "--no-daemon", "--quick"]].concat();
+        let cfg = config(&BenchArgs::try_parse_from(&argv).unwrap()).unwrap();
+        assert_eq!(cfg.device, dualsight::device::DeviceSpec::Auto.resolve());
+        assert_ne!(cfg.device.to_string(), "auto");
     }
 
     #[test]
