@@ -112,27 +112,29 @@ impl Replicas {
 
     fn check(&self, s: &Standby, primary: &Pool) {
         let result = (|| -> Result<Duration, String> {
+            // The primary's position first: a standby that has replayed it
+            // holds all the primary had when asked, so WAL written after
+            // (a checkpoint on an idle primary) does not count as lag.
+            let written: String = primary
+                .get()
+                .map_err(|e| e.to_string())?
+                .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                .map_err(|e| format!("asking the primary for its position: {e}"))?
+                .get(0);
             let mut c = s.pool.get().map_err(|e| e.to_string())?;
             let row = c
                 .query_one(
-                    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,
+                    "SELECT pg_is_in_recovery(),
+                            coalesce(pg_wal_lsn_diff($1::text::pg_lsn, pg_last_wal_replay_lsn()), 0)::float8,
                             extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8",
-                    &[],
+                    &[&written],
                 )
                 .map_err(|e| e.to_string())?;
             if !row.get::<_, bool>(0) {
                 return Err("not a standby (not in recovery)".into());
             }
-            let replayed: Option<String> = row.get(1);
+            let behind: f64 = row.get(1);
             let since_replay: Option<f64> = row.get(2);
-            let mut p = primary.get().map_err(|e| e.to_string())?;
-            let behind: f64 = p
-                .query_one(
-                    "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn), 0)::float8",
-                    &[&replayed],
-                )
-                .map_err(|e| format!("asking the primary for its position: {e}"))?
-                .get(0);
             // Replay caught up: no lag, however long ago the last write was.
             if behind <= 0.0 {
                 return Ok(Duration::ZERO);
