@@ -42,7 +42,7 @@ use dualsight::engine::pg_source::PgSource;
 use dualsight::engine::search::{Query, Rows, search, search_page};
 use dualsight::index::{IndexParams, VectorIndex};
 use dualsight::store::pg::{IndexKind, PgOptions};
-use dualsight::store::{Commit, ContentHash, Embedding, FileRecord, Space, Store};
+use dualsight::store::{Commit, ContentHash, Embedding, FileRecord, Store};
 use dualsight_bench::search::{build_index, exact_all};
 use dualsight_bench::synth::{DATA, Mixture, TEXT_QUERIES};
 
@@ -187,7 +187,7 @@ fn main() -> Result<()> {
     let bulk_asked = std::env::var_os("PG_BULK").is_some();
     let store = Store::open_postgres(&options(if bulk_asked { None } else { kind }))?;
     let space = store.space(&format!("bench-{n}"), DIM)?;
-    let Space::Postgres(pg_space) = &space else {
+    let Some(pg_space) = space.as_postgres() else {
         bail!("not a PostgreSQL store");
     };
     // A database filled by an earlier run is reused (to try search

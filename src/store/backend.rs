@@ -372,6 +372,14 @@ impl Space {
             Space::Postgres(_) => None,
         }
     }
+
+    /// The PostgreSQL space, for what only it has (plans, index upkeep).
+    pub fn as_postgres(&self) -> Option<&PgSpace> {
+        match self {
+            Space::Sled(_) => None,
+            Space::Postgres(p) => Some(p),
+        }
+    }
 }
 
 /// Refuses what must never enter a space: another model's dimension,

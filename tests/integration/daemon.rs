@@ -224,19 +224,32 @@ pub(crate) async fn wait_for(
     what: &str,
     pred: impl Fn(&proto::StatusResponse) -> bool,
 ) -> proto::StatusResponse {
+    let ask = async || Ok(c.status(proto::StatusRequest {}).await?.into_inner());
+    poll_status(d, what, ask, pred).await
+}
+
+/// Asks Status through `ask` (any client) until `pred` holds, and fails
+/// after 60 s with the last answer or error and the log, also when every
+/// call fails.
+pub(crate) async fn poll_status(
+    d: &Daemon,
+    what: &str,
+    mut ask: impl AsyncFnMut() -> Result<proto::StatusResponse, tonic::Status>,
+    pred: impl Fn(&proto::StatusResponse) -> bool,
+) -> proto::StatusResponse {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(s) = c.status(proto::StatusRequest {}).await {
-            let s = s.into_inner();
-            if pred(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {s:?}\nlog:\n{}",
-                d.log()
-            );
+        let s = ask().await;
+        if let Ok(s) = &s
+            && pred(s)
+        {
+            return s.clone();
         }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s:?}\nlog:\n{}",
+            d.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

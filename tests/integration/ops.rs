@@ -11,7 +11,7 @@ use dualsight::server::proto;
 use tonic::Code;
 
 use crate::cli::dualsight;
-use crate::daemon::{Daemon, copy_photo, free_port};
+use crate::daemon::{Daemon, copy_photo, free_port, poll_status};
 use crate::util::model_dir;
 
 /// A client as the CLI builds it; retried while the daemon starts.
@@ -30,28 +30,15 @@ async fn connect(d: &Daemon, remote: &Remote) -> Client {
     }
 }
 
-/// Polls Status until `pred` holds (60 s).
+/// Polls Status until `pred` holds (60 s), through the token-carrying client.
 async fn wait_until(
     d: &Daemon,
     c: &mut Client,
     what: &str,
     pred: impl Fn(&proto::StatusResponse) -> bool,
 ) -> proto::StatusResponse {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = c.status(proto::StatusRequest {}).await;
-        if let Ok(s) = &s
-            && pred(s.get_ref())
-        {
-            return s.get_ref().clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {s:?}\nlog:\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ask = async || Ok(c.status(proto::StatusRequest {}).await?.into_inner());
+    poll_status(d, what, ask, pred).await
 }
 
 async fn search(c: &mut Client, text: &str) -> Result<Vec<proto::Hit>, tonic::Status> {

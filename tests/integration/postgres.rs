@@ -420,12 +420,12 @@ async fn the_same_files_on_two_nodes_share_one_vector() {
     // own count, flushed as the daemons' sessions end.
     assert!(a.signal("TERM").success(), "{}", a.log());
     assert!(b.signal("TERM").success(), "{}", b.log());
-    let deadline = Instant::now() + Duration::from_secs(20);
     let sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'shared' AND pid <> pg_backend_pid()";
-    while pg.psql("shared", sessions) != "0" {
-        assert!(Instant::now() < deadline, "the daemons' sessions stayed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poll_until(
+        20,
+        || pg.psql("shared", sessions) == "0",
+        || "the daemons' sessions stayed".into(),
+    );
     assert_eq!(
         pg.psql(
             "shared",
@@ -697,16 +697,16 @@ async fn a_standby_serves_searches_and_the_primary_takes_over_when_it_stops() {
         let hits = search(&mut c, "a photo", 5).await;
         assert_eq!(hits.len(), 3);
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while commits() < before + 40 {
-        assert!(
-            Instant::now() < deadline,
-            "searches did not reach the standby: {} → {}",
-            before,
-            commits()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    poll_until(
+        20,
+        || commits() >= before + 40,
+        || {
+            format!(
+                "searches did not reach the standby: {before} → {}",
+                commits()
+            )
+        },
+    );
 
     // A photo added now replicates and is found through the standby.
     copy_photo("camera.png", &d.photos);
@@ -916,9 +916,7 @@ fn a_spaces_vectors_are_kept_in_its_rows() {
     }
     // The sizes the benchmark reports: the rows (150 vectors of 2 KB) and
     // the HNSW index apart, adding up to the table's whole size.
-    let dualsight::store::Space::Postgres(pg_space) = &space else {
-        unreachable!()
-    };
+    let pg_space = space.as_postgres().unwrap();
     let sizes = reopened
         .as_postgres()
         .unwrap()
@@ -947,7 +945,7 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
     use dualsight::engine::pg_source::PgSource;
     use dualsight::engine::search::{Query, search};
     use dualsight::store::pg::{PgOptions, SearchFilters};
-    use dualsight::store::{Commit, Space, Store};
+    use dualsight::store::{Commit, Store};
 
     let pg = PgServer::start();
     pg.create_db("plans");
@@ -986,9 +984,7 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
         })
         .collect();
     store.commit(&space, &items).unwrap();
-    let Space::Postgres(pg_space) = &space else {
-        unreachable!()
-    };
+    let pg_space = space.as_postgres().unwrap();
     // What autovacuum does after a library's first thousands of files.
     pg.psql("plans", "ANALYZE");
 
@@ -1047,11 +1043,11 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
     // a shorter fetch is a longer one's first rows. Past it the walk widens,
     // and a page reads its whole block. (The space's row estimate, which
     // the ANALYZE above gave it, is read anew within 10 s.)
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !pg_space.fetches_nest(40).unwrap() {
-        assert!(Instant::now() < deadline, "no nesting after ANALYZE");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    poll_until(
+        15,
+        || pg_space.fetches_nest(40).unwrap(),
+        || "no nesting after ANALYZE".into(),
+    );
     assert!(!pg_space.fetches_nest(41).unwrap());
     let ids = |n: usize| -> Vec<u64> {
         let found = pg_space.nearest(&q, n, &SearchFilters::default()).unwrap();
@@ -1152,9 +1148,7 @@ fn searches_walk_the_hnsw_index_and_filters_never_lose_hits() {
     );
     let store = Store::open_postgres(&options).unwrap();
     let space = store.space("fp", 16).unwrap();
-    let Space::Postgres(pg_space) = &space else {
-        unreachable!()
-    };
+    let pg_space = space.as_postgres().unwrap();
     let late = SearchFilters {
         taken_after: Some(T0 + 1900),
         ..Default::default()
@@ -1245,30 +1239,19 @@ fn ivfflat_indexes_are_built_as_a_space_fills_and_rebuilt_as_it_doubles() {
         }
     };
     let indexes = |store: &PgStore, space: &Space| {
-        let Space::Postgres(s) = space else {
-            unreachable!()
-        };
+        let s = space.as_postgres().unwrap();
         store.vector_indexes(s).unwrap()
     };
     let wait_for_indexes = |store: &PgStore, space: &Space, want: &[&str]| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let now = indexes(store, space);
-            if now == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "indexes {now:?}, waiting for {want:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        poll_until(
+            60,
+            || indexes(store, space) == want,
+            || format!("indexes {:?}, waiting for {want:?}", indexes(store, space)),
+        );
     };
     // Each stored vector's own file comes first, whatever index answers.
     let finds_its_own = |space: &Space, rows: usize| {
-        let Space::Postgres(s) = space else {
-            unreachable!()
-        };
+        let s = space.as_postgres().unwrap();
         for i in (0..rows).step_by(rows / 23) {
             let q = vector(i);
             let source = PgSource::new(s, &Filters::default());
@@ -1303,9 +1286,7 @@ fn ivfflat_indexes_are_built_as_a_space_fills_and_rebuilt_as_it_doubles() {
     // Doubled again: four lists.
     commit(&store, &space, 1000..2000);
     wait_for_indexes(&pg_store, &space, &["vectors_1_ivf4"]);
-    let Space::Postgres(s) = &space else {
-        unreachable!()
-    };
+    let s = space.as_postgres().unwrap();
     pg.psql("ivf", "ANALYZE");
     let plan = s
         .nearest_plan(&vector(3), 10, &SearchFilters::default())
@@ -1331,9 +1312,7 @@ fn ivfflat_indexes_are_built_as_a_space_fills_and_rebuilt_as_it_doubles() {
     let hnsw = Store::open_postgres(&options(Some(IndexKind::Hnsw))).unwrap();
     let space = hnsw.space("fp", 16).unwrap();
     let pg_hnsw = hnsw.as_postgres().unwrap().clone();
-    let Space::Postgres(s) = &space else {
-        unreachable!()
-    };
+    let s = space.as_postgres().unwrap();
     pg_hnsw.tend_index(s).unwrap();
     wait_for_indexes(&pg_hnsw, &space, &["vectors_1_hnsw"]);
     finds_its_own(&space, 4000);
@@ -1401,7 +1380,7 @@ fn a_space_partitioned_by_content_hash_takes_the_same_statements() {
     use dualsight::engine::pg_source::PgSource;
     use dualsight::engine::search::{Query, search};
     use dualsight::store::pg::{PgOptions, SearchFilters};
-    use dualsight::store::{Space, Store};
+    use dualsight::store::Store;
 
     const N: usize = 8000;
     let pg = PgServer::start();
@@ -1460,9 +1439,7 @@ fn a_space_partitioned_by_content_hash_takes_the_same_statements() {
 
     let store = Store::open_postgres(&options("a")).unwrap();
     let space = store.space("fp", 16).unwrap();
-    let Space::Postgres(pg_space) = &space else {
-        unreachable!()
-    };
+    let pg_space = space.as_postgres().unwrap();
     // Each partition walks its own graph; the walks are merged in order.
     let q = vector(1234);
     let plan = candidate_scan(

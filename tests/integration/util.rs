@@ -6,6 +6,16 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 
+/// Calls `done` every 100 ms until it holds; past `secs` seconds fails
+/// with what `why` says then.
+pub fn poll_until(secs: u64, mut done: impl FnMut() -> bool, why: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{}", why());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
