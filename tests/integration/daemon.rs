@@ -647,6 +647,83 @@ async fn a_half_written_file_is_indexed_only_once_complete() {
     assert_eq!(s.failed_files, 0);
 }
 
+/// A file replaced while its first version is still being indexed ends as
+/// its new version: the second sighting waits for the first job instead of
+/// being dropped as a duplicate (the first job, finding the file changed,
+/// left it to that sighting, so the new photo waited for the next scan).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_replaced_while_being_indexed_ends_as_its_new_version() {
+    use image::ImageEncoder;
+    let d = Daemon::start();
+    let mut c = d.client().await;
+    let png = |img: &image::RgbImage| {
+        let mut out = Vec::new();
+        image::codecs::png::PngEncoder::new_with_quality(
+            &mut out,
+            image::codecs::png::CompressionType::Fast,
+            image::codecs::png::FilterType::Sub,
+        )
+        .write_image(
+            img,
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .unwrap();
+        out
+    };
+    // Large photos ahead of it (64 MP each, small files: rows of runs)
+    // keep the file's first version waiting in the pipeline while its
+    // second arrives.
+    const AHEAD: u32 = 16;
+    let ahead: Vec<Vec<u8>> = (0..AHEAD)
+        .map(|i| {
+            png(&image::RgbImage::from_fn(8000, 8000, |x, y| {
+                image::Rgb([(x / 40) as u8, (y / 40) as u8, (i * 30) as u8])
+            }))
+        })
+        .collect();
+    let first = png(&image::open(image("rocket.jpg")).unwrap().to_rgb8());
+    let photo = png(&image::open(image("coffee.webp")).unwrap().to_rgb8());
+    let target = d.photos.join("replaced.png");
+    let put = |bytes: &[u8]| {
+        let tmp = d.photos.join(".incoming");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, &target).unwrap();
+    };
+    for (i, big) in ahead.iter().enumerate() {
+        std::fs::write(d.photos.join(format!("ahead-{i}.png")), big).unwrap();
+    }
+    put(&first);
+    // Past the watcher's debounce and stability wait (500 ms): the first
+    // version is in the pipeline, behind the large photos.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let busy = status(&mut c).await;
+    put(&photo);
+    let s = wait_for(&d, &mut c, "indexed", |s| {
+        s.indexed_files == u64::from(AHEAD) + 1 && s.pending_files == 0
+    })
+    .await;
+    assert_eq!(s.failed_files, 0, "{s:?}");
+    // Still busy when the second version came (else this tests nothing).
+    assert!(busy.indexed_files < u64::from(AHEAD), "{busy:?}");
+    let hits = c
+        .search_by_image(proto::SearchByImageRequest {
+            query: Some(search_by_image_request::Query::Image(photo.clone())),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert!(
+        hits[0].path.ends_with("replaced.png") && hits[0].score > 0.9999,
+        "the file's first version stayed indexed: {hits:?}\nlog:\n{}",
+        d.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn graceful_restart_loads_the_checkpoint_and_kill_9_loses_nothing() {
     let (mut d, mut c) = indexed_daemon().await;

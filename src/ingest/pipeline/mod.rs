@@ -63,6 +63,9 @@ pub struct Counters {
     in_feed: std::sync::OnceLock<Arc<AtomicU64>>,
     /// Removals and reconciles waiting out the removal grace.
     held: AtomicU64,
+    /// Newer versions of files still in the pipeline, waiting for it to let
+    /// them go (the planner's `later`).
+    waiting: AtomicU64,
     /// Removals and reconciles past their grace, not yet applied.
     applying: AtomicU64,
     /// The watcher's own work ([`crate::ingest::watch::Watcher::busy`]).
@@ -93,7 +96,8 @@ impl Counters {
         let in_feed = self.in_feed.get().map_or(0, |f| f.load(Ordering::SeqCst));
         let held = self.held.load(Ordering::SeqCst);
         let applying = self.applying.load(Ordering::SeqCst);
-        watching + in_feed + held + applying + self.in_pipeline()
+        let waiting = self.waiting.load(Ordering::SeqCst);
+        watching + in_feed + held + applying + waiting + self.in_pipeline()
     }
 
     /// Files inside the pipeline (reading, decoding, embedding, committing).
@@ -139,6 +143,9 @@ impl Counters {
             .lock()
             .expect("pending lock")
             .insert(p.to_path_buf())
+    }
+    fn in_flight(&self, p: &Path) -> bool {
+        self.pending.lock().expect("pending lock").contains(p)
     }
     fn finish(&self, p: &Path) {
         self.pending.lock().expect("pending lock").remove(p);

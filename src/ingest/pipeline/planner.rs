@@ -8,7 +8,7 @@
 //! statements per batch (three with new files) instead of two round trips
 //! per file.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
@@ -43,6 +43,11 @@ pub(super) async fn planner(
     ops: mpsc::SyncSender<Op>,
 ) {
     let mut removals: Vec<(Instant, Op)> = Vec::new();
+    // A file seen again while its earlier version is still in the pipeline
+    // waits here (the newest sighting) until that job lets it go: dropped,
+    // the new version would wait for the next full scan, since the earlier
+    // job, finding the file changed, leaves it to a later event.
+    let mut later: HashMap<PathBuf, Seen> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         // The changes taken this turn stay counted in the feed until they are
@@ -78,23 +83,29 @@ pub(super) async fn planner(
             // A path that came back cancels its pending removal.
             let back: HashSet<&Path> = upserts.iter().map(|u| u.path.as_path()).collect();
             removals.retain(|(_, op)| !matches!(op, Op::Remove(p) if back.contains(p.as_path())));
-            let work = needs_work(&engine, &upserts);
-            for (u, needed) in upserts.into_iter().zip(work) {
-                if needed
-                    && counters.start(&u.path)
-                    && jobs
-                        .send(Job {
-                            path: u.path,
-                            size: u.size,
-                            mtime_ns: u.mtime_ns,
-                        })
-                        .await
-                        .is_err()
-                {
-                    return;
-                }
+            if start_jobs(&engine, &counters, &jobs, upserts, &mut later)
+                .await
+                .is_err()
+            {
+                return;
             }
         }
+        // Files whose earlier version has left the pipeline go in now.
+        let free: Vec<PathBuf> = later
+            .keys()
+            .filter(|p| !counters.in_flight(p))
+            .cloned()
+            .collect();
+        if !free.is_empty() {
+            let seen = free.iter().filter_map(|p| later.remove(p)).collect();
+            if start_jobs(&engine, &counters, &jobs, seen, &mut later)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        counters.waiting.store(later.len() as u64, Ordering::SeqCst);
         match other {
             None | Some(Change::Upsert { .. }) => {}
             Some(Change::Remove { path }) => {
@@ -131,6 +142,35 @@ pub(super) async fn planner(
     // The feed closed (shutdown): removals still waiting are applied by the next
     // start's full scan, so nothing is lost by dropping them here.
     counters.closing.store(true, Ordering::SeqCst);
+}
+
+/// Sends a job for each file that needs one; a file whose earlier version
+/// is still in the pipeline goes to `later` instead (replacing an older
+/// sighting), and one the store already has leaves `later`.
+async fn start_jobs(
+    engine: &Engine,
+    counters: &Counters,
+    jobs: &tmpsc::Sender<Job>,
+    seen: Vec<Seen>,
+    later: &mut HashMap<PathBuf, Seen>,
+) -> Result<(), ()> {
+    let work = needs_work(engine, &seen);
+    for (u, needed) in seen.into_iter().zip(work) {
+        if !needed {
+            later.remove(&u.path);
+        } else if counters.start(&u.path) {
+            later.remove(&u.path);
+            let job = Job {
+                path: u.path,
+                size: u.size,
+                mtime_ns: u.mtime_ns,
+            };
+            jobs.send(job).await.map_err(|_| ())?;
+        } else {
+            later.insert(u.path.clone(), u);
+        }
+    }
+    Ok(())
 }
 
 /// `SyncSender::send` blocks when the committer is behind: do it off the async threads.
