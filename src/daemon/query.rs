@@ -194,14 +194,17 @@ impl DaemonCore {
         }
     }
 
+    /// Searches `engine`, the one that embedded `q`: during a model switch
+    /// the serving engine may change between the two, and a vector must
+    /// never meet another model's index.
     async fn search(
         &self,
+        engine: Arc<Engine>,
         q: Vec<f32>,
         filters: Filters,
         offset: usize,
         limit: usize,
     ) -> Result<Vec<Hit>> {
-        let engine = self.engine()?;
         let scale = engine.encoder.model().logit_scale();
         let own = self.node.clone();
         Self::blocking(move || {
@@ -301,7 +304,9 @@ impl Core for DaemonCore {
     async fn search_text(&self, query: TextQuery) -> Result<Vec<Hit>> {
         let engine = self.engine()?;
         let t0 = Instant::now();
-        let (mut q, embedded) = self.text_vectors(engine, vec![query.text.clone()]).await?;
+        let (mut q, embedded) = self
+            .text_vectors(engine.clone(), vec![query.text.clone()])
+            .await?;
         let q = q.remove(0);
         let text = t0.elapsed();
         let filters = filters(
@@ -310,7 +315,9 @@ impl Core for DaemonCore {
             query.taken_after,
             query.taken_before,
         );
-        let hits = self.search(q, filters, query.offset, query.limit).await?;
+        let hits = self
+            .search(engine, q, filters, query.offset, query.limit)
+            .await?;
         // Where a text query's time goes, for whoever profiles a slow one
         // (the bench reads it to split the daemon's latency).
         tracing::debug!(
@@ -331,7 +338,8 @@ impl Core for DaemonCore {
             query.taken_after,
             query.taken_before,
         );
-        self.search(q, filters, query.offset, query.limit).await
+        self.search(engine, q, filters, query.offset, query.limit)
+            .await
     }
 
     async fn thumbnail(&self, path: PathBuf, size: u32) -> Result<ThumbnailImage> {

@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use tokio::sync::{Semaphore, SemaphorePermit, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::shutdown::Shutdown;
 use tokio_stream::wrappers::ReceiverStream;
@@ -43,6 +43,8 @@ pub struct ServerConfig {
     /// Requests that embed something (Search, SearchByImage, Classify) running
     /// at once across all connections; more wait for a slot (clients bound the
     /// wait with their deadline). Status, health and progress are not counted.
+    /// A request's slot is held until its work ends, even if its client has
+    /// gone: the embedding runs on regardless.
     pub max_concurrent_requests: usize,
     /// Shortest time between two updates on one WatchProgress stream, so a
     /// core that updates per file does not flood clients.
@@ -111,7 +113,7 @@ pub struct DualSightService<C> {
     cfg: ServerConfig,
     /// Slots for the embedding requests (`max_concurrent_requests`): a global
     /// bound, where tonic's own limit is per connection.
-    limiter: Semaphore,
+    limiter: Arc<Semaphore>,
     /// Turns true when the server is shutting down, so that progress streams
     /// end and the graceful drain is not held up by them.
     stopping: Shutdown,
@@ -125,7 +127,7 @@ impl<C: Core> DualSightService<C> {
     }
 
     pub(crate) fn with_stopping(core: Arc<C>, cfg: ServerConfig, stopping: Shutdown) -> Self {
-        let limiter = Semaphore::new(cfg.max_concurrent_requests);
+        let limiter = Arc::new(Semaphore::new(cfg.max_concurrent_requests));
         Self {
             core,
             cfg,
@@ -134,11 +136,26 @@ impl<C: Core> DualSightService<C> {
         }
     }
 
-    async fn permit(&self) -> Result<SemaphorePermit<'_>> {
-        self.limiter
-            .acquire()
+    /// Runs `work` in a task of its own that holds a request slot until the
+    /// work ends. A client that cancels or passes its deadline drops only
+    /// the handler: the work (an embedding on a blocking thread) runs on, and
+    /// its slot with it, so abandoned requests cannot pile up past the limit.
+    async fn limited<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        let permit = self
+            .limiter
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|_| CoreError::Unavailable("server: shutting down".into()))
+            .map_err(|_| CoreError::Unavailable("server: shutting down".into()))?;
+        tokio::spawn(async move {
+            let _slot = permit;
+            work.await
+        })
+        .await
+        .map_err(|e| CoreError::Internal(format!("request failed: {e}")))?
     }
 }
 
@@ -149,8 +166,10 @@ impl<C: Core> DualSight for DualSightService<C> {
         request: Request<proto::SearchRequest>,
     ) -> std::result::Result<Response<proto::SearchResponse>, Status> {
         let query = text_query(request.into_inner(), &self.cfg)?;
-        let _permit = self.permit().await?;
-        let hits = self.core.search_text(query).await?;
+        let core = self.core.clone();
+        let hits = self
+            .limited(async move { core.search_text(query).await })
+            .await?;
         Ok(Response::new(search_response(hits)))
     }
 
@@ -159,8 +178,10 @@ impl<C: Core> DualSight for DualSightService<C> {
         request: Request<proto::SearchByImageRequest>,
     ) -> std::result::Result<Response<proto::SearchResponse>, Status> {
         let query = image_query(request.into_inner(), &self.cfg)?;
-        let _permit = self.permit().await?;
-        let hits = self.core.search_image(query).await?;
+        let core = self.core.clone();
+        let hits = self
+            .limited(async move { core.search_image(query).await })
+            .await?;
         Ok(Response::new(search_response(hits)))
     }
 
@@ -195,8 +216,10 @@ impl<C: Core> DualSight for DualSightService<C> {
         request: Request<proto::ClassifyRequest>,
     ) -> std::result::Result<Response<proto::ClassifyResponse>, Status> {
         let query = classify_query(request.into_inner(), &self.cfg)?;
-        let _permit = self.permit().await?;
-        let labels = self.core.classify(query).await?;
+        let core = self.core.clone();
+        let labels = self
+            .limited(async move { core.classify(query).await })
+            .await?;
         Ok(Response::new(classify_response(labels)))
     }
 
@@ -214,7 +237,11 @@ impl<C: Core> DualSight for DualSightService<C> {
         request: Request<proto::ThumbnailRequest>,
     ) -> std::result::Result<Response<proto::Thumbnail>, Status> {
         let (path, size) = thumbnail_request(request.into_inner())?;
-        let t = self.core.thumbnail(path, size).await?;
+        // A missing thumbnail decodes the photo again: a slot, as an embedding.
+        let core = self.core.clone();
+        let t = self
+            .limited(async move { core.thumbnail(path, size).await })
+            .await?;
         Ok(Response::new(proto::Thumbnail {
             jpeg: t.jpeg,
             width: t.width,
