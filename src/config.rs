@@ -550,7 +550,22 @@ impl Settings {
                 ),
             );
         }
-        Ok(())
+        // The rest of [server]'s limits, checked as the server will, before start-up.
+        self.server_config()
+            .validate()
+            .map_err(|msg| ConfigError::Invalid { key: "server", msg })
+    }
+
+    /// The gRPC server's limits, from [server].
+    pub fn server_config(&self) -> crate::server::ServerConfig {
+        crate::server::ServerConfig {
+            max_limit: self.server.max_limit as usize,
+            default_limit: self.server.default_limit as usize,
+            max_text_chars: self.server.max_text_chars,
+            max_message_bytes: self.server.max_message_bytes,
+            max_labels: self.server.max_labels,
+            ..crate::server::ServerConfig::default()
+        }
     }
 
     fn validate_store(&self) -> Result<()> {

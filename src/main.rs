@@ -15,8 +15,8 @@ fn main() -> ExitCode {
     match dualsight::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            // One line, the failing object first (ripgrep style); the chain joined by ": ".
-            eprintln!("error: {err:#}");
+            // One line, the failing object first (ripgrep style).
+            eprintln!("error: {}", dualsight::cli::error_line(&err));
             ExitCode::FAILURE
         }
     }

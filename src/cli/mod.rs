@@ -83,6 +83,24 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An error and its causes on one line, joined by ": " (ripgrep style),
+/// leaving out a cause whose words the line already holds: most errors
+/// here name their cause in their own message as well as in their source.
+pub fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// A small runtime for the gRPC client commands.
 fn client_runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
@@ -100,5 +118,26 @@ pub fn init_logging(command: &Command) {
     let filter = crate::logging::effective_filter(None, "warn");
     if crate::logging::init(crate::logging::LogFormat::Text, &filter).is_err() {
         let _ = crate::logging::init(crate::logging::LogFormat::Text, "warn");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cause already in its error's message is said once; one that is not
+    /// is kept, in order.
+    #[test]
+    fn error_line_says_each_cause_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let err = anyhow::Error::from(crate::config::ConfigError::Io {
+            path: "x.toml".into(),
+            source: io(),
+        });
+        assert_eq!(error_line(&err), "x.toml: cannot read: No such file");
+        let err = anyhow::Error::from(io())
+            .context("reading x.toml")
+            .context("serve");
+        assert_eq!(error_line(&err), "serve: reading x.toml: No such file");
     }
 }

@@ -139,6 +139,11 @@ fn compare(got: &Tensor, want: &Tensor) -> Result<(f32, f32)> {
             max_abs = max_abs.max((x - y).abs());
         }
     }
+    // `min` and `max` pass over NaN: a model whose outputs are NaN would
+    // compare as perfect. Any non-finite output fails both measures.
+    if got.iter().flatten().any(|x| !x.is_finite()) {
+        return Ok((f32::NAN, f32::NAN));
+    }
     Ok((max_abs, min_cos))
 }
 
@@ -155,6 +160,9 @@ mod tests {
         assert!((min_cos - 0.8).abs() < 1e-6);
         let c = Tensor::new(&[[1f32, 0.0, 0.0]], &Device::Cpu)?;
         assert!(compare(&a, &c).is_err());
+        let nan = Tensor::new(&[[f32::NAN, f32::NAN], [f32::NAN, f32::NAN]], &Device::Cpu)?;
+        let (max_abs, min_cos) = compare(&nan, &b)?;
+        assert!(max_abs.is_nan() && min_cos.is_nan());
         Ok(())
     }
 }

@@ -202,7 +202,10 @@ fn reload_on_sighup(args: ServeArgs) -> Result<tokio::sync::mpsc::Receiver<Setti
                     }
                 }
                 Err(e) => {
-                    tracing::error!("reload refused: {e:#}; keeping the running configuration")
+                    tracing::error!(
+                        "reload refused: {}; keeping the running configuration",
+                        super::error_line(&e)
+                    )
                 }
             }
         }

@@ -32,7 +32,6 @@ use crate::engine::Engine;
 use crate::ingest::WatchConfig;
 use crate::ingest::pipeline::{Counters, Pipeline, PipelineConfig};
 use crate::preprocess::DecodeLimits;
-use crate::server::ServerConfig;
 use crate::server::port::ProgressSnapshot;
 use crate::store::Store;
 use query::DaemonCore;
@@ -82,15 +81,19 @@ pub enum DaemonError {
 
 pub type Result<T, E = DaemonError> = std::result::Result<T, E>;
 
-fn server_config(s: &Settings) -> ServerConfig {
-    ServerConfig {
-        max_limit: s.server.max_limit as usize,
-        default_limit: s.server.default_limit as usize,
-        max_text_chars: s.server.max_text_chars,
-        max_message_bytes: s.server.max_message_bytes,
-        max_labels: s.server.max_labels,
-        ..ServerConfig::default()
+/// Runs a server; if it fails, fires the daemon's shutdown (logging why)
+/// and returns the error for the daemon to exit with.
+async fn stop_on_error<E: std::fmt::Display>(
+    name: &'static str,
+    stop: Arc<crate::shutdown::Trigger>,
+    server: impl std::future::Future<Output = std::result::Result<(), E>>,
+) -> std::result::Result<(), E> {
+    let served = server.await;
+    if let Err(e) = &served {
+        tracing::error!(error = %e, "{name} stopped: shutting down");
+        stop.fire();
     }
+    served
 }
 
 fn watch_config(s: &Settings) -> WatchConfig {
@@ -158,35 +161,45 @@ pub async fn run(
     ));
     let (ready_tx, ready_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = crate::shutdown::channel();
+    // Shared with the servers: one that fails stops the daemon, which then
+    // exits with its error, rather than indexing on with nobody to answer.
+    let stop_tx = Arc::new(stop_tx);
     let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(crate::server::serve(
-        core.clone(),
-        server_config(&settings),
-        access,
-        listener,
-        settings.unix_socket.clone(),
-        ready_rx,
-        async move {
-            server_stop.recv().await;
-        },
+    let server = tokio::spawn(stop_on_error(
+        "grpc server",
+        stop_tx.clone(),
+        crate::server::serve(
+            core.clone(),
+            settings.server_config(),
+            access,
+            listener,
+            settings.unix_socket.clone(),
+            ready_rx,
+            async move {
+                server_stop.recv().await;
+            },
+        ),
     ));
     let metrics_server = metrics.map(|(m, listener)| {
         let mut stop = stop_rx.clone();
-        tokio::spawn(crate::metrics::serve(
-            listener,
-            m,
-            core.clone(),
-            async move { stop.recv().await },
+        tokio::spawn(stop_on_error(
+            "metrics server",
+            stop_tx.clone(),
+            crate::metrics::serve(listener, m, core.clone(), async move { stop.recv().await }),
         ))
     });
     let page_server = page.map(|listener| {
         let mut stop = stop_rx.clone();
-        tokio::spawn(crate::web::serve(
-            listener,
-            core.clone(),
-            server_config(&settings),
-            token.clone(),
-            async move { stop.recv().await },
+        tokio::spawn(stop_on_error(
+            "search page server",
+            stop_tx.clone(),
+            crate::web::serve(
+                listener,
+                core.clone(),
+                settings.server_config(),
+                token.clone(),
+                async move { stop.recv().await },
+            ),
         ))
     });
     let shutdown_task = tokio::spawn(async move {
@@ -210,14 +223,18 @@ pub async fn run(
         r = loading => r.map_err(|e| DaemonError::Task(e.to_string()))??,
         () = stop_wait.recv() => {
             tracing::info!("shutdown during start-up");
-            let _ = server.await;
+            let served = server.await;
             if let Some(m) = metrics_server {
                 let _ = m.await;
             }
             if let Some(p) = page_server {
                 let _ = p.await;
             }
-            return Ok(());
+            // A server that failed is why it stopped: its error is the daemon's.
+            return match served {
+                Ok(r) => Ok(r?),
+                Err(e) => Err(DaemonError::Task(e.to_string())),
+            };
         }
     };
     let engine = Arc::new(engine);

@@ -1379,8 +1379,8 @@ fn a_space_partitioned_by_content_hash_takes_the_same_statements() {
     use dualsight::engine::Filters;
     use dualsight::engine::pg_source::PgSource;
     use dualsight::engine::search::{Query, search};
-    use dualsight::store::pg::{PgOptions, SearchFilters};
     use dualsight::store::Store;
+    use dualsight::store::pg::{PgOptions, SearchFilters};
 
     const N: usize = 8000;
     let pg = PgServer::start();

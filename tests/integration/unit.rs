@@ -826,3 +826,65 @@ fn serve_refuses_a_bad_config_naming_the_key() {
         "{stderr}"
     );
 }
+
+/// A [server] limit the gRPC server would refuse is refused before
+/// start-up, naming it (it used to end the server alone, the daemon
+/// indexing on with nobody to answer).
+#[test]
+fn serve_refuses_a_bad_server_limit_before_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[server]\nmax_message_bytes = 100\n").unwrap();
+    let out = dualsight()
+        .arg("serve")
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--model", "x", "--watch", "/tmp"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("max_message_bytes"),
+        "{stderr}"
+    );
+}
+
+/// A gRPC server that cannot start (here, its socket's folder is missing)
+/// stops the daemon with its error, instead of leaving a daemon that
+/// indexes with nobody to answer.
+#[test]
+fn a_grpc_server_that_fails_stops_the_daemon_with_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    let mut child = dualsight()
+        .arg("serve")
+        .arg("--model")
+        .arg(model_dir("vit-bert"))
+        .arg("--watch")
+        .arg(&photos)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0", "--device", "cpu"])
+        .arg("--unix-socket")
+        .arg(dir.path().join("missing").join("x.sock"))
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the daemon kept running without its gRPC server");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("x.sock"), "{stderr}");
+}
