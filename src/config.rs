@@ -457,6 +457,17 @@ impl Settings {
             );
         }
         self.text_weights()?;
+        // Before the data dir is made and the port bound.
+        self.device
+            .parse::<crate::device::DeviceSpec>()
+            .map_err(|e| ConfigError::Invalid {
+                key: "device",
+                msg: e.to_string(),
+            })?;
+        crate::device::parse_dtype(&self.dtype).map_err(|e| ConfigError::Invalid {
+            key: "dtype",
+            msg: e.to_string(),
+        })?;
         let listen = self.listen_addr()?;
         self.metrics_addr()?;
         let http = self.http_addr()?;

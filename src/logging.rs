@@ -13,7 +13,7 @@ use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoggingError {
-    #[error("log.level: `{filter}`: {reason} (expected e.g. `info` or `info,dualsight=debug`)")]
+    #[error("log filter `{filter}`: {reason} (expected e.g. `info` or `info,dualsight=debug`)")]
     Filter { filter: String, reason: String },
     #[error("logging was not set up with a reloadable filter")]
     NotReloadable,

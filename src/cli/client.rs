@@ -103,9 +103,9 @@ pub struct SearchArgs {
     /// Only photos taken on or before this date (a bare date includes the whole day).
     #[arg(long, value_name = "DATE", value_parser = parse_date_end)]
     pub before: Option<i64>,
-    /// Which page of results (1, 2, ...; each of --limit hits).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    pub page: u32,
+    /// Which page of results (1, 2, ...; each of --limit hits, 10 without it).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub page: Option<u32>,
     #[command(flatten)]
     pub remote: Remote,
     /// Print JSON instead of a table.
@@ -378,18 +378,18 @@ pub async fn search(args: &SearchArgs) -> Result<()> {
             ));
         }
     };
-    // Later pages need the page size: sent explicitly, so a server whose
-    // default differs still pages in steps of what it returns.
-    let limit = if limit == 0 && args.page > 1 {
+    // Every page of a paged search has one size, sent explicitly (page 1
+    // too), so a server whose default differs pages in the same steps.
+    let page = args.page.unwrap_or(1);
+    let limit = if limit == 0 && args.page.is_some() {
         DEFAULT_LIMIT
     } else {
         limit
     };
     let per_page = if limit == 0 { DEFAULT_LIMIT } else { limit };
-    let offset = (args.page - 1).checked_mul(per_page).ok_or_else(|| {
+    let offset = (page - 1).checked_mul(per_page).ok_or_else(|| {
         ClientError::Usage(format!(
-            "--page {}: too deep for {per_page} hits a page",
-            args.page
+            "--page {page}: too deep for {per_page} hits a page"
         ))
     })?;
     let mut client = connect_remote(&args.remote).await?;

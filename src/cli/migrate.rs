@@ -27,7 +27,7 @@ pub struct MigrateArgs {
     )]
     pub to: String,
     /// The node the files go under: the --node of the daemon that will serve
-    /// them (default: this host's name, as the daemon's).
+    /// them (default: --config's `node`, else this host's name, as the daemon's).
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
     /// The daemon's config file: its `[store] vector_index` picks the index
@@ -82,11 +82,21 @@ pub fn run(args: &MigrateArgs) -> Result<()> {
         );
     }
     let sled = SledStore::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
-    let node = args.node.clone().unwrap_or_else(crate::config::host_name);
     let settings = match &args.config {
-        Some(path) => crate::config::Settings::from_file(path)?,
+        Some(path) => {
+            let s = crate::config::Settings::from_file(path)?;
+            // Read here, not dropped as unset: a typo would build another index.
+            if let Some(kind) = &s.store.vector_index {
+                kind.parse::<crate::store::pg::IndexKind>().map_err(|msg| {
+                    anyhow::anyhow!("{}: store.vector_index: {msg}", path.display())
+                })?;
+            }
+            s
+        }
         None => crate::config::Settings::default(),
     };
+    // The node the daemon will run as: --node, else the config's, else the host's.
+    let node = args.node.clone().unwrap_or_else(|| settings.node_name());
     let pg = PgStore::open(&PgOptions {
         url: args.to.clone(),
         read_urls: Vec::new(),

@@ -179,13 +179,14 @@ pub struct ComposeArgs {
     pub text: PathBuf,
     #[arg(long, default_value_t = 512)]
     pub projection_dim: usize,
-    /// Output directory (created).
+    /// Output directory: new or empty (created).
     #[arg(long)]
     pub out: PathBuf,
 }
 
 pub fn compose(args: &ComposeArgs) -> Result<()> {
     check_projection_dim(args.projection_dim)?;
+    check_out(&args.out, &[&args.vision, &args.text])?;
     let model = DualEncoder::compose(
         &args.vision,
         &args.text,
@@ -223,13 +224,16 @@ pub struct InitArgs {
     /// Copy tokenizer files from this directory, so the model can embed text.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// Output directory (created).
+    /// Output directory: new or empty (created).
     #[arg(long)]
     pub out: PathBuf,
 }
 
 pub fn init(args: &InitArgs) -> Result<()> {
     check_projection_dim(args.projection_dim)?;
+    let mut inputs = vec![args.vision_config.as_path(), args.text_config.as_path()];
+    inputs.extend(args.tokenizer.as_deref());
+    check_out(&args.out, &inputs)?;
     let model = DualEncoder::init_dir(
         &args.vision_config,
         &args.text_config,
@@ -243,6 +247,39 @@ pub fn init(args: &InitArgs) -> Result<()> {
         model.config().text.model_type(),
         args.out.display()
     );
+    Ok(())
+}
+
+/// A new model goes into a new or empty folder: over one of its inputs it
+/// would truncate the files it is copying (tokenizer files to 0 bytes), and
+/// over another model it would leave files the loader prefers to the new
+/// ones (a `processor_config.json` beside the new `preprocessor_config.json`).
+fn check_out(out: &Path, inputs: &[&Path]) -> Result<()> {
+    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+    if let Some(o) = canonical(out) {
+        for input in inputs {
+            let dir = if input.is_file() {
+                input.parent().unwrap_or(input)
+            } else {
+                input
+            };
+            if canonical(dir).as_ref() == Some(&o) {
+                bail!(
+                    "--out {}: is where {} is read from: write the new model to another folder",
+                    out.display(),
+                    input.display()
+                );
+            }
+        }
+    }
+    if let Ok(mut entries) = std::fs::read_dir(out)
+        && entries.next().is_some()
+    {
+        bail!(
+            "--out {}: exists and is not empty: give a new or empty folder (a model written over another would mix their files)",
+            out.display()
+        );
+    }
     Ok(())
 }
 

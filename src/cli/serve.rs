@@ -168,10 +168,17 @@ impl ServeArgs {
 
 pub fn serve(args: &ServeArgs) -> Result<()> {
     let settings = args.settings()?;
+    // The config's log.level was checked with the settings: a bad filter
+    // here came from RUST_LOG.
     crate::logging::init(
         settings.log.format,
         &crate::logging::effective_filter(settings.log.level.as_deref(), DEFAULT_LOG_FILTER),
-    )?;
+    )
+    .context(if settings.log.level.is_some() {
+        "log.level"
+    } else {
+        "RUST_LOG"
+    })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -254,6 +254,11 @@ pub async fn run(
     // which lets the pipeline drain and stop.
     let (change_tx, change_rx) = crate::ingest::feed::channel(settings.ingest.queue.max(16) * 4);
     let mut intake = reload::Intake::start(&settings, change_tx, counters.clone())?;
+    tokio::spawn(reload::forget_unwatched(
+        roots.clone(),
+        engine.clone(),
+        intake.changes.clone(),
+    ));
     let pipeline = Pipeline::spawn(
         engine.clone(),
         counters.clone(),

@@ -33,13 +33,18 @@ pub(super) async fn report_progress(
         let committed = counters.committed.load(Ordering::Relaxed);
         let dt = last_at.elapsed().as_secs_f64().max(1e-3);
         let instant = (committed - last_committed) as f64 / dt;
+        let pending = counters.pending();
         rate = if rate == 0.0 {
             instant
         } else {
             0.8 * rate + 0.2 * instant
         };
+        // The average only nears 0 as it decays: idle, or below a file a
+        // minute, is 0, as the proto promises for an idle daemon.
+        if (pending == 0 && instant == 0.0) || rate < 1.0 / 60.0 {
+            rate = 0.0;
+        }
         (last_committed, last_at) = (committed, Instant::now());
-        let pending = counters.pending();
         let snap = ProgressSnapshot {
             indexed: engine.indexed_file_count().unwrap_or(0),
             pending,
@@ -66,7 +71,12 @@ pub(super) async fn report_progress(
             notifier.status(&status);
             last_status = status;
         }
-        tx.send_replace(snap);
+        // Only a change is news: an idle daemon's streams stay quiet.
+        tx.send_if_modified(|now| {
+            let changed = *now != snap;
+            *now = snap;
+            changed
+        });
         if let Some(every) = watchdog
             && last_ping.elapsed() >= every
         {

@@ -41,6 +41,11 @@ pub struct DaemonCore {
     progress: watch::Receiver<ProgressSnapshot>,
     texts: Arc<TextCache>,
     thumbs: Thumbs,
+    /// Image decodes for queries (photos sent to search or classify by,
+    /// thumbnails made again), one a core: a small file may declare up to
+    /// `max_image_pixels` and take ~1 GB to decode, so the request limit
+    /// alone would let dozens of them hold tens of GB at once.
+    decodes: Arc<tokio::sync::Semaphore>,
 }
 
 impl DaemonCore {
@@ -62,6 +67,9 @@ impl DaemonCore {
             progress,
             texts: Arc::new(TextCache::new(text_cache::DEFAULT_CAPACITY)),
             thumbs,
+            decodes: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
         }
     }
 
@@ -140,6 +148,15 @@ impl DaemonCore {
             .ok_or_else(|| CoreError::NotReady("loading the model and index".into()))
     }
 
+    /// A decode slot, held by the blocking work it is moved into.
+    async fn decode_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.decodes
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| CoreError::Unavailable("shutting down".into()))
+    }
+
     /// Runs CPU-heavy model work off the async threads.
     async fn blocking<T: Send + 'static>(
         f: impl FnOnce() -> Result<T> + Send + 'static,
@@ -154,7 +171,9 @@ impl DaemonCore {
         match image {
             ImageRef::Bytes(bytes) => {
                 let engine = engine.clone();
+                let slot = self.decode_slot().await?;
                 Self::blocking(move || {
+                    let _slot = slot;
                     let px = engine
                         .encoder
                         .preprocess(Source::Bytes {
@@ -345,7 +364,12 @@ impl Core for DaemonCore {
     async fn thumbnail(&self, path: PathBuf, size: u32) -> Result<ThumbnailImage> {
         let engine = self.engine()?;
         let thumbs = self.thumbs.clone();
-        Self::blocking(move || thumbnail_of(&thumbs, &engine, &path, size)).await
+        let slot = self.decode_slot().await?;
+        Self::blocking(move || {
+            let _slot = slot;
+            thumbnail_of(&thumbs, &engine, &path, size)
+        })
+        .await
     }
 
     async fn classify(&self, query: ClassifyQuery) -> Result<Vec<LabelScore>> {

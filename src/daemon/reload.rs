@@ -25,7 +25,7 @@ use super::query::DaemonCore;
 pub(super) struct Intake {
     watcher: Watcher,
     stop: Trigger,
-    changes: ChangeTx,
+    pub(super) changes: ChangeTx,
     counters: Arc<Counters>,
 }
 
@@ -160,6 +160,50 @@ pub(super) async fn apply(
 
 /// Files indexed under `roots` that the new excludes or extensions leave
 /// out: forgotten like a removed root's (the watcher's scans only add).
+/// Files a previous run indexed under folders this run does not watch (a
+/// root dropped from the config while the daemon was stopped): forgotten
+/// after the removal grace, as a reload forgets a root it drops. Without
+/// this they stayed searchable, since no scan covers them.
+pub(super) async fn forget_unwatched(roots: Vec<PathBuf>, engine: Arc<Engine>, changes: ChangeTx) {
+    let watched = roots.clone();
+    let stale = tokio::task::spawn_blocking(move || {
+        let mut dirs = std::collections::BTreeSet::new();
+        for (path, _) in engine.store.iter_files_under("/").filter_map(|f| f.ok()) {
+            let path = PathBuf::from(path);
+            if !watched.iter().any(|r| path.starts_with(r))
+                && let Some(dir) = path.parent()
+            {
+                dirs.insert(dir.to_path_buf());
+            }
+        }
+        dirs
+    })
+    .await
+    .unwrap_or_default();
+    // In path order a folder comes before those inside it: one forget covers them.
+    let mut outermost: Vec<PathBuf> = Vec::new();
+    for dir in stale {
+        if !outermost.last().is_some_and(|o| dir.starts_with(o)) {
+            outermost.push(dir);
+        }
+    }
+    for path in outermost {
+        let keep = roots
+            .iter()
+            .filter(|r| r.starts_with(&path))
+            .cloned()
+            .collect();
+        tracing::info!(folder = %path.display(), "indexed before but no longer watched: its files are forgotten after the removal grace");
+        if changes
+            .send(Change::Unwatched { path, keep })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
 async fn forget_left_out(
     new: &Settings,
     roots: &[PathBuf],
@@ -231,6 +275,7 @@ fn restart_only_changes(running: &Settings, new: &Settings) -> Vec<&'static str>
     check("index", running.index != new.index);
     check("server", running.server != new.server);
     check("metrics", running.metrics != new.metrics);
+    check("http", running.http != new.http);
     check("log.format", running.log.format != new.log.format);
     check(
         "allow_insecure",

@@ -23,13 +23,14 @@ use crate::metrics::Metrics;
 
 /// The methods of `dualsight.v1.DualSight`: any other path is counted as
 /// `unknown`, so a client cannot grow the metrics with made-up names.
-const METHODS: [&str; 6] = [
+const METHODS: [&str; 7] = [
     "Search",
     "SearchByImage",
     "Status",
     "WatchProgress",
     "Classify",
     "ListFailures",
+    "GetThumbnail",
 ];
 
 #[derive(Clone)]

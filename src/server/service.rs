@@ -328,6 +328,13 @@ fn validate_text<'a>(field: &str, text: &'a str, max_chars: usize) -> Result<&'a
     if trimmed.is_empty() {
         return Err(invalid(format!("{field}: must not be empty")));
     }
+    // Control and invisible characters alone are dropped by every tokenizer:
+    // the query would be the empty text's, with hits that look real.
+    if trimmed.chars().all(invisible) {
+        return Err(invalid(format!(
+            "{field}: has no visible characters (only control, format or replacement characters)"
+        )));
+    }
     let chars = trimmed.chars().count();
     if chars > max_chars {
         return Err(invalid(format!(
@@ -335,6 +342,15 @@ fn validate_text<'a>(field: &str, text: &'a str, max_chars: usize) -> Result<&'a
         )));
     }
     Ok(trimmed)
+}
+
+/// Whitespace, control characters, the common invisible format characters
+/// (zero-width space and joiners, direction marks, word joiner, BOM, soft
+/// hyphen) and U+FFFD, what a tokenizer's cleaning drops.
+fn invisible(c: char) -> bool {
+    c.is_whitespace()
+        || c.is_control()
+        || matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{feff}' | '\u{fffd}')
 }
 
 /// A score threshold must be a number within the cosine range.
@@ -392,7 +408,9 @@ fn validate_absolute_path(field: &str, path: &str) -> Result<PathBuf> {
             "{field}: must not contain '..', got {path:?}"
         )));
     }
-    Ok(p.to_path_buf())
+    // Spelled as stored (no `.`, `//` or trailing `/`): a store that
+    // compares paths as text must meet the same spelling.
+    Ok(p.components().collect())
 }
 
 /// Unset or empty: no filter.
@@ -678,6 +696,16 @@ mod tests {
                 "text: must not be empty"
             );
         }
+        // What a tokenizer drops is no query either; a visible character
+        // beside it is.
+        for unseen in ["\u{1}", "\0", " \u{200b} ", "\u{fffd}", "\u{feff}\u{ad}"] {
+            let m = message(text_query(search(unseen), &cfg()).unwrap_err());
+            assert!(
+                m.starts_with("text: has no visible characters"),
+                "{unseen:?}: {m}"
+            );
+        }
+        assert!(text_query(search("\u{200b}cat"), &cfg()).is_ok());
     }
 
     #[test]
@@ -731,6 +759,13 @@ mod tests {
         assert!(m.starts_with("path_prefix: too long"), "{m}");
         // A file name merely containing dots is fine.
         assert!(validate_path_prefix(Some("/a..b/c...".into())).is_ok());
+        // Spelled as the store spells paths: `.`, `//` and a trailing `/` go.
+        for (given, stored) in [("/a/./b/", "/a/b"), ("//a//b", "/a/b"), ("/a/b/.", "/a/b")] {
+            assert_eq!(
+                validate_path_prefix(Some(given.into())),
+                Ok(Some(PathBuf::from(stored)))
+            );
+        }
     }
 
     #[test]

@@ -37,6 +37,11 @@ pub enum DataError {
         "--caption-template {template:?}: expected a text with `{{}}` where the class name goes"
     )]
     Template { template: String },
+    #[error(
+        "{}: --caption-template captions class folders; this file has its own captions (drop the template, or give a folder of class folders)",
+        path.display()
+    )]
+    TemplateWithCaptions { path: PathBuf },
 }
 
 /// Result alias for this module.
@@ -75,6 +80,11 @@ const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "tif", 
 pub fn load(path: &Path, columns: &Columns, template: Option<&str>) -> Result<Vec<Pair>> {
     if path.is_dir() {
         return class_folders(path, template.unwrap_or("{}"));
+    }
+    if template.is_some() {
+        return Err(DataError::TemplateWithCaptions {
+            path: path.to_path_buf(),
+        });
     }
     let ext = path
         .extension()
@@ -295,6 +305,21 @@ mod tests {
                     caption: "a dog".into()
                 },
             ]
+        );
+    }
+
+    /// A template is for class names: a captioned file refuses it, naming
+    /// the file and the flag, rather than training on captions it ignored.
+    #[test]
+    fn a_template_over_captions_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "d.csv", "image,caption\na.jpg,a cat\n");
+        let err = load(&p, &Columns::default(), Some("a photo of {}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&p.display().to_string()) && err.contains("--caption-template"),
+            "{err}"
         );
     }
 

@@ -192,7 +192,12 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     let eval_pairs = opts
         .eval_data
         .as_ref()
-        .map(|p| data::load(p, &opts.columns, opts.caption_template.as_deref()))
+        // The template is for class folders: a captioned eval file beside
+        // a folder of classes keeps its own captions.
+        .map(|p| {
+            let template = opts.caption_template.as_deref().filter(|_| p.is_dir());
+            data::load(p, &opts.columns, template)
+        })
         .transpose()?;
     let source: &Path = opts.resume.as_deref().unwrap_or(&opts.model);
     let mut frozen = Vec::new();

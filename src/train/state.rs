@@ -66,6 +66,23 @@ pub struct Settings {
     pub max_grad_norm: f64,
     pub freeze_vision_model: bool,
     pub freeze_text_model: bool,
+    /// The captions themselves: a resume with another template or columns
+    /// would train on other texts. (A state written before these were kept
+    /// reads as the defaults.)
+    #[serde(default)]
+    pub caption_template: Option<String>,
+    #[serde(default = "default_caption_column")]
+    pub caption_column: String,
+    #[serde(default = "default_image_column")]
+    pub image_column: String,
+}
+
+fn default_caption_column() -> String {
+    super::data::Columns::default().caption
+}
+
+fn default_image_column() -> String {
+    super::data::Columns::default().image
 }
 
 impl Settings {
@@ -81,6 +98,9 @@ impl Settings {
             max_grad_norm: o.max_grad_norm,
             freeze_vision_model: o.freeze_vision,
             freeze_text_model: o.freeze_text,
+            caption_template: o.caption_template.clone(),
+            caption_column: o.columns.caption.clone(),
+            image_column: o.columns.image.clone(),
         }
     }
 
@@ -153,4 +173,43 @@ pub fn save_checkpoint(
     save_model(model, source, out)?;
     optimizer.save(&out.join(OPTIMIZER_FILE))?;
     state.write(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The captions' template and columns are settings a resume must share,
+    /// and a state written before they were kept reads them as the defaults.
+    #[test]
+    fn captions_are_part_of_what_a_resume_must_match() {
+        let o = crate::train::TrainOptions::new("m".into(), "d.csv".into(), "o".into());
+        let was = Settings::of(&o);
+        for (change, flag) in [
+            (
+                &(|o: &mut crate::train::TrainOptions| o.caption_template = Some("a {}".into()))
+                    as &dyn Fn(&mut _),
+                "--caption-template",
+            ),
+            (
+                &|o: &mut crate::train::TrainOptions| o.columns.caption = "text".into(),
+                "--caption-column",
+            ),
+            (
+                &|o: &mut crate::train::TrainOptions| o.columns.image = "file".into(),
+                "--image-column",
+            ),
+        ] {
+            let mut now = o.clone();
+            change(&mut now);
+            let said = was.differs(&Settings::of(&now)).expect(flag);
+            assert!(said.contains(flag), "{said}");
+        }
+        let mut old = serde_json::to_value(&was).unwrap();
+        for key in ["caption_template", "caption_column", "image_column"] {
+            old.as_object_mut().unwrap().remove(key);
+        }
+        let old: Settings = serde_json::from_value(old).unwrap();
+        assert_eq!(old.differs(&was), None);
+    }
 }

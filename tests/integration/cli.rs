@@ -443,3 +443,50 @@ fn bench_runs_the_harness_beside_the_binary_or_on_path() {
         "{err}"
     );
 }
+
+/// A new model goes into a new or empty folder: over one of its towers it
+/// truncated the tower's tokenizer files, and over another model it left
+/// that model's image processor, which the loader preferred.
+#[test]
+fn compose_and_init_refuse_an_out_that_holds_files() {
+    let towers = fixtures().join("models").join("towers");
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("bert");
+    std::fs::create_dir(&text).unwrap();
+    for f in std::fs::read_dir(towers.join("bert")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, text.join(f.file_name().unwrap())).unwrap();
+    }
+    let before = std::fs::read(text.join("tokenizer.json")).unwrap();
+    let compose = |out: &Path| {
+        let mut cmd = dualsight();
+        cmd.arg("compose")
+            .arg("--vision")
+            .arg(towers.join("vit"))
+            .arg("--text")
+            .arg(&text)
+            .args(["--projection-dim", "8", "--out"])
+            .arg(out);
+        cmd
+    };
+    let err = run_err(&mut compose(&text));
+    assert!(err.contains("--out") && err.contains("read from"), "{err}");
+    assert_eq!(std::fs::read(text.join("tokenizer.json")).unwrap(), before);
+    let fresh = tmp.path().join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    run_ok(&mut compose(&fresh));
+    let err = run_err(&mut compose(&fresh));
+    assert!(err.contains("not empty"), "{err}");
+    let init = fixtures().join("models").join("init");
+    let err = run_err(
+        dualsight()
+            .arg("init")
+            .arg("--vision-config")
+            .arg(init.join("vit.config.json"))
+            .arg("--text-config")
+            .arg(init.join("bert.config.json"))
+            .arg("--out")
+            .arg(&fresh),
+    );
+    assert!(err.contains("not empty"), "{err}");
+}

@@ -447,6 +447,43 @@ fn a_public_listen_address_without_token_or_tls_is_refused() {
     );
 }
 
+/// A root dropped from the config while the daemon was stopped is
+/// forgotten at the next start, as a reload forgets one; before, no scan
+/// covered it and its photos stayed searchable for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_root_dropped_while_stopped_is_forgotten_at_start() {
+    let mut d = Daemon::prepare(model_dir("vit-bert"));
+    let (a, b) = (d.photos.join("a"), d.photos.join("b"));
+    for r in [a.clone(), b.join("deep")] {
+        std::fs::create_dir_all(r).unwrap();
+    }
+    let in_a = copy_photo("chelsea.png", &a);
+    let in_b = copy_photo("rocket.jpg", &b.join("deep"));
+    d.roots = Some(vec![a.clone(), b.clone()]);
+    d.spawn();
+    let mut c = connect(&d, &Remote::plain(&d.addr)).await;
+    wait_until(&d, &mut c, "a and b indexed", |s| {
+        s.indexed_files == 2 && s.pending_files == 0
+    })
+    .await;
+    assert!(d.signal("TERM").success(), "{}", d.log());
+
+    d.roots = Some(vec![a.clone()]);
+    d.spawn();
+    let mut c = connect(&d, &Remote::plain(&d.addr)).await;
+    wait_until(&d, &mut c, "b forgotten", |s| {
+        s.indexed_files == 1 && s.pending_files == 0
+    })
+    .await;
+    assert_eq!(
+        by_path(&mut c, &in_b).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let hits = by_path(&mut c, &in_a).await.unwrap();
+    assert_eq!(Path::new(&hits[0].path), in_a);
+    assert!(in_b.exists(), "the photo itself is left alone");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_adds_and_removes_watched_roots() {
     let mut d = Daemon::prepare(model_dir("vit-bert"));

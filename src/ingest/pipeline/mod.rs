@@ -292,6 +292,17 @@ fn decode_worker(
     }
 }
 
+/// The file's bytes, or its first `limit` + 1 if it has grown past `limit`
+/// since it was looked at: never more than the limit allows in memory.
+fn read_at_most(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Reads and hashes the file; decodes it only if its content is new to the space.
 /// `Ok(None)`: the file vanished or changed since the event (a later event covers it).
 fn read_job(
@@ -316,11 +327,15 @@ fn read_job(
             limits.max_bytes
         ));
     }
-    let bytes = match std::fs::read(&job.path) {
+    let bytes = match read_at_most(&job.path, limits.max_bytes) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", job.path.display())),
     };
+    // Grown since the look above: the event of its growth covers it.
+    if bytes.len() as u64 != job.size {
+        return Ok(None);
+    }
     let hash = ContentHash::of(&bytes);
     let record = FileRecord {
         size: job.size,
