@@ -303,6 +303,22 @@ pub(crate) async fn search_by_path(
     .hits
 }
 
+pub(crate) async fn search_by_bytes(
+    c: &mut DualSightClient<Channel>,
+    image: Vec<u8>,
+    limit: u32,
+) -> Vec<proto::Hit> {
+    c.search_by_image(proto::SearchByImageRequest {
+        query: Some(search_by_image_request::Query::Image(image)),
+        limit,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .hits
+}
+
 /// A daemon with the five photos indexed, and a client to it.
 async fn indexed_daemon() -> (Daemon, DualSightClient<Channel>) {
     let d = Daemon::start();
@@ -459,18 +475,7 @@ async fn photos_become_searchable_in_exact_cosine_order() {
     let by_path = search_by_path(&mut c, &paths[0], 3).await;
     assert_eq!(PathBuf::from(&by_path[0].path), paths[0]);
     assert!((by_path[0].score - 1.0).abs() < 1e-4);
-    let by_bytes = c
-        .search_by_image(proto::SearchByImageRequest {
-            query: Some(search_by_image_request::Query::Image(
-                std::fs::read(image("coffee.webp")).unwrap(),
-            )),
-            limit: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .hits;
+    let by_bytes = search_by_bytes(&mut c, std::fs::read(image("coffee.webp")).unwrap(), 1).await;
     assert!(by_bytes[0].path.ends_with("coffee.webp") && by_bytes[0].score > 0.9999);
 }
 
@@ -707,16 +712,7 @@ async fn a_file_replaced_while_being_indexed_ends_as_its_new_version() {
     assert_eq!(s.failed_files, 0, "{s:?}");
     // Still busy when the second version came (else this tests nothing).
     assert!(busy.indexed_files < u64::from(AHEAD), "{busy:?}");
-    let hits = c
-        .search_by_image(proto::SearchByImageRequest {
-            query: Some(search_by_image_request::Query::Image(photo.clone())),
-            limit: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .hits;
+    let hits = search_by_bytes(&mut c, photo, 1).await;
     assert!(
         hits[0].path.ends_with("replaced.png") && hits[0].score > 0.9999,
         "the file's first version stayed indexed: {hits:?}\nlog:\n{}",

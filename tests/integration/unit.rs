@@ -808,45 +808,28 @@ async fn the_daemon_works_in_the_units_sandbox_and_needs_nothing_it_forbids() {
     );
 }
 
+/// A bad value is refused before start-up, naming its key: [server]'s
+/// limits too, which the gRPC server alone checked (it stopped, the daemon
+/// indexing on with nobody to answer).
 #[test]
 fn serve_refuses_a_bad_config_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
-    std::fs::write(&cfg, "[index]\nm = 100000\n").unwrap();
-    let out = dualsight()
-        .arg("serve")
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--model", "x", "--watch", "/tmp"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("index.m"),
-        "{stderr}"
-    );
-}
-
-/// A [server] limit the gRPC server would refuse is refused before
-/// start-up, naming it (it used to end the server alone, the daemon
-/// indexing on with nobody to answer).
-#[test]
-fn serve_refuses_a_bad_server_limit_before_start_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("bad.toml");
-    std::fs::write(&cfg, "[server]\nmax_message_bytes = 100\n").unwrap();
-    let out = dualsight()
-        .arg("serve")
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--model", "x", "--watch", "/tmp"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("max_message_bytes"),
-        "{stderr}"
-    );
+    for (text, key) in [
+        ("[index]\nm = 100000\n", "index.m"),
+        ("[server]\nmax_message_bytes = 100\n", "max_message_bytes"),
+    ] {
+        std::fs::write(&cfg, text).unwrap();
+        let out = dualsight()
+            .arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--model", "x", "--watch", "/tmp"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(key), "{stderr}");
+    }
 }
 
 /// A gRPC server that cannot start (here, its socket's folder is missing)

@@ -843,3 +843,20 @@ fn apply(engine: &Engine, op: Op) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file is read whole up to the limit, and no further past it.
+    #[test]
+    fn a_file_is_read_up_to_its_limit_and_no_further() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.jpg");
+        std::fs::write(&path, vec![7u8; 1000]).unwrap();
+        assert_eq!(read_at_most(&path, 1000).unwrap().len(), 1000);
+        assert_eq!(read_at_most(&path, 10).unwrap().len(), 11);
+        let missing = read_at_most(&dir.path().join("gone.jpg"), 10).unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+    }
+}
