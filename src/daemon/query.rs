@@ -451,23 +451,39 @@ impl Core for DaemonCore {
 
     async fn failures(&self, limit: usize) -> Result<FailureList> {
         let engine = self.engine()?;
-        let mut all: Vec<FailureRecord> = engine
-            .store
-            .iter_failures()
-            .filter_map(|f| f.ok())
-            .map(|(path, f)| FailureRecord {
-                path: PathBuf::from(path),
-                error: f.error,
-                failed_at: UNIX_EPOCH + Duration::from_millis(f.last_failed_ms),
-                attempts: f.attempts,
+        // Off the async threads, holding the newest `limit` (and at most as
+        // many again) while counting them all; a record the store cannot
+        // read fails the call rather than leaving `total` short.
+        Self::blocking(move || {
+            let newest_first = |all: &mut Vec<FailureRecord>| {
+                all.sort_by(|a, b| {
+                    b.failed_at
+                        .cmp(&a.failed_at)
+                        .then_with(|| a.path.cmp(&b.path))
+                });
+                all.truncate(limit);
+            };
+            let mut kept: Vec<FailureRecord> = Vec::new();
+            let mut total = 0u64;
+            for row in engine.store.iter_failures() {
+                let (path, f) = row.map_err(internal)?;
+                total += 1;
+                kept.push(FailureRecord {
+                    path: PathBuf::from(path),
+                    error: f.error,
+                    failed_at: UNIX_EPOCH + Duration::from_millis(f.last_failed_ms),
+                    attempts: f.attempts,
+                });
+                if kept.len() >= limit.saturating_mul(2).max(64) {
+                    newest_first(&mut kept);
+                }
+            }
+            newest_first(&mut kept);
+            Ok(FailureList {
+                failures: kept,
+                total,
             })
-            .collect();
-        let total = all.len() as u64;
-        all.sort_by_key(|f| std::cmp::Reverse(f.failed_at));
-        all.truncate(limit);
-        Ok(FailureList {
-            failures: all,
-            total,
         })
+        .await
     }
 }

@@ -1,7 +1,9 @@
-//! The contract says an oversized request is INVALID_ARGUMENT; tonic refuses
-//! a message over the decoding limit with OUT_OF_RANGE before any handler
-//! runs. This wrapper rewrites exactly that status (recognised by tonic's
-//! message), leaving every other response alone.
+//! The contract says an oversized request is INVALID_ARGUMENT, its message
+//! starting with the field; tonic refuses a message over the decoding limit
+//! with OUT_OF_RANGE and its own words before any handler runs. This wrapper
+//! rewrites exactly that status (recognised by tonic's message), naming the
+//! field that carries the bulk and the setting, and leaves every other
+//! response alone.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -31,6 +33,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let field = bulk_field(req.uri().path());
         let fut = self.0.call(req);
         Box::pin(async move {
             let mut resp = fut.await?;
@@ -42,8 +45,37 @@ where
                 .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
             if out_of_range && too_large {
                 headers.insert("grpc-status", HeaderValue::from_static("3"));
+                let message = format!(
+                    "{field}: the request is larger than the server accepts ([server] max_message_bytes)"
+                );
+                if let Ok(v) = HeaderValue::from_str(&percent_encode(&message)) {
+                    headers.insert("grpc-message", v);
+                }
             }
             Ok(resp)
         })
     }
+}
+
+/// The field that makes a request of this method large.
+fn bulk_field(path: &str) -> &'static str {
+    match path.rsplit('/').next().unwrap_or_default() {
+        "SearchByImage" | "Classify" => "image",
+        "Search" => "text",
+        _ => "request",
+    }
+}
+
+/// gRPC's `grpc-message` encoding: bytes outside printable ASCII, and `%`,
+/// as `%XX`.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -595,6 +595,20 @@ async fn hostile_files_are_counted_as_failed_and_the_daemon_keeps_serving() {
             "error does not name the file: {f:?}"
         );
     }
+    // A shorter list is the newest of the same, still counting them all.
+    let two = c
+        .list_failures(proto::ListFailuresRequest { limit: 2 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((two.failures.len(), two.total), (2, 5));
+    assert_eq!(two.failures[..], failures.failures[..2]);
+    assert!(
+        failures
+            .failures
+            .windows(2)
+            .all(|w| w[0].failed_at_unix >= w[1].failed_at_unix)
+    );
     assert_eq!(search(&mut c, "a cat", 5).await.len(), 1);
     let mut health = tonic_health::pb::health_client::HealthClient::new(
         Channel::from_shared(format!("http://{}", d.addr))
@@ -909,6 +923,10 @@ async fn bad_requests_get_invalid_argument() {
     };
     let e = c.search_by_image(huge).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().starts_with("image: ") && e.message().contains("max_message_bytes"),
+        "{e:?}"
+    );
     // Still healthy after all that.
     assert!(status(&mut c).await.ready);
 }
