@@ -120,6 +120,8 @@ pub async fn run(
     mut reloads: mpsc::Receiver<Settings>,
 ) -> Result<()> {
     settings.validate()?;
+    // What the watcher would refuse after the model loads, refused now.
+    watch_config(&settings).check()?;
     let notifier = Arc::new(Notifier::from_env());
     let model_spec = settings.model.clone().unwrap_or_default();
     let listener = listeners::bind_grpc(&settings).await?;

@@ -129,7 +129,7 @@ impl PathFilter {
 /// Why a [`Watcher`] could not start. Everything that goes wrong later is logged and retried.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("{pattern}: invalid exclude glob: {source}")]
+    #[error("watch.exclude {pattern:?}: invalid glob: {source}")]
     Glob {
         pattern: String,
         #[source]

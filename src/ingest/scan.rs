@@ -262,7 +262,8 @@ mod tests {
     fn bad_glob_is_an_error_naming_the_pattern() {
         let err = Filter::new(&["a[".into()], &[]).unwrap_err();
         assert!(
-            err.to_string().starts_with("a[: invalid exclude glob"),
+            err.to_string()
+                .starts_with("watch.exclude \"a[\": invalid glob"),
             "{err}"
         );
     }

@@ -871,3 +871,33 @@ fn a_grpc_server_that_fails_stops_the_daemon_with_its_error() {
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("x.sock"), "{stderr}");
 }
+
+/// A bad exclude glob is refused before the model loads and before
+/// "ready", naming the key and the pattern.
+#[test]
+fn serve_refuses_a_bad_exclude_glob_before_loading_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[watch]\nexclude = [\"[abc\"]\n").unwrap();
+    let out = dualsight()
+        .arg("serve")
+        .arg("--config")
+        .arg(&cfg)
+        // A model that does not exist: the glob must be refused first.
+        .args([
+            "--model",
+            "/nonexistent/model",
+            "--watch",
+            "/tmp",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("watch.exclude \"[abc\""), "{stderr}");
+    assert!(!stderr.contains("ready"), "{stderr}");
+}

@@ -197,38 +197,55 @@ struct Coordinator {
     busy: Arc<AtomicU64>,
 }
 
+/// What [`Watcher::spawn`] refuses (a zero period, no extensions, a bad
+/// glob, overlapping roots), and the filter and absolute roots it then
+/// watches with.
+fn checked(cfg: &WatchConfig) -> Result<(Filter, Vec<PathBuf>)> {
+    if cfg.poll_roots_every.is_zero() {
+        return Err(IngestError::Config("poll_roots_every must be > 0"));
+    }
+    if cfg.reconcile_every.is_some_and(|d| d.is_zero()) {
+        return Err(IngestError::Config("reconcile_every must be > 0 (or off)"));
+    }
+    if cfg.extensions.is_empty() {
+        return Err(IngestError::Config("extensions is empty"));
+    }
+    let filter = Filter::new(&cfg.exclude, &cfg.extensions)?;
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for root in &cfg.roots {
+        let abs = std::path::absolute(root).map_err(|e| IngestError::Root {
+            path: root.clone(),
+            reason: e.to_string(),
+        })?;
+        if let Some(other) = roots
+            .iter()
+            .find(|r| abs.starts_with(r) || r.starts_with(&abs))
+        {
+            return Err(IngestError::Root {
+                path: abs.clone(),
+                reason: format!("overlaps root {}", other.display()),
+            });
+        }
+        roots.push(abs);
+    }
+    Ok((filter, roots))
+}
+
+impl WatchConfig {
+    /// What [`Watcher::spawn`] would refuse, asked alone: a daemon asks
+    /// before it loads its model, so a bad glob fails at once.
+    pub fn check(&self) -> Result<()> {
+        checked(self).map(|_| ())
+    }
+}
+
 impl Coordinator {
     fn new(
         cfg: WatchConfig,
         limits: Limits,
     ) -> Result<(Coordinator, mpsc::Receiver<Raw>, mpsc::Receiver<ScanMsg>)> {
-        if cfg.poll_roots_every.is_zero() {
-            return Err(IngestError::Config("poll_roots_every must be > 0"));
-        }
-        if cfg.reconcile_every.is_some_and(|d| d.is_zero()) {
-            return Err(IngestError::Config("reconcile_every must be > 0 (or off)"));
-        }
-        if cfg.extensions.is_empty() {
-            return Err(IngestError::Config("extensions is empty"));
-        }
-        let filter = Arc::new(Filter::new(&cfg.exclude, &cfg.extensions)?);
-        let mut roots: Vec<PathBuf> = Vec::new();
-        for root in &cfg.roots {
-            let abs = std::path::absolute(root).map_err(|e| IngestError::Root {
-                path: root.clone(),
-                reason: e.to_string(),
-            })?;
-            if let Some(other) = roots
-                .iter()
-                .find(|r| abs.starts_with(r) || r.starts_with(&abs))
-            {
-                return Err(IngestError::Root {
-                    path: abs.clone(),
-                    reason: format!("overlaps root {}", other.display()),
-                });
-            }
-            roots.push(abs);
-        }
+        let (filter, roots) = checked(&cfg)?;
+        let filter = Arc::new(filter);
         let (raw_tx, raw_rx) = mpsc::channel(limits.raw_channel.max(1));
         let (scan_tx, scan_rx) = mpsc::channel(SCAN_CHANNEL);
         let overflow = Arc::new(Overflow {
