@@ -39,14 +39,16 @@ where
             let mut resp = fut.await?;
             let headers = resp.headers_mut();
             let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
-            let too_large = headers
+            let tonic_says = headers
                 .get("grpc-message")
                 .and_then(|m| m.to_str().ok())
-                .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
-            if out_of_range && too_large {
+                .map(percent_decode)
+                .unwrap_or_default();
+            if out_of_range && tonic_says.contains("too large") {
                 headers.insert("grpc-status", HeaderValue::from_static("3"));
+                // tonic's words keep the sizes (found, and the limit).
                 let message = format!(
-                    "{field}: the request is larger than the server accepts ([server] max_message_bytes)"
+                    "{field}: the request is larger than the server accepts ([server] max_message_bytes): {tonic_says}"
                 );
                 if let Ok(v) = HeaderValue::from_str(&percent_encode(&message)) {
                     headers.insert("grpc-message", v);
@@ -66,6 +68,30 @@ fn bulk_field(path: &str) -> &'static str {
     }
 }
 
+/// [`percent_encode`] undone; a malformed escape is kept as written.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// gRPC's `grpc-message` encoding: bytes outside printable ASCII, and `%`,
 /// as `%XX`.
 fn percent_encode(text: &str) -> String {
@@ -78,4 +104,16 @@ fn percent_encode(text: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_through_the_percent_encoding() {
+        let text = "image: 100% too large: found 34603013 bytes, the limit is: 33554432 bytes é";
+        assert_eq!(percent_decode(&percent_encode(text)), text);
+        assert_eq!(percent_decode("a%20b%2"), "a b%2");
+    }
 }

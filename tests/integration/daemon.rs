@@ -290,17 +290,8 @@ pub(crate) async fn search_by_path(
     path: &Path,
     limit: u32,
 ) -> Vec<proto::Hit> {
-    c.search_by_image(proto::SearchByImageRequest {
-        query: Some(search_by_image_request::Query::Path(
-            path.to_string_lossy().into(),
-        )),
-        limit,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .hits
+    let query = search_by_image_request::Query::Path(path.to_string_lossy().into());
+    search_by(c, query, limit).await
 }
 
 pub(crate) async fn search_by_bytes(
@@ -308,8 +299,16 @@ pub(crate) async fn search_by_bytes(
     image: Vec<u8>,
     limit: u32,
 ) -> Vec<proto::Hit> {
+    search_by(c, search_by_image_request::Query::Image(image), limit).await
+}
+
+async fn search_by(
+    c: &mut DualSightClient<Channel>,
+    query: search_by_image_request::Query,
+    limit: u32,
+) -> Vec<proto::Hit> {
     c.search_by_image(proto::SearchByImageRequest {
-        query: Some(search_by_image_request::Query::Image(image)),
+        query: Some(query),
         limit,
         ..Default::default()
     })
