@@ -225,18 +225,7 @@ pub async fn run(
         r = loading => r.map_err(|e| DaemonError::Task(e.to_string()))??,
         () = stop_wait.recv() => {
             tracing::info!("shutdown during start-up");
-            let served = server.await;
-            if let Some(m) = metrics_server {
-                let _ = m.await;
-            }
-            if let Some(p) = page_server {
-                let _ = p.await;
-            }
-            // A server that failed is why it stopped: its error is the daemon's.
-            return match served {
-                Ok(r) => Ok(r?),
-                Err(e) => Err(DaemonError::Task(e.to_string())),
-            };
+            return servers_stopped(server, metrics_server, page_server).await;
         }
     };
     let engine = Arc::new(engine);
@@ -311,20 +300,30 @@ pub async fn run(
     pipeline.join().await;
     let _ = reporter.await;
     shutdown_task.abort();
-    match server.await {
-        Ok(r) => r?,
-        Err(e) => return Err(DaemonError::Task(e.to_string())),
-    }
-    if let Some(m) = metrics_server
-        && let Ok(Err(e)) = m.await
-    {
-        tracing::error!(error = %e, "metrics server");
-    }
-    if let Some(p) = page_server
-        && let Ok(Err(e)) = p.await
-    {
-        tracing::error!(error = %e, "search page server");
-    }
+    servers_stopped(server, metrics_server, page_server).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+type Served<E> = tokio::task::JoinHandle<std::result::Result<(), E>>;
+
+/// Waits for the servers to stop; the first that failed (a failure is
+/// what stopped the daemon, [`stop_on_error`]) gives the daemon its error,
+/// so it exits non-zero whichever server it was.
+async fn servers_stopped(
+    grpc: Served<crate::server::ServerError>,
+    metrics: Option<Served<crate::metrics::MetricsError>>,
+    page: Option<Served<crate::web::WebError>>,
+) -> Result<()> {
+    let joined = |e: tokio::task::JoinError| DaemonError::Task(e.to_string());
+    let grpc = grpc.await.map_err(joined)?.map_err(DaemonError::from);
+    let metrics = match metrics {
+        Some(m) => m.await.map_err(joined)?.map_err(DaemonError::from),
+        None => Ok(()),
+    };
+    let page = match page {
+        Some(p) => p.await.map_err(joined)?.map_err(DaemonError::from),
+        None => Ok(()),
+    };
+    grpc.and(metrics).and(page)
 }

@@ -97,16 +97,8 @@ pub(super) async fn apply(
                     if new_roots.iter().any(|n| root.starts_with(n)) {
                         continue;
                     }
-                    let keep = new_roots
-                        .iter()
-                        .filter(|n| n.starts_with(root))
-                        .cloned()
-                        .collect();
                     tracing::info!(root = %root.display(), "reload: root no longer watched: its files are forgotten after the removal grace");
-                    let change = Change::Unwatched {
-                        path: root.clone(),
-                        keep,
-                    };
+                    let change = unwatched(root.clone(), &new_roots);
                     if intake.changes.send(change).await.is_err() {
                         tracing::warn!("reload: the pipeline has stopped");
                     }
@@ -158,8 +150,6 @@ pub(super) async fn apply(
     tracing::info!(applied = changed.join(", "), "reload done");
 }
 
-/// Files indexed under `roots` that the new excludes or extensions leave
-/// out: forgotten like a removed root's (the watcher's scans only add).
 /// Files a previous run indexed under folders this run does not watch (a
 /// root dropped from the config while the daemon was stopped): forgotten
 /// after the removal grace, as a reload forgets a root it drops. Without
@@ -188,22 +178,26 @@ pub(super) async fn forget_unwatched(roots: Vec<PathBuf>, engine: Arc<Engine>, c
         }
     }
     for path in outermost {
-        let keep = roots
-            .iter()
-            .filter(|r| r.starts_with(&path))
-            .cloned()
-            .collect();
         tracing::info!(folder = %path.display(), "indexed before but no longer watched: its files are forgotten after the removal grace");
-        if changes
-            .send(Change::Unwatched { path, keep })
-            .await
-            .is_err()
-        {
+        if changes.send(unwatched(path, &roots)).await.is_err() {
             return;
         }
     }
 }
 
+/// The change that forgets what is indexed under `path`, except under the
+/// watched roots inside it.
+fn unwatched(path: PathBuf, roots: &[PathBuf]) -> Change {
+    let keep = roots
+        .iter()
+        .filter(|r| r.starts_with(&path))
+        .cloned()
+        .collect();
+    Change::Unwatched { path, keep }
+}
+
+/// Files indexed under `roots` that the new excludes or extensions leave
+/// out: forgotten like a removed root's (the watcher's scans only add).
 async fn forget_left_out(
     new: &Settings,
     roots: &[PathBuf],

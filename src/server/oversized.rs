@@ -8,7 +8,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tonic::codegen::http::{HeaderValue, Request, Response};
+use tonic::codegen::http::{Request, Response};
 use tonic::codegen::{Future, Service};
 use tonic::server::NamedService;
 
@@ -38,21 +38,19 @@ where
         Box::pin(async move {
             let mut resp = fut.await?;
             let headers = resp.headers_mut();
-            let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
-            let tonic_says = headers
-                .get("grpc-message")
-                .and_then(|m| m.to_str().ok())
-                .map(percent_decode)
-                .unwrap_or_default();
-            if out_of_range && tonic_says.contains("too large") {
-                headers.insert("grpc-status", HeaderValue::from_static("3"));
+            // tonic reads and writes its own statuses, `grpc-message`'s
+            // percent-encoding included.
+            if let Some(status) = tonic::Status::from_header_map(headers)
+                && status.code() == tonic::Code::OutOfRange
+                && status.message().contains("too large")
+            {
                 // tonic's words keep the sizes (found, and the limit).
-                let message = format!(
-                    "{field}: the request is larger than the server accepts ([server] max_message_bytes): {tonic_says}"
-                );
-                if let Ok(v) = HeaderValue::from_str(&percent_encode(&message)) {
-                    headers.insert("grpc-message", v);
-                }
+                let invalid = tonic::Status::invalid_argument(format!(
+                    "{field}: the request is larger than the server accepts ([server] max_message_bytes): {}",
+                    status.message()
+                ));
+                // Only fails on a message that cannot be a header: tonic's own stays.
+                let _ = invalid.add_header(headers);
             }
             Ok(resp)
         })
@@ -65,55 +63,5 @@ fn bulk_field(path: &str) -> &'static str {
         "SearchByImage" | "Classify" => "image",
         "Search" => "text",
         _ => "request",
-    }
-}
-
-/// [`percent_encode`] undone; a malformed escape is kept as written.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// gRPC's `grpc-message` encoding: bytes outside printable ASCII, and `%`,
-/// as `%XX`.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_round_trip_through_the_percent_encoding() {
-        let text = "image: 100% too large: found 34603013 bytes, the limit is: 33554432 bytes é";
-        assert_eq!(percent_decode(&percent_encode(text)), text);
-        assert_eq!(percent_decode("a%20b%2"), "a b%2");
     }
 }

@@ -194,21 +194,32 @@ fn a_missing_model_explains_how_to_point_at_one() {
     );
 }
 
+/// `dualsight compose` of two towers into `out`.
+fn compose(vision: &Path, text: &Path, projection_dim: usize, out: &Path) -> Command {
+    let mut cmd = dualsight();
+    cmd.arg("compose")
+        .arg("--vision")
+        .arg(vision)
+        .arg("--text")
+        .arg(text)
+        .arg("--projection-dim")
+        .arg(projection_dim.to_string())
+        .arg("--out")
+        .arg(out);
+    cmd
+}
+
 #[test]
 fn compose_then_embed_and_classify() {
     let towers = fixtures().join("models").join("towers");
     let out = tempfile::tempdir().unwrap();
     let composed = out.path().join("vit-bert");
-    run_ok(
-        dualsight()
-            .arg("compose")
-            .arg("--vision")
-            .arg(towers.join("vit"))
-            .arg("--text")
-            .arg(towers.join("bert"))
-            .args(["--projection-dim", "24", "--out"])
-            .arg(&composed),
-    );
+    run_ok(&mut compose(
+        &towers.join("vit"),
+        &towers.join("bert"),
+        24,
+        &composed,
+    ));
     for f in [
         "config.json",
         "model.safetensors",
@@ -458,24 +469,14 @@ fn compose_and_init_refuse_an_out_that_holds_files() {
         std::fs::copy(&f, text.join(f.file_name().unwrap())).unwrap();
     }
     let before = std::fs::read(text.join("tokenizer.json")).unwrap();
-    let compose = |out: &Path| {
-        let mut cmd = dualsight();
-        cmd.arg("compose")
-            .arg("--vision")
-            .arg(towers.join("vit"))
-            .arg("--text")
-            .arg(&text)
-            .args(["--projection-dim", "8", "--out"])
-            .arg(out);
-        cmd
-    };
-    let err = run_err(&mut compose(&text));
+    let compose_into = |out: &Path| compose(&towers.join("vit"), &text, 8, out);
+    let err = run_err(&mut compose_into(&text));
     assert!(err.contains("--out") && err.contains("read from"), "{err}");
     assert_eq!(std::fs::read(text.join("tokenizer.json")).unwrap(), before);
     let fresh = tmp.path().join("fresh");
     std::fs::create_dir(&fresh).unwrap();
-    run_ok(&mut compose(&fresh));
-    let err = run_err(&mut compose(&fresh));
+    run_ok(&mut compose_into(&fresh));
+    let err = run_err(&mut compose_into(&fresh));
     assert!(err.contains("not empty"), "{err}");
     let init = fixtures().join("models").join("init");
     let err = run_err(
